@@ -1,0 +1,111 @@
+"""Wires settings, store, templates, destinations and worker into the running bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+
+from bridge.clock import Clock, SystemClock
+from bridge.destinations import build_destinations, destinations_for
+from bridge.destinations.base import Destination
+from bridge.settings import Settings
+from bridge.store import Store, open_store
+from bridge.templating import Templates
+from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
+from bridge.worker import Worker
+
+log = logging.getLogger("bridge")
+
+
+@dataclass
+class Bridge:
+    """A running bridge's parts, opened together and closed together."""
+
+    settings: Settings
+    store: Store
+    templates: Templates
+    destinations: dict[str, Destination]
+    clock: Clock
+    worker: Worker
+    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def endpoints(self) -> list[Endpoint]:
+        hooks = self.settings.webhooks
+        return [
+            Endpoint(
+                name=name,
+                kind=kind,
+                tokens=[token.get_secret_value().encode() for token in getattr(hooks, name).tokens],
+                destinations=destinations_for(kind, self.destinations),
+            )
+            for name, kind in ENDPOINT_KINDS.items()
+        ]
+
+    def start_worker(self) -> None:
+        self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+
+    async def close(self) -> None:
+        if self._worker_task is not None:
+            await self.worker.stop()
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        for destination in self.destinations.values():
+            await destination.aclose()
+        await self.store.close()
+
+
+def open_bridge(settings: Settings, clock: Clock | None = None) -> Bridge:
+    """Open the store and build the destinations; the worker is built but not started."""
+    clock = clock or SystemClock()
+    store = open_store(settings.store.url, settings.store.synchronous,
+                       settings.store.commit_timeout_seconds)
+    templates = Templates(settings.templates.dir)
+    destinations = build_destinations(settings, templates)
+    worker = Worker(store, destinations, settings.delivery, clock)
+    return Bridge(settings, store, templates, destinations, clock, worker)
+
+
+def announce(bridge: Bridge) -> None:
+    """Say at start-up what is on, what is off, and what is unsafe."""
+    settings = bridge.settings
+    for name in ("slack", "jira", "crm"):
+        state = "on" if name in bridge.destinations else "off"
+        log.info("destination %s: %s", name, state)
+    for endpoint in bridge.endpoints():
+        if not endpoint.tokens:
+            log.warning("webhook %s has no token: it answers 503 until one is set", endpoint.name)
+    for name in settings.example_tokens_in_use():
+        log.warning(
+            "UNSAFE: webhooks.%s still uses the example token from settings.example.toml; "
+            "set your own before exposing the bridge", name)
+
+
+def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
+    """The ASGI app; its lifespan runs the worker (unless told not to) and closes the bridge."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        announce(bridge)
+        if run_worker:
+            bridge.start_worker()
+        try:
+            yield
+        finally:
+            await bridge.close()
+
+    intake = Intake(
+        store=bridge.store,
+        clock=bridge.clock,
+        max_body_bytes=bridge.settings.server.max_body_bytes,
+        dedup_window=float(bridge.settings.store.dedup_window_seconds),
+        on_accept=bridge.worker.wake,
+    )
+    app = build_app(intake, bridge.endpoints(), lifespan)
+    app.state.bridge = bridge
+    return app

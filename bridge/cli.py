@@ -1,0 +1,136 @@
+"""The `sitegpt-bridge` command: serve, worker, check (and the operator commands)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import uvicorn
+
+from bridge import __version__
+from bridge.app import announce, create_app, open_bridge
+from bridge.errors import BridgeError, ConfigError, DeliveryError
+from bridge.logs import configure_logging
+from bridge.settings import Settings, load_settings
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+log = logging.getLogger("bridge")
+
+
+def command(name: str, help_text: str,
+            arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+            ) -> Callable[[Command], Command]:
+    """Register a subcommand with its help line and its own arguments."""
+    def register(func: Command) -> Command:
+        COMMANDS[name] = (help_text, func, arguments)
+        return func
+    return register
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+@command("serve", "receive webhooks and deliver them (web server and worker in one process)",
+         lambda p: p.add_argument("--no-worker", action="store_true",
+                                  help="only receive; run `sitegpt-bridge worker` separately"))
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bridge = open_bridge(settings)
+    app = create_app(bridge, run_worker=not args.no_worker)
+    server = settings.server
+    config = uvicorn.Config(
+        app, host=server.host, port=server.port, log_config=None, access_log=False,
+        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
+        timeout_graceful_shutdown=5, server_header=False,
+    )
+    log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
+    uvicorn.Server(config).run()
+    return 0
+
+
+@command("worker", "deliver pending events, without serving webhooks")
+def worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    asyncio.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: Settings) -> None:
+    bridge = open_bridge(settings)
+    announce(bridge)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    bridge.start_worker()
+    await stop.wait()
+    log.info("worker stopping")
+    await bridge.close()
+
+
+@command("check", "validate settings, print them with secrets masked, test credentials")
+def check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    return asyncio.run(_check_destinations(settings))
+
+
+async def _check_destinations(settings: Settings) -> int:
+    bridge = open_bridge(settings)
+    problems = 0
+    try:
+        for name in ("slack", "jira", "crm"):
+            destination = bridge.destinations.get(name)
+            if destination is None:
+                print(f"{name}: off")
+                continue
+            try:
+                print(f"{name}: {await destination.verify()}")
+            except DeliveryError as exc:
+                print(f"{name}: FAILED: {exc}")
+                problems += 1
+        for name in settings.example_tokens_in_use():
+            print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
+    finally:
+        await bridge.close()
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sitegpt-bridge",
+        description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, func, arguments) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", metavar="FILE",
+                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml)")
+        arguments(sub)
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"sitegpt-bridge: {exc}", file=sys.stderr)
+        for problem in exc.problems if exc.problems != [str(exc)] else []:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except BridgeError as exc:
+        print(f"sitegpt-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,23 @@
+"""The destinations, registered explicitly: name → factory that returns None when switched off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bridge.destinations.base import Destination
+from bridge.settings import Settings
+from bridge.templating import Templates
+
+Factory = Callable[[Settings, Templates], Destination | None]
+REGISTRY: dict[str, Factory] = {}
+
+
+def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
+    """Every destination whose settings switch it on, by name."""
+    built = {name: factory(settings, templates) for name, factory in REGISTRY.items()}
+    return {name: destination for name, destination in built.items() if destination is not None}
+
+
+def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[str]:
+    """The destinations that get a delivery row for an event of this kind."""
+    return [name for name, destination in destinations.items() if destination.accepts(kind)]

@@ -1,0 +1,69 @@
+"""The one small protocol every destination implements for the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from bridge.clock import Clock
+from bridge.events import Event, conversation_of
+from bridge.store import ClaimedDelivery, ConversationRecord, FollowUp, Store
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """It reached the destination; `note` is kept on the delivery (a ts, an issue key)."""
+
+    note: str | None = None
+    follow_ups: Sequence[FollowUp] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Nothing was sent on purpose (dry run, nothing to do); `reason` says why."""
+
+    reason: str
+
+
+Outcome = Delivered | Skipped
+
+
+@dataclass
+class Delivery:
+    """One attempt to hand one event to one destination."""
+
+    claimed: ClaimedDelivery
+    event: Event
+    store: Store
+    clock: Clock
+    _conversation: ConversationRecord | None = field(default=None, repr=False)
+
+    @property
+    def attempt(self) -> int:
+        return self.claimed.attempts
+
+    async def conversation(self) -> ConversationRecord | None:
+        """The stored state of the event's conversation (Slack thread, Jira key), if any."""
+        target = conversation_of(self.event)
+        if target is None:
+            return None
+        return await self.store.conversation(target.chatbot_id, target.thread_id)
+
+
+class Destination(Protocol):
+    """Slack, Jira, a CRM: where events go. Raise RetryableError or PermanentError on failure."""
+
+    name: ClassVar[str]
+
+    def accepts(self, kind: str) -> bool:
+        """Whether events of this kind get a delivery row for this destination."""
+        ...
+
+    async def deliver(self, delivery: Delivery) -> Outcome: ...
+
+    async def verify(self) -> str:
+        """Check credentials and targets; a line for `check`, or raise a DeliveryError."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,173 @@
+"""SiteGPT's three webhook events as typed models, and the canonical hash that deduplicates them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MESSAGE = "ADD_MESSAGE"
+ESCALATION = "CONVERSATION_ESCALATED"
+LEAD = "NEW_LEAD_CAPTURE"
+TICKET_LINKED = "BRIDGE_TICKET_LINKED"
+DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
+
+
+class SiteGPTModel(BaseModel):
+    """SiteGPT's camelCase fields, with unknown keys kept rather than dropped."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+
+class MessageData(SiteGPTModel):
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    gpt_model: str | None = Field(None, alias="gptModel")
+    sources: list[str] | None = None
+    question: str | None = None
+    answer: str | None = None
+    message_type: str | None = Field(None, alias="messageType")
+    agent_id: str | None = Field(None, alias="agentId")
+    icon_url: str | None = Field(None, alias="iconUrl")
+    agent_name: str | None = Field(None, alias="agentName")
+    system_message_type: str | None = Field(None, alias="systemMessageType")
+
+
+class Visitor(SiteGPTModel):
+    id: str | None = None
+    email: str | None = None
+    name: str | None = None
+    phone: str | None = None
+    verified: bool | None = None
+    created_at: str | None = Field(None, alias="createdAt")
+
+
+class EscalationData(SiteGPTModel):
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    dashboard_url: str | None = Field(None, alias="dashboardUrl")
+    user: Visitor | None = None
+
+
+class LeadDetails(SiteGPTModel):
+    id: str
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    captured_at: str | None = Field(None, alias="capturedAt")
+
+    @property
+    def custom_fields(self) -> dict[str, Any]:
+        """Fields configured in SiteGPT's lead form beyond the standard ones."""
+        return dict(self.model_extra or {})
+
+
+class LeadData(SiteGPTModel):
+    chatbot_id: str = Field(alias="chatbotId")
+    chatbot_name: str | None = Field(None, alias="chatbotName")
+    dashboard_url: str | None = Field(None, alias="dashboardUrl")
+    lead_details: LeadDetails = Field(alias="leadDetails")
+
+
+class TicketLinkedData(SiteGPTModel):
+    """Made by the bridge itself: a Jira ticket now exists for a conversation."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    issue_key: str = Field(alias="issueKey")
+    issue_url: str = Field(alias="issueUrl")
+    created: bool = True
+
+
+class MessageEvent(SiteGPTModel):
+    event: Literal["ADD_MESSAGE"]
+    data: MessageData
+
+
+class EscalationEvent(SiteGPTModel):
+    event: Literal["CONVERSATION_ESCALATED"]
+    data: EscalationData
+
+
+class LeadEvent(SiteGPTModel):
+    event: Literal["NEW_LEAD_CAPTURE"]
+    data: LeadData
+
+
+class TicketLinkedEvent(SiteGPTModel):
+    event: Literal["BRIDGE_TICKET_LINKED"]
+    data: TicketLinkedData
+
+
+Event = MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent
+MODELS: dict[str, type[SiteGPTModel]] = {
+    MESSAGE: MessageEvent,
+    ESCALATION: EscalationEvent,
+    LEAD: LeadEvent,
+    TICKET_LINKED: TicketLinkedEvent,
+}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A SiteGPT conversation: one chatbot's thread with one visitor."""
+
+    chatbot_id: str
+    thread_id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.chatbot_id}/{self.thread_id}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return DASHBOARD.format(chatbot_id=self.chatbot_id, thread_id=self.thread_id)
+
+
+class InvalidEvent(ValueError):
+    """A body that is JSON but not the expected event; `field` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def parse_event(kind: str, body: Any) -> Event:
+    """Validate a decoded body as the event `kind`, or raise InvalidEvent naming the field."""
+    try:
+        return MODELS[kind].model_validate(body)  # type: ignore[return-value]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidEvent(field, first["msg"]) from exc
+
+
+def canonical_json(body: Any) -> str:
+    """Sorted keys, no whitespace: the same JSON value always gives the same text."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dedup_key(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def conversation_of(event: Event) -> Conversation | None:
+    """The conversation an event belongs to; leads belong to none."""
+    data = event.data
+    if isinstance(data, LeadData):
+        return None
+    return Conversation(data.chatbot_id, data.thread_id)
+
+
+def ordering_key(event: Event) -> str:
+    """Deliveries sharing this key go out one at a time, in arrival order."""
+    conversation = conversation_of(event)
+    if conversation is not None:
+        return conversation.key
+    lead = event.data
+    assert isinstance(lead, LeadData)
+    return f"lead:{lead.chatbot_id}/{lead.lead_details.id}"

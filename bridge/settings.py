@@ -1,0 +1,290 @@
+"""Settings: a TOML file overridden by BRIDGE_<SECTION>__<KEY> variables, checked at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from bridge.errors import ConfigError
+
+DEFAULT_CONFIG = Path("settings.toml")
+EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_toml_data: ContextVar[dict[str, Any] | None] = ContextVar("toml_data", default=None)
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept "90s", "5m", "24h", "7d" or plain seconds."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+class Section(BaseModel):
+    """A settings table: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(262_144, ge=1024)
+    forwarded_allow_ips: list[str] = ["127.0.0.1"]
+    metrics_token: SecretStr | None = None
+
+
+class StoreSettings(Section):
+    url: str = "sqlite:///data/bridge.db"
+    dedup_window_seconds: int = Field(600, ge=0)
+    commit_timeout_seconds: float = Field(3.0, gt=0, le=4.5)
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    retention_days: int = Field(30, ge=1)
+
+    @property
+    def sqlite_path(self) -> Path:
+        if not self.url.startswith("sqlite:///"):
+            raise ConfigError(f"store.url: only sqlite:///PATH is supported, got {self.url!r}")
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class WebhookEndpoint(Section):
+    tokens: list[SecretStr] = []
+
+
+class WebhooksSettings(Section):
+    messages: WebhookEndpoint = WebhookEndpoint()
+    escalations: WebhookEndpoint = WebhookEndpoint()
+    leads: WebhookEndpoint = WebhookEndpoint()
+
+
+class SlackSettings(Section):
+    bot_token: SecretStr | None = None
+    api_url: str = "https://slack.com/api/"
+    channel: str | None = None
+    leads_channel: str | None = None
+    escalation_mention: str = ""
+    signing_secret: SecretStr | None = None
+    private_note_prefix: str = "//"
+    burst: int = Field(3, ge=1)
+    per_second: float = Field(1.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _channel_with_token(self) -> SlackSettings:
+        if self.bot_token is not None and not self.channel:
+            raise ValueError("slack.channel is required when slack.bot_token is set")
+        return self
+
+
+class JiraSettings(Section):
+    url: str | None = None
+    email: str | None = None
+    api_token: SecretStr | None = None
+    personal_access_token: SecretStr | None = None
+    project: str | None = None
+    issue_type: str = "Task"
+    labels: list[str] = ["sitegpt"]
+    timeout_seconds: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> JiraSettings:
+        if not self.url:
+            return self
+        cloud = self.email is not None or self.api_token is not None
+        server = self.personal_access_token is not None
+        if cloud and server:
+            raise ValueError(
+                "jira: set either email + api_token (Cloud) or personal_access_token "
+                "(Server/Data Center), not both"
+            )
+        if not cloud and not server:
+            raise ValueError(
+                "jira: jira.url is set but no credentials: set email + api_token (Cloud) "
+                "or personal_access_token (Server/Data Center)"
+            )
+        if cloud and not (self.email and self.api_token):
+            raise ValueError("jira: Cloud auth needs both jira.email and jira.api_token")
+        if not self.project:
+            raise ValueError("jira.project is required when jira.url is set")
+        return self
+
+    @property
+    def auth_kind(self) -> str:
+        return "personal access token" if self.personal_access_token else "email + API token"
+
+
+class HubSpotSettings(Section):
+    access_token: SecretStr | None = None
+    api_url: str = "https://api.hubapi.com"
+    properties: dict[str, str] = {}
+    unmapped_property: str | None = "message"
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class CrmWebhookSettings(Section):
+    url: str | None = None
+    headers: dict[str, SecretStr] = {}
+    signing_secret: SecretStr | None = None
+    template: str = "crm/lead.json.j2"
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class CrmSettings(Section):
+    kind: Literal["none", "hubspot", "webhook"] = "none"
+    hubspot: HubSpotSettings = HubSpotSettings()
+    webhook: CrmWebhookSettings = CrmWebhookSettings()
+
+    @model_validator(mode="after")
+    def _kind_is_configured(self) -> CrmSettings:
+        if self.kind == "hubspot" and self.hubspot.access_token is None:
+            raise ValueError('crm.kind = "hubspot" needs crm.hubspot.access_token')
+        if self.kind == "webhook" and not self.webhook.url:
+            raise ValueError('crm.kind = "webhook" needs crm.webhook.url')
+        return self
+
+
+class ChatbotSettings(Section):
+    id: str
+    name: str | None = None
+    slack_channel: str | None = None
+    jira_project: str | None = None
+    sitegpt_api_key: SecretStr | None = None
+
+
+class DeliverySettings(Section):
+    max_age: Duration = timedelta(hours=24)
+    max_attempts: int = Field(60, ge=1)
+    concurrency: int = Field(16, ge=1)
+    lease: Duration = timedelta(seconds=120)
+    backoff_initial: Duration = timedelta(seconds=1)
+    backoff_cap: Duration = timedelta(minutes=3)
+    shutdown_grace: Duration = timedelta(seconds=5)
+    poll_interval: Duration = timedelta(seconds=1)
+
+
+class TemplatesSettings(Section):
+    dir: Path | None = None
+
+
+class SiteGPTSettings(Section):
+    api_url: str = "https://sitegpt.ai/api/v0"
+    api_key: SecretStr | None = None
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything the bridge reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
+    slack: SlackSettings = SlackSettings()
+    jira: JiraSettings = JiraSettings()
+    crm: CrmSettings = CrmSettings()
+    chatbots: list[ChatbotSettings] = []
+    delivery: DeliverySettings = DeliverySettings()
+    templates: TemplatesSettings = TemplatesSettings()
+    sitegpt: SiteGPTSettings = SiteGPTSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = InitSettingsSource(settings_cls, init_kwargs=_toml_data.get() or {})
+        return init_settings, env_settings, toml
+
+    def chatbot(self, chatbot_id: str) -> ChatbotSettings | None:
+        return next((bot for bot in self.chatbots if bot.id == chatbot_id), None)
+
+    def example_tokens_in_use(self) -> list[str]:
+        """Endpoints whose tokens still include a value from settings.example.toml."""
+        endpoints = self.webhooks.model_dump()
+        return [
+            name
+            for name, endpoint in endpoints.items()
+            if any(token.get_secret_value() in EXAMPLE_TOKENS for token in endpoint["tokens"])
+        ]
+
+
+def resolve_config_path(named: str | None) -> tuple[Path, bool]:
+    """The config file to read and whether someone named it (then it must exist)."""
+    if named:
+        return Path(named), True
+    if env_path := os.environ.get("BRIDGE_CONFIG"):
+        return Path(env_path), True
+    return DEFAULT_CONFIG, False
+
+
+def load_settings(named: str | None = None) -> Settings:
+    """Read, merge and validate the settings, or raise ConfigError with one line per problem."""
+    path, required = resolve_config_path(named)
+    data = _read_toml(path, required)
+    token = _toml_data.set(data)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise ConfigError(f"invalid settings in {path}", problems) from exc
+    finally:
+        _toml_data.reset(token)
+
+
+def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file not found: {path}")
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message

@@ -1,0 +1,126 @@
+"""Jinja templates users can override: their folder first, the built-ins second (as `default:`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from bridge.errors import TemplateError
+
+CUT_MARKER = "… [cut]"
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_JIRA_SPECIAL = set("\\[]{}|*_+-^~?!#()")
+
+
+def builtin_dir() -> Path:
+    """Bundled templates: inside the installed package, or the repo's top-level folder."""
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+def slack_escape(value: Any) -> str:
+    """Escape SiteGPT text for Slack mrkdwn so it can neither mention anyone nor plant a link."""
+    return "" if value is None else str(value).translate(_SLACK_ESCAPES)
+
+
+def jira_escape(value: Any) -> str:
+    """Escape SiteGPT text for Jira wiki markup: no links, macros, images or formatting."""
+    if value is None:
+        return ""
+    return "".join(f"\\{char}" if char in _JIRA_SPECIAL else char for char in str(value))
+
+
+def cut(value: Any, limit: int, marker: str = CUT_MARKER) -> str:
+    """At most `limit` characters, ending with a visible marker when something was cut."""
+    text = "" if value is None else str(value)
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - len(marker), 0)] + marker
+
+
+def format_date(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
+    """An epoch number or ISO-8601 string as a readable UTC date."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value, UTC)
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+    return moment.astimezone(UTC).strftime(fmt)
+
+
+def dashboard_url(chatbot_id: str, thread_id: str) -> str:
+    return f"https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
+
+
+def _tojson(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class Templates:
+    """Renders named templates in a sandbox with strict undefined variables."""
+
+    def __init__(self, user_dir: Path | None = None) -> None:
+        builtin = jinja2.FileSystemLoader(builtin_dir())
+        loaders: list[jinja2.BaseLoader] = []
+        if user_dir is not None:
+            loaders.append(jinja2.FileSystemLoader(user_dir))
+        loaders += [jinja2.PrefixLoader({"default": builtin}, delimiter=":"), builtin]
+        self.user_dir = user_dir
+        self.env = SandboxedEnvironment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            mrkdwn=slack_escape, jira=jira_escape, cut=cut, date=format_date, tojson=_tojson
+        )
+        self.env.globals.update(dashboard_url=dashboard_url)
+
+    def names(self) -> list[str]:
+        """Every template a user may override (the built-in set)."""
+        return sorted(self.env.list_templates(filter_func=lambda name: ":" not in name))
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render `name`, or raise TemplateError naming the file and line."""
+        try:
+            return self.env.get_template(name).render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from exc
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(f"template not found: {exc.name}") from exc
+        except Exception as exc:  # StrictUndefined, sandbox refusals, filter errors
+            raise TemplateError(f"{self._where(name, exc)}: {exc}") from exc
+
+    def render_json(self, name: str, context: Mapping[str, Any]) -> Any:
+        """Render `name` and parse it as JSON, or raise TemplateError naming the template."""
+        text = self.render(name, context)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TemplateError(
+                f"{name}: output is not valid JSON (line {exc.lineno}, column {exc.colno}): "
+                f"{exc.msg}") from exc
+
+    @staticmethod
+    def _where(name: str, exc: BaseException) -> str:
+        """The file and line of a render error: Jinja rewrites tracebacks to point there."""
+        where = name
+        trace = exc.__traceback__
+        while trace is not None:
+            if "__jinja_exception__" in trace.tb_frame.f_globals:
+                where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
+            trace = trace.tb_next
+        return where

@@ -1,0 +1,147 @@
+"""The thin web layer: check the token, read a bounded body, validate, store, answer."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from bridge.clock import Clock
+from bridge.errors import StoreBusy, StoreError
+from bridge.events import ESCALATION, LEAD, MESSAGE, InvalidEvent, parse_event
+from bridge.intake import new_event
+from bridge.store import Store
+
+log = logging.getLogger("bridge.web")
+TOKEN_HEADER = "x-webhook-token"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One of SiteGPT's three webhooks: its path, event kind, tokens and destinations."""
+
+    name: str
+    kind: str
+    tokens: Sequence[bytes]
+    destinations: Sequence[str]
+
+    def authorizes(self, presented: str | None) -> bool:
+        """Constant-time comparison against every configured token."""
+        if presented is None:
+            return False
+        candidate = presented.encode()
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(candidate, token)
+        return matched
+
+
+ENDPOINT_KINDS = {"messages": MESSAGE, "escalations": ESCALATION, "leads": LEAD}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class Intake:
+    """What the webhook routes need, wired once at start-up."""
+
+    store: Store
+    clock: Clock
+    max_body_bytes: int
+    dedup_window: float
+    on_accept: Callable[[], None] = lambda: None
+
+    async def receive(self, endpoint: Endpoint, request: Request) -> JSONResponse:
+        if not endpoint.tokens:
+            return _reject(endpoint, 503, "not_configured",
+                           f"the {endpoint.name} webhook has no token configured")
+        if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
+            return _reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
+        try:
+            raw = await _read_bounded(request, self.max_body_bytes)
+        except BodyTooLarge:
+            return _reject(endpoint, 413, "too_large",
+                           f"body larger than {self.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return _reject(endpoint, 400, "disconnected", "client disconnected mid-body")
+        return await self._accept(endpoint, raw)
+
+    async def _accept(self, endpoint: Endpoint, raw: bytes) -> JSONResponse:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
+        try:
+            event = parse_event(endpoint.kind, body)
+        except InvalidEvent as exc:
+            return _reject(endpoint, 422, "invalid", str(exc), field=exc.field)
+        try:
+            accepted = await self.store.accept(
+                new_event(event, body, endpoint.destinations), self.clock.now(), self.dedup_window
+            )
+        except (StoreBusy, StoreError) as exc:
+            log.error("webhook %s: store unavailable: %s", endpoint.name, exc)
+            return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
+        if accepted.status == "accepted":
+            self.on_accept()
+        log.info("webhook %s: %s event %d", endpoint.name, accepted.status, accepted.event_id,
+                 extra={"endpoint": endpoint.name, "outcome": accepted.status,
+                        "event_id": accepted.event_id})
+        return JSONResponse({"status": accepted.status, "id": accepted.event_id})
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject(endpoint: Endpoint, status: int, reason: str, message: str,
+            **extra: Any) -> JSONResponse:
+    log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
+                extra={"endpoint": endpoint.name, "outcome": reason})
+    return JSONResponse({"status": "rejected", "error": message, **extra}, status)
+
+
+def build_app(intake: Intake, endpoints: Sequence[Endpoint],
+              lifespan: Any = None) -> Starlette:
+    """The ASGI app: three webhook routes and the two health probes."""
+    routes = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+
+    async def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await intake.store.check_writable()
+        except StoreError as exc:
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, 503)
+        return JSONResponse({"status": "ready"})
+
+    routes += [Route("/healthz", healthz), Route("/readyz", readyz)]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _webhook_route(intake: Intake, endpoint: Endpoint) -> Route:
+    async def webhook(request: Request) -> JSONResponse:
+        return await intake.receive(endpoint, request)
+
+    return Route(f"/webhooks/{endpoint.name}", webhook, methods=["POST"])

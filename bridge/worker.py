@@ -1,0 +1,183 @@
+"""The delivery worker: claims due deliveries under a lease, hands them out, schedules retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bridge.clock import Clock, SystemClock
+from bridge.destinations.base import Delivered, Delivery, Destination, Outcome, Skipped
+from bridge.errors import PermanentError, RetryableError, StoreError
+from bridge.events import parse_event
+from bridge.settings import DeliverySettings
+from bridge.store import ClaimedDelivery, Store
+
+log = logging.getLogger("bridge.worker")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: about `initial` first, doubling up to `cap`."""
+
+    initial: float
+    cap: float
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap * 4) + rng.uniform(0, 0.25)
+        ceiling = min(self.cap, self.initial * 2 ** max(attempt - 1, 0))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+class Worker:
+    """Delivers pending deliveries until stopped; one per process, any number per store."""
+
+    def __init__(
+        self,
+        store: Store,
+        destinations: Mapping[str, Destination],
+        settings: DeliverySettings,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.destinations = destinations
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.owner = f"worker-{uuid.uuid4().hex[:12]}"
+        self.backoff = Backoff(
+            settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
+        )
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """Something new may be due: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and deliver until stop() is called."""
+        log.info("worker started", extra={"worker": self.owner})
+        while not self._stopping.is_set():
+            try:
+                await self._claim_and_start()
+            except StoreError as exc:
+                log.warning("worker could not claim deliveries: %s", exc)
+            await self._wait_for_work()
+
+    async def stop(self) -> None:
+        """Stop claiming; let in-flight deliveries finish within the grace, release the rest."""
+        self._stopping.set()
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if not tasks:
+            return
+        grace = self.settings.shutdown_grace.total_seconds()
+        _, unfinished = await asyncio.wait(tasks, timeout=grace)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        if unfinished:
+            released = [key for key, task in self._in_flight.items() if task in unfinished]
+            await self.store.release(released)
+            log.info("released %d in-flight deliveries on shutdown", len(released))
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Deliver everything due now and wait for it (tests and one-shot runs)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            await self._claim_and_start()
+            if not self._in_flight:
+                return
+            await asyncio.wait(list(self._in_flight.values()), timeout=0.05)
+
+    async def _claim_and_start(self) -> None:
+        room = self.settings.concurrency - len(self._in_flight)
+        if room <= 0 or self._stopping.is_set():
+            return
+        lease = self.settings.lease.total_seconds()
+        claimed = await self.store.claim(self.owner, self.clock.now(), room, lease)
+        for job in claimed:
+            task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
+            self._in_flight[job.id] = task
+            task.add_done_callback(lambda _, key=job.id: self._finished(key))
+
+    def _finished(self, delivery_id: int) -> None:
+        self._in_flight.pop(delivery_id, None)
+        self._wake.set()
+
+    async def _wait_for_work(self) -> None:
+        timeout = self.settings.poll_interval.total_seconds()
+        try:
+            due = await self.store.next_due()
+        except StoreError:
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(due - self.clock.now(), 0.005))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _deliver(self, job: ClaimedDelivery) -> None:
+        destination = self.destinations.get(job.destination)
+        if destination is None:
+            await self._fail(job, f"destination {job.destination!r} is not configured")
+            return
+        try:
+            event = parse_event(job.kind, job.payload)
+            outcome = await destination.deliver(Delivery(job, event, self.store, self.clock))
+        except RetryableError as exc:
+            await self._retry_later(job, str(exc), exc.retry_after)
+        except PermanentError as exc:
+            await self._fail(job, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
+            log.exception("unexpected error delivering %d to %s", job.id, job.destination)
+            await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None)
+        else:
+            await self._succeed(job, outcome)
+
+    async def _succeed(self, job: ClaimedDelivery, outcome: Outcome) -> None:
+        now = self.clock.now()
+        if isinstance(outcome, Skipped):
+            await self.store.finish(job.id, "skipped", now, outcome.reason)
+            self._log(job, "skipped", outcome.reason)
+            return
+        assert isinstance(outcome, Delivered)
+        await self.store.finish(job.id, "delivered", now, outcome.note, outcome.follow_ups)
+        self._log(job, "delivered", outcome.note)
+
+    async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+        now = self.clock.now()
+        age = now - job.created_at
+        if job.attempts >= self.settings.max_attempts:
+            await self._fail(job, f"gave up after {job.attempts} attempts: {reason}")
+            return
+        if age >= self.settings.max_age.total_seconds():
+            await self._fail(job, f"gave up after {age / 3600:.1f} h: {reason}")
+            return
+        delay = self.backoff.delay(job.attempts, after, self.rng)
+        await self.store.reschedule(job.id, now + delay, reason)
+        self._log(job, "retry", f"in {delay:.1f} s: {reason}")
+
+    async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+        await self.store.finish(job.id, "failed", self.clock.now(), reason)
+        self._log(job, "failed", reason)
+
+    def _log(self, job: ClaimedDelivery, outcome: str, detail: str | None) -> None:
+        level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
+        log.log(
+            level,
+            "delivery %d (event %d) to %s: %s%s",
+            job.id, job.event_id, job.destination, outcome, f" ({detail})" if detail else "",
+            extra={"delivery_id": job.id, "event_id": job.event_id, "destination": job.destination,
+                   "conversation": job.ordering_key, "outcome": outcome, "attempt": job.attempts},
+        )
