@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -258,6 +259,8 @@ def resolve_config_path(named: str | None) -> tuple[Path, bool]:
 def load_settings(named: str | None = None) -> Settings:
     """Read, merge and validate the settings, or raise ConfigError with one line per problem."""
     path, required = resolve_config_path(named)
+    if unknown := _unknown_variables(os.environ):
+        raise ConfigError("unknown BRIDGE_ environment variables", unknown)
     data = _read_toml(path, required)
     token = _toml_data.set(data)
     try:
@@ -267,6 +270,15 @@ def load_settings(named: str | None = None) -> Settings:
         raise ConfigError(f"invalid settings in {path}", problems) from exc
     finally:
         _toml_data.reset(token)
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """BRIDGE_* names that match no section: pydantic-settings would ignore them silently."""
+    sections = set(Settings.model_fields)
+    names = [name for name in environ
+             if name.upper().startswith("BRIDGE_") and name.upper() != "BRIDGE_CONFIG"]
+    return [f"{name}: unknown setting (expected BRIDGE_<SECTION>__<KEY>)" for name in names
+            if name.upper().removeprefix("BRIDGE_").split("__")[0].lower() not in sections]
 
 
 def _read_toml(path: Path, required: bool) -> dict[str, Any]:
