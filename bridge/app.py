@@ -7,12 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from starlette.applications import Starlette
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations import build_destinations, destinations_for
 from bridge.destinations.base import Destination
+from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.templating import Templates
@@ -33,6 +35,7 @@ class Bridge:
     clock: Clock
     worker: Worker
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def endpoints(self) -> list[Endpoint]:
         hooks = self.settings.webhooks
@@ -49,7 +52,16 @@ class Bridge:
     def start_worker(self) -> None:
         self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
 
+    def start_retention(self) -> None:
+        retention = timedelta(days=self.settings.store.retention_days)
+        self._retention_task = asyncio.create_task(
+            keep_pruning(self.store, retention, self.clock), name="retention")
+
     async def close(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
         if self._worker_task is not None:
             await self.worker.stop()
             self._worker_task.cancel()
@@ -94,6 +106,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
         announce(bridge)
         if run_worker:
             bridge.start_worker()
+        bridge.start_retention()
         try:
             yield
         finally:

@@ -9,14 +9,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import uvicorn
 
 from bridge import __version__
 from bridge.app import announce, create_app, open_bridge
-from bridge.errors import BridgeError, ConfigError, DeliveryError
+from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
 from bridge.settings import Settings, load_settings
+from bridge.store import Backup, open_store
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -103,6 +105,27 @@ async def _check_destinations(settings: Settings) -> int:
     finally:
         await bridge.close()
     return 1 if problems else 0
+
+
+@command("backup", "copy the store to FILE, consistently, while the bridge runs",
+         lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
+def backup(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    copy = asyncio.run(_backup(settings, args.file))
+    print(f"backed up {settings.store.sqlite_path} to {copy.path}: {copy.events} events, "
+          f"{copy.deliveries} deliveries ({copy.pending} pending), {copy.size} bytes")
+    return 0
+
+
+async def _backup(settings: Settings, target: Path) -> Backup:
+    source = settings.store.sqlite_path
+    if not source.is_file():
+        raise StoreError(f"no store at {source}: check [store] url (or BRIDGE_STORE__URL)")
+    store = open_store(settings.store.url, settings.store.synchronous)
+    try:
+        return await store.backup(target)
+    finally:
+        await store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -177,6 +179,31 @@ class FollowUp:
     destinations: Sequence[str]
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What one retention pass removed."""
+
+    events: int = 0
+    deliveries: int = 0
+    messages: int = 0
+    dedup: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.events + other.events, self.deliveries + other.deliveries,
+                      self.messages + other.messages, self.dedup + other.dedup)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A consistent copy of the store, and what it holds."""
+
+    path: Path
+    size: int
+    events: int
+    deliveries: int
+    pending: int
+
+
 class Store(Protocol):
     """What the web layer, the worker and the commands need from any backend."""
 
@@ -196,6 +223,9 @@ class Store(Protocol):
                     destination: str | None = None, now: float = 0.0) -> int: ...
     async def conversations(self, limit: int = 50) -> list[ConversationRecord]: ...
     async def queue_depth(self) -> dict[str, int]: ...
+    async def oldest_pending(self) -> float | None: ...
+    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned: ...
+    async def backup(self, target: Path) -> Backup: ...
     async def check_writable(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -283,6 +313,19 @@ class SQLiteStore:
             rows = conn.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
             return {status: 0 for status in STATUSES} | dict(rows.fetchall())
         return await self._run(read)
+
+    async def oldest_pending(self) -> float | None:
+        """When the oldest pending delivery was created (its event accepted), if any."""
+        return await self._run(lambda conn: conn.execute(
+            "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'").fetchone()[0])
+
+    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned:
+        """Remove up to `limit` finished events older than `cutoff`, and expired dedup rows."""
+        return await self._run(lambda conn: _prune(conn, cutoff, now, limit))
+
+    async def backup(self, target: Path) -> Backup:
+        """Copy the store to `target` on its own read connection: writers are not held up."""
+        return await asyncio.to_thread(backup_sqlite, self.path, target)
 
     async def check_writable(self) -> None:
         await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"), timeout=2.0)
@@ -532,6 +575,72 @@ def _retry(conn: sqlite3.Connection, ids: Sequence[int], failed: bool,
         f" WHERE {' AND '.join(clauses)}",
         [now, *params])
     return cursor.rowcount
+
+
+# Finished events older than the cutoff; the newest event always stays (see _prune).
+PRUNABLE = """
+SELECT e.id FROM events e
+WHERE e.received_at < :cutoff
+  AND e.id < (SELECT MAX(id) FROM events)
+  AND NOT EXISTS (
+    SELECT 1 FROM deliveries d
+    WHERE d.event_id = e.id AND (d.status = 'pending' OR d.finished_at >= :cutoff))
+ORDER BY e.id LIMIT :limit
+"""
+
+
+def _prune(conn: sqlite3.Connection, cutoff: float, now: float, limit: int) -> Pruned:
+    dedup = conn.execute(
+        "DELETE FROM dedup WHERE rowid IN"
+        " (SELECT rowid FROM dedup WHERE expires_at <= ? LIMIT ?)", (now, limit)).rowcount
+    ids = [row[0] for row in conn.execute(PRUNABLE, {"cutoff": cutoff, "limit": limit})]
+    if not ids:
+        return Pruned(dedup=dedup)
+    marks = ",".join("?" * len(ids))
+    # The newest message always stays, like the newest event (see PRUNABLE): SQLite hands out
+    # MAX(id) + 1, so deleting the newest rows would reuse their ids, and a conversation's
+    # jira_transcript_upto would then skip the messages that come next.
+    messages = conn.execute(
+        f"DELETE FROM messages WHERE event_id IN ({marks})"
+        " AND id < (SELECT MAX(id) FROM messages)", ids).rowcount
+    deliveries = conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids).rowcount
+    events = conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids).rowcount
+    return Pruned(events, deliveries, messages, dedup)
+
+
+def backup_sqlite(source: Path, target: Path) -> Backup:
+    """Copy a live SQLite store to `target` in one read transaction, then move it into place."""
+    if target.resolve() == source.resolve():
+        raise StoreError(f"refusing to back up {source} onto itself")
+    partial = target.with_name(f"{target.name}.partial")
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=rw", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store at {source}: {exc}") from exc
+    try:
+        partial.unlink(missing_ok=True)
+        with contextlib.closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)  # pages=-1: one step, one snapshot, however busy the writers are
+            events, deliveries, pending = _seal_copy(dst)
+        os.replace(partial, target)
+    except (sqlite3.Error, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"backup to {target} failed: {exc}") from exc
+    finally:
+        src.close()
+    return Backup(target, target.stat().st_size, events, deliveries, pending)
+
+
+def _seal_copy(dst: sqlite3.Connection) -> tuple[int, int, int]:
+    """Make the copy one self-contained file, check it, and count what it holds."""
+    dst.execute("PRAGMA journal_mode=DELETE")  # no -wal beside it to lose when it is moved
+    check = dst.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"the copy fails its integrity check: {check}")
+    events = dst.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    deliveries, pending = dst.execute(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'pending') FROM deliveries").fetchone()
+    return events, deliveries, pending or 0
 
 
 def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0) -> SQLiteStore:
