@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from bridge.clock import Clock, SystemClock
 from bridge.destinations import build_destinations, destinations_for
 from bridge.destinations.base import Destination
+from bridge.metrics import Metrics
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.store import Store, open_store
@@ -34,6 +35,7 @@ class Bridge:
     destinations: dict[str, Destination]
     clock: Clock
     worker: Worker
+    metrics: Metrics = field(default_factory=Metrics)
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -79,8 +81,9 @@ def open_bridge(settings: Settings, clock: Clock | None = None) -> Bridge:
                        settings.store.commit_timeout_seconds)
     templates = Templates(settings.templates.dir)
     destinations = build_destinations(settings, templates)
-    worker = Worker(store, destinations, settings.delivery, clock)
-    return Bridge(settings, store, templates, destinations, clock, worker)
+    metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
+    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
+    return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 
 
 def announce(bridge: Bridge) -> None:
@@ -118,7 +121,10 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
         max_body_bytes=bridge.settings.server.max_body_bytes,
         dedup_window=float(bridge.settings.store.dedup_window_seconds),
         on_accept=bridge.worker.wake,
+        metrics=bridge.metrics,
     )
-    app = build_app(intake, bridge.endpoints(), lifespan)
+    token = bridge.settings.server.metrics_token
+    metrics_token = token.get_secret_value().encode() if token is not None else None
+    app = build_app(intake, bridge.endpoints(), lifespan, metrics_token)
     app.state.bridge = bridge
     return app

@@ -6,18 +6,19 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge.clock import Clock
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import ESCALATION, LEAD, MESSAGE, InvalidEvent, parse_event
 from bridge.intake import new_event
+from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
 from bridge.store import Store
 
 log = logging.getLogger("bridge.web")
@@ -60,44 +61,53 @@ class Intake:
     max_body_bytes: int
     dedup_window: float
     on_accept: Callable[[], None] = lambda: None
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def receive(self, endpoint: Endpoint, request: Request) -> JSONResponse:
         if not endpoint.tokens:
-            return _reject(endpoint, 503, "not_configured",
-                           f"the {endpoint.name} webhook has no token configured")
+            return self._reject(endpoint, 503, "not_configured",
+                                f"the {endpoint.name} webhook has no token configured")
         if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
-            return _reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
+            return self._reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:
             raw = await _read_bounded(request, self.max_body_bytes)
         except BodyTooLarge:
-            return _reject(endpoint, 413, "too_large",
-                           f"body larger than {self.max_body_bytes} bytes")
+            return self._reject(endpoint, 413, "too_large",
+                                f"body larger than {self.max_body_bytes} bytes")
         except ClientDisconnect:
-            return _reject(endpoint, 400, "disconnected", "client disconnected mid-body")
+            return self._reject(endpoint, 400, "disconnected", "client disconnected mid-body")
         return await self._accept(endpoint, raw)
 
     async def _accept(self, endpoint: Endpoint, raw: bytes) -> JSONResponse:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
+            return self._reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
         try:
             event = parse_event(endpoint.kind, body)
         except InvalidEvent as exc:
-            return _reject(endpoint, 422, "invalid", str(exc), field=exc.field)
+            return self._reject(endpoint, 422, "invalid", str(exc), field=exc.field)
+        stored = new_event(event, body, endpoint.destinations)
         try:
-            accepted = await self.store.accept(
-                new_event(event, body, endpoint.destinations), self.clock.now(), self.dedup_window
-            )
+            accepted = await self.store.accept(stored, self.clock.now(), self.dedup_window)
         except (StoreBusy, StoreError) as exc:
             log.error("webhook %s: store unavailable: %s", endpoint.name, exc)
+            self.metrics.webhook(endpoint.name, "unavailable")
             return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
         if accepted.status == "accepted":
             self.on_accept()
+        self.metrics.webhook(endpoint.name, accepted.status)
         log.info("webhook %s: %s event %d", endpoint.name, accepted.status, accepted.event_id,
                  extra={"endpoint": endpoint.name, "outcome": accepted.status,
-                        "event_id": accepted.event_id})
+                        "event_id": accepted.event_id, "conversation": stored.ordering_key})
         return JSONResponse({"status": accepted.status, "id": accepted.event_id})
+
+    def _reject(self, endpoint: Endpoint, status: int, reason: str, message: str,
+                **extra: Any) -> JSONResponse:
+        self.metrics.webhook(endpoint.name, reason)
+        log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
+                    extra={"endpoint": endpoint.name, "outcome": reason})
+        return JSONResponse({"status": "rejected", "error": message, **extra}, status)
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
@@ -114,16 +124,9 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _reject(endpoint: Endpoint, status: int, reason: str, message: str,
-            **extra: Any) -> JSONResponse:
-    log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
-                extra={"endpoint": endpoint.name, "outcome": reason})
-    return JSONResponse({"status": "rejected", "error": message, **extra}, status)
-
-
 def build_app(intake: Intake, endpoints: Sequence[Endpoint],
-              lifespan: Any = None) -> Starlette:
-    """The ASGI app: three webhook routes and the two health probes."""
+              lifespan: Any = None, metrics_token: bytes | None = None) -> Starlette:
+    """The ASGI app: three webhook routes, the two health probes and the metrics."""
     routes = [_webhook_route(intake, endpoint) for endpoint in endpoints]
 
     async def healthz(request: Request) -> PlainTextResponse:
@@ -136,8 +139,25 @@ def build_app(intake: Intake, endpoints: Sequence[Endpoint],
             return JSONResponse({"status": "unavailable", "error": str(exc)}, 503)
         return JSONResponse({"status": "ready"})
 
-    routes += [Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes += [Route("/healthz", healthz), Route("/readyz", readyz),
+               _metrics_route(intake, metrics_token)]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _metrics_route(intake: Intake, token: bytes | None) -> Route:
+    """GET /metrics in Prometheus' format; with a token set, only for `Bearer <token>`."""
+
+    async def metrics(request: Request) -> Response:
+        if token is not None and not bearer_matches(request.headers.get("authorization"), token):
+            return PlainTextResponse("missing or wrong bearer token\n", 401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body = await intake.metrics.exposition(intake.store, intake.clock.now())
+        except StoreError as exc:
+            return PlainTextResponse(f"store unavailable: {exc}\n", 503)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return Route("/metrics", metrics)
 
 
 def _webhook_route(intake: Intake, endpoint: Endpoint) -> Route:

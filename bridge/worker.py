@@ -14,6 +14,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Destination, Outcome, Skipped
 from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
+from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
 from bridge.store import ClaimedDelivery, Store
 
@@ -44,12 +45,14 @@ class Worker:
         settings: DeliverySettings,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.destinations = destinations
         self.settings = settings
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.backoff = Backoff(
             settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
@@ -130,16 +133,20 @@ class Worker:
         if destination is None:
             await self._fail(job, f"destination {job.destination!r} is not configured")
             return
+        self.metrics.attempt(job.destination)
         try:
             event = parse_event(job.kind, job.payload)
             outcome = await destination.deliver(Delivery(job, event, self.store, self.clock))
         except RetryableError as exc:
+            self.metrics.destination_error(job.destination, exc)
             await self._retry_later(job, str(exc), exc.retry_after)
         except PermanentError as exc:
+            self.metrics.destination_error(job.destination, exc)
             await self._fail(job, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
+            self.metrics.destination_error(job.destination, exc)
             log.exception("unexpected error delivering %d to %s", job.id, job.destination)
             await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None)
         else:
@@ -173,6 +180,8 @@ class Worker:
         self._log(job, "failed", reason)
 
     def _log(self, job: ClaimedDelivery, outcome: str, detail: str | None) -> None:
+        # Every outcome passes here, so it is also where it is counted.
+        self.metrics.delivery(job.destination, outcome, self.clock.now() - job.created_at)
         level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
         log.log(
             level,

@@ -1,0 +1,104 @@
+"""Prometheus metrics: what came in, what went out, and what is still waiting, per bridge."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from bridge.store import Store
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The *_created series would double every scrape and tell nothing that
+# process_start_time_seconds does not.
+disable_created_metrics()
+
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "invalid_json",
+                    "too_large", "not_configured", "unavailable")
+DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
+# From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
+# an outage hours (the worker gives up after [delivery] max_age, 24 h by default).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class Metrics:
+    """The bridge's counters, in a registry of its own so several bridges share one process."""
+
+    def __init__(self, endpoints: Sequence[str] = (), destinations: Sequence[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # memory, CPU, open files, start time
+        self.webhooks = Counter(
+            "sitegpt_bridge_webhooks", "Webhook requests by endpoint and outcome.",
+            ["endpoint", "outcome"], registry=self.registry)
+        self.deliveries = Counter(
+            "sitegpt_bridge_deliveries",
+            "Delivery outcomes by destination (retry: another attempt is scheduled).",
+            ["destination", "outcome"], registry=self.registry)
+        self.attempts = Counter(
+            "sitegpt_bridge_delivery_attempts", "Calls to a destination, successful or not.",
+            ["destination"], registry=self.registry)
+        self.errors = Counter(
+            "sitegpt_bridge_destination_errors", "Failed destination calls by error code.",
+            ["destination", "code"], registry=self.registry)
+        self.latency = Histogram(
+            "sitegpt_bridge_delivery_latency_seconds",
+            "Time from a webhook's acceptance to its delivery.",
+            ["destination"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue = Gauge(
+            "sitegpt_bridge_queue_deliveries", "Deliveries in the store by status.",
+            ["status"], registry=self.registry)
+        self.oldest_pending = Gauge(
+            "sitegpt_bridge_oldest_pending_age_seconds",
+            "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
+        self._expect(endpoints, destinations)
+
+    def _expect(self, endpoints: Sequence[str], destinations: Sequence[str]) -> None:
+        """Start known series at zero, so a rate() alert works before the first event."""
+        for endpoint in endpoints:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhooks.labels(endpoint, outcome)
+        for destination in destinations:
+            self.attempts.labels(destination)
+            self.latency.labels(destination)
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(destination, outcome)
+
+    def webhook(self, endpoint: str, outcome: str) -> None:
+        self.webhooks.labels(endpoint, outcome).inc()
+
+    def attempt(self, destination: str) -> None:
+        self.attempts.labels(destination).inc()
+
+    def delivery(self, destination: str, outcome: str, since_accepted: float) -> None:
+        self.deliveries.labels(destination, outcome).inc()
+        if outcome == "delivered":
+            self.latency.labels(destination).observe(max(since_accepted, 0.0))
+
+    def destination_error(self, destination: str, error: BaseException) -> None:
+        """Count by the error's `code` when the destination gave one, else by its class."""
+        self.errors.labels(destination, str(getattr(error, "code", type(error).__name__))).inc()
+
+    async def exposition(self, store: Store, now: float) -> bytes:
+        """The text a scrape returns, with the queue read from the store right now."""
+        depth = await store.queue_depth()
+        oldest = await store.oldest_pending()
+        for status, count in depth.items():
+            self.queue.labels(status).set(count)
+        self.oldest_pending.set(max(now - oldest, 0.0) if oldest is not None else 0.0)
+        return generate_latest(self.registry)
+
+
+def bearer_matches(authorization: str | None, token: bytes) -> bool:
+    """Whether an Authorization header carries `Bearer <token>`, compared in constant time."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token)
