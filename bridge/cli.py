@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -17,7 +18,7 @@ from bridge import __version__
 from bridge.app import announce, create_app, open_bridge
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
-from bridge.settings import Settings, load_settings
+from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
 
 Command = Callable[[argparse.Namespace], int]
@@ -49,14 +50,18 @@ def serve(args: argparse.Namespace) -> int:
     bridge = open_bridge(settings)
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
-    config = uvicorn.Config(
+    log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
+    uvicorn.Server(server_config(app, server)).run()
+    return 0
+
+
+def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
+    """How `serve` runs uvicorn: forwarded headers are trusted from forwarded_allow_ips only."""
+    return uvicorn.Config(
         app, host=server.host, port=server.port, log_config=None, access_log=False,
         proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
         timeout_graceful_shutdown=5, server_header=False,
     )
-    log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    uvicorn.Server(config).run()
-    return 0
 
 
 @command("worker", "deliver pending events, without serving webhooks")

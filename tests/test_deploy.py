@@ -1,0 +1,359 @@
+"""The Dockerfile, compose file, Caddyfile and .env.example agree with the code they run.
+
+No Docker engine runs here, so these read the files and check each claim against the code: the
+port, the health path, the command, the volume, the config path, every BRIDGE_* name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from bridge.app import create_app, open_bridge
+from bridge.cli import COMMANDS, build_parser, server_config
+from bridge.errors import ConfigError
+from bridge.settings import ServerSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
+NO_PROXY_ENV = {key: value for key, value in os.environ.items()
+                if "proxy" not in key.lower() and not key.startswith("BRIDGE_")}
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    pairs = [line.split(None, 1) for line in lines if line and not line.startswith("#")]
+    return [(pair[0].upper(), pair[1] if len(pair) > 1 else "") for pair in pairs]
+
+
+def instruction(name: str) -> list[str]:
+    return [args for keyword, args in dockerfile() if keyword == name]
+
+
+def image_env() -> dict[str, str]:
+    return dict(item.split("=", 1) for args in instruction("ENV") for item in shlex.split(args))
+
+
+def image_command() -> list[str]:
+    return json.loads(instruction("CMD")[-1])
+
+
+def healthcheck_command() -> list[str]:
+    _, _, command = instruction("HEALTHCHECK")[-1].partition("CMD ")
+    return json.loads(command)
+
+
+def healthcheck_url() -> tuple[int, str]:
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/-]*)", " ".join(healthcheck_command()))
+    assert match, "the healthcheck must ask the bridge on 127.0.0.1"
+    return int(match[1]), match[2]
+
+
+def copied_sources() -> list[str]:
+    return [source for args in instruction("COPY") for source in shlex.split(args)[:-1]]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def env_example() -> dict[str, str]:
+    """Every NAME=value of .env.example, the commented-out ones too, quotes removed."""
+    found = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if match := ENV_LINE.match(line.strip()):
+            value = match[2].strip()
+            found[match[1]] = value[1:-1] if value[:1] == value[-1:] == "'" else value
+    return found
+
+
+def default_port() -> int:
+    return ServerSettings().port
+
+
+def bridge_service() -> dict[str, Any]:
+    return compose()["services"]["bridge"]
+
+
+# The image
+
+
+def test_the_image_is_python_311_slim_and_runs_as_an_unprivileged_user():
+    assert instruction("FROM") == ["python:3.11-slim"]
+    user = instruction("USER")[-1]
+    assert user not in ("root", "0")
+    assert any("useradd" in run and user in run.split() for run in instruction("RUN"))
+    assert any(f"chown {user}:{user} {instruction('VOLUME')[-1]}" in run
+               for run in instruction("RUN"))
+
+
+def test_the_image_installs_the_package_from_the_repo():
+    runs = " ".join(instruction("RUN"))
+    assert "pip install ." in runs
+    for source in copied_sources():
+        assert (ROOT / source).exists(), f"COPY {source}: no such file in the repo"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    forced = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert set(forced) <= set(copied_sources()), "the wheel needs these folders in the image"
+
+
+def test_the_image_settings_load_and_point_the_store_into_the_volume(monkeypatch):
+    env = image_env()
+    for name, value in env.items():
+        if name != "BRIDGE_CONFIG":
+            monkeypatch.setenv(name, value)
+    settings = load_settings(str(ROOT / "settings.example.toml"))  # what the README mounts
+    volume = PurePosixPath(instruction("VOLUME")[-1])
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == default_port() == int(instruction("EXPOSE")[-1])
+    assert PurePosixPath(settings.store.sqlite_path).is_relative_to(volume)
+    assert PurePosixPath(env["BRIDGE_CONFIG"]).is_absolute()
+
+
+def test_the_image_runs_a_real_subcommand():
+    command = image_command()
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert command[0] in scripts
+    assert command[1] in COMMANDS
+    assert build_parser().parse_args(command[1:]).func is COMMANDS[command[1]][1]
+
+
+@contextlib.contextmanager
+def serving(app: Any, server: ServerSettings) -> Iterator[int]:
+    """Run `app` the way `serve` does, in a thread, on a free port of 127.0.0.1."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    runner = uvicorn.Server(server_config(app, server))
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if runner.started or not thread.is_alive():
+            break
+        time.sleep(0.01)
+    assert runner.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        runner.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def run_healthcheck(port: int) -> int:
+    """The image's HEALTHCHECK command, run here against `port`."""
+    image_port, _ = healthcheck_url()
+    program, *args = healthcheck_command()
+    assert program == "python"
+    args = [arg.replace(f":{image_port}/", f":{port}/") for arg in args]
+    return subprocess.run([sys.executable, *args], env=NO_PROXY_ENV, capture_output=True,
+                          timeout=30).returncode
+
+
+def test_the_healthcheck_passes_against_the_running_bridge_and_fails_without_it(make_settings):
+    port, path = healthcheck_url()
+    assert port == default_port()
+    assert "--interval" in instruction("HEALTHCHECK")[-1]
+    app = create_app(open_bridge(make_settings()), run_worker=False)
+    with serving(app, ServerSettings()) as live_port:
+        assert httpx.Client(trust_env=False).get(f"http://127.0.0.1:{live_port}{path}").is_success
+        assert run_healthcheck(live_port) == 0
+    assert run_healthcheck(live_port) != 0
+
+
+# Behind a reverse proxy
+
+
+async def client_host(request: Request) -> PlainTextResponse:
+    assert request.client is not None
+    return PlainTextResponse(request.client.host)
+
+
+@pytest.mark.parametrize(("trusted", "seen"), [
+    (["127.0.0.1"], "203.0.113.7"),
+    (["127.0.0.0/8"], "203.0.113.7"),
+    (["192.0.2.10"], "127.0.0.1"),
+    ([], "127.0.0.1"),
+])
+def test_forwarded_for_is_honoured_only_from_forwarded_allow_ips(trusted, seen):
+    probe = Starlette(routes=[Route("/", client_host)])
+    with serving(probe, ServerSettings(forwarded_allow_ips=trusted)) as port:
+        answer = httpx.Client(trust_env=False).get(
+            f"http://127.0.0.1:{port}/", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert answer.text == seen
+
+
+# docker-compose.yml
+
+
+def test_compose_runs_the_image_with_its_volume_settings_and_env_file():
+    bridge = bridge_service()
+    assert bridge["build"] == "."
+    assert bridge["restart"] == "unless-stopped"
+    assert bridge["env_file"] in (".env", [".env"])
+    volume = instruction("VOLUME")[-1]
+    named = [entry for entry in bridge["volumes"] if isinstance(entry, str)
+             and entry.split(":")[1] == volume]
+    assert named and named[0].split(":")[0] in compose()["volumes"]
+    settings_mount = next(entry for entry in bridge["volumes"] if isinstance(entry, dict))
+    assert settings_mount == {"type": "bind", "source": "./settings.toml",
+                              "target": image_env()["BRIDGE_CONFIG"], "read_only": True}
+
+
+def test_compose_publishes_the_bridge_port_on_this_machine_only():
+    (published,) = bridge_service()["ports"]
+    host, host_port, container_port = published.split(":")
+    assert host == "127.0.0.1"
+    assert int(container_port) == default_port() == int(host_port)
+
+
+def test_compose_puts_caddy_in_front_under_the_https_profile():
+    caddy = compose()["services"]["caddy"]
+    assert caddy["profiles"] == ["https"]
+    assert caddy["restart"] == "unless-stopped"
+    assert {"80:80", "443:443"} <= set(caddy["ports"])
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    assert caddy["environment"]["DOMAIN"].startswith("${DOMAIN")
+    assert caddy["depends_on"]["bridge"]["condition"] == "service_healthy"
+    assert "DOMAIN" in env_example()
+
+
+def test_every_bridge_variable_of_compose_is_a_real_setting(monkeypatch, tmp_path):
+    for service in compose()["services"].values():
+        for name, value in (service.get("environment") or {}).items():
+            if name.startswith("BRIDGE_"):
+                monkeypatch.setenv(name, str(value))
+    load_settings(str(ROOT / "settings.example.toml"))
+
+
+# Caddyfile
+
+
+def caddyfile() -> list[str]:
+    text = (ROOT / "Caddyfile").read_text()
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_caddy_serves_the_domain_and_proxies_to_the_bridge_service():
+    lines = caddyfile()
+    assert lines[0] == "{$DOMAIN} {"
+    (proxy,) = [line for line in lines if line.startswith("reverse_proxy")]
+    host, port = proxy.split()[1].split(":")
+    assert host in compose()["services"] and host == "bridge"
+    assert int(port) == default_port()
+
+
+def test_caddy_keeps_metrics_off_the_internet():
+    lines = caddyfile()
+    matcher = next(line for line in lines if line.startswith("@metrics"))
+    assert "/metrics" in matcher.split()
+    assert "respond @metrics 404" in lines
+    assert lines.index("respond @metrics 404") < lines.index(
+        next(line for line in lines if line.startswith("reverse_proxy")))
+
+
+# .env.example and .dockerignore
+
+
+def secret_variables(model: type[BaseModel], prefix: str = "BRIDGE_") -> set[str]:
+    """The variable of every secret setting (lists of tables cannot be set one by one)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= secret_variables(annotation, f"{variable}__")
+        elif "SecretStr" in str(annotation):
+            names.add(variable)
+    return names
+
+
+def test_every_bridge_variable_of_env_example_loads_as_settings(monkeypatch, tmp_path):
+    variables = {name: value for name, value in env_example().items()
+                 if name.startswith("BRIDGE_")}
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "settings.toml"
+    config.write_text('[slack]\nchannel = "C0123456789"\n')  # what the bot token needs
+    settings = load_settings(str(config))
+    assert settings.webhooks.messages.tokens == []  # a fresh copy keeps the webhooks shut
+    assert settings.slack.bot_token is not None and settings.crm.webhook.headers
+
+
+def test_env_example_documents_every_secret_setting():
+    missing = secret_variables(Settings) - set(env_example())
+    assert missing == set()
+
+
+def test_a_misspelt_bridge_variable_is_an_error_not_ignored(monkeypatch):
+    monkeypatch.setenv("BRIDGE_SLAK__BOT_TOKEN", "xoxb-typo")
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(ROOT / "settings.example.toml"))
+    assert error.value.problems == [
+        "BRIDGE_SLAK__BOT_TOKEN: unknown setting (expected BRIDGE_<SECTION>__<KEY>)"]
+
+
+def dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_dockerignore_keeps_secrets_out_and_the_sources_in():
+    patterns = dockerignore()
+    assert {".env", "settings.toml", "data", ".venv", ".git"} <= set(patterns)
+    for source in copied_sources():
+        assert not any(fnmatch.fnmatch(source, pattern) for pattern in patterns), source
+
+
+# The package, built the way the image builds it
+
+
+@pytest.mark.skipif(os.environ.get("SKIP_WHEEL_BUILD") == "1", reason="SKIP_WHEEL_BUILD=1")
+def test_the_wheel_built_from_the_image_sources_carries_templates_and_samples(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in copied_sources():  # exactly what the Dockerfile copies, nothing else
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", ".", "-w", str(tmp_path / "dist")],
+        cwd=source, check=True, capture_output=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("sitegpt_bridge-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(name).decode() for name in names
+                            if name.endswith("entry_points.txt"))
+    templates = [path.relative_to(ROOT / "templates").as_posix()
+                 for path in (ROOT / "templates").rglob("*") if path.is_file()]
+    assert {f"bridge/templates/{name}" for name in templates} <= names
+    samples = [path.name for path in (ROOT / "bridge" / "samples").glob("*.json")]
+    assert samples and {f"bridge/samples/{name}" for name in samples} <= names
+    assert "sitegpt-bridge = bridge.cli:main" in entry_points
