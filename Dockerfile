@@ -32,7 +32,7 @@ USER bridge
 EXPOSE 8080
 
 # No curl in the slim image: Python's urllib fails on anything but a 2xx.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 
 CMD ["sitegpt-bridge", "serve"]
