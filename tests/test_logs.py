@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -77,9 +78,10 @@ def test_json_by_default_and_text_on_a_terminal(monkeypatch, stream, fmt, is_jso
     logging.getLogger("bridge.test").info("hello %s", "there", extra={"event_id": 7})
     line = output.getvalue().strip()
     if is_json:
-        assert json.loads(line) | {"time": None} == {
-            "time": None, "level": "info", "logger": "bridge.test", "message": "hello there",
-            "event_id": 7}
+        entry = json.loads(line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry.pop("time"))
+        assert entry == {"level": "info", "logger": "bridge.test", "message": "hello there",
+                         "event_id": 7}
     else:
         assert line.endswith("INFO hello there") and not line.startswith("{")
 
