@@ -38,7 +38,7 @@ SECRETS = {
     "jira": "jira-api-token-secret-77aa",
     "hubspot": "pat-na1-hubspot-secret-3c9d",
     "crm_header": "Bearer crm-header-secret-e4f2",
-    "crm_signing": "whsec_crmsigningsecret51",
+    "crm_signing": "whsec_Y3JtLXNpZ25pbmctc2VjcmV0LTUx",  # Standard Webhooks: whsec_ + base64
     "sitegpt": "sgpt_api_key_secret_0b1d",
     "chatbot_sitegpt": "sgpt_chatbot_key_secret_66",
     "metrics": "metrics-token-secret-9f3e",
