@@ -13,6 +13,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -490,8 +491,8 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
         raise StoreError(f"unknown conversation fields: {sorted(unknown)}")
     conn.execute(
         "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
-        " VALUES (?, ?, unixepoch('subsec'), unixepoch('subsec')) ON CONFLICT DO NOTHING",
-        (chatbot_id, thread_id))
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (chatbot_id, thread_id, time.time(), time.time()))
     assignments = ", ".join(f"{name} = :{name}" for name in fields)
     conn.execute(
         f"UPDATE conversations SET {assignments} WHERE chatbot_id = :c AND thread_id = :t",

@@ -18,6 +18,7 @@ from bridge.settings import DeliverySettings
 from bridge.store import ClaimedDelivery, Store
 
 log = logging.getLogger("bridge.worker")
+MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap * 4) + rng.uniform(0, 0.25)
+            return min(max(retry_after, 0.0), MAX_RETRY_AFTER) + rng.uniform(0, 0.25)
         ceiling = min(self.cap, self.initial * 2 ** max(attempt - 1, 0))
         return rng.uniform(ceiling / 2, ceiling)
 

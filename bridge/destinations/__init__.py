@@ -21,3 +21,12 @@ def build_destinations(settings: Settings, templates: Templates) -> dict[str, De
 def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[str]:
     """The destinations that get a delivery row for an event of this kind."""
     return [name for name, destination in destinations.items() if destination.accepts(kind)]
+
+
+def _register_builtin() -> None:
+    from bridge.destinations.slack import slack_destination
+
+    REGISTRY["slack"] = slack_destination
+
+
+_register_builtin()
