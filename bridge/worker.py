@@ -77,18 +77,17 @@ class Worker:
         """Stop claiming; let in-flight deliveries finish within the grace, release the rest."""
         self._stopping.set()
         self._wake.set()
-        tasks = list(self._in_flight.values())
-        if not tasks:
+        in_flight = {task: key for key, task in self._in_flight.items()}
+        if not in_flight:
             return
         grace = self.settings.shutdown_grace.total_seconds()
-        _, unfinished = await asyncio.wait(tasks, timeout=grace)
+        _, unfinished = await asyncio.wait(in_flight, timeout=grace)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         if unfinished:
-            released = [key for key, task in self._in_flight.items() if task in unfinished]
-            await self.store.release(released)
-            log.info("released %d in-flight deliveries on shutdown", len(released))
+            await self.store.release([in_flight[task] for task in unfinished])
+            log.info("released %d in-flight deliveries on shutdown", len(unfinished))
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Deliver everything due now and wait for it (tests and one-shot runs)."""
