@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -9,6 +11,7 @@ from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -17,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -153,6 +157,26 @@ class CrmWebhookSettings(Section):
     signing_secret: SecretStr | None = None
     template: str = "crm/lead.json.j2"
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _standard_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        # Standard Webhooks secrets are "whsec_" + base64; a secret without the prefix is
+        # used as raw bytes, so only a prefixed one can be malformed.
+        value = secret.get_secret_value() if secret is not None else ""
+        if value.startswith("whsec_"):
+            try:
+                base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("the part after whsec_ is not valid base64") from None
+        return secret
 
 
 class CrmSettings(Section):

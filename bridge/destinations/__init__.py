@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
+from bridge.destinations.crm import build_crm
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 Factory = Callable[[Settings, Templates], Destination | None]
-REGISTRY: dict[str, Factory] = {}
+REGISTRY: dict[str, Factory] = {
+    "crm": build_crm,
+}
 
 
 def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
