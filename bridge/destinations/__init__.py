@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
-from bridge.destinations.crm import build_crm
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 Factory = Callable[[Settings, Templates], Destination | None]
-REGISTRY: dict[str, Factory] = {
-    "crm": build_crm,
-}
+REGISTRY: dict[str, Factory] = {}
 
 
 def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
@@ -27,9 +24,11 @@ def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[st
 
 
 def _register_builtin() -> None:
+    from bridge.destinations.crm import build_crm
     from bridge.destinations.slack import slack_destination
 
     REGISTRY["slack"] = slack_destination
+    REGISTRY["crm"] = build_crm
 
 
 _register_builtin()
