@@ -63,7 +63,14 @@ def dashboard_url(chatbot_id: str, thread_id: str) -> str:
 
 
 def _tojson(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=_undefined_fails)
+
+
+def _undefined_fails(value: Any) -> Any:
+    """Report a missing variable by name instead of "Undefined is not JSON serializable"."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class Templates:

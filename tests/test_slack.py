@@ -306,3 +306,12 @@ async def test_unknown_message_type_is_rendered_plainly(harness):
     await h.accept(message("thread_A", "what is this", kind="FANCY_NEW_TYPE"))
     await h.worker.drain()
     assert "FANCY_NEW_TYPE" in str(h.fake.posts[-1]["blocks"])
+
+
+def test_missing_variable_in_a_json_template_is_named(tmp_path):
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "lead.json.j2").write_text('{"text": {{ lead.nickname | tojson }}}')
+    from bridge.errors import TemplateError
+
+    with pytest.raises(TemplateError, match=r"lead.json.j2:1: .*'nickname'"):
+        Templates(tmp_path).render_json("slack/lead.json.j2", {"lead": {"name": "Ann"}})
