@@ -488,9 +488,11 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
     unknown = set(fields) - CONVERSATION_FIELDS
     if unknown:
         raise StoreError(f"unknown conversation fields: {sorted(unknown)}")
+    # Epoch seconds via julianday: unixepoch('subsec') needs SQLite 3.42 and is NULL before it.
     conn.execute(
         "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
-        " VALUES (?, ?, unixepoch('subsec'), unixepoch('subsec')) ON CONFLICT DO NOTHING",
+        " VALUES (?, ?, (julianday('now') - 2440587.5) * 86400.0,"
+        " (julianday('now') - 2440587.5) * 86400.0) ON CONFLICT DO NOTHING",
         (chatbot_id, thread_id))
     assignments = ", ".join(f"{name} = :{name}" for name in fields)
     conn.execute(
