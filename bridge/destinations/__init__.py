@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
+from bridge.destinations.jira import build_jira
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 Factory = Callable[[Settings, Templates], Destination | None]
-REGISTRY: dict[str, Factory] = {}
+REGISTRY: dict[str, Factory] = {
+    "jira": build_jira,
+}
 
 
 def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
