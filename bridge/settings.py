@@ -116,6 +116,14 @@ class JiraSettings(Section):
     labels: list[str] = ["sitegpt"]
     timeout_seconds: float = Field(15.0, gt=0)
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_without_spaces(cls, labels: list[str]) -> list[str]:
+        spaced = [label for label in labels if not label or any(c.isspace() for c in label)]
+        if spaced:
+            raise ValueError(f"Jira labels cannot be empty or contain spaces: {spaced}")
+        return labels
+
     @model_validator(mode="after")
     def _one_auth(self) -> JiraSettings:
         if not self.url:

@@ -538,3 +538,12 @@ def test_check_command_reports_jira_without_its_secret(make_settings, cloud, tmp
     assert status == 0
     assert f"jira: Jira Cloud at {cloud.url}, email + API token as Support Bot User" in output
     assert API_TOKEN not in output
+
+
+def test_labels_with_spaces_are_refused_at_start_up(make_settings):
+    from bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        make_settings({"jira": {"labels": ["sitegpt", "needs triage"]}})
+    assert refused.value.problems == [
+        "jira.labels: Jira labels cannot be empty or contain spaces: ['needs triage']"]
