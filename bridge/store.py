@@ -378,13 +378,24 @@ def _commit_batch(
             conn.execute("ROLLBACK")
         failure = StoreBusy(f"commit failed: {exc}")
         for _, future in batch:
-            future.set_exception(failure)
+            _settle(future, False, failure)
         return
     for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _settle(future, ok, value)
+
+
+def _settle(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
+    """Hand a write's outcome to its caller, unless the caller stopped waiting (deadline, shutdown).
+
+    Its write was still done, whole: an accept told "busy" is then a duplicate of itself on retry,
+    and a worker's finish survives its task being cancelled.
+    """
+    if not future.set_running_or_notify_cancel():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, write: Write[Any]) -> tuple[bool, Any]:

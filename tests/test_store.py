@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridges import counts, query
+from bridges import WriteLock, counts, query
 
-from bridge.errors import StoreError
+from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
 from bridge.store import (
     Acceptance,
@@ -144,6 +144,37 @@ def test_queued_writes_share_one_commit_and_a_failing_write_fails_only_its_calle
 
 
 # When the store cannot commit in time
+
+
+async def test_a_commit_past_the_deadline_is_busy_and_lands_whole_once_the_lock_goes(store, db):
+    event = new_event("k1", destinations=["slack", "jira"])
+    with WriteLock(db):
+        with pytest.raises(StoreBusy, match=r"did not commit within 0\.2 s"):
+            await store.accept(event, NOW, 60)
+        assert counts(db)["events"] == 0
+    # The caller was told "busy", so it retries; the write it gave up on was whole, only late.
+    assert await store.accept(event, NOW + 1, 60) == Acceptance("duplicate", 1)
+    assert (counts(db)["events"], counts(db)["deliveries"]) == (1, 2)
+
+
+async def test_a_lock_held_past_sqlites_busy_timeout_fails_the_batch_and_the_store_recovers(
+        store, db):
+    with WriteLock(db):
+        gave_up, waited = await asyncio.gather(
+            store.accept(new_event("k1"), NOW, 60),
+            store.claim("worker-1", NOW, 10, 60),  # a long deadline: it sees SQLite give up
+            return_exceptions=True)
+    assert isinstance(gave_up, StoreBusy) and "within 0.2 s" in str(gave_up)
+    assert isinstance(waited, StoreBusy) and "database is locked" in str(waited)
+    assert set(counts(db).values()) == {0}
+    assert await store.accept(new_event("k1"), NOW, 60) == Acceptance("accepted", 1)
+
+
+async def test_check_writable_fails_while_another_connection_holds_the_lock(store, db):
+    await store.check_writable()
+    with WriteLock(db), pytest.raises(StoreBusy):
+        await store.check_writable()
+    await store.check_writable()
 
 
 async def test_a_closed_store_refuses_writes(db):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from bridges import build_bridge, counts, fake, query, readme_example
+from bridges import WriteLock, build_bridge, counts, fake, query, readme_example
 from conftest import TOKENS
 from servers import serving
 from starlette.testclient import TestClient
@@ -387,6 +387,25 @@ async def test_four_concurrent_identical_posts_make_one_event(served, sample):
 # When the store cannot commit
 
 
+def test_a_locked_store_answers_503_stores_nothing_half_and_recovers(open_webhooks, sample,
+                                                                     caplog):
+    hooks = open_webhooks({"store": {"commit_timeout_seconds": 0.2}},
+                          destinations=DESTINATIONS)
+    body = sample("escalation")
+    with WriteLock(hooks.db):
+        refused = hooks.post("escalations", body)
+        assert nothing_stored(hooks.db)
+    assert refused.status_code == 503
+    assert "retry" in refused.json()["error"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bridge.web"]
+    assert "store" in line and TOKENS["escalations"] not in caplog.text
+    # SiteGPT retries the same body: it gets 200, and the event exists once, whole.
+    retried = hooks.post("escalations", body)
+    assert retried.status_code == 200 and retried.json()["id"] == 1
+    assert counts(hooks.db) == {
+        "events": 1, "dedup": 1, "deliveries": 2, "conversations": 1, "messages": 0}
+
+
 # Health probes
 
 
@@ -395,3 +414,11 @@ def test_healthz_answers_200(webhooks):
     assert (response.status_code, response.text) == (200, "ok")
 
 
+def test_readyz_is_503_while_the_store_is_not_writable(open_webhooks):
+    hooks = open_webhooks({"store": {"commit_timeout_seconds": 0.2}})
+    assert hooks.client.get("/readyz").json() == {"status": "ready"}
+    with WriteLock(hooks.db):
+        locked = hooks.client.get("/readyz")
+    assert locked.status_code == 503
+    assert locked.json()["status"] == "unavailable"
+    assert hooks.client.get("/readyz").status_code == 200
