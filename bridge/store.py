@@ -285,7 +285,9 @@ class SQLiteStore:
         return await self._run(read)
 
     async def check_writable(self) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"), timeout=2.0)
+        # Ready means a webhook would be stored in time: the same deadline as accept().
+        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"),
+                        timeout=self.commit_timeout)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)

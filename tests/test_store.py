@@ -172,7 +172,7 @@ async def test_a_lock_held_past_sqlites_busy_timeout_fails_the_batch_and_the_sto
 
 async def test_check_writable_fails_while_another_connection_holds_the_lock(store, db):
     await store.check_writable()
-    with WriteLock(db), pytest.raises(StoreBusy):
+    with WriteLock(db), pytest.raises(StoreBusy, match=r"within 0\.2 s"):
         await store.check_writable()
     await store.check_writable()
 
