@@ -450,14 +450,16 @@ def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:
     return event_id
 
 
-CLAIM = """
+# A delivery may go only when no older one to the same destination and conversation is pending.
+FIRST_IN_LINE = """NOT EXISTS (
+    SELECT 1 FROM deliveries e
+    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+      AND e.status = 'pending' AND e.id < d.id)"""
+CLAIM = f"""
 SELECT d.id FROM deliveries d
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_until IS NULL OR d.lease_until <= :now)
-  AND NOT EXISTS (
-    SELECT 1 FROM deliveries e
-    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
-      AND e.status = 'pending' AND e.id < d.id)
+  AND {FIRST_IN_LINE}
 ORDER BY d.id LIMIT :limit
 """
 
@@ -490,9 +492,10 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
 
 
 def _next_due(conn: sqlite3.Connection) -> float | None:
+    # Deliveries waiting behind an older one are not due, whatever their own time says.
     row = conn.execute(
-        "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries"
-        " WHERE status = 'pending'").fetchone()
+        "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
+        f" WHERE d.status = 'pending' AND {FIRST_IN_LINE}").fetchone()
     return row[0]
 
 

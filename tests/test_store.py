@@ -245,6 +245,14 @@ async def test_a_delivery_waiting_for_its_retry_still_holds_back_its_conversatio
     assert await claimed_ids(store, NOW + 30) == [1]
 
 
+async def test_next_due_ignores_deliveries_queued_behind_an_older_one(store):
+    await seed(store)
+    assert await store.next_due() == NOW
+    await claimed_ids(store, NOW, lease=60)
+    # d3's own time has come, but it waits for d1: only the leases say when to look again.
+    assert await store.next_due() == NOW + 60
+
+
 async def test_release_undoes_a_claim_but_not_a_finish(store, db):
     await seed(store)
     await claimed_ids(store, NOW)
