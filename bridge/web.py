@@ -64,7 +64,7 @@ class Intake:
     async def receive(self, endpoint: Endpoint, request: Request) -> JSONResponse:
         if not endpoint.tokens:
             return _reject(endpoint, 503, "not_configured",
-                           f"the {endpoint.name} webhook has no token configured")
+                           f"the {endpoint.name} webhook is not configured: no token is set")
         if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
             return _reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:

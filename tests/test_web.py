@@ -108,6 +108,15 @@ def test_any_of_several_tokens_is_accepted(open_webhooks, sample):
     assert counts(hooks.db)["events"] == 2
 
 
+@pytest.mark.parametrize("headers", [{}, {"X-WEBHOOK-TOKEN": ""}, {"X-WEBHOOK-TOKEN": "any"}])
+def test_an_endpoint_without_token_never_answers_200(open_webhooks, sample, headers):
+    hooks = open_webhooks({"webhooks": {"leads": {"tokens": []}}})
+    response = hooks.post("leads", sample("lead"), headers=headers)
+    assert response.status_code == 503
+    assert "not configured" in response.json()["error"]
+    assert nothing_stored(hooks.db)
+
+
 # Bounded bodies
 
 
