@@ -79,16 +79,14 @@ class Intake:
     async def _accept(self, endpoint: Endpoint, raw: bytes) -> JSONResponse:
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
-        try:
             event = parse_event(endpoint.kind, body)
+            stored = new_event(event, body, endpoint.destinations)
         except InvalidEvent as exc:
             return _reject(endpoint, 422, "invalid", str(exc), field=exc.field)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
+            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
         try:
-            accepted = await self.store.accept(
-                new_event(event, body, endpoint.destinations), self.clock.now(), self.dedup_window
-            )
+            accepted = await self.store.accept(stored, self.clock.now(), self.dedup_window)
         except (StoreBusy, StoreError) as exc:
             log.error("webhook %s: store unavailable: %s", endpoint.name, exc)
             return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)

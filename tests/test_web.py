@@ -189,6 +189,28 @@ def test_a_body_that_is_not_json_is_400(webhooks, content):
     assert nothing_stored(webhooks.db)
 
 
+def nested_message(depth: int) -> bytes:
+    deep = b"[" * depth + b"]" * depth
+    return b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "t", "x": %s}}' % deep
+
+
+def test_a_body_nested_deeper_than_python_goes_is_400_at_any_depth(open_webhooks):
+    hooks = open_webhooks()
+    # Somewhere near Python's recursion limit parsing still works but re-encoding does not.
+    answers = {depth: hooks.post("messages", content=nested_message(depth)).status_code
+               for depth in [*range(850, 1050), 100_000]}
+    assert set(answers.values()) == {200, 400}
+    assert answers[100_000] == 400
+    assert counts(hooks.db)["events"] == list(answers.values()).count(200)
+
+
+def test_a_lone_surrogate_is_400_with_a_reason(webhooks):
+    cut_emoji = b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "\\ud83d"}}'
+    response = webhooks.post("messages", content=cut_emoji)
+    assert response.status_code == 400
+    assert "surrogates not allowed" in response.json()["error"]
+
+
 def with_data(sample: str, **changes: Any) -> dict[str, Any]:
     body = load_sample(sample)
     body["data"] |= changes
