@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -73,8 +74,14 @@ class StoreSettings(Section):
         return Path(self.url.removeprefix("sqlite:///"))
 
 
+def _not_empty(token: SecretStr) -> SecretStr:
+    if not token.get_secret_value():
+        raise ValueError("a token must not be empty: it would accept an empty X-WEBHOOK-TOKEN")
+    return token
+
+
 class WebhookEndpoint(Section):
-    tokens: list[SecretStr] = []
+    tokens: list[Annotated[SecretStr, AfterValidator(_not_empty)]] = []
 
 
 class WebhooksSettings(Section):

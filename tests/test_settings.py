@@ -76,6 +76,11 @@ def test_every_problem_is_reported_at_once(make_settings):
         "server.port", "server.prot", "slack.chanel"]
 
 
+def test_an_empty_token_is_refused_rather_than_matching_an_empty_header(make_settings):
+    [problem] = problems_of(make_settings, {"webhooks": {"leads": {"tokens": ["ok", ""]}}})
+    assert problem.startswith("webhooks.leads.tokens.1: a token must not be empty")
+
+
 # Which file
 
 
