@@ -25,6 +25,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from bridge.errors import ConfigError
@@ -272,6 +273,10 @@ def load_settings(named: str | None = None) -> Settings:
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors()]
         raise ConfigError(f"invalid settings in {path}", problems) from exc
+    except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
+        raise ConfigError(
+            f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
+            """e.g. BRIDGE_WEBHOOKS__MESSAGES__TOKENS='["t1", "t2"]'""") from exc
     finally:
         _toml_data.reset(token)
 

@@ -51,6 +51,14 @@ def test_check_reads_the_file_named_by_bridge_config(tmp_path, capsys, monkeypat
     assert "server.prot: unknown key" in capsys.readouterr().err
 
 
+def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
+    assert main(["check", "--config", str(EXAMPLE)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sitegpt-bridge: invalid BRIDGE_* variable")
+    assert "sec-plain-token" not in line
+
+
 def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
     config = write_toml(tmp_path / "settings.toml", SECRETS)
     assert main(["check", "--config", str(config)]) == 0

@@ -43,6 +43,16 @@ def test_a_token_list_in_the_environment_is_json_and_replaces_the_files_list(
     assert [t.get_secret_value() for t in settings.webhooks.leads.tokens] == [TOKENS["leads"]]
 
 
+def test_a_list_variable_that_is_not_json_is_a_clear_error_without_its_value(
+        make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", "sec-plain-token")
+    with pytest.raises(ConfigError) as refused:
+        make_settings()
+    message = " ".join([str(refused.value), *refused.value.problems])
+    assert "webhooks" in message and "JSON" in message
+    assert "sec-plain-token" not in message
+
+
 def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, monkeypatch):
     monkeypatch.setenv("BRIDGE_SERVER__PROT", "9000")
     assert problems_of(make_settings, None) == ["server.prot: unknown key"]
