@@ -121,6 +121,7 @@ def test_queued_writes_share_one_commit_and_a_failing_write_fails_only_its_calle
     inside, release = threading.Event(), threading.Event()
 
     def hold_the_writer(conn: sqlite3.Connection) -> None:
+        # From here on, every statement the writer runs: where its transactions begin and end.
         conn.set_trace_callback(statements.append)
         inside.set()
         release.wait(WAIT)
