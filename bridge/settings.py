@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +29,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from bridge.errors import ConfigError
@@ -77,8 +79,14 @@ class StoreSettings(Section):
         return Path(self.url.removeprefix("sqlite:///"))
 
 
+def _not_empty(token: SecretStr) -> SecretStr:
+    if not token.get_secret_value():
+        raise ValueError("a token must not be empty: it would accept an empty X-WEBHOOK-TOKEN")
+    return token
+
+
 class WebhookEndpoint(Section):
-    tokens: list[SecretStr] = []
+    tokens: list[Annotated[SecretStr, AfterValidator(_not_empty)]] = []
 
 
 class WebhooksSettings(Section):
@@ -297,6 +305,10 @@ def load_settings(named: str | None = None) -> Settings:
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors()]
         raise ConfigError(f"invalid settings in {path}", problems) from exc
+    except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
+        raise ConfigError(
+            f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
+            """e.g. BRIDGE_WEBHOOKS__MESSAGES__TOKENS='["t1", "t2"]'""") from exc
     finally:
         _toml_data.reset(token)
 

@@ -286,7 +286,9 @@ class SQLiteStore:
         return await self._run(read)
 
     async def check_writable(self) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"), timeout=2.0)
+        # Ready means a webhook would be stored in time: the same deadline as accept().
+        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"),
+                        timeout=self.commit_timeout)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
@@ -379,13 +381,24 @@ def _commit_batch(
             conn.execute("ROLLBACK")
         failure = StoreBusy(f"commit failed: {exc}")
         for _, future in batch:
-            future.set_exception(failure)
+            _settle(future, False, failure)
         return
     for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _settle(future, ok, value)
+
+
+def _settle(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
+    """Hand a write's outcome to its caller, unless the caller stopped waiting (deadline, shutdown).
+
+    Its write was still done, whole: an accept told "busy" is then a duplicate of itself on retry,
+    and a worker's finish survives its task being cancelled.
+    """
+    if not future.set_running_or_notify_cancel():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, write: Write[Any]) -> tuple[bool, Any]:
@@ -438,14 +451,16 @@ def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:
     return event_id
 
 
-CLAIM = """
+# A delivery may go only when no older one to the same destination and conversation is pending.
+FIRST_IN_LINE = """NOT EXISTS (
+    SELECT 1 FROM deliveries e
+    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+      AND e.status = 'pending' AND e.id < d.id)"""
+CLAIM = f"""
 SELECT d.id FROM deliveries d
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_until IS NULL OR d.lease_until <= :now)
-  AND NOT EXISTS (
-    SELECT 1 FROM deliveries e
-    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
-      AND e.status = 'pending' AND e.id < d.id)
+  AND {FIRST_IN_LINE}
 ORDER BY d.id LIMIT :limit
 """
 
@@ -478,9 +493,10 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
 
 
 def _next_due(conn: sqlite3.Connection) -> float | None:
+    # Deliveries waiting behind an older one are not due, whatever their own time says.
     row = conn.execute(
-        "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries"
-        " WHERE status = 'pending'").fetchone()
+        "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
+        f" WHERE d.status = 'pending' AND {FIRST_IN_LINE}").fetchone()
     return row[0]
 
 

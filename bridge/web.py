@@ -64,7 +64,7 @@ class Intake:
     async def receive(self, endpoint: Endpoint, request: Request) -> JSONResponse:
         if not endpoint.tokens:
             return _reject(endpoint, 503, "not_configured",
-                           f"the {endpoint.name} webhook has no token configured")
+                           f"the {endpoint.name} webhook is not configured: no token is set")
         if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
             return _reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:
@@ -79,16 +79,14 @@ class Intake:
     async def _accept(self, endpoint: Endpoint, raw: bytes) -> JSONResponse:
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
-        try:
             event = parse_event(endpoint.kind, body)
+            stored = new_event(event, body, endpoint.destinations)
         except InvalidEvent as exc:
             return _reject(endpoint, 422, "invalid", str(exc), field=exc.field)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
+            return _reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
         try:
-            accepted = await self.store.accept(
-                new_event(event, body, endpoint.destinations), self.clock.now(), self.dedup_window
-            )
+            accepted = await self.store.accept(stored, self.clock.now(), self.dedup_window)
         except (StoreBusy, StoreError) as exc:
             log.error("webhook %s: store unavailable: %s", endpoint.name, exc)
             return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
