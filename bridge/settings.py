@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -10,14 +12,17 @@ from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -25,6 +30,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from bridge.errors import ConfigError
@@ -74,8 +80,14 @@ class StoreSettings(Section):
         return Path(self.url.removeprefix("sqlite:///"))
 
 
+def _not_empty(token: SecretStr) -> SecretStr:
+    if not token.get_secret_value():
+        raise ValueError("a token must not be empty: it would accept an empty X-WEBHOOK-TOKEN")
+    return token
+
+
 class WebhookEndpoint(Section):
-    tokens: list[SecretStr] = []
+    tokens: list[Annotated[SecretStr, AfterValidator(_not_empty)]] = []
 
 
 class WebhooksSettings(Section):
@@ -112,6 +124,14 @@ class JiraSettings(Section):
     issue_type: str = "Task"
     labels: list[str] = ["sitegpt"]
     timeout_seconds: float = Field(15.0, gt=0)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_without_spaces(cls, labels: list[str]) -> list[str]:
+        spaced = [label for label in labels if not label or any(c.isspace() for c in label)]
+        if spaced:
+            raise ValueError(f"Jira labels cannot be empty or contain spaces: {spaced}")
+        return labels
 
     @model_validator(mode="after")
     def _one_auth(self) -> JiraSettings:
@@ -154,6 +174,26 @@ class CrmWebhookSettings(Section):
     signing_secret: SecretStr | None = None
     template: str = "crm/lead.json.j2"
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _standard_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        # Standard Webhooks secrets are "whsec_" + base64; a secret without the prefix is
+        # used as raw bytes, so only a prefixed one can be malformed.
+        value = secret.get_secret_value() if secret is not None else ""
+        if value.startswith("whsec_"):
+            try:
+                base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("the part after whsec_ is not valid base64") from None
+        return secret
 
 
 class CrmSettings(Section):
@@ -268,6 +308,10 @@ def load_settings(named: str | None = None) -> Settings:
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors()]
         raise ConfigError(f"invalid settings in {path}", problems) from exc
+    except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
+        raise ConfigError(
+            f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
+            """e.g. BRIDGE_WEBHOOKS__MESSAGES__TOKENS='["t1", "t2"]'""") from exc
     finally:
         _toml_data.reset(token)
 

@@ -15,6 +15,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,7 +329,9 @@ class SQLiteStore:
         return await asyncio.to_thread(backup_sqlite, self.path, target)
 
     async def check_writable(self) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"), timeout=2.0)
+        # Ready means a webhook would be stored in time: the same deadline as accept().
+        await self._run(lambda conn: conn.execute("DELETE FROM dedup WHERE 0"),
+                        timeout=self.commit_timeout)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
@@ -421,13 +424,24 @@ def _commit_batch(
             conn.execute("ROLLBACK")
         failure = StoreBusy(f"commit failed: {exc}")
         for _, future in batch:
-            future.set_exception(failure)
+            _settle(future, False, failure)
         return
     for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _settle(future, ok, value)
+
+
+def _settle(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
+    """Hand a write's outcome to its caller, unless the caller stopped waiting (deadline, shutdown).
+
+    Its write was still done, whole: an accept told "busy" is then a duplicate of itself on retry,
+    and a worker's finish survives its task being cancelled.
+    """
+    if not future.set_running_or_notify_cancel():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, write: Write[Any]) -> tuple[bool, Any]:
@@ -480,14 +494,16 @@ def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:
     return event_id
 
 
-CLAIM = """
+# A delivery may go only when no older one to the same destination and conversation is pending.
+FIRST_IN_LINE = """NOT EXISTS (
+    SELECT 1 FROM deliveries e
+    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+      AND e.status = 'pending' AND e.id < d.id)"""
+CLAIM = f"""
 SELECT d.id FROM deliveries d
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_until IS NULL OR d.lease_until <= :now)
-  AND NOT EXISTS (
-    SELECT 1 FROM deliveries e
-    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
-      AND e.status = 'pending' AND e.id < d.id)
+  AND {FIRST_IN_LINE}
 ORDER BY d.id LIMIT :limit
 """
 
@@ -520,9 +536,10 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
 
 
 def _next_due(conn: sqlite3.Connection) -> float | None:
+    # Deliveries waiting behind an older one are not due, whatever their own time says.
     row = conn.execute(
-        "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries"
-        " WHERE status = 'pending'").fetchone()
+        "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
+        f" WHERE d.status = 'pending' AND {FIRST_IN_LINE}").fetchone()
     return row[0]
 
 
@@ -533,8 +550,8 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
         raise StoreError(f"unknown conversation fields: {sorted(unknown)}")
     conn.execute(
         "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
-        " VALUES (?, ?, unixepoch('subsec'), unixepoch('subsec')) ON CONFLICT DO NOTHING",
-        (chatbot_id, thread_id))
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (chatbot_id, thread_id, time.time(), time.time()))
     assignments = ", ".join(f"{name} = :{name}" for name in fields)
     conn.execute(
         f"UPDATE conversations SET {assignments} WHERE chatbot_id = :c AND thread_id = :t",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,13 @@ from bridge.errors import TemplateError
 
 CUT_MARKER = "… [cut]"
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_JIRA_SPECIAL = set("\\[]{}|*_+-^~?!#()")
+# Markup characters get a backslash. A backslash itself becomes an entity (two backslashes are
+# a line break) and a newline becomes that line break, so no visitor line starts a block.
+_JIRA_ESCAPES = str.maketrans(
+    {char: f"\\{char}" for char in "[]{}|*_+-^~?!#()"} | {"\\": "&#92;", "\n": "\\\\"}
+)
+_JIRA_BLOCK_START = re.compile(r"^([ \t]*)(h(?=[1-6]\.)|b(?=q\.))")
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def builtin_dir() -> Path:
@@ -33,7 +40,9 @@ def jira_escape(value: Any) -> str:
     """Escape SiteGPT text for Jira wiki markup: no links, macros, images or formatting."""
     if value is None:
         return ""
-    return "".join(f"\\{char}" if char in _JIRA_SPECIAL else char for char in str(value))
+    text = _CONTROL_CHARS.sub("", str(value).replace("\r\n", "\n").replace("\r", "\n"))
+    escaped = text.translate(_JIRA_ESCAPES)
+    return _JIRA_BLOCK_START.sub(lambda match: f"{match[1]}&#{ord(match[2])};", escaped)
 
 
 def cut(value: Any, limit: int, marker: str = CUT_MARKER) -> str:
@@ -63,7 +72,14 @@ def dashboard_url(chatbot_id: str, thread_id: str) -> str:
 
 
 def _tojson(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=_undefined_fails)
+
+
+def _undefined_fails(value: Any) -> Any:
+    """Report a missing variable by name instead of "Undefined is not JSON serializable"."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class Templates:

@@ -66,7 +66,7 @@ class Intake:
     async def receive(self, endpoint: Endpoint, request: Request) -> JSONResponse:
         if not endpoint.tokens:
             return self._reject(endpoint, 503, "not_configured",
-                                f"the {endpoint.name} webhook has no token configured")
+                                f"the {endpoint.name} webhook is not configured: no token is set")
         if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
             return self._reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:
@@ -81,13 +81,12 @@ class Intake:
     async def _accept(self, endpoint: Endpoint, raw: bytes) -> JSONResponse:
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
-        try:
             event = parse_event(endpoint.kind, body)
+            stored = new_event(event, body, endpoint.destinations)
         except InvalidEvent as exc:
             return self._reject(endpoint, 422, "invalid", str(exc), field=exc.field)
-        stored = new_event(event, body, endpoint.destinations)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
+            return self._reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
         try:
             accepted = await self.store.accept(stored, self.clock.now(), self.dedup_window)
         except (StoreBusy, StoreError) as exc:

@@ -19,6 +19,7 @@ from bridge.settings import DeliverySettings
 from bridge.store import ClaimedDelivery, Store
 
 log = logging.getLogger("bridge.worker")
+MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap * 4) + rng.uniform(0, 0.25)
+            return min(max(retry_after, 0.0), MAX_RETRY_AFTER) + rng.uniform(0, 0.25)
         ceiling = min(self.cap, self.initial * 2 ** max(attempt - 1, 0))
         return rng.uniform(ceiling / 2, ceiling)
 
@@ -79,18 +80,17 @@ class Worker:
         """Stop claiming; let in-flight deliveries finish within the grace, release the rest."""
         self._stopping.set()
         self._wake.set()
-        tasks = list(self._in_flight.values())
-        if not tasks:
+        in_flight = {task: key for key, task in self._in_flight.items()}
+        if not in_flight:
             return
         grace = self.settings.shutdown_grace.total_seconds()
-        _, unfinished = await asyncio.wait(tasks, timeout=grace)
+        _, unfinished = await asyncio.wait(in_flight, timeout=grace)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         if unfinished:
-            released = [key for key, task in self._in_flight.items() if task in unfinished]
-            await self.store.release(released)
-            log.info("released %d in-flight deliveries on shutdown", len(released))
+            await self.store.release([in_flight[task] for task in unfinished])
+            log.info("released %d in-flight deliveries on shutdown", len(unfinished))
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Deliver everything due now and wait for it (tests and one-shot runs)."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
+from bridge.destinations.jira import build_jira
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 Factory = Callable[[Settings, Templates], Destination | None]
-REGISTRY: dict[str, Factory] = {}
+REGISTRY: dict[str, Factory] = {
+    "jira": build_jira,
+}
 
 
 def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
@@ -21,3 +24,14 @@ def build_destinations(settings: Settings, templates: Templates) -> dict[str, De
 def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[str]:
     """The destinations that get a delivery row for an event of this kind."""
     return [name for name, destination in destinations.items() if destination.accepts(kind)]
+
+
+def _register_builtin() -> None:
+    from bridge.destinations.crm import build_crm
+    from bridge.destinations.slack import slack_destination
+
+    REGISTRY["slack"] = slack_destination
+    REGISTRY["crm"] = build_crm
+
+
+_register_builtin()

@@ -1,0 +1,140 @@
+"""Any CRM taking a JSON POST: each lead rendered from a template, signed as Standard Webhooks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from bridge.destinations.base import Delivered, Delivery, Outcome
+from bridge.destinations.crm import (
+    USER_AGENT,
+    Lead,
+    LeadDestination,
+    http_failure,
+    lead_of,
+    response_excerpt,
+    transport_failure,
+)
+from bridge.errors import PermanentError, TemplateError
+from bridge.events import LEAD, parse_event
+from bridge.samples import load_sample
+from bridge.settings import CrmWebhookSettings
+from bridge.templating import Templates
+
+SECRET_PREFIX = "whsec_"
+SAMPLE = "lead-custom-fields"
+
+
+def signing_key(secret: str) -> bytes:
+    """Standard Webhooks: the base64 after "whsec_" is the key; a secret without it is used raw."""
+    if secret.startswith(SECRET_PREFIX):
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    return secret.encode()
+
+
+def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: v1, then base64 HMAC-SHA256 of "id.timestamp.body"."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def lead_context(lead: Lead) -> dict[str, Any]:
+    """What the template sees: the lead and its chatbot, nothing from the settings."""
+    return {
+        "event": LEAD,
+        "lead": {
+            "id": lead.id,
+            "name": lead.name,
+            "first_name": lead.first_name,
+            "last_name": lead.last_name,
+            "email": lead.email,
+            "phone": lead.phone,
+            "captured_at": lead.captured_at,
+            "custom_fields": dict(lead.custom_fields),
+        },
+        "chatbot": {"id": lead.chatbot_id, "name": lead.chatbot_name},
+        "dashboard_url": lead.dashboard_url,
+    }
+
+
+class CrmWebhook(LeadDestination):
+    """POSTs each lead to `[crm.webhook] url` (Pipedrive, Twenty, n8n, Zapier, your own)."""
+
+    def __init__(self, settings: CrmWebhookSettings, templates: Templates) -> None:
+        self.settings = settings
+        self.templates = templates
+        self.url = settings.url or ""
+        parts = urlsplit(self.url)
+        # Only scheme and host ever appear in reasons: hook URLs often carry a token in the path.
+        self.target = f"crm webhook {parts.scheme}://{parts.hostname}"
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.timeout_seconds),
+                headers={"User-Agent": USER_AGENT})
+        return self._client
+
+    def body(self, lead: Lead) -> bytes:
+        """The rendered template as compact UTF-8 JSON, or PermanentError naming the template."""
+        name = self.settings.template
+        try:
+            rendered = self.templates.render_json(name, lead_context(lead))
+        except TemplateError as exc:
+            raise PermanentError(f"{self.target}: template error: {exc}") from exc
+        return json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def headers(self, lead: Lead, body: bytes, now: float) -> httpx.Headers:
+        """Configured headers, JSON content type, and the Standard Webhooks id/timestamp/signature.
+
+        The id (the lead's) and timestamp go out even unsigned so a receiver can deduplicate.
+        """
+        headers = httpx.Headers(
+            {name: value.get_secret_value() for name, value in self.settings.headers.items()})
+        headers.setdefault("content-type", "application/json")
+        timestamp = int(now)
+        headers["webhook-id"] = lead.id
+        headers["webhook-timestamp"] = str(timestamp)
+        if self.settings.signing_secret is not None:
+            key = signing_key(self.settings.signing_secret.get_secret_value())
+            headers["webhook-signature"] = signature(key, lead.id, timestamp, body)
+        return headers
+
+    def secrets(self) -> list[str]:
+        values = [value.get_secret_value() for value in self.settings.headers.values()]
+        if self.settings.signing_secret is not None:
+            values.append(self.settings.signing_secret.get_secret_value())
+        return values
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        lead = lead_of(delivery.event)
+        body = self.body(lead)
+        headers = self.headers(lead, body, delivery.clock.now())
+        try:
+            response = await self.client().post(self.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise transport_failure(exc, self.target, self.settings.timeout_seconds) from exc
+        if response.is_success:
+            return Delivered(note=f"{self.target}: HTTP {response.status_code}")
+        detail = response_excerpt(response, self.secrets())
+        reason = f"{self.target}: HTTP {response.status_code} {detail}".rstrip()
+        raise http_failure(response, reason, delivery.clock.now())
+
+    async def verify(self) -> str:
+        """Render the template with a sample lead; nothing is posted."""
+        self.body(lead_of(parse_event(LEAD, load_sample(SAMPLE))))
+        signed = "signed" if self.settings.signing_secret is not None else "unsigned"
+        return (f"POST to {self.target.removeprefix('crm webhook ')} ({signed}); "
+                f"template {self.settings.template} renders valid JSON (nothing sent)")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,321 @@
+"""Jira: one ticket per escalated conversation; a later escalation comments on its open ticket."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import quote
+
+import requests
+from jira import JIRA, JIRAError
+
+from bridge.destinations.base import Delivered, Delivery, Outcome
+from bridge.errors import DeliveryError, PermanentError, RetryableError, TemplateError
+from bridge.events import ESCALATION, TICKET_LINKED, Conversation, EscalationData, canonical_json
+from bridge.settings import JiraSettings, Settings
+from bridge.store import FollowUp, StoredMessage
+from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
+
+T = TypeVar("T")
+SUMMARY_LIMIT = 255
+TEXT_LIMIT = 32_000  # Jira refuses text fields over 32,767 characters
+REASON_LIMIT = 300
+LABEL_PREFIX = "sitegpt-"
+RETRYABLE_STATUSES = frozenset({408, 429})
+# SiteGPT's own dashboard link is used only if it cannot break out of a [label|url] link.
+_LINK_SAFE = re.compile(r"https?://[A-Za-z0-9._~:/?#&=%-]+")
+_WIKI_CUT_MARKER = jira_escape(CUT_MARKER)
+
+
+def conversation_label(conversation: Conversation) -> str:
+    """The label that marks a conversation's tickets, so Jira itself can be asked for them."""
+    digest = hashlib.sha256(conversation.key.encode()).hexdigest()[:16]
+    return f"{LABEL_PREFIX}{digest}"
+
+
+class JiraTickets:
+    """The blocking `jira` client, built on first use, reduced to the few calls the bridge makes."""
+
+    def __init__(self, settings: JiraSettings) -> None:
+        self.settings = settings
+        self._client: JIRA | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> JIRA:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> JIRA:
+        settings = self.settings
+        token = settings.personal_access_token
+        api_token = settings.api_token
+        return JIRA(
+            server=settings.url,
+            basic_auth=(settings.email or "", api_token.get_secret_value()) if api_token else None,
+            token_auth=token.get_secret_value() if token else None,
+            # The library tells Cloud from Server by serverInfo's deploymentType, and only then
+            # searches through Cloud's /search/jql: Cloud's old /search answers 410 Gone.
+            get_server_info=True,
+            max_retries=0,  # the worker's backoff decides when to try again
+            timeout=settings.timeout_seconds,
+        )
+
+    def deployment(self) -> str:
+        return f"Jira {self.client.deploymentType or 'Server'}"
+
+    def whoami(self) -> str:
+        me = self.client.myself()
+        return str(me.get("displayName") or me.get("emailAddress") or me.get("name") or "?")
+
+    def check_project(self, key: str, issue_type: str) -> None:
+        """Raise unless the project exists and, where Jira lists them, offers the issue type."""
+        project = self.client.project(key)
+        names = [kind.name for kind in getattr(project, "issueTypes", [])]
+        if names and issue_type not in names:
+            raise PermanentError(
+                f"jira: project {key} has no issue type {issue_type!r} (it has {', '.join(names)})")
+
+    def open_ticket(self, label: str) -> str | None:
+        """The newest ticket with this label that is not done, if any."""
+        jql = f'labels = "{label}" AND statusCategory != Done ORDER BY created DESC'
+        issues = self.client.search_issues(jql, maxResults=10, fields=["status"])
+        return next((issue.key for issue in issues if not _is_done(issue.raw)), None)
+
+    def still_open(self, key: str) -> str | None:
+        """The ticket's current key if it exists and is not done (a moved ticket gets a new key)."""
+        try:
+            issue = self.client.issue(key, fields="status")
+        except JIRAError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        return None if _is_done(issue.raw) else str(issue.key)
+
+    def create(self, fields: dict[str, Any]) -> str:
+        return str(self.client.create_issue(fields=fields, prefetch=False).key)
+
+    def comment(self, key: str, body: str) -> None:
+        self.client.add_comment(key, body)
+
+    def has_comment(self, key: str, marker: str) -> bool:
+        recent = self.client.comments(key, max_results=50, order_by="-created")
+        return any(marker in (getattr(comment, "body", "") or "") for comment in recent)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class JiraDestination:
+    """Escalations become tickets: created once, found again by label, commented on later."""
+
+    name: ClassVar[str] = "jira"
+
+    def __init__(self, settings: Settings, templates: Templates, notify: Sequence[str],
+                 tickets: JiraTickets | None = None) -> None:
+        assert settings.jira.url, "the factory builds this destination only with jira.url set"
+        self.settings = settings
+        self.jira = settings.jira
+        self.url = settings.jira.url.rstrip("/")
+        self.templates = templates
+        self.notify = tuple(notify)
+        self.tickets = tickets or JiraTickets(settings.jira)
+
+    def accepts(self, kind: str) -> bool:
+        return kind == ESCALATION
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        """Comment on the conversation's open ticket if it has one, else find or create it."""
+        data = delivery.event.data
+        if not isinstance(data, EscalationData):
+            raise PermanentError(f"jira: cannot deliver a {delivery.event.event} event")
+        record = await delivery.conversation()
+        if record is not None and record.jira_key:
+            key = await self._call("read the linked ticket", self.tickets.still_open,
+                                   record.jira_key)
+            if key is not None:
+                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
+        return await self._link(delivery, data)
+
+    async def verify(self) -> str:
+        who = await self._call("check the credentials", self.tickets.whoami)
+        projects = self._projects()
+        for key in projects:
+            await self._call(f"check project {key}", self.tickets.check_project, key,
+                             self.jira.issue_type)
+        deployment = await self._call("read the server info", self.tickets.deployment)
+        return (f"{deployment} at {self.url}, {self.jira.auth_kind} as {who}; "
+                f"{self.jira.issue_type} tickets in {', '.join(projects)}")
+
+    async def aclose(self) -> None:
+        self.tickets.close()
+
+    def issue_url(self, key: str) -> str:
+        return f"{self.url}/browse/{key}"
+
+    async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
+        """Find the conversation's open ticket in Jira, or create it; then remember it."""
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        label = conversation_label(conversation)
+        messages = await delivery.store.transcript(data.chatbot_id, data.thread_id)
+        key = await self._call("search for the ticket", self.tickets.open_ticket, label)
+        created = key is None
+        if key is None:
+            fields = self._new_ticket(data, messages, label, delivery.clock.now())
+            key = await self._call("create the ticket", self.tickets.create, fields)
+        await delivery.store.update_conversation(
+            data.chatbot_id, data.thread_id, jira_key=key,
+            jira_transcript_upto=_last_id(messages, 0), escalated_at=delivery.clock.now())
+        return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, created))
+
+    async def _comment(self, delivery: Delivery, data: EscalationData, key: str,
+                       upto: int) -> Delivered:
+        """Add the messages since the last escalation to the open ticket."""
+        messages = await delivery.store.transcript(data.chatbot_id, data.thread_id, after_id=upto)
+        await self._comment_once(delivery, key, self._context(data, messages, delivery.clock.now()))
+        await delivery.store.update_conversation(
+            data.chatbot_id, data.thread_id, jira_key=key,
+            jira_transcript_upto=_last_id(messages, upto), escalated_at=delivery.clock.now())
+        return Delivered(note=key)
+
+    async def _comment_once(self, delivery: Delivery, key: str, context: dict[str, Any]) -> None:
+        """Comment, unless an earlier attempt did and then timed out before hearing back."""
+        marker = f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
+        if delivery.attempt > 1 and await self._call(
+                "read the comments", self.tickets.has_comment, key, marker):
+            return
+        footer = f"\n\n{{color:#97a0af}}{marker}{{color}}"
+        body = self._text("jira/comment.j2", context, TEXT_LIMIT - len(footer)) + footer
+        await self._call("add a comment", self.tickets.comment, key, body)
+
+    def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
+                    now: float) -> dict[str, Any]:
+        context = self._context(data, messages, now)
+        summary = " ".join(self._render("jira/summary.j2", context).split())
+        chatbot = self.settings.chatbot(data.chatbot_id)
+        project = chatbot.jira_project if chatbot and chatbot.jira_project else self.jira.project
+        return {
+            "project": {"key": project},
+            "issuetype": {"name": self.jira.issue_type},
+            "summary": cut(summary, SUMMARY_LIMIT),
+            "description": self._text("jira/description.j2", context, TEXT_LIMIT),
+            "labels": [*self.jira.labels, label],
+        }
+
+    def _context(self, data: EscalationData, messages: Sequence[StoredMessage],
+                 now: float) -> dict[str, Any]:
+        """Plain data for the templates: never settings, never a secret."""
+        visitor = data.user
+        chatbot = self.settings.chatbot(data.chatbot_id)
+        return {
+            "visitor": {
+                "name": visitor.name if visitor else None,
+                "email": visitor.email if visitor else None,
+                "phone": visitor.phone if visitor else None,
+            },
+            "chatbot": {
+                "id": data.chatbot_id,
+                "name": chatbot.name if chatbot and chatbot.name else data.chatbot_id,
+            },
+            "thread_id": data.thread_id,
+            "dashboard_url": _dashboard_link(data),
+            "transcript": [_transcript_line(message) for message in messages],
+            "escalated_at": now,
+        }
+
+    def _text(self, template: str, context: dict[str, Any], limit: int) -> str:
+        return cut(self._render(template, context).strip(), limit, _WIKI_CUT_MARKER)
+
+    def _render(self, template: str, context: dict[str, Any]) -> str:
+        try:
+            return self.templates.render(template, context)
+        except TemplateError as exc:
+            raise PermanentError(f"jira: {exc}") from exc
+
+    def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
+        """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
+        if not self.notify:
+            return []
+        body = canonical_json({"event": TICKET_LINKED, "data": {
+            "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
+            "issueKey": key, "issueUrl": self.issue_url(key), "created": created,
+        }})
+        return [FollowUp(TICKET_LINKED, body, conversation.key, self.notify)]
+
+    def _projects(self) -> list[str]:
+        named = [self.jira.project, *(bot.jira_project for bot in self.settings.chatbots)]
+        return list(dict.fromkeys(key for key in named if key))
+
+    async def _call(self, action: str, operation: Callable[..., T], *args: Any) -> T:
+        """Run a blocking client call off the event loop; its failures become the bridge's."""
+        try:
+            return await asyncio.to_thread(operation, *args)
+        except JIRAError as exc:
+            raise _classify(action, exc) from exc
+        except requests.Timeout as exc:
+            raise RetryableError(
+                f"jira: {action}: no answer within {self.jira.timeout_seconds:g} s") from exc
+        except requests.RequestException as exc:
+            raise RetryableError(
+                f"jira: {action}: cannot reach {self.url} ({type(exc).__name__})") from exc
+
+
+def _classify(action: str, exc: JIRAError) -> DeliveryError:
+    """Jira's own message, never str(exc): that one carries the request's headers."""
+    status = exc.status_code
+    message = cut(" ".join(str(exc.text or "").split()) or "no message", REASON_LIMIT)
+    reason = f"jira: {action}: HTTP {status}: {message}" if status else f"jira: {action}: {message}"
+    if status is None or status in RETRYABLE_STATUSES or status >= 500:
+        return RetryableError(reason, retry_after=_retry_after(exc))
+    return PermanentError(reason)
+
+
+def _retry_after(exc: JIRAError) -> float | None:
+    headers = exc.response.headers if exc.response is not None else {}
+    try:
+        return float(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+def _is_done(issue: dict[str, Any] | None) -> bool:
+    status = ((issue or {}).get("fields") or {}).get("status") or {}
+    return (status.get("statusCategory") or {}).get("key") == "done"
+
+
+def _last_id(messages: Sequence[StoredMessage], default: int) -> int:
+    return messages[-1].id if messages else default
+
+
+def _dashboard_link(data: EscalationData) -> str:
+    """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url]."""
+    if data.dashboard_url and _LINK_SAFE.fullmatch(data.dashboard_url):
+        return data.dashboard_url
+    return dashboard_url(quote(data.chatbot_id, safe=""), quote(data.thread_id, safe=""))
+
+
+def _transcript_line(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "type": message.message_type,
+        "question": message.question,
+        "answer": message.answer,
+        "agent_name": message.agent_name,
+        "received_at": message.received_at,
+    }
+
+
+def build_jira(settings: Settings, templates: Templates) -> JiraDestination | None:
+    """The Jira destination, or None when `[jira] url` is unset."""
+    if not settings.jira.url:
+        return None
+    # Slack is always built (a dry run without a token), so it always hears of new tickets.
+    return JiraDestination(settings, templates, notify=["slack"])

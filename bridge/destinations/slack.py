@@ -1,0 +1,280 @@
+"""Slack: one thread per conversation, escalations broadcast, leads in their own channel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bridge.clock import Clock, SystemClock
+from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.slack_render import SlackRenderer, fit_message
+from bridge.errors import PermanentError, RetryableError, TemplateError
+from bridge.events import (
+    ESCALATION,
+    LEAD,
+    MESSAGE,
+    TICKET_LINKED,
+    EscalationEvent,
+    LeadEvent,
+    MessageEvent,
+    TicketLinkedEvent,
+    conversation_of,
+)
+from bridge.settings import Settings, SlackSettings
+from bridge.store import ConversationRecord
+from bridge.templating import Templates
+
+log = logging.getLogger("bridge.slack")
+T = TypeVar("T")
+
+PERMANENT_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+    "no_permission", "missing_scope", "channel_not_found", "not_in_channel", "is_archived",
+    "restricted_action", "invalid_blocks", "invalid_blocks_format", "msg_too_long",
+    "too_many_attachments", "invalid_arguments", "thread_not_found", "team_access_not_granted",
+})
+RETRYABLE_ERRORS = frozenset({
+    "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
+    "request_timeout", "team_added_to_org",
+})
+MAX_PACING_WAIT = 3.0
+_QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
+_QUIET_SDK_LOG.setLevel(logging.CRITICAL)
+
+
+@dataclass
+class ChannelPacer:
+    """Per channel: a small burst, then about one post a second; held entirely after a 429."""
+
+    burst: int
+    per_second: float
+    clock: Clock
+    _tokens: dict[str, float] = field(default_factory=dict)
+    _stamp: dict[str, float] = field(default_factory=dict)
+    _held_until: dict[str, float] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def hold(self, channel: str, seconds: float) -> None:
+        self._held_until[channel] = max(self._held_until.get(channel, 0.0),
+                                        self.clock.now() + seconds)
+
+    def held_for(self, channel: str) -> float:
+        return max(self._held_until.get(channel, 0.0) - self.clock.now(), 0.0)
+
+    async def acquire(self, channel: str) -> None:
+        """Wait for this channel's next slot, or raise RetryableError if it is held for long."""
+        held = self.held_for(channel)
+        if held > MAX_PACING_WAIT:
+            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
+        async with self._locks.setdefault(channel, asyncio.Lock()):
+            if held := self.held_for(channel):
+                await self.clock.sleep(held)
+            wait = self._take(channel)
+            if wait > 0:
+                await self.clock.sleep(wait)
+
+    def _take(self, channel: str) -> float:
+        now = self.clock.now()
+        elapsed = now - self._stamp.get(channel, now)
+        tokens = min(self.burst, self._tokens.get(channel, self.burst) + elapsed * self.per_second)
+        self._stamp[channel] = now
+        if tokens >= 1:
+            self._tokens[channel] = tokens - 1
+            return 0.0
+        self._tokens[channel] = tokens - 1
+        return (1 - tokens) / self.per_second
+
+
+@dataclass(frozen=True)
+class Thread:
+    channel: str
+    ts: str
+
+
+class SlackDestination:
+    """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
+
+    name: ClassVar[str] = "slack"
+    KINDS: ClassVar[frozenset[str]] = frozenset({MESSAGE, ESCALATION, LEAD, TICKET_LINKED})
+
+    def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
+                 max_workers: int = 8) -> None:
+        self.settings = settings
+        self.slack: SlackSettings = settings.slack
+        self.renderer = SlackRenderer(templates, settings)
+        self.clock = clock or SystemClock()
+        self.pacer = ChannelPacer(self.slack.burst, self.slack.per_second, self.clock)
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="slack")
+        self._client: WebClient | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.slack.bot_token is None
+
+    def accepts(self, kind: str) -> bool:
+        return kind in self.KINDS
+
+    @property
+    def client(self) -> WebClient:
+        if self._client is None:
+            token = self.slack.bot_token.get_secret_value() if self.slack.bot_token else None
+            self._client = WebClient(token=token, base_url=self.slack.api_url,
+                                     timeout=int(max(self.slack.timeout_seconds, 1)),
+                                     retry_handlers=[], logger=_QUIET_SDK_LOG)
+        return self._client
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        event = delivery.event
+        try:
+            if isinstance(event, MessageEvent):
+                return await self._post_in_thread(delivery, self.renderer.message(event))
+            if isinstance(event, EscalationEvent):
+                return await self._escalate(delivery, event)
+            if isinstance(event, TicketLinkedEvent):
+                return await self._link_ticket(delivery, event)
+            if isinstance(event, LeadEvent):
+                return await self._post_lead(event)
+        except TemplateError as exc:
+            raise PermanentError(f"slack: template error: {exc}") from exc
+        raise PermanentError(f"slack: cannot deliver {event.event} events")
+
+    async def verify(self) -> str:
+        if self.dry_run:
+            return "dry run (no slack.bot_token): messages are logged, not posted"
+        reply = await self._call("auth.test", self.client.auth_test)
+        return (f"ok: workspace {reply.get('team')} ({reply.get('team_id')}), "
+                f"bot @{reply.get('user')} ({reply.get('user_id')}), channel {self.slack.channel}")
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
+                              broadcast: bool = False) -> Outcome:
+        if self.dry_run:
+            return self._dry_run(message)
+        thread = await self._thread(delivery)
+        ts = await self._post(thread.channel, message, thread_ts=thread.ts,
+                              reply_broadcast=broadcast)
+        return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
+        data = event.data
+        await delivery.store.update_conversation(
+            data.chatbot_id, data.thread_id, escalated_at=delivery.clock.now())
+        outcome = await self._post_in_thread(delivery, self.renderer.escalation(event), True)
+        await self._refresh_parent(delivery)
+        return outcome
+
+    async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
+        outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
+        await self._refresh_parent(delivery)
+        return outcome
+
+    async def _post_lead(self, event: LeadEvent) -> Outcome:
+        message = self.renderer.lead(event)
+        if self.dry_run:
+            return self._dry_run(message)
+        channel = self.slack.leads_channel or self.slack.channel or ""
+        ts = await self._post(channel, message)
+        return Delivered(note=f"{channel}/{ts}")
+
+    async def _thread(self, delivery: Delivery) -> Thread:
+        """The conversation's thread, starting it with a parent message the first time."""
+        record = await delivery.conversation()
+        if record and record.slack_channel and record.slack_thread_ts:
+            return Thread(record.slack_channel, record.slack_thread_ts)
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        channel = self._channel_for(conversation.chatbot_id)
+        parent = self.renderer.parent(conversation, record, self._jira_url(record))
+        ts = await self._post(channel, parent)
+        await delivery.store.update_conversation(
+            conversation.chatbot_id, conversation.thread_id, slack_channel=channel,
+            slack_thread_ts=ts)
+        return Thread(channel, ts)
+
+    async def _refresh_parent(self, delivery: Delivery) -> None:
+        """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
+        record = await delivery.conversation()
+        if self.dry_run or not record or not record.slack_thread_ts or not record.slack_channel:
+            return
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        parent = fit_message(self.renderer.parent(conversation, record, self._jira_url(record)))
+        try:
+            await self._call("chat.update", lambda: self.client.chat_update(
+                channel=record.slack_channel, ts=record.slack_thread_ts, **parent))
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not update the parent message of %s: %s", conversation.key, exc)
+
+    async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
+        await self.pacer.acquire(channel)
+        body = fit_message(message)
+        reply = await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
+            channel=channel, unfurl_links=False, unfurl_media=False, **body,
+            **{key: value for key, value in extra.items() if value}), channel=channel)
+        return str(reply["ts"])
+
+    async def _call(self, method: str, call: Callable[[], Any], channel: str | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, call)
+        except SlackApiError as exc:
+            raise self._classify(method, exc, channel) from exc
+        except (TimeoutError, OSError) as exc:
+            raise RetryableError(f"slack: {method}: {type(exc).__name__}: {exc}") from exc
+
+    def _classify(self, method: str, exc: SlackApiError, channel: str | None) -> Exception:
+        status = exc.response.status_code
+        data = exc.response.data if isinstance(exc.response.data, dict) else {}
+        error = str(data.get("error") or "")
+        if error.startswith("Received a response in a non-JSON format"):
+            error = ""
+        detail = error if status == 200 else f"HTTP {status}" + (f" {error}" if error else "")
+        reason = f"slack: {method}: {detail}"
+        if status == 429 or error in ("ratelimited", "rate_limited"):
+            retry_after = _retry_after(exc.response.headers)
+            if channel:
+                self.pacer.hold(channel, retry_after)
+            return RetryableError(f"{reason} (retry after {retry_after:g} s)", retry_after)
+        if status >= 500 or error in RETRYABLE_ERRORS:
+            return RetryableError(reason)
+        return PermanentError(reason)
+
+    def _channel_for(self, chatbot_id: str) -> str:
+        chatbot = self.settings.chatbot(chatbot_id)
+        return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
+            self.slack.channel or "")
+
+    def _jira_url(self, record: ConversationRecord | None) -> str | None:
+        if record is None or not record.jira_key or not self.settings.jira.url:
+            return None
+        return f"{self.settings.jira.url.rstrip('/')}/browse/{record.jira_key}"
+
+    def _dry_run(self, message: dict[str, Any]) -> Outcome:
+        log.info("slack dry run (no bot_token), would post: %s",
+                 json.dumps(fit_message(message), ensure_ascii=False))
+        return Skipped("dry run: slack.bot_token is not set")
+
+
+def _retry_after(headers: dict[str, Any]) -> float:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(float(value if not isinstance(value, list) else value[0]), 0.0)
+            except ValueError:
+                break
+    return 1.0
+
+
+def slack_destination(settings: Settings, templates: Templates) -> SlackDestination:
+    """Always on: without a bot token it runs dry, logging what it would post."""
+    return SlackDestination(settings, templates, max_workers=settings.delivery.concurrency)

@@ -1,0 +1,153 @@
+"""What Slack is sent: template contexts per event, and Block Kit cut to Slack's limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.errors import TemplateError
+from bridge.events import (
+    Conversation,
+    EscalationEvent,
+    LeadEvent,
+    MessageEvent,
+    TicketLinkedEvent,
+)
+from bridge.settings import Settings
+from bridge.store import ConversationRecord
+from bridge.templating import CUT_MARKER, Templates
+
+MESSAGE_TEMPLATES = {
+    "NORMAL_MESSAGE": "slack/message_normal.json.j2",
+    "USER_MESSAGE": "slack/message_visitor.json.j2",
+    "AGENT_MESSAGE": "slack/message_agent.json.j2",
+    "SYSTEM_MESSAGE": "slack/message_system.json.j2",
+}
+OTHER_MESSAGE = "slack/message_other.json.j2"
+TEXT_LIMIT = 39_000
+SECTION_LIMIT = 3_000
+FIELD_LIMIT = 2_000
+HEADER_LIMIT = 150
+MAX_BLOCKS = 50
+
+
+class SlackRenderer:
+    """Builds each template's context from an event; templates never see settings or secrets."""
+
+    def __init__(self, templates: Templates, settings: Settings) -> None:
+        self.templates = templates
+        self.settings = settings
+
+    def message(self, event: MessageEvent) -> dict[str, Any]:
+        data = event.data
+        name = MESSAGE_TEMPLATES.get(data.message_type or "", OTHER_MESSAGE)
+        return self._render(name, {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "message": {
+                "type": data.message_type or "UNKNOWN",
+                "question": data.question,
+                "answer": data.answer,
+                "sources": data.sources or [],
+                "agent_name": data.agent_name,
+                "agent_id": data.agent_id,
+                "icon_url": data.icon_url,
+                "system_message_type": data.system_message_type,
+                "gpt_model": data.gpt_model,
+            },
+        })
+
+    def escalation(self, event: EscalationEvent) -> dict[str, Any]:
+        data = event.data
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        visitor = data.user.model_dump() if data.user else None
+        return self._render("slack/escalation.json.j2", {
+            **self._conversation(conversation),
+            "visitor": visitor,
+            "dashboard_url": data.dashboard_url or conversation.dashboard_url,
+            "mention": self.settings.slack.escalation_mention,
+        })
+
+    def ticket(self, event: TicketLinkedEvent) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {"key": data.issue_key, "url": data.issue_url, "created": data.created},
+        })
+
+    def lead(self, event: LeadEvent) -> dict[str, Any]:
+        data = event.data
+        lead = data.lead_details
+        return self._render("slack/lead.json.j2", {
+            "chatbot": {"id": data.chatbot_id,
+                        "name": data.chatbot_name or self._name(data.chatbot_id)},
+            "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
+                     "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
+            "dashboard_url": data.dashboard_url,
+        })
+
+    def parent(self, conversation: Conversation, record: ConversationRecord | None,
+               ticket_url: str | None) -> dict[str, Any]:
+        return self._render("slack/parent.json.j2", {
+            **self._conversation(conversation),
+            "escalated": bool(record and record.escalated_at),
+            "ticket": {"key": record.jira_key, "url": ticket_url}
+            if record and record.jira_key else None,
+        })
+
+    def _conversation(self, conversation: Conversation) -> dict[str, Any]:
+        return {
+            "chatbot": {"id": conversation.chatbot_id, "name": self._name(conversation.chatbot_id)},
+            "conversation": {"thread_id": conversation.thread_id,
+                             "dashboard_url": conversation.dashboard_url},
+        }
+
+    def _name(self, chatbot_id: str) -> str:
+        chatbot = self.settings.chatbot(chatbot_id)
+        return chatbot.name if chatbot and chatbot.name else chatbot_id
+
+    def _render(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
+        message = self.templates.render_json(name, context)
+        if not isinstance(message, dict) or not isinstance(message.get("text"), str):
+            raise TemplateError(f"{name}: must render a JSON object with a \"text\" string")
+        if not isinstance(message.get("blocks", []), list):
+            raise TemplateError(f"{name}: \"blocks\" must be a list")
+        return message
+
+
+def cut_text(text: str, limit: int) -> str:
+    """Cut to `limit` with a visible marker, never inside an &amp;-style escape."""
+    if len(text) <= limit:
+        return text
+    kept = text[: limit - len(CUT_MARKER)]
+    amp = kept.rfind("&")
+    if amp != -1 and ";" not in kept[amp:]:
+        kept = kept[:amp]
+    return kept + CUT_MARKER
+
+
+def fit_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The same message with every text within Slack's limits, so Slack never rejects it."""
+    fitted = dict(message)
+    fitted["text"] = cut_text(message["text"], TEXT_LIMIT)
+    if "blocks" in message:
+        fitted["blocks"] = [_fit_block(block) for block in message["blocks"][:MAX_BLOCKS]]
+    return fitted
+
+
+def _fit_block(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return block
+    fitted = dict(block)
+    limit = HEADER_LIMIT if block.get("type") == "header" else SECTION_LIMIT
+    if isinstance(block.get("text"), dict):
+        fitted["text"] = _fit_text(block["text"], limit)
+    if isinstance(block.get("fields"), list):
+        fitted["fields"] = [_fit_text(item, FIELD_LIMIT) for item in block["fields"][:10]]
+    if isinstance(block.get("elements"), list) and block.get("type") == "context":
+        fitted["elements"] = [_fit_text(item, FIELD_LIMIT) for item in block["elements"][:10]]
+    return fitted
+
+
+def _fit_text(item: Any, limit: int) -> Any:
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return {**item, "text": cut_text(item["text"], limit)}
+    return item

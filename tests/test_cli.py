@@ -1,0 +1,100 @@
+"""The `sitegpt-bridge` command: `check` explains bad settings and hides secrets; `serve` starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from bridges import SECRET_VALUES, SECRETS, counts, readme_example
+from conftest import write_toml
+from servers import BridgeProcess, clean_environ
+
+from bridge.cli import main
+
+EXAMPLE = Path(__file__).parent.parent / "settings.example.toml"
+BAD = {"server": {"prot": 8080}, "slack": {"chanel": "C1"}, "store": {"synchronous": "SOMETIMES"}}
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_variables(make_settings):
+    """make_settings clears every BRIDGE_* variable of the environment the tests run in."""
+
+
+def test_check_lists_every_problem_on_its_own_line_and_fails(tmp_path, capsys):
+    bad = write_toml(tmp_path / "bad.toml", BAD)
+    assert main(["check", "--config", str(bad)]) != 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"sitegpt-bridge: invalid settings in {bad}",
+        "  - server.prot: unknown key",
+        "  - store.synchronous: Input should be 'FULL' or 'NORMAL'",
+        "  - slack.chanel: unknown key",
+    ]
+
+
+def test_check_of_a_named_file_that_does_not_exist_fails_in_one_line(tmp_path, capsys):
+    assert main(["check", "--config", str(tmp_path / "nowhere.toml")]) != 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"sitegpt-bridge: config file not found: {tmp_path / 'nowhere.toml'}"]
+
+
+def test_check_reads_the_file_named_by_bridge_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_CONFIG", str(tmp_path / "nowhere.toml"))
+    assert main(["check"]) != 0
+    assert "config file not found" in capsys.readouterr().err
+    monkeypatch.setenv("BRIDGE_CONFIG", str(write_toml(tmp_path / "bad.toml", BAD)))
+    assert main(["check"]) != 0
+    assert "server.prot: unknown key" in capsys.readouterr().err
+
+
+def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
+    assert main(["check", "--config", str(EXAMPLE)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sitegpt-bridge: invalid BRIDGE_* variable")
+    assert "sec-plain-token" not in line
+
+
+def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
+    config = write_toml(tmp_path / "settings.toml", SECRETS)
+    assert main(["check", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert '"metrics_token": "**********"' in out
+    assert '"Authorization": "**********"' in out
+    for secret in SECRET_VALUES:
+        assert secret not in out + err
+
+
+def test_check_warns_about_the_example_tokens(capsys):
+    assert main(["check", "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    for name in ("messages", "escalations", "leads"):
+        assert f"webhooks.{name}: WARNING: still the example token" in out
+    assert "abc-messages-xyz" not in out
+
+
+def test_the_installed_command_exits_non_zero_with_the_problems_on_stderr(tmp_path):
+    bad = write_toml(tmp_path / "bad.toml", BAD)
+    script = Path(sys.executable).with_name("sitegpt-bridge")
+    done = subprocess.run([str(script), "check", "--config", str(bad)], capture_output=True,
+                          text=True, env=clean_environ(), timeout=60, check=False)
+    assert done.returncode == 2
+    assert "  - server.prot: unknown key" in done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_with_the_example_settings_accepts_the_readme_example(tmp_path):
+    body, token = readme_example()
+    with BridgeProcess(EXAMPLE, cwd=tmp_path) as bridge:  # as `make run` does
+        answer = httpx.post(f"{bridge.url}/webhooks/messages", json=body,
+                            headers={"X-WEBHOOK-TOKEN": token}, timeout=10)
+        log = bridge.log
+    assert answer.json() == {"status": "accepted", "id": 1}
+    assert counts(tmp_path / "data" / "bridge.db")["events"] == 1
+    for name in ("messages", "escalations", "leads"):
+        assert f"UNSAFE: webhooks.{name} still uses the example token" in log
+    assert token not in log

@@ -1,0 +1,204 @@
+"""The generic CRM webhook: templated JSON, Standard Webhooks signatures, classified failures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from crm_support import lead_body, open_deliveries
+from pydantic import SecretStr
+
+from bridge.destinations.base import Delivered
+from bridge.destinations.crm_webhook import CrmWebhook
+from bridge.errors import PermanentError, RetryableError
+from bridge.settings import CrmWebhookSettings
+from bridge.templating import Templates
+
+# The path carries the hook's own token, as Zapier's and n8n's do: it must never be shown.
+URL = "https://hooks.example.test/catch/123/s3cr3t-path"
+KEY = b"sixteen byte key for tests"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+API_KEY = "Bearer crm-api-key-0000"
+
+
+def webhook_settings(**overrides: Any) -> CrmWebhookSettings:
+    values: dict[str, Any] = {"url": URL, "headers": {"Authorization": SecretStr(API_KEY)}}
+    return CrmWebhookSettings(**(values | overrides))
+
+
+def expected_signature(key: bytes, request: httpx.Request) -> str:
+    """Standard Webhooks, computed here from the spec: HMAC-SHA256 over "id.timestamp.body"."""
+    signed = b".".join([request.headers["webhook-id"].encode(),
+                        request.headers["webhook-timestamp"].encode(), request.content])
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+@pytest.fixture
+async def deliveries(tmp_path, clock):
+    async with open_deliveries(tmp_path, clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def hook():
+    with respx.mock(assert_all_called=False) as mocked:
+        yield mocked.post(URL)
+
+
+async def deliver(destination: CrmWebhook, delivery: Any) -> Any:
+    try:
+        return await destination.deliver(delivery)
+    finally:
+        await destination.aclose()
+
+
+async def test_default_template_sends_every_lead_field(hook, deliveries, clock):
+    hook.respond(200)
+    body = lead_body("lead-custom-fields", email="ana@example.com", Seats=12)
+
+    outcome = await deliver(CrmWebhook(webhook_settings(), Templates()), await deliveries.of(body))
+
+    assert outcome == Delivered(note="crm webhook https://hooks.example.test: HTTP 200")
+    request = hook.calls.last.request
+    assert json.loads(request.content) == {
+        "event": "NEW_LEAD_CAPTURE",
+        "lead": {
+            "id": "lead_790", "name": "Ana María Nuñez", "first_name": "Ana María",
+            "last_name": "Nuñez", "email": "ana@example.com", "phone": "+34 600 000 000",
+            "captured_at": "2024-01-15T11:02:00Z",
+            "custom_fields": {"Company": "Nuñez Consulting", "Team size": "11-50",
+                              "Interested in": "Enterprise plan", "Seats": 12},
+        },
+        "chatbot": {"id": "chatbot_123", "name": "Support Bot"},
+        "dashboard_url": "https://sitegpt.ai/chatbot_123/leads/lead_790",
+    }
+    assert request.headers["authorization"] == API_KEY
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"] == "lead_790"
+    assert request.headers["webhook-timestamp"] == str(int(clock.now()))
+    assert "webhook-signature" not in request.headers
+
+
+async def test_user_template_overrides_the_default(hook, deliveries, tmp_path):
+    (tmp_path / "crm").mkdir()
+    (tmp_path / "crm" / "lead.json.j2").write_text(
+        '{"person": {"name": {{ lead.first_name | tojson }}, "email": {{ lead.email | tojson }}},'
+        ' "org": {{ lead.custom_fields["Company"] | default(none) | tojson }}}')
+    hook.respond(201)
+
+    await deliver(CrmWebhook(webhook_settings(), Templates(user_dir=tmp_path)),
+                  await deliveries.of(lead_body(Company="Doe & Sons")))
+
+    assert json.loads(hook.calls.last.request.content) == {
+        "person": {"name": "John", "email": "john@example.com"}, "org": "Doe & Sons"}
+
+
+async def test_a_template_named_in_settings_is_used(hook, deliveries, tmp_path):
+    (tmp_path / "pipedrive.json.j2").write_text('{"name": {{ lead.name | tojson }}}')
+    hook.respond(200)
+
+    await deliver(CrmWebhook(webhook_settings(template="pipedrive.json.j2"),
+                             Templates(user_dir=tmp_path)),
+                  await deliveries.of(lead_body()))
+
+    assert json.loads(hook.calls.last.request.content) == {"name": "John Doe"}
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ('{"name": {{ lead.name }}}', "broken.json.j2: output is not valid JSON"),
+    ('{"token": {{ settings | tojson }}}', "broken.json.j2"),
+    ('{"name": {{ lead.name | tojson }}', "broken.json.j2"),
+])
+async def test_a_broken_template_is_permanent_and_names_itself(
+        hook, deliveries, tmp_path, template, words):
+    (tmp_path / "broken.json.j2").write_text(template)
+    destination = CrmWebhook(webhook_settings(template="broken.json.j2"),
+                             Templates(user_dir=tmp_path))
+
+    with pytest.raises(PermanentError) as caught:
+        await deliver(destination, await deliveries.of(lead_body()))
+
+    assert words in str(caught.value) and not hook.called
+
+
+@pytest.mark.parametrize(("secret", "key"), [(SECRET, KEY), ("plain-shared-secret",
+                                                            b"plain-shared-secret")])
+async def test_signature_verifies_the_standard_webhooks_way(hook, deliveries, secret, key):
+    hook.respond(204)
+    settings = webhook_settings(signing_secret=SecretStr(secret))
+
+    await deliver(CrmWebhook(settings, Templates()), await deliveries.of(lead_body()))
+
+    request = hook.calls.last.request
+    assert request.headers["webhook-signature"] == expected_signature(key, request)
+    assert request.headers["webhook-id"] == "lead_789"
+
+
+@pytest.mark.parametrize(("status", "headers", "error", "retry_after"), [
+    (408, {}, RetryableError, None),
+    (429, {"Retry-After": "12"}, RetryableError, 12.0),
+    (429, {}, RetryableError, None),
+    (500, {}, RetryableError, None),
+    (503, {"Retry-After": "3"}, RetryableError, 3.0),
+    (301, {"Location": "https://elsewhere.test/"}, PermanentError, None),
+    (400, {}, PermanentError, None),
+    (401, {}, PermanentError, None),
+    (404, {}, PermanentError, None),
+    (422, {}, PermanentError, None),
+])
+async def test_failures_are_classified_without_revealing_secrets(
+        hook, deliveries, status, headers, error, retry_after):
+    # An echoing receiver puts our own headers in its answer: they must come back masked.
+    hook.respond(status, headers=headers,
+                 text=f"rejected; you sent Authorization: {API_KEY} and {SECRET}")
+    settings = webhook_settings(signing_secret=SecretStr(SECRET))
+
+    with pytest.raises(error) as caught:
+        await deliver(CrmWebhook(settings, Templates()), await deliveries.of(lead_body()))
+
+    reason = str(caught.value)
+    assert type(caught.value) is error
+    assert reason.startswith(f"crm webhook https://hooks.example.test: HTTP {status} rejected")
+    assert "***" in reason
+    assert all(secret not in reason for secret in (API_KEY, SECRET, "s3cr3t-path"))
+    if error is RetryableError:
+        assert caught.value.retry_after == retry_after
+
+
+@pytest.mark.parametrize(("failure", "words"), [
+    (httpx.ReadTimeout("timed out"), "no answer within 10 s (ReadTimeout)"),
+    (httpx.ConnectError(f"cannot reach {URL}"), "connection failed (ConnectError)"),
+])
+async def test_timeouts_and_connection_errors_are_retried(hook, deliveries, failure, words):
+    hook.mock(side_effect=failure)
+
+    with pytest.raises(RetryableError) as caught:
+        await deliver(CrmWebhook(webhook_settings(), Templates()),
+                      await deliveries.of(lead_body()))
+
+    assert str(caught.value) == f"crm webhook https://hooks.example.test: {words}"
+
+
+async def test_verify_describes_the_target_and_posts_nothing(hook):
+    settings = webhook_settings(signing_secret=SecretStr(SECRET))
+
+    line = await CrmWebhook(settings, Templates()).verify()
+
+    assert line == ("POST to https://hooks.example.test (signed); template crm/lead.json.j2 "
+                    "renders valid JSON (nothing sent)")
+    assert not hook.called
+
+
+async def test_verify_fails_on_a_broken_template(hook, tmp_path):
+    (tmp_path / "crm").mkdir()
+    (tmp_path / "crm" / "lead.json.j2").write_text("{{ lead.nickname }}")
+
+    with pytest.raises(PermanentError, match=r"template error: .*crm/lead.json.j2:1: .*nickname"):
+        await CrmWebhook(webhook_settings(), Templates(user_dir=tmp_path)).verify()
+    assert not hook.called

@@ -1,0 +1,149 @@
+"""Settings: TOML overridden by BRIDGE_* variables, checked once, one clear line per problem."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bridges import SECRET_VALUES, SECRETS
+from conftest import TOKENS, deep_merge, write_toml
+
+from bridge.errors import ConfigError
+from bridge.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_variables(make_settings):
+    """make_settings clears every BRIDGE_* variable of the environment the tests run in."""
+
+
+def problems_of(make_settings, extra) -> list[str]:
+    with pytest.raises(ConfigError) as refused:
+        make_settings(extra)
+    return refused.value.problems
+
+
+# Environment over TOML
+
+
+def test_an_environment_variable_overrides_its_key_and_leaves_the_rest_of_the_table(
+        make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_SERVER__PORT", "9123")
+    settings = make_settings({"server": {"host": "0.0.0.0", "port": 8080}})
+    assert (settings.server.port, settings.server.host) == (9123, "0.0.0.0")
+
+
+def test_a_token_list_in_the_environment_is_json_and_replaces_the_files_list(
+        make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", '["env-1", "env-2"]')
+    settings = make_settings()
+    assert [t.get_secret_value() for t in settings.webhooks.messages.tokens] == ["env-1", "env-2"]
+    assert [t.get_secret_value() for t in settings.webhooks.leads.tokens] == [TOKENS["leads"]]
+
+
+def test_a_list_variable_that_is_not_json_is_a_clear_error_without_its_value(
+        make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", "sec-plain-token")
+    with pytest.raises(ConfigError) as refused:
+        make_settings()
+    message = " ".join([str(refused.value), *refused.value.problems])
+    assert "webhooks" in message and "JSON" in message
+    assert "sec-plain-token" not in message
+
+
+def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_SERVER__PROT", "9000")
+    assert problems_of(make_settings, None) == ["server.prot: unknown key"]
+
+
+# Problems named one per line
+
+
+@pytest.mark.parametrize(("extra", "key", "words"), [
+    ({"sever": {"port": 1}}, "sever", "unknown key"),
+    ({"server": {"prot": 1}}, "server.prot", "unknown key"),
+    ({"webhooks": {"messages": {"token": ["t"]}}}, "webhooks.messages.token", "unknown key"),
+    ({"crm": {"hubspot": {"acces_token": "x"}}}, "crm.hubspot.acces_token", "unknown key"),
+    ({"chatbots": [{"id": "b", "slack_chanel": "C1"}]}, "chatbots.0.slack_chanel", "unknown key"),
+    ({"server": {"port": "eighty"}}, "server.port", "valid integer"),
+    ({"store": {"commit_timeout_seconds": 5}}, "store.commit_timeout_seconds", "4.5"),
+    ({"slack": {"bot_token": "x"}}, "slack", "slack.channel is required"),
+    ({"crm": {"kind": "hubspot"}}, "crm", "needs crm.hubspot.access_token"),
+    ({"jira": {"url": "https://j"}}, "jira", "jira.url is set but no credentials"),
+])
+def test_a_bad_key_or_value_is_one_problem_naming_it(make_settings, extra, key, words):
+    [line] = problems_of(make_settings, extra)
+    assert line.startswith(f"{key}: ")
+    assert words in line and "\n" not in line
+
+
+def test_every_problem_is_reported_at_once(make_settings):
+    problems = problems_of(make_settings, {"server": {"prot": 1, "port": 0},
+                                           "slack": {"chanel": "C1"}})
+    assert sorted(problem.split(":")[0] for problem in problems) == [
+        "server.port", "server.prot", "slack.chanel"]
+
+
+def test_an_empty_token_is_refused_rather_than_matching_an_empty_header(make_settings):
+    [problem] = problems_of(make_settings, {"webhooks": {"leads": {"tokens": ["ok", ""]}}})
+    assert problem.startswith("webhooks.leads.tokens.1: a token must not be empty")
+
+
+# Which file
+
+
+def test_a_named_file_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing\.toml"):
+        load_settings(str(tmp_path / "missing.toml"))
+
+
+def test_bridge_config_names_the_file_and_it_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGE_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings()
+    path = write_toml(tmp_path / "elsewhere.toml", {"server": {"port": 9001}})
+    monkeypatch.setenv("BRIDGE_CONFIG", str(path))
+    assert load_settings().server.port == 9001
+
+
+def test_without_a_name_a_missing_settings_toml_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.webhooks.messages.tokens == []
+    assert settings.store.url == "sqlite:///data/bridge.db"
+
+
+def test_a_file_that_is_not_toml_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_settings(str(path))
+
+
+def test_the_example_file_loads_and_is_known_to_use_the_example_tokens():
+    example = Path(__file__).parent.parent / "settings.example.toml"
+    settings = load_settings(str(example))
+    assert settings.example_tokens_in_use() == ["messages", "escalations", "leads"]
+
+
+# Values
+
+
+@pytest.mark.parametrize(("given", "seconds"), [
+    ("250ms", 0.25), ("90s", 90), ("5m", 300), ("24h", 86400), ("7d", 604800), (30, 30),
+    ("1.5s", 1.5),
+])
+def test_durations_take_a_unit_or_plain_seconds(make_settings, given, seconds):
+    settings = make_settings({"delivery": {"lease": given}})
+    assert settings.delivery.lease == timedelta(seconds=seconds)
+
+
+def test_every_secret_is_masked_when_settings_are_shown(make_settings):
+    slack_on = {"slack": {"bot_token": "sec-xoxb", "channel": "C1"}}
+    settings = make_settings(deep_merge(SECRETS, slack_on))
+    shown = json.dumps(settings.model_dump(mode="json")) + repr(settings) + str(settings)
+    for secret in [*SECRET_VALUES, "sec-xoxb"]:
+        assert secret not in shown
+    assert settings.crm.webhook.headers["Authorization"].get_secret_value() == "sec-crm-header"

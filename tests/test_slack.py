@@ -1,0 +1,317 @@
+"""Slack destination: the real slack_sdk client against a fake Slack Web API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from bridge.destinations.slack import SlackDestination
+from bridge.errors import PermanentError
+from bridge.events import TICKET_LINKED, canonical_json, parse_event
+from bridge.intake import new_event
+from bridge.store import SQLiteStore, open_store
+from bridge.templating import CUT_MARKER, Templates
+from bridge.worker import Worker
+from tests.conftest import FakeClock
+from tests.fake_slack import FakeSlack
+
+
+@dataclass
+class Harness:
+    store: SQLiteStore
+    slack: SlackDestination
+    worker: Worker
+    clock: FakeClock
+    fake: FakeSlack
+
+    async def accept(self, body: dict[str, Any]) -> int:
+        event = parse_event(body["event"], body)
+        accepted = await self.store.accept(new_event(event, body, ["slack"]), self.clock.now(), 600)
+        return accepted.event_id
+
+    async def statuses(self) -> list[tuple[str, str | None]]:
+        rows = await self.store.deliveries(limit=1000)
+        return [(row.status, row.last_error) for row in reversed(rows)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+async def harness(make_settings, fake, clock):
+    built: list[Harness] = []
+
+    async def build(extra: dict[str, Any] | None = None, **slack: Any) -> Harness:
+        settings = make_settings({"slack": {
+            "bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
+            "leads_channel": "C_LEADS", "burst": 1000, "per_second": 1000.0,
+            "escalation_mention": "<!subteam^S0123>", **slack}, **(extra or {})})
+        store = open_store(settings.store.url)
+        destination = SlackDestination(settings, Templates(), clock)
+        worker = Worker(store, {"slack": destination}, settings.delivery, clock, random.Random(7))
+        built.append(Harness(store, destination, worker, clock, fake))
+        return built[-1]
+
+    yield build
+    for item in built:
+        await item.slack.aclose()
+        await item.store.close()
+
+
+def message(thread: str, text: str, kind: str = "USER_MESSAGE", **data: Any) -> dict[str, Any]:
+    fields = {"chatbotId": "chatbot_123", "threadId": thread, "messageType": kind,
+              "question": text if kind != "AGENT_MESSAGE" else None,
+              "answer": text if kind != "USER_MESSAGE" else None, **data}
+    return {"event": "ADD_MESSAGE", "data": fields}
+
+
+def texts(posts: list[dict[str, Any]]) -> list[str]:
+    return [post["text"] for post in posts]
+
+
+async def test_one_thread_per_conversation_in_order_while_another_interleaves(harness):
+    h = await harness()
+    for n in range(20):
+        await h.accept(message("thread_A", f"A{n}"))
+        if n % 2 == 0:
+            await h.accept(message("thread_B", f"B{n}"))
+    await h.worker.drain()
+
+    parents = h.fake.parents()
+    assert len(parents) == 2
+    by_thread = {p["text"].rsplit(" ", 1)[-1]: p["ts"] for p in parents}
+    a_replies = h.fake.thread("C_CONV", by_thread["thread_A"])
+    b_replies = h.fake.thread("C_CONV", by_thread["thread_B"])
+    assert texts(a_replies) == [f"Visitor: A{n}" for n in range(20)]
+    assert texts(b_replies) == [f"Visitor: B{n}" for n in range(0, 20, 2)]
+    record = await h.store.conversation("chatbot_123", "thread_A")
+    assert record and record.slack_thread_ts == by_thread["thread_A"]
+
+
+async def test_thread_survives_a_restart(harness, clock, fake):
+    h = await harness()
+    await h.accept(message("thread_A", "before"))
+    await h.worker.drain()
+    await h.slack.aclose()
+    again = SlackDestination(h.slack.settings, Templates(), clock)  # as after a restart
+    h.worker.destinations = {"slack": again}
+    await h.accept(message("thread_A", "after"))
+    await h.worker.drain()
+    await again.aclose()
+    assert len(fake.parents()) == 1
+    assert texts(fake.thread("C_CONV", fake.parents()[0]["ts"])) == [
+        "Visitor: before", "Visitor: after"]
+
+
+async def test_two_workers_racing_on_a_new_conversation_make_one_parent(harness):
+    h = await harness()
+    second = Worker(h.store, {"slack": h.slack}, h.worker.settings, h.clock, random.Random(3))
+    for n in range(6):
+        await h.accept(message("thread_new", f"m{n}"))
+    await asyncio.gather(h.worker.drain(), second.drain())
+    assert len(h.fake.parents()) == 1
+    assert texts(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
+        f"Visitor: m{n}" for n in range(6)]
+
+
+async def test_429_waits_for_retry_after_then_delivers_once(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "first"))
+    h.fake.fail_next("chat.postMessage", status=429, error="ratelimited",
+                     headers={"Retry-After": "30"})
+    await h.worker.drain()
+    [(status, error)] = await h.statuses()
+    assert status == "pending" and "ratelimited" in (error or "")
+    [row] = await h.store.deliveries()
+    assert 30 <= row.next_attempt_at - h.clock.now() <= 31
+    h.clock.advance(10)
+    await h.worker.drain()
+    assert h.fake.posts == []
+    h.clock.advance(21)
+    await h.worker.drain()
+    assert [s for s, _ in await h.statuses()] == ["delivered"]
+    assert len(h.fake.parents()) == 1 and len(h.fake.posts) == 2
+
+
+async def test_rate_limited_channel_is_held_while_other_channels_carry_on(harness):
+    h = await harness()
+    h.slack.pacer.hold("C_CONV", 60)
+    await h.accept(message("thread_A", "waits"))
+    await h.accept({"event": "NEW_LEAD_CAPTURE", "data": {
+        "chatbotId": "chatbot_123", "leadDetails": {"id": "lead_1", "name": "Ann"}}})
+    await h.worker.drain()
+    assert [p["channel"] for p in h.fake.posts] == ["C_LEADS"]
+    assert [s for s, _ in await h.statuses()] == ["pending", "delivered"]
+
+
+async def test_outage_then_recovery_loses_and_doubles_nothing(harness):
+    h = await harness()
+    h.fake.outage_status = 503
+    for n in range(5):
+        await h.accept(message("thread_A", f"m{n}"))
+    for _ in range(6):
+        await h.worker.drain()
+        h.clock.advance(5)
+    assert h.fake.posts == []
+    rows = await h.store.deliveries()
+    assert all(row.status == "pending" for row in rows)
+    assert "HTTP 503" in (rows[-1].last_error or "")
+    h.fake.outage_status = None
+    for _ in range(10):
+        h.clock.advance(5)
+        await h.worker.drain()
+    assert len(h.fake.parents()) == 1
+    assert texts(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
+        f"Visitor: m{n}" for n in range(5)]
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "channel_not_found", "is_archived"])
+async def test_permanent_slack_errors_fail_at_once_with_the_reason(harness, error):
+    h = await harness()
+    await h.accept(message("thread_A", "hello"))
+    h.fake.fail_next("chat.postMessage", error=error)
+    await h.worker.drain()
+    [(status, reason)] = await h.statuses()
+    assert status == "failed"
+    assert reason == f"slack: chat.postMessage: {error}"
+    assert "xoxb" not in reason
+
+
+async def test_visitor_text_cannot_mention_or_plant_links(harness):
+    h = await harness()
+    hostile = "<!channel> hi <https://evil.example|click here> & <@U123> <!subteam^S1>"
+    await h.accept(message("thread_A", hostile, kind="NORMAL_MESSAGE",
+                           sources=["https://docs.example/a?x=1&y=<2>"]))
+    await h.accept({"event": "CONVERSATION_ESCALATED", "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A",
+        "user": {"name": "<!here> Mallory", "email": "<mailto:x@evil.example|boss@corp>"}}})
+    await h.worker.drain()
+    posted = "".join(str(post) for post in h.fake.posts)
+    for live in ("<!channel>", "<https://evil.example", "<@U123>", "<!here>", "<mailto:"):
+        assert live not in posted
+    assert "&lt;!channel&gt; hi &lt;https://evil.example|click here&gt; &amp;" in posted
+    escalation = h.fake.posts[-1]["blocks"][0]["text"]["text"]
+    assert escalation.startswith("<!subteam^S0123> ")  # only the configured mention is live
+    assert "<https://docs.example/a?x=1&amp;y=&lt;2&gt;>" in posted
+
+
+async def test_long_text_is_cut_with_a_marker_never_rejected(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "x" * 50_000 + " &amp; end", kind="NORMAL_MESSAGE"))
+    await h.worker.drain()
+    reply = h.fake.posts[-1]
+    assert len(reply["text"]) <= 40_000 and reply["text"].endswith(CUT_MARKER)
+    for block in reply["blocks"]:
+        if block["type"] == "section":
+            assert len(block["text"]["text"]) <= 3000
+            assert block["text"]["text"].endswith(CUT_MARKER)
+    assert [s for s, _ in await h.statuses()] == ["delivered"]
+
+
+async def test_escalation_is_broadcast_and_marks_the_parent(harness, sample):
+    h = await harness()
+    await h.accept(sample("message-visitor"))
+    await h.accept(sample("escalation"))
+    await h.worker.drain()
+    escalation = h.fake.posts[-1]
+    assert escalation["reply_broadcast"] is True
+    body = escalation["blocks"][0]["text"]["text"]
+    for expected in ("John Doe", "user@example.com", "+1234567890",
+                     "https://sitegpt.ai/chatbot_123/chat-history/thread_456"):
+        assert expected in body
+    [update] = h.fake.updates
+    assert update["ts"] == h.fake.parents()[0]["ts"]
+    assert "Escalated" in str(update["blocks"])
+
+
+async def test_anonymous_escalation_says_so(harness, sample):
+    h = await harness()
+    await h.accept(sample("escalation-anonymous"))
+    await h.worker.drain()
+    assert "anonymous visitor" in h.fake.posts[-1]["text"]
+
+
+async def test_ticket_link_replies_in_thread_and_shows_on_the_parent(harness):
+    h = await harness(extra={"jira": {
+        "url": "https://acme.atlassian.net", "email": "a@b.c", "api_token": "t", "project": "SUP"}})
+    await h.accept(message("thread_A", "help"))
+    await h.store.update_conversation("chatbot_123", "thread_A", jira_key="SUP-7")
+    body = {"event": TICKET_LINKED, "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A", "issueKey": "SUP-7",
+        "issueUrl": "https://acme.atlassian.net/browse/SUP-7", "created": True}}
+    event = parse_event(TICKET_LINKED, body)
+    await h.store.accept(new_event(event, body, ["slack"]), h.clock.now(), 0)
+    await h.worker.drain()
+    reply = h.fake.posts[-1]
+    assert reply["thread_ts"] == h.fake.parents()[0]["ts"]
+    assert "<https://acme.atlassian.net/browse/SUP-7|SUP-7>" in str(reply["blocks"])
+    assert "SUP-7" in str(h.fake.updates[-1]["blocks"])
+    assert canonical_json(body)  # the follow-up body Jira produces is plain JSON
+
+
+async def test_leads_go_to_the_leads_channel_with_every_field(harness, sample):
+    h = await harness()
+    await h.accept(sample("lead-custom-fields"))
+    await h.worker.drain()
+    [post] = h.fake.posts
+    assert post["channel"] == "C_LEADS" and "thread_ts" not in post
+    for expected in ("Ana María Nuñez", "+34 600 000 000", "Company", "Nuñez Consulting",
+                     "Team size", "11-50", "Support Bot", "leads/lead_790"):
+        assert expected in str(post["blocks"])
+
+
+async def test_unfurling_is_off_and_each_event_is_one_reply(harness, sample):
+    h = await harness()
+    await h.accept(sample("message-bot-answer"))
+    await h.worker.drain()
+    assert len(h.fake.posts) == 2
+    assert all(p["unfurl_links"] is False and p["unfurl_media"] is False for p in h.fake.posts)
+
+
+async def test_dry_run_logs_the_message_and_records_skipped(make_settings, clock, caplog):
+    settings = make_settings()
+    store = open_store(settings.store.url)
+    destination = SlackDestination(settings, Templates(), clock)
+    worker = Worker(store, {"slack": destination}, settings.delivery, clock)
+    body = message("thread_A", "hello from a newcomer")
+    await store.accept(new_event(parse_event("ADD_MESSAGE", body), body, ["slack"]), clock.now(), 9)
+    with caplog.at_level(logging.INFO):
+        await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "skipped" and "dry run" in (row.last_error or "")
+    assert "hello from a newcomer" in caplog.text
+    await destination.aclose()
+    await store.close()
+
+
+async def test_verify_names_workspace_and_bot(harness):
+    h = await harness()
+    assert "workspace Acme (T1), bot @bridge (U0BRIDGE)" in await h.slack.verify()
+    h.fake.fail_next("auth.test", error="invalid_auth")
+    with pytest.raises(PermanentError, match="invalid_auth"):
+        await h.slack.verify()
+
+
+async def test_unknown_message_type_is_rendered_plainly(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "what is this", kind="FANCY_NEW_TYPE"))
+    await h.worker.drain()
+    assert "FANCY_NEW_TYPE" in str(h.fake.posts[-1]["blocks"])
+
+
+def test_missing_variable_in_a_json_template_is_named(tmp_path):
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "lead.json.j2").write_text('{"text": {{ lead.nickname | tojson }}}')
+    from bridge.errors import TemplateError
+
+    with pytest.raises(TemplateError, match=r"lead.json.j2:1: .*'nickname'"):
+        Templates(tmp_path).render_json("slack/lead.json.j2", {"lead": {"name": "Ann"}})

@@ -1,0 +1,271 @@
+"""The SQLite store: atomic accept with dedup, group commit, and the claim/lease/ordering rules."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridges import WriteLock, counts, query
+
+from bridge.errors import StoreBusy, StoreError
+from bridge.events import MESSAGE
+from bridge.store import (
+    Acceptance,
+    NewEvent,
+    SQLiteStore,
+    StoredMessage,
+    _Writer,
+    open_store,
+)
+
+NOW = 1_700_000_000.0
+WAIT = 5.0
+
+
+def new_event(dedup_key: str, ordering_key: str = "bot/thread-1",
+              destinations: Sequence[Any] = ("slack",), message: StoredMessage | None = None,
+              conversation: tuple[str, str] | None = None) -> NewEvent:
+    return NewEvent(kind=MESSAGE, body=f'{{"n":"{dedup_key}"}}', dedup_key=dedup_key,
+                    ordering_key=ordering_key, destinations=destinations, message=message,
+                    conversation=conversation)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "bridge.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(db, "NORMAL", commit_timeout=0.2)
+    yield opened
+    await opened.close()
+
+
+def lease_of(db: Path, delivery_id: int) -> tuple[Any, ...]:
+    [row] = query(db, "SELECT lease_owner, lease_until, attempts, status FROM deliveries"
+                      " WHERE id = ?", [delivery_id])
+    return row
+
+
+# Accepting events
+
+
+async def test_accept_stores_the_event_its_deliveries_and_its_dedup_key(store, db):
+    accepted = await store.accept(new_event("k1", destinations=["slack", "jira"]), NOW, 60)
+    assert accepted == Acceptance("accepted", 1)
+    assert query(db, "SELECT destination, status, next_attempt_at FROM deliveries") == [
+        ("slack", "pending", NOW), ("jira", "pending", NOW)]
+    assert query(db, "SELECT dedup_key, event_id, expires_at FROM dedup") == [("k1", 1, NOW + 60)]
+
+
+async def test_a_dedup_key_seen_within_the_window_is_a_duplicate_of_the_first(store, db):
+    await store.accept(new_event("k1"), NOW, 60)
+    assert await store.accept(new_event("k1"), NOW + 59, 60) == Acceptance("duplicate", 1)
+    assert await store.accept(new_event("k2"), NOW + 59, 60) == Acceptance("accepted", 2)
+    assert await store.accept(new_event("k1"), NOW + 60, 60) == Acceptance("accepted", 3)
+    assert counts(db)["deliveries"] == 3
+
+
+async def test_an_event_whose_deliveries_cannot_be_written_leaves_nothing_behind(store, db):
+    broken = new_event("k1", destinations=["slack", None], conversation=("bot", "thread-1"))
+    with pytest.raises(StoreError, match="NOT NULL"):
+        await store.accept(broken, NOW, 60)
+    assert set(counts(db).values()) == {0}
+    assert await store.accept(new_event("k1"), NOW, 60) == Acceptance("accepted", 1)
+
+
+async def test_messages_build_the_conversations_transcript_oldest_first(store):
+    conversation = ("bot", "thread-1")
+    for n, question in enumerate(["Hi", "Anyone there?"]):
+        line = StoredMessage("bot", "thread-1", "USER_MESSAGE", question, None, None)
+        await store.accept(new_event(f"k{n}", message=line, conversation=conversation),
+                           NOW + n, 60)
+    transcript = await store.transcript("bot", "thread-1")
+    assert [(m.question, m.received_at) for m in transcript] == [("Hi", NOW), ("Anyone there?",
+                                                                                NOW + 1)]
+    assert await store.transcript("bot", "thread-1", after_id=transcript[0].id) == transcript[1:]
+    record = await store.conversation("bot", "thread-1")
+    assert record is not None and (record.first_seen, record.last_seen) == (NOW, NOW + 1)
+
+
+# Group commit
+
+
+@pytest.fixture
+def writer(db: Path) -> Iterator[_Writer]:
+    db.parent.mkdir(parents=True)
+    started = _Writer(db, "NORMAL")
+    started.start()
+    yield started
+    started.stop()
+
+
+def insert(name: str) -> Callable[[sqlite3.Connection], int]:
+    return lambda conn: conn.execute("INSERT INTO items VALUES (?)", (name,)).rowcount
+
+
+def insert_then_fail(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO items VALUES ('half-done')")
+    raise ValueError("this caller's bug")
+
+
+def test_queued_writes_share_one_commit_and_a_failing_write_fails_only_its_caller(writer, db):
+    writer.submit(lambda conn: conn.execute("CREATE TABLE items (name TEXT UNIQUE)")).result(WAIT)
+    statements: list[str] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(conn: sqlite3.Connection) -> None:
+        # From here on, every statement the writer runs: where its transactions begin and end.
+        conn.set_trace_callback(statements.append)
+        inside.set()
+        release.wait(WAIT)
+
+    held = writer.submit(hold_the_writer)
+    assert inside.wait(WAIT)
+    futures = [writer.submit(write) for write in
+               (insert("a"), insert_then_fail, insert("b"), insert("a"), insert("c"))]
+    release.set()
+    held.result(WAIT)
+    assert [futures[i].result(WAIT) for i in (0, 2, 4)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="this caller's bug"):
+        futures[1].result(WAIT)
+    with pytest.raises(StoreError, match="UNIQUE"):
+        futures[3].result(WAIT)
+    assert query(db, "SELECT name FROM items ORDER BY rowid") == [("a",), ("b",), ("c",)]
+    group = statements[statements.index("BEGIN IMMEDIATE"):]
+    assert group.count("SAVEPOINT one") == 5
+    assert group.count("ROLLBACK TO one") == 2
+    assert group[-1] == "COMMIT" and group.count("COMMIT") == 1
+
+
+# When the store cannot commit in time
+
+
+async def test_a_commit_past_the_deadline_is_busy_and_lands_whole_once_the_lock_goes(store, db):
+    event = new_event("k1", destinations=["slack", "jira"])
+    with WriteLock(db):
+        with pytest.raises(StoreBusy, match=r"did not commit within 0\.2 s"):
+            await store.accept(event, NOW, 60)
+        assert counts(db)["events"] == 0
+    # The caller was told "busy", so it retries; the write it gave up on was whole, only late.
+    assert await store.accept(event, NOW + 1, 60) == Acceptance("duplicate", 1)
+    assert (counts(db)["events"], counts(db)["deliveries"]) == (1, 2)
+
+
+async def test_a_lock_held_past_sqlites_busy_timeout_fails_the_batch_and_the_store_recovers(
+        store, db):
+    with WriteLock(db):
+        gave_up, waited = await asyncio.gather(
+            store.accept(new_event("k1"), NOW, 60),
+            store.claim("worker-1", NOW, 10, 60),  # a long deadline: it sees SQLite give up
+            return_exceptions=True)
+    assert isinstance(gave_up, StoreBusy) and "within 0.2 s" in str(gave_up)
+    assert isinstance(waited, StoreBusy) and "database is locked" in str(waited)
+    assert set(counts(db).values()) == {0}
+    assert await store.accept(new_event("k1"), NOW, 60) == Acceptance("accepted", 1)
+
+
+async def test_check_writable_fails_while_another_connection_holds_the_lock(store, db):
+    await store.check_writable()
+    with WriteLock(db), pytest.raises(StoreBusy, match=r"within 0\.2 s"):
+        await store.check_writable()
+    await store.check_writable()
+
+
+async def test_a_closed_store_refuses_writes(db):
+    closed = SQLiteStore(db, "NORMAL")
+    await closed.close()
+    with pytest.raises(StoreError, match="closed"):
+        await closed.accept(new_event("k1"), NOW, 60)
+
+
+def test_only_sqlite_urls_are_supported():
+    with pytest.raises(StoreError, match="sqlite:///PATH"):
+        open_store("postgres://db/bridge")
+
+
+# Claims, leases and order
+
+
+async def seed(store: SQLiteStore) -> None:
+    """d1 (e1 slack), d2 (e1 jira), d3 (e2 slack, same conversation), d4 (e3 slack, another)."""
+    await store.accept(new_event("e1", "bot/c1", ["slack", "jira"]), NOW, 60)
+    await store.accept(new_event("e2", "bot/c1", ["slack"]), NOW, 60)
+    await store.accept(new_event("e3", "bot/c2", ["slack"]), NOW, 60)
+
+
+async def claimed_ids(store: SQLiteStore, now: float, owner: str = "w1", limit: int = 10,
+                      lease: float = 60) -> list[int]:
+    return [job.id for job in await store.claim(owner, now, limit, lease)]
+
+
+async def test_only_the_oldest_pending_delivery_per_destination_and_conversation_is_claimed(
+        store):
+    await seed(store)
+    first = await store.claim("w1", NOW, 10, 60)
+    assert [(job.id, job.destination, job.ordering_key, job.attempts) for job in first] == [
+        (1, "slack", "bot/c1", 1), (2, "jira", "bot/c1", 1), (4, "slack", "bot/c2", 1)]
+    assert first[0].payload == {"n": "e1"} and first[0].kind == MESSAGE
+    assert await claimed_ids(store, NOW) == []
+    await store.finish(1, "delivered", NOW)
+    assert await claimed_ids(store, NOW) == [3]
+
+
+async def test_a_finished_delivery_of_any_outcome_unblocks_its_conversation(store):
+    await seed(store)
+    await claimed_ids(store, NOW)
+    await store.finish(1, "failed", NOW, "gave up")
+    assert await claimed_ids(store, NOW) == [3]
+
+
+async def test_a_claim_takes_at_most_limit_oldest_first(store):
+    await seed(store)
+    assert await claimed_ids(store, NOW, limit=2) == [1, 2]
+    assert await claimed_ids(store, NOW, limit=2) == [4]
+
+
+async def test_an_expired_lease_can_be_claimed_again_by_another_worker(store, db):
+    await seed(store)
+    await claimed_ids(store, NOW, owner="w1", lease=60)
+    assert 1 not in await claimed_ids(store, NOW + 59.9, owner="w2")
+    assert await claimed_ids(store, NOW + 60, owner="w2") == [1, 2, 4]
+    assert lease_of(db, 1) == ("w2", NOW + 120, 2, "pending")
+
+
+async def test_a_delivery_waiting_for_its_retry_still_holds_back_its_conversation(store):
+    await seed(store)
+    await claimed_ids(store, NOW)
+    await store.reschedule(1, NOW + 30, "Slack answered 503")
+    assert await claimed_ids(store, NOW + 29) == []
+    assert await claimed_ids(store, NOW + 30) == [1]
+
+
+async def test_next_due_ignores_deliveries_queued_behind_an_older_one(store):
+    await seed(store)
+    assert await store.next_due() == NOW
+    await claimed_ids(store, NOW, lease=60)
+    # d3's own time has come, but it waits for d1: only the leases say when to look again.
+    assert await store.next_due() == NOW + 60
+
+
+async def test_release_undoes_a_claim_but_not_a_finish(store, db):
+    await seed(store)
+    await claimed_ids(store, NOW)
+    await store.finish(2, "delivered", NOW)
+    await store.release([1, 2])
+    assert lease_of(db, 1) == (None, None, 0, "pending")
+    assert lease_of(db, 2) == (None, None, 1, "delivered")
+    assert await claimed_ids(store, NOW) == [1]
+    assert lease_of(db, 1)[2] == 1
+
+
+async def test_concurrent_claimers_never_share_a_delivery(store):
+    await seed(store)
+    claims = await asyncio.gather(*[claimed_ids(store, NOW, owner=f"w{n}") for n in range(4)])
+    assert sorted(job for claim in claims for job in claim) == [1, 2, 4]

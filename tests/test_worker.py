@@ -1,0 +1,204 @@
+"""The delivery worker: leases, order per conversation, backoff, giving up, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import pytest
+
+from bridge.destinations.base import Delivered, Delivery, Outcome
+from bridge.errors import PermanentError, RetryableError
+from bridge.events import parse_event
+from bridge.intake import new_event
+from bridge.worker import Backoff, Worker
+
+
+class RecordingDestination:
+    """A destination that records what it got and raises what it is told to, in turn."""
+
+    name: ClassVar[str] = "recording"
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.failures: deque[Exception] = deque()
+        self.block: asyncio.Event | None = None
+
+    def accepts(self, kind: str) -> bool:
+        return True
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        if self.block is not None:
+            await self.block.wait()
+        if self.failures:
+            raise self.failures.popleft()
+        self.received.append(str(delivery.event.data.question))  # type: ignore[union-attr]
+        return Delivered(note="ok")
+
+    async def verify(self) -> str:
+        return "ok"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def body(thread: str, text: str) -> dict[str, Any]:
+    return {"event": "ADD_MESSAGE", "data": {"chatbotId": "bot", "threadId": thread,
+                                              "question": text, "messageType": "USER_MESSAGE"}}
+
+
+@pytest.fixture
+async def setup(make_settings, clock):
+    from bridge.store import open_store
+
+    settings = make_settings({"delivery": {"max_attempts": 5, "max_age": "1h"}})
+    store = open_store(settings.store.url)
+    destination = RecordingDestination()
+    worker = Worker(store, {"recording": destination}, settings.delivery, clock,
+                    random.Random(5))
+
+    async def accept(thread: str, text: str) -> None:
+        event_body = body(thread, text)
+        event = parse_event("ADD_MESSAGE", event_body)
+        await store.accept(new_event(event, event_body, ["recording"]), clock.now(), 600)
+
+    yield store, destination, worker, accept
+    await store.close()
+
+
+@pytest.mark.parametrize(("attempt", "low", "high"), [
+    (1, 0.5, 1.0), (2, 1.0, 2.0), (3, 2.0, 4.0), (8, 64.0, 128.0), (30, 90.0, 180.0)])
+def test_backoff_doubles_from_about_a_second_up_to_the_cap(attempt, low, high):
+    backoff = Backoff(initial=1.0, cap=180.0)
+    delays = [backoff.delay(attempt, None, random.Random(seed)) for seed in range(50)]
+    assert all(low <= delay <= high for delay in delays)
+    assert len(set(delays)) > 1  # jittered
+
+
+def test_backoff_obeys_retry_after_in_full():
+    delay = Backoff(initial=1.0, cap=5.0).delay(1, 42.0, random.Random(1))
+    assert 42.0 <= delay <= 42.25
+
+
+async def test_retryable_failure_is_rescheduled_with_backoff_then_delivered(setup, clock):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    destination.failures.append(RetryableError("slack: HTTP 503"))
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "pending" and row.attempts == 1 and row.last_error == "slack: HTTP 503"
+    assert clock.now() < row.next_attempt_at <= clock.now() + 0.05
+    await worker.drain()
+    assert destination.received == []  # not yet due
+    clock.advance(0.06)
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, destination.received) == ("delivered", 2, ["hello"])
+
+
+async def test_permanent_failure_fails_at_once(setup):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    destination.failures.append(PermanentError("slack: chat.postMessage: invalid_auth"))
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, row.last_error) == (
+        "failed", 1, "slack: chat.postMessage: invalid_auth")
+
+
+async def test_gives_up_after_max_attempts(setup, clock):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    destination.failures.extend(RetryableError("timeout") for _ in range(10))
+    for _ in range(8):
+        await worker.drain()
+        clock.advance(1)
+    [row] = await store.deliveries()
+    assert row.status == "failed" and row.attempts == 5
+    assert row.last_error == "gave up after 5 attempts: timeout"
+
+
+async def test_gives_up_after_max_age(setup, clock):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    destination.failures.extend(RetryableError("HTTP 502") for _ in range(3))
+    await worker.drain()
+    clock.advance(3601)
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "failed" and row.last_error.startswith("gave up after 1.0 h")
+
+
+async def test_unexpected_error_is_retried_not_lost(setup, clock):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    destination.failures.append(ValueError("bug"))
+    await worker.drain()
+    clock.advance(1)
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "delivered" and destination.received == ["hello"]
+
+
+async def test_a_stuck_conversation_holds_up_only_itself(setup, clock):
+    _store, destination, worker, accept = setup
+    await accept("stuck", "s1")
+    await accept("stuck", "s2")
+    await accept("free", "f1")
+    await accept("free", "f2")
+    destination.failures.append(RetryableError("HTTP 500"))  # hits s1, the first claimed
+    await worker.drain()
+    assert destination.received == ["f1", "f2"]
+    clock.advance(1)
+    await worker.drain()
+    assert destination.received == ["f1", "f2", "s1", "s2"]
+
+
+async def test_expired_lease_is_taken_over_after_a_crash(setup, clock):
+    store, destination, worker, accept = setup
+    await accept("t1", "hello")
+    [claimed] = await store.claim("crashed-worker", clock.now(), 10, lease=120)
+    await worker.drain()
+    assert destination.received == []  # still leased by the crashed worker
+    clock.advance(121)
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, destination.received) == ("delivered", 2, ["hello"])
+    assert claimed.attempts == 1
+
+
+async def test_stop_releases_in_flight_deliveries(setup, clock):
+    store, destination, worker, accept = setup
+    worker.settings = worker.settings.model_copy(update={"shutdown_grace": timedelta(seconds=0.05)})
+    destination.block = asyncio.Event()
+    await accept("t1", "hello")
+    runner = asyncio.create_task(worker.run())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if worker._in_flight:
+            break
+    await worker.stop()
+    runner.cancel()
+    [row] = await store.deliveries()
+    assert row.status == "pending" and row.attempts == 0
+    claims = await store.claim("next-worker", clock.now(), 10, lease=60)
+    assert [c.id for c in claims] == [row.id]  # free to claim at once, no lease to wait out
+
+
+async def test_run_wakes_on_new_work(setup):
+    _store, destination, worker, accept = setup
+    worker.settings = worker.settings.model_copy(update={"poll_interval": timedelta(seconds=30)})
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.05)
+    await accept("t1", "hello")
+    worker.wake()
+    for _ in range(200):
+        if destination.received:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    runner.cancel()
+    assert destination.received == ["hello"]
