@@ -111,6 +111,9 @@ async def _check_destinations(settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The operator commands register themselves with @command; they import this module, so here.
+    import bridge.commands  # noqa: F401
+
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
