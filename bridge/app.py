@@ -15,6 +15,7 @@ from bridge.destinations import build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.settings import Settings
 from bridge.store import Store, open_store
+from bridge.template_check import require_templates
 from bridge.templating import Templates
 from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
 from bridge.worker import Worker
@@ -60,13 +61,20 @@ class Bridge:
         await self.store.close()
 
 
-def open_bridge(settings: Settings, clock: Clock | None = None) -> Bridge:
-    """Open the store and build the destinations; the worker is built but not started."""
+def open_bridge(settings: Settings, clock: Clock | None = None,
+                check_templates: bool = True) -> Bridge:
+    """Build the destinations, check the templates, open the store; the worker is not started.
+
+    Templates that fail to load or to render a bundled sample raise ConfigError here, so a
+    broken template stops the bridge at start-up rather than failing the first real event.
+    """
     clock = clock or SystemClock()
-    store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds)
     templates = Templates(settings.templates.dir)
     destinations = build_destinations(settings, templates)
+    if check_templates:
+        require_templates(templates, destinations)
+    store = open_store(settings.store.url, settings.store.synchronous,
+                       settings.store.commit_timeout_seconds)
     worker = Worker(store, destinations, settings.delivery, clock)
     return Bridge(settings, store, templates, destinations, clock, worker)
 

@@ -17,6 +17,7 @@ from bridge.app import announce, create_app, open_bridge
 from bridge.errors import BridgeError, ConfigError, DeliveryError
 from bridge.logs import configure_logging
 from bridge.settings import Settings, load_settings
+from bridge.template_check import check_templates
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -77,7 +78,8 @@ async def _run_worker(settings: Settings) -> None:
     await bridge.close()
 
 
-@command("check", "validate settings, print them with secrets masked, test credentials")
+@command("check", "validate settings and templates, print settings with secrets masked, "
+                  "test credentials")
 def check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
@@ -85,9 +87,12 @@ def check(args: argparse.Namespace) -> int:
 
 
 async def _check_destinations(settings: Settings) -> int:
-    bridge = open_bridge(settings)
+    bridge = open_bridge(settings, check_templates=False)
     problems = 0
     try:
+        report = check_templates(bridge.templates, bridge.destinations)
+        print("\n".join(report.lines(settings.templates.dir)))
+        problems += len(report.problems)
         for name in ("slack", "jira", "crm"):
             destination = bridge.destinations.get(name)
             if destination is None:
@@ -106,6 +111,9 @@ async def _check_destinations(settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The operator commands register themselves with @command; they import this module, so here.
+    import bridge.commands  # noqa: F401
+
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")

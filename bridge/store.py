@@ -192,7 +192,7 @@ class Store(Protocol):
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None: ...
     async def transcript(self, chatbot_id: str, thread_id: str, after_id: int = 0) -> list[StoredMessage]: ...  # noqa: E501
     async def deliveries(self, status: str | None = None, conversation: str | None = None,
-                         limit: int = 100) -> list[DeliveryRow]: ...
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]: ...
     async def retry(self, ids: Sequence[int] = (), failed: bool = False,
                     destination: str | None = None, now: float = 0.0) -> int: ...
     async def conversations(self, limit: int = 50) -> list[ConversationRecord]: ...
@@ -265,8 +265,8 @@ class SQLiteStore:
         return await self._run(read)
 
     async def deliveries(self, status: str | None = None, conversation: str | None = None,
-                         limit: int = 100) -> list[DeliveryRow]:
-        return await self._run(lambda conn: _deliveries(conn, status, conversation, limit))
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+        return await self._run(lambda conn: _deliveries(conn, status, conversation, limit, ids))
 
     async def retry(self, ids: Sequence[int] = (), failed: bool = False,
                     destination: str | None = None, now: float = 0.0) -> int:
@@ -516,8 +516,12 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
 
 
 def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str | None,
-                limit: int) -> list[DeliveryRow]:
-    clauses, params = [], []
+                limit: int, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if ids:
+        clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+        params += list(ids)
     if status:
         clauses.append("d.status = ?")
         params.append(status)
@@ -535,7 +539,14 @@ def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str 
 
 def _retry(conn: sqlite3.Connection, ids: Sequence[int], failed: bool,
            destination: str | None, now: float) -> int:
-    clauses = ["status IN ('failed', 'skipped')" if failed else "status != 'pending'"]
+    """Named deliveries in any finished state, or every failed one; never "all" by default.
+
+    Skipped ones are dry runs: requeued only by id, since bulk-retrying them after a token is
+    set would post a backlog nobody asked for.
+    """
+    if not ids and not failed:
+        return 0
+    clauses = ["status = 'failed'" if failed else "status != 'pending'"]
     params: list[Any] = []
     if ids:
         clauses.append(f"id IN ({','.join('?' * len(ids))})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -22,7 +22,9 @@ from bridge.events import (
     LEAD,
     MESSAGE,
     TICKET_LINKED,
+    Conversation,
     EscalationEvent,
+    Event,
     LeadEvent,
     MessageEvent,
     TicketLinkedEvent,
@@ -46,6 +48,7 @@ RETRYABLE_ERRORS = frozenset({
     "request_timeout", "team_added_to_org",
 })
 MAX_PACING_WAIT = 3.0
+IN_THREAD = "chat.postMessage (in the thread)"
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
 _QUIET_SDK_LOG.setLevel(logging.CRITICAL)
 
@@ -156,6 +159,42 @@ class SlackDestination:
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """What Slack would be sent for each event it takes, as JSON, without sending anything.
+
+        One entry per call, in the order deliver() makes them; a thread's ts is known only once
+        Slack answers, so previews leave it out.
+        """
+        rendered: dict[str, str] = {}
+        for name, event in samples.items():
+            if self.accepts(event.event):
+                for label, call in self._preview(event):
+                    rendered[f"{name}: {label}"] = json.dumps(call, indent=2, ensure_ascii=False)
+        return rendered
+
+    def _preview(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
+        if isinstance(event, LeadEvent):
+            channel = self.slack.leads_channel or self.slack.channel or ""
+            return [("chat.postMessage (lead)", post_arguments(channel, self.renderer.lead(event)))]
+        conversation = conversation_of(event)
+        assert conversation is not None
+        channel = self._channel_for(conversation.chatbot_id)
+        if isinstance(event, MessageEvent):
+            parent = self.renderer.parent(conversation, None, None)
+            return [("chat.postMessage (parent of a new thread)", post_arguments(channel, parent)),
+                    (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
+        if isinstance(event, EscalationEvent):
+            record = _escalated(conversation)
+            posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
+            parent = self.renderer.parent(conversation, record, None)
+        else:
+            assert isinstance(event, TicketLinkedEvent)
+            record = _escalated(conversation, jira_key=event.data.issue_key)
+            posted = post_arguments(channel, self.renderer.ticket(event))
+            parent = self.renderer.parent(conversation, record, event.data.issue_url)
+        return [(IN_THREAD, posted),
+                ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
+
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
@@ -217,10 +256,9 @@ class SlackDestination:
 
     async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
         await self.pacer.acquire(channel)
-        body = fit_message(message)
-        reply = await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
-            channel=channel, unfurl_links=False, unfurl_media=False, **body,
-            **{key: value for key, value in extra.items() if value}), channel=channel)
+        arguments = post_arguments(channel, message, **extra)
+        reply = await self._call("chat.postMessage",
+                                 lambda: self.client.chat_postMessage(**arguments), channel=channel)
         return str(reply["ts"])
 
     async def _call(self, method: str, call: Callable[[], Any], channel: str | None = None) -> Any:
@@ -263,6 +301,20 @@ class SlackDestination:
         log.info("slack dry run (no bot_token), would post: %s",
                  json.dumps(fit_message(message), ensure_ascii=False))
         return Skipped("dry run: slack.bot_token is not set")
+
+
+def _escalated(conversation: Conversation, jira_key: str | None = None) -> ConversationRecord:
+    """The stored state a preview assumes once a conversation is escalated (and ticketed)."""
+    return ConversationRecord(
+        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, slack_channel=None,
+        slack_thread_ts=None, jira_key=jira_key, jira_transcript_upto=None, escalated_at=1.0,
+        first_seen=0.0, last_seen=0.0)
+
+
+def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The arguments of chat.postMessage for a rendered message, cut to Slack's limits."""
+    return {"channel": channel, "unfurl_links": False, "unfurl_media": False,
+            **fit_message(message), **{key: value for key, value in extra.items() if value}}
 
 
 def _retry_after(headers: dict[str, Any]) -> float:
