@@ -24,9 +24,11 @@ def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[st
 
 
 def _register_builtin() -> None:
+    from bridge.destinations.sitegpt import sitegpt_destination
     from bridge.destinations.slack import slack_destination
 
     REGISTRY["slack"] = slack_destination
+    REGISTRY["sitegpt"] = sitegpt_destination
 
 
 _register_builtin()
