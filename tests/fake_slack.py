@@ -7,10 +7,12 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -185,6 +187,20 @@ class FakeSlack:
             return False
         self._buckets[channel] = (tokens - 1, now)
         return True
+
+
+@pytest.fixture(scope="module", name="slack_server")
+def slack_server_fixture() -> Iterator[FakeSlack]:
+    """One fake Slack for a test module: starting a server per test costs more than the test."""
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture(name="fake")
+def fake_fixture(slack_server: FakeSlack) -> FakeSlack:
+    """The module's fake Slack, with the previous test's calls forgotten."""
+    slack_server.reset()
+    return slack_server
 
 
 async def _arguments(request: Request) -> dict[str, Any]:

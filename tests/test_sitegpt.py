@@ -21,7 +21,7 @@ from bridge.store import Echo, NewEvent, SQLiteStore, open_store
 from bridge.templating import Templates
 from bridge.worker import Worker
 from tests.conftest import FakeClock
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 
 API = "https://sitegpt.test/api/v0"
 KEY = "sk-live-secret-key"
@@ -79,18 +79,6 @@ class Harness:
 
     def bot_posts(self, thread_ts: str) -> list[dict[str, Any]]:
         return [post for post in self.fake.thread("C_CONV", thread_ts) if post.get("bot_id")]
-
-
-@pytest.fixture(scope="module")
-def slack_server() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(slack_server: FakeSlack) -> FakeSlack:
-    slack_server.reset()
-    return slack_server
 
 
 @pytest.fixture
