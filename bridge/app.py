@@ -14,6 +14,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.destinations import build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.settings import Settings
+from bridge.slack_events import slack_routes
 from bridge.store import Store, open_store
 from bridge.template_check import require_templates
 from bridge.templating import Templates
@@ -82,7 +83,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
 def announce(bridge: Bridge) -> None:
     """Say at start-up what is on, what is off, and what is unsafe."""
     settings = bridge.settings
-    for name in ("slack", "jira", "crm"):
+    for name in ("slack", "jira", "crm", "sitegpt"):
         state = "on" if name in bridge.destinations else "off"
         log.info("destination %s: %s", name, state)
     for endpoint in bridge.endpoints():
@@ -114,6 +115,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
         dedup_window=float(bridge.settings.store.dedup_window_seconds),
         on_accept=bridge.worker.wake,
     )
-    app = build_app(intake, bridge.endpoints(), lifespan)
+    replies = slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake)
+    app = build_app(intake, bridge.endpoints(), lifespan, replies)
     app.state.bridge = bridge
     return app

@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages(chatbot_id, thread_id, id);
+CREATE INDEX IF NOT EXISTS conversations_slack_thread
+    ON conversations(slack_channel, slack_thread_ts);
+CREATE TABLE IF NOT EXISTS slack_echoes (
+    source TEXT PRIMARY KEY,
+    chatbot_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS slack_echoes_conversation ON slack_echoes(chatbot_id, thread_id);
 """
 
 CONVERSATION_FIELDS = frozenset(
@@ -169,6 +180,17 @@ class ConversationRecord:
 
 
 @dataclass(frozen=True)
+class Echo:
+    """A reply sent to SiteGPT from Slack, which SiteGPT's messages webhook will send back."""
+
+    chatbot_id: str
+    thread_id: str
+    text: str
+    agent_name: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class FollowUp:
     """An event a destination asks the bridge to deliver next (e.g. a ticket link to Slack)."""
 
@@ -190,6 +212,10 @@ class Store(Protocol):
     async def next_due(self) -> float | None: ...
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None: ...
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None: ...
+    async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None: ...  # noqa: E501
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None: ...
+    async def forget_echo(self, source: str) -> None: ...
+    async def consume_echo(self, echo: Echo, now: float) -> bool: ...
     async def transcript(self, chatbot_id: str, thread_id: str, after_id: int = 0) -> list[StoredMessage]: ...  # noqa: E501
     async def deliveries(self, status: str | None = None, conversation: str | None = None,
                          limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]: ...
@@ -254,6 +280,27 @@ class SQLiteStore:
 
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None:
         await self._run(lambda conn: _update_conversation(conn, chatbot_id, thread_id, fields))
+
+    async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None:  # noqa: E501
+        """The conversation whose Slack thread this is, if the bridge started it."""
+        def read(conn: sqlite3.Connection) -> ConversationRecord | None:
+            row = conn.execute(
+                "SELECT * FROM conversations WHERE slack_channel = ? AND slack_thread_ts = ?",
+                (channel, thread_ts)).fetchone()
+            return ConversationRecord(**row) if row else None
+        return await self._run(read)
+
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
+        """Keep `echo` until it comes back or `keep_for` passes; one memory per source."""
+        await self._run(lambda conn: _remember_echo(conn, echo, now, now + keep_for))
+
+    async def forget_echo(self, source: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "DELETE FROM slack_echoes WHERE source = ?", (source,)))
+
+    async def consume_echo(self, echo: Echo, now: float) -> bool:
+        """Whether `echo` was remembered (any source, text stripped); the memory is used up."""
+        return await self._run(lambda conn: _consume_echo(conn, echo, now))
 
     async def transcript(self, chatbot_id: str, thread_id: str, after_id: int = 0) -> list[StoredMessage]:  # noqa: E501
         def read(conn: sqlite3.Connection) -> list[StoredMessage]:
@@ -513,6 +560,27 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
     conn.execute(
         f"UPDATE conversations SET {assignments} WHERE chatbot_id = :c AND thread_id = :t",
         {**fields, "c": chatbot_id, "t": thread_id})
+
+
+def _remember_echo(conn: sqlite3.Connection, echo: Echo, now: float, expires_at: float) -> None:
+    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT OR REPLACE INTO slack_echoes (source, chatbot_id, thread_id, text, agent_name,"
+        " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (echo.source, echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name,
+         expires_at))
+
+
+def _consume_echo(conn: sqlite3.Connection, echo: Echo, now: float) -> bool:
+    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    row = conn.execute(
+        "SELECT source FROM slack_echoes WHERE chatbot_id = ? AND thread_id = ? AND text = ?"
+        " AND agent_name = ? ORDER BY expires_at LIMIT 1",
+        (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name)).fetchone()
+    if row is None:
+        return False
+    conn.execute("DELETE FROM slack_echoes WHERE source = ?", (row[0],))
+    return True
 
 
 def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str | None,

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
 from bridge.errors import StoreBusy, StoreError
@@ -119,10 +119,11 @@ def _reject(endpoint: Endpoint, status: int, reason: str, message: str,
     return JSONResponse({"status": "rejected", "error": message, **extra}, status)
 
 
-def build_app(intake: Intake, endpoints: Sequence[Endpoint],
-              lifespan: Any = None) -> Starlette:
-    """The ASGI app: three webhook routes and the two health probes."""
-    routes = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = None,
+              extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app: three webhook routes, the two health probes, and any `extra_routes`."""
+    routes: list[BaseRoute] = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+    routes += extra_routes
 
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

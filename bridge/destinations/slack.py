@@ -31,7 +31,7 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
-from bridge.store import ConversationRecord
+from bridge.store import ConversationRecord, Echo
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
@@ -49,6 +49,7 @@ RETRYABLE_ERRORS = frozenset({
 })
 MAX_PACING_WAIT = 3.0
 IN_THREAD = "chat.postMessage (in the thread)"
+USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
 _QUIET_SDK_LOG.setLevel(logging.CRITICAL)
 
@@ -102,6 +103,15 @@ class Thread:
     ts: str
 
 
+@dataclass(frozen=True)
+class SlackUser:
+    """A workspace member as the visitor sees them when they answer from Slack."""
+
+    id: str
+    name: str
+    icon_url: str | None
+
+
 class SlackDestination:
     """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
 
@@ -117,6 +127,7 @@ class SlackDestination:
         self.pacer = ChannelPacer(self.slack.burst, self.slack.per_second, self.clock)
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="slack")
         self._client: WebClient | None = None
+        self._users: dict[str, tuple[float, SlackUser]] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -138,6 +149,8 @@ class SlackDestination:
         event = delivery.event
         try:
             if isinstance(event, MessageEvent):
+                if await self._is_echo(delivery, event):
+                    return Skipped("echo of a reply sent from Slack")
                 return await self._post_in_thread(delivery, self.renderer.message(event))
             if isinstance(event, EscalationEvent):
                 return await self._escalate(delivery, event)
@@ -195,6 +208,36 @@ class SlackDestination:
         return [(IN_THREAD, posted),
                 ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
 
+    async def user(self, user_id: str) -> SlackUser:
+        """A member's display name and avatar (users.info), remembered for an hour."""
+        cached = self._users.get(user_id)
+        if cached and cached[0] > self.clock.now():
+            return cached[1]
+        reply = await self._call("users.info", lambda: self.client.users_info(user=user_id))
+        member = _slack_user(user_id, reply.get("user") or {})
+        self._users[user_id] = (self.clock.now() + USER_CACHE_SECONDS, member)
+        return member
+
+    async def react(self, channel: str, ts: str, name: str) -> None:
+        """Put the reaction `name` on a message; having put it already counts as done."""
+        def add() -> None:
+            try:
+                self.client.reactions_add(channel=channel, timestamp=ts, name=name)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "already_reacted":
+                    raise
+
+        await self._call("reactions.add", add)
+
+    async def tell_thread(self, channel: str, thread_ts: str, notice: str,
+                          context: dict[str, Any]) -> str:
+        """Post the notice template `slack/{notice}.json.j2` into a thread; its ts."""
+        try:
+            message = self.renderer.notice(notice, context)
+        except TemplateError as exc:
+            raise PermanentError(f"slack: template error: {exc}") from exc
+        return await self._post(channel, message, thread_ts=thread_ts)
+
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
@@ -203,6 +246,14 @@ class SlackDestination:
         ts = await self._post(thread.channel, message, thread_ts=thread.ts,
                               reply_broadcast=broadcast)
         return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
+        """An agent message the bridge itself sent from this thread comes back: drop it once."""
+        data = event.data
+        if data.message_type != "AGENT_MESSAGE" or not data.answer:
+            return False
+        echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "")
+        return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
         data = event.data
@@ -325,6 +376,14 @@ def _retry_after(headers: dict[str, Any]) -> float:
             except ValueError:
                 break
     return 1.0
+
+
+def _slack_user(user_id: str, member: dict[str, Any]) -> SlackUser:
+    profile = member.get("profile") or {}
+    name = (profile.get("display_name") or profile.get("real_name") or member.get("real_name")
+            or member.get("name") or user_id)
+    icon = profile.get("image_192") or profile.get("image_72")
+    return SlackUser(user_id, str(name), str(icon) if icon else None)
 
 
 def slack_destination(settings: Settings, templates: Templates) -> SlackDestination:
