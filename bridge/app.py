@@ -17,7 +17,9 @@ from bridge.destinations.base import Destination
 from bridge.metrics import Metrics
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
+from bridge.slack_events import slack_routes
 from bridge.store import Store, open_store
+from bridge.template_check import require_templates
 from bridge.templating import Templates
 from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
 from bridge.worker import Worker
@@ -74,13 +76,20 @@ class Bridge:
         await self.store.close()
 
 
-def open_bridge(settings: Settings, clock: Clock | None = None) -> Bridge:
-    """Open the store and build the destinations; the worker is built but not started."""
+def open_bridge(settings: Settings, clock: Clock | None = None,
+                check_templates: bool = True) -> Bridge:
+    """Build the destinations, check the templates, open the store; the worker is not started.
+
+    Templates that fail to load or to render a bundled sample raise ConfigError here, so a
+    broken template stops the bridge at start-up rather than failing the first real event.
+    """
     clock = clock or SystemClock()
-    store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds)
     templates = Templates(settings.templates.dir)
     destinations = build_destinations(settings, templates)
+    if check_templates:
+        require_templates(templates, destinations)
+    store = open_store(settings.store.url, settings.store.synchronous,
+                       settings.store.commit_timeout_seconds)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
@@ -89,7 +98,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None) -> Bridge:
 def announce(bridge: Bridge) -> None:
     """Say at start-up what is on, what is off, and what is unsafe."""
     settings = bridge.settings
-    for name in ("slack", "jira", "crm"):
+    for name in ("slack", "jira", "crm", "sitegpt"):
         state = "on" if name in bridge.destinations else "off"
         log.info("destination %s: %s", name, state)
     for endpoint in bridge.endpoints():
@@ -125,6 +134,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     )
     token = bridge.settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    app = build_app(intake, bridge.endpoints(), lifespan, metrics_token)
+    replies = slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake)
+    app = build_app(intake, bridge.endpoints(), lifespan, replies, metrics_token)
     app.state.bridge = bridge
     return app

@@ -20,6 +20,7 @@ from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
+from bridge.template_check import check_templates
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -84,7 +85,8 @@ async def _run_worker(settings: Settings) -> None:
     await bridge.close()
 
 
-@command("check", "validate settings, print them with secrets masked, test credentials")
+@command("check", "validate settings and templates, print settings with secrets masked, "
+                  "test credentials")
 def check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
@@ -92,9 +94,12 @@ def check(args: argparse.Namespace) -> int:
 
 
 async def _check_destinations(settings: Settings) -> int:
-    bridge = open_bridge(settings)
+    bridge = open_bridge(settings, check_templates=False)
     problems = 0
     try:
+        report = check_templates(bridge.templates, bridge.destinations)
+        print("\n".join(report.lines(settings.templates.dir)))
+        problems += len(report.problems)
         for name in ("slack", "jira", "crm"):
             destination = bridge.destinations.get(name)
             if destination is None:
@@ -134,6 +139,9 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The operator commands register themselves with @command; they import this module, so here.
+    import bridge.commands  # noqa: F401
+
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")

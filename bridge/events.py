@@ -13,6 +13,8 @@ MESSAGE = "ADD_MESSAGE"
 ESCALATION = "CONVERSATION_ESCALATED"
 LEAD = "NEW_LEAD_CAPTURE"
 TICKET_LINKED = "BRIDGE_TICKET_LINKED"
+SLACK_REPLY = "SLACK_THREAD_REPLY"
+MODE_CHANGE = "SLACK_MODE_CHANGE"
 DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
 
 
@@ -82,6 +84,30 @@ class TicketLinkedData(SiteGPTModel):
     created: bool = True
 
 
+class SlackReplyData(SiteGPTModel):
+    """Made by the bridge itself: a person answered in a conversation's Slack thread."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    slack_event_id: str = Field(alias="slackEventId")
+    channel: str
+    thread_ts: str = Field(alias="threadTs")
+    ts: str
+    user: str
+    text: str
+
+
+class ModeChangeData(SiteGPTModel):
+    """Made by the bridge itself: someone pressed Take over or Hand back to AI in Slack."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    channel: str
+    thread_ts: str = Field(alias="threadTs")
+    user: str
+    mode: Literal["AGENT", "AI"]
+
+
 class MessageEvent(SiteGPTModel):
     event: Literal["ADD_MESSAGE"]
     data: MessageData
@@ -102,12 +128,25 @@ class TicketLinkedEvent(SiteGPTModel):
     data: TicketLinkedData
 
 
-Event = MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent
+class SlackReplyEvent(SiteGPTModel):
+    event: Literal["SLACK_THREAD_REPLY"]
+    data: SlackReplyData
+
+
+class ModeChangeEvent(SiteGPTModel):
+    event: Literal["SLACK_MODE_CHANGE"]
+    data: ModeChangeData
+
+
+Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
+         | ModeChangeEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
     LEAD: LeadEvent,
     TICKET_LINKED: TicketLinkedEvent,
+    SLACK_REPLY: SlackReplyEvent,
+    MODE_CHANGE: ModeChangeEvent,
 }
 
 

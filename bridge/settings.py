@@ -236,6 +236,7 @@ class TemplatesSettings(Section):
 class SiteGPTSettings(Section):
     api_url: str = "https://sitegpt.ai/api/v0"
     api_key: SecretStr | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
 
 
 class LogSettings(Section):
@@ -276,6 +277,18 @@ class Settings(BaseSettings):
 
     def chatbot(self, chatbot_id: str) -> ChatbotSettings | None:
         return next((bot for bot in self.chatbots if bot.id == chatbot_id), None)
+
+    def sitegpt_api_key(self, chatbot_id: str) -> SecretStr | None:
+        """The chatbot's own SiteGPT API key, else the shared one."""
+        chatbot = self.chatbot(chatbot_id)
+        if chatbot and chatbot.sitegpt_api_key:
+            return chatbot.sitegpt_api_key
+        return self.sitegpt.api_key or None
+
+    def replies_enabled(self) -> bool:
+        """Answering from Slack needs Slack's signing secret, a bot token and a SiteGPT key."""
+        has_key = bool(self.sitegpt.api_key) or any(bot.sitegpt_api_key for bot in self.chatbots)
+        return bool(self.slack.signing_secret and self.slack.bot_token and has_key)
 
     def example_tokens_in_use(self) -> list[str]:
         """Endpoints whose tokens still include a value from settings.example.toml."""

@@ -84,6 +84,17 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages(chatbot_id, thread_id, id);
+CREATE INDEX IF NOT EXISTS conversations_slack_thread
+    ON conversations(slack_channel, slack_thread_ts);
+CREATE TABLE IF NOT EXISTS slack_echoes (
+    source TEXT PRIMARY KEY,
+    chatbot_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS slack_echoes_conversation ON slack_echoes(chatbot_id, thread_id);
 """
 
 CONVERSATION_FIELDS = frozenset(
@@ -171,6 +182,17 @@ class ConversationRecord:
 
 
 @dataclass(frozen=True)
+class Echo:
+    """A reply sent to SiteGPT from Slack, which SiteGPT's messages webhook will send back."""
+
+    chatbot_id: str
+    thread_id: str
+    text: str
+    agent_name: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class FollowUp:
     """An event a destination asks the bridge to deliver next (e.g. a ticket link to Slack)."""
 
@@ -217,9 +239,13 @@ class Store(Protocol):
     async def next_due(self) -> float | None: ...
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None: ...
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None: ...
+    async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None: ...  # noqa: E501
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None: ...
+    async def forget_echo(self, source: str) -> None: ...
+    async def consume_echo(self, echo: Echo, now: float) -> bool: ...
     async def transcript(self, chatbot_id: str, thread_id: str, after_id: int = 0) -> list[StoredMessage]: ...  # noqa: E501
     async def deliveries(self, status: str | None = None, conversation: str | None = None,
-                         limit: int = 100) -> list[DeliveryRow]: ...
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]: ...
     async def retry(self, ids: Sequence[int] = (), failed: bool = False,
                     destination: str | None = None, now: float = 0.0) -> int: ...
     async def conversations(self, limit: int = 50) -> list[ConversationRecord]: ...
@@ -285,6 +311,27 @@ class SQLiteStore:
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None:
         await self._run(lambda conn: _update_conversation(conn, chatbot_id, thread_id, fields))
 
+    async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None:  # noqa: E501
+        """The conversation whose Slack thread this is, if the bridge started it."""
+        def read(conn: sqlite3.Connection) -> ConversationRecord | None:
+            row = conn.execute(
+                "SELECT * FROM conversations WHERE slack_channel = ? AND slack_thread_ts = ?",
+                (channel, thread_ts)).fetchone()
+            return ConversationRecord(**row) if row else None
+        return await self._run(read)
+
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
+        """Keep `echo` until it comes back or `keep_for` passes; one memory per source."""
+        await self._run(lambda conn: _remember_echo(conn, echo, now, now + keep_for))
+
+    async def forget_echo(self, source: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "DELETE FROM slack_echoes WHERE source = ?", (source,)))
+
+    async def consume_echo(self, echo: Echo, now: float) -> bool:
+        """Whether `echo` was remembered (any source, text stripped); the memory is used up."""
+        return await self._run(lambda conn: _consume_echo(conn, echo, now))
+
     async def transcript(self, chatbot_id: str, thread_id: str, after_id: int = 0) -> list[StoredMessage]:  # noqa: E501
         def read(conn: sqlite3.Connection) -> list[StoredMessage]:
             rows = conn.execute(
@@ -295,8 +342,8 @@ class SQLiteStore:
         return await self._run(read)
 
     async def deliveries(self, status: str | None = None, conversation: str | None = None,
-                         limit: int = 100) -> list[DeliveryRow]:
-        return await self._run(lambda conn: _deliveries(conn, status, conversation, limit))
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+        return await self._run(lambda conn: _deliveries(conn, status, conversation, limit, ids))
 
     async def retry(self, ids: Sequence[int] = (), failed: bool = False,
                     destination: str | None = None, now: float = 0.0) -> int:
@@ -558,9 +605,34 @@ def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: s
         {**fields, "c": chatbot_id, "t": thread_id})
 
 
+def _remember_echo(conn: sqlite3.Connection, echo: Echo, now: float, expires_at: float) -> None:
+    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT OR REPLACE INTO slack_echoes (source, chatbot_id, thread_id, text, agent_name,"
+        " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (echo.source, echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name,
+         expires_at))
+
+
+def _consume_echo(conn: sqlite3.Connection, echo: Echo, now: float) -> bool:
+    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    row = conn.execute(
+        "SELECT source FROM slack_echoes WHERE chatbot_id = ? AND thread_id = ? AND text = ?"
+        " AND agent_name = ? ORDER BY expires_at LIMIT 1",
+        (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name)).fetchone()
+    if row is None:
+        return False
+    conn.execute("DELETE FROM slack_echoes WHERE source = ?", (row[0],))
+    return True
+
+
 def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str | None,
-                limit: int) -> list[DeliveryRow]:
-    clauses, params = [], []
+                limit: int, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if ids:
+        clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+        params += list(ids)
     if status:
         clauses.append("d.status = ?")
         params.append(status)
@@ -578,7 +650,14 @@ def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str 
 
 def _retry(conn: sqlite3.Connection, ids: Sequence[int], failed: bool,
            destination: str | None, now: float) -> int:
-    clauses = ["status IN ('failed', 'skipped')" if failed else "status != 'pending'"]
+    """Named deliveries in any finished state, or every failed one; never "all" by default.
+
+    Skipped ones are dry runs: requeued only by id, since bulk-retrying them after a token is
+    set would post a backlog nobody asked for.
+    """
+    if not ids and not failed:
+        return 0
+    clauses = ["status = 'failed'" if failed else "status != 'pending'"]
     params: list[Any] = []
     if ids:
         clauses.append(f"id IN ({','.join('?' * len(ids))})")

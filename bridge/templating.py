@@ -104,19 +104,32 @@ class Templates:
             mrkdwn=slack_escape, jira=jira_escape, cut=cut, date=format_date, tojson=_tojson
         )
         self.env.globals.update(dashboard_url=dashboard_url)
+        # Lorem ipsum has no place in a message, and a large n only burns CPU.
+        del self.env.globals["lipsum"]
 
     def names(self) -> list[str]:
-        """Every template a user may override (the built-in set)."""
+        """Every template: the built-in set a user may override, and the user's own."""
         return sorted(self.env.list_templates(filter_func=lambda name: ":" not in name))
+
+    def load(self, name: str) -> jinja2.Template:
+        """The compiled template `name` (the user's if they have one), or TemplateError."""
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(name, exc) from exc
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(f"template not found: {exc.name}") from exc
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:
         """Render `name`, or raise TemplateError naming the file and line."""
+        template = self.load(name)
         try:
-            return self.env.get_template(name).render(context)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from exc
+            return template.render(context)
+        except jinja2.TemplateSyntaxError as exc:  # in a template it extends or includes
+            raise _syntax_error(name, exc) from exc
         except jinja2.TemplateNotFound as exc:
-            raise TemplateError(f"template not found: {exc.name}") from exc
+            where = self._where(name, exc)
+            raise TemplateError(f"{where}: template not found: {exc.name}") from exc
         except Exception as exc:  # StrictUndefined, sandbox refusals, filter errors
             raise TemplateError(f"{self._where(name, exc)}: {exc}") from exc
 
@@ -140,3 +153,7 @@ class Templates:
                 where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
             trace = trace.tb_next
         return where
+
+
+def _syntax_error(name: str, exc: jinja2.TemplateSyntaxError) -> TemplateError:
+    return TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}")

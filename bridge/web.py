@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
 from bridge.errors import StoreBusy, StoreError
@@ -123,10 +123,12 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(intake: Intake, endpoints: Sequence[Endpoint],
-              lifespan: Any = None, metrics_token: bytes | None = None) -> Starlette:
-    """The ASGI app: three webhook routes, the two health probes and the metrics."""
-    routes = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = None,
+              extra_routes: Sequence[BaseRoute] = (),
+              metrics_token: bytes | None = None) -> Starlette:
+    """The ASGI app: three webhook routes, the two health probes, the metrics, `extra_routes`."""
+    routes: list[BaseRoute] = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+    routes += extra_routes
 
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

@@ -7,10 +7,12 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -30,14 +32,32 @@ class Scripted:
     delay: float = 0.0
 
 
+USERS = {
+    "U_ANA": {"id": "U_ANA", "name": "ana", "real_name": "Ana Pérez",
+              "profile": {"display_name": "Ana", "real_name": "Ana Pérez",
+                          "image_72": "https://avatars.example/ana-72.png",
+                          "image_192": "https://avatars.example/ana-192.png"}},
+    "U_BEN": {"id": "U_BEN", "name": "ben", "real_name": "Ben Okafor",
+              "profile": {"display_name": "", "real_name": "Ben Okafor"}},
+}
+BOT_ID = "B1"
+
+
 class FakeSlack:
-    """Enough of chat.postMessage, chat.update, auth.test and users.info for the bridge."""
+    """Enough of chat.*, reactions.add, auth.test and users.info for the bridge.
+
+    A bot token (xoxb-...) posts as the bridge; a user token `xoxp-<user id>` posts as that
+    person, so a test can write in a thread the way a person would and get the Events API
+    message Slack would send for it (`message_event`).
+    """
 
     def __init__(self, channel_rate: float | None = None, channel_burst: int = 3,
                  post_delay: float = 0.0) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.posts: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
+        self.reactions: list[dict[str, Any]] = []
+        self.users: dict[str, dict[str, Any]] = {key: dict(user) for key, user in USERS.items()}
         self.rate_limited: list[str] = []
         self.script: deque[Scripted] = deque()
         self.outage_status: int | None = None
@@ -61,6 +81,17 @@ class FakeSlack:
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
 
+    def reset(self) -> None:
+        """Forget every call and instruction, for a server shared by several tests."""
+        with self._lock:
+            for record in (self.calls, self.posts, self.updates, self.reactions,
+                           self.rate_limited):
+                record.clear()
+            self.script.clear()
+            self._buckets.clear()
+            self.users = {key: dict(user) for key, user in USERS.items()}
+        self.outage_status = None
+
     def fail_next(self, method: str, times: int = 1, **answer: Any) -> None:
         for _ in range(times):
             self.script.append(Scripted(method, **answer))
@@ -71,6 +102,16 @@ class FakeSlack:
 
     def parents(self) -> list[dict[str, Any]]:
         return [post for post in self.posts if not post.get("thread_ts")]
+
+    def message_event(self, ts: str, **changes: Any) -> dict[str, Any]:
+        """The Events API `message` event Slack sends for the post `ts` (plus `changes`)."""
+        post = next(post for post in self.posts if post["ts"] == ts)
+        event = {"type": "message", "channel": post["channel"], "text": post.get("text", ""),
+                 "ts": ts, "event_ts": ts, "channel_type": "channel"}
+        for key in ("user", "bot_id", "thread_ts"):
+            if post.get(key):
+                event[key] = post[key]
+        return {**event, **changes}
 
     async def _handle(self, request: Request) -> Response:
         method = request.path_params["method"]
@@ -83,30 +124,46 @@ class FakeSlack:
             return _answer(scripted.status, scripted.error, scripted.headers)
         if self.outage_status is not None:
             return PlainTextResponse("upstream unavailable", self.outage_status)
-        if not request.headers.get("authorization", "").startswith("Bearer xoxb-"):
+        author = _author(request.headers.get("authorization", ""))
+        if author is None:
             return JSONResponse({"ok": False, "error": "not_authed"})
         if method == "chat.postMessage" and self.post_delay:
             await asyncio.sleep(self.post_delay)
-        return self._perform(method, args)
+        return self._perform(method, args, author)
 
     def _scripted(self, method: str) -> Scripted | None:
         if self.script and self.script[0].method in (method, "*"):
             return self.script.popleft()
         return None
 
-    def _perform(self, method: str, args: dict[str, Any]) -> Response:
+    def _perform(self, method: str, args: dict[str, Any], author: dict[str, str]) -> Response:
         if method == "auth.test":
             return JSONResponse({"ok": True, "team": "Acme", "team_id": "T1", "user": "bridge",
                                  "user_id": "U0BRIDGE", "bot_id": "B1"})
         if method == "chat.postMessage":
-            return self._post(args)
+            return self._post(args, author)
         if method == "chat.update":
             with self._lock:
                 self.updates.append(args)
             return JSONResponse({"ok": True, "channel": args.get("channel"), "ts": args.get("ts")})
+        if method == "reactions.add":
+            return self._react(args)
+        if method == "users.info":
+            user = self.users.get(str(args.get("user")))
+            if user is None:
+                return JSONResponse({"ok": False, "error": "user_not_found"})
+            return JSONResponse({"ok": True, "user": user})
         return JSONResponse({"ok": False, "error": "unknown_method"})
 
-    def _post(self, args: dict[str, Any]) -> Response:
+    def _react(self, args: dict[str, Any]) -> Response:
+        reaction = {key: args.get(key) for key in ("channel", "timestamp", "name")}
+        with self._lock:
+            if reaction in self.reactions:
+                return JSONResponse({"ok": False, "error": "already_reacted"})
+            self.reactions.append(reaction)
+        return JSONResponse({"ok": True})
+
+    def _post(self, args: dict[str, Any], author: dict[str, str]) -> Response:
         channel = str(args.get("channel"))
         if channel == "C_MISSING":
             return JSONResponse({"ok": False, "error": "channel_not_found"})
@@ -116,7 +173,7 @@ class FakeSlack:
                 return _answer(429, "ratelimited", {"Retry-After": "1"})
             self._serial += 1
             ts = f"{1_700_000_000 + self._serial}.{self._serial:06d}"
-            self.posts.append({**args, "ts": ts})
+            self.posts.append({**args, **author, "ts": ts})
         return JSONResponse({"ok": True, "channel": channel, "ts": ts})
 
     def _allow(self, channel: str) -> bool:
@@ -132,11 +189,35 @@ class FakeSlack:
         return True
 
 
+@pytest.fixture(scope="module", name="slack_server")
+def slack_server_fixture() -> Iterator[FakeSlack]:
+    """One fake Slack for a test module: starting a server per test costs more than the test."""
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture(name="fake")
+def fake_fixture(slack_server: FakeSlack) -> FakeSlack:
+    """The module's fake Slack, with the previous test's calls forgotten."""
+    slack_server.reset()
+    return slack_server
+
+
 async def _arguments(request: Request) -> dict[str, Any]:
     body = await request.body()
+    query = dict(request.query_params)
     if request.headers.get("content-type", "").startswith("application/json"):
-        return json.loads(body or b"{}")
-    return dict(parse_qsl(body.decode()))
+        return {**query, **json.loads(body or b"{}")}
+    return {**query, **dict(parse_qsl(body.decode()))}
+
+
+def _author(authorization: str) -> dict[str, str] | None:
+    """Who a token speaks for: the bridge's bot, or the person named in `xoxp-<user id>`."""
+    if authorization.startswith("Bearer xoxb-"):
+        return {"bot_id": BOT_ID}
+    if authorization.startswith("Bearer xoxp-"):
+        return {"user": authorization.removeprefix("Bearer xoxp-")}
+    return None
 
 
 def _answer(status: int, error: str | None, headers: dict[str, str]) -> Response:

@@ -22,13 +22,13 @@ from bridge.events import (
     parse_event,
 )
 from bridge.intake import new_event
-from bridge.samples import load_sample, sample_names
+from bridge.samples import load_sample, webhook_sample_names
 
 KINDS = {"message": MESSAGE, "escalation": ESCALATION, "lead": LEAD}
 DATA = {MESSAGE: MessageData, ESCALATION: EscalationData, LEAD: LeadData}
 
 
-@pytest.mark.parametrize("name", sample_names())
+@pytest.mark.parametrize("name", webhook_sample_names())
 def test_every_sample_parses_as_its_own_kind_only(name):
     kind = KINDS[name.split("-")[0]]
     event = parse_event(kind, load_sample(name))

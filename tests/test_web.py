@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from bridge.app import Bridge, create_app
 from bridge.destinations.base import Destination
 from bridge.events import ESCALATION, LEAD, MESSAGE
-from bridge.samples import load_sample, sample_names
+from bridge.samples import load_sample, webhook_sample_names
 from bridge.web import ENDPOINT_KINDS
 
 LIMIT = 2048
@@ -260,10 +260,10 @@ def test_json_that_is_not_the_endpoints_event_is_422_naming_the_field(
 
 
 def test_there_is_a_sample_for_every_endpoint():
-    assert {endpoint_of(name) for name in sample_names()} == set(ENDPOINT_KINDS)
+    assert {endpoint_of(name) for name in webhook_sample_names()} == set(ENDPOINT_KINDS)
 
 
-@pytest.mark.parametrize("name", sample_names())
+@pytest.mark.parametrize("name", webhook_sample_names())
 def test_every_sample_is_accepted_on_its_own_endpoint_and_refused_on_the_others(webhooks, name):
     body = load_sample(name)
     for other in sorted(set(ENDPOINT_KINDS) - {endpoint_of(name)}):

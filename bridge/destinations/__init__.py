@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
-from bridge.destinations.jira import build_jira
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 Factory = Callable[[Settings, Templates], Destination | None]
-REGISTRY: dict[str, Factory] = {
-    "jira": build_jira,
-}
+REGISTRY: dict[str, Factory] = {}
 
 
 def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
@@ -28,10 +25,14 @@ def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[st
 
 def _register_builtin() -> None:
     from bridge.destinations.crm import build_crm
+    from bridge.destinations.jira import build_jira
+    from bridge.destinations.sitegpt import sitegpt_destination
     from bridge.destinations.slack import slack_destination
 
     REGISTRY["slack"] = slack_destination
+    REGISTRY["jira"] = build_jira
     REGISTRY["crm"] = build_crm
+    REGISTRY["sitegpt"] = sitegpt_destination
 
 
 _register_builtin()

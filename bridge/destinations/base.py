@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -67,3 +67,26 @@ class Destination(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+RenderSamples = Callable[[Mapping[str, Event]], dict[str, str]]
+
+
+class Previews(Protocol):
+    """Optional, found with getattr: a destination that can show what it would send.
+
+    `render_samples({label: event})` renders every event the destination accepts (others are
+    left out) exactly as deliver() would, without any network call, and returns
+    {"<label>: <what is sent>": text}, in the order deliver() sends them. A template that fails
+    raises TemplateError naming its file and line. `sitegpt-bridge render` prints the result and
+    the start-up check renders every bundled sample through it, so a broken user template stops
+    the bridge before the first real event.
+    """
+
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]: ...
+
+
+def sample_renderer(destination: Destination) -> RenderSamples | None:
+    """The destination's render_samples hook, or None when it has none."""
+    hook = getattr(destination, "render_samples", None)
+    return hook if callable(hook) else None

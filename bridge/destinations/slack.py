@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -22,14 +22,16 @@ from bridge.events import (
     LEAD,
     MESSAGE,
     TICKET_LINKED,
+    Conversation,
     EscalationEvent,
+    Event,
     LeadEvent,
     MessageEvent,
     TicketLinkedEvent,
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
-from bridge.store import ConversationRecord
+from bridge.store import ConversationRecord, Echo
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
@@ -46,6 +48,8 @@ RETRYABLE_ERRORS = frozenset({
     "request_timeout", "team_added_to_org",
 })
 MAX_PACING_WAIT = 3.0
+IN_THREAD = "chat.postMessage (in the thread)"
+USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
 _QUIET_SDK_LOG.setLevel(logging.CRITICAL)
 
@@ -99,6 +103,15 @@ class Thread:
     ts: str
 
 
+@dataclass(frozen=True)
+class SlackUser:
+    """A workspace member as the visitor sees them when they answer from Slack."""
+
+    id: str
+    name: str
+    icon_url: str | None
+
+
 class SlackDestination:
     """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
 
@@ -114,6 +127,7 @@ class SlackDestination:
         self.pacer = ChannelPacer(self.slack.burst, self.slack.per_second, self.clock)
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="slack")
         self._client: WebClient | None = None
+        self._users: dict[str, tuple[float, SlackUser]] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -135,6 +149,8 @@ class SlackDestination:
         event = delivery.event
         try:
             if isinstance(event, MessageEvent):
+                if await self._is_echo(delivery, event):
+                    return Skipped("echo of a reply sent from Slack")
                 return await self._post_in_thread(delivery, self.renderer.message(event))
             if isinstance(event, EscalationEvent):
                 return await self._escalate(delivery, event)
@@ -156,6 +172,72 @@ class SlackDestination:
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """What Slack would be sent for each event it takes, as JSON, without sending anything.
+
+        One entry per call, in the order deliver() makes them; a thread's ts is known only once
+        Slack answers, so previews leave it out.
+        """
+        rendered: dict[str, str] = {}
+        for name, event in samples.items():
+            if self.accepts(event.event):
+                for label, call in self._preview(event):
+                    rendered[f"{name}: {label}"] = json.dumps(call, indent=2, ensure_ascii=False)
+        return rendered
+
+    def _preview(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
+        if isinstance(event, LeadEvent):
+            channel = self.slack.leads_channel or self.slack.channel or ""
+            return [("chat.postMessage (lead)", post_arguments(channel, self.renderer.lead(event)))]
+        conversation = conversation_of(event)
+        assert conversation is not None
+        channel = self._channel_for(conversation.chatbot_id)
+        if isinstance(event, MessageEvent):
+            parent = self.renderer.parent(conversation, None, None)
+            return [("chat.postMessage (parent of a new thread)", post_arguments(channel, parent)),
+                    (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
+        if isinstance(event, EscalationEvent):
+            record = _escalated(conversation)
+            posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
+            parent = self.renderer.parent(conversation, record, None)
+        else:
+            assert isinstance(event, TicketLinkedEvent)
+            record = _escalated(conversation, jira_key=event.data.issue_key)
+            posted = post_arguments(channel, self.renderer.ticket(event))
+            parent = self.renderer.parent(conversation, record, event.data.issue_url)
+        return [(IN_THREAD, posted),
+                ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
+
+    async def user(self, user_id: str) -> SlackUser:
+        """A member's display name and avatar (users.info), remembered for an hour."""
+        cached = self._users.get(user_id)
+        if cached and cached[0] > self.clock.now():
+            return cached[1]
+        reply = await self._call("users.info", lambda: self.client.users_info(user=user_id))
+        member = _slack_user(user_id, reply.get("user") or {})
+        self._users[user_id] = (self.clock.now() + USER_CACHE_SECONDS, member)
+        return member
+
+    async def react(self, channel: str, ts: str, name: str) -> None:
+        """Put the reaction `name` on a message; having put it already counts as done."""
+        def add() -> None:
+            try:
+                self.client.reactions_add(channel=channel, timestamp=ts, name=name)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "already_reacted":
+                    raise
+
+        await self._call("reactions.add", add)
+
+    async def tell_thread(self, channel: str, thread_ts: str, notice: str,
+                          context: dict[str, Any]) -> str:
+        """Post the notice template `slack/{notice}.json.j2` into a thread; its ts."""
+        try:
+            message = self.renderer.notice(notice, context)
+        except TemplateError as exc:
+            raise PermanentError(f"slack: template error: {exc}") from exc
+        return await self._post(channel, message, thread_ts=thread_ts)
+
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
@@ -164,6 +246,14 @@ class SlackDestination:
         ts = await self._post(thread.channel, message, thread_ts=thread.ts,
                               reply_broadcast=broadcast)
         return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
+        """An agent message the bridge itself sent from this thread comes back: drop it once."""
+        data = event.data
+        if data.message_type != "AGENT_MESSAGE" or not data.answer:
+            return False
+        echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "")
+        return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
         data = event.data
@@ -217,10 +307,9 @@ class SlackDestination:
 
     async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
         await self.pacer.acquire(channel)
-        body = fit_message(message)
-        reply = await self._call("chat.postMessage", lambda: self.client.chat_postMessage(
-            channel=channel, unfurl_links=False, unfurl_media=False, **body,
-            **{key: value for key, value in extra.items() if value}), channel=channel)
+        arguments = post_arguments(channel, message, **extra)
+        reply = await self._call("chat.postMessage",
+                                 lambda: self.client.chat_postMessage(**arguments), channel=channel)
         return str(reply["ts"])
 
     async def _call(self, method: str, call: Callable[[], Any], channel: str | None = None) -> Any:
@@ -265,6 +354,20 @@ class SlackDestination:
         return Skipped("dry run: slack.bot_token is not set")
 
 
+def _escalated(conversation: Conversation, jira_key: str | None = None) -> ConversationRecord:
+    """The stored state a preview assumes once a conversation is escalated (and ticketed)."""
+    return ConversationRecord(
+        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, slack_channel=None,
+        slack_thread_ts=None, jira_key=jira_key, jira_transcript_upto=None, escalated_at=1.0,
+        first_seen=0.0, last_seen=0.0)
+
+
+def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The arguments of chat.postMessage for a rendered message, cut to Slack's limits."""
+    return {"channel": channel, "unfurl_links": False, "unfurl_media": False,
+            **fit_message(message), **{key: value for key, value in extra.items() if value}}
+
+
 def _retry_after(headers: dict[str, Any]) -> float:
     for name, value in headers.items():
         if name.lower() == "retry-after":
@@ -273,6 +376,14 @@ def _retry_after(headers: dict[str, Any]) -> float:
             except ValueError:
                 break
     return 1.0
+
+
+def _slack_user(user_id: str, member: dict[str, Any]) -> SlackUser:
+    profile = member.get("profile") or {}
+    name = (profile.get("display_name") or profile.get("real_name") or member.get("real_name")
+            or member.get("name") or user_id)
+    icon = profile.get("image_192") or profile.get("image_72")
+    return SlackUser(user_id, str(name), str(icon) if icon else None)
 
 
 def slack_destination(settings: Settings, templates: Templates) -> SlackDestination:

@@ -91,7 +91,13 @@ class SlackRenderer:
             "escalated": bool(record and record.escalated_at),
             "ticket": {"key": record.jira_key, "url": ticket_url}
             if record and record.jira_key else None,
+            "mode_buttons": self.settings.replies_enabled()
+            and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
         })
+
+    def notice(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
+        """A notice the bridge posts about a reply from Slack (sent, not delivered, mode)."""
+        return self._render(f"slack/{name}.json.j2", context)
 
     def _conversation(self, conversation: Conversation) -> dict[str, Any]:
         return {

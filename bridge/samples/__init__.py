@@ -19,3 +19,9 @@ def load_sample(name: str) -> Any:
     if not path.is_file():
         raise KeyError(f"no sample named {name!r}; known: {', '.join(sample_names())}")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def webhook_sample_names() -> list[str]:
+    """The samples SiteGPT itself could send (not the bridge's own follow-up events)."""
+    sitegpt = {"ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE"}
+    return [name for name in sample_names() if load_sample(name)["event"] in sitegpt]

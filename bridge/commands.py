@@ -1,0 +1,439 @@
+"""Operator commands: preview templates, send a test webhook, list and retry deliveries.
+
+Each opens its own store on the same SQLite file, so it works while `serve` runs; none starts a
+worker. Human output is an aligned table, `--json` one object per line; an error is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bridge.cli import command
+from bridge.destinations import REGISTRY, build_destinations
+from bridge.destinations.base import Destination, sample_renderer
+from bridge.errors import BridgeError, TemplateError
+from bridge.events import (
+    ESCALATION,
+    LEAD,
+    MESSAGE,
+    MODELS,
+    TICKET_LINKED,
+    Event,
+    InvalidEvent,
+    parse_event,
+)
+from bridge.samples import load_sample, sample_names
+from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
+from bridge.templating import Templates
+from bridge.web import ENDPOINT_KINDS, TOKEN_HEADER
+
+PROG = "sitegpt-bridge"
+TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "leads": "lead"}
+LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
+               TICKET_LINKED: "ticket link"}
+SEND_TIMEOUT = 10.0
+GAP = "  "
+MIN_LAST_COLUMN = 24
+UNTRUNCATED_WIDTH = 160
+
+
+class UsageError(BridgeError):
+    """Bad input to a command (a file, a sample, an id, a combination): one line, exit 2."""
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+Work = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+def operator_command(name: str, help_text: str, arguments: Arguments) -> Callable[[Work], Work]:
+    """Register an async command run with the --config settings; bad input is exit 2."""
+    def register(work: Work) -> Work:
+        def run(args: argparse.Namespace) -> int:
+            settings = load_settings(args.config)
+            try:
+                return asyncio.run(work(settings, args))
+            except UsageError as exc:
+                _say(str(exc))
+                return 2
+        command(name, help_text, arguments)(run)
+        return work
+    return register
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+# render ------------------------------------------------------------------------------------------
+
+def _render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", metavar="FILE.json",
+                        help="a webhook body as SiteGPT sends it")
+    parser.add_argument("--sample", metavar="NAME",
+                        help=f"a bundled sample instead: {', '.join(sample_names())}")
+    parser.add_argument("--target", choices=sorted(REGISTRY),
+                        help="one destination (default: every one that takes the event)")
+
+
+@operator_command(
+    "render", "print what would be sent for a webhook body, rendered with your templates",
+    _render_arguments)
+async def render(settings: Settings, args: argparse.Namespace) -> int:
+    label, event = _payload(args.file, args.sample)
+    folder = settings.templates.dir
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"templates.dir: {folder} is not a folder")
+    destinations = build_destinations(settings, Templates(folder))
+    try:
+        targets = _targets(destinations, event, args.target)
+        shown = [_show_preview(destination, label, event) for destination in targets]
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+    return 0 if all(shown) else 1
+
+
+def _payload(file: str | None, sample: str | None) -> tuple[str, Event]:
+    """The event to render and the label it goes by: a file's name or a sample's."""
+    if (file is None) == (sample is None):
+        raise UsageError("render needs a FILE.json or --sample NAME, one of the two")
+    if sample is not None:
+        return sample, _event_from(sample, _sample(sample))
+    path = Path(str(file))
+    return path.name, _event_from(str(path), _read_json(path))
+
+
+def _sample(name: str) -> Any:
+    try:
+        return load_sample(name)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not JSON: {exc}") from exc
+
+
+def _event_from(where: str, body: Any) -> Event:
+    """The typed event of a webhook body, or UsageError naming what is wrong with it."""
+    kind = body.get("event") if isinstance(body, dict) else None
+    if kind not in MODELS:
+        raise UsageError(f'{where}: "event" must be one of {", ".join(MODELS)}')
+    try:
+        return parse_event(kind, body)
+    except InvalidEvent as exc:
+        raise UsageError(f"{where}: {exc}") from exc
+
+
+def _targets(destinations: Mapping[str, Destination], event: Event,
+             target: str | None) -> list[Destination]:
+    if target is None:
+        chosen = [item for item in destinations.values() if item.accepts(event.event)]
+        if not chosen:
+            raise UsageError(f"no destination takes {event.event} events with these settings")
+        return chosen
+    destination = destinations.get(target)
+    if destination is None:
+        raise UsageError(f"{target} is switched off in these settings")
+    if not destination.accepts(event.event):
+        raise UsageError(f"{target} does not take {event.event} events")
+    return [destination]
+
+
+def _show_preview(destination: Destination, label: str, event: Event) -> bool:
+    """Bodies on stdout (so `| jq` works), a heading for each on stderr; False on failure."""
+    render_samples = sample_renderer(destination)
+    if render_samples is None:
+        _say(f"{destination.name}: cannot show what it would send")
+        return False
+    try:
+        rendered = render_samples({label: event})
+    except TemplateError as exc:
+        _say(f"{destination.name}: {exc}")
+        return False
+    for what, text in rendered.items():
+        sys.stdout.flush()
+        print(f"# {destination.name}: {what}", file=sys.stderr, flush=True)
+        print(text, flush=True)
+    return True
+
+
+# send-test ---------------------------------------------------------------------------------------
+
+def _send_test_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("endpoint", choices=list(ENDPOINT_KINDS), help="the webhook to call")
+    parser.add_argument("--url", help="its URL (default: http://HOST:PORT/webhooks/ENDPOINT, "
+                                      "from [server])")
+    parser.add_argument("--sample", metavar="NAME",
+                        help="the body to send (default: " + ", ".join(
+                            f"{sample} to {name}" for name, sample in TEST_SAMPLES.items()) + ")")
+
+
+@operator_command(
+    "send-test", "post a sample event to a running bridge, as SiteGPT's test webhook does",
+    _send_test_arguments)
+async def send_test(settings: Settings, args: argparse.Namespace) -> int:
+    endpoint = args.endpoint
+    tokens = getattr(settings.webhooks, endpoint).tokens
+    if not tokens:
+        raise UsageError(f"webhooks.{endpoint} has no token to send with; set one first")
+    sample = args.sample or TEST_SAMPLES[endpoint]
+    body = _test_body(endpoint, sample)
+    url = args.url or webhook_url(settings.server, endpoint)
+    print(f"POST {url} (sample {sample})")
+    try:
+        async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as client:
+            answer = await client.post(
+                url, json=body, headers={TOKEN_HEADER: tokens[0].get_secret_value()})
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        _say(f"cannot reach {url}: {str(exc) or type(exc).__name__}; is the bridge running?")
+        return 1
+    print(f"HTTP {answer.status_code} {answer.reason_phrase}: {answer.text}")
+    if _answer_status(answer) == "duplicate":
+        print("(an identical body arrived within the dedup window: nothing new is delivered)")
+    return 0 if answer.status_code == 200 else 1
+
+
+def _answer_status(answer: httpx.Response) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
+
+
+def _test_body(endpoint: str, sample: str) -> Any:
+    body = _sample(sample)
+    if body.get("event") != ENDPOINT_KINDS[endpoint]:
+        raise UsageError(f"sample {sample} is a {body.get('event')} event; the {endpoint} "
+                         f"webhook takes {ENDPOINT_KINDS[endpoint]}")
+    return body
+
+
+def webhook_url(server: ServerSettings, endpoint: str) -> str:
+    """Where this machine reaches the bridge: a wildcard listen address means loopback."""
+    host = LOOPBACK.get(server.host, server.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}/webhooks/{endpoint}"
+
+
+# deliveries, retry, conversations ----------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[Store]:
+    """The bridge's own store, opened beside a running `serve` (SQLite WAL allows both)."""
+    path = settings.store.sqlite_path
+    if not path.exists():
+        raise UsageError(f"no store at {path}: has the bridge run with these settings?")
+    store = open_store(settings.store.url, settings.store.synchronous,
+                       settings.store.commit_timeout_seconds)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _list_arguments(parser: argparse.ArgumentParser, default_limit: int) -> None:
+    parser.add_argument("--limit", type=_positive, default=default_limit, metavar="N",
+                        help=f"at most N, newest first (default {default_limit})")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line with stable keys, for scripts")
+
+
+def _deliveries_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=STATUSES)
+    parser.add_argument("--conversation", metavar="ID",
+                        help="a thread id, or chatbot_id/thread_id")
+    _list_arguments(parser, 50)
+
+
+@operator_command(
+    "deliveries", "list deliveries: event, destination, status, attempts, last error",
+    _deliveries_arguments)
+async def deliveries(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        rows = await store.deliveries(args.status, args.conversation, args.limit)
+    if args.json:
+        print_json_lines(delivery_json(row) for row in rows)
+    else:
+        print_table(DELIVERY_COLUMNS, [delivery_cells(row) for row in rows], "no deliveries")
+    return 0
+
+
+DELIVERY_COLUMNS = ("ID", "EVENT", "DESTINATION", "STATUS", "ATTEMPTS", "NEXT ATTEMPT",
+                    "CONVERSATION", "LAST ERROR / NOTE")
+
+
+def delivery_json(row: DeliveryRow) -> dict[str, Any]:
+    """A delivery for scripts; the store keeps one text that is an error or a note by status."""
+    failing = row.status in ("pending", "failed")
+    return {
+        "id": row.id, "event_id": row.event_id, "kind": row.kind,
+        "destination": row.destination, "conversation": row.ordering_key,
+        "status": row.status, "attempts": row.attempts,
+        "next_attempt_at": local_iso(row.next_attempt_at) if row.status == "pending" else None,
+        "last_error": row.last_error if failing else None,
+        "note": None if failing else row.last_error,
+        "created_at": local_iso(row.created_at), "finished_at": local_iso(row.finished_at),
+    }
+
+
+def delivery_cells(row: DeliveryRow) -> list[str]:
+    pending = row.status == "pending"
+    return [str(row.id), f"{row.event_id} {SHORT_KINDS.get(row.kind, row.kind)}",
+            row.destination, row.status, str(row.attempts),
+            local_time(row.next_attempt_at) if pending else "-", row.ordering_key,
+            row.last_error or "-"]
+
+
+def _retry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="*", type=_positive, metavar="ID",
+                        help="delivery ids as `deliveries` shows them (any finished status)")
+    parser.add_argument("--failed", action="store_true",
+                        help="every failed delivery (skipped dry runs only by id)")
+    parser.add_argument("--destination", metavar="NAME",
+                        help="with --failed: only this destination's (slack, jira, crm)")
+
+
+@operator_command(
+    "retry", "put deliveries back in the queue; a running worker picks them up",
+    _retry_arguments)
+async def retry(settings: Settings, args: argparse.Namespace) -> int:
+    if bool(args.ids) == args.failed:
+        raise UsageError("retry needs delivery ids or --failed, one of the two")
+    if args.destination and not args.failed:
+        raise UsageError("--destination goes with --failed")
+    async with _store(settings) as store:
+        if args.ids:
+            count = await _retry_ids(store, args.ids)
+        else:
+            count = await store.retry(failed=True, destination=args.destination, now=time.time())
+    noun = "delivery" if count == 1 else "deliveries"
+    poll = settings.delivery.poll_interval.total_seconds()
+    print(f"requeued {count} {noun}" + (
+        f"; a running worker picks them up within {poll:g} s" if count else ""))
+    return 0
+
+
+async def _retry_ids(store: Store, ids: Sequence[int]) -> int:
+    """All named ids must exist, so a typo requeues nothing; pending ones are left as they are."""
+    wanted = list(dict.fromkeys(ids))
+    found = {row.id: row for row in await store.deliveries(ids=wanted, limit=len(wanted))}
+    missing = [str(delivery_id) for delivery_id in wanted if delivery_id not in found]
+    if missing:
+        raise UsageError(f"no delivery with id {', '.join(missing)}; nothing was requeued")
+    pending = [str(delivery_id) for delivery_id in wanted if found[delivery_id].status == "pending"]
+    if pending:
+        print(f"already pending: {', '.join(pending)}")
+    return await store.retry(ids=wanted, now=time.time())
+
+
+@operator_command(
+    "conversations", "list recent conversations with their Slack thread and Jira ticket",
+    lambda parser: _list_arguments(parser, 20))
+async def conversations(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        records = await store.conversations(args.limit)
+    if args.json:
+        print_json_lines(conversation_json(record) for record in records)
+    else:
+        print_table(CONVERSATION_COLUMNS, [conversation_cells(record) for record in records],
+                    "no conversations")
+    return 0
+
+
+CONVERSATION_COLUMNS = ("CONVERSATION", "LAST SEEN", "ESCALATED", "SLACK THREAD", "JIRA")
+
+
+def conversation_json(record: ConversationRecord) -> dict[str, Any]:
+    return {
+        "chatbot_id": record.chatbot_id, "thread_id": record.thread_id,
+        "slack_channel": record.slack_channel, "slack_thread_ts": record.slack_thread_ts,
+        "jira_key": record.jira_key, "escalated_at": local_iso(record.escalated_at),
+        "first_seen": local_iso(record.first_seen), "last_seen": local_iso(record.last_seen),
+    }
+
+
+def conversation_cells(record: ConversationRecord) -> list[str]:
+    thread = (f"{record.slack_channel}/{record.slack_thread_ts}"
+              if record.slack_channel and record.slack_thread_ts else "-")
+    return [f"{record.chatbot_id}/{record.thread_id}", local_time(record.last_seen),
+            local_time(record.escalated_at) if record.escalated_at else "-", thread,
+            record.jira_key or "-"]
+
+
+# output ------------------------------------------------------------------------------------------
+
+def local_iso(epoch: float | None) -> str | None:
+    """Full local ISO 8601 with the UTC offset, for scripts."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def local_time(epoch: float | None) -> str:
+    """Local ISO 8601 date and time, short enough for a table column."""
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+
+
+def print_json_lines(objects: Iterable[Mapping[str, Any]]) -> None:
+    for item in objects:
+        print(json.dumps(item, ensure_ascii=False))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+    """Aligned columns; the last one (errors, notes) is cut to fit the terminal."""
+    if not rows:
+        print(empty)
+        return
+    cells = [[" ".join(cell.split()) for cell in row] for row in rows]
+    widths = [max(len(header), *(len(row[i]) for row in cells))
+              for i, header in enumerate(headers[:-1])]
+    room = max(_terminal_width() - sum(widths) - len(GAP) * len(widths), MIN_LAST_COLUMN)
+    for row in [list(headers), *cells]:
+        fixed = GAP.join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        print(f"{fixed}{GAP}{_fit(row[-1], room)}".rstrip())
+
+
+def _terminal_width() -> int:
+    return shutil.get_terminal_size((UNTRUNCATED_WIDTH, 24)).columns
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,259 @@
+"""Slack's Events API and interactivity: thread replies and mode buttons, stored for delivery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from slack_sdk.signature import Clock as SignatureClock
+from slack_sdk.signature import SignatureVerifier
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bridge.clock import Clock
+from bridge.destinations.sitegpt import SiteGPTDestination
+from bridge.errors import StoreError
+from bridge.events import (
+    MODE_CHANGE,
+    SLACK_REPLY,
+    Conversation,
+    ModeChangeData,
+    SlackReplyData,
+    canonical_json,
+)
+from bridge.settings import Settings
+from bridge.store import ConversationRecord, NewEvent, Store
+from bridge.web import BodyTooLarge, _read_bounded
+
+log = logging.getLogger("bridge.slack_events")
+DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
+PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
+MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
+DESTINATIONS = (SiteGPTDestination.name,)
+M = TypeVar("M", bound="SlackModel")
+
+
+class SlackModel(BaseModel):
+    """Slack's payloads carry much more than the bridge reads: the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SlackMessage(SlackModel):
+    type: str
+    subtype: str | None = None
+    channel: str | None = None
+    user: str | None = None
+    bot_id: str | None = None
+    text: str = ""
+    ts: str | None = None
+    thread_ts: str | None = None
+
+
+class EventEnvelope(SlackModel):
+    type: str
+    challenge: str | None = None
+    event_id: str | None = None
+    event: dict[str, Any] | None = None
+
+
+class SlackUserRef(SlackModel):
+    id: str
+
+
+class Container(SlackModel):
+    channel_id: str | None = None
+    message_ts: str | None = None
+
+
+class Action(SlackModel):
+    action_id: str
+    action_ts: str | None = None
+
+
+class Interaction(SlackModel):
+    type: str
+    user: SlackUserRef
+    container: Container = Container()
+    actions: list[Action] = []
+
+
+class _VerifierClock(SignatureClock):
+    """The bridge's clock as slack_sdk's verifier wants it, so tests can set the time."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.now()
+
+
+class Refused(Exception):
+    """A request that is not Slack's or cannot be read; `response` is the answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.response = JSONResponse({"status": "rejected", "error": message}, status)
+
+
+@dataclass
+class SlackReceiver:
+    """What the two Slack routes need, wired once at start-up."""
+
+    store: Store
+    clock: Clock
+    verifier: SignatureVerifier
+    max_body_bytes: int
+    private_note_prefix: str
+    on_accept: Callable[[], None] = lambda: None
+
+    async def events(self, request: Request) -> Response:
+        try:
+            envelope = _parse(EventEnvelope, await self._signed_body(request))
+        except Refused as exc:
+            return exc.response
+        if envelope.type == "url_verification":
+            return JSONResponse({"challenge": envelope.challenge or ""})
+        event = await self._reply_event(envelope)
+        if isinstance(event, str):
+            return _ignored("event", event)
+        return await self._accept("event", event)
+
+    async def interactions(self, request: Request) -> Response:
+        try:
+            # The signature check has decoded the body as UTF-8 already.
+            form = parse_qs((await self._signed_body(request)).decode())
+            interaction = _parse(Interaction, form.get("payload", [""])[0].encode())
+        except Refused as exc:
+            return exc.response
+        event = await self._mode_event(interaction)
+        if isinstance(event, str):
+            return _ignored("interaction", event)
+        answer = await self._accept("interaction", event)
+        return Response(status_code=200) if answer.status_code == 200 else answer
+
+    async def _signed_body(self, request: Request) -> bytes:
+        try:
+            raw = await _read_bounded(request, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            raise Refused(413, f"body larger than {self.max_body_bytes} bytes") from exc
+        except ClientDisconnect as exc:
+            raise Refused(400, "client disconnected mid-body") from exc
+        if not self._signed(raw, request):
+            log.warning("slack request refused: bad or stale signature")
+            raise Refused(401, "bad or stale X-Slack-Signature")
+        return raw
+
+    def _signed(self, raw: bytes, request: Request) -> bool:
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        if not timestamp.isdigit():
+            return False
+        try:
+            return self.verifier.is_valid(raw, timestamp, request.headers.get("x-slack-signature"))
+        except UnicodeDecodeError:
+            return False
+
+    async def _reply_event(self, envelope: EventEnvelope) -> NewEvent | str:
+        """The reply to deliver, or why this event is none."""
+        if envelope.type != "event_callback" or not envelope.event_id or not envelope.event:
+            return f"{envelope.type} is not an event callback"
+        if envelope.event.get("type") != "message":
+            return f"{envelope.event.get('type')} is not a message"
+        try:
+            message = SlackMessage.model_validate(envelope.event)
+        except ValidationError:
+            return "unreadable message"
+        why_not = self._not_a_reply(message)
+        if why_not:
+            return why_not
+        assert message.channel and message.thread_ts and message.ts and message.user
+        record = await self.store.conversation_in_slack(message.channel, message.thread_ts)
+        if record is None:
+            return "not in a conversation's thread"
+        return _new_event(SLACK_REPLY, record, f"slack-event:{envelope.event_id}", SlackReplyData(
+            chatbotId=record.chatbot_id, threadId=record.thread_id,
+            slackEventId=envelope.event_id, channel=message.channel, threadTs=message.thread_ts,
+            ts=message.ts, user=message.user, text=message.text))
+
+    def _not_a_reply(self, message: SlackMessage) -> str | None:
+        """Why a message is not a person's reply for the visitor, or None when it is one."""
+        if message.bot_id or message.subtype == "bot_message":
+            return "a bot's message"
+        if message.subtype not in PERSON_SUBTYPES:
+            return f"a {message.subtype} message"
+        if not (message.channel and message.user and message.ts and message.thread_ts):
+            return "not in a thread"
+        if message.thread_ts == message.ts:
+            return "a thread's parent"
+        prefix = self.private_note_prefix
+        if prefix and message.text.lstrip().startswith(prefix):
+            return "a private note"
+        return None
+
+    async def _mode_event(self, interaction: Interaction) -> NewEvent | str:
+        action = next((a for a in interaction.actions if a.action_id in MODE_ACTIONS), None)
+        channel, ts = interaction.container.channel_id, interaction.container.message_ts
+        if interaction.type != "block_actions" or action is None or not channel or not ts:
+            return "not a mode button"
+        record = await self.store.conversation_in_slack(channel, ts)
+        if record is None:
+            return "not on a conversation's parent message"
+        key = f"slack-action:{channel}:{ts}:{interaction.user.id}:{action.action_ts}"
+        return _new_event(MODE_CHANGE, record, key, ModeChangeData(
+            chatbotId=record.chatbot_id, threadId=record.thread_id, channel=channel,
+            threadTs=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
+
+    async def _accept(self, source: str, event: NewEvent) -> Response:
+        try:
+            accepted = await self.store.accept(event, self.clock.now(), DEDUP_WINDOW)
+        except StoreError as exc:
+            log.error("slack %s: store unavailable: %s", source, exc)
+            return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
+        if accepted.status == "accepted":
+            self.on_accept()
+        log.info("slack %s: %s event %d", source, accepted.status, accepted.event_id,
+                 extra={"endpoint": f"slack-{source}", "outcome": accepted.status,
+                        "event_id": accepted.event_id})
+        return JSONResponse({"status": accepted.status, "id": accepted.event_id})
+
+
+def _parse(model: type[M], raw: bytes) -> M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise Refused(400, f"not a Slack {model.__name__}: {exc.errors()[0]['msg']}") from exc
+
+
+def _new_event(kind: str, record: ConversationRecord, dedup_key: str,
+               data: SlackReplyData | ModeChangeData) -> NewEvent:
+    conversation = Conversation(record.chatbot_id, record.thread_id)
+    body = {"event": kind, "data": data.model_dump(by_alias=True)}
+    return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
+                    ordering_key=conversation.key, destinations=DESTINATIONS,
+                    conversation=(conversation.chatbot_id, conversation.thread_id))
+
+
+def _ignored(source: str, reason: str) -> JSONResponse:
+    # Slack retries anything but a 200, so what the bridge does not want still gets one.
+    log.debug("slack %s ignored: %s", source, reason)
+    return JSONResponse({"status": "ignored", "reason": reason})
+
+
+def slack_routes(settings: Settings, store: Store, clock: Clock,
+                 on_accept: Callable[[], None]) -> list[BaseRoute]:
+    """POST /slack/events and /slack/interactions, or nothing when replies are off."""
+    secret = settings.slack.signing_secret
+    if not settings.replies_enabled() or secret is None:
+        return []
+    receiver = SlackReceiver(
+        store=store, clock=clock,
+        verifier=SignatureVerifier(secret.get_secret_value(), _VerifierClock(clock)),
+        max_body_bytes=settings.server.max_body_bytes,
+        private_note_prefix=settings.slack.private_note_prefix, on_accept=on_accept)
+    return [Route("/slack/events", receiver.events, methods=["POST"]),
+            Route("/slack/interactions", receiver.interactions, methods=["POST"])]

@@ -1,0 +1,141 @@
+"""The template check: every template loads and renders every bundled sample it applies to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from bridge.destinations.base import Destination, sample_renderer
+from bridge.errors import ConfigError, TemplateError
+from bridge.events import Event, parse_event
+from bridge.samples import load_sample, sample_names
+from bridge.templating import Templates
+
+TEMPLATE_SUFFIX = ".j2"
+
+
+@dataclass
+class TemplateReport:
+    """What the check found: one line per problem, and what it covered."""
+
+    problems: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    rendered: dict[str, int] = field(default_factory=dict)
+    unpreviewed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self, folder: Path | None) -> list[str]:
+        """The report as `check` prints it."""
+        lines = [f"templates: FAILED: {problem}" for problem in self.problems]
+        if self.ok:
+            rendered = ", ".join(f"{count} by {name}" for name, count in self.rendered.items())
+            lines.append(f"templates: ok: {len(self.loaded)} load; every sample renders"
+                         f" ({rendered or 'no destination previews'})")
+        if folder is not None and self.overrides:
+            lines.append(f"templates: from {folder}: {', '.join(self.overrides)}")
+        elif folder is not None and folder.is_dir():
+            lines.append(f"templates: {folder} holds no .j2 file; the built-ins are used")
+        lines += [f"templates: {name} cannot preview; its templates were only loaded"
+                  for name in self.unpreviewed]
+        return lines
+
+
+def sample_events() -> dict[str, Event]:
+    """Every bundled sample payload, by name, as a typed event."""
+    events: dict[str, Event] = {}
+    for name in sample_names():
+        body = load_sample(name)
+        events[name] = parse_event(body["event"], body)
+    return events
+
+
+def check_templates(templates: Templates,
+                    destinations: Mapping[str, Destination]) -> TemplateReport:
+    """Load every template, then render every sample through every destination that previews."""
+    report = TemplateReport()
+    folder = templates.user_dir
+    if folder is not None and not folder.is_dir():
+        report.problems.append(f"templates.dir: {folder} is not a folder")
+    elif folder is not None:
+        report.overrides = _templates_in(folder)
+    problems = _Problems()
+    for name in templates.names():
+        if name.endswith(TEMPLATE_SUFFIX):
+            _load(templates, name, report, problems)
+    samples = sample_events()
+    for destination in destinations.values():
+        _render_samples(destination, samples, report, problems)
+    report.problems += problems.lines()
+    return report
+
+
+def require_templates(templates: Templates, destinations: Mapping[str, Destination]) -> None:
+    """Raise ConfigError, one line per problem, unless every template passes the check."""
+    report = check_templates(templates, destinations)
+    if not report.ok:
+        raise ConfigError("templates failed their check; the bridge will not start",
+                          report.problems)
+
+
+def _templates_in(folder: Path) -> list[str]:
+    names = jinja2.FileSystemLoader(str(folder)).list_templates()
+    return sorted(name for name in names if name.endswith(TEMPLATE_SUFFIX))
+
+
+class _Problems:
+    """Each error once, however many samples ran into it, with the first few of those named."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[str]] = {}
+        self.loading: set[str] = set()
+
+    def load_failed(self, message: str) -> None:
+        self.samples.setdefault(message, [])
+        self.loading.add(message)
+
+    def render_failed(self, message: str, sample: str) -> None:
+        samples = self.samples.setdefault(message, [])
+        if message not in self.loading:
+            samples.append(sample)
+
+    def lines(self) -> list[str]:
+        return [self._line(message, samples) for message, samples in self.samples.items()]
+
+    @staticmethod
+    def _line(message: str, samples: list[str]) -> str:
+        if not samples:
+            return message
+        more = f" and {len(samples) - 3} more" if len(samples) > 3 else ""
+        return f"{message} (rendering sample: {', '.join(samples[:3])}{more})"
+
+
+def _load(templates: Templates, name: str, report: TemplateReport, problems: _Problems) -> None:
+    try:
+        templates.load(name)
+    except TemplateError as exc:
+        problems.load_failed(str(exc))
+        return
+    report.loaded.append(name)
+
+
+def _render_samples(destination: Destination, samples: Mapping[str, Event],
+                    report: TemplateReport, problems: _Problems) -> None:
+    """One sample at a time, so one broken template does not hide another's failure."""
+    render = sample_renderer(destination)
+    if render is None:
+        report.unpreviewed.append(destination.name)
+        return
+    count = 0
+    for name, event in samples.items():
+        try:
+            count += len(render({name: event}))
+        except TemplateError as exc:
+            problems.render_failed(str(exc), f"{destination.name} {name}")
+    report.rendered[destination.name] = count

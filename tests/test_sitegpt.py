@@ -1,0 +1,362 @@
+"""SiteGPT destination: replies and mode changes sent with httpx (respx), Slack told (fake)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from slack_sdk import WebClient
+
+from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
+from bridge.destinations.slack import SlackDestination
+from bridge.events import MODE_CHANGE, SLACK_REPLY, canonical_json, parse_event
+from bridge.intake import new_event
+from bridge.store import Echo, NewEvent, SQLiteStore, open_store
+from bridge.templating import Templates
+from bridge.worker import Worker
+from tests.conftest import FakeClock
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+
+API = "https://sitegpt.test/api/v0"
+KEY = "sk-live-secret-key"
+CHATBOT = "chatbot_123"
+MESSAGE_PATH = f"/chatbots/{CHATBOT}/message"
+ACCEPTED = httpx.Response(200, json={"messageType": "AGENT_MESSAGE", "answer": "ok"})
+
+
+@dataclass
+class Harness:
+    store: SQLiteStore
+    slack: SlackDestination
+    sitegpt: SiteGPTDestination
+    worker: Worker
+    clock: FakeClock
+    fake: FakeSlack
+    api: respx.Router
+    serial: int = 0
+
+    async def conversation(self, thread: str = "thread_A") -> str:
+        """A conversation the bridge has posted to Slack; its thread's ts."""
+        body = {"event": "ADD_MESSAGE", "data": {
+            "chatbotId": CHATBOT, "threadId": thread, "messageType": "USER_MESSAGE",
+            "question": "Where is my order?"}}
+        await self.store.accept(new_event(parse_event("ADD_MESSAGE", body), body, ["slack"]),
+                                self.clock.now(), 600)
+        await self.worker.drain()
+        record = await self.store.conversation(CHATBOT, thread)
+        assert record and record.slack_thread_ts
+        return record.slack_thread_ts
+
+    async def reply(self, thread_ts: str, text: str, user: str = "U_ANA",
+                    thread: str = "thread_A") -> str:
+        """A member answers in the thread; the reply event is stored. Its ts."""
+        person = WebClient(token=f"xoxp-{user}", base_url=self.fake.api_url)
+        ts = str(person.chat_postMessage(channel="C_CONV", thread_ts=thread_ts, text=text)["ts"])
+        self.serial += 1
+        await self.stored(SLACK_REPLY, {
+            "chatbotId": CHATBOT, "threadId": thread, "slackEventId": f"Ev{self.serial}",
+            "channel": "C_CONV", "threadTs": thread_ts, "ts": ts, "user": user, "text": text})
+        return ts
+
+    async def stored(self, kind: str, data: dict[str, Any]) -> None:
+        body = canonical_json({"event": kind, "data": data})
+        self.serial += 1
+        await self.store.accept(NewEvent(
+            kind=kind, body=body, dedup_key=f"test:{self.serial}",
+            ordering_key=f"{data['chatbotId']}/{data['threadId']}", destinations=["sitegpt"]),
+            self.clock.now(), 600)
+
+    async def rows(self, destination: str = "sitegpt") -> list[tuple[str, str | None]]:
+        rows = await self.store.deliveries(limit=1000)
+        return [(row.status, row.last_error) for row in reversed(rows)
+                if row.destination == destination]
+
+    def bot_posts(self, thread_ts: str) -> list[dict[str, Any]]:
+        return [post for post in self.fake.thread("C_CONV", thread_ts) if post.get("bot_id")]
+
+
+@pytest.fixture
+def api() -> Iterator[respx.Router]:
+    with respx.mock(base_url=API, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+async def harness(make_settings, fake, api, clock):
+    built: list[Harness] = []
+
+    async def build(**extra: Any) -> Harness:
+        settings = make_settings({
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
+                      "signing_secret": "shh", "burst": 1000, "per_second": 1000.0},
+            "sitegpt": {"api_url": API, "api_key": KEY}, **extra})
+        store = open_store(settings.store.url)
+        slack = SlackDestination(settings, Templates(), clock)
+        sitegpt = sitegpt_destination(settings, Templates(), clock)
+        assert sitegpt is not None
+        worker = Worker(store, {"slack": slack, "sitegpt": sitegpt}, settings.delivery, clock,
+                        random.Random(7))
+        built.append(Harness(store, slack, sitegpt, worker, clock, fake, api))
+        return built[-1]
+
+    yield build
+    for item in built:
+        await item.slack.aclose()
+        await item.sitegpt.aclose()
+        await item.store.close()
+
+
+def sent(route: respx.Route) -> list[dict[str, Any]]:
+    return [json.loads(call.request.content) for call in route.calls]
+
+
+async def test_a_reply_reaches_the_visitor_as_the_member_who_wrote_it(harness):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await h.conversation()
+    reply_ts = await h.reply(thread_ts, "We ship today &amp; <https://track.example/1|track it>")
+    await h.worker.drain()
+
+    assert sent(route) == [{
+        "message": "We ship today & track it (https://track.example/1)", "from": "AGENT",
+        "threadId": "thread_A", "agentName": "Ana",
+        "iconUrl": "https://avatars.example/ana-192.png"}]
+    assert route.calls[0].request.headers["authorization"] == f"Bearer {KEY}"
+    assert h.fake.reactions == [
+        {"channel": "C_CONV", "timestamp": reply_ts, "name": "white_check_mark"}]
+    assert await h.rows() == [("delivered", "sent to the visitor as Ana")]
+
+
+async def test_the_echo_from_sitegpt_is_not_posted_again_but_only_once(harness):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "  On its way!  ")
+    await h.worker.drain()
+    before = len(h.bot_posts(thread_ts))
+    echo = {"event": "ADD_MESSAGE", "data": {
+        "chatbotId": CHATBOT, "threadId": "thread_A", "messageType": "AGENT_MESSAGE",
+        "question": None, "answer": "On its way!", "agentName": "Ana", "agentId": "x"}}
+    for _ in range(2):  # SiteGPT's echo, then the same words typed again in SiteGPT itself
+        event = parse_event("ADD_MESSAGE", echo)
+        await h.store.accept(new_event(event, echo, ["slack"]), h.clock.now(), 0)
+        await h.worker.drain()
+    (echo_status, echo_reason), (again_status, _) = (await h.rows("slack"))[-2:]
+    assert (echo_status, echo_reason) == ("skipped", "echo of a reply sent from Slack")
+    assert again_status == "delivered"
+    assert len(h.bot_posts(thread_ts)) == before + 1
+
+
+async def test_a_chatbot_s_own_key_is_used_for_its_conversations(harness):
+    h = await harness(chatbots=[{"id": CHATBOT, "sitegpt_api_key": "sk-own-key"}])
+    route = h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    await h.reply(await h.conversation(), "hello")
+    await h.worker.drain()
+    assert route.calls[0].request.headers["authorization"] == "Bearer sk-own-key"
+
+
+async def test_5xx_is_retried_then_delivered_once(harness):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(side_effect=[
+        httpx.Response(503, text="<html>busy</html>"), ACCEPTED])
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    [(status, error)] = await h.rows()
+    assert status == "pending" and error == f"sitegpt: POST {MESSAGE_PATH}: HTTP 503"
+    h.clock.advance(5)
+    await h.worker.drain()
+    assert route.call_count == 2
+    assert [status for status, _ in await h.rows()] == ["delivered"]
+    assert len(h.fake.reactions) == 1
+    assert len(h.bot_posts(thread_ts)) == 1  # the visitor's message, no notice
+
+
+async def test_429_waits_for_retry_after(harness):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(
+        429, json={"message": "Too many requests"}, headers={"Retry-After": "30"}))
+    await h.reply(await h.conversation(), "hello")
+    await h.worker.drain()
+    [row] = [row for row in await h.store.deliveries() if row.destination == "sitegpt"]
+    assert row.status == "pending" and "HTTP 429: Too many requests" in (row.last_error or "")
+    assert 30 <= row.next_attempt_at - h.clock.now() <= 31
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectTimeout("slow"), httpx.ReadTimeout("slow"),
+                                     httpx.ConnectError("refused")])
+async def test_timeouts_and_connection_errors_are_retried(harness, failure):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(side_effect=failure)
+    await h.reply(await h.conversation(), "hello")
+    await h.worker.drain()
+    [(status, error)] = await h.rows()
+    assert status == "pending" and error and error.startswith(f"sitegpt: POST {MESSAGE_PATH}: ")
+    assert h.fake.reactions == []
+
+
+@pytest.mark.parametrize(("status", "body", "shown"), [
+    (400, {"message": "threadId is required"}, "HTTP 400: threadId is required"),
+    (401, {"error": f"Invalid API key {KEY}"}, "HTTP 401: Invalid API key ***"),
+    (403, {"error": {"code": "forbidden", "message": "Plan does not allow agents"}},
+     "HTTP 403: Plan does not allow agents"),
+    (404, {"message": "Thread not found"}, "HTTP 404: Thread not found"),
+])
+async def test_4xx_fails_at_once_and_says_why_in_the_thread(harness, status, body, shown):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(status, json=body))
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    [(state, error)] = await h.rows()
+    assert state == "failed" and error == f"sitegpt: POST {MESSAGE_PATH}: {shown}"
+    assert KEY not in (error or "")
+    notice = h.bot_posts(thread_ts)[-1]
+    assert notice["text"].startswith(":warning: Not delivered to the visitor (reply by <@U_ANA>)")
+    assert shown in notice["text"] and KEY not in str(notice)
+    assert route.call_count == 1 and h.fake.reactions == []
+    assert not await h.store.consume_echo(Echo(CHATBOT, "thread_A", "hello", "Ana"), 0)
+
+
+async def test_retryable_failures_are_told_only_when_given_up(harness):
+    h = await harness(delivery={"max_attempts": 2, "backoff_initial": "1s", "backoff_cap": "1s",
+                                "poll_interval": "0.05s"})
+    h.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(502))
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    assert len(h.bot_posts(thread_ts)) == 1  # no notice yet
+    h.clock.advance(5)
+    await h.worker.drain()
+    [(status, error)] = await h.rows()
+    assert status == "failed" and "gave up after 2 attempts" in (error or "")
+    assert "HTTP 502" in h.bot_posts(thread_ts)[-1]["text"]
+
+
+async def test_a_chatbot_without_a_key_is_told_in_the_thread(harness):
+    h = await harness(sitegpt={"api_url": API},
+                      chatbots=[{"id": "other_bot", "sitegpt_api_key": "sk-other"}])
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    [(status, error)] = await h.rows()
+    assert status == "failed" and f"no API key for chatbot {CHATBOT}" in (error or "")
+    assert "no API key" in h.bot_posts(thread_ts)[-1]["text"]
+
+
+async def test_mentions_become_display_names_and_members_are_looked_up_once(harness):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "<@U_BEN> will call you, <@U_GHOST> too")
+    await h.reply(thread_ts, "Ask <@U_BEN|ben> in <#C1|billing>, <!here>")
+    await h.worker.drain()
+    assert [body["message"] for body in sent(route)] == [
+        "@Ben Okafor will call you, @U_GHOST too", "Ask @Ben Okafor in #billing, @here"]
+    looked_up = [args["user"] for method, args, _ in h.fake.calls if method == "users.info"]
+    assert sorted(looked_up) == ["U_ANA", "U_BEN", "U_GHOST"]
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing:UserWarning")
+async def test_a_reply_with_nothing_left_to_say_is_skipped(harness):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    await h.reply(await h.conversation(), "   ")
+    await h.worker.drain()
+    assert route.call_count == 0
+    assert await h.rows() == [("skipped", "the reply has no text")]
+
+
+@pytest.mark.parametrize(("mode", "said"), [("AGENT", "took over"), ("AI", "handed")])
+async def test_mode_buttons_patch_the_thread_and_confirm(harness, mode, said):
+    h = await harness()
+    route = h.api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
+        return_value=httpx.Response(200, json={"mode": mode}))
+    thread_ts = await h.conversation()
+    await h.stored(MODE_CHANGE, {"chatbotId": CHATBOT, "threadId": "thread_A",
+                                 "channel": "C_CONV", "threadTs": thread_ts, "user": "U_BEN",
+                                 "mode": mode})
+    await h.worker.drain()
+    assert sent(route) == [{"mode": mode}]
+    assert route.calls[0].request.headers["authorization"] == f"Bearer {KEY}"
+    assert f"<@U_BEN> {said}" in h.bot_posts(thread_ts)[-1]["text"]
+    assert await h.rows() == [("delivered", f"mode {mode}")]
+
+
+async def test_a_refused_mode_change_is_told_in_the_thread(harness):
+    h = await harness()
+    h.api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
+        return_value=httpx.Response(404, json={"message": "Thread not found"}))
+    thread_ts = await h.conversation()
+    await h.stored(MODE_CHANGE, {"chatbotId": CHATBOT, "threadId": "thread_A",
+                                 "channel": "C_CONV", "threadTs": thread_ts, "user": "U_BEN",
+                                 "mode": "AGENT"})
+    await h.worker.drain()
+    assert [status for status, _ in await h.rows()] == ["failed"]
+    assert h.bot_posts(thread_ts)[-1]["text"].startswith(
+        ":warning: Could not take over (asked by <@U_BEN>): sitegpt: PATCH")
+
+
+async def test_a_lost_reaction_does_not_fail_the_delivered_reply(harness):
+    h = await harness()
+    route = h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await h.conversation()
+    h.fake.fail_next("reactions.add", error="missing_scope")
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    assert route.call_count == 1 and h.fake.reactions == []
+    assert await h.rows() == [("delivered", "sent to the visitor as Ana")]
+
+
+@pytest.mark.parametrize(("mrkdwn", "plain"), [
+    ("a &lt;b&gt; &amp;amp; c", "a <b> &amp; c"),
+    ("<https://a.example/x?y=1&amp;z=2|the docs>", "the docs (https://a.example/x?y=1&z=2)"),
+    ("<https://a.example>", "https://a.example"),
+    ("<https://a.example|https://a.example>", "https://a.example"),
+    ("<mailto:ann@a.example|ann@a.example>", "ann@a.example"),
+    ("<@U1> and <@U2|bob> and <@U3>", "@Ann and @bob and @U3"),
+    ("<#C1|general> <#C2>", "#general #C2"),
+    ("<!here> <!channel> <!everyone>", "@here @channel @everyone"),
+    ("<!subteam^S1|@support> <!date^1392734382^{date}|Feb 18>", "@support Feb 18"),
+    ("*bold* _it_ `code`\nnext line", "*bold* _it_ `code`\nnext line"),
+])
+def test_slack_text_becomes_plain_text(mrkdwn, plain):
+    assert plain_text(mrkdwn, {"U1": "Ann"}) == plain
+
+
+def test_off_without_a_signing_secret_or_a_key(make_settings):
+    base = {"slack": {"bot_token": "xoxb-t", "channel": "C1", "signing_secret": "s"},
+            "sitegpt": {"api_key": "k"}}
+    assert sitegpt_destination(make_settings(base), Templates()) is not None
+    no_secret = {**base, "slack": {"bot_token": "xoxb-t", "channel": "C1"}}
+    assert sitegpt_destination(make_settings(no_secret), Templates()) is None
+    assert sitegpt_destination(make_settings({**base, "sitegpt": {}}), Templates()) is None
+
+
+async def test_an_echo_long_after_the_reply_is_posted_like_any_agent_message(harness):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    await h.reply(await h.conversation(), "Done")
+    await h.worker.drain()
+    h.clock.advance(3601)
+    late = {"event": "ADD_MESSAGE", "data": {
+        "chatbotId": CHATBOT, "threadId": "thread_A", "messageType": "AGENT_MESSAGE",
+        "answer": "Done", "agentName": "Ana"}}
+    await h.store.accept(new_event(parse_event("ADD_MESSAGE", late), late, ["slack"]),
+                         h.clock.now(), 0)
+    await h.worker.drain()
+    assert [status for status, _ in await h.rows("slack")][-1] == "delivered"
+
+
+async def test_a_reaction_already_there_counts_as_done(harness, fake):
+    h = await harness()
+    await h.slack.react("C_CONV", "1700000000.000001", "white_check_mark")
+    await h.slack.react("C_CONV", "1700000000.000001", "white_check_mark")
+    assert len(fake.reactions) == 1
+    assert [method for method, _, _ in fake.calls].count("reactions.add") == 2

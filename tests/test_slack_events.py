@@ -1,0 +1,339 @@
+"""Slack's Events API and interactivity routes end to end: signed requests in, SiteGPT out."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import respx
+from slack_sdk import WebClient
+
+from bridge.app import Bridge, create_app, open_bridge
+from tests.conftest import TOKENS, FakeClock, deep_merge
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+API = "https://sitegpt.test/api/v0"
+CHATBOT = "chatbot_123"
+MESSAGE_PATH = f"/chatbots/{CHATBOT}/message"
+ACCEPTED = httpx.Response(200, json={"messageType": "AGENT_MESSAGE"})
+
+
+def signature(body: bytes, timestamp: str, secret: str = SECRET) -> str:
+    base = f"v0:{timestamp}:".encode() + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Site:
+    """The bridge's app with a fake Slack behind it and SiteGPT's API mocked."""
+
+    bridge: Bridge
+    client: httpx.AsyncClient
+    fake: FakeSlack
+    clock: FakeClock
+    api: respx.Router
+
+    async def conversation(self, thread: str = "thread_A") -> str:
+        """A visitor writes; the bridge opens the thread in Slack. The thread's ts."""
+        body = {"event": "ADD_MESSAGE", "data": {
+            "chatbotId": CHATBOT, "threadId": thread, "messageType": "USER_MESSAGE",
+            "question": f"hello from {thread}"}}
+        answer = await self.client.post("/webhooks/messages", json=body,
+                                        headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+        assert answer.status_code == 200
+        await self.bridge.worker.drain()
+        record = await self.bridge.store.conversation(CHATBOT, thread)
+        assert record and record.slack_thread_ts
+        return record.slack_thread_ts
+
+    def write(self, thread_ts: str | None, text: str, user: str = "U_ANA") -> dict[str, Any]:
+        """A person writes in the channel (in a thread when `thread_ts`); Slack's message event."""
+        person = WebClient(token=f"xoxp-{user}", base_url=self.fake.api_url)
+        reply = person.chat_postMessage(channel="C_CONV", text=text,
+                                        **({"thread_ts": thread_ts} if thread_ts else {}))
+        return self.fake.message_event(str(reply["ts"]))
+
+    async def send(self, payload: dict[str, Any], path: str = "/slack/events",
+                   **headers: str) -> httpx.Response:
+        raw = json.dumps(payload).encode()
+        return await self.signed(path, raw, "application/json", **headers)
+
+    async def press(self, action_id: str, thread_ts: str, user: str = "U_BEN",
+                    action_ts: str = "1700000100.000001") -> httpx.Response:
+        payload = {"type": "block_actions", "user": {"id": user, "username": "ben"},
+                   "container": {"type": "message", "channel_id": "C_CONV",
+                                 "message_ts": thread_ts},
+                   "channel": {"id": "C_CONV"}, "message": {"ts": thread_ts},
+                   "actions": [{"action_id": action_id, "block_id": "sitegpt_mode",
+                                "type": "button", "action_ts": action_ts}]}
+        raw = urlencode({"payload": json.dumps(payload)}).encode()
+        return await self.signed("/slack/interactions", raw, "application/x-www-form-urlencoded")
+
+    async def signed(self, path: str, raw: bytes, content_type: str,
+                     **headers: str) -> httpx.Response:
+        timestamp = str(int(self.clock.now()))
+        sent = {"Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
+                "X-Slack-Signature": signature(raw, timestamp), **headers}
+        return await self.client.post(path, content=raw, headers=sent)
+
+    async def sitegpt_rows(self) -> list[tuple[str, str | None]]:
+        rows = await self.bridge.store.deliveries(limit=1000)
+        return [(row.status, row.last_error) for row in reversed(rows)
+                if row.destination == "sitegpt"]
+
+
+def envelope(event: dict[str, Any], event_id: str = "Ev0001") -> dict[str, Any]:
+    return {"token": "legacy", "team_id": "T1", "api_app_id": "A1", "type": "event_callback",
+            "event_id": event_id, "event_time": 1_700_000_000, "event": event}
+
+
+@pytest.fixture
+def api() -> Iterator[respx.Router]:
+    with respx.mock(base_url=API, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+async def site(make_settings, fake, api, clock):
+    opened: list[Site] = []
+
+    async def build(extra: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Site:
+        """The bridge with replies on, plus `extra` settings, less the `drop` keys."""
+        data = deep_merge({
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
+                      "signing_secret": SECRET, "burst": 1000, "per_second": 1000.0},
+            "sitegpt": {"api_url": API, "api_key": "sk-test"}}, extra or {})
+        for key in drop:
+            section, name = key.split(".")
+            del data[section][name]
+        settings = make_settings(data)
+        bridge = open_bridge(settings, clock)
+        app = create_app(bridge, run_worker=False)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
+        opened.append(Site(bridge, client, fake, clock, api))
+        return opened[-1]
+
+    yield build
+    for item in opened:
+        await item.client.aclose()
+        await item.bridge.close()
+
+
+async def test_url_verification_answers_the_challenge(site):
+    s = await site()
+    answer = await s.send({"token": "legacy", "challenge": "3eZbrw1aB", "type": "url_verification"})
+    assert answer.status_code == 200 and answer.json() == {"challenge": "3eZbrw1aB"}
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"X-Slack-Signature": "v0=" + "0" * 64}, "wrong signature"),
+    ({"X-Slack-Signature": signature(b"{}", "1700000000", secret="other-secret")}, "other key"),
+    ({"X-Slack-Request-Timestamp": "1699999699"}, "more than 5 minutes old"),
+    ({"X-Slack-Request-Timestamp": "1700000301"}, "more than 5 minutes ahead"),
+    ({"X-Slack-Request-Timestamp": "soon"}, "not a number"),
+    ({"X-Slack-Signature": ""}, "empty"),
+])
+async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
+    s = await site()
+    thread_ts = await s.conversation()
+    body = json.dumps(envelope(s.write(thread_ts, "hi"))).encode()
+    timestamp = headers.get("X-Slack-Request-Timestamp", "1700000000")
+    sent = {"X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": signature(body, timestamp), **headers}
+    for path in ("/slack/events", "/slack/interactions"):
+        answer = await s.client.post(path, content=body, headers=sent)
+        assert answer.status_code == 401, why
+    assert await s.sitegpt_rows() == []
+
+
+async def test_a_signature_over_other_bytes_is_refused(site):
+    s = await site()
+    timestamp = str(int(s.clock.now()))
+    good = json.dumps({"type": "url_verification", "challenge": "a"}).encode()
+    answer = await s.client.post("/slack/events", content=good.replace(b'"a"', b'"b"'), headers={
+        "X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature(good, timestamp)})
+    assert answer.status_code == 401
+
+
+async def test_a_thread_reply_reaches_the_visitor_and_its_echo_stays_out(site):
+    s = await site()
+    route = s.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await s.conversation()
+    reply = s.write(thread_ts, "It ships <https://track.example/9|today> &amp; arrives Monday")
+    answer = await s.send(envelope(reply))
+    assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+    await s.bridge.worker.drain()
+
+    [call] = route.calls
+    assert json.loads(call.request.content) == {
+        "message": "It ships today (https://track.example/9) & arrives Monday", "from": "AGENT",
+        "threadId": "thread_A", "agentName": "Ana",
+        "iconUrl": "https://avatars.example/ana-192.png"}
+    assert s.fake.reactions == [
+        {"channel": "C_CONV", "timestamp": reply["ts"], "name": "white_check_mark"}]
+
+    bridge_posts = len(s.fake.posts)
+    echo = {"event": "ADD_MESSAGE", "data": {
+        "chatbotId": CHATBOT, "threadId": "thread_A", "messageType": "AGENT_MESSAGE",
+        "question": None, "answer": "It ships today (https://track.example/9) & arrives Monday",
+        "agentName": "Ana", "agentId": "agent_1", "iconUrl": "https://avatars.example/x.png"}}
+    answer = await s.client.post("/webhooks/messages", json=echo,
+                                 headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+    assert answer.json()["status"] == "accepted"
+    await s.bridge.worker.drain()
+    assert len(s.fake.posts) == bridge_posts
+    echoed = next(row for row in await s.bridge.store.deliveries() if row.destination == "slack")
+    assert (echoed.status, echoed.last_error) == ("skipped", "echo of a reply sent from Slack")
+
+
+IGNORED = {
+    "a bot's message": {"bot_id": "B9"},
+    "a bot_message subtype": {"subtype": "bot_message"},
+    "an edit": {"subtype": "message_changed", "message": {"text": "edited"}},
+    "a deletion": {"subtype": "message_deleted", "deleted_ts": "1.2"},
+    "someone joining": {"subtype": "channel_join"},
+    "a private note": {"text": "  // check the refund first"},
+    "a thread's parent": "parent",
+    "a message outside any thread": {"thread_ts": None},
+    "a thread the bridge did not start": {"thread_ts": "1600000000.000100"},
+    "another event type": {"type": "reaction_added"},
+}
+
+
+@pytest.mark.parametrize("case", list(IGNORED))
+async def test_what_is_not_a_person_s_reply_is_acknowledged_and_dropped(site, case):
+    s = await site()
+    route = s.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await s.conversation()
+    event = s.write(thread_ts, "a reply")
+    changes = IGNORED[case]
+    if changes == "parent":
+        event["thread_ts"] = event["ts"]
+    else:
+        assert isinstance(changes, dict)
+        event.update(changes)
+    event = {key: value for key, value in event.items() if value is not None}
+    answer = await s.send(envelope(event))
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    await s.bridge.worker.drain()
+    assert await s.sitegpt_rows() == [] and route.call_count == 0
+
+
+async def test_a_custom_private_note_prefix_is_honoured(site):
+    s = await site({"slack": {"private_note_prefix": "(note)"}})
+    thread_ts = await s.conversation()
+    private = await s.send(envelope(s.write(thread_ts, "(note) VIP customer"), "Ev1"))
+    public = await s.send(envelope(s.write(thread_ts, "// not a note here"), "Ev2"))
+    assert private.json()["status"] == "ignored" and public.json()["status"] == "accepted"
+
+
+async def test_slack_s_retries_of_one_event_are_delivered_once(site):
+    s = await site()
+    route = s.api.post(MESSAGE_PATH).mock(return_value=ACCEPTED)
+    thread_ts = await s.conversation()
+    reply = envelope(s.write(thread_ts, "once only"), "Ev42")
+    first = await s.send(reply)
+    await s.bridge.worker.drain()
+    s.clock.advance(300)
+    again = await s.send(reply, **{"X-Slack-Retry-Num": "2", "X-Slack-Retry-Reason": "timeout"})
+    await s.bridge.worker.drain()
+    assert first.json()["status"] == "accepted"
+    assert again.json() == {"status": "duplicate", "id": first.json()["id"]}
+    assert route.call_count == 1 and len(s.fake.reactions) == 1
+
+
+async def test_a_sitegpt_outage_is_retried_then_the_reply_arrives_once(site):
+    s = await site()
+    route = s.api.post(MESSAGE_PATH).mock(side_effect=[
+        httpx.Response(500), httpx.Response(503), ACCEPTED])
+    thread_ts = await s.conversation()
+    await s.send(envelope(s.write(thread_ts, "bear with us")))
+    for _ in range(3):
+        await s.bridge.worker.drain()
+        s.clock.advance(5)
+    assert route.call_count == 3
+    assert [status for status, _ in await s.sitegpt_rows()] == ["delivered"]
+
+
+async def test_a_sitegpt_refusal_shows_in_the_thread(site):
+    s = await site()
+    s.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(
+        404, json={"message": "Thread not found"}))
+    thread_ts = await s.conversation()
+    await s.send(envelope(s.write(thread_ts, "hello?")))
+    await s.bridge.worker.drain()
+    notice = s.fake.thread("C_CONV", thread_ts)[-1]
+    assert notice.get("bot_id") and "Not delivered to the visitor" in notice["text"]
+    assert "HTTP 404: Thread not found" in notice["text"]
+
+
+async def test_the_parent_carries_the_mode_buttons(site):
+    s = await site()
+    await s.conversation()
+    [parent] = s.fake.parents()
+    [actions] = [block for block in parent["blocks"] if block["type"] == "actions"]
+    assert [(button["action_id"], button["text"]["text"]) for button in actions["elements"]] == [
+        ("sitegpt_take_over", "Take over"), ("sitegpt_hand_back", "Hand back to AI")]
+
+
+@pytest.mark.parametrize(("action_id", "mode"), [("sitegpt_take_over", "AGENT"),
+                                                 ("sitegpt_hand_back", "AI")])
+async def test_a_mode_button_patches_the_thread_and_confirms(site, action_id, mode):
+    s = await site()
+    route = s.api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
+        return_value=httpx.Response(200, json={"mode": mode}))
+    thread_ts = await s.conversation()
+    answer = await s.press(action_id, thread_ts)
+    assert answer.status_code == 200 and answer.content == b""
+    again = await s.press(action_id, thread_ts)  # the same click, sent twice
+    assert again.status_code == 200
+    await s.bridge.worker.drain()
+    assert [json.loads(call.request.content) for call in route.calls] == [{"mode": mode}]
+    assert "<@U_BEN>" in s.fake.thread("C_CONV", thread_ts)[-1]["text"]
+
+
+async def test_buttons_elsewhere_are_acknowledged_and_dropped(site):
+    s = await site()
+    await s.conversation()
+    unknown_message = await s.press("sitegpt_take_over", "1600000000.000100")
+    other_button = await s.press("somebody_elses_button", s.fake.parents()[0]["ts"])
+    assert unknown_message.json()["status"] == "ignored"
+    assert other_button.json()["status"] == "ignored"
+    assert await s.sitegpt_rows() == []
+
+
+@pytest.mark.parametrize(("path", "raw"), [
+    ("/slack/events", b"not json"),
+    ("/slack/events", b'{"no": "type"}'),
+    ("/slack/interactions", b"payload=%7Bbroken"),
+    ("/slack/interactions", b"nothing=here"),
+])
+async def test_signed_garbage_is_a_400(site, path, raw):
+    s = await site()
+    answer = await s.signed(path, raw, "application/octet-stream")
+    assert answer.status_code == 400
+
+
+async def test_an_oversized_body_is_refused_unread(site):
+    s = await site({"server": {"max_body_bytes": 1024}})
+    answer = await s.send({"type": "url_verification", "challenge": "x" * 2000})
+    assert answer.status_code == 413
+
+
+@pytest.mark.parametrize("missing", ["slack.signing_secret", "sitegpt.api_key"])
+async def test_off_means_no_routes_and_no_buttons(site, missing):
+    s = await site(drop=(missing,))
+    for path in ("/slack/events", "/slack/interactions"):
+        answer = await s.send({"type": "url_verification", "challenge": "c"}, path=path)
+        assert answer.status_code == 404
+    await s.conversation()
+    assert "actions" not in [block["type"] for block in s.fake.parents()[0]["blocks"]]
+    assert "sitegpt" not in s.bridge.destinations

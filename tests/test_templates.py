@@ -1,0 +1,243 @@
+"""The bundled templates and the template check: every sample renders, overrides and broken ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.app import open_bridge
+from bridge.cli import main
+from bridge.destinations import REGISTRY, build_destinations
+from bridge.destinations.base import sample_renderer
+from bridge.destinations.slack import SlackDestination
+from bridge.errors import ConfigError, TemplateError
+from bridge.events import parse_event
+from bridge.intake import new_event
+from bridge.samples import sample_names
+from bridge.store import open_store
+from bridge.template_check import check_templates, sample_events
+from bridge.templating import Templates, builtin_dir
+from bridge.worker import Worker
+
+# Every destination switched on, so each registered one renders its templates.
+ALL_ON = {
+    "slack": {"escalation_mention": "<!here>"},
+    "jira": {"url": "https://jira.example", "email": "bot@example.com", "api_token": "t",
+             "project": "SUP"},
+    "crm": {"kind": "webhook", "webhook": {"url": "https://crm.example/hook"}},
+    "chatbots": [{"id": "chatbot_123", "name": "Support <Bot> & Co"}],
+}
+SLACK_TEMPLATES = sorted(path.relative_to(builtin_dir()).as_posix()
+                         for path in (builtin_dir() / "slack").glob("*.j2"))
+
+
+class RecordingTemplates(Templates):
+    """Notes which templates were rendered at the top level."""
+
+    def __init__(self, user_dir: Path | None = None) -> None:
+        super().__init__(user_dir)
+        self.rendered: set[str] = set()
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        self.rendered.add(name)
+        return super().render(name, context)
+
+
+def write_templates(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("variant", [{}, ALL_ON], ids=["defaults", "all-on"])
+async def test_every_bundled_template_renders_every_sample_it_applies_to(make_settings, variant):
+    settings = make_settings(variant)
+    templates = RecordingTemplates()
+    destinations = build_destinations(settings, templates)
+    try:
+        report = check_templates(templates, destinations)
+        assert report.problems == []
+        assert report.unpreviewed == [], "every destination should implement render_samples"
+        assert set(report.rendered) == set(destinations)
+        assert all(count > 0 for count in report.rendered.values())
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+    used = {name for name in templates.names() if name.split("/")[0] in destinations
+            and not Path(name).name.startswith("_")}
+    assert used - templates.rendered == set(), "templates no sample reaches"
+
+
+async def test_all_registered_destinations_come_up_with_everything_on(make_settings):
+    destinations = build_destinations(make_settings(ALL_ON), Templates())
+    try:
+        assert set(destinations) == set(REGISTRY)
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+
+
+def test_every_sample_is_a_valid_event():
+    events = sample_events()
+    assert set(events) == set(sample_names())
+    assert {event.event for event in events.values()} == {
+        "ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE", "BRIDGE_TICKET_LINKED"}
+
+
+def slack_output(settings: Any, templates: Templates) -> dict[str, Any]:
+    rendered = SlackDestination(settings, templates).render_samples(sample_events())
+    return {label: json.loads(text) for label, text in rendered.items()}
+
+
+def test_an_empty_extension_of_each_slack_template_changes_nothing(make_settings, tmp_path):
+    settings = make_settings(ALL_ON)
+    folder = write_templates(tmp_path / "mine", {
+        name: f'{{% extends "default:{name}" %}}' for name in SLACK_TEMPLATES})
+    assert slack_output(settings, Templates(folder)) == slack_output(settings, Templates())
+
+
+@pytest.mark.parametrize("name", SLACK_TEMPLATES)
+def test_each_slack_template_has_fallback_and_blocks_to_extend(make_settings, tmp_path, name):
+    settings = make_settings(ALL_ON)
+    folder = write_templates(tmp_path / "mine", {name: (
+        f'{{% extends "default:{name}" %}}'
+        "{% block fallback %}[test] {{ super() }}{% endblock %}"
+        '{% block blocks %}{{ super() }}, {"type": "divider"}{% endblock %}')})
+    original = slack_output(settings, Templates())
+    extended = slack_output(settings, RecordingTemplates(folder))
+    changed = [label for label in original if original[label] != extended[label]]
+    assert changed, f"no sample renders {name}"
+    for label in changed:
+        before, after = original[label], extended[label]
+        assert after["text"] == "[test] " + before["text"]
+        assert after["blocks"] == [*before["blocks"], {"type": "divider"}]
+
+
+def test_a_lead_override_adds_a_line_to_the_builtin_body(make_settings, tmp_path):
+    folder = write_templates(tmp_path / "mine", {"slack/lead.json.j2": (
+        '{% extends "default:slack/lead.json.j2" %}\n'
+        "{% block body %}{{ super() }}\n:moneybag: <@U0SALES> please call back{% endblock %}\n")})
+    output = slack_output(make_settings(), Templates(folder))
+    text = output["lead: chat.postMessage (lead)"]["blocks"][0]["text"]["text"]
+    assert text.startswith(":star: *New lead* from *Support Bot*\n*Name:* John Doe")
+    assert text.endswith("Open the lead in SiteGPT>\n:moneybag: <@U0SALES> please call back")
+
+
+def test_a_syntax_error_is_reported_with_file_and_line_by_check(make_settings, tmp_path, capsys):
+    folder = write_templates(tmp_path / "mine", {
+        "slack/ticket.json.j2": '{\n  "text": {{ ticket.key | tojson }\n}\n'})
+    make_settings({"templates": {"dir": str(folder)}})
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 1
+    out = capsys.readouterr().out
+    where = folder / "slack" / "ticket.json.j2"
+    assert f"templates: FAILED: {where}:2: unexpected '}}'" in out
+    assert "templates: from " in out and "slack/ticket.json.j2" in out
+
+
+def test_check_names_each_sample_a_broken_override_fails_on(make_settings, tmp_path, capsys):
+    folder = write_templates(tmp_path / "mine", {"slack/lead.json.j2": (
+        '{% extends "default:slack/lead.json.j2" %}\n'
+        "{% block body %}{{ lead.company }}{% endblock %}")})
+    make_settings({"templates": {"dir": str(folder)}})
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 1
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    assert f"{folder / 'slack' / 'lead.json.j2'}:2: 'dict object' has no attribute" in line
+    assert "(rendering sample: slack lead, slack lead-custom-fields)" in line
+
+
+def test_check_passes_with_the_builtins(make_settings, tmp_path, capsys):
+    make_settings()
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "templates: ok: " in out and "FAILED" not in out
+
+
+def test_a_missing_templates_folder_is_a_problem(make_settings, tmp_path):
+    settings = make_settings({"templates": {"dir": str(tmp_path / "nowhere")}})
+    with pytest.raises(ConfigError) as caught:
+        open_bridge(settings)
+    assert caught.value.problems == [f"templates.dir: {tmp_path / 'nowhere'} is not a folder"]
+
+
+def test_open_bridge_refuses_a_template_that_fails_a_sample(make_settings, tmp_path):
+    folder = write_templates(tmp_path / "mine", {"slack/message_agent.json.j2": "{{ nope }}"})
+    settings = make_settings({"templates": {"dir": str(folder)}})
+    with pytest.raises(ConfigError) as caught:
+        open_bridge(settings)
+    assert caught.value.problems == [
+        f"{folder / 'slack' / 'message_agent.json.j2'}:1: 'nope' is undefined"
+        " (rendering sample: slack message-agent)"]
+    assert not (tmp_path / "data").exists(), "the store is not opened before templates pass"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_refuse_to_start_with_a_broken_template(make_settings, tmp_path,
+                                                                 command):
+    folder = write_templates(tmp_path / "mine", {
+        "slack/parent.json.j2": "{% if %}", "slack/lead.json.j2": "{{ lead.nope }}"})
+    make_settings({"templates": {"dir": str(folder)}, "server": {"port": 1}})
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", command, "--config", str(tmp_path / "settings.toml")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == "sitegpt-bridge: templates failed their check; the bridge will not start"
+    assert sorted(lines[1:]) == sorted([
+        f"  - {folder / 'slack' / 'lead.json.j2'}:1: 'dict object' has no attribute 'nope'"
+        " (rendering sample: slack lead, slack lead-custom-fields)",
+        f"  - {folder / 'slack' / 'parent.json.j2'}:1: Expected an expression, got 'end of"
+        " statement block'",
+    ])
+
+
+async def test_invalid_json_from_a_template_fails_the_delivery_naming_it(make_settings, tmp_path,
+                                                                          sample, clock):
+    settings = make_settings()
+    folder = write_templates(tmp_path / "mine", {
+        "slack/message_visitor.json.j2": '{"text": {{ message.question }}}'})
+    slack = SlackDestination(settings, Templates(folder), clock)
+    store = open_store(settings.store.url)
+    try:
+        body = sample("message-visitor")
+        await store.accept(new_event(parse_event(body["event"], body), body, ["slack"]),
+                           clock.now(), 600)
+        await Worker(store, {"slack": slack}, settings.delivery, clock).drain()
+        [row] = await store.deliveries()
+    finally:
+        await slack.aclose()
+        await store.close()
+    assert row.status == "failed" and row.attempts == 1
+    assert row.last_error is not None
+    assert row.last_error.startswith(
+        "slack: template error: slack/message_visitor.json.j2: output is not valid JSON")
+
+
+@pytest.mark.parametrize("output, problem", [
+    ('["a list"]', 'must render a JSON object with a "text" string'),
+    ('{"text": 3}', 'must render a JSON object with a "text" string'),
+    ('{"text": "t", "blocks": {}}', '"blocks" must be a list'),
+])
+def test_slack_checks_the_shape_of_its_json(make_settings, tmp_path, output, problem):
+    folder = write_templates(tmp_path / "mine", {"slack/lead.json.j2": output})
+    render = sample_renderer(SlackDestination(make_settings(), Templates(folder)))
+    assert render is not None
+    with pytest.raises(TemplateError, match=rf"^slack/lead\.json\.j2: {problem}"):
+        render({"lead": sample_events()["lead"]})
+
+
+def test_files_that_are_not_templates_are_left_alone(make_settings, tmp_path):
+    folder = write_templates(tmp_path / "mine", {
+        "README.md": "{{ not a template }", "slack/notes.txt": "{% nope %}"})
+    bridge = open_bridge(make_settings({"templates": {"dir": str(folder)}}))
+    try:
+        assert "README.md" not in check_templates(bridge.templates, bridge.destinations).loaded
+    finally:
+        asyncio.run(bridge.close())
