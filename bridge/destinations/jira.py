@@ -138,13 +138,10 @@ class JiraDestination:
         data = delivery.event.data
         if not isinstance(data, EscalationData):
             raise PermanentError(f"jira: cannot deliver a {delivery.event.event} event")
-        record = await delivery.conversation()
-        if record is not None and record.jira_key:
-            key = await self._call("read the linked ticket", self.tickets.still_open,
-                                   record.jira_key)
-            if key is not None:
-                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
-        return await self._link(delivery, data)
+        try:
+            return await self._escalate(delivery, data)
+        except TemplateError as exc:
+            raise PermanentError(f"jira: {exc}") from exc
 
     async def verify(self) -> str:
         who = await self._call("check the credentials", self.tickets.whoami)
@@ -161,6 +158,15 @@ class JiraDestination:
 
     def issue_url(self, key: str) -> str:
         return f"{self.url}/browse/{key}"
+
+    async def _escalate(self, delivery: Delivery, data: EscalationData) -> Delivered:
+        record = await delivery.conversation()
+        if record is not None and record.jira_key:
+            key = await self._call("read the linked ticket", self.tickets.still_open,
+                                   record.jira_key)
+            if key is not None:
+                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
+        return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
         """Find the conversation's open ticket in Jira, or create it; then remember it."""
@@ -200,7 +206,7 @@ class JiraDestination:
     def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
                     now: float) -> dict[str, Any]:
         context = self._context(data, messages, now)
-        summary = " ".join(self._render("jira/summary.j2", context).split())
+        summary = " ".join(self.templates.render("jira/summary.j2", context).split())
         chatbot = self.settings.chatbot(data.chatbot_id)
         project = chatbot.jira_project if chatbot and chatbot.jira_project else self.jira.project
         return {
@@ -233,13 +239,7 @@ class JiraDestination:
         }
 
     def _text(self, template: str, context: dict[str, Any], limit: int) -> str:
-        return cut(self._render(template, context).strip(), limit, _WIKI_CUT_MARKER)
-
-    def _render(self, template: str, context: dict[str, Any]) -> str:
-        try:
-            return self.templates.render(template, context)
-        except TemplateError as exc:
-            raise PermanentError(f"jira: {exc}") from exc
+        return cut(self.templates.render(template, context).strip(), limit, _WIKI_CUT_MARKER)
 
     def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
         """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
