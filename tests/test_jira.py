@@ -626,7 +626,7 @@ BROKEN_TRANSCRIPT = ("{% macro transcript_markup(lines, empty) %}"
     ("summary.j2", "{{ visitor.nickname }}"),
     ("description.j2", "{{ visitor.nickname }}"),
     ("comment.j2", "{{ visitor.nickname }}"),
-    ("transcript.j2", BROKEN_TRANSCRIPT),
+    ("_transcript.j2", BROKEN_TRANSCRIPT),
 ])
 async def test_a_broken_template_fails_the_preview_naming_the_file(open_bridge, cloud, tmp_path,
                                                                    name, text):
