@@ -26,12 +26,13 @@ def new_event(event: Event, body: Any, destinations: Sequence[str]) -> NewEvent:
         dedup_key=dedup_key(canonical),
         ordering_key=ordering_key(event),
         destinations=destinations,
-        message=_transcript_line(event.data) if isinstance(event.data, MessageData) else None,
+        message=transcript_line(event.data) if isinstance(event.data, MessageData) else None,
         conversation=(conversation.chatbot_id, conversation.thread_id) if conversation else None,
     )
 
 
-def _transcript_line(data: MessageData) -> StoredMessage:
+def transcript_line(data: MessageData) -> StoredMessage:
+    """The transcript row a message becomes; the store adds its id and received_at."""
     return StoredMessage(
         chatbot_id=data.chatbot_id,
         thread_id=data.thread_id,

@@ -15,9 +15,11 @@ from crm_support import lead_body, open_deliveries
 from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered
+from bridge.destinations.crm import USER_AGENT
 from bridge.destinations.crm_webhook import CrmWebhook
-from bridge.errors import PermanentError, RetryableError
+from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.settings import CrmWebhookSettings
+from bridge.template_check import sample_events
 from bridge.templating import Templates
 
 # The path carries the hook's own token, as Zapier's and n8n's do: it must never be shown.
@@ -202,3 +204,54 @@ async def test_verify_fails_on_a_broken_template(hook, tmp_path):
     with pytest.raises(PermanentError, match=r"template error: .*crm/lead.json.j2:1: .*nickname"):
         await CrmWebhook(webhook_settings(), Templates(user_dir=tmp_path)).verify()
     assert not hook.called
+
+
+# Previews
+
+ORIGIN = "https://hooks.example.test"
+BODY, HEADERS = f"POST {ORIGIN} body (sent compact)", f"POST {ORIGIN} headers (secrets masked)"
+HTTPX_OWN = {"host", "accept", "accept-encoding", "connection", "content-length"}
+
+
+@pytest.mark.parametrize("sample", ["lead", "lead-custom-fields"])
+async def test_previews_are_the_body_and_headers_deliver_sends(hook, deliveries, clock, sample):
+    hook.respond(200)
+    destination = CrmWebhook(webhook_settings(signing_secret=SecretStr(SECRET)), Templates(), clock)
+
+    previews = destination.render_samples(sample_events())
+    await deliver(destination, await deliveries.of(lead_body(sample)))
+
+    request = hook.calls.last.request
+    assert list(previews) == [f"{name}: {what}" for name in ("lead", "lead-custom-fields")
+                              for what in (BODY, HEADERS)]
+    body = json.loads(previews[f"{sample}: {BODY}"])
+    assert json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() == request.content
+    headers = json.loads(previews[f"{sample}: {HEADERS}"])
+    assert set(headers) == set(request.headers) - HTTPX_OWN
+    assert headers == {name: "***" if name in ("authorization", "webhook-signature") else value
+                       for name, value in request.headers.items() if name in headers}
+    assert headers["user-agent"] == USER_AGENT and headers["webhook-id"] == body["lead"]["id"]
+
+
+async def test_previews_hold_no_secret_and_post_nothing(hook, clock):
+    destination = CrmWebhook(webhook_settings(signing_secret=SecretStr(SECRET)), Templates(), clock)
+
+    previews = destination.render_samples(sample_events())
+
+    text = "".join([*previews, *previews.values()])
+    assert previews and not hook.called
+    assert all(secret not in text for secret in (API_KEY, "crm-api-key", SECRET, "s3cr3t-path"))
+    assert "v1," not in text
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ("{{ lead.nickname }}", r":1: .*nickname"),
+    ('{"name": {{ lead.name }}}', r": output is not valid JSON"),
+])
+def test_a_broken_template_fails_the_preview_naming_the_file(tmp_path, template, words):
+    (tmp_path / "crm").mkdir()
+    (tmp_path / "crm" / "lead.json.j2").write_text(template)
+    destination = CrmWebhook(webhook_settings(), Templates(user_dir=tmp_path))
+
+    with pytest.raises(TemplateError, match=rf"^(.*/)?crm/lead\.json\.j2{words}"):
+        destination.render_samples({"lead": sample_events()["lead"]})

@@ -16,10 +16,11 @@ from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered, Skipped
 from bridge.destinations.crm import lead_of
-from bridge.destinations.hubspot import HubSpot, contact_properties
+from bridge.destinations.hubspot import PREVIEW_CONTACT_ID, HubSpot, contact_properties
 from bridge.errors import PermanentError, RetryableError
 from bridge.events import LEAD, parse_event
 from bridge.settings import HubSpotSettings
+from bridge.template_check import sample_events
 
 API = "https://api.hubspot.test"
 TOKEN = "pat-na1-0000-very-secret"
@@ -378,3 +379,47 @@ async def test_client_is_made_on_first_use_and_closed_by_aclose(router, hubspot,
 
     assert client is not None and client.is_closed and hubspot._client is None
     assert client.timeout == httpx.Timeout(10.0)
+
+
+# Previews
+
+
+@pytest.mark.parametrize(("sample", "unmapped_property", "existing", "calls"), [
+    ("lead", "", False, [("POST", UPSERT)]),
+    ("lead-custom-fields", "", False, [("POST", SEARCH), ("POST", CONTACTS), ("POST", NOTES)]),
+    ("lead-custom-fields", "message", False, [("POST", SEARCH), ("POST", CONTACTS)]),
+    ("lead-custom-fields", "message", True, [("POST", SEARCH), ("PATCH", f"{CONTACTS}/501")]),
+])
+async def test_previews_are_the_requests_deliver_makes(
+        router, deliveries, clock, sample, unmapped_property, existing, calls):
+    fake = FakeHubSpot(router)
+    if existing:
+        fake.new_contact({"phone": "+34 600 000 000"})
+    hubspot = HubSpot(hubspot_settings(unmapped_property=unmapped_property), clock)
+
+    previews = hubspot.render_samples(sample_events())
+    await hubspot.deliver(await deliveries.of(lead_body(sample)))
+    await hubspot.aclose()
+
+    shown = {label.removeprefix(f"{sample}: "): json.loads(text.replace(PREVIEW_CONTACT_ID, "501"))
+             for label, text in previews.items() if label.startswith(f"{sample}: ")}
+    sent = [json.loads(call.request.content) for call in router.calls]
+    assert [(call.request.method, call.request.url.path) for call in router.calls] == calls
+    assert list(shown.values()) == sent
+    assert all(f"{method} {path.replace('501', PREVIEW_CONTACT_ID)}" in label
+               for label, (method, path) in zip(shown, calls, strict=True))
+
+
+def test_previews_hold_no_secret_and_call_no_one(router):
+    previews = HubSpot(hubspot_settings(unmapped_property="")).render_samples(sample_events())
+
+    text = "".join([*previews, *previews.values()])
+    assert {label.split(": ")[0] for label in previews} == {"lead", "lead-custom-fields"}
+    assert TOKEN not in text and "Bearer" not in text
+    assert not router.calls
+
+
+def test_a_lead_that_matches_no_contact_previews_nothing():
+    event = parse_event(LEAD, lead_body(email=None, phone=" "))
+
+    assert HubSpot(hubspot_settings()).render_samples({"lead": event}) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
@@ -17,19 +18,22 @@ from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth
 from bridge.cli import main
 from bridge.destinations import build_destinations
 from bridge.destinations.base import Delivered, Delivery
-from bridge.destinations.jira import JiraDestination, conversation_label
-from bridge.errors import PermanentError
+from bridge.destinations.jira import PREVIEW_MARKER, JiraDestination, conversation_label
+from bridge.errors import PermanentError, TemplateError
 from bridge.events import (
     ESCALATION,
     MESSAGE,
     TICKET_LINKED,
     Conversation,
+    Event,
+    MessageEvent,
     canonical_json,
     parse_event,
 )
 from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store import DeliveryRow, SQLiteStore
+from bridge.template_check import sample_events
 from bridge.templating import CUT_MARKER, Templates, jira_escape
 from bridge.worker import Worker
 
@@ -547,3 +551,105 @@ def test_labels_with_spaces_are_refused_at_start_up(make_settings):
         make_settings({"jira": {"labels": ["sitegpt", "needs triage"]}})
     assert refused.value.problems == [
         "jira.labels: Jira labels cannot be empty or contain spaces: ['needs triage']"]
+
+
+# Previews
+
+CREATE, COMMENT = "create the ticket (issue fields)", "comment on the open ticket (escalated again)"
+
+
+def previewer(bridge: Bridge, templates: Path | None = None) -> JiraDestination:
+    """A Jira destination on the bridge's settings and clock, used only for render_samples."""
+    return JiraDestination(bridge.jira.settings, Templates(templates), notify=[],
+                           clock=bridge.clock)
+
+
+async def hear(bridge: Bridge, samples: dict[str, Event]) -> None:
+    """The message samples arrive in the mapping's order, all at the clock's present moment."""
+    for name, event in samples.items():
+        if isinstance(event, MessageEvent):
+            await bridge.store.accept(new_event(event, load_sample(name), []), bridge.clock.now(),
+                                      window=0)
+
+
+async def test_previews_are_the_ticket_and_comment_that_deliveries_send(open_bridge, cloud):
+    bridge = await open_bridge(cloud, chatbots=[{"id": CHATBOT, "name": "Support <Bot> & Co"}])
+    samples = sample_events()
+
+    previews = previewer(bridge).render_samples(samples)
+    await hear(bridge, samples)
+    await bridge.escalate()
+    await hear(bridge, samples)
+    await bridge.escalate()
+
+    assert list(previews) == [f"{name}: {what}" for name in ("escalation", "escalation-anonymous")
+                              for what in (CREATE, COMMENT)]
+    [fields] = cloud.created()
+    assert json.loads(previews[f"escalation: {CREATE}"]) == fields
+    assert fields["labels"] == ["sitegpt", LABEL]
+    assert "Hi, this is Dana from support." in fields["description"]
+    [comment] = cloud.comments("SUP-1")
+    assert "How do I reset my password\\?" in comment
+    assert re.sub(r"sitegpt-bridge:\d+:\d+", PREVIEW_MARKER, comment) == \
+        previews[f"escalation: {COMMENT}"]
+
+
+async def test_a_conversation_without_message_samples_previews_an_empty_transcript(open_bridge,
+                                                                                  cloud):
+    bridge = await open_bridge(cloud)
+    samples = {"escalation-anonymous": sample_events()["escalation-anonymous"]}
+
+    previews = previewer(bridge).render_samples(samples)
+    await bridge.escalate(load_sample("escalation-anonymous"))
+
+    fields = json.loads(previews[f"escalation-anonymous: {CREATE}"])
+    assert fields == cloud.created()[0]
+    assert fields["labels"][-1] == conversation_label(Conversation(CHATBOT, "thread_789"))
+    assert "The transcript is empty" in fields["description"]
+
+
+async def test_previews_hold_no_secret_and_call_no_one(open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+
+    previews = previewer(bridge).render_samples(sample_events())
+
+    text = "".join([*previews, *previews.values()])
+    assert previews and API_TOKEN not in text and "Basic " not in text
+    assert cloud.requests == []
+
+
+BROKEN_TRANSCRIPT = ("{% macro transcript_markup(lines, empty) %}"
+                     "{% for line in lines %}{{ line.nickname }}{% endfor %}{% endmacro %}")
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("summary.j2", "{{ visitor.nickname }}"),
+    ("description.j2", "{{ visitor.nickname }}"),
+    ("comment.j2", "{{ visitor.nickname }}"),
+    ("_transcript.j2", BROKEN_TRANSCRIPT),
+])
+async def test_a_broken_template_fails_the_preview_naming_the_file(open_bridge, cloud, tmp_path,
+                                                                   name, text):
+    (tmp_path / "tpl" / "jira").mkdir(parents=True)
+    (tmp_path / "tpl" / "jira" / name).write_text(text)
+    bridge = await open_bridge(cloud)
+
+    with pytest.raises(TemplateError) as caught:
+        previewer(bridge, tmp_path / "tpl").render_samples(sample_events())
+
+    assert str(caught.value).startswith(f"{tmp_path / 'tpl' / 'jira' / name}:1: ")
+    assert "nickname" in str(caught.value)
+    assert cloud.requests == []
+
+
+async def test_a_delivery_fails_with_the_message_the_preview_raises(open_bridge, cloud, tmp_path):
+    (tmp_path / "tpl" / "jira").mkdir(parents=True)
+    (tmp_path / "tpl" / "jira" / "summary.j2").write_text("{{ visitor.nickname }}\n")
+    bridge = await open_bridge(cloud, templates=tmp_path / "tpl")
+
+    with pytest.raises(TemplateError) as caught:
+        previewer(bridge, tmp_path / "tpl").render_samples(sample_events())
+    row = await bridge.escalate()
+
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error == f"jira: {caught.value}"

@@ -6,11 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome
 from bridge.destinations.crm import (
     USER_AGENT,
@@ -22,13 +24,15 @@ from bridge.destinations.crm import (
     transport_failure,
 )
 from bridge.errors import PermanentError, TemplateError
-from bridge.events import LEAD, parse_event
+from bridge.events import LEAD, Event, parse_event
 from bridge.samples import load_sample
 from bridge.settings import CrmWebhookSettings
 from bridge.templating import Templates
 
 SECRET_PREFIX = "whsec_"
 SAMPLE = "lead-custom-fields"
+SIGNATURE = "webhook-signature"
+MASK = "***"
 
 
 def signing_key(secret: str) -> bytes:
@@ -66,29 +70,26 @@ def lead_context(lead: Lead) -> dict[str, Any]:
 class CrmWebhook(LeadDestination):
     """POSTs each lead to `[crm.webhook] url` (Pipedrive, Twenty, n8n, Zapier, your own)."""
 
-    def __init__(self, settings: CrmWebhookSettings, templates: Templates) -> None:
+    def __init__(self, settings: CrmWebhookSettings, templates: Templates,
+                 clock: Clock | None = None) -> None:
         self.settings = settings
         self.templates = templates
+        self.clock = clock or SystemClock()  # for previews; deliver() uses the delivery's
         self.url = settings.url or ""
         parts = urlsplit(self.url)
         # Only scheme and host ever appear in reasons: hook URLs often carry a token in the path.
-        self.target = f"crm webhook {parts.scheme}://{parts.hostname}"
+        self.origin = f"{parts.scheme}://{parts.hostname}"
+        self.target = f"crm webhook {self.origin}"
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.timeout_seconds),
-                headers={"User-Agent": USER_AGENT})
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.timeout_seconds))
         return self._client
 
     def body(self, lead: Lead) -> bytes:
-        """The rendered template as compact UTF-8 JSON, or PermanentError naming the template."""
-        name = self.settings.template
-        try:
-            rendered = self.templates.render_json(name, lead_context(lead))
-        except TemplateError as exc:
-            raise PermanentError(f"{self.target}: template error: {exc}") from exc
+        """The rendered template as compact UTF-8 JSON, or TemplateError naming the template."""
+        rendered = self.templates.render_json(self.settings.template, lead_context(lead))
         return json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode()
 
     def headers(self, lead: Lead, body: bytes, now: float) -> httpx.Headers:
@@ -99,13 +100,19 @@ class CrmWebhook(LeadDestination):
         headers = httpx.Headers(
             {name: value.get_secret_value() for name, value in self.settings.headers.items()})
         headers.setdefault("content-type", "application/json")
+        headers.setdefault("user-agent", USER_AGENT)
         timestamp = int(now)
         headers["webhook-id"] = lead.id
         headers["webhook-timestamp"] = str(timestamp)
         if self.settings.signing_secret is not None:
             key = signing_key(self.settings.signing_secret.get_secret_value())
-            headers["webhook-signature"] = signature(key, lead.id, timestamp, body)
+            headers[SIGNATURE] = signature(key, lead.id, timestamp, body)
         return headers
+
+    def masked(self, headers: httpx.Headers) -> dict[str, str]:
+        """The headers to show: configured values (all secrets) and the signature as ***."""
+        hidden = {name.lower() for name in self.settings.headers} | {SIGNATURE}
+        return {name: MASK if name in hidden else value for name, value in headers.items()}
 
     def secrets(self) -> list[str]:
         values = [value.get_secret_value() for value in self.settings.headers.values()]
@@ -113,9 +120,25 @@ class CrmWebhook(LeadDestination):
             values.append(self.settings.signing_secret.get_secret_value())
         return values
 
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """For each lead: the body deliver() would POST, pretty-printed here (it goes compact),
+        then its headers with every secret masked. Nothing is sent; the URL's path is not shown.
+        """
+        rendered: dict[str, str] = {}
+        for name, event in samples.items():
+            if self.accepts(event.event):
+                lead = lead_of(event)
+                body = self.body(lead)
+                headers = self.masked(self.headers(lead, body, self.clock.now()))
+                rendered[f"{name}: POST {self.origin} body (sent compact)"] = json.dumps(
+                    json.loads(body), indent=2, ensure_ascii=False)
+                rendered[f"{name}: POST {self.origin} headers (secrets masked)"] = json.dumps(
+                    headers, indent=2, ensure_ascii=False)
+        return rendered
+
     async def deliver(self, delivery: Delivery) -> Outcome:
         lead = lead_of(delivery.event)
-        body = self.body(lead)
+        body = self._rendered_body(lead)
         headers = self.headers(lead, body, delivery.clock.now())
         try:
             response = await self.client().post(self.url, content=body, headers=headers)
@@ -129,7 +152,7 @@ class CrmWebhook(LeadDestination):
 
     async def verify(self) -> str:
         """Render the template with a sample lead; nothing is posted."""
-        self.body(lead_of(parse_event(LEAD, load_sample(SAMPLE))))
+        self._rendered_body(lead_of(parse_event(LEAD, load_sample(SAMPLE))))
         signed = "signed" if self.settings.signing_secret is not None else "unsigned"
         return (f"POST to {self.target.removeprefix('crm webhook ')} ({signed}); "
                 f"template {self.settings.template} renders valid JSON (nothing sent)")
@@ -138,3 +161,10 @@ class CrmWebhook(LeadDestination):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    def _rendered_body(self, lead: Lead) -> bytes:
+        """The body, or PermanentError naming the template that failed."""
+        try:
+            return self.body(lead)
+        except TemplateError as exc:
+            raise PermanentError(f"{self.target}: template error: {exc}") from exc

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,10 +27,13 @@ from bridge.destinations.crm import (
     transport_failure,
 )
 from bridge.errors import DeliveryError, PermanentError, RetryableError
+from bridge.events import Event
 from bridge.settings import HubSpotSettings
 from bridge.templating import cut
 
 CONTACTS = "/crm/v3/objects/contacts"
+UPSERT = f"{CONTACTS}/batch/upsert"
+SEARCH = f"{CONTACTS}/search"
 NOTES = "/crm/v3/objects/notes"
 NOTE_TO_CONTACT = 202  # HubSpot-defined association type "note to contact"
 # HubSpot counts its burst limit over 10 s windows: a 429 without Retry-After waits one out.
@@ -37,6 +42,8 @@ RATE_WINDOW_SECONDS = 10.0
 # and create the contact twice.
 SEARCH_LAG_SECONDS = 30.0
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+# A preview cannot know which contact HubSpot matches or makes.
+PREVIEW_CONTACT_ID = "<contact id>"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,35 @@ def note_body(lead: Lead, lines: list[str]) -> str:
     source = f" from {lead.chatbot_name}" if lead.chatbot_name else ""
     heading = f"<strong>SiteGPT lead {html.escape(lead.id)}{html.escape(source)}</strong>"
     return "<p>" + "<br>".join([heading, *(html.escape(line) for line in lines)]) + "</p>"
+
+
+def upsert_request(email: str, properties: dict[str, str]) -> dict[str, Any]:
+    """Create or update the contact with this email, in one call."""
+    return {"inputs": [{"idProperty": "email", "id": email, "properties": properties}]}
+
+
+def search_request(prop: str, value: str) -> dict[str, Any]:
+    """The oldest contact whose `prop` equals `value`."""
+    return {
+        "filterGroups": [{"filters": [{"propertyName": prop, "operator": "EQ", "value": value}]}],
+        "sorts": [{"propertyName": "createdate", "direction": "ASCENDING"}],
+        "properties": [prop],
+        "limit": 1,
+    }
+
+
+def properties_request(properties: dict[str, str]) -> dict[str, Any]:
+    """The body that creates a contact, or updates the one found."""
+    return {"properties": properties}
+
+
+def note_request(contact_id: str, body: str, timestamp_ms: int) -> dict[str, Any]:
+    """A note with this HTML body, attached to the contact."""
+    association = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": NOTE_TO_CONTACT}
+    return {
+        "properties": {"hs_timestamp": str(timestamp_ms), "hs_note_body": body},
+        "associations": [{"to": {"id": contact_id}, "types": [association]}],
+    }
 
 
 def describe_error(body: Any) -> str:
@@ -127,9 +163,8 @@ class HubSpotApi:
         return http_failure(response, reason, self.clock.now(), wait)
 
     async def upsert_by_email(self, email: str, properties: dict[str, str]) -> Contact:
-        body = {"inputs": [{"idProperty": "email", "id": email, "properties": properties}]}
         try:
-            answer = await self.call("POST", f"{CONTACTS}/batch/upsert", body)
+            answer = await self.call("POST", UPSERT, upsert_request(email, properties))
         except Conflict as conflict:
             return await self.update_existing(conflict, "email", email, properties)
         results = answer.get("results") or []
@@ -146,22 +181,16 @@ class HubSpotApi:
 
     async def find(self, prop: str, value: str) -> str | None:
         """The oldest contact whose `prop` equals `value`, if any."""
-        body = {
-            "filterGroups": [{"filters": [
-                {"propertyName": prop, "operator": "EQ", "value": value}]}],
-            "sorts": [{"propertyName": "createdate", "direction": "ASCENDING"}],
-            "properties": [prop],
-            "limit": 1,
-        }
-        results = (await self.call("POST", f"{CONTACTS}/search", body)).get("results") or []
+        answer = await self.call("POST", SEARCH, search_request(prop, value))
+        results = answer.get("results") or []
         return str(results[0]["id"]) if results else None
 
     async def update(self, contact_id: str, properties: dict[str, str]) -> None:
-        await self.call("PATCH", f"{CONTACTS}/{contact_id}", {"properties": properties})
+        await self.call("PATCH", f"{CONTACTS}/{contact_id}", properties_request(properties))
 
     async def create(self, prop: str, value: str, properties: dict[str, str]) -> Contact:
         try:
-            answer = await self.call("POST", CONTACTS, {"properties": properties})
+            answer = await self.call("POST", CONTACTS, properties_request(properties))
         except Conflict as conflict:
             return await self.update_existing(conflict, prop, value, properties)
         except RetryableError as exc:
@@ -183,19 +212,15 @@ class HubSpotApi:
         return Contact(contact_id, created=False)
 
     async def add_note(self, contact_id: str, body: str, timestamp_ms: int) -> None:
-        association = {"associationCategory": "HUBSPOT_DEFINED",
-                       "associationTypeId": NOTE_TO_CONTACT}
-        await self.call("POST", NOTES, {
-            "properties": {"hs_timestamp": str(timestamp_ms), "hs_note_body": body},
-            "associations": [{"to": {"id": contact_id}, "types": [association]}],
-        })
+        await self.call("POST", NOTES, note_request(contact_id, body, timestamp_ms))
 
 
 class HubSpot(LeadDestination):
     """Creates or updates one HubSpot contact per lead through the CRM v3 API."""
 
-    def __init__(self, settings: HubSpotSettings) -> None:
+    def __init__(self, settings: HubSpotSettings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.clock = clock or SystemClock()  # for previews; deliver() uses the delivery's
         self._client: httpx.AsyncClient | None = None
 
     def api(self, clock: Clock) -> HubSpotApi:
@@ -225,6 +250,34 @@ class HubSpot(LeadDestination):
             await api.add_note(contact.id, note_body(lead, unmapped), when)
             note += ", unmapped fields in a note"
         return Delivered(note=note)
+
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """For each lead: the request bodies deliver() makes first, as JSON, with the contact's
+        mapped properties, and the note when one takes unmapped fields. Nothing is sent; a lead
+        with neither email nor phone sends nothing, so shows nothing.
+        """
+        rendered: dict[str, str] = {}
+        for name, event in samples.items():
+            if self.accepts(event.event):
+                for call, body in self._preview(lead_of(event)):
+                    rendered[f"{name}: {call}"] = json.dumps(body, indent=2, ensure_ascii=False)
+        return rendered
+
+    def _preview(self, lead: Lead) -> list[tuple[str, dict[str, Any]]]:
+        properties, unmapped = contact_properties(lead, self.settings)
+        if lead.email is not None:
+            calls = [(f"POST {UPSERT}", upsert_request(lead.email, properties))]
+        elif lead.phone is not None:
+            calls = [(f"POST {SEARCH} (by phone)", search_request("phone", lead.phone)),
+                     (f"then PATCH {CONTACTS}/{PREVIEW_CONTACT_ID} (found) or POST {CONTACTS}",
+                      properties_request(properties))]
+        else:
+            return []
+        if unmapped:
+            when = iso_to_millis(lead.captured_at, self.clock.now())
+            note = note_request(PREVIEW_CONTACT_ID, note_body(lead, unmapped), when)
+            calls.append((f"POST {NOTES} (unmapped fields)", note))
+        return calls
 
     async def verify(self) -> str:
         await self.api(SystemClock()).call("GET", CONTACTS, params={"limit": "1"})

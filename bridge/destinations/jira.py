@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import requests
 from jira import JIRA, JIRAError
 
+from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome
 from bridge.errors import DeliveryError, PermanentError, RetryableError, TemplateError
-from bridge.events import ESCALATION, TICKET_LINKED, Conversation, EscalationData, canonical_json
+from bridge.events import (
+    ESCALATION,
+    TICKET_LINKED,
+    Conversation,
+    EscalationData,
+    Event,
+    MessageData,
+    canonical_json,
+    conversation_of,
+)
+from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
 from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
@@ -29,6 +42,8 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 # SiteGPT's own dashboard link is used only if it cannot break out of a [label|url] link.
 _LINK_SAFE = re.compile(r"https?://[A-Za-z0-9._~:/?#&=%-]+")
 _WIKI_CUT_MARKER = jira_escape(CUT_MARKER)
+# A preview has no stored event yet to name in the comment's marker.
+PREVIEW_MARKER = "sitegpt-bridge:<event id>:<received at>"
 
 
 def conversation_label(conversation: Conversation) -> str:
@@ -121,7 +136,7 @@ class JiraDestination:
     name: ClassVar[str] = "jira"
 
     def __init__(self, settings: Settings, templates: Templates, notify: Sequence[str],
-                 tickets: JiraTickets | None = None) -> None:
+                 tickets: JiraTickets | None = None, clock: Clock | None = None) -> None:
         assert settings.jira.url, "the factory builds this destination only with jira.url set"
         self.settings = settings
         self.jira = settings.jira
@@ -129,6 +144,7 @@ class JiraDestination:
         self.templates = templates
         self.notify = tuple(notify)
         self.tickets = tickets or JiraTickets(settings.jira)
+        self.clock = clock or SystemClock()  # for previews; deliver() uses the delivery's
 
     def accepts(self, kind: str) -> bool:
         return kind == ESCALATION
@@ -138,13 +154,10 @@ class JiraDestination:
         data = delivery.event.data
         if not isinstance(data, EscalationData):
             raise PermanentError(f"jira: cannot deliver a {delivery.event.event} event")
-        record = await delivery.conversation()
-        if record is not None and record.jira_key:
-            key = await self._call("read the linked ticket", self.tickets.still_open,
-                                   record.jira_key)
-            if key is not None:
-                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
-        return await self._link(delivery, data)
+        try:
+            return await self._escalate(delivery, data)
+        except TemplateError as exc:
+            raise PermanentError(f"jira: {exc}") from exc
 
     async def verify(self) -> str:
         who = await self._call("check the credentials", self.tickets.whoami)
@@ -161,6 +174,37 @@ class JiraDestination:
 
     def issue_url(self, key: str) -> str:
         return f"{self.url}/browse/{key}"
+
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """For each escalation: the new ticket's fields as JSON, then the comment a later
+        escalation would add. Its transcript is the message samples of the same conversation,
+        in order, as if received now. Nothing is sent.
+        """
+        rendered: dict[str, str] = {}
+        for name, event in samples.items():
+            if self.accepts(event.event) and isinstance(event.data, EscalationData):
+                for what, text in self._preview(event.data, samples).items():
+                    rendered[f"{name}: {what}"] = text
+        return rendered
+
+    def _preview(self, data: EscalationData, samples: Mapping[str, Event]) -> dict[str, str]:
+        now = self.clock.now()
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        messages = sample_transcript(conversation, samples, now)
+        fields = self._new_ticket(data, messages, conversation_label(conversation), now)
+        comment = self._comment_body(self._context(data, messages, now), PREVIEW_MARKER)
+        return {"create the ticket (issue fields)": json.dumps(fields, indent=2,
+                                                               ensure_ascii=False),
+                "comment on the open ticket (escalated again)": comment}
+
+    async def _escalate(self, delivery: Delivery, data: EscalationData) -> Delivered:
+        record = await delivery.conversation()
+        if record is not None and record.jira_key:
+            key = await self._call("read the linked ticket", self.tickets.still_open,
+                                   record.jira_key)
+            if key is not None:
+                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
+        return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
         """Find the conversation's open ticket in Jira, or create it; then remember it."""
@@ -193,14 +237,18 @@ class JiraDestination:
         if delivery.attempt > 1 and await self._call(
                 "read the comments", self.tickets.has_comment, key, marker):
             return
+        await self._call("add a comment", self.tickets.comment, key,
+                         self._comment_body(context, marker))
+
+    def _comment_body(self, context: dict[str, Any], marker: str) -> str:
+        """The comment template's text, cut to fit, and a faint marker a retry looks for."""
         footer = f"\n\n{{color:#97a0af}}{marker}{{color}}"
-        body = self._text("jira/comment.j2", context, TEXT_LIMIT - len(footer)) + footer
-        await self._call("add a comment", self.tickets.comment, key, body)
+        return self._text("jira/comment.j2", context, TEXT_LIMIT - len(footer)) + footer
 
     def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
                     now: float) -> dict[str, Any]:
         context = self._context(data, messages, now)
-        summary = " ".join(self._render("jira/summary.j2", context).split())
+        summary = " ".join(self.templates.render("jira/summary.j2", context).split())
         chatbot = self.settings.chatbot(data.chatbot_id)
         project = chatbot.jira_project if chatbot and chatbot.jira_project else self.jira.project
         return {
@@ -228,18 +276,12 @@ class JiraDestination:
             },
             "thread_id": data.thread_id,
             "dashboard_url": _dashboard_link(data),
-            "transcript": [_transcript_line(message) for message in messages],
+            "transcript": [_line_context(message) for message in messages],
             "escalated_at": now,
         }
 
     def _text(self, template: str, context: dict[str, Any], limit: int) -> str:
-        return cut(self._render(template, context).strip(), limit, _WIKI_CUT_MARKER)
-
-    def _render(self, template: str, context: dict[str, Any]) -> str:
-        try:
-            return self.templates.render(template, context)
-        except TemplateError as exc:
-            raise PermanentError(f"jira: {exc}") from exc
+        return cut(self.templates.render(template, context).strip(), limit, _WIKI_CUT_MARKER)
 
     def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
         """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
@@ -303,7 +345,15 @@ def _dashboard_link(data: EscalationData) -> str:
     return dashboard_url(quote(data.chatbot_id, safe=""), quote(data.thread_id, safe=""))
 
 
-def _transcript_line(message: StoredMessage) -> dict[str, Any]:
+def sample_transcript(conversation: Conversation, samples: Mapping[str, Event],
+                      now: float) -> list[StoredMessage]:
+    """The conversation's message samples, in order, as the store would keep them."""
+    lines = [transcript_line(event.data) for event in samples.values()
+             if isinstance(event.data, MessageData) and conversation_of(event) == conversation]
+    return [replace(line, id=number, received_at=now) for number, line in enumerate(lines, 1)]
+
+
+def _line_context(message: StoredMessage) -> dict[str, Any]:
     return {
         "type": message.message_type,
         "question": message.question,
