@@ -27,9 +27,12 @@ from bridge.template_check import check_templates, sample_events
 from bridge.templating import Templates, builtin_dir
 from bridge.worker import Worker
 
-# Every destination switched on, so each registered one renders its templates.
+# Every destination switched on, so each registered one renders its templates (replies from
+# Slack, the sitegpt destination, need the bot token, the signing secret and a SiteGPT key).
 ALL_ON = {
-    "slack": {"escalation_mention": "<!here>"},
+    "slack": {"escalation_mention": "<!here>", "bot_token": "xoxb-test", "channel": "C_CONV",
+              "signing_secret": "shh"},
+    "sitegpt": {"api_key": "sk-test"},
     "jira": {"url": "https://jira.example", "email": "bot@example.com", "api_token": "t",
              "project": "SUP"},
     "crm": {"kind": "webhook", "webhook": {"url": "https://crm.example/hook"}},
