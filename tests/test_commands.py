@@ -244,6 +244,18 @@ def test_check_says_which_destinations_cannot_preview(config, capsys, fake_desti
     assert "templates: fake cannot preview; its templates were only loaded" in out
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_check_lists_every_registered_destination_off_or_verified(config, capsys,
+                                                                  fake_destination, on):
+    fake_destination(on)  # registered after the built-ins, as one added later would be
+    code, out, _ = run(capsys, "check", "--config", config())
+    assert code == 0
+    names = tuple(f"{name}: " for name in REGISTRY)
+    assert [line for line in out.splitlines() if line.startswith(names)] == [
+        "slack: dry run (no slack.bot_token): messages are logged, not posted",
+        "jira: off", "crm: off", "sitegpt: off", "fake: ok" if on else "fake: off"]
+
+
 def test_an_unknown_target_is_refused_by_the_arguments(config, capsys):
     code, out, err = run(capsys, "render", "--sample", "lead", "--target", "fax",
                          "--config", config())
