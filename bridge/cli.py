@@ -17,6 +17,7 @@ import uvicorn
 
 from bridge import __version__
 from bridge.app import announce, create_app, open_bridge
+from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
 from bridge.settings import ServerSettings, Settings, load_settings
@@ -101,7 +102,7 @@ async def _check_destinations(settings: Settings) -> int:
         report = check_templates(bridge.templates, bridge.destinations)
         print("\n".join(report.lines(settings.templates.dir)))
         problems += len(report.problems)
-        for name in ("slack", "jira", "crm"):
+        for name in REGISTRY:
             destination = bridge.destinations.get(name)
             if destination is None:
                 print(f"{name}: off")

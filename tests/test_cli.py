@@ -10,6 +10,7 @@ import httpx
 import pytest
 from bridges import SECRET_VALUES, SECRETS, counts, readme_example
 from conftest import write_toml
+from fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 from servers import BridgeProcess, clean_environ
 
 from bridge.cli import main
@@ -75,6 +76,18 @@ def test_check_warns_about_the_example_tokens(capsys):
     for name in ("messages", "escalations", "leads"):
         assert f"webhooks.{name}: WARNING: still the example token" in out
     assert "abc-messages-xyz" not in out
+
+
+def test_check_verifies_replies_from_slack_when_they_are_on(make_settings, tmp_path, capsys,
+                                                           fake):
+    make_settings({"slack": {"bot_token": "xoxb-test", "api_url": fake.api_url,
+                             "channel": "C_CONV", "signing_secret": "shh"},
+                   "sitegpt": {"api_url": "https://sitegpt.test/api/v0", "api_key": "sk-k"}})
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    [sitegpt] = [line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("sitegpt: ")]
+    assert sitegpt == ("sitegpt: on: replies from Slack go to https://sitegpt.test/api/v0 as"
+                       " agent messages (the API key is checked by the first reply)")
 
 
 def test_the_installed_command_exits_non_zero_with_the_problems_on_stderr(tmp_path):

@@ -127,6 +127,34 @@ def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_sett
     assert message["text"].startswith("Visitor: How do I reset my password?")
 
 
+REPLIES_ON = {"slack": {"bot_token": "xoxb-t", "channel": "C_CONV", "signing_secret": "s"},
+              "sitegpt": {"api_key": "sk-render-secret"}}
+
+
+@pytest.mark.parametrize(("sample", "call"), [
+    ("slack-reply", "POST /chatbots/chatbot_123/message"),
+    ("mode-change", "PATCH /chatbots/chatbot_123/threads/thread_456"),
+])
+def test_render_sample_of_a_reply_from_slack_shows_the_call_and_the_notices(config, capsys,
+                                                                           sample, call):
+    code, out, err = run(capsys, "render", "--sample", sample, "--config", config(REPLIES_ON))
+    assert code == 0
+    headings = err.splitlines()
+    assert headings[0] == f"# sitegpt: {sample}: {call}"
+    assert headings[-1].startswith(f"# sitegpt: {sample}: chat.postMessage (in the thread, if")
+    request, *rest = json_stream(out)
+    assert f"{request['method']} {request['path']}" == call
+    assert rest[-1]["thread_ts"] == "1700000000.000100" and rest[-1]["text"].startswith(":warning:")
+    assert "sk-render-secret" not in out + err
+
+
+def test_render_of_a_reply_from_slack_when_replies_are_off_says_so(config, capsys):
+    code, out, err = run(capsys, "render", "--sample", "slack-reply", "--config", config())
+    assert (code, out) == (2, "")
+    assert err == ("sitegpt-bridge: no destination takes SLACK_THREAD_REPLY events with these"
+                   " settings\n")
+
+
 def test_render_file_uses_the_users_templates(config, tmp_path, capsys):
     mine = tmp_path / "mine" / "slack"
     mine.mkdir(parents=True)
@@ -242,6 +270,18 @@ def test_check_says_which_destinations_cannot_preview(config, capsys, fake_desti
     code, out, _ = run(capsys, "check", "--config", config())
     assert code == 0
     assert "templates: fake cannot preview; its templates were only loaded" in out
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_check_lists_every_registered_destination_off_or_verified(config, capsys,
+                                                                  fake_destination, on):
+    fake_destination(on)  # registered after the built-ins, as one added later would be
+    code, out, _ = run(capsys, "check", "--config", config())
+    assert code == 0
+    names = tuple(f"{name}: " for name in REGISTRY)
+    assert [line for line in out.splitlines() if line.startswith(names)] == [
+        "slack: dry run (no slack.bot_token): messages are logged, not posted",
+        "jira: off", "crm: off", "sitegpt: off", "fake: ok" if on else "fake: off"]
 
 
 def test_an_unknown_target_is_refused_by_the_arguments(config, capsys):

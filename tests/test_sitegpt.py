@@ -15,9 +15,12 @@ from slack_sdk import WebClient
 
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
 from bridge.destinations.slack import SlackDestination
-from bridge.events import MODE_CHANGE, SLACK_REPLY, canonical_json, parse_event
+from bridge.errors import TemplateError
+from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
 from bridge.intake import new_event
+from bridge.settings import Settings
 from bridge.store import Echo, NewEvent, SQLiteStore, open_store
+from bridge.template_check import sample_events
 from bridge.templating import Templates
 from bridge.worker import Worker
 from tests.conftest import FakeClock
@@ -360,3 +363,84 @@ async def test_a_reaction_already_there_counts_as_done(harness, fake):
     await h.slack.react("C_CONV", "1700000000.000001", "white_check_mark")
     assert len(fake.reactions) == 1
     assert [method for method, _, _ in fake.calls].count("reactions.add") == 2
+
+
+# previews ----------------------------------------------------------------------------------------
+
+def previews(settings: Settings, templates: Templates,
+             samples: dict[str, Event] | None = None) -> dict[str, Any]:
+    sitegpt = sitegpt_destination(settings, templates)
+    assert sitegpt is not None
+    rendered = sitegpt.render_samples(sample_events() if samples is None else samples)
+    return {label: json.loads(text) for label, text in rendered.items()}
+
+
+REPLIES_ON = {"slack": {"bot_token": "xoxb-t", "channel": "C1", "signing_secret": "s"},
+              "sitegpt": {"api_key": KEY}}
+
+
+def test_a_preview_shows_each_api_call_and_what_the_thread_is_told(make_settings):
+    shown = previews(make_settings(REPLIES_ON), Templates())
+    assert list(shown) == [
+        "mode-change: PATCH /chatbots/chatbot_123/threads/thread_456",
+        "mode-change: chat.postMessage (in the thread, once SiteGPT switched)",
+        "mode-change: chat.postMessage (in the thread, if SiteGPT refuses the switch)",
+        "slack-reply: POST /chatbots/chatbot_123/message",
+        "slack-reply: reactions.add (once SiteGPT took the reply)",
+        "slack-reply: chat.postMessage (in the thread, if SiteGPT refuses the reply)"]
+    assert shown["slack-reply: POST /chatbots/chatbot_123/message"] == {
+        "method": "POST", "path": "/chatbots/chatbot_123/message", "json": {
+            "message": "Hi John, @U0456BEN reset your password & sent a link:"
+                       " reset it here (https://example.com/reset)",
+            "from": "AGENT", "threadId": "thread_456", "agentName": "U0123ANA"}}
+    assert shown["mode-change: PATCH /chatbots/chatbot_123/threads/thread_456"] == {
+        "method": "PATCH", "path": "/chatbots/chatbot_123/threads/thread_456",
+        "json": {"mode": "AGENT"}}
+    refused = shown["slack-reply: chat.postMessage (in the thread, if SiteGPT refuses the reply)"]
+    assert (refused["channel"], refused["thread_ts"]) == ("C0123456789", "1700000000.000100")
+    assert refused["text"] == (":warning: Not delivered to the visitor (reply by <@U0123ANA>):"
+                               " sitegpt: POST /chatbots/chatbot_123/message: HTTP 404:"
+                               " Thread not found")
+    assert KEY not in json.dumps(shown)
+
+
+def test_a_preview_leaves_out_what_the_destination_does_not_take(make_settings):
+    shown = previews(make_settings(REPLIES_ON), Templates(),
+                     {name: event for name, event in sample_events().items()
+                      if name not in ("slack-reply", "mode-change")})
+    assert shown == {}
+
+
+def test_a_reply_with_no_text_previews_nothing(make_settings, sample):
+    body = sample("slack-reply")
+    body["data"]["text"] = "  "
+    shown = previews(make_settings(REPLIES_ON), Templates(),
+                     {"blank": parse_event(SLACK_REPLY, body)})
+    assert shown == {}
+
+
+@pytest.mark.parametrize("notice", ["reply_failed", "mode_changed", "mode_failed"])
+def test_a_broken_notice_fails_the_preview_naming_file_and_line(make_settings, tmp_path, notice):
+    (tmp_path / "mine" / "slack").mkdir(parents=True)
+    broken = tmp_path / "mine" / "slack" / f"{notice}.json.j2"
+    broken.write_text('{\n  "text": {{ nope }}\n}\n')
+    with pytest.raises(TemplateError, match=rf"^{broken}:2: 'nope' is undefined$"):
+        previews(make_settings(REPLIES_ON), Templates(tmp_path / "mine"))
+
+
+async def test_the_preview_is_what_a_refused_mode_change_posts(harness):
+    h = await harness()
+    h.api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
+        return_value=httpx.Response(404, json={"message": "Thread not found"}))
+    thread_ts = await h.conversation()
+    data = {"chatbotId": CHATBOT, "threadId": "thread_A", "channel": "C_CONV",
+            "threadTs": thread_ts, "user": "U_BEN", "mode": "AI"}
+    await h.stored(MODE_CHANGE, data)
+    await h.worker.drain()
+    posted = h.bot_posts(thread_ts)[-1]
+    shown = h.sitegpt.render_samples(
+        {"press": parse_event(MODE_CHANGE, {"event": MODE_CHANGE, "data": data})})
+    preview = json.loads(shown["press: chat.postMessage (in the thread, if SiteGPT refuses the"
+                               " switch)"])
+    assert (posted["text"], posted["blocks"]) == (preview["text"], preview["blocks"])
+    assert posted["text"].startswith(":warning: Could not hand back to the AI (asked by <@U_BEN>)")

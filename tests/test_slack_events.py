@@ -16,6 +16,7 @@ import respx
 from slack_sdk import WebClient
 
 from bridge.app import Bridge, create_app, open_bridge
+from bridge.samples import load_sample
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 
@@ -192,6 +193,25 @@ async def test_a_thread_reply_reaches_the_visitor_and_its_echo_stays_out(site):
     assert len(s.fake.posts) == bridge_posts
     echoed = next(row for row in await s.bridge.store.deliveries() if row.destination == "slack")
     assert (echoed.status, echoed.last_error) == ("skipped", "echo of a reply sent from Slack")
+
+
+async def test_what_the_routes_store_has_the_shape_of_the_bundled_samples(site):
+    s = await site()
+    thread_ts = await s.conversation()
+    assert (await s.send(envelope(s.write(thread_ts, "hello")))).status_code == 200
+    assert (await s.press("sitegpt_take_over", thread_ts)).status_code == 200
+    stored = []
+    for _ in range(2):  # one at a time: both belong to the same conversation
+        [claimed] = await s.bridge.store.claim("test", s.clock.now(), 10, 60)
+        stored.append(claimed.payload)
+        await s.bridge.store.finish(claimed.id, "skipped", s.clock.now(), "test")
+    assert [shape(body) for body in stored] == [
+        shape(load_sample("slack-reply")), shape(load_sample("mode-change"))]
+
+
+def shape(body: dict[str, Any]) -> dict[str, Any]:
+    return {"event": body["event"],
+            "data": {key: type(value) for key, value in body["data"].items()}}
 
 
 IGNORED = {

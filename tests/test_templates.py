@@ -16,6 +16,7 @@ from bridge.app import open_bridge
 from bridge.cli import main
 from bridge.destinations import REGISTRY, build_destinations
 from bridge.destinations.base import sample_renderer
+from bridge.destinations.sitegpt import NOTICES, SiteGPTDestination
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import ConfigError, TemplateError
 from bridge.events import parse_event
@@ -26,9 +27,12 @@ from bridge.template_check import check_templates, sample_events
 from bridge.templating import Templates, builtin_dir
 from bridge.worker import Worker
 
-# Every destination switched on, so each registered one renders its templates.
+# Every destination switched on, so each registered one renders its templates (replies from
+# Slack, the sitegpt destination, need the bot token, the signing secret and a SiteGPT key).
 ALL_ON = {
-    "slack": {"escalation_mention": "<!here>"},
+    "slack": {"escalation_mention": "<!here>", "bot_token": "xoxb-test", "channel": "C_CONV",
+              "signing_secret": "shh"},
+    "sitegpt": {"api_key": "sk-test"},
     "jira": {"url": "https://jira.example", "email": "bot@example.com", "api_token": "t",
              "project": "SUP"},
     "crm": {"kind": "webhook", "webhook": {"url": "https://crm.example/hook"}},
@@ -36,6 +40,8 @@ ALL_ON = {
 }
 SLACK_TEMPLATES = sorted(path.relative_to(builtin_dir()).as_posix()
                          for path in (builtin_dir() / "slack").glob("*.j2"))
+# Slack templates another destination renders: the notices about replies sent from Slack.
+RENDERED_BY = {f"slack/{notice}.json.j2": SiteGPTDestination.name for notice in NOTICES}
 
 
 class RecordingTemplates(Templates):
@@ -71,7 +77,8 @@ async def test_every_bundled_template_renders_every_sample_it_applies_to(make_se
     finally:
         for destination in destinations.values():
             await destination.aclose()
-    used = {name for name in templates.names() if name.split("/")[0] in destinations
+    used = {name for name in templates.names()
+            if RENDERED_BY.get(name, name.split("/")[0]) in destinations
             and not Path(name).name.startswith("_")}
     assert used - templates.rendered == set(), "templates no sample reaches"
 
@@ -89,11 +96,15 @@ def test_every_sample_is_a_valid_event():
     events = sample_events()
     assert set(events) == set(sample_names())
     assert {event.event for event in events.values()} == {
-        "ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE", "BRIDGE_TICKET_LINKED"}
+        "ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE", "BRIDGE_TICKET_LINKED",
+        "SLACK_THREAD_REPLY", "SLACK_MODE_CHANGE"}
 
 
 def slack_output(settings: Any, templates: Templates) -> dict[str, Any]:
-    rendered = SlackDestination(settings, templates).render_samples(sample_events())
+    """Every Slack template's output: Slack's own messages and the notices about replies."""
+    slack = SlackDestination(settings, templates)
+    rendered = {**slack.render_samples(sample_events()),
+                **SiteGPTDestination(settings, slack).render_samples(sample_events())}
     return {label: json.loads(text) for label, text in rendered.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -13,11 +14,18 @@ import httpx
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
-from bridge.destinations.slack import SlackDestination
+from bridge.destinations.slack import (
+    Call,
+    SlackDestination,
+    SlackUser,
+    json_previews,
+    post_arguments,
+)
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import (
     MODE_CHANGE,
     SLACK_REPLY,
+    Event,
     ModeChangeData,
     ModeChangeEvent,
     SlackReplyData,
@@ -34,6 +42,35 @@ MAX_REASON = 300
 _ANGLED = re.compile(r"<([^<>\n]*)>")
 _MENTION = re.compile(r"<@([^|<>\s]+)(?:\|[^<>]*)?>")
 _UNESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
+# The notices posted in the thread: slack/<name>.json.j2, rendered by the Slack destination.
+REPLY_FAILED = "reply_failed"
+MODE_CHANGED = "mode_changed"
+MODE_FAILED = "mode_failed"
+NOTICES = (REPLY_FAILED, MODE_CHANGED, MODE_FAILED)
+EXAMPLE_REFUSAL = "HTTP 404: Thread not found"  # what a preview shows as SiteGPT's answer
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One call to SiteGPT's API for one chatbot: what deliver() sends and a preview shows."""
+
+    chatbot_id: str
+    method: str
+    path: str
+    body: dict[str, Any]
+
+    @property
+    def what(self) -> str:
+        """How failures name the call: never with the key."""
+        return f"sitegpt: {self.method} {self.path}"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notice for the thread the event came from: its template name and context."""
+
+    name: str
+    context: dict[str, Any]
 
 
 class SiteGPTDestination:
@@ -79,14 +116,45 @@ class SiteGPTDestination:
                 headers={"User-Agent": "sitegpt-bridge"})
         return self._client
 
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """SiteGPT's API call for each event it takes, then what the thread is told, as JSON.
+
+        A preview asks Slack nothing, so the member who wrote a reply and those it mentions
+        go by their ids, and the failure notice shows an example of SiteGPT refusing.
+        """
+        return json_previews(samples, self.accepts, self._preview)
+
+    def _preview(self, event: Event) -> list[Call]:
+        if isinstance(event, SlackReplyEvent):
+            data = event.data
+            request = reply_request(data, SlackUser(data.user, data.user, None), {})
+            if request is None:
+                return []
+            reaction = {"channel": data.channel, "timestamp": data.ts, "name": SENT_REACTION}
+            refused = reply_failed(data, _example_reason(request))
+            return [_shown(request), ("reactions.add (once SiteGPT took the reply)", reaction),
+                    self._notice_preview(data, refused, "if SiteGPT refuses the reply")]
+        assert isinstance(event, ModeChangeEvent)
+        data = event.data
+        request = mode_request(data)
+        refused = mode_failed(data, _example_reason(request))
+        return [_shown(request),
+                self._notice_preview(data, mode_changed(data), "once SiteGPT switched"),
+                self._notice_preview(data, refused, "if SiteGPT refuses the switch")]
+
+    def _notice_preview(self, data: SlackReplyData | ModeChangeData, notice: Notice,
+                        when: str) -> Call:
+        message = self.slack.renderer.notice(notice.name, notice.context)
+        return (f"chat.postMessage (in the thread, {when})",
+                post_arguments(data.channel, message, thread_ts=data.thread_ts))
+
     async def _send_reply(self, delivery: Delivery, data: SlackReplyData) -> Outcome:
         try:
             outcome = await self._post_reply(delivery, data)
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
                 await delivery.store.forget_echo(data.slack_event_id)
-                await self._tell(data.channel, data.thread_ts, "reply_failed",
-                                 {"reason": str(exc), "user_id": data.user})
+                await self._tell(data, reply_failed(data, str(exc)))
             raise
         if isinstance(outcome, Delivered):
             await self._react(data.channel, data.ts)
@@ -94,31 +162,24 @@ class SiteGPTDestination:
 
     async def _post_reply(self, delivery: Delivery, data: SlackReplyData) -> Outcome:
         author = await self.slack.user(data.user)
-        text = plain_text(data.text, await self._names(_MENTION.findall(data.text))).strip()
-        if not text:
+        request = reply_request(data, author, await self._names(_MENTION.findall(data.text)))
+        if request is None:
             return Skipped("the reply has no text")
         # Remembered before the call: SiteGPT may send the echo before it answers us.
-        echo = Echo(data.chatbot_id, data.thread_id, text, author.name, data.slack_event_id)
+        echo = Echo(data.chatbot_id, data.thread_id, request.body["message"], author.name,
+                    data.slack_event_id)
         await delivery.store.remember_echo(echo, delivery.clock.now(), ECHO_MEMORY_SECONDS)
-        body: dict[str, Any] = {"message": text, "from": "AGENT", "threadId": data.thread_id,
-                                "agentName": author.name}
-        if author.icon_url:
-            body["iconUrl"] = author.icon_url
-        await self._call(data.chatbot_id, "POST", f"/chatbots/{_part(data.chatbot_id)}/message",
-                         body)
+        await self._call(request)
         return Delivered(note=f"sent to the visitor as {author.name}")
 
     async def _change_mode(self, delivery: Delivery, data: ModeChangeData) -> Outcome:
-        context = {"mode": data.mode, "user_id": data.user}
-        path = f"/chatbots/{_part(data.chatbot_id)}/threads/{_part(data.thread_id)}"
         try:
-            await self._call(data.chatbot_id, "PATCH", path, {"mode": data.mode})
+            await self._call(mode_request(data))
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
-                await self._tell(data.channel, data.thread_ts, "mode_failed",
-                                 {**context, "reason": str(exc)})
+                await self._tell(data, mode_failed(data, str(exc)))
             raise
-        await self._tell(data.channel, data.thread_ts, "mode_changed", context)
+        await self._tell(data, mode_changed(data))
         return Delivered(note=f"mode {data.mode}")
 
     async def _names(self, user_ids: Iterable[str]) -> dict[str, str]:
@@ -131,16 +192,16 @@ class SiteGPTDestination:
                 log.info("cannot name mentioned member %s: %s", user_id, exc)
         return names
 
-    async def _call(self, chatbot_id: str, method: str, path: str, body: dict[str, Any]) -> Any:
-        key = self.settings.sitegpt_api_key(chatbot_id)
+    async def _call(self, request: ApiRequest) -> Any:
+        key = self.settings.sitegpt_api_key(request.chatbot_id)
         if key is None:
             raise PermanentError(
-                f"sitegpt: no API key for chatbot {chatbot_id}: set [sitegpt] api_key or the"
-                " chatbot's sitegpt_api_key")
-        what = f"sitegpt: {method} {path}"
+                f"sitegpt: no API key for chatbot {request.chatbot_id}: set [sitegpt] api_key or"
+                " the chatbot's sitegpt_api_key")
+        what = request.what
         try:
             response = await self.http.request(
-                method, path, json=body,
+                request.method, request.path, json=request.body,
                 headers={"Authorization": f"Bearer {key.get_secret_value()}"})
         except httpx.TimeoutException as exc:
             raise RetryableError(f"{what}: timed out") from exc
@@ -158,13 +219,13 @@ class SiteGPTDestination:
         age = delivery.clock.now() - delivery.claimed.created_at
         return delivery.attempt >= limits.max_attempts or age >= limits.max_age.total_seconds()
 
-    async def _tell(self, channel: str, thread_ts: str, notice: str,
-                    context: dict[str, Any]) -> None:
+    async def _tell(self, data: SlackReplyData | ModeChangeData, notice: Notice) -> None:
         """Best effort: SiteGPT's outcome stands whether or not Slack shows it."""
         try:
-            await self.slack.tell_thread(channel, thread_ts, notice, context)
+            await self.slack.tell_thread(data.channel, data.thread_ts, notice.name, notice.context)
         except DeliveryError as exc:
-            log.warning("could not post %s in thread %s/%s: %s", notice, channel, thread_ts, exc)
+            log.warning("could not post %s in thread %s/%s: %s", notice.name, data.channel,
+                        data.thread_ts, exc)
 
     async def _react(self, channel: str, ts: str) -> None:
         # A failure here must not fail the delivery: a retry would send the reply twice.
@@ -172,6 +233,47 @@ class SiteGPTDestination:
             await self.slack.react(channel, ts, SENT_REACTION)
         except DeliveryError as exc:
             log.warning("could not mark reply %s/%s as sent: %s", channel, ts, exc)
+
+
+def reply_request(data: SlackReplyData, author: SlackUser,
+                  names: Mapping[str, str]) -> ApiRequest | None:
+    """The reply as an agent message from `author`, or None when no text is left to send."""
+    text = plain_text(data.text, names).strip()
+    if not text:
+        return None
+    body: dict[str, Any] = {"message": text, "from": "AGENT", "threadId": data.thread_id,
+                            "agentName": author.name}
+    if author.icon_url:
+        body["iconUrl"] = author.icon_url
+    return ApiRequest(data.chatbot_id, "POST", f"/chatbots/{_part(data.chatbot_id)}/message",
+                      body)
+
+
+def mode_request(data: ModeChangeData) -> ApiRequest:
+    path = f"/chatbots/{_part(data.chatbot_id)}/threads/{_part(data.thread_id)}"
+    return ApiRequest(data.chatbot_id, "PATCH", path, {"mode": data.mode})
+
+
+def reply_failed(data: SlackReplyData, reason: str) -> Notice:
+    return Notice(REPLY_FAILED, {"reason": reason, "user_id": data.user})
+
+
+def mode_changed(data: ModeChangeData) -> Notice:
+    return Notice(MODE_CHANGED, {"mode": data.mode, "user_id": data.user})
+
+
+def mode_failed(data: ModeChangeData, reason: str) -> Notice:
+    return Notice(MODE_FAILED, {"mode": data.mode, "user_id": data.user, "reason": reason})
+
+
+def _shown(request: ApiRequest) -> Call:
+    """A request as a preview prints it: the key is added only when it is sent."""
+    return (f"{request.method} {request.path}",
+            {"method": request.method, "path": request.path, "json": request.body})
+
+
+def _example_reason(request: ApiRequest) -> str:
+    return f"{request.what}: {EXAMPLE_REFUSAL}"
 
 
 def plain_text(mrkdwn: str, names: Mapping[str, str]) -> str:

@@ -36,6 +36,7 @@ from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
 T = TypeVar("T")
+Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
 
 PERMANENT_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
@@ -178,14 +179,9 @@ class SlackDestination:
         One entry per call, in the order deliver() makes them; a thread's ts is known only once
         Slack answers, so previews leave it out.
         """
-        rendered: dict[str, str] = {}
-        for name, event in samples.items():
-            if self.accepts(event.event):
-                for label, call in self._preview(event):
-                    rendered[f"{name}: {label}"] = json.dumps(call, indent=2, ensure_ascii=False)
-        return rendered
+        return json_previews(samples, self.accepts, self._preview)
 
-    def _preview(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
+    def _preview(self, event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
             channel = self.slack.leads_channel or self.slack.channel or ""
             return [("chat.postMessage (lead)", post_arguments(channel, self.renderer.lead(event)))]
@@ -360,6 +356,17 @@ def _escalated(conversation: Conversation, jira_key: str | None = None) -> Conve
         chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, slack_channel=None,
         slack_thread_ts=None, jira_key=jira_key, jira_transcript_upto=None, escalated_at=1.0,
         first_seen=0.0, last_seen=0.0)
+
+
+def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],
+                  preview: Callable[[Event], list[Call]]) -> dict[str, str]:
+    """render_samples for a destination whose calls are JSON: each labelled by its sample."""
+    rendered: dict[str, str] = {}
+    for name, event in samples.items():
+        if accepts(event.event):
+            for label, call in preview(event):
+                rendered[f"{name}: {label}"] = json.dumps(call, indent=2, ensure_ascii=False)
+    return rendered
 
 
 def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
