@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Protocol
 
 from bridge.clock import Clock
 from bridge.events import Event, conversation_of
@@ -27,6 +29,24 @@ class Skipped:
 
 
 Outcome = Delivered | Skipped
+
+
+def parse_retry_after(value: Any, now: float) -> float | None:
+    """Seconds a Retry-After header asks for (seconds or an HTTP date), or None if it says none."""
+    text = str(value[0] if isinstance(value, list) and value else value or "").strip()
+    if not text:
+        return None
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(moment.timestamp() - now, 0.0)
 
 
 @dataclass

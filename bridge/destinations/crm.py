@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import httpx
 
 from bridge import __version__
-from bridge.destinations.base import Destination
+from bridge.destinations.base import Destination, parse_retry_after
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import LEAD, Event, LeadData
 from bridge.settings import Settings
@@ -107,20 +106,7 @@ def field_text(value: Any) -> str:
 
 def retry_after(response: httpx.Response, now: float) -> float | None:
     """Seconds the server asks us to wait (Retry-After as seconds or an HTTP date), if it says."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(moment.timestamp() - now, 0.0)
+    return parse_retry_after(response.headers.get("retry-after"), now)
 
 
 def http_failure(response: httpx.Response, reason: str, now: float,

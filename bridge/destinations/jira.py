@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
@@ -16,7 +17,7 @@ import requests
 from jira import JIRA, JIRAError
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Outcome
+from bridge.destinations.base import Delivered, Delivery, Outcome, parse_retry_after
 from bridge.errors import DeliveryError, PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
@@ -323,10 +324,7 @@ def _classify(action: str, exc: JIRAError) -> DeliveryError:
 
 def _retry_after(exc: JIRAError) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
-    try:
-        return float(headers.get("Retry-After", ""))
-    except ValueError:
-        return None
+    return parse_retry_after(headers.get("Retry-After"), time.time())
 
 
 def _is_done(issue: dict[str, Any] | None) -> bool:

@@ -6,14 +6,19 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.base import (
+    Delivered,
+    Delivery,
+    Outcome,
+    Skipped,
+    parse_retry_after,
+)
 from bridge.destinations.slack import (
     Call,
     SlackDestination,
@@ -316,7 +321,7 @@ def _classify(what: str, response: httpx.Response, secret: str) -> DeliveryError
     if message:
         reason += f": {message}"
     if status == 429:
-        after = _retry_after(response.headers.get("retry-after"))
+        after = parse_retry_after(response.headers.get("retry-after"), SystemClock().now())
         return RetryableError(reason, retry_after=after)
     if status >= 500 or status == 408:
         return RetryableError(reason)
@@ -334,20 +339,6 @@ def _message(response: httpx.Response) -> str:
         return str(found)[:MAX_REASON] if found else ""
     text = response.text.strip()
     return "" if not text or text.startswith("<") else text[:MAX_REASON]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(moment.timestamp() - SystemClock().now(), 0.0)
 
 
 def sitegpt_destination(settings: Settings, templates: Templates,

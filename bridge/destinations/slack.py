@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped, parse_retry_after
 from bridge.destinations.slack_render import SlackRenderer, fit_message
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
@@ -326,7 +326,7 @@ class SlackDestination:
         detail = error if status == 200 else f"HTTP {status}" + (f" {error}" if error else "")
         reason = f"slack: {method}: {detail}"
         if status == 429 or error in ("ratelimited", "rate_limited"):
-            retry_after = _retry_after(exc.response.headers)
+            retry_after = _retry_after(exc.response.headers, self.clock.now())
             if channel:
                 self.pacer.hold(channel, retry_after)
             return RetryableError(f"{reason} (retry after {retry_after:g} s)", retry_after)
@@ -375,14 +375,11 @@ def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[
             **fit_message(message), **{key: value for key, value in extra.items() if value}}
 
 
-def _retry_after(headers: dict[str, Any]) -> float:
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return max(float(value if not isinstance(value, list) else value[0]), 0.0)
-            except ValueError:
-                break
-    return 1.0
+def _retry_after(headers: dict[str, Any], now: float) -> float:
+    """Slack's Retry-After (any header case), or a second when it gives none."""
+    value = next((v for name, v in headers.items() if name.lower() == "retry-after"), None)
+    wait = parse_retry_after(value, now)
+    return 1.0 if wait is None else wait
 
 
 def _slack_user(user_id: str, member: dict[str, Any]) -> SlackUser:
