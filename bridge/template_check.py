@@ -8,9 +8,9 @@ from pathlib import Path
 
 import jinja2
 
-from bridge.destinations.base import Destination, sample_renderer
+from bridge.destinations.base import Destination, RenderSamples, sample_renderer
 from bridge.errors import ConfigError, TemplateError
-from bridge.events import Event, parse_event
+from bridge.events import Event, MessageData, conversation_of, parse_event
 from bridge.samples import load_sample, sample_names
 from bridge.templating import Templates
 
@@ -138,4 +138,31 @@ def _render_samples(destination: Destination, samples: Mapping[str, Event],
             count += len(render({name: event}))
         except TemplateError as exc:
             problems.render_failed(str(exc), f"{destination.name} {name}")
+    for name, event in samples.items():
+        if context := _same_conversation(name, event, samples):
+            _render_with_transcript(render, name, event, context, problems, destination.name)
     report.rendered[destination.name] = count
+
+
+def _render_with_transcript(render: RenderSamples, name: str, event: Event,
+                            context: dict[str, Event], problems: _Problems,
+                            destination: str) -> None:
+    """Again with the conversation's messages, so a transcript loop runs too (Jira's does).
+
+    An error already found on its own sample is not blamed on this one as well.
+    """
+    try:
+        render({**context, name: event})
+    except TemplateError as exc:
+        if str(exc) not in problems.samples:
+            problems.render_failed(str(exc), f"{destination} {name}")
+
+
+def _same_conversation(name: str, event: Event, samples: Mapping[str, Event]) -> dict[str, Event]:
+    """The message samples of the event's conversation, so transcripts are not empty."""
+    conversation = conversation_of(event)
+    if conversation is None:
+        return {}
+    return {other: sample for other, sample in samples.items()
+            if other != name and isinstance(sample.data, MessageData)
+            and conversation_of(sample) == conversation}

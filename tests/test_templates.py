@@ -164,6 +164,22 @@ def test_check_names_each_sample_a_broken_override_fails_on(make_settings, tmp_p
     assert "(rendering sample: slack lead, slack lead-custom-fields)" in line
 
 
+async def test_a_mistake_inside_the_jira_transcript_loop_is_caught(make_settings, tmp_path):
+    folder = write_templates(tmp_path / "mine", {"jira/_transcript.j2": (
+        "{% macro transcript_markup(lines, empty) %}{% for line in lines %}{{ line.nickname }}"
+        "{% endfor %}{% endmacro %}")})
+    settings = make_settings({**ALL_ON, "templates": {"dir": str(folder)}})
+    templates = Templates(folder)
+    destinations = build_destinations(settings, templates)
+    try:
+        report = check_templates(templates, destinations)
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+    assert any("_transcript.j2:1: " in problem and "nickname" in problem
+               and "jira escalation" in problem for problem in report.problems)
+
+
 def test_check_passes_with_the_builtins(make_settings, tmp_path, capsys):
     make_settings()
     assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
