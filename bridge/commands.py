@@ -28,7 +28,9 @@ from bridge.events import (
     ESCALATION,
     LEAD,
     MESSAGE,
+    MODE_CHANGE,
     MODELS,
+    SLACK_REPLY,
     TICKET_LINKED,
     Event,
     InvalidEvent,
@@ -44,7 +46,8 @@ PROG = "sitegpt-bridge"
 TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "leads": "lead"}
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
-               TICKET_LINKED: "ticket link"}
+               TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
+               MODE_CHANGE: "mode change"}
 SEND_TIMEOUT = 10.0
 GAP = "  "
 MIN_LAST_COLUMN = 24
