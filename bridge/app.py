@@ -12,7 +12,7 @@ from datetime import timedelta
 from starlette.applications import Starlette
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations import build_destinations, destinations_for
+from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.metrics import Metrics
 from bridge.retention import keep_pruning
@@ -98,8 +98,11 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
 def announce(bridge: Bridge) -> None:
     """Say at start-up what is on, what is off, and what is unsafe."""
     settings = bridge.settings
-    for name in ("slack", "jira", "crm", "sitegpt"):
-        state = "on" if name in bridge.destinations else "off"
+    for name in REGISTRY:
+        destination = bridge.destinations.get(name)
+        state = "off" if destination is None else "on"
+        if getattr(destination, "dry_run", False):
+            state = "dry run (no bot token): messages are logged, not posted"
         log.info("destination %s: %s", name, state)
     for endpoint in bridge.endpoints():
         if not endpoint.tokens:
