@@ -23,7 +23,8 @@ test: $(BIN)/sitegpt-bridge
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/sitegpt-bridge
-	$(BIN)/python -m bench
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""`python -m bench`: ingest speed, memory, start-up and delivery latency, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
+from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
+from bench.load import LoadResult, choose_generator
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="load duration per server (default 10)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="events sent to the bridge before reading its RSS (default 100000)")
+    parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator: wrk when installed (auto), or the Python client")
+    parser.add_argument("--slack", choices=("fake", "dry-run"), default="fake",
+                        help="during ingest: a healthy fake Slack with Slack's pacing, or none")
+    parser.add_argument("--servers", default="bare,durable,bridge,flask",
+                        help="which of bare,durable,bridge,flask to load (default all)")
+    parser.add_argument("--only", choices=("ingest", "delivery"),
+                        help="run only the ingest or only the delivery benchmarks")
+    parser.add_argument("--burst", type=int, default=200,
+                        help="messages in the one-conversation burst (default 200)")
+    parser.add_argument("--burst-rate", type=float, default=20.0,
+                        help="posts/s per channel allowed by the fake Slack and set as "
+                             "[slack] per_second in that run (Slack: 1; default 20)")
+    return parser.parse_args(argv)
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip()
+                  for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{os.cpu_count()} cores, {model}; load average {load}"
+
+
+def print_ingest(report: IngestReport, options: IngestOptions) -> None:
+    bare = report.row(BASELINE)
+    print(f"\nIngest: {options.connections} connections, {options.seconds:g} s each, "
+          f"unique ~500-byte ADD_MESSAGE bodies, load from {report.rows[0].result.generator}")
+    print(f"{'server':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'vs bare':>9}{'errors':>8}{'RSS MB':>8}")
+    for row in report.rows:
+        result = row.result
+        ratio = f"{result.per_second / bare.result.per_second:.0%}" if bare else "-"
+        print(f"{row.label:<26}{result.per_second:>9,.0f}{result.p50_ms:>9.1f}"
+              f"{result.p99_ms:>9.1f}{result.max_ms:>9.1f}{ratio:>9}"
+              f"{result.non_2xx + result.socket_errors:>8}{row.rss_mb:>8.0f}")
+    if bridge := report.row(BRIDGE):
+        print_goals(report, bridge.result)
+
+
+def print_goals(report: IngestReport, bridge: LoadResult) -> None:
+    bare, flask = report.row(BASELINE), report.row(FLASK)
+    print()
+    if bare:
+        print(f"bridge / bare Starlette: {bridge.per_second / bare.result.per_second:.0%}"
+              " (goal >= 35%)")
+    if flask:
+        print(f"bridge / SiteGPT Flask example: {bridge.per_second / flask.result.per_second:.1f}x"
+              " (goal >= 5x)")
+    print(f"bridge p99: {bridge.p99_ms:.1f} ms (goal <= 15)")
+    print(f"ready {report.ready_seconds:.2f} s after start (goal <= 1.5); idle RSS "
+          f"{report.idle_rss_mb:.0f} MB (goal <= 80); RSS after {report.soak_events:,} events "
+          f"{report.soak_rss_mb:.0f} MB (goal <= 150); uses {' + '.join(report.native) or '-'}")
+
+
+def print_delivery(report: DeliveryReport) -> None:
+    latency, burst = report.latency, report.burst
+    print("\nDelivery: the bridge's worker posting to a fake Slack on 127.0.0.1")
+    print(f"webhook 200 -> Slack post, {latency.messages} messages one at a time: "
+          f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, max {latency.max_ms:.1f} ms "
+          "(goal: median < 100 ms)")
+    for run in report.throughput:
+        print(f"worker throughput, {run.messages} messages over {run.conversations:>3} "
+              f"conversation(s): {run.per_second:6.1f} deliveries/s")
+    print(f"burst of {burst.messages} into one conversation, fake Slack allows {burst.rate:g}/s "
+          f"per channel after a burst of 3 ([slack] per_second = {burst.rate:g}, burst = 3): "
+          f"{burst.delivered} delivered in {burst.seconds:.1f} s, "
+          f"{burst.rate_limited} answered 429, in order: {'yes' if burst.in_order else 'NO'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    options = IngestOptions(seconds=args.seconds, connections=args.connections,
+                            threads=args.threads, events=args.events,
+                            generator=choose_generator(args.load), slack=args.slack,
+                            servers=tuple(args.servers.split(",")))
+    print(f"machine: {machine()}")
+    if args.only != "delivery":
+        print_ingest(run_ingest(options), options)
+    if args.only != "ingest":
+        print_delivery(run_delivery(DeliveryOptions(burst_messages=args.burst,
+                                                    burst_rate=args.burst_rate)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Delivery benchmarks: webhook 200 to Slack post, worker throughput, a burst under Slack's pacing.
+
+The bridge, the fake Slack (bench/slack_server.py) and this process each run apart; the fake
+notes when each post arrives on the same monotonic clock as the one the 200s are timed with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.bodies import message_body
+from bench.load import percentile, read_response, request_head
+from bench.servers import (
+    REPO,
+    TOKEN,
+    Server,
+    bridge_env,
+    bridge_settings,
+    free_port,
+    python_command,
+    start,
+)
+from bench.slack_server import ARRIVALS
+
+UNPACED = (1000, 1000.0)  # [slack] burst, per_second: pacing out of the way
+DELIVERY_TIMEOUT = 120.0
+PROGRESS_POLL = 0.01
+
+
+@dataclass
+class Slack:
+    """The fake Slack's process and what it has seen so far."""
+
+    process: subprocess.Popen[str]
+    api_url: str
+    arrived: dict[str, float]
+    order: list[str]
+    rate_limited: int = 0
+
+    async def refresh(self, client: httpx.AsyncClient) -> None:
+        seen = (await client.post(f"{self.api_url}{ARRIVALS}", headers={
+            "Authorization": "Bearer xoxb-bench"})).json()
+        self.arrived, self.order = seen["arrived"], seen["order"]
+        self.rate_limited = seen["rate_limited"]
+
+
+@contextlib.contextmanager
+def _fake_slack(rate: float | None = None) -> Iterator[Slack]:
+    command = python_command("-m", "bench.slack_server")
+    if rate is not None:
+        command += ["--channel-rate", str(rate), "--channel-burst", "3"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert process.stdout is not None
+        yield Slack(process, process.stdout.readline().strip(), {}, [])
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass(frozen=True)
+class Latency:
+    messages: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class Throughput:
+    conversations: int
+    messages: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds
+
+
+@dataclass(frozen=True)
+class Burst:
+    messages: int
+    rate: float
+    seconds: float
+    delivered: int
+    rate_limited: int
+    in_order: bool
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    latency: Latency
+    throughput: list[Throughput]
+    burst: Burst
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    latency_messages: int = 200
+    throughput_messages: int = 300
+    burst_messages: int = 200
+    burst_rate: float = 20.0
+
+
+def run_delivery(options: DeliveryOptions) -> DeliveryReport:
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-delivery-") as folder:
+        with _fake_slack() as slack, _bridge(Path(folder) / "healthy", slack, UNPACED) as bridge:
+            latency = asyncio.run(_latency(bridge, slack, options.latency_messages))
+            throughput = [asyncio.run(_throughput(bridge, slack, count,
+                                                  options.throughput_messages))
+                          for count in (1, 10, 100)]
+        with _fake_slack(options.burst_rate) as slack, _bridge(
+                Path(folder) / "paced", slack, (3, options.burst_rate)) as bridge:
+            burst = asyncio.run(_burst(bridge, slack, options))
+    return DeliveryReport(latency, throughput, burst)
+
+
+@contextlib.contextmanager
+def _bridge(folder: Path, slack: Slack, pacing: tuple[int, float]) -> Iterator[Server]:
+    folder.mkdir()
+    port = free_port()
+    settings = bridge_settings(folder, port, slack.api_url, pacing)
+    command = python_command("-m", "bridge", "serve", "--config", str(settings))
+    server = start("sitegpt-bridge", command, port, folder / "bridge.log", "/readyz",
+                   bridge_env(), 200)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _latency(bridge: Server, slack: Slack, count: int) -> Latency:
+    """One message at a time into threads that exist already: 200 OK to the post's arrival."""
+    run = uuid.uuid4().hex[:8]
+    threads = [f"{run}-latency-{n}" for n in range(10)]
+    async with Webhooks(bridge, 1) as webhooks, httpx.AsyncClient() as client:
+        await webhooks.send_all([message_body(run, n, thread) for n, thread in enumerate(threads)])
+        await _delivered(client, slack, [f"{run}-{n}" for n in range(len(threads))])
+        acknowledged: dict[str, float] = {}
+        for serial in range(len(threads), len(threads) + count):
+            await webhooks.send(message_body(run, serial, threads[serial % len(threads)]))
+            acknowledged[f"{run}-{serial}"] = time.perf_counter()
+            await _delivered(client, slack, [f"{run}-{serial}"])
+    delays = sorted(slack.arrived[marker] - at for marker, at in acknowledged.items())
+    return Latency(count, percentile(delays, 50) * 1e3, percentile(delays, 99) * 1e3,
+                   delays[-1] * 1e3)
+
+
+async def _throughput(bridge: Server, slack: Slack, conversations: int,
+                      count: int) -> Throughput:
+    """`count` messages spread over `conversations`, sent at once: first sent to last posted."""
+    run = uuid.uuid4().hex[:8]
+    bodies = [message_body(run, n, f"{run}-{n % conversations}") for n in range(count)]
+    started = time.perf_counter()
+    async with Webhooks(bridge, 16) as webhooks, httpx.AsyncClient() as client:
+        await webhooks.send_all(bodies)
+        await _delivered(client, slack, [f"{run}-{n}" for n in range(count)])
+    last = max(slack.arrived[f"{run}-{n}"] for n in range(count))
+    return Throughput(conversations, count, last - started)
+
+
+async def _burst(bridge: Server, slack: Slack, options: DeliveryOptions) -> Burst:
+    """A burst into one conversation against a fake that answers 429 above its rate."""
+    run = uuid.uuid4().hex[:8]
+    markers = [f"{run}-{n}" for n in range(options.burst_messages)]
+    started = time.perf_counter()
+    async with Webhooks(bridge, 1) as webhooks, httpx.AsyncClient() as client:
+        for serial in range(options.burst_messages):  # in order: one conversation's messages
+            await webhooks.send(message_body(run, serial, f"{run}-burst"))
+        await _delivered(client, slack, markers)
+    seconds = max(slack.arrived[marker] for marker in markers) - started
+    return Burst(messages=options.burst_messages, rate=options.burst_rate, seconds=seconds,
+                 delivered=sum(marker in slack.arrived for marker in markers),
+                 rate_limited=slack.rate_limited,
+                 in_order=[m for m in slack.order if m.startswith(run)] == markers)
+
+
+class Webhooks:
+    """Keep-alive connections to the bridge's messages webhook, to send bodies quickly."""
+
+    def __init__(self, bridge: Server, connections: int) -> None:
+        self.host, self.port, self.head = request_head(f"{bridge.url}/webhooks/messages", TOKEN)
+        self.connections = connections
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        self.idle = asyncio.Queue()
+
+    async def __aenter__(self) -> Webhooks:
+        for _ in range(self.connections):
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self.idle.empty():
+            self.idle.get_nowait()[1].close()
+
+    async def send(self, body: bytes) -> None:
+        reader, writer = await self.idle.get()
+        writer.write((self.head % len(body)).encode() + body)
+        status, _ = await read_response(reader)
+        self.idle.put_nowait((reader, writer))
+        if status != 200:
+            raise RuntimeError(f"the bridge answered {status}")
+
+    async def send_all(self, bodies: list[bytes]) -> None:
+        await asyncio.gather(*(self.send(body) for body in bodies))
+
+
+async def _delivered(client: httpx.AsyncClient, slack: Slack, markers: list[str]) -> None:
+    deadline = time.perf_counter() + DELIVERY_TIMEOUT
+    while not all(marker in slack.arrived for marker in markers):
+        if time.perf_counter() > deadline:
+            missing = sum(marker not in slack.arrived for marker in markers)
+            raise RuntimeError(f"{missing} of {len(markers)} messages never reached Slack")
+        await asyncio.sleep(PROGRESS_POLL)
+        await slack.refresh(client)
