@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import json
+import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -28,6 +30,8 @@ Write = Callable[[sqlite3.Connection], T]
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
 MAX_BATCH = 512
+DEFAULT_TIMEOUT = 30.0
+log = logging.getLogger("bridge.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -267,17 +271,24 @@ class SQLiteStore:
         self._writer = _Writer(path, synchronous)
         self._writer.start()
 
-    async def _run(self, write: Write[T], timeout: float | None = None) -> T:
-        future = self._writer.submit(write)
+    @property
+    def commits(self) -> int:
+        """Transactions committed since the store was opened (each holds a whole batch)."""
+        return self._writer.commits
+
+    async def _run(self, work: Write[T] | _Accept, timeout: float | None = None) -> T:
+        limit = timeout or DEFAULT_TIMEOUT
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writer.enqueue(_Job(work, future, loop))
+        expiry = loop.call_later(limit, _expire, future, limit)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout or 30.0)
-        except TimeoutError as exc:
-            raise StoreBusy(f"the store did not commit within {timeout or 30.0:g} s") from exc
+            return await future
+        finally:
+            expiry.cancel()
 
     async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
-        return await self._run(
-            lambda conn: _accept(conn, event, now, window), timeout=self.commit_timeout
-        )
+        return await self._run(_Accept(event, now, window), timeout=self.commit_timeout)
 
     async def claim(self, owner: str, now: float, limit: int, lease: float) -> list[ClaimedDelivery]:  # noqa: E501
         return await self._run(lambda conn: _claim(conn, owner, now, limit, now + lease))
@@ -384,6 +395,32 @@ class SQLiteStore:
         await asyncio.to_thread(self._writer.stop)
 
 
+@dataclass(frozen=True)
+class _Accept:
+    """An event to store unless its body was seen within the window; run in groups."""
+
+    event: NewEvent
+    now: float
+    window: float
+
+
+@dataclass(eq=False)
+class _Job:
+    """One write and who waits for it: an asyncio future on `loop`, or a thread's future."""
+
+    work: Write[Any] | _Accept
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+Outcome = tuple[_Job, bool, Any]  # the job, whether it succeeded, its value or its exception
+
+
+def _expire(future: asyncio.Future[Any], limit: float) -> None:
+    if not future.done():
+        future.set_exception(StoreBusy(f"the store did not commit within {limit:g} s"))
+
+
 class _Writer(threading.Thread):
     """The one thread that owns the connection and commits queued writes in batches."""
 
@@ -391,10 +428,12 @@ class _Writer(threading.Thread):
         super().__init__(name="store-writer", daemon=True)
         self._path = path
         self._synchronous = synchronous
-        self._queue: queue.SimpleQueue[tuple[Write[Any], concurrent.futures.Future[Any]] | None]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._gathering: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.commits = 0
+        self.handed_over = 0
 
     def start(self) -> None:
         super().start()
@@ -403,12 +442,35 @@ class _Writer(threading.Thread):
             raise StoreError(f"cannot open the store at {self._path}: {self._error}")
 
     def submit(self, write: Write[T]) -> concurrent.futures.Future[T]:
+        """Queue a write from any thread; its future is settled from the writer thread."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if not self.is_alive():
             future.set_exception(StoreError("the store is closed"))
             return future
-        self._queue.put((write, future))
+        self._queue.put([_Job(write, future)])
         return future
+
+    def enqueue(self, job: _Job) -> None:
+        """Queue a job from its own event loop.
+
+        Jobs queued during one turn of the loop go to the writer together at the next turn:
+        one wake-up of the writer thread per turn, not one per webhook, each of which would
+        also make it fight the loop for the GIL.
+        """
+        assert job.loop is not None and isinstance(job.future, asyncio.Future)
+        if not self.is_alive():
+            job.future.set_exception(StoreError("the store is closed"))
+            return
+        gathering = self._gathering.get(job.loop)
+        if gathering is None:
+            gathering = self._gathering[job.loop] = []
+            job.loop.call_soon(self._hand_over, job.loop)
+        gathering.append(job)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._gathering.pop(loop)
+        self.handed_over += len(jobs)
+        self._queue.put(jobs)
 
     def stop(self) -> None:
         if self.is_alive():
@@ -425,25 +487,44 @@ class _Writer(threading.Thread):
         self._ready.set()
         try:
             while (batch := self._next_batch()) is not None:
-                _commit_batch(conn, batch)
+                _settle(self._commit(conn, batch))
         finally:
             conn.close()
+            self._refuse_the_rest()
 
-    def _next_batch(self) -> list[tuple[Write[Any], concurrent.futures.Future[Any]]] | None:
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[Outcome]:
+        try:
+            committed, outcomes = _commit_batch(conn, jobs)
+        except Exception as exc:  # a bug here must fail this batch, not end the thread
+            log.exception("store writer: unexpected error")
+            _roll_back(conn)
+            return [(job, False, StoreError(f"unexpected store error: {exc}")) for job in jobs]
+        self.commits += committed
+        return outcomes
+
+    def _next_batch(self) -> list[_Job] | None:
         first = self._queue.get()
         if first is None:
             return None
-        batch = [first]
+        batch = first
         while len(batch) < MAX_BATCH:
             try:
-                item = self._queue.get_nowait()
+                jobs = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
+            if jobs is None:
                 self._queue.put(None)
                 break
-            batch.append(item)
+            batch += jobs
         return batch
+
+    def _refuse_the_rest(self) -> None:
+        refused: list[Outcome] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                jobs = self._queue.get_nowait()
+                refused += [(job, False, StoreError("the store is closed")) for job in jobs or []]
+        _settle(refused)
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -457,87 +538,181 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _commit_batch(
-    conn: sqlite3.Connection, batch: list[tuple[Write[Any], concurrent.futures.Future[Any]]]
-) -> None:
-    outcomes: list[tuple[bool, Any]] = []
+def _commit_batch(conn: sqlite3.Connection, jobs: list[_Job]) -> tuple[bool, list[Outcome]]:
+    """Run every job in one transaction; if the transaction itself fails, every job fails."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for write, _ in batch:
-            outcomes.append(_run_in_savepoint(conn, write))
+        outcomes = [outcome for group in _groups(jobs) for outcome in _run_group(conn, group)]
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        if conn.in_transaction:
+        _roll_back(conn)
+        return False, [(job, False, StoreBusy(f"commit failed: {exc}")) for job in jobs]
+    return True, outcomes
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        failure = StoreBusy(f"commit failed: {exc}")
-        for _, future in batch:
-            _settle(future, False, failure)
-        return
-    for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-        _settle(future, ok, value)
 
 
-def _settle(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
-    """Hand a write's outcome to its caller, unless the caller stopped waiting (deadline, shutdown).
+def _settle(outcomes: list[Outcome]) -> None:
+    """Hand each outcome to its caller: one wake-up per event loop and batch, not per caller.
 
-    Its write was still done, whole: an accept told "busy" is then a duplicate of itself on retry,
-    and a worker's finish survives its task being cancelled.
+    A write whose caller stopped waiting (deadline, shutdown) was still done, whole: an accept
+    told "busy" is then a duplicate of itself on retry, and a worker's finish survives its task
+    being cancelled.
     """
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        job = outcome[0]
+        if job.loop is None:
+            _resolve_from_thread(outcome)
+        else:
+            by_loop.setdefault(job.loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+            loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    for job, succeeded, value in outcomes:
+        if job.future.done():  # past its deadline, or cancelled
+            continue
+        if succeeded:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+
+def _resolve_from_thread(outcome: Outcome) -> None:
+    job, succeeded, value = outcome
+    future = job.future
+    assert isinstance(future, concurrent.futures.Future)
     if not future.set_running_or_notify_cancel():
         return
-    if ok:
+    if succeeded:
         future.set_result(value)
     else:
         future.set_exception(value)
 
 
-def _run_in_savepoint(conn: sqlite3.Connection, write: Write[Any]) -> tuple[bool, Any]:
+def _groups(jobs: list[_Job]) -> Iterator[list[_Job]]:
+    """Consecutive accepts run as one group; every other write runs alone, in queue order."""
+    for accepting, run in itertools.groupby(jobs, key=lambda job: isinstance(job.work, _Accept)):
+        if accepting:
+            yield list(run)
+        else:
+            yield from ([job] for job in run)
+
+
+def _run_group(conn: sqlite3.Connection, group: list[_Job]) -> list[Outcome]:
+    write = group[0].work
+    if not isinstance(write, _Accept):
+        return _in_savepoint(conn, group, lambda: [write(conn)])
+    accepts = [job.work for job in group if isinstance(job.work, _Accept)]
+    outcomes = _in_savepoint(conn, group, lambda: _accept_all(conn, accepts))
+    if len(group) > 1 and not outcomes[0][1]:  # run each alone so that only the culprit fails
+        return [outcome for job in group for outcome in _run_group(conn, [job])]
+    return outcomes
+
+
+def _in_savepoint(conn: sqlite3.Connection, group: list[_Job],
+                  run: Callable[[], list[Any]]) -> list[Outcome]:
     conn.execute("SAVEPOINT one")
     try:
-        value = write(conn)
+        values = run()
     except Exception as exc:  # one caller's failure must not sink the batch
         conn.execute("ROLLBACK TO one")
         conn.execute("RELEASE one")
         error = exc if not isinstance(exc, sqlite3.Error) else StoreError(str(exc))
-        return False, error
+        return [(job, False, error) for job in group]
     conn.execute("RELEASE one")
-    return True, value
+    return [(job, True, value) for job, value in zip(group, values, strict=True)]
 
 
-def _accept(conn: sqlite3.Connection, event: NewEvent, now: float, window: float) -> Acceptance:
-    conn.execute(
-        "DELETE FROM dedup WHERE dedup_key = ? AND expires_at <= ?", (event.dedup_key, now))
-    existing = conn.execute(
-        "SELECT event_id FROM dedup WHERE dedup_key = ?", (event.dedup_key,)).fetchone()
-    if existing:
-        return Acceptance("duplicate", existing[0])
-    event_id = _insert_event(conn, event, now)
-    conn.execute("INSERT INTO dedup (dedup_key, event_id, expires_at) VALUES (?, ?, ?)",
-                 (event.dedup_key, event_id, now + window))
-    return Acceptance("accepted", event_id)
+def _accept_all(conn: sqlite3.Connection, accepts: list[_Accept]) -> list[Acceptance]:
+    """Store each event unless the same body was accepted within its window, here or before."""
+    seen = _remembered(conn, [accept.event.dedup_key for accept in accepts])
+    rows = _NewRows(_next_event_id(conn))
+    remember: list[tuple[str, int, float]] = []
+    outcomes: list[Acceptance] = []
+    for accept in accepts:
+        key = accept.event.dedup_key
+        known = seen.get(key)
+        if known and known[1] > accept.now:
+            outcomes.append(Acceptance("duplicate", known[0]))
+            continue
+        event_id = rows.add(accept.event, accept.now)
+        seen[key] = (event_id, accept.now + accept.window)
+        remember.append((key, event_id, accept.now + accept.window))
+        outcomes.append(Acceptance("accepted", event_id))
+    rows.write(conn)
+    conn.executemany(  # an expired entry for the same body is replaced
+        "INSERT INTO dedup (dedup_key, event_id, expires_at) VALUES (?, ?, ?) ON CONFLICT"
+        " DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at", remember)
+    return outcomes
+
+
+def _remembered(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[int, float]]:
+    """Dedup entries for these keys: event id and expiry. One lookup for the whole group."""
+    rows = conn.execute(
+        "SELECT d.dedup_key, d.event_id, d.expires_at FROM json_each(?) AS k"
+        " CROSS JOIN dedup AS d ON d.dedup_key = k.value", (json.dumps(keys),))
+    return {key: (event_id, expires_at) for key, event_id, expires_at in rows}
+
+
+def _next_event_id(conn: sqlite3.Connection) -> int:
+    # Ids are chosen here rather than by each INSERT so that a group is one executemany per
+    # table; the write lock (BEGIN IMMEDIATE) makes MAX(id) + 1 as safe as SQLite's own choice.
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM events").fetchone()[0])
+
+
+@dataclass
+class _NewRows:
+    """The rows a group of new events adds, written with one executemany per table."""
+
+    next_id: int
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    deliveries: list[tuple[Any, ...]] = field(default_factory=list)
+    conversations: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, event: NewEvent, now: float) -> int:
+        event_id, self.next_id = self.next_id, self.next_id + 1
+        self.events.append(
+            (event_id, event.kind, event.ordering_key, event.dedup_key, event.body, now))
+        self.deliveries += [(event_id, name, event.ordering_key, now, now)
+                            for name in event.destinations]
+        if event.conversation:
+            first_seen = self.conversations.get(event.conversation, (now, now))[0]
+            self.conversations[event.conversation] = (first_seen, now)
+        if message := event.message:
+            self.messages.append((event_id, message.chatbot_id, message.thread_id,
+                                  message.message_type, message.question, message.answer,
+                                  message.agent_name, now))
+        return event_id
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO events (id, kind, ordering_key, dedup_key, body, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)", self.events)
+        conn.executemany(
+            "INSERT INTO deliveries (event_id, destination, ordering_key, next_attempt_at,"
+            " created_at) VALUES (?, ?, ?, ?, ?)", self.deliveries)
+        conn.executemany(
+            "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
+            [(*conversation, *seen) for conversation, seen in self.conversations.items()])
+        conn.executemany(
+            "INSERT INTO messages (event_id, chatbot_id, thread_id, message_type, question,"
+            " answer, agent_name, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.messages)
 
 
 def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:
-    cursor = conn.execute(
-        "INSERT INTO events (kind, ordering_key, dedup_key, body, received_at) VALUES (?,?,?,?,?)",
-        (event.kind, event.ordering_key, event.dedup_key, event.body, now))
-    event_id = int(cursor.lastrowid or 0)
-    conn.executemany(
-        "INSERT INTO deliveries (event_id, destination, ordering_key, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [(event_id, name, event.ordering_key, now, now) for name in event.destinations])
-    if event.conversation:
-        conn.execute(
-            "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
-            (*event.conversation, now, now))
-    if event.message:
-        message = event.message
-        conn.execute(
-            "INSERT INTO messages (event_id, chatbot_id, thread_id, message_type, question,"
-            " answer, agent_name, received_at) VALUES (?,?,?,?,?,?,?,?)",
-            (event_id, message.chatbot_id, message.thread_id, message.message_type,
-             message.question, message.answer, message.agent_name, now))
+    rows = _NewRows(_next_event_id(conn))
+    event_id = rows.add(event, now)
+    rows.write(conn)
     return event_id
 
 
