@@ -30,6 +30,7 @@ Write = Callable[[sqlite3.Connection], T]
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
 MAX_BATCH = 512
+PAGE_SIZE = 2048
 DEFAULT_TIMEOUT = 30.0
 log = logging.getLogger("bridge.store")
 
@@ -530,6 +531,11 @@ class _Writer(threading.Thread):
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
+    # Only a new, empty database takes this. Each stored event lands on a few pages picked by
+    # hash or conversation (dedup key, per-conversation indexes) and every page touched is
+    # written whole to the WAL at commit: with 2 KiB pages a burst writes ~40% less per event
+    # than with the default 4 KiB, for ~20% less writer CPU (bench/, 50k-event store).
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=2000")
