@@ -241,7 +241,7 @@ class Store(Protocol):
                      note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> None: ...
     async def reschedule(self, delivery_id: int, at: float, error: str) -> None: ...
     async def release(self, delivery_ids: Iterable[int]) -> None: ...
-    async def next_due(self) -> float | None: ...
+    async def next_due(self, after: float) -> float | None: ...
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None: ...
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None: ...
     async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None: ...  # noqa: E501
@@ -309,8 +309,13 @@ class SQLiteStore:
             "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL,"
             " attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'pending'", rows))
 
-    async def next_due(self) -> float | None:
-        return await self._run(_next_due)
+    async def next_due(self, after: float) -> float | None:
+        """The first retry time later than `after`: when the worker should look again.
+
+        What is due already is claim()'s business; what waits behind another delivery of its
+        conversation, or behind a lease, is woken by that delivery's finish or by the poll.
+        """
+        return await self._run(lambda conn: conn.execute(NEXT_DUE, (after,)).fetchone()[0])
 
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None:
         def read(conn: sqlite3.Connection) -> ConversationRecord | None:
@@ -722,6 +727,10 @@ def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:
     return event_id
 
 
+# One seek on deliveries_due, however long the queue (see SQLiteStore.next_due).
+NEXT_DUE = "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'" \
+    " AND next_attempt_at > ?"
+
 # A delivery may go only when no older one to the same destination and conversation is pending.
 FIRST_IN_LINE = """NOT EXISTS (
     SELECT 1 FROM deliveries e
@@ -761,14 +770,6 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
         _insert_event(conn, NewEvent(
             kind=follow_up.kind, body=follow_up.body, dedup_key=f"follow-up:{delivery_id}",
             ordering_key=follow_up.ordering_key, destinations=follow_up.destinations), now)
-
-
-def _next_due(conn: sqlite3.Connection) -> float | None:
-    # Deliveries waiting behind an older one are not due, whatever their own time says.
-    row = conn.execute(
-        "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
-        f" WHERE d.status = 'pending' AND {FIRST_IN_LINE}").fetchone()
-    return row[0]
 
 
 def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: str,

@@ -119,7 +119,7 @@ class Worker:
     async def _wait_for_work(self) -> None:
         timeout = self.settings.poll_interval.total_seconds()
         try:
-            due = await self.store.next_due()
+            due = await self.store.next_due(self.clock.now())
         except StoreError:
             due = None
         if due is not None:

@@ -246,12 +246,15 @@ async def test_a_delivery_waiting_for_its_retry_still_holds_back_its_conversatio
     assert await claimed_ids(store, NOW + 30) == [1]
 
 
-async def test_next_due_ignores_deliveries_queued_behind_an_older_one(store):
+async def test_next_due_is_the_next_retry_time_still_ahead(store):
     await seed(store)
-    assert await store.next_due() == NOW
+    assert await store.next_due(NOW) is None  # due already: claim's business, not a timer's
     await claimed_ids(store, NOW, lease=60)
-    # d3's own time has come, but it waits for d1: only the leases say when to look again.
-    assert await store.next_due() == NOW + 60
+    # d3 waits behind d1, which is leased: d1's finish wakes the worker, or else the poll does.
+    assert await store.next_due(NOW) is None
+    await store.reschedule(1, NOW + 5, "slack: HTTP 503")
+    assert await store.next_due(NOW) == NOW + 5
+    assert await store.next_due(NOW + 5) is None
 
 
 async def test_release_undoes_a_claim_but_not_a_finish(store, db):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from bridge.store import PAGE_SIZE, SQLiteStore
+from bridge.store import NEXT_DUE, PAGE_SIZE, SCHEMA, SQLiteStore
 
 
 async def test_a_new_store_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path):
@@ -15,3 +15,10 @@ async def test_a_new_store_uses_small_pages_and_an_old_one_keeps_its_own(tmp_pat
         await SQLiteStore(path).close()
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA page_size").fetchone()[0] == expected
+
+
+def test_next_due_seeks_the_index_instead_of_reading_every_pending_row():
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    [plan] = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {NEXT_DUE}", [0.0])]
+    assert plan.endswith("(status=? AND next_attempt_at>?)"), plan
