@@ -49,6 +49,7 @@ RETRYABLE_ERRORS = frozenset({
     "request_timeout", "team_added_to_org",
 })
 MAX_PACING_WAIT = 3.0
+PACING_HEADROOM = 0.9
 IN_THREAD = "chat.postMessage (in the thread)"
 USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
@@ -87,15 +88,18 @@ class ChannelPacer:
                 await self.clock.sleep(wait)
 
     def _take(self, channel: str) -> float:
+        # Slack counts a post when it arrives, and posts leave here at the set pace but arrive
+        # with jitter: one that overtakes the previous one's delay would find Slack's bucket
+        # empty and get a 429 (which holds the whole channel). So keep one post of the burst in
+        # reserve and stay a tenth under the rate: an early arrival always finds a token.
+        capacity = max(self.burst - 1, 1)
+        rate = self.per_second * PACING_HEADROOM
         now = self.clock.now()
         elapsed = now - self._stamp.get(channel, now)
-        tokens = min(self.burst, self._tokens.get(channel, self.burst) + elapsed * self.per_second)
+        tokens = min(capacity, self._tokens.get(channel, capacity) + elapsed * rate)
         self._stamp[channel] = now
-        if tokens >= 1:
-            self._tokens[channel] = tokens - 1
-            return 0.0
         self._tokens[channel] = tokens - 1
-        return (1 - tokens) / self.per_second
+        return 0.0 if tokens >= 1 else (1 - tokens) / rate
 
 
 @dataclass(frozen=True)
