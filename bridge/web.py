@@ -38,7 +38,7 @@ class Endpoint:
         """Constant-time comparison against every configured token."""
         if presented is None:
             return False
-        candidate = presented.encode()
+        candidate = presented.encode("latin-1")  # undo the ASGI decoding: raw header bytes
         matched = False
         for token in self.tokens:
             matched |= hmac.compare_digest(candidate, token)

@@ -108,6 +108,15 @@ def test_any_of_several_tokens_is_accepted(open_webhooks, sample):
     assert counts(hooks.db)["events"] == 2
 
 
+def test_a_non_ascii_token_matches_byte_for_byte(open_webhooks, sample):
+    hooks = open_webhooks({"webhooks": {"messages": {"tokens": ["clé-secrète-ü"]}}})
+    right = hooks.post("messages", sample("message-visitor"),
+                       headers={"x-webhook-token": "clé-secrète-ü".encode()})
+    wrong = hooks.post("messages", sample("message-agent"),
+                       headers={"x-webhook-token": "clé-secrète-u".encode()})
+    assert (right.status_code, wrong.status_code) == (200, 401)
+
+
 @pytest.mark.parametrize("headers", [{}, {"X-WEBHOOK-TOKEN": ""}, {"X-WEBHOOK-TOKEN": "any"}])
 def test_an_endpoint_without_token_never_answers_200(open_webhooks, sample, headers):
     hooks = open_webhooks({"webhooks": {"leads": {"tokens": []}}})
