@@ -819,8 +819,9 @@ def _deliveries(conn: sqlite3.Connection, status: str | None, conversation: str 
         clauses.append("d.status = ?")
         params.append(status)
     if conversation:
-        clauses.append("(d.ordering_key = ? OR d.ordering_key LIKE ?)")
-        params += [conversation, f"%/{conversation}"]
+        literal = conversation.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("(d.ordering_key = ? OR d.ordering_key LIKE ? ESCAPE '\\')")
+        params += [conversation, f"%/{literal}"]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         "SELECT d.id, d.event_id, e.kind, d.destination, d.ordering_key, d.status, d.attempts,"

@@ -272,3 +272,21 @@ async def test_concurrent_claimers_never_share_a_delivery(store):
     await seed(store)
     claims = await asyncio.gather(*[claimed_ids(store, NOW, owner=f"w{n}") for n in range(4)])
     assert sorted(job for claim in claims for job in claim) == [1, 2, 4]
+
+
+async def test_deliveries_by_conversation_takes_the_id_literally(tmp_path):
+    from bridge.events import parse_event
+    from bridge.intake import new_event
+    from bridge.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "bridge.db", synchronous="NORMAL")
+    try:
+        for thread in ("t_1", "tX1", "50%"):
+            body = {"event": "ADD_MESSAGE", "data": {"chatbotId": "bot", "threadId": thread}}
+            event = parse_event("ADD_MESSAGE", body)
+            await store.accept(new_event(event, body, ["slack"]), 1.0, 60)
+        found = {row.ordering_key for row in await store.deliveries(conversation="t_1")}
+        percent = {row.ordering_key for row in await store.deliveries(conversation="50%")}
+    finally:
+        await store.close()
+    assert (found, percent) == ({"bot/t_1"}, {"bot/50%"})
