@@ -33,7 +33,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, StoreError
+from bridge.store import sqlite_path
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
@@ -73,11 +74,18 @@ class StoreSettings(Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     retention_days: int = Field(30, ge=1)
 
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str) -> str:
+        try:
+            sqlite_path(url)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from exc
+        return url
+
     @property
     def sqlite_path(self) -> Path:
-        if not self.url.startswith("sqlite:///"):
-            raise ConfigError(f"store.url: only sqlite:///PATH is supported, got {self.url!r}")
-        return Path(self.url.removeprefix("sqlite:///"))
+        return sqlite_path(self.url)
 
 
 def _not_empty(token: SecretStr) -> SecretStr:

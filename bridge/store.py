@@ -922,8 +922,13 @@ def _seal_copy(dst: sqlite3.Connection) -> tuple[int, int, int]:
     return events, deliveries, pending or 0
 
 
-def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0) -> SQLiteStore:
-    """The store named by `[store] url`."""
+def sqlite_path(url: str) -> Path:
+    """The file a `sqlite:///PATH` url names; any other url is a StoreError."""
     if not url.startswith("sqlite:///"):
         raise StoreError(f"unsupported store url {url!r}: use sqlite:///PATH")
-    return SQLiteStore(Path(url.removeprefix("sqlite:///")), synchronous, commit_timeout)
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0) -> SQLiteStore:
+    """The store named by `[store] url`."""
+    return SQLiteStore(sqlite_path(url), synchronous, commit_timeout)

@@ -147,3 +147,8 @@ def test_every_secret_is_masked_when_settings_are_shown(make_settings):
     for secret in [*SECRET_VALUES, "sec-xoxb"]:
         assert secret not in shown
     assert settings.crm.webhook.headers["Authorization"].get_secret_value() == "sec-crm-header"
+
+
+def test_a_store_url_the_bridge_cannot_open_is_refused_at_start_up(make_settings):
+    assert problems_of(make_settings, {"store": {"url": "postgres://db/bridge"}}) == [
+        "store.url: unsupported store url 'postgres://db/bridge': use sqlite:///PATH"]
