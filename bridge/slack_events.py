@@ -28,7 +28,7 @@ from bridge.events import (
 )
 from bridge.settings import Settings
 from bridge.store import ConversationRecord, NewEvent, Store
-from bridge.web import BodyTooLarge, _read_bounded
+from bridge.web import BodyTooLarge, read_bounded
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
@@ -139,7 +139,7 @@ class SlackReceiver:
 
     async def _signed_body(self, request: Request) -> bytes:
         try:
-            raw = await _read_bounded(request, self.max_body_bytes)
+            raw = await read_bounded(request, self.max_body_bytes)
         except BodyTooLarge as exc:
             raise Refused(413, f"body larger than {self.max_body_bytes} bytes") from exc
         except ClientDisconnect as exc:

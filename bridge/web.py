@@ -70,7 +70,7 @@ class Intake:
         if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
             return self._reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:
-            raw = await _read_bounded(request, self.max_body_bytes)
+            raw = await read_bounded(request, self.max_body_bytes)
         except BodyTooLarge:
             return self._reject(endpoint, 413, "too_large",
                                 f"body larger than {self.max_body_bytes} bytes")
@@ -109,7 +109,8 @@ class Intake:
         return JSONResponse({"status": "rejected", "error": message, **extra}, status)
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes:
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The request body, or BodyTooLarge as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
