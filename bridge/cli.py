@@ -39,9 +39,9 @@ def command(name: str, help_text: str,
     return register
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
     settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, background)
     return settings
 
 
@@ -49,7 +49,7 @@ def _settings(args: argparse.Namespace) -> Settings:
          lambda p: p.add_argument("--no-worker", action="store_true",
                                   help="only receive; run `sitegpt-bridge worker` separately"))
 def serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, background=True)
     bridge = open_bridge(settings)
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
@@ -69,7 +69,7 @@ def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
 
 @command("worker", "deliver pending events, without serving webhooks")
 def worker(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, background=True)
     asyncio.run(_run_worker(settings))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -105,8 +106,12 @@ def test_serve_with_the_example_settings_accepts_the_readme_example(tmp_path):
     with BridgeProcess(EXAMPLE, cwd=tmp_path) as bridge:  # as `make run` does
         answer = httpx.post(f"{bridge.url}/webhooks/messages", json=body,
                             headers={"X-WEBHOOK-TOKEN": token}, timeout=10)
-        log = bridge.log
+        for _ in range(100):  # serve writes its log lines from a thread of their own
+            if "webhook messages: accepted event 1" in (log := bridge.log):
+                break
+            time.sleep(0.02)
     assert answer.json() == {"status": "accepted", "id": 1}
+    assert "webhook messages: accepted event 1" in log
     assert counts(tmp_path / "data" / "bridge.db")["events"] == 1
     for name in ("messages", "escalations", "leads"):
         assert f"UNSAFE: webhooks.{name} still uses the example token" in log

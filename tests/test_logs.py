@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
 from bridge.cli import main
-from bridge.logs import configure_logging
+from bridge.logs import BackgroundHandler, JsonFormatter, configure_logging
 from bridge.store import NewEvent, open_store
 from bridge.worker import Worker
 
@@ -188,3 +188,65 @@ def test_no_secret_reaches_a_log_line_an_answer_or_check(make_settings, refusing
     assert check_code in (0, 1)
     leaked = [name for name, secret in SECRETS.items() if secret in everything]
     assert leaked == []
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes: each is one system call on a real stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def background_logger(stream: io.StringIO) -> tuple[logging.Logger, BackgroundHandler]:
+    handler = BackgroundHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"bridge.test.background.{id(handler)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_in_the_background_a_burst_goes_out_in_order_in_a_few_writes():
+    stream = CountingStream()
+    logger, handler = background_logger(stream)
+    for n in range(500):
+        logger.info("webhook %d", n, extra={"event_id": n})
+    handler.flush()
+    entries = json_lines(stream.getvalue())
+    assert [entry["event_id"] for entry in entries] == list(range(500))
+    assert entries[7]["message"] == "webhook 7"
+    assert stream.writes < 20
+    handler.close()
+
+
+def test_in_the_background_a_line_says_what_was_true_when_it_was_logged():
+    stream = io.StringIO()
+    logger, handler = background_logger(stream)
+    seen = ["first"]
+    logger.info("seen %s", seen)
+    seen.append("later")
+    try:
+        raise ValueError("broken on purpose")
+    except ValueError:
+        logger.exception("it failed")
+    handler.close()  # close writes whatever is still queued
+    first, failure = json_lines(stream.getvalue())
+    assert first["message"] == "seen ['first']"
+    assert failure["message"] == "it failed"
+    assert "ValueError: broken on purpose" in failure["exception"]
+
+
+def test_a_background_writer_that_is_replaced_writes_its_lines_and_stops(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    configure_logging("INFO", "json", background=True)
+    [handler] = logging.getLogger().handlers
+    assert isinstance(handler, BackgroundHandler)
+    configure_logging("INFO", "json")
+    assert not handler._thread.is_alive()  # the replaced handler wrote its lines and stopped
+    assert type(logging.getLogger().handlers[0]) is logging.StreamHandler
