@@ -462,3 +462,18 @@ def test_readyz_is_503_while_the_store_is_not_writable(open_webhooks):
     assert locked.status_code == 503
     assert locked.json()["status"] == "unavailable"
     assert hooks.client.get("/readyz").status_code == 200
+
+
+def test_a_webhook_answers_json_with_its_length_and_other_methods_405(webhooks):
+    accepted = webhooks.post("messages", {"event": "ADD_MESSAGE", "data": {
+        "chatbotId": "bot", "threadId": "t-é", "question": "héllo", "messageType": "USER_MESSAGE"}})
+    refused = webhooks.post("messages", content=b"{", headers={"X-WEBHOOK-TOKEN": "wrong"})
+    for answer in (accepted, refused):
+        assert answer.headers["content-type"] == "application/json"
+        assert int(answer.headers["content-length"]) == len(answer.content)
+    assert accepted.json() == {"status": "accepted", "id": 1}
+    assert refused.status_code == 401 and refused.json()["status"] == "rejected"
+    for method in ("GET", "PUT", "DELETE"):
+        answer = webhooks.client.request(method, "/webhooks/messages")
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert counts(webhooks.db)["events"] == 1
