@@ -101,8 +101,11 @@ class Worker:
                 return
             await asyncio.wait(list(self._in_flight.values()), timeout=0.05)
 
+    def _room(self) -> int:
+        return self.settings.concurrency - len(self._in_flight)
+
     async def _claim_and_start(self) -> None:
-        room = self.settings.concurrency - len(self._in_flight)
+        room = self._room()
         if room <= 0 or self._stopping.is_set():
             return
         lease = self.settings.lease.total_seconds()
@@ -118,15 +121,20 @@ class Worker:
 
     async def _wait_for_work(self) -> None:
         timeout = self.settings.poll_interval.total_seconds()
-        try:
-            due = await self.store.next_due(self.clock.now())
-        except StoreError:
-            due = None
+        # With every slot taken only a finish can start more, and it wakes us: asking the
+        # store when the next retry is due would cost a query per accepted webhook in a burst.
+        due = await self._next_due() if self._room() > 0 else None
         if due is not None:
             timeout = min(timeout, max(due - self.clock.now(), 0.005))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
+
+    async def _next_due(self) -> float | None:
+        try:
+            return await self.store.next_due(self.clock.now())
+        except StoreError:
+            return None
 
     async def _deliver(self, job: ClaimedDelivery) -> None:
         destination = self.destinations.get(job.destination)

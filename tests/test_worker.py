@@ -69,6 +69,16 @@ async def setup(make_settings, clock):
     await store.close()
 
 
+async def run_until_in_flight(worker: Worker) -> asyncio.Task[None]:
+    """Start the worker and return once it holds a delivery (the destination blocks it)."""
+    runner = asyncio.create_task(worker.run())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if worker._in_flight:
+            break
+    return runner
+
+
 @pytest.mark.parametrize(("attempt", "low", "high"), [
     (1, 0.5, 1.0), (2, 1.0, 2.0), (3, 2.0, 4.0), (8, 64.0, 128.0), (30, 90.0, 180.0)])
 def test_backoff_doubles_from_about_a_second_up_to_the_cap(attempt, low, high):
@@ -175,11 +185,7 @@ async def test_stop_releases_in_flight_deliveries(setup, clock):
     worker.settings = worker.settings.model_copy(update={"shutdown_grace": timedelta(seconds=0.05)})
     destination.block = asyncio.Event()
     await accept("t1", "hello")
-    runner = asyncio.create_task(worker.run())
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if worker._in_flight:
-            break
+    runner = await run_until_in_flight(worker)
     await worker.stop()
     runner.cancel()
     [row] = await store.deliveries()
@@ -202,3 +208,43 @@ async def test_run_wakes_on_new_work(setup):
     await worker.stop()
     runner.cancel()
     assert destination.received == ["hello"]
+
+
+class CountingStore:
+    """The store, counting how often the worker asks when the next retry is due."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.next_due_asked = 0
+
+    async def next_due(self, after: float) -> float | None:
+        self.next_due_asked += 1
+        return await self.store.next_due(after)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_with_every_slot_taken_new_work_costs_no_store_query(setup):
+    store, destination, worker, accept = setup
+    counting = CountingStore(store)
+    worker.store = counting
+    worker.settings = worker.settings.model_copy(update={"concurrency": 1})
+    destination.block = asyncio.Event()
+    await accept("t1", "first")
+    runner = await run_until_in_flight(worker)
+    asked_while_full = counting.next_due_asked
+    for n in range(20):  # a burst: every accepted webhook wakes the worker
+        await accept(f"t{n + 2}", f"m{n}")
+        worker.wake()
+        await asyncio.sleep(0.005)
+    assert counting.next_due_asked == asked_while_full
+    destination.block.set()
+    for _ in range(300):
+        if len(destination.received) == 21:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    runner.cancel()
+    assert destination.received == ["first"] + [f"m{n}" for n in range(20)]
+    assert counting.next_due_asked > asked_while_full  # with room again, it asks as before
