@@ -30,6 +30,8 @@ Write = Callable[[sqlite3.Connection], T]
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
 MAX_BATCH = 512
+MAX_VARIABLES = 999  # SQLite's smallest limit on ? per statement (older builds)
+STATEMENT_CACHE = 1024
 PAGE_SIZE = 2048
 DEFAULT_TIMEOUT = 30.0
 log = logging.getLogger("bridge.store")
@@ -534,7 +536,9 @@ class _Writer(threading.Thread):
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # Batches of every size have their own INSERT text (insert_rows): keep them all prepared.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           cached_statements=STATEMENT_CACHE)
     conn.row_factory = sqlite3.Row
     # Only a new, empty database takes this. Each stored event lands on a few pages picked by
     # hash or conversation (dedup key, per-conversation indexes) and every page touched is
@@ -659,9 +663,9 @@ def _accept_all(conn: sqlite3.Connection, accepts: list[_Accept]) -> list[Accept
         remember.append((key, event_id, accept.now + accept.window))
         outcomes.append(Acceptance("accepted", event_id))
     rows.write(conn)
-    conn.executemany(  # an expired entry for the same body is replaced
-        "INSERT INTO dedup (dedup_key, event_id, expires_at) VALUES (?, ?, ?) ON CONFLICT"
-        " DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at", remember)
+    insert_rows(  # an expired entry for the same body is replaced
+        conn, "INSERT INTO dedup (dedup_key, event_id, expires_at)", remember,
+        " ON CONFLICT DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at")
     return outcomes
 
 
@@ -674,14 +678,14 @@ def _remembered(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[in
 
 
 def _next_event_id(conn: sqlite3.Connection) -> int:
-    # Ids are chosen here rather than by each INSERT so that a group is one executemany per
+    # Ids are chosen here rather than by each INSERT so that a group is one INSERT per
     # table; the write lock (BEGIN IMMEDIATE) makes MAX(id) + 1 as safe as SQLite's own choice.
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM events").fetchone()[0])
 
 
 @dataclass
 class _NewRows:
-    """The rows a group of new events adds, written with one executemany per table."""
+    """The rows a group of new events adds, written with one INSERT per table."""
 
     next_id: int
     events: list[tuple[Any, ...]] = field(default_factory=list)
@@ -705,19 +709,35 @@ class _NewRows:
         return event_id
 
     def write(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT INTO events (id, kind, ordering_key, dedup_key, body, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)", self.events)
-        conn.executemany(
-            "INSERT INTO deliveries (event_id, destination, ordering_key, next_attempt_at,"
-            " created_at) VALUES (?, ?, ?, ?, ?)", self.deliveries)
-        conn.executemany(
-            "INSERT INTO conversations (chatbot_id, thread_id, first_seen, last_seen)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
-            [(*conversation, *seen) for conversation, seen in self.conversations.items()])
-        conn.executemany(
-            "INSERT INTO messages (event_id, chatbot_id, thread_id, message_type, question,"
-            " answer, agent_name, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.messages)
+        insert_rows(conn, "INSERT INTO events (id, kind, ordering_key, dedup_key, body,"
+                    " received_at)", self.events)
+        insert_rows(conn, "INSERT INTO deliveries (event_id, destination, ordering_key,"
+                    " next_attempt_at, created_at)", self.deliveries)
+        insert_rows(conn, "INSERT INTO conversations (chatbot_id, thread_id, first_seen,"
+                    " last_seen)",
+                    [(*conversation, *seen) for conversation, seen in self.conversations.items()],
+                    " ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen")
+        insert_rows(conn, "INSERT INTO messages (event_id, chatbot_id, thread_id, message_type,"
+                    " question, answer, agent_name, received_at)", self.messages)
+
+
+def insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]],
+                upsert: str = "") -> None:
+    """`insert` VALUES (...), (...), ...: many rows in one statement.
+
+    Unlike executemany, which steps once per row and gives up the GIL at each step, this
+    steps once per statement: the writer thread then waits for the event loop to hand the
+    GIL back a few times per batch, not a few times per event (bench/).
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per_statement = MAX_VARIABLES // width
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+        conn.execute(f"{insert} VALUES {values}{upsert}",
+                     [value for row in chunk for value in row])
 
 
 def _insert_event(conn: sqlite3.Connection, event: NewEvent, now: float) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from bridge.app import create_app, open_bridge
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import TICKET_LINKED, parse_event
 from bridge.intake import new_event
-from bridge.store import FollowUp, NewEvent, SQLiteStore
+from bridge.store import MAX_VARIABLES, FollowUp, NewEvent, SQLiteStore
 from tests.conftest import TOKENS
 
 NOW = 1_700_000_000.0
@@ -253,3 +255,32 @@ async def test_webhook_answers_503_when_its_batch_fails_and_200_after(make_setti
     assert [response.status_code for response in failed] == [503, 503, 503]
     assert failed[0].json()["status"] == "unavailable"
     assert retried.status_code == 200 and retried.json()["status"] == "accepted"
+
+
+async def test_a_batch_writes_each_table_in_a_few_statements_not_one_per_event(store, tmp_path):
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append))
+    async with Gate(store):
+        tasks = await queued(store, *(store.accept(stored(message(f"t{n % 7}", f"m{n}")), NOW, 600)
+                               for n in range(300)))
+    outcomes = await asyncio.gather(*tasks)
+    await store._run(lambda conn: conn.set_trace_callback(None))
+    assert [outcome.status for outcome in outcomes] == ["accepted"] * 300
+    assert [outcome.event_id for outcome in outcomes] == list(range(1, 301))
+    inserts = Counter(sql.split(" (")[0] for sql in statements if sql.startswith("INSERT"))
+
+    def statements_for(rows: int, width: int) -> int:
+        return math.ceil(rows / (MAX_VARIABLES // width))
+
+    assert inserts == {"INSERT INTO events": statements_for(300, 6),
+                       "INSERT INTO deliveries": statements_for(600, 5),
+                       "INSERT INTO messages": statements_for(300, 8),
+                       "INSERT INTO dedup": statements_for(300, 3),
+                       "INSERT INTO conversations": 1}
+    assert max(inserts.values()) < 10
+    db = tmp_path / "bridge.db"
+    assert (count(db, "events"), count(db, "deliveries"), count(db, "messages"),
+            count(db, "dedup"), count(db, "conversations")) == (300, 600, 300, 300, 7)
+    with sqlite3.connect(db) as conn:
+        questions = [row[0] for row in conn.execute("SELECT question FROM messages ORDER BY id")]
+    assert questions == [f"m{n}" for n in range(300)]
