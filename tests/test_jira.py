@@ -296,11 +296,14 @@ async def test_fresh_database_finds_the_open_ticket_by_label(open_bridge, deploy
         fake.add_issue(labels=["sitegpt", "sitegpt-someoneelse"])
         jira = cloud_settings(fake) if deployment == "Cloud" else server_settings(fake)
         bridge = await open_bridge(fake, jira=jira, db="fresh.db")
+        await bridge.say("still locked out after the reset")
 
         row = await bridge.escalate()
 
         assert (row.status, row.last_error) == ("delivered", existing)
         assert fake.created() == []
+        [comment] = fake.comments(existing)  # what this store heard, which the ticket lacks
+        assert "still locked out after the reset" in comment
         assert bridge.slack.bodies == [linked_body(existing, fake, created=False)]
         searches = [call.path for call in fake.calls(path="/rest/api/")
                     if "/search" in call.path]
@@ -393,6 +396,23 @@ async def test_timeout_is_retryable_and_the_retry_finds_the_ticket_made_meanwhil
     second = await bridge.retry()
     assert (second.status, second.last_error) == ("delivered", "SUP-1")
     assert len(cloud.issues) == 1
+    assert cloud.comments("SUP-1") == []  # its own ticket, recognised by its marker
+    assert cloud.calls("GET", "/rest/api/2/issue/SUP-1")
+
+
+async def test_a_found_ticket_whose_comment_timed_out_gets_it_once(open_bridge, cloud):
+    existing = cloud.add_issue(labels=[LABEL])
+    bridge = await open_bridge(cloud, jira=cloud_settings(cloud, timeout_seconds=1.0))
+    await bridge.say("anyone there?")
+    cloud.script("POST", f"/rest/api/2/issue/{existing}/comment", status=0, stall=5.0)
+
+    first = await bridge.escalate()
+    second = await bridge.retry()
+
+    assert (first.status, second.status, second.last_error) == ("pending", "delivered", existing)
+    assert cloud.created() == []
+    [comment] = cloud.comments(existing)
+    assert "anyone there" in comment
 
 
 async def test_comment_that_timed_out_is_not_added_twice(open_bridge, cloud):
@@ -475,8 +495,10 @@ async def test_long_transcript_and_summary_are_cut_with_a_marker(open_bridge, cl
     assert len(fields["summary"]) == 255 and fields["summary"].endswith(CUT_MARKER)
     assert "\n" not in fields["summary"]
     assert len(fields["description"]) == 32_000
-    assert fields["description"].endswith(jira_escape(CUT_MARKER))
-    assert "message 0 " in fields["description"]
+    text, footer = fields["description"].rsplit("\n\n", 1)
+    assert text.endswith(jira_escape(CUT_MARKER))
+    assert re.fullmatch(r"\{color:#97a0af\}sitegpt-bridge:\d+:\d+\{color\}", footer)
+    assert "message 0 " in text
 
 
 async def test_broken_template_fails_at_once_naming_the_file(open_bridge, cloud, tmp_path):
@@ -572,6 +594,15 @@ async def hear(bridge: Bridge, samples: dict[str, Event]) -> None:
                                       window=0)
 
 
+def preview_marked(text: str) -> str:
+    """A ticket's or comment's text with its delivery's marker as the preview shows it."""
+    return re.sub(r"sitegpt-bridge:\d+:\d+", PREVIEW_MARKER, text)
+
+
+def with_preview_marker(fields: dict[str, Any]) -> dict[str, Any]:
+    return fields | {"description": preview_marked(fields["description"])}
+
+
 async def test_previews_are_the_ticket_and_comment_that_deliveries_send(open_bridge, cloud):
     bridge = await open_bridge(cloud, chatbots=[{"id": CHATBOT, "name": "Support <Bot> & Co"}])
     samples = sample_events()
@@ -585,13 +616,12 @@ async def test_previews_are_the_ticket_and_comment_that_deliveries_send(open_bri
     assert list(previews) == [f"{name}: {what}" for name in ("escalation", "escalation-anonymous")
                               for what in (CREATE, COMMENT)]
     [fields] = cloud.created()
-    assert json.loads(previews[f"escalation: {CREATE}"]) == fields
+    assert json.loads(previews[f"escalation: {CREATE}"]) == with_preview_marker(fields)
     assert fields["labels"] == ["sitegpt", LABEL]
     assert "Hi, this is Dana from support." in fields["description"]
     [comment] = cloud.comments("SUP-1")
     assert "How do I reset my password\\?" in comment
-    assert re.sub(r"sitegpt-bridge:\d+:\d+", PREVIEW_MARKER, comment) == \
-        previews[f"escalation: {COMMENT}"]
+    assert preview_marked(comment) == previews[f"escalation: {COMMENT}"]
 
 
 async def test_a_conversation_without_message_samples_previews_an_empty_transcript(open_bridge,
@@ -603,7 +633,7 @@ async def test_a_conversation_without_message_samples_previews_an_empty_transcri
     await bridge.escalate(load_sample("escalation-anonymous"))
 
     fields = json.loads(previews[f"escalation-anonymous: {CREATE}"])
-    assert fields == cloud.created()[0]
+    assert fields == with_preview_marker(cloud.created()[0])
     assert fields["labels"][-1] == conversation_label(Conversation(CHATBOT, "thread_789"))
     assert "The transcript is empty" in fields["description"]
 

@@ -120,6 +120,10 @@ class JiraTickets:
     def comment(self, key: str, body: str) -> None:
         self.client.add_comment(key, body)
 
+    def has_in_description(self, key: str, marker: str) -> bool:
+        issue = self.client.issue(key, fields="description")
+        return marker in (getattr(issue.fields, "description", "") or "")
+
     def has_comment(self, key: str, marker: str) -> bool:
         recent = self.client.comments(key, max_results=50, order_by="-created")
         return any(marker in (getattr(comment, "body", "") or "") for comment in recent)
@@ -192,7 +196,8 @@ class JiraDestination:
         now = self.clock.now()
         conversation = Conversation(data.chatbot_id, data.thread_id)
         messages = sample_transcript(conversation, samples, now)
-        fields = self._new_ticket(data, messages, conversation_label(conversation), now)
+        fields = self._new_ticket(data, messages, conversation_label(conversation), now,
+                                  PREVIEW_MARKER)
         comment = self._comment_body(self._context(data, messages, now), PREVIEW_MARKER)
         return {"create the ticket (issue fields)": json.dumps(fields, indent=2,
                                                                ensure_ascii=False),
@@ -208,15 +213,24 @@ class JiraDestination:
         return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
-        """Find the conversation's open ticket in Jira, or create it; then remember it."""
+        """Find the conversation's open ticket in Jira, or create it; then remember it.
+
+        A ticket found by its label was made by an earlier attempt of this delivery (which
+        then heard no answer) or before this store existed; only in the second case does it
+        lack this escalation's messages, which then go in as a comment.
+        """
         conversation = Conversation(data.chatbot_id, data.thread_id)
         label = conversation_label(conversation)
         messages = await delivery.store.transcript(data.chatbot_id, data.thread_id)
+        marker = _marker(delivery)
         key = await self._call("search for the ticket", self.tickets.open_ticket, label)
         created = key is None
         if key is None:
-            fields = self._new_ticket(data, messages, label, delivery.clock.now())
+            fields = self._new_ticket(data, messages, label, delivery.clock.now(), marker)
             key = await self._call("create the ticket", self.tickets.create, fields)
+        elif not await self._made_by_this_delivery(delivery, key, marker):
+            context = self._context(data, messages, delivery.clock.now())
+            await self._comment_once(delivery, key, context)
         await delivery.store.update_conversation(
             data.chatbot_id, data.thread_id, jira_key=key,
             jira_transcript_upto=_last_id(messages, 0), escalated_at=delivery.clock.now())
@@ -232,9 +246,13 @@ class JiraDestination:
             jira_transcript_upto=_last_id(messages, upto), escalated_at=delivery.clock.now())
         return Delivered(note=key)
 
+    async def _made_by_this_delivery(self, delivery: Delivery, key: str, marker: str) -> bool:
+        return delivery.attempt > 1 and await self._call(
+            "read the ticket", self.tickets.has_in_description, key, marker)
+
     async def _comment_once(self, delivery: Delivery, key: str, context: dict[str, Any]) -> None:
         """Comment, unless an earlier attempt did and then timed out before hearing back."""
-        marker = f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
+        marker = _marker(delivery)
         if delivery.attempt > 1 and await self._call(
                 "read the comments", self.tickets.has_comment, key, marker):
             return
@@ -243,11 +261,14 @@ class JiraDestination:
 
     def _comment_body(self, context: dict[str, Any], marker: str) -> str:
         """The comment template's text, cut to fit, and a faint marker a retry looks for."""
+        return self._marked("jira/comment.j2", context, marker)
+
+    def _marked(self, template: str, context: dict[str, Any], marker: str) -> str:
         footer = f"\n\n{{color:#97a0af}}{marker}{{color}}"
-        return self._text("jira/comment.j2", context, TEXT_LIMIT - len(footer)) + footer
+        return self._text(template, context, TEXT_LIMIT - len(footer)) + footer
 
     def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
-                    now: float) -> dict[str, Any]:
+                    now: float, marker: str) -> dict[str, Any]:
         context = self._context(data, messages, now)
         summary = " ".join(self.templates.render("jira/summary.j2", context).split())
         chatbot = self.settings.chatbot(data.chatbot_id)
@@ -256,7 +277,7 @@ class JiraDestination:
             "project": {"key": project},
             "issuetype": {"name": self.jira.issue_type},
             "summary": cut(summary, SUMMARY_LIMIT),
-            "description": self._text("jira/description.j2", context, TEXT_LIMIT),
+            "description": self._marked("jira/description.j2", context, marker),
             "labels": [*self.jira.labels, label],
         }
 
@@ -310,6 +331,11 @@ class JiraDestination:
         except requests.RequestException as exc:
             raise RetryableError(
                 f"jira: {action}: cannot reach {self.url} ({type(exc).__name__})") from exc
+
+
+def _marker(delivery: Delivery) -> str:
+    """What a ticket or comment made by this delivery carries, for its retries to look for."""
+    return f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
 
 
 def _classify(action: str, exc: JIRAError) -> DeliveryError:
