@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,7 @@ from bridge.errors import ConfigError, StoreError
 from bridge.store import sqlite_path
 
 DEFAULT_CONFIG = Path("settings.toml")
+MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -176,8 +178,18 @@ class HubSpotSettings(Section):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+def masked_url(url: str) -> str:
+    """`url` with anything after its host (path, query, a user and password) masked."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    hidden = parts.path.strip("/") or parts.query or parts.fragment or parts.username
+    return f"{parts.scheme}://{host}/" + (MASK if hidden else "")
+
+
 class CrmWebhookSettings(Section):
-    url: str | None = None
+    url: str | None = Field(None, repr=False)  # shown masked, see _url_shown
     headers: dict[str, SecretStr] = {}
     signing_secret: SecretStr | None = None
     template: str = "crm/lead.json.j2"
@@ -189,6 +201,11 @@ class CrmWebhookSettings(Section):
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
         return url
+
+    @field_serializer("url")
+    def _url_shown(self, url: str | None) -> str | None:
+        """Printed (`check`) as scheme and host: hook URLs often carry a token in the path."""
+        return masked_url(url) if url else url
 
     @field_validator("signing_secret")
     @classmethod

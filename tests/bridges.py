@@ -26,14 +26,15 @@ SECRETS: dict[str, Any] = {
     "slack": {"signing_secret": "sec-slack-signing"},
     "jira": {"api_token": "sec-jira", "personal_access_token": "sec-jira-pat"},
     "crm": {"kind": "none", "hubspot": {"access_token": "sec-hubspot"},
-            "webhook": {"signing_secret": "sec-crm-signing",
+            "webhook": {"url": "https://hooks.example.com/hooks/catch/12/sec-crm-path?k=sec-crm-query",
+                        "signing_secret": "sec-crm-signing",
                         "headers": {"Authorization": "sec-crm-header"}}},
     "sitegpt": {"api_key": "sec-sitegpt"},
     "chatbots": [{"id": "bot", "sitegpt_api_key": "sec-chatbot"}],
 }
 SECRET_VALUES = ["sec-token-1", "sec-token-2", "sec-metrics", "sec-slack-signing", "sec-jira",
                  "sec-jira-pat", "sec-hubspot", "sec-crm-signing", "sec-crm-header", "sec-sitegpt",
-                 "sec-chatbot"]
+                 "sec-chatbot", "sec-crm-path", "sec-crm-query"]
 
 
 @dataclass

@@ -67,6 +67,7 @@ def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert '"metrics_token": "**********"' in out
     assert '"Authorization": "**********"' in out
+    assert '"url": "https://hooks.example.com/**********"' in out  # a hook's path holds its key
     for secret in SECRET_VALUES:
         assert secret not in out + err
 
