@@ -62,6 +62,8 @@ class FakeSlack:
         self.script: deque[Scripted] = deque()
         self.outage_status: int | None = None
         self.post_delay = post_delay
+        self.late_posts: deque[float] = deque()
+        self.page_size = 200
         self.channel_rate = channel_rate
         self.channel_burst = channel_burst
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -88,6 +90,7 @@ class FakeSlack:
                            self.rate_limited):
                 record.clear()
             self.script.clear()
+            self.late_posts.clear()
             self._buckets.clear()
             self.users = {key: dict(user) for key, user in USERS.items()}
         self.outage_status = None
@@ -95,6 +98,10 @@ class FakeSlack:
     def fail_next(self, method: str, times: int = 1, **answer: Any) -> None:
         for _ in range(times):
             self.script.append(Scripted(method, **answer))
+
+    def answer_late(self, seconds: float) -> None:
+        """The next chat.postMessage is posted, but its answer comes `seconds` late."""
+        self.late_posts.append(seconds)
 
     def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         return [post for post in self.posts
@@ -129,7 +136,10 @@ class FakeSlack:
             return JSONResponse({"ok": False, "error": "not_authed"})
         if method == "chat.postMessage" and self.post_delay:
             await asyncio.sleep(self.post_delay)
-        return self._perform(method, args, author)
+        answer = self._perform(method, args, author)
+        if method == "chat.postMessage" and self.late_posts:
+            await asyncio.sleep(self.late_posts.popleft())
+        return answer
 
     def _scripted(self, method: str) -> Scripted | None:
         if self.script and self.script[0].method in (method, "*"):
@@ -148,12 +158,32 @@ class FakeSlack:
             return JSONResponse({"ok": True, "channel": args.get("channel"), "ts": args.get("ts")})
         if method == "reactions.add":
             return self._react(args)
+        if method == "conversations.history":
+            return self._history(args)
         if method == "users.info":
             user = self.users.get(str(args.get("user")))
             if user is None:
                 return JSONResponse({"ok": False, "error": "user_not_found"})
             return JSONResponse({"ok": True, "user": user})
         return JSONResponse({"ok": False, "error": "unknown_method"})
+
+    def _history(self, args: dict[str, Any]) -> Response:
+        """A channel's top-level messages after `oldest`, newest first, a page at a time."""
+        with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
+        oldest = float(args.get("oldest") or 0)
+        with self._lock:
+            found = [post for post in reversed(self.posts)
+                     if post.get("channel") == args.get("channel") and not post.get("thread_ts")
+                     and float(post["ts"]) > oldest]
+        start = int(args.get("cursor") or 0)
+        page = found[start:start + self.page_size]
+        more = start + self.page_size < len(found)
+        messages = [{"type": "message", "ts": post["ts"], "text": post.get("text", ""),
+                     **({"metadata": post["metadata"]} if with_metadata and "metadata" in post
+                        else {})} for post in page]
+        return JSONResponse({"ok": True, "messages": messages, "has_more": more,
+                             "response_metadata": {
+                                 "next_cursor": str(start + self.page_size) if more else ""}})
 
     def _react(self, args: dict[str, Any]) -> Response:
         reaction = {key: args.get(key) for key in ("channel", "timestamp", "name")}

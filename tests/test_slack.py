@@ -315,3 +315,57 @@ def test_missing_variable_in_a_json_template_is_named(tmp_path):
 
     with pytest.raises(TemplateError, match=r"lead.json.j2:1: .*'nickname'"):
         Templates(tmp_path).render_json("slack/lead.json.j2", {"lead": {"name": "Ann"}})
+
+
+async def lose_the_answer_to_the_parent(h: Harness) -> None:
+    """Slack posts the parent but its answer never arrives in time (a timeout, a crash)."""
+    await h.accept(message("thread_A", "first"))
+    h.fake.answer_late(3.0)
+    await h.worker.drain()
+    [(status, error)] = await h.statuses()
+    assert status == "pending" and "chat.postMessage" in (error or "")
+    assert len(h.fake.parents()) == 1
+
+
+async def test_a_parent_whose_answer_was_lost_is_found_again_not_posted_twice(harness):
+    h = await harness(timeout_seconds=1)
+    await lose_the_answer_to_the_parent(h)
+    [lost] = h.fake.parents()
+    assert lost["metadata"] == {"event_type": "sitegpt_bridge_thread",
+                                "event_payload": {"conversation": "chatbot_123/thread_A"}}
+    for name in "BCDE":  # newer parents in the channel: the search pages back past them
+        await h.accept(message(f"thread_{name}", "hello"))
+    h.fake.page_size = 2
+    await h.worker.drain()
+
+    h.clock.advance(300)
+    await h.worker.drain()
+
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 5
+    assert len(h.fake.parents()) == 5
+    assert texts(h.fake.thread("C_CONV", lost["ts"])) == ["Visitor: first"]
+    record = await h.store.conversation("chatbot_123", "thread_A")
+    assert record and record.slack_thread_ts == lost["ts"]
+    searches = [args for method, args, _ in h.fake.calls if method == "conversations.history"]
+    assert len(searches) == 3 and all(args["channel"] == "C_CONV" for args in searches)
+
+
+async def test_without_the_history_scope_a_retry_posts_a_new_parent_and_loses_nothing(
+        harness, caplog):
+    h = await harness(timeout_seconds=1)
+    await lose_the_answer_to_the_parent(h)
+    h.fake.fail_next("conversations.history", status=503)
+    h.clock.advance(300)
+    await h.worker.drain()
+    assert [s for s, _ in await h.statuses()] == ["pending"]  # Slack unwell: look again later
+    assert len(h.fake.parents()) == 1
+
+    h.fake.fail_next("conversations.history", error="missing_scope")
+    h.clock.advance(300)
+    with caplog.at_level(logging.WARNING, logger="bridge.slack"):
+        await h.worker.drain()
+
+    assert [s for s, _ in await h.statuses()] == ["delivered"]
+    _lost, second = h.fake.parents()
+    assert texts(h.fake.thread("C_CONV", second["ts"])) == ["Visitor: first"]
+    assert "could not look for an earlier parent of chatbot_123/thread_A" in caplog.text

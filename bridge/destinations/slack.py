@@ -52,6 +52,9 @@ MAX_PACING_WAIT = 3.0
 PACING_HEADROOM = 0.9
 IN_THREAD = "chat.postMessage (in the thread)"
 USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
+PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
+PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
+HISTORY_PAGES = 5  # of 200 messages: how far back a retry looks for its parent
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
 _QUIET_SDK_LOG.setLevel(logging.CRITICAL)
 
@@ -194,7 +197,8 @@ class SlackDestination:
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
             parent = self.renderer.parent(conversation, None, None)
-            return [("chat.postMessage (parent of a new thread)", post_arguments(channel, parent)),
+            return [("chat.postMessage (parent of a new thread)",
+                     post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
         if isinstance(event, EscalationEvent):
             record = _escalated(conversation)
@@ -284,12 +288,33 @@ class SlackDestination:
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
-        parent = self.renderer.parent(conversation, record, self._jira_url(record))
-        ts = await self._post(channel, parent)
+        ts = await self._earlier_parent(delivery, channel, conversation)
+        if ts is None:
+            parent = self.renderer.parent(conversation, record, self._jira_url(record))
+            ts = await self._post(channel, parent, metadata=parent_metadata(conversation))
         await delivery.store.update_conversation(
             conversation.chatbot_id, conversation.thread_id, slack_channel=channel,
             slack_thread_ts=ts)
         return Thread(channel, ts)
+
+    async def _earlier_parent(self, delivery: Delivery, channel: str,
+                              conversation: Conversation) -> str | None:
+        """The parent an earlier attempt posted without hearing back (a timeout, a crash).
+
+        Each parent carries the conversation in its message metadata; a retry reads the
+        channel's history since the event came in to find it. Without the history scope the
+        retry posts a new parent: a second parent is better than a lost message.
+        """
+        if delivery.attempt <= 1:
+            return None
+        since = delivery.claimed.created_at - PARENT_LOOKBACK_SECONDS
+        try:
+            return await self._call("conversations.history", lambda: _find_parent(
+                self.client, channel, since, conversation.key))
+        except PermanentError as exc:
+            log.warning("could not look for an earlier parent of %s, posting one: %s",
+                        conversation.key, exc)
+            return None
 
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
@@ -371,6 +396,28 @@ def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],
             for label, call in preview(event):
                 rendered[f"{name}: {label}"] = json.dumps(call, indent=2, ensure_ascii=False)
     return rendered
+
+
+def parent_metadata(conversation: Conversation) -> dict[str, Any]:
+    """Slack message metadata that marks a thread's parent with its conversation."""
+    return {"event_type": PARENT_EVENT_TYPE, "event_payload": {"conversation": conversation.key}}
+
+
+def _find_parent(client: WebClient, channel: str, since: float, key: str) -> str | None:
+    """The ts of the bridge's parent for conversation `key` posted after `since`, if any."""
+    cursor = None
+    for _ in range(HISTORY_PAGES):
+        reply = client.conversations_history(channel=channel, oldest=f"{since:.6f}",
+                                             include_all_metadata=True, limit=200, cursor=cursor)
+        for message in reply.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if (metadata.get("event_type") == PARENT_EVENT_TYPE
+                    and (metadata.get("event_payload") or {}).get("conversation") == key):
+                return str(message["ts"])
+        cursor = (reply.get("response_metadata") or {}).get("next_cursor")
+        if not reply.get("has_more") or not cursor:
+            return None
+    return None
 
 
 def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
