@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries(destination, ordering_key, status, id);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(id) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS conversations (
     chatbot_id TEXT NOT NULL,
     thread_id TEXT NOT NULL,
@@ -756,8 +757,11 @@ FIRST_IN_LINE = """NOT EXISTS (
     SELECT 1 FROM deliveries e
     WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
       AND e.status = 'pending' AND e.id < d.id)"""
+# Pending deliveries in id order, stopping at `limit`: with a backlog (Slack down for an hour)
+# the planner's own choice, every due row sorted by id, took ~40 ms per claim at 20,000 pending
+# (on the writer thread, so webhooks waited too); this takes ~0.1 ms.
 CLAIM = f"""
-SELECT d.id FROM deliveries d
+SELECT d.id FROM deliveries d INDEXED BY deliveries_pending
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_until IS NULL OR d.lease_until <= :now)
   AND {FIRST_IN_LINE}
