@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -183,6 +184,24 @@ def parse_event(kind: str, body: Any) -> Event:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidEvent(field, first["msg"]) from exc
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(body: Any) -> Any:
+    """`body` with each lone UTF-16 surrogate (half an emoji) in its strings replaced by U+FFFD.
+
+    JSON lets "\\ud83d" stand alone, but no UTF-8 text can hold it: not the hash, not the store.
+    """
+    if isinstance(body, str):
+        return _LONE_SURROGATE.sub("\ufffd", body)
+    if isinstance(body, list):
+        return [without_lone_surrogates(item) for item in body]
+    if isinstance(body, dict):
+        return {without_lone_surrogates(key): without_lone_surrogates(value)
+                for key, value in body.items()}
+    return body
 
 
 def canonical_json(body: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,13 +18,21 @@ from starlette.types import Receive, Scope, Send
 
 from bridge.clock import Clock
 from bridge.errors import StoreBusy, StoreError
-from bridge.events import ESCALATION, LEAD, MESSAGE, InvalidEvent, parse_event
+from bridge.events import (
+    ESCALATION,
+    LEAD,
+    MESSAGE,
+    InvalidEvent,
+    parse_event,
+    without_lone_surrogates,
+)
 from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
-from bridge.store import Store
+from bridge.store import NewEvent, Store
 
 log = logging.getLogger("bridge.web")
 TOKEN_HEADER = "x-webhook-token"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,7 @@ class Intake:
 
     async def _accept(self, endpoint: Endpoint, raw: bytes) -> Answer:
         try:
-            body = json.loads(raw)
-            event = parse_event(endpoint.kind, body)
-            stored = new_event(event, body, endpoint.destinations)
+            stored = _stored_event(endpoint, raw)
         except InvalidEvent as exc:
             return self._reject(endpoint, 422, "invalid", str(exc), field=exc.field)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
@@ -108,6 +115,13 @@ class Intake:
         log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
                     extra={"endpoint": endpoint.name, "outcome": reason})
         return Answer(status, {"status": "rejected", "error": message, **extra})
+
+
+def _stored_event(endpoint: Endpoint, raw: bytes) -> NewEvent:
+    body = json.loads(raw)
+    if _SURROGATE_ESCAPE.search(raw):  # maybe half an emoji, cut by the sender: keep the rest
+        body = without_lone_surrogates(body)
+    return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
 
 
 @dataclass(frozen=True)

@@ -213,11 +213,19 @@ def test_a_body_nested_deeper_than_python_goes_is_400_at_any_depth(open_webhooks
     assert counts(hooks.db)["events"] == list(answers.values()).count(200)
 
 
-def test_a_lone_surrogate_is_400_with_a_reason(webhooks):
-    cut_emoji = b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "\\ud83d"}}'
-    response = webhooks.post("messages", content=cut_emoji)
-    assert response.status_code == 400
-    assert "surrogates not allowed" in response.json()["error"]
+def test_half_an_emoji_is_kept_as_a_replacement_character_not_refused(webhooks):
+    cut_emoji = (b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "t",'
+                 b' "messageType": "USER_MESSAGE", "question": "thanks \\ud83d",'
+                 b' "answer": "\\ud83d\\ude00 glad to help", "\\udc00extra": ["\\ud83d"]}}')
+    first = webhooks.post("messages", content=cut_emoji)
+    again = webhooks.post("messages", content=cut_emoji)
+    assert first.json() == {"status": "accepted", "id": 1}
+    assert again.json() == {"status": "duplicate", "id": 1}
+    [body] = webhooks.stored_bodies()
+    assert body["data"]["question"] == "thanks \ufffd"
+    assert body["data"]["answer"] == "\U0001F600 glad to help"  # a whole pair stays an emoji
+    assert body["data"]["\ufffdextra"] == ["\ufffd"]
+    assert query(webhooks.db, "SELECT question FROM messages") == [("thanks \ufffd",)]
 
 
 def with_data(sample: str, **changes: Any) -> dict[str, Any]:
