@@ -61,8 +61,11 @@ class BackgroundHandler(logging.Handler):
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        # The message is merged now, while its arguments still hold what they held.
-        record.msg, record.args = record.getMessage(), None
+        try:  # the message is merged now, while its arguments still hold what they held
+            record.msg, record.args = record.getMessage(), None
+        except Exception:  # a call whose arguments do not fit its format, as StreamHandler does
+            self.handleError(record)
+            return
         self._queue.put(record)
 
     def flush(self) -> None:

@@ -250,3 +250,14 @@ def test_a_background_writer_that_is_replaced_writes_its_lines_and_stops(monkeyp
     configure_logging("INFO", "json")
     assert not handler._thread.is_alive()  # the replaced handler wrote its lines and stopped
     assert type(logging.getLogger().handlers[0]) is logging.StreamHandler
+
+
+def test_in_the_background_a_call_with_the_wrong_arguments_costs_only_its_own_line(
+        monkeypatch):
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # as in production: no traceback
+    stream = io.StringIO()
+    logger, handler = background_logger(stream)
+    logger.info("two values %s %s", "only one")
+    logger.info("after it")
+    handler.close()
+    assert [entry["message"] for entry in json_lines(stream.getvalue())] == ["after it"]
