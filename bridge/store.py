@@ -321,24 +321,16 @@ class SQLiteStore:
         return await self._run(lambda conn: conn.execute(NEXT_DUE, (after,)).fetchone()[0])
 
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None:
-        def read(conn: sqlite3.Connection) -> ConversationRecord | None:
-            row = conn.execute(
-                "SELECT * FROM conversations WHERE chatbot_id = ? AND thread_id = ?",
-                (chatbot_id, thread_id)).fetchone()
-            return ConversationRecord(**row) if row else None
-        return await self._run(read)
+        return await self._run(lambda conn: _conversation_where(
+            conn, "chatbot_id = ? AND thread_id = ?", (chatbot_id, thread_id)))
 
     async def update_conversation(self, chatbot_id: str, thread_id: str, **fields: Any) -> None:
         await self._run(lambda conn: _update_conversation(conn, chatbot_id, thread_id, fields))
 
     async def conversation_in_slack(self, channel: str, thread_ts: str) -> ConversationRecord | None:  # noqa: E501
         """The conversation whose Slack thread this is, if the bridge started it."""
-        def read(conn: sqlite3.Connection) -> ConversationRecord | None:
-            row = conn.execute(
-                "SELECT * FROM conversations WHERE slack_channel = ? AND slack_thread_ts = ?",
-                (channel, thread_ts)).fetchone()
-            return ConversationRecord(**row) if row else None
-        return await self._run(read)
+        return await self._run(lambda conn: _conversation_where(
+            conn, "slack_channel = ? AND slack_thread_ts = ?", (channel, thread_ts)))
 
     async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
         """Keep `echo` until it comes back or `keep_for` passes; one memory per source."""
@@ -794,6 +786,12 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
         _insert_event(conn, NewEvent(
             kind=follow_up.kind, body=follow_up.body, dedup_key=f"follow-up:{delivery_id}",
             ordering_key=follow_up.ordering_key, destinations=follow_up.destinations), now)
+
+
+def _conversation_where(conn: sqlite3.Connection, where: str,
+                        parameters: tuple[str, str]) -> ConversationRecord | None:
+    row = conn.execute(f"SELECT * FROM conversations WHERE {where}", parameters).fetchone()
+    return ConversationRecord(**row) if row else None
 
 
 def _update_conversation(conn: sqlite3.Connection, chatbot_id: str, thread_id: str,
