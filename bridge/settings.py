@@ -35,6 +35,8 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
+from bridge.postgres.url import check_postgres_url, is_postgres_url
+from bridge.postgres.url import masked_url as masked_postgres_url
 from bridge.store import sqlite_path
 
 DEFAULT_CONFIG = Path("settings.toml")
@@ -70,20 +72,32 @@ class ServerSettings(Section):
 
 
 class StoreSettings(Section):
-    url: str = "sqlite:///data/bridge.db"
+    url: str = Field("sqlite:///data/bridge.db", repr=False)  # shown masked, see _url_shown
     dedup_window_seconds: int = Field(600, ge=0)
     commit_timeout_seconds: float = Field(3.0, gt=0, le=4.5)
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     retention_days: int = Field(30, ge=1)
+    pool_size: int = Field(10, ge=2, le=200)
 
     @field_validator("url")
     @classmethod
     def _supported_url(cls, url: str) -> str:
+        if is_postgres_url(url):
+            return check_postgres_url(url)
         try:
             sqlite_path(url)
         except StoreError as exc:
-            raise ValueError(str(exc)) from exc
+            raise ValueError(f"{exc}, or postgresql://USER:PASSWORD@HOST:PORT/DB") from exc
         return url
+
+    @field_serializer("url")
+    def _url_shown(self, url: str) -> str:
+        """A PostgreSQL URI carries a password: `check` prints it masked."""
+        return masked_postgres_url(url) if is_postgres_url(url) else url
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if is_postgres_url(self.url) else "sqlite"
 
     @property
     def sqlite_path(self) -> Path:

@@ -150,5 +150,29 @@ def test_every_secret_is_masked_when_settings_are_shown(make_settings):
 
 
 def test_a_store_url_the_bridge_cannot_open_is_refused_at_start_up(make_settings):
-    assert problems_of(make_settings, {"store": {"url": "postgres://db/bridge"}}) == [
-        "store.url: unsupported store url 'postgres://db/bridge': use sqlite:///PATH"]
+    assert problems_of(make_settings, {"store": {"url": "mysql://db/bridge"}}) == [
+        "store.url: unsupported store url 'mysql://db/bridge': use sqlite:///PATH, "
+        "or postgresql://USER:PASSWORD@HOST:PORT/DB"]
+
+
+@pytest.mark.parametrize("url", ["postgresql://bridge:pw@db:5432/bridge",
+                                 "postgres://bridge:pw@db/bridge?sslmode=require",
+                                 "postgresql://bridge@/bridge?host=/run/postgresql"])
+def test_a_postgresql_uri_is_a_store_url(make_settings, url):
+    assert make_settings({"store": {"url": url}}).store.backend == "postgresql"
+
+
+def test_a_postgresql_uri_without_a_database_is_refused_with_its_password_masked(make_settings):
+    [problem] = problems_of(make_settings, {"store": {"url": "postgresql://bridge:sec-pg@db/"}})
+    assert problem == ("store.url: name the database in the URI: "
+                       "postgresql://bridge:**********@db/ has no /DBNAME")
+
+
+def test_the_store_password_is_masked_when_settings_are_shown(make_settings):
+    url = "postgresql://bridge:sec-pg%2Fpw@db:5432/bridge?sslpassword=sec-key"
+    settings = make_settings({"store": {"url": url}})
+    shown = json.dumps(settings.model_dump(mode="json")) + repr(settings) + str(settings)
+    assert "sec-pg" not in shown and "sec-key" not in shown
+    assert settings.model_dump(mode="json")["store"]["url"] == (
+        "postgresql://bridge:**********@db:5432/bridge?sslpassword=**********")
+    assert settings.store.url == url

@@ -1,0 +1,50 @@
+"""A PostgreSQL store url is shown, logged and quoted in errors with every password masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.postgres.url import (
+    check_postgres_url,
+    masked_url,
+    scrub,
+    server_address,
+    without_password,
+)
+
+URL = "postgresql://bridge:p%40ss@db.internal:5433/bridge?sslmode=require&sslpassword=key"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (URL, "postgresql://bridge:**********@db.internal:5433/bridge"
+          "?sslmode=require&sslpassword=**********"),
+    ("postgresql://bridge@db/bridge", "postgresql://bridge@db/bridge"),
+    ("postgres://db/bridge?password=pw", "postgres://db/bridge?password=**********"),
+    ("postgresql://u:pw@h1:5432,h2:5432/bridge", "postgresql://u:**********@h1:5432,h2:5432/bridge"),
+])
+def test_masked_url_hides_every_password_and_keeps_the_rest(url, shown):
+    assert masked_url(url) == shown
+
+
+def test_scrub_masks_the_password_as_written_and_as_decoded():
+    error = f"could not connect to {URL}: password p@ss (p%40ss) with key refused"
+    scrubbed = scrub(error, URL)
+    assert "p@ss" not in scrubbed and "p%40ss" not in scrubbed and " key " not in scrubbed
+    assert masked_url(URL) in scrubbed
+
+
+def test_without_password_is_a_command_line_url_for_pgpassword():
+    assert without_password(URL) == "postgresql://bridge@db.internal:5433/bridge?sslmode=require"
+
+
+def test_server_address_names_host_port_and_database_only():
+    assert server_address(URL) == "db.internal:5433/bridge"
+    assert server_address("postgresql:///bridge") == "localhost:5432/bridge"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@db/bridge?nosuchoption=1",
+                                 "postgresql://u:pw@db"])
+def test_a_uri_libpq_refuses_is_refused_without_its_password(url):
+    with pytest.raises(ValueError) as error:
+        check_postgres_url(url)
+    assert "pw" not in str(error.value).replace("postgresql", "")
