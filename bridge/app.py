@@ -55,6 +55,10 @@ class Bridge:
 
     def start_worker(self) -> None:
         self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+        # A shared store (PostgreSQL) also tells this worker of work other replicas stored.
+        on_new_work = getattr(self.store, "on_new_work", None)
+        if on_new_work is not None:
+            on_new_work(self.worker.wake)
 
     def start_retention(self) -> None:
         retention = timedelta(days=self.settings.store.retention_days)
@@ -89,10 +93,20 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds)
+                       settings.store.commit_timeout_seconds, settings.store.pool_size)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
+
+
+async def open_store_now(bridge: Bridge) -> None:
+    """Connect and migrate before serving, so a store that cannot open stops the start-up."""
+    store = bridge.store
+    open_now, describe = getattr(store, "open", None), getattr(store, "describe", None)
+    if open_now is not None:
+        await open_now()
+    if describe is not None:
+        log.info("store: %s", await describe())
 
 
 def announce(bridge: Bridge) -> None:
@@ -118,6 +132,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await open_store_now(bridge)
         announce(bridge)
         if run_worker:
             bridge.start_worker()

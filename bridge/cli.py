@@ -16,10 +16,11 @@ from typing import Any
 import uvicorn
 
 from bridge import __version__
-from bridge.app import announce, create_app, open_bridge
+from bridge.app import announce, create_app, open_bridge, open_store_now
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
+from bridge.postgres.advice import pg_dump_advice
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
@@ -76,6 +77,7 @@ def worker(args: argparse.Namespace) -> int:
 
 async def _run_worker(settings: Settings) -> None:
     bridge = open_bridge(settings)
+    await open_store_now(bridge)
     announce(bridge)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,6 +101,9 @@ async def _check_destinations(settings: Settings) -> int:
     bridge = open_bridge(settings, check_templates=False)
     problems = 0
     try:
+        describe = getattr(bridge.store, "describe", None)
+        if describe is not None:
+            print(f"store: {await describe()}")
         report = check_templates(bridge.templates, bridge.destinations)
         print("\n".join(report.lines(settings.templates.dir)))
         problems += len(report.problems)
@@ -123,6 +128,10 @@ async def _check_destinations(settings: Settings) -> int:
          lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
 def backup(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if settings.store.backend == "postgresql":
+        print(f"sitegpt-bridge: {pg_dump_advice(settings.store.url, args.file)}",
+              file=sys.stderr)
+        return 1
     copy = asyncio.run(_backup(settings, args.file))
     print(f"backed up {settings.store.sqlite_path} to {copy.path}: {copy.events} events, "
           f"{copy.deliveries} deliveries ({copy.pending} pending), {copy.size} bytes")

@@ -259,11 +259,11 @@ def webhook_url(server: ServerSettings, endpoint: str) -> str:
 @contextlib.asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[Store]:
     """The bridge's own store, opened beside a running `serve` (SQLite WAL allows both)."""
-    path = settings.store.sqlite_path
-    if not path.exists():
-        raise UsageError(f"no store at {path}: has the bridge run with these settings?")
+    if settings.store.backend == "sqlite" and not settings.store.sqlite_path.exists():
+        raise UsageError(f"no store at {settings.store.sqlite_path}: has the bridge run with "
+                         "these settings?")
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds)
+                       settings.store.commit_timeout_seconds, pool_size=2)
     try:
         yield store
     finally:

@@ -951,6 +951,12 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0) -> SQLiteStore:
-    """The store named by `[store] url`."""
+def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0,
+               pool_size: int = 10) -> Store:
+    """The store named by `[store] url`: SQLite, or PostgreSQL for several replicas."""
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here: the PostgreSQL backend builds on this module's records.
+        from bridge.postgres.store import PostgresStore
+
+        return PostgresStore(url, pool_size, commit_timeout)
     return SQLiteStore(sqlite_path(url), synchronous, commit_timeout)

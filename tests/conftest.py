@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import fresh_database
 
 from bridge.samples import load_sample
 from bridge.settings import Settings, load_settings
@@ -96,3 +97,10 @@ def sample() -> Callable[[str], Any]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new PostgreSQL database for this test alone (skipped without a server, unless CI)."""
+    with fresh_database() as url:
+        yield url

@@ -1,0 +1,71 @@
+"""A database of its own for each PostgreSQL test, made on the server at $TEST_POSTGRES_URL.
+
+Without a server the PostgreSQL tests are skipped, saying why; with CI=true they fail instead,
+so CI never passes on tests it did not run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from bridge.postgres.url import masked_url
+
+SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PREFIX = "bridge_test_"
+
+
+@functools.cache
+def unreachable_because() -> str | None:
+    """Why the test server cannot be reached, or None when it can (asked once per run)."""
+    try:
+        psycopg.connect(SERVER, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def require_server() -> None:
+    reason = unreachable_because()
+    if reason is None:
+        return
+    message = (f"PostgreSQL is not reachable at {masked_url(SERVER)} ({reason}); start it "
+               "or point TEST_POSTGRES_URL at one to run the PostgreSQL tests")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}. CI=true: a missing server is a failure, not a skip",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def database_url(name: str) -> str:
+    parts = urlsplit(SERVER)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """The URL of a new, empty database, dropped (connections and all) afterwards."""
+    require_server()
+    name = f"{PREFIX}{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield database_url(name)
+    finally:
+        with psycopg.connect(SERVER, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+def query(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read the database on a connection of our own, as another replica would."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(statement, params).fetchall()
