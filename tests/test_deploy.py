@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -357,3 +358,46 @@ def test_the_wheel_built_from_the_image_sources_carries_templates_and_samples(tm
     samples = [path.name for path in (ROOT / "bridge" / "samples").glob("*.json")]
     assert samples and {f"bridge/samples/{name}" for name in samples} <= names
     assert "sitegpt-bridge = bridge.cli:main" in entry_points
+
+
+# The postgres profile
+
+
+def postgres_service() -> dict[str, Any]:
+    return compose()["services"]["postgres"]
+
+
+def test_the_postgres_profile_runs_the_official_image_with_a_volume_and_no_open_port():
+    postgres = postgres_service()
+    assert postgres["profiles"] == ["postgres"]
+    assert re.fullmatch(r"postgres:\d+", postgres["image"]), "the official image, a major pinned"
+    assert postgres["restart"] == "unless-stopped"
+    assert "ports" not in postgres
+    (volume,) = postgres["volumes"]
+    name, target = volume.split(":")
+    assert target == "/var/lib/postgresql/data" and name in compose()["volumes"]
+
+
+def test_the_postgres_healthcheck_asks_the_database_the_bridge_uses():
+    postgres = postgres_service()
+    program, *args = postgres["healthcheck"]["test"][1:]
+    assert postgres["healthcheck"]["test"][0] == "CMD" and program == "pg_isready"
+    environment = postgres["environment"]
+    assert f"--username={environment['POSTGRES_USER']}" in args
+    assert f"--dbname={environment['POSTGRES_DB']}" in args
+
+
+def test_the_bridge_starts_once_postgres_is_healthy_and_without_the_profile_too():
+    dependency = bridge_service()["depends_on"]["postgres"]
+    assert dependency == {"condition": "service_healthy", "required": False}
+
+
+def test_env_example_points_the_store_at_the_postgres_service_with_its_password():
+    env = env_example()
+    environment = postgres_service()["environment"]
+    assert environment["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+    url = urlsplit(env["BRIDGE_STORE__URL"])
+    assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432)
+    assert url.username == environment["POSTGRES_USER"]
+    assert url.path == f"/{environment['POSTGRES_DB']}"
+    assert url.password == env["POSTGRES_PASSWORD"]
