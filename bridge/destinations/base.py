@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -69,6 +71,19 @@ class Delivery:
         if target is None:
             return None
         return await self.store.conversation(target.chatbot_id, target.thread_id)
+
+    def one_at_a_time(self, work: str) -> AbstractAsyncContextManager[None]:
+        """Hold `work` for this conversation across every replica sharing the store.
+
+        For what must never happen twice, such as starting the conversation's Slack thread
+        while another replica, which took the delivery over, starts it too. A store shared by
+        replicas (PostgreSQL) holds a lock; with one process there is no one else to wait for.
+        """
+        target = conversation_of(self.event)
+        hold = getattr(self.store, "serialised", None)
+        if hold is None or target is None:
+            return contextlib.nullcontext()
+        return hold(f"{work}:{target.key}")  # type: ignore[no-any-return]
 
 
 class Destination(Protocol):

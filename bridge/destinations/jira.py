@@ -204,10 +204,21 @@ class JiraDestination:
                 "comment on the open ticket (escalated again)": comment}
 
     async def _escalate(self, delivery: Delivery, data: EscalationData) -> Delivered:
+        # One at a time per conversation across replicas: a replica that took this delivery
+        # over from a slow one finds the ticket the slow one made, rather than a second one.
+        async with delivery.one_at_a_time("jira-ticket"):
+            return await self._ticket(delivery, data)
+
+    async def _ticket(self, delivery: Delivery, data: EscalationData) -> Delivered:
         record = await delivery.conversation()
         if record is not None and record.jira_key:
             key = await self._call("read the linked ticket", self.tickets.still_open,
                                    record.jira_key)
+            if key is not None and await self._made_by_this_delivery(delivery, key,
+                                                                     _marker(delivery)):
+                # An earlier attempt (this replica's, or one whose lease ran out) made it.
+                conversation = Conversation(data.chatbot_id, data.thread_id)
+                return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, True))
             if key is not None:
                 return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
         return await self._link(delivery, data)

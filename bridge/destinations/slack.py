@@ -282,9 +282,14 @@ class SlackDestination:
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""
-        record = await delivery.conversation()
-        if record and record.slack_channel and record.slack_thread_ts:
-            return Thread(record.slack_channel, record.slack_thread_ts)
+        if thread := _thread_of(await delivery.conversation()):
+            return thread
+        async with delivery.one_at_a_time("slack-thread"):
+            # Another replica may have started it while this one waited.
+            record = await delivery.conversation()
+            return _thread_of(record) or await self._start_thread(delivery, record)
+
+    async def _start_thread(self, delivery: Delivery, record: ConversationRecord | None) -> Thread:
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
@@ -377,6 +382,12 @@ class SlackDestination:
         log.info("slack dry run (no bot_token), would post: %s",
                  json.dumps(fit_message(message), ensure_ascii=False))
         return Skipped("dry run: slack.bot_token is not set")
+
+
+def _thread_of(record: ConversationRecord | None) -> Thread | None:
+    if record and record.slack_channel and record.slack_thread_ts:
+        return Thread(record.slack_channel, record.slack_thread_ts)
+    return None
 
 
 def _escalated(conversation: Conversation, jira_key: str | None = None) -> ConversationRecord:

@@ -213,6 +213,11 @@ class PostgresStore:
         self._wake_ups = WakeUps(self.url, wake)
         self._wake_ups.start()
 
+    @property
+    def listening(self) -> bool:
+        """Whether this replica hears of new work from the others right now."""
+        return self._wake_ups is not None and self._wake_ups.listening.is_set()
+
     async def describe(self) -> str:
         """What `check` and the start-up log say: backend, server version, schema version."""
         async def read(conn: Connection) -> str:
