@@ -94,9 +94,20 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, settings.store.pool_size)
+    share_pacing(store, destinations)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
+
+
+def share_pacing(store: Store, destinations: dict[str, Destination]) -> None:
+    """A store shared by replicas (PostgreSQL) also keeps Slack's per-channel pace for all."""
+    if not hasattr(store, "take_token"):
+        return
+    for destination in destinations.values():
+        share = getattr(destination, "share_pacing", None)
+        if share is not None:
+            share(store)
 
 
 async def open_store_now(bridge: Bridge) -> None:

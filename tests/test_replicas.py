@@ -7,7 +7,6 @@ its own destinations and its own worker, sharing only the database, as two hosts
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -20,18 +19,15 @@ from fake_slack import FakeSlack
 from postgres import query
 from servers import serving
 
-from bridge.app import Bridge, create_app
+from bridge.app import Bridge, create_app, open_bridge
 from bridge.clock import SystemClock
-from bridge.destinations import build_destinations
 from bridge.destinations.base import Delivery
+from bridge.errors import RetryableError
 from bridge.events import MESSAGE, parse_event
 from bridge.intake import new_event
-from bridge.metrics import Metrics
 from bridge.postgres.store import PostgresStore
 from bridge.settings import Settings
-from bridge.store import ClaimedDelivery, open_store
-from bridge.templating import Templates
-from bridge.worker import Worker
+from bridge.store import ClaimedDelivery
 
 CHATBOT, THREAD = "chatbot_123", "thread_456"
 EMAIL, API_TOKEN = "support@example.com", "cloud-token"
@@ -88,11 +84,8 @@ async def replicas(make_settings, postgres_url) -> AsyncIterator[Any]:
 
 
 def _replica(settings: Settings) -> Replica:
-    store = open_store(settings.store.url, pool_size=settings.store.pool_size)
-    destinations = build_destinations(settings, Templates(None))
-    worker = Worker(store, destinations, settings.delivery, SystemClock(), random.Random(7))
-    return Replica(Bridge(settings, store, Templates(None), destinations, SystemClock(), worker,
-                          Metrics()))
+    """What `serve` opens, without its HTTP server: store, destinations, worker."""
+    return Replica(open_bridge(settings, check_templates=False))
 
 
 def slack_settings(fake: FakeSlack, **slack: Any) -> dict[str, Any]:
@@ -176,6 +169,38 @@ async def test_a_replica_taking_over_a_slow_escalation_does_not_open_a_second_ti
     assert len(cloud.created()) == 1
     assert {outcome.note for outcome in outcomes} == {"SUP-1"}
     assert cloud.comments("SUP-1") == []  # the taken-over attempt adds nothing either
+
+
+async def test_two_replicas_together_keep_to_slacks_pace_in_one_channel(replicas, sample):
+    """Each alone keeps to the pace; without a shared budget, two together post at twice it."""
+    with FakeSlack(channel_rate=10.0, channel_burst=3) as fake:
+        first, second = await replicas(slack_settings(fake, burst=3, per_second=10.0))
+        for n in range(14):
+            lead = sample("lead")
+            lead["data"]["leadDetails"]["id"] = f"lead-{n}"
+            await first.accept(lead, ["slack"])
+        jobs = await first.store.claim("first", time.time(), 100, 60)
+        await asyncio.gather(*[(first, second)[n % 2].attempt(job) for n, job in enumerate(jobs)])
+    assert fake.rate_limited == []
+    assert len(fake.posts) == 14
+
+
+async def test_a_429_on_one_replica_holds_the_channel_on_the_other(replicas, sample):
+    with FakeSlack() as fake:
+        first, second = await replicas(slack_settings(fake))
+        for n in range(2):
+            lead = sample("lead")
+            lead["data"]["leadDetails"]["id"] = f"lead-{n}"
+            await first.accept(lead, ["slack"])
+        jobs = await first.store.claim("first", time.time(), 100, 60)
+        fake.fail_next("chat.postMessage", status=429, error="ratelimited",
+                       headers={"Retry-After": "30"})
+        with pytest.raises(RetryableError, match="retry after 30"):
+            await first.attempt(jobs[0])
+        with pytest.raises(RetryableError, match="is rate-limited") as held:
+            await second.attempt(jobs[1])
+    assert held.value.retry_after is not None and held.value.retry_after > 25
+    assert len(fake.posts) == 0
 
 
 # Dedup and wake-up through real HTTP

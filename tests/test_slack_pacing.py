@@ -52,3 +52,22 @@ async def test_pacing_stays_close_to_the_rate_slack_allows():
     clock = FakeClock(start=0.0)
     times = await sent_times(ChannelPacer(3, 1.0, clock), clock, 200)
     assert 200 / 1.0 < times[-1] - times[0] < 200 / 0.85
+
+
+class UnreachableBudget:
+    """A shared budget whose store does not answer."""
+
+    async def take_token(self, channel, now, capacity, rate):
+        from bridge.errors import StoreError
+        raise StoreError("the store did not answer within 30 s")
+
+    async def hold_channel(self, channel, now, until):
+        raise AssertionError("not reached")
+
+
+async def test_without_its_shared_budget_a_replica_keeps_the_pace_alone():
+    clock = FakeClock(0.0)
+    pacer = ChannelPacer(burst=3, per_second=1.0, clock=clock, shared=UnreachableBudget())
+    for _ in range(4):
+        await pacer.acquire("C1")
+    assert clock.now() > 2.0  # two from the burst, then about a second each

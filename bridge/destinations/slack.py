@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -16,7 +16,7 @@ from slack_sdk.errors import SlackApiError
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped, parse_retry_after
 from bridge.destinations.slack_render import SlackRenderer, fit_message
-from bridge.errors import PermanentError, RetryableError, TemplateError
+from bridge.errors import PermanentError, RetryableError, StoreError, TemplateError
 from bridge.events import (
     ESCALATION,
     LEAD,
@@ -59,13 +59,29 @@ _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by
 _QUIET_SDK_LOG.setLevel(logging.CRITICAL)
 
 
+class ChannelBudget(Protocol):
+    """Where every replica's posts into a channel are counted (the store they share)."""
+
+    async def take_token(self, channel: str, now: float, capacity: float,
+                         rate: float) -> tuple[float, float]:
+        """Take a post from the bucket: (tokens left, below 0 when in debt; held until)."""
+        ...
+
+    async def hold_channel(self, channel: str, now: float, until: float) -> None: ...
+
+
 @dataclass
 class ChannelPacer:
-    """Per channel: a small burst, then about one post a second; held entirely after a 429."""
+    """Per channel: a small burst, then about one post a second; held entirely after a 429.
+
+    Slack's limit is the workspace's, whatever the number of replicas: with a `shared`
+    budget the bucket lives in the store they share, and each post waits out its own debt.
+    """
 
     burst: int
     per_second: float
     clock: Clock
+    shared: ChannelBudget | None = None
     _tokens: dict[str, float] = field(default_factory=dict)
     _stamp: dict[str, float] = field(default_factory=dict)
     _held_until: dict[str, float] = field(default_factory=dict)
@@ -78,8 +94,20 @@ class ChannelPacer:
     def held_for(self, channel: str) -> float:
         return max(self._held_until.get(channel, 0.0) - self.clock.now(), 0.0)
 
+    async def share_hold(self, channel: str) -> None:
+        """Tell the other replicas that this channel is held (after a 429 here)."""
+        until = self._held_until.get(channel, 0.0)
+        if self.shared is not None and until > self.clock.now():
+            await self.shared.hold_channel(channel, self.clock.now(), until)
+
     async def acquire(self, channel: str) -> None:
         """Wait for this channel's next slot, or raise RetryableError if it is held for long."""
+        if self.shared is not None:
+            try:
+                await self._acquire_shared(self.shared, channel)
+                return
+            except StoreError as exc:  # the pace is kept here until the store answers again
+                log.warning("slack: pacing %s on this replica alone: %s", channel, exc)
         held = self.held_for(channel)
         if held > MAX_PACING_WAIT:
             raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
@@ -90,13 +118,26 @@ class ChannelPacer:
             if wait > 0:
                 await self.clock.sleep(wait)
 
-    def _take(self, channel: str) -> float:
+    async def _acquire_shared(self, budget: ChannelBudget, channel: str) -> None:
+        capacity, rate = self._bucket()
+        now = self.clock.now()
+        tokens, held_until = await budget.take_token(channel, now, capacity, rate)
+        held = max(held_until, self._held_until.get(channel, 0.0)) - now
+        if held > MAX_PACING_WAIT:
+            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
+        wait = max(held, 0.0) + max(-tokens, 0.0) / rate
+        if wait > 0:
+            await self.clock.sleep(wait)
+
+    def _bucket(self) -> tuple[float, float]:
         # Slack counts a post when it arrives, and posts leave here at the set pace but arrive
         # with jitter: one that overtakes the previous one's delay would find Slack's bucket
         # empty and get a 429 (which holds the whole channel). So keep one post of the burst in
         # reserve and stay a tenth under the rate: an early arrival always finds a token.
-        capacity = max(self.burst - 1, 1)
-        rate = self.per_second * PACING_HEADROOM
+        return max(self.burst - 1, 1), self.per_second * PACING_HEADROOM
+
+    def _take(self, channel: str) -> float:
+        capacity, rate = self._bucket()
         now = self.clock.now()
         elapsed = now - self._stamp.get(channel, now)
         tokens = min(capacity, self._tokens.get(channel, capacity) + elapsed * rate)
@@ -143,6 +184,10 @@ class SlackDestination:
 
     def accepts(self, kind: str) -> bool:
         return kind in self.KINDS
+
+    def share_pacing(self, budget: ChannelBudget) -> None:
+        """Pace posts with every replica that keeps its budget in `budget` (the shared store)."""
+        self.pacer.shared = budget
 
     @property
     def client(self) -> WebClient:
@@ -338,8 +383,13 @@ class SlackDestination:
     async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
         await self.pacer.acquire(channel)
         arguments = post_arguments(channel, message, **extra)
-        reply = await self._call("chat.postMessage",
-                                 lambda: self.client.chat_postMessage(**arguments), channel=channel)
+        try:
+            reply = await self._call("chat.postMessage",
+                                     lambda: self.client.chat_postMessage(**arguments),
+                                     channel=channel)
+        except RetryableError:
+            await self.pacer.share_hold(channel)
+            raise
         return str(reply["ts"])
 
     async def _call(self, method: str, call: Callable[[], Any], channel: str | None = None) -> Any:

@@ -1,0 +1,86 @@
+"""check, backup, deliveries, retry and conversations against a PostgreSQL store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from test_commands import run
+
+from bridge.events import parse_event
+from bridge.intake import new_event
+from bridge.postgres.schema import LATEST
+from bridge.samples import load_sample
+from bridge.store import open_store
+
+NOW = 1_700_000_000.0
+PASSWORD = "sec-pg-password"
+
+
+@pytest.fixture
+def url(postgres_url: str) -> str:
+    """The test database's URL with a password in it (trust auth ignores it), to be masked."""
+    return postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+
+
+@pytest.fixture
+def config(make_settings, tmp_path, url) -> str:
+    make_settings({"store": {"url": url}})
+    return str(tmp_path / "settings.toml")
+
+
+async def seed(url: str) -> list[int]:
+    """A delivered Slack message and a failed Jira escalation, in one conversation."""
+    store = open_store(url)
+    try:
+        for name, destination, status in [("message-visitor", "slack", "delivered"),
+                                          ("escalation", "jira", "failed")]:
+            body: dict[str, Any] = load_sample(name)
+            event = parse_event(body["event"], body)
+            await store.accept(new_event(event, body, [destination]), NOW, 600)
+            [claimed] = await store.claim("seed", NOW, 1, 60)
+            await store.finish(claimed.id, status, NOW, f"{destination}: {status}")  # type: ignore[arg-type]
+        return [row.id for row in await store.deliveries()]
+    finally:
+        await store.close()
+
+
+def test_check_names_the_backend_server_and_schema_and_masks_the_password(config, url, capsys):
+    code, out, err = run(capsys, "check", "--config", config)
+    assert code == 0, err
+    assert PASSWORD not in out + err
+    [line] = [line for line in out.splitlines() if line.startswith("store: ")]
+    database = url.rsplit("/", 1)[1]
+    assert line.startswith("store: PostgreSQL 1")
+    assert line.endswith(f"at 127.0.0.1:5432/{database}, schema version {LATEST}")
+    assert json.loads(out[:out.index("\n}\n") + 2])["store"]["url"] == (
+        f"postgresql://postgres:**********@127.0.0.1:5432/{database}")
+
+
+def test_backup_says_to_use_pg_dump_with_the_exact_command(config, url, capsys, tmp_path):
+    code, out, err = run(capsys, "backup", "--config", config, str(tmp_path / "bridge.dump"))
+    assert code == 1 and out == ""
+    database = url.rsplit("/", 1)[1]
+    assert (f"pg_dump --format=custom --file={tmp_path / 'bridge.dump'} "
+            f"'postgresql://postgres@127.0.0.1:5432/{database}'") in err
+    assert PASSWORD not in err
+    assert not (tmp_path / "bridge.dump").exists()
+
+
+def test_deliveries_retry_and_conversations_work_on_postgresql(config, url, capsys):
+    ids = asyncio.run(seed(url))
+    code, out, _ = run(capsys, "deliveries", "--config", config, "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(row["destination"], row["status"]) for row in rows] == [
+        ("jira", "failed"), ("slack", "delivered")]
+
+    code, out, _ = run(capsys, "retry", "--config", config, "--failed")
+    assert (code, out.split(";")[0]) == (0, "requeued 1 delivery")
+    code, out, _ = run(capsys, "deliveries", "--config", config, "--status", "pending", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [max(ids)]
+
+    code, out, _ = run(capsys, "conversations", "--config", config, "--json")
+    [conversation] = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and conversation["thread_id"] == load_sample("escalation")["data"]["threadId"]
