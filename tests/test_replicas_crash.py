@@ -1,0 +1,84 @@
+"""Two `serve` processes on one PostgreSQL database: kill -9 of one, and the other carries on."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from conftest import TOKENS
+from fake_slack import FakeSlack
+from postgres import query
+from servers import BridgeProcess
+
+from bridge.postgres.schema import LATEST
+
+MESSAGES = 30
+TAKEOVER_BOUND = 30.0  # seconds from the kill to the last message in Slack
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def pending(url: str) -> int:
+    [(count,)] = query(url, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+    return int(count)  # type: ignore[call-overload]
+
+
+def post_message(url: str, n: int) -> httpx.Response:
+    body = {"event": "ADD_MESSAGE", "data": {"chatbotId": "bot", "threadId": "t1",
+                                              "question": f"m{n:02d}",
+                                              "messageType": "USER_MESSAGE"}}
+    return httpx.post(f"{url}/webhooks/messages", json=body, timeout=10,
+                      headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+
+
+def test_kill_9_of_one_replica_mid_stream_the_other_delivers_the_rest_in_order(
+        make_settings, tmp_path, postgres_url):
+    with FakeSlack(post_delay=0.05) as fake:
+        make_settings({
+            "store": {"url": postgres_url, "pool_size": 4},
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                      "burst": 1000, "per_second": 1000.0},
+            "delivery": {"lease": "2s", "poll_interval": "0.2s"},
+            "log": {"format": "json"},
+        })
+        config = tmp_path / "settings.toml"
+        with BridgeProcess(config, cwd=tmp_path) as first, \
+                BridgeProcess(config, cwd=tmp_path) as second:
+            # SiteGPT's webhooks, spread over both replicas as a load balancer would.
+            for n in range(MESSAGES):
+                assert post_message((first, second)[n % 2].url, n).status_code == 200
+            wait_for(lambda: len(fake.posts) >= 10, 30, "the first ten posts")
+            first.kill()
+            killed_at = len(fake.posts)
+            wait_for(lambda: pending(postgres_url) == 0, TAKEOVER_BOUND,
+                     "the surviving replica to deliver the rest")
+            assert second.process is not None and second.process.poll() is None
+    assert killed_at < MESSAGES + 1  # the kill really came mid-stream
+    [parent] = fake.parents()
+    replies = [post["text"] for post in fake.thread("C1", parent["ts"])]
+    assert list(dict.fromkeys(replies)) == [f"Visitor: m{n:02d}" for n in range(MESSAGES)]
+    assert sum(count - 1 for count in Counter(replies).values()) <= 1  # the one in flight
+
+
+def test_replicas_started_at_once_migrate_the_new_database_once(make_settings, tmp_path,
+                                                                postgres_url):
+    make_settings({"store": {"url": postgres_url}, "log": {"format": "json"}})
+    config = tmp_path / "settings.toml"
+    replicas = [BridgeProcess(config, cwd=tmp_path) for _ in range(3)]
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        started = list(pool.map(lambda replica: replica.__enter__(), replicas))
+    try:
+        logs = [replica.log for replica in started]
+    finally:
+        for replica in started:
+            replica.kill()
+    assert sum("migrated the PostgreSQL schema" in log for log in logs) == 1
+    assert all(f"schema version {LATEST}" in log for log in logs)
+    assert query(postgres_url, "SELECT COUNT(*) FROM schema_migrations") == [(LATEST,)]
