@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
 from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
 from bench.load import LoadResult, choose_generator
+from tests.postgres import SERVER, unreachable_because
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -24,8 +25,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="load generator: wrk when installed (auto), or the Python client")
     parser.add_argument("--slack", choices=("fake", "dry-run"), default="fake",
                         help="during ingest: a healthy fake Slack with Slack's pacing, or none")
-    parser.add_argument("--servers", default="bare,durable,bridge,flask",
-                        help="which of bare,durable,bridge,flask to load (default all)")
+    parser.add_argument("--servers", default="bare,durable,bridge,flask,postgres,postgres2",
+                        help="which of bare,durable,bridge,flask,postgres,postgres2 to load "
+                             "(default all; postgres2: two replicas, the load spread in turn)")
+    parser.add_argument("--postgres", default=SERVER, metavar="URL",
+                        help="a PostgreSQL server to make a fresh database on for the "
+                             "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
+                             "else 127.0.0.1:5432 as postgres)")
     parser.add_argument("--only", choices=("ingest", "delivery"),
                         help="run only the ingest or only the delivery benchmarks")
     parser.add_argument("--burst", type=int, default=200,
@@ -84,24 +90,40 @@ def print_delivery(report: DeliveryReport) -> None:
     for run in report.throughput:
         print(f"worker throughput, {run.messages} messages over {run.conversations:>3} "
               f"conversation(s): {run.per_second:6.1f} deliveries/s")
+    if across := report.across_replicas:
+        print(f"webhook 200 on replica A (--no-worker) -> Slack post by replica B's worker, "
+              f"PostgreSQL, {across.messages} messages one at a time: p50 {across.p50_ms:.1f} ms,"
+              f" p99 {across.p99_ms:.1f} ms, max {across.max_ms:.1f} ms")
     print(f"burst of {burst.messages} into one conversation, fake Slack allows {burst.rate:g}/s "
           f"per channel after a burst of 3 ([slack] per_second = {burst.rate:g}, burst = 3): "
           f"{burst.delivered} delivered in {burst.seconds:.1f} s, "
           f"{burst.rate_limited} answered 429, in order: {'yes' if burst.in_order else 'NO'}")
 
 
+def reachable(server: str) -> str:
+    """`server` if PostgreSQL answers there, else "" (its runs are skipped, saying why)."""
+    if not server:
+        return ""
+    if server == SERVER and (reason := unreachable_because()):
+        print(f"PostgreSQL runs skipped: {reason}")
+        return ""
+    return server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
+    postgres = reachable(args.postgres)
     options = IngestOptions(seconds=args.seconds, connections=args.connections,
                             threads=args.threads, events=args.events,
                             generator=choose_generator(args.load), slack=args.slack,
-                            servers=tuple(args.servers.split(",")))
+                            servers=tuple(args.servers.split(",")), postgres=postgres)
     print(f"machine: {machine()}")
     if args.only != "delivery":
         print_ingest(run_ingest(options), options)
     if args.only != "ingest":
         print_delivery(run_delivery(DeliveryOptions(burst_messages=args.burst,
-                                                    burst_rate=args.burst_rate)))
+                                                    burst_rate=args.burst_rate,
+                                                    postgres=postgres)))
     return 0
 
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from bench.servers import (
     start,
 )
 from bench.slack_server import ARRIVALS
+from tests.postgres import created_database
 
 UNPACED = (1000, 1000.0)  # [slack] burst, per_second: pacing out of the way
 DELIVERY_TIMEOUT = 120.0
@@ -102,6 +103,7 @@ class DeliveryReport:
     latency: Latency
     throughput: list[Throughput]
     burst: Burst
+    across_replicas: Latency | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class DeliveryOptions:
     throughput_messages: int = 300
     burst_messages: int = 200
     burst_rate: float = 20.0
+    postgres: str = ""  # where to make a database for the two-replica run; "" skips it
 
 
 def run_delivery(options: DeliveryOptions) -> DeliveryReport:
@@ -122,15 +125,25 @@ def run_delivery(options: DeliveryOptions) -> DeliveryReport:
         with _fake_slack(options.burst_rate) as slack, _bridge(
                 Path(folder) / "paced", slack, (3, options.burst_rate)) as bridge:
             burst = asyncio.run(_burst(bridge, slack, options))
-    return DeliveryReport(latency, throughput, burst)
+        across = _across_replicas(Path(folder), options) if options.postgres else None
+    return DeliveryReport(latency, throughput, burst, across)
+
+
+def _across_replicas(folder: Path, options: DeliveryOptions) -> Latency:
+    """Webhooks to a replica without a worker; the other replica's worker posts them."""
+    with created_database(options.postgres, "bridge_bench_") as url, _fake_slack() as slack, \
+            _bridge(folder / "receiver", slack, UNPACED, url, ["--no-worker"]) as receiver, \
+            _bridge(folder / "deliverer", slack, UNPACED, url):
+        return asyncio.run(_latency(receiver, slack, options.latency_messages))
 
 
 @contextlib.contextmanager
-def _bridge(folder: Path, slack: Slack, pacing: tuple[int, float]) -> Iterator[Server]:
+def _bridge(folder: Path, slack: Slack, pacing: tuple[int, float], store_url: str | None = None,
+            flags: Sequence[str] = ()) -> Iterator[Server]:
     folder.mkdir()
     port = free_port()
-    settings = bridge_settings(folder, port, slack.api_url, pacing)
-    command = python_command("-m", "bridge", "serve", "--config", str(settings))
+    settings = bridge_settings(folder, port, slack.api_url, pacing, store_url)
+    command = python_command("-m", "bridge", "serve", "--config", str(settings), *flags)
     server = start("sitegpt-bridge", command, port, folder / "bridge.log", "/readyz",
                    bridge_env(), 200)
     try:

@@ -21,6 +21,7 @@ from bench.servers import (
     start,
 )
 from tests.fake_slack import FakeSlack
+from tests.postgres import created_database
 
 PATH = "/webhooks/messages"
 WARM_UP_SECONDS = 1.0
@@ -36,7 +37,8 @@ class IngestOptions:
     events: int
     generator: str
     slack: str  # "fake": a healthy fake Slack with Slack's own pacing; "dry-run": no token
-    servers: tuple[str, ...] = ("bare", "durable", "bridge", "flask")
+    servers: tuple[str, ...] = ("bare", "durable", "bridge", "flask", "postgres", "postgres2")
+    postgres: str = ""  # the server to make a fresh database on, for the PostgreSQL rows
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ BASELINE = "bare Starlette endpoint"
 DURABLE = "Starlette + group commit"
 BRIDGE = "sitegpt-bridge"
 FLASK = "SiteGPT Flask example"
+POSTGRES = "bridge, PostgreSQL x1"
+POSTGRES_PAIR = "bridge, PostgreSQL x2 (RR)"
 
 
 def run_ingest(options: IngestOptions) -> IngestReport:
@@ -83,7 +87,43 @@ def run_ingest(options: IngestOptions) -> IngestReport:
         if "flask" in options.servers:
             with _serving(_start_flask(work)) as server:
                 report.rows.append(_measure(FLASK, server, options))
+        for name, label, count in (("postgres", POSTGRES, 1), ("postgres2", POSTGRES_PAIR, 2)):
+            if name in options.servers and options.postgres:
+                _bench_replicas(work / name, options, report, label, count)
     return report
+
+
+def _bench_replicas(work: Path, options: IngestOptions, report: IngestReport, label: str,
+                    count: int) -> None:
+    """`count` bridges on one fresh PostgreSQL database, the load spread over them in turn."""
+    work.mkdir()
+    with created_database(options.postgres, "bridge_bench_") as url, FakeSlack() as slack, \
+            contextlib.ExitStack() as replicas:
+        servers = [replicas.enter_context(_serving(_start_replica(work / f"replica-{n}", slack,
+                                                                  options, url)))
+                   for n in range(count)]
+        time.sleep(SETTLE_SECONDS)
+        warm_up = _load_spread(servers, options, WARM_UP_SECONDS)
+        result = _load_spread(servers, options, options.seconds)
+        rss = sum(server.rss_mb() for server in servers)
+        report.rows.append(Measured(label, result, rss, warm_up.ok))
+
+
+def _load_spread(servers: list[Server], options: IngestOptions, seconds: float) -> LoadResult:
+    load = Load(url=servers[0].url + PATH, token=TOKEN, run=uuid.uuid4().hex[:8],
+                seconds=seconds, connections=options.connections, threads=options.threads,
+                also=tuple(server.url + PATH for server in servers[1:]))
+    return run_load(load, options.generator)
+
+
+def _start_replica(folder: Path, slack: FakeSlack, options: IngestOptions,
+                   store_url: str) -> Server:
+    folder.mkdir()
+    port = free_port()
+    slack_url = slack.api_url if options.slack == "fake" else None
+    settings = bridge_settings(folder, port, slack_url, store_url=store_url)
+    command = python_command("-m", "bridge", "serve", "--config", str(settings))
+    return start(BRIDGE, command, port, folder / "bridge.log", "/readyz", bridge_env(), 200)
 
 
 def _bench_bridge(work: Path, options: IngestOptions, report: IngestReport) -> None:

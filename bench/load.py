@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +29,11 @@ class Load:
     seconds: float
     connections: int = 32
     threads: int = 2
+    also: tuple[str, ...] = ()  # more replicas: connections are spread over all, in turn
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.also)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ def choose_generator(preferred: str = "auto") -> str:
 
 
 def run_load(load: Load, generator: str) -> LoadResult:
+    if generator == "wrk" and load.also:
+        return _wrk_spread(load)
     if generator == "wrk":
         return _wrk(load)
     with asyncio.Runner(loop_factory=_fastest_loop()) as runner:
@@ -76,6 +84,21 @@ def _wrk(load: Load) -> LoadResult:
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{output}")
     return LoadResult(generator="wrk", **json.loads(line.removeprefix("BENCH ")))
+
+
+def _wrk_spread(load: Load) -> LoadResult:
+    """One wrk per replica at once, the connections shared out; latencies: the worst of them."""
+    share = max(load.connections // len(load.urls), 1)
+    loads = [Load(url, load.token, f"{load.run}{n}", load.seconds, share, load.threads)
+             for n, url in enumerate(load.urls)]
+    with ThreadPoolExecutor(len(loads)) as pool:
+        results = list(pool.map(_wrk, loads))
+    return LoadResult(
+        generator="wrk", requests=sum(r.requests for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+        seconds=max(r.seconds for r in results), p50_ms=max(r.p50_ms for r in results),
+        p99_ms=max(r.p99_ms for r in results), max_ms=max(r.max_ms for r in results))
 
 
 class _Tally:
@@ -107,14 +130,14 @@ def request_head(url: str, token: str) -> tuple[str, int, str]:
 
 
 async def _drive(load: Load) -> LoadResult:
-    host, port, head = request_head(load.url, load.token)
+    targets = [request_head(url, load.token) for url in load.urls]
     serials = itertools.count()
     tally = _Tally()
     started = time.perf_counter()
     deadline = started + load.seconds
     await asyncio.gather(*(
-        _connection(host, port, head, load.run, serials, deadline, tally)
-        for _ in range(load.connections)))
+        _connection(*targets[n % len(targets)], load.run, serials, deadline, tally)
+        for n in range(load.connections)))
     elapsed = time.perf_counter() - started
     latencies = sorted(tally.latencies) or [0.0]
     return LoadResult(

@@ -108,8 +108,9 @@ def python_command(*arguments: str) -> list[str]:
 
 
 def bridge_settings(folder: Path, port: int, slack_url: str | None,
-                    slack_pacing: tuple[int, float] = (3, 1.0)) -> Path:
-    """A settings file for a fresh bridge: its store in `folder`, one token per webhook."""
+                    slack_pacing: tuple[int, float] = (3, 1.0),
+                    store_url: str | None = None) -> Path:
+    """A settings file for a fresh bridge: its store in `folder` (or at `store_url`)."""
     burst, per_second = slack_pacing
     slack = [f"burst = {burst}", f"per_second = {per_second}"]
     if slack_url:  # else the Slack destination runs dry, logging what it would post
@@ -117,7 +118,7 @@ def bridge_settings(folder: Path, port: int, slack_url: str | None,
                   'channel = "C_BENCH"']
     lines = [
         "[server]", 'host = "127.0.0.1"', f"port = {port}",
-        "[store]", f"url = {json.dumps(f'sqlite:///{folder}/bridge.db')}",
+        "[store]", f"url = {json.dumps(store_url or f'sqlite:///{folder}/bridge.db')}",
         *(f"[webhooks.{name}]\ntokens = [{json.dumps(TOKEN)}]"
           for name in ("messages", "escalations", "leads")),
         "[slack]", *slack,

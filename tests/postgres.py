@@ -45,8 +45,8 @@ def require_server() -> None:
     pytest.skip(message)
 
 
-def database_url(name: str) -> str:
-    parts = urlsplit(SERVER)
+def database_url(name: str, server: str = SERVER) -> str:
+    parts = urlsplit(server)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
@@ -54,13 +54,20 @@ def database_url(name: str) -> str:
 def fresh_database() -> Iterator[str]:
     """The URL of a new, empty database, dropped (connections and all) afterwards."""
     require_server()
-    name = f"{PREFIX}{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
+    with created_database(SERVER) as url:
+        yield url
+
+
+@contextmanager
+def created_database(server: str, prefix: str = PREFIX) -> Iterator[str]:
+    """A new database on `server` (also for bench/), dropped with its connections afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield database_url(name)
+        yield database_url(name, server)
     finally:
-        with psycopg.connect(SERVER, autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 

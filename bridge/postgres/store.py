@@ -177,6 +177,11 @@ class PostgresStore:
         self._pool = AsyncConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True},
             name="bridge-store", timeout=DEFAULT_TIMEOUT)
+        # Locks are held for as long as a Slack or Jira call takes (and Slack's pace): on
+        # connections of their own, so that webhooks never wait for a free connection.
+        self._locks = AsyncConnectionPool(
+            url, min_size=0, max_size=pool_size, open=False, kwargs={"autocommit": True},
+            name="bridge-locks", timeout=DEFAULT_TIMEOUT)
         self._opening: asyncio.Lock | None = None
         self._opened = False
         self._wake_ups: WakeUps | None = None
@@ -198,6 +203,7 @@ class PostgresStore:
                                                                  autocommit=True) as conn:
                     self.schema_version = await migrate.migrate(conn, MIGRATIONS)
                 await self._pool.open()
+                await self._locks.open()
             except (psycopg.Error, OSError) as exc:
                 raise StoreError(f"cannot open the store at {masked_url(self.url)}: "
                                  f"{scrub(str(exc), self.url)}") from None
@@ -206,6 +212,7 @@ class PostgresStore:
     async def close(self) -> None:
         if self._wake_ups is not None:
             await self._wake_ups.stop()
+        await self._locks.close()
         await self._pool.close()
 
     def on_new_work(self, wake: Callable[[], None]) -> None:
@@ -304,7 +311,7 @@ class PostgresStore:
         """
         await self.open()
         try:
-            async with self._pool.connection() as conn:
+            async with self._locks.connection() as conn:
                 await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
                                    (SERIAL_NAMESPACE, key))
                 try:
