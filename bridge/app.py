@@ -25,6 +25,7 @@ from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge")
+SLOW_TAKEOVER = 30.0
 
 
 @dataclass
@@ -93,7 +94,8 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds, settings.store.pool_size)
+                       settings.store.commit_timeout_seconds, clock,
+                       pool_size=settings.store.pool_size)
     share_pacing(store, destinations)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
@@ -112,12 +114,12 @@ def share_pacing(store: Store, destinations: dict[str, Destination]) -> None:
 
 async def open_store_now(bridge: Bridge) -> None:
     """Connect and migrate before serving, so a store that cannot open stops the start-up."""
-    store = bridge.store
-    open_now, describe = getattr(store, "open", None), getattr(store, "describe", None)
-    if open_now is not None:
+    open_now = getattr(bridge.store, "open", None)
+    if open_now is not None:  # SQLite opened in open_store(); PostgreSQL opens in this loop
         await open_now()
-    if describe is not None:
-        log.info("store: %s", await describe())
+    info = await bridge.store.info()
+    log.info("store: %s at %s, schema version %d", info.backend, info.location,
+             info.schema_version)
 
 
 def announce(bridge: Bridge) -> None:
@@ -129,6 +131,11 @@ def announce(bridge: Bridge) -> None:
         if getattr(destination, "dry_run", False):
             state = "dry run (no bot token): messages are logged, not posted"
         log.info("destination %s: %s", name, state)
+    lease = settings.delivery.lease.total_seconds()
+    if lease > SLOW_TAKEOVER:
+        log.warning("delivery.lease is %gs: after a crash, a conversation waits that long before"
+                    " another worker takes over; live workers renew their leases, so the default"
+                    " 15s is safe however slow a destination is", lease)
     for endpoint in bridge.endpoints():
         if not endpoint.tokens:
             log.warning("webhook %s has no token: it answers 503 until one is set", endpoint.name)

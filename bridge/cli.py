@@ -20,9 +20,9 @@ from bridge.app import announce, create_app, open_bridge, open_store_now
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
-from bridge.postgres.advice import pg_dump_advice
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
+from bridge.store.postgres.advice import pg_dump_advice
 from bridge.template_check import check_templates
 
 Command = Callable[[argparse.Namespace], int]
@@ -101,9 +101,6 @@ async def _check_destinations(settings: Settings) -> int:
     bridge = open_bridge(settings, check_templates=False)
     problems = 0
     try:
-        describe = getattr(bridge.store, "describe", None)
-        if describe is not None:
-            print(f"store: {await describe()}")
         report = check_templates(bridge.templates, bridge.destinations)
         print("\n".join(report.lines(settings.templates.dir)))
         problems += len(report.problems)
@@ -117,6 +114,8 @@ async def _check_destinations(settings: Settings) -> int:
             except DeliveryError as exc:
                 print(f"{name}: FAILED: {exc}")
                 problems += 1
+        info = await bridge.store.info()
+        print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
     finally:

@@ -68,7 +68,8 @@ def build_bridge(settings: Settings, destinations: Mapping[str, Destination] | N
     """A Bridge whose destinations are exactly `destinations` (none by default), not REGISTRY's."""
     clock = clock or SystemClock()
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds, settings.store.pool_size)
+                       settings.store.commit_timeout_seconds,
+                       pool_size=settings.store.pool_size)
     chosen = dict(destinations or {})
     worker = Worker(store, chosen, settings.delivery, clock)
     return Bridge(settings, store, Templates(settings.templates.dir), chosen, clock, worker)

@@ -13,6 +13,7 @@ from postgres import fresh_database
 
 from bridge.samples import load_sample
 from bridge.settings import Settings, load_settings
+from tests.postgres import drop_databases_of_this_run
 
 TOKENS = {"messages": "tok-messages", "escalations": "tok-escalations", "leads": "tok-leads"}
 
@@ -104,3 +105,7 @@ def postgres_url() -> Iterator[str]:
     """A new PostgreSQL database for this test alone (skipped without a server, unless CI)."""
     with fresh_database() as url:
         yield url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_databases_of_this_run()

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bridge.postgres.url import masked_url
+from bridge.store.postgres.url import masked_url
 
 SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PREFIX = "bridge_test_"
@@ -70,6 +70,28 @@ def created_database(server: str, prefix: str = PREFIX) -> Iterator[str]:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
+
+
+_KEPT: list[str] = []  # databases made for tests that cannot drop them themselves
+
+
+def database_for_this_run() -> str:
+    """A new database that lasts until the test run ends (see drop_databases_of_this_run)."""
+    require_server()
+    name = f"{PREFIX}{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    _KEPT.append(name)
+    return database_url(name)
+
+
+def drop_databases_of_this_run() -> None:
+    if not _KEPT:
+        return
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        while _KEPT:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(_KEPT.pop())))
 
 
 def query(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

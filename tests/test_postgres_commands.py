@@ -11,9 +11,9 @@ from test_commands import run
 
 from bridge.events import parse_event
 from bridge.intake import new_event
-from bridge.postgres.schema import LATEST
 from bridge.samples import load_sample
 from bridge.store import open_store
+from bridge.store.migrations import SCHEMA_VERSION
 
 NOW = 1_700_000_000.0
 PASSWORD = "sec-pg-password"
@@ -41,7 +41,7 @@ async def seed(url: str) -> list[int]:
             event = parse_event(body["event"], body)
             await store.accept(new_event(event, body, [destination]), NOW, 600)
             [claimed] = await store.claim("seed", NOW, 1, 60)
-            await store.finish(claimed.id, status, NOW, f"{destination}: {status}")  # type: ignore[arg-type]
+            await store.finish(claimed.lease, status, NOW, f"{destination}: {status}")  # type: ignore[arg-type]
         return [row.id for row in await store.deliveries()]
     finally:
         await store.close()
@@ -54,7 +54,7 @@ def test_check_names_the_backend_server_and_schema_and_masks_the_password(config
     [line] = [line for line in out.splitlines() if line.startswith("store: ")]
     database = url.rsplit("/", 1)[1]
     assert line.startswith("store: PostgreSQL 1")
-    assert line.endswith(f"at 127.0.0.1:5432/{database}, schema version {LATEST}")
+    assert line.endswith(f"at 127.0.0.1:5432/{database}, schema version {SCHEMA_VERSION}")
     assert json.loads(out[:out.index("\n}\n") + 2])["store"]["url"] == (
         f"postgresql://postgres:**********@127.0.0.1:5432/{database}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.postgres.url import (
+from bridge.store.postgres.url import (
     check_postgres_url,
     masked_url,
     scrub,

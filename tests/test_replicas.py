@@ -25,9 +25,9 @@ from bridge.destinations.base import Delivery
 from bridge.errors import RetryableError
 from bridge.events import MESSAGE, parse_event
 from bridge.intake import new_event
-from bridge.postgres.store import PostgresStore
 from bridge.settings import Settings
 from bridge.store import ClaimedDelivery
+from bridge.store.postgres.store import PostgresStore
 
 CHATBOT, THREAD = "chatbot_123", "thread_456"
 EMAIL, API_TOKEN = "support@example.com", "cloud-token"

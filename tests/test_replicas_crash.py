@@ -12,7 +12,7 @@ from fake_slack import FakeSlack
 from postgres import query
 from servers import BridgeProcess
 
-from bridge.postgres.schema import LATEST
+from bridge.store.migrations import SCHEMA_VERSION
 
 MESSAGES = 30
 TAKEOVER_BOUND = 30.0  # seconds from the kill to the last message in Slack
@@ -45,7 +45,7 @@ def test_kill_9_of_one_replica_mid_stream_the_other_delivers_the_rest_in_order(
             "store": {"url": postgres_url, "pool_size": 4},
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
                       "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "2s", "poll_interval": "0.2s"},
+            "delivery": {"poll_interval": "0.2s"},  # the default lease: 15 s, renewed
             "log": {"format": "json"},
         })
         config = tmp_path / "settings.toml"
@@ -80,5 +80,5 @@ def test_replicas_started_at_once_migrate_the_new_database_once(make_settings, t
         for replica in started:
             replica.kill()
     assert sum("migrated the PostgreSQL schema" in log for log in logs) == 1
-    assert all(f"schema version {LATEST}" in log for log in logs)
-    assert query(postgres_url, "SELECT COUNT(*) FROM schema_migrations") == [(LATEST,)]
+    assert all(f"schema version {SCHEMA_VERSION}" in log for log in logs)
+    assert query(postgres_url, "SELECT COUNT(*) FROM schema_migrations") == [(SCHEMA_VERSION,)]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from bridge.postgres.url import scrub
+from bridge.store.postgres.url import scrub
 
 log = logging.getLogger("bridge.store")
 CHANNEL = "bridge_work"

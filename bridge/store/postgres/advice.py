@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.postgres.url import without_password
+from bridge.store.postgres.url import without_password
 
 
 def pg_dump_advice(url: str, target: Path) -> str:

@@ -1,0 +1,133 @@
+"""The delivery queue in PostgreSQL: per-conversation FIFO claims by SKIP LOCKED, guarded leases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from bridge.store.postgres.intake import accept
+from bridge.store.records import ClaimedDelivery, DeliveryStatus, FollowUp, Lease, NewEvent
+
+Connection = psycopg.AsyncConnection[Any]
+
+# A delivery may go only when no older one to the same destination and conversation is
+# pending. SKIP LOCKED: replicas claiming at the same moment take different rows instead of
+# queueing behind each other; a row another claim has just leased is re-checked and skipped.
+# A lease that ran out is recorded as its worker's abandoned attempt.
+CLAIM = """
+WITH next AS (
+    SELECT d.id, d.attempts, d.lease_owner FROM deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s
+      AND (d.lease_until IS NULL OR d.lease_until <= %(now)s)
+      AND NOT EXISTS (
+        SELECT 1 FROM deliveries e
+        WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+          AND e.status = 'pending' AND e.id < d.id)
+    ORDER BY d.id LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+), abandoned AS (
+    INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)
+    SELECT id, attempts, 'abandoned',
+           'the lease of ' || lease_owner || ' ran out: it stopped renewing it', lease_owner,
+           %(now)s
+    FROM next WHERE lease_owner IS NOT NULL
+)
+UPDATE deliveries d
+SET lease_owner = %(owner)s, lease_until = %(lease_until)s, attempts = d.attempts + 1,
+    lease_token = md5(random()::text || clock_timestamp()::text || d.id::text)
+FROM next, events e
+WHERE d.id = next.id AND e.id = d.event_id
+RETURNING d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at, e.kind,
+          e.body, d.lease_owner AS owner, d.lease_token AS token
+"""
+NEXT_DUE = ("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+            " AND next_attempt_at > %s")
+# Every change to a claimed delivery holds only while the lease is still the caller's.
+HELD = ("id = %(id)s AND lease_owner = %(owner)s AND lease_token = %(token)s"
+        " AND status = 'pending'")
+
+
+async def claim(conn: Connection, owner: str, now: float, limit: int,
+                lease_until: float) -> list[ClaimedDelivery]:
+    async with conn.transaction(), conn.cursor(row_factory=class_row(ClaimedDelivery)) as cursor:
+        await cursor.execute(CLAIM, {"now": now, "limit": limit, "owner": owner,
+                                     "lease_until": lease_until})
+        return sorted(await cursor.fetchall(), key=lambda job: job.id)
+
+
+async def heartbeat(conn: Connection, leases: Sequence[Lease], until: float) -> set[int]:
+    if not leases:
+        return set()
+    cursor = await conn.execute(
+        "UPDATE deliveries d SET lease_until = %s"
+        " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS l(id, owner, token)"
+        " WHERE d.id = l.id AND d.lease_owner = l.owner AND d.lease_token = l.token"
+        " AND d.status = 'pending' RETURNING d.id",
+        (until, [lease.delivery_id for lease in leases], [lease.owner for lease in leases],
+         [lease.token for lease in leases]))
+    return {int(row[0]) for row in await cursor.fetchall()}
+
+
+async def finish(conn: Connection, lease: Lease, status: DeliveryStatus, now: float,
+                 note: str | None, follow_ups: Sequence[FollowUp]) -> bool:
+    error = note if status == "failed" else None
+    async with conn.transaction():
+        if not await _record_attempt(conn, lease, status, error, now):
+            return False
+        await conn.execute(
+            "UPDATE deliveries SET status = %(status)s, finished_at = %(now)s, note = %(note)s,"
+            " last_error = %(error)s, lease_owner = NULL, lease_until = NULL,"
+            f" lease_token = NULL WHERE {HELD}",
+            {**_lease(lease), "status": status, "now": now, "error": error,
+             "note": None if error else note})
+        for follow_up in follow_ups:
+            await accept(conn, NewEvent(
+                kind=follow_up.kind, body=follow_up.body,
+                dedup_key=f"follow-up:{lease.delivery_id}", ordering_key=follow_up.ordering_key,
+                destinations=follow_up.destinations), now, 0.0)
+    return True
+
+
+async def reschedule(conn: Connection, lease: Lease, at: float, error: str, now: float) -> bool:
+    async with conn.transaction():
+        if not await _record_attempt(conn, lease, "retry", error, now):
+            return False
+        await conn.execute(
+            "UPDATE deliveries SET next_attempt_at = %(at)s, last_error = %(error)s,"
+            " lease_owner = NULL, lease_until = NULL, lease_token = NULL"
+            f" WHERE {HELD}", {**_lease(lease), "at": at, "error": error})
+    return True
+
+
+async def _record_attempt(conn: Connection, lease: Lease, outcome: str, error: str | None,
+                          now: float) -> bool:
+    """The attempt's row, written only if the lease still holds; whether it did.
+
+    FOR UPDATE: a claim taking the delivery over at this moment either waits for this
+    transaction or has already moved the lease on, so exactly one of the two wins.
+    """
+    cursor = await conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)"
+        " SELECT id, attempts, %(outcome)s, %(error)s, lease_owner, %(now)s FROM deliveries"
+        f" WHERE {HELD} FOR UPDATE",
+        {**_lease(lease), "outcome": outcome, "error": error, "now": now})
+    return cursor.rowcount == 1
+
+
+async def release(conn: Connection, leases: Sequence[Lease]) -> int:
+    released = 0
+    async with conn.transaction():
+        for lease in leases:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL,"
+                f" lease_token = NULL, attempts = GREATEST(attempts - 1, 0) WHERE {HELD}",
+                _lease(lease))
+            released += cursor.rowcount
+    return released
+
+
+def _lease(lease: Lease) -> dict[str, object]:
+    return {"id": lease.delivery_id, "owner": lease.owner, "token": lease.token}

@@ -1,0 +1,304 @@
+"""The PostgreSQL store: the same contract as SQLite's, safe for several replicas at once.
+
+Each call takes a pooled connection and runs as one statement or one short transaction: the
+server's own commit grouping replaces SQLite's writer thread. Replicas agree through the
+database alone: dedup by a primary key, claims by FOR UPDATE SKIP LOCKED, per-conversation
+order by an advisory lock at accept, guarded leases, new work announced with NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from bridge.clock import Clock, SystemClock
+from bridge.errors import StoreBusy, StoreError
+from bridge.store.postgres import conversations, intake, migrate, operations, queue
+from bridge.store.postgres.advice import pg_dump_advice
+from bridge.store.postgres.schema import MIGRATIONS
+from bridge.store.postgres.url import masked_url, scrub, server_address
+from bridge.store.postgres.wakeup import WakeUps
+from bridge.store.records import (
+    Acceptance,
+    Attempt,
+    Backup,
+    ClaimedDelivery,
+    ConversationRecord,
+    DeliveryRow,
+    DeliveryStatus,
+    Echo,
+    FollowUp,
+    Lease,
+    NewEvent,
+    Pruned,
+    StoredMessage,
+    StoreInfo,
+)
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[Any]
+log = logging.getLogger("bridge.store")
+DEFAULT_TIMEOUT = 30.0
+SERIAL_NAMESPACE = 0x5175  # advisory locks for one_at_a_time work, keyed by hashtext(key)
+
+# A token bucket per channel whose debt is the wait: each post takes a token now, and waits
+# as long as the bucket needs to earn it back. No lock is held while posts wait.
+TAKE_TOKEN = """
+INSERT INTO channel_budgets AS b (channel, tokens, stamp)
+VALUES (%(channel)s, %(capacity)s - 1, %(now)s)
+ON CONFLICT (channel) DO UPDATE SET
+    tokens = LEAST(%(capacity)s, b.tokens + GREATEST(%(now)s - b.stamp, 0) * %(rate)s) - 1,
+    stamp = GREATEST(b.stamp, %(now)s)
+RETURNING tokens, held_until
+"""
+HOLD_CHANNEL = """
+INSERT INTO channel_budgets AS b (channel, tokens, stamp, held_until)
+VALUES (%(channel)s, 0, %(now)s, %(until)s)
+ON CONFLICT (channel) DO UPDATE SET held_until = GREATEST(b.held_until, %(until)s)
+"""
+
+
+class PostgresStore:
+    """The shared backend: a connection pool, migrated on first use, and a wake-up listener."""
+
+    def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
+                 clock: Clock | None = None) -> None:
+        self.url = url
+        self.commit_timeout = commit_timeout
+        self.clock = clock or SystemClock()
+        self.schema_version = 0
+        self.server_version = ""
+        self._pool = _pool(url, pool_size, "bridge-store", min_size=1)
+        # Locks are held for as long as a Slack or Jira call takes (and Slack's pace): on
+        # connections of their own, so that webhooks never wait for a free connection.
+        self._locks = _pool(url, pool_size, "bridge-locks", min_size=0)
+        self._opening: asyncio.Lock | None = None
+        self._opened = False
+        self._wake_ups: WakeUps | None = None
+
+    # Opening, closing, describing
+
+    async def open(self) -> None:
+        """Connect and migrate; safe to call again. Every other method calls it first."""
+        if self._opened:
+            return
+        self._opening = self._opening or asyncio.Lock()
+        async with self._opening:
+            if not self._opened:
+                await self._connect()
+                self._opened = True
+
+    async def _connect(self) -> None:
+        where = server_address(self.url)
+        try:
+            # A connection of its own first: an unreachable server fails here at once, with
+            # libpq's reason, where the pool would keep trying in the background.
+            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                self.schema_version = await migrate.migrate(conn, MIGRATIONS, where)
+                major, minor = divmod(conn.info.server_version, 10000)
+                self.server_version = f"{major}.{minor}"
+            await self._pool.open()
+            await self._locks.open()
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store at {masked_url(self.url)}: "
+                             f"{scrub(str(exc), self.url)}") from None
+
+    async def close(self) -> None:
+        if self._wake_ups is not None:
+            await self._wake_ups.stop()
+        await self._locks.close()
+        await self._pool.close()
+
+    def on_new_work(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever any replica stores work (from a running event loop)."""
+        self._wake_ups = WakeUps(self.url, wake)
+        self._wake_ups.start()
+
+    @property
+    def listening(self) -> bool:
+        """Whether this replica hears of new work from the others right now."""
+        return self._wake_ups is not None and self._wake_ups.listening.is_set()
+
+    async def info(self) -> StoreInfo:
+        await self.open()
+        return StoreInfo(f"PostgreSQL {self.server_version}", server_address(self.url),
+                         self.schema_version)
+
+    # EventIntake
+
+    async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
+        return await self._run(lambda conn: intake.accept(conn, event, now, window),
+                               timeout=self.commit_timeout)
+
+    async def check_writable(self) -> None:
+        # Ready means a webhook would be stored in time: a real write, within accept's
+        # deadline, so a read-only standby or a full disk fails it.
+        await self._run(lambda conn: conn.execute(
+            "UPDATE readiness_probe SET checked_at = %s WHERE id = 1", (self.clock.now(),)),
+            timeout=self.commit_timeout)
+
+    # DeliveryQueue
+
+    async def claim(self, owner: str, now: float, limit: int,
+                    lease: float) -> list[ClaimedDelivery]:
+        return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease))
+
+    async def heartbeat(self, leases: Sequence[Lease], until: float) -> set[int]:
+        return await self._run(lambda conn: queue.heartbeat(conn, leases, until))
+
+    async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> bool:
+        return await self._run(
+            lambda conn: queue.finish(conn, lease, status, now, note, follow_ups))
+
+    async def reschedule(self, lease: Lease, at: float, error: str, now: float) -> bool:
+        return await self._run(lambda conn: queue.reschedule(conn, lease, at, error, now))
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        return await self._run(lambda conn: queue.release(conn, leases))
+
+    async def next_due(self, after: float) -> float | None:
+        return await self._value(queue.NEXT_DUE, (after,))
+
+    # ConversationLinks, Transcripts, Echoes
+
+    async def link_state(self, chatbot_id: str, thread_id: str,
+                         destination: str) -> dict[str, Any] | None:
+        return await self._run(
+            lambda conn: conversations.link_state(conn, chatbot_id, thread_id, destination))
+
+    async def save_link(self, chatbot_id: str, thread_id: str, destination: str,
+                        state: dict[str, Any], ref: str | None = None) -> None:
+        now = self.clock.now()
+        await self._run(lambda conn: conversations.save_link(
+            conn, chatbot_id, thread_id, destination, state, ref, now))
+
+    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
+        return await self._run(
+            lambda conn: conversations.conversation_by_ref(conn, destination, ref))
+
+    @contextlib.asynccontextmanager
+    async def serialised(self, key: str) -> AsyncIterator[None]:
+        """Hold a lock named `key` across every replica while the block runs.
+
+        For work that must not happen twice at once for one conversation, such as starting
+        its Slack thread. It is a session advisory lock: if this replica dies, the server
+        drops the connection and the lock with it.
+        """
+        await self.open()
+        try:
+            async with self._locks.connection() as conn:
+                await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                                   (SERIAL_NAMESPACE, key))
+                try:
+                    yield
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
+                                       (SERIAL_NAMESPACE, key))
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(f"store: {scrub(str(exc), self.url)}") from exc
+
+    async def transcript(self, chatbot_id: str, thread_id: str,
+                         after_id: int = 0) -> list[StoredMessage]:
+        return await self._run(
+            lambda conn: conversations.transcript(conn, chatbot_id, thread_id, after_id))
+
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
+        await self._run(
+            lambda conn: conversations.remember_echo(conn, echo, now, now + keep_for))
+
+    async def forget_echo(self, source: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "DELETE FROM slack_echoes WHERE source = %s", (source,)))
+
+    async def consume_echo(self, echo: Echo, now: float) -> bool:
+        return await self._run(lambda conn: conversations.consume_echo(conn, echo, now))
+
+    # Operations
+
+    async def deliveries(self, status: str | None = None, conversation: str | None = None,
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+        return await self._run(
+            lambda conn: operations.deliveries(conn, status, conversation, limit, ids))
+
+    async def attempts(self, delivery_id: int, limit: int = 3) -> list[Attempt]:
+        return await self._run(lambda conn: operations.attempts(conn, delivery_id, limit))
+
+    async def retry(self, ids: Sequence[int] = (), failed: bool = False,
+                    destination: str | None = None, now: float = 0.0) -> int:
+        return await self._run(
+            lambda conn: operations.retry(conn, ids, failed, destination, now))
+
+    async def conversations(self, limit: int = 50) -> list[ConversationRecord]:
+        return await self._run(lambda conn: conversations.conversations(conn, "", (), limit))
+
+    async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None:
+        found = await self._run(lambda conn: conversations.conversations(
+            conn, "WHERE chatbot_id = %s AND thread_id = %s", (chatbot_id, thread_id), 1))
+        return found[0] if found else None
+
+    async def queue_depth(self) -> dict[str, int]:
+        return await self._run(operations.queue_depth)
+
+    async def oldest_pending(self) -> float | None:
+        return await self._value(
+            "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", ())
+
+    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned:
+        return await self._run(lambda conn: operations.prune(conn, cutoff, now, limit))
+
+    async def backup(self, target: Path) -> Backup:
+        raise StoreError(pg_dump_advice(self.url, target))
+
+    # Slack's shared pace
+
+    async def take_token(self, channel: str, now: float, capacity: float,
+                         rate: float) -> tuple[float, float]:
+        """Take one post from `channel`'s budget: (tokens left, below 0 in debt; held until)."""
+        async def take(conn: Connection) -> tuple[float, float]:
+            cursor = await conn.execute(TAKE_TOKEN, {"channel": channel, "now": now,
+                                                     "capacity": capacity, "rate": rate})
+            row = await cursor.fetchone()
+            assert row is not None
+            return float(row[0]), float(row[1])
+        return await self._run(take)
+
+    async def hold_channel(self, channel: str, now: float, until: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            HOLD_CHANNEL, {"channel": channel, "now": now, "until": until}))
+
+    # Plumbing
+
+    async def _run(self, work: Callable[[Connection], Awaitable[T]],
+                   timeout: float | None = None) -> T:
+        """`work` on a pooled connection within `timeout`; driver errors become StoreErrors."""
+        await self.open()
+        limit = timeout or DEFAULT_TIMEOUT
+        try:
+            async with asyncio.timeout(limit), self._pool.connection() as conn:
+                return await work(conn)
+        except TimeoutError:
+            raise StoreBusy(f"the store did not answer within {limit:g} s") from None
+        except PoolTimeout:
+            raise StoreBusy("no free store connection: raise [store] pool_size") from None
+        except psycopg.Error as exc:
+            raise StoreError(scrub(str(exc), self.url)) from None
+
+    async def _value(self, statement: str, params: Any) -> Any:
+        async def read(conn: Connection) -> Any:
+            cursor = await conn.execute(statement, params)
+            row = await cursor.fetchone()
+            return row[0] if row else None
+        return await self._run(read)
+
+
+def _pool(url: str, size: int, name: str, min_size: int) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(url, min_size=min_size, max_size=size, open=False,
+                               kwargs={"autocommit": True}, name=name, timeout=DEFAULT_TIMEOUT)
