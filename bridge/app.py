@@ -90,7 +90,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     templates = Templates(settings.templates.dir)
-    destinations = build_destinations(settings, templates)
+    destinations = build_destinations(settings, templates, clock)
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,

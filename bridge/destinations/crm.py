@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import httpx
 
 from bridge import __version__
+from bridge.clock import Clock
 from bridge.destinations.base import Destination, parse_retry_after
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import LEAD, Event, LeadData
@@ -146,7 +147,7 @@ def iso_to_millis(value: str | None, fallback: float) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def build_crm(settings: Settings, templates: Templates) -> Destination | None:
+def build_crm(settings: Settings, templates: Templates, clock: Clock) -> Destination | None:
     """The CRM destination `[crm] kind` names, or None when it is "none"."""
     # Imported here because both kinds import this module's shared pieces.
     from bridge.destinations.crm_webhook import CrmWebhook
@@ -154,7 +155,7 @@ def build_crm(settings: Settings, templates: Templates) -> Destination | None:
 
     crm = settings.crm
     if crm.kind == "hubspot":
-        return HubSpot(crm.hubspot)
+        return HubSpot(crm.hubspot, clock)
     if crm.kind == "webhook":
-        return CrmWebhook(crm.webhook, templates)
+        return CrmWebhook(crm.webhook, templates, clock)
     return None

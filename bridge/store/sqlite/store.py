@@ -45,7 +45,7 @@ class SQLiteStore:
         self.path = path
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()
-        self._writer = Writer(lambda: connect(path, synchronous), str(path))
+        self._writer = Writer(lambda: connect(path, synchronous, self.clock), str(path))
         self._writer.start()
 
     @property
