@@ -114,6 +114,23 @@ async def test_a_duplicate_wakes_nobody(replicas):
     assert len(calls) == 2
 
 
+async def test_the_wake_up_connection_comes_back_after_the_server_drops_it(replicas,
+                                                                           postgres_url):
+    first, second = replicas
+    calls: list[float] = []
+    second.on_new_work(lambda: calls.append(NOW))
+    await asyncio.wait_for(_until(lambda: second.listening), WAIT)
+    [(dropped,)] = query(postgres_url, "SELECT COUNT(pg_terminate_backend(pid))"
+                                       " FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
+                                       " AND datname = current_database()")
+    assert dropped == 1
+    await asyncio.wait_for(_until(lambda: not second.listening), WAIT)
+    await asyncio.wait_for(_until(lambda: second.listening), WAIT)
+    heard = len(calls)
+    await first.accept(new_event("k1"), NOW, 600)
+    await asyncio.wait_for(_until(lambda: len(calls) > heard), WAIT)
+
+
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0.01)
