@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from bridge.store.postgres.url import (
@@ -48,3 +51,11 @@ def test_a_uri_libpq_refuses_is_refused_without_its_password(url):
     with pytest.raises(ValueError) as error:
         check_postgres_url(url)
     assert "pw" not in str(error.value).replace("postgresql", "")
+
+
+def test_a_bridge_on_sqlite_does_not_load_the_postgresql_driver():
+    code = ("import sys, bridge.cli, bridge.commands, bridge.app, bridge.settings\n"
+            "from bridge.settings import StoreSettings\n"
+            "StoreSettings(url='sqlite:///data/bridge.db')\n"
+            "assert 'psycopg' not in sys.modules, 'psycopg was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from psycopg import conninfo as libpq
-
 MASK = "**********"  # as pydantic prints a SecretStr
 SCHEMES = ("postgresql://", "postgres://")
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
@@ -18,7 +16,7 @@ def is_postgres_url(url: str) -> bool:
 def check_postgres_url(url: str) -> str:
     """`url` if libpq itself can parse it; otherwise ValueError saying why, password masked."""
     try:
-        parameters = libpq.conninfo_to_dict(url)
+        parameters = _libpq_parameters(url)
     except Exception as exc:  # libpq's ProgrammingError: its text may quote the url
         raise ValueError(f"not a valid PostgreSQL URI ({masked_url(url)}): "
                          f"{scrub(str(exc), url)}") from None
@@ -59,7 +57,7 @@ def scrub(text: str, url: str) -> str:
 
 def server_address(url: str) -> str:
     """host:port/dbname, for logs and `check`: what was reached, never who with what."""
-    parameters = libpq.conninfo_to_dict(url)
+    parameters = _libpq_parameters(url)
     host = parameters.get("host") or "localhost"
     port = parameters.get("port") or "5432"
     return f"{host}:{port}/{parameters.get('dbname')}"
@@ -73,3 +71,11 @@ def without_password(url: str) -> str:
     query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True)
              if key not in SECRET_PARAMETERS]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _libpq_parameters(url: str) -> dict[str, object]:
+    # Imported here: loading the driver takes a noticeable part of a second, which a bridge
+    # on SQLite should not spend at start-up.
+    from psycopg import conninfo
+
+    return conninfo.conninfo_to_dict(url)
