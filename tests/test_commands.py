@@ -241,7 +241,7 @@ class LeadsOnly:
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:
     def register(on: bool) -> None:
-        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates: LeadsOnly() if on
+        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, clock: LeadsOnly() if on
                             else None)
     return register
 
