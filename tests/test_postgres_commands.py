@@ -84,3 +84,15 @@ def test_deliveries_retry_and_conversations_work_on_postgresql(config, url, caps
     code, out, _ = run(capsys, "conversations", "--config", config, "--json")
     [conversation] = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and conversation["thread_id"] == load_sample("escalation")["data"]["threadId"]
+
+
+def test_a_server_that_cannot_be_reached_is_one_line_with_the_password_masked(
+        make_settings, tmp_path, capsys):
+    make_settings({"store": {"url": f"postgresql://bridge:{PASSWORD}@127.0.0.1:1/bridge"
+                                    "?connect_timeout=2"}})
+    code, out, err = run(capsys, "deliveries", "--config", str(tmp_path / "settings.toml"))
+    assert code == 1 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("sitegpt-bridge: cannot open the store at "
+                           "postgresql://bridge:**********@127.0.0.1:1/bridge")
+    assert PASSWORD not in err

@@ -48,8 +48,8 @@ def secrets_of(url: str) -> set[str]:
 
 
 def scrub(text: str, url: str) -> str:
-    """`text` (a driver's error) with the url's passwords masked wherever they appear."""
-    text = text.replace(url, masked_url(url))
+    """`text` (a driver's error) on one line, the url's passwords masked wherever they appear."""
+    text = " ".join(text.split()).replace(url, masked_url(url))
     for secret in sorted(secrets_of(url), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
