@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few 
 PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
 DESTINATIONS = (SiteGPTDestination.name,)
+# Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
+# which int() then refuses.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 M = TypeVar("M", bound="SlackModel")
 
 
@@ -151,7 +155,7 @@ class SlackReceiver:
 
     def _signed(self, raw: bytes, request: Request) -> bool:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
-        if not timestamp.isdigit():
+        if not _TIMESTAMP.fullmatch(timestamp):
             return False
         try:
             return self.verifier.is_valid(raw, timestamp, request.headers.get("x-slack-signature"))
