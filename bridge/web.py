@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,10 +119,22 @@ class Intake:
 
 
 def _stored_event(endpoint: Endpoint, raw: bytes) -> NewEvent:
-    body = json.loads(raw)
+    body = json.loads(raw, parse_constant=_not_json_number, parse_float=_finite_float)
     if _SURROGATE_ESCAPE.search(raw):  # maybe half an emoji, cut by the sender: keep the rest
         body = without_lone_surrogates(body)
     return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
+
+
+def _not_json_number(name: str) -> Any:
+    """NaN and Infinity: Python reads them, JSON has no such numbers, and receivers refuse them."""
+    raise InvalidEvent("body", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
+        raise InvalidEvent("body", f"{text[:20]} is too large a number")
+    return number
 
 
 @dataclass(frozen=True)

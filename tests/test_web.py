@@ -198,6 +198,17 @@ def test_a_body_that_is_not_json_is_400(webhooks, content):
     assert nothing_stored(webhooks.db)
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number):
+    lead = json.dumps(load_sample("lead")).encode()
+    content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
+    assert content != lead
+    response = webhooks.post("leads", content=content)
+    assert response.status_code == 422
+    assert response.json()["field"] == "body"
+    assert nothing_stored(webhooks.db)
+
+
 def nested_message(depth: int) -> bytes:
     deep = b"[" * depth + b"]" * depth
     return b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "t", "x": %s}}' % deep
