@@ -117,6 +117,19 @@ async def test_a_request_that_cannot_be_written_fails_at_once(hook, deliveries):
     assert not hook.called
 
 
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "https://evil.example|Open the lead",
+                                 "https://evil.example/<script>", "data:text/html,hi"])
+async def test_a_dashboard_url_that_is_not_a_plain_http_link_is_sent_as_null(
+        hook, deliveries, url):
+    hook.respond(200)
+    body = lead_body()
+    body["data"]["dashboardUrl"] = url
+
+    await deliver(CrmWebhook(webhook_settings(), Templates()), await deliveries.of(body))
+
+    assert json.loads(hook.calls.last.request.content)["dashboard_url"] is None
+
+
 async def test_user_template_overrides_the_default(hook, deliveries, tmp_path):
     (tmp_path / "crm").mkdir()
     (tmp_path / "crm" / "lead.json.j2").write_text(

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import quote
 
 import requests
 from jira import JIRA, JIRAError
@@ -32,7 +31,7 @@ from bridge.events import (
 from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
-from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
+from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
 
 T = TypeVar("T")
 # Jira counts length in UTF-16 code units, as Java strings do: an emoji counts two.
@@ -382,7 +381,7 @@ def _dashboard_link(data: EscalationData) -> str:
     """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url]."""
     if data.dashboard_url and _LINK_SAFE.fullmatch(data.dashboard_url):
         return data.dashboard_url
-    return dashboard_url(quote(data.chatbot_id, safe=""), quote(data.thread_id, safe=""))
+    return Conversation(data.chatbot_id, data.thread_id).dashboard_url
 
 
 def sample_transcript(conversation: Conversation, samples: Mapping[str, Event],
