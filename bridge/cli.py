@@ -20,6 +20,7 @@ from bridge.app import announce, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
+from bridge.redact import RedactingFilter, Redactor
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
@@ -41,7 +42,8 @@ def command(name: str, help_text: str,
 
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
     settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.format, background)
+    configure_logging(settings.log.level, settings.log.format, background,
+                      RedactingFilter(Redactor.for_settings(settings)))
     return settings
 
 
@@ -97,6 +99,7 @@ def check(args: argparse.Namespace) -> int:
 
 async def _check_destinations(settings: Settings) -> int:
     bridge = open_bridge(settings, check_templates=False)
+    redact = Redactor.for_settings(settings)
     problems = 0
     try:
         report = check_templates(bridge.templates, bridge.destinations)
@@ -110,7 +113,7 @@ async def _check_destinations(settings: Settings) -> int:
             try:
                 print(f"{name}: {await destination.verify()}")
             except DeliveryError as exc:
-                print(f"{name}: FAILED: {exc}")
+                print(f"{name}: FAILED: {redact(str(exc))}")
                 problems += 1
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")

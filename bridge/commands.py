@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from bridge.events import (
     InvalidEvent,
     parse_event,
 )
+from bridge.redact import Redactor
 from bridge.samples import load_sample, sample_names
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
@@ -290,6 +292,10 @@ def _deliveries_arguments(parser: argparse.ArgumentParser) -> None:
 async def deliveries(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
         rows = await store.deliveries(args.status, args.conversation, args.limit)
+    # Errors stored by a version that did not redact them are shown masked all the same.
+    redact = Redactor.for_settings(settings)
+    rows = [replace(row, last_error=redact(row.last_error)) if row.last_error else row
+            for row in rows]
     if args.json:
         print_json_lines(delivery_json(row) for row in rows)
     else:

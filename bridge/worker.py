@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.clock import Clock, SystemClock
@@ -47,6 +47,7 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.store = store
         self.destinations = destinations
@@ -54,6 +55,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.redact = redact  # upstreams echo what they were sent: no secret reaches the store
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.backoff = Backoff(
             settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
@@ -171,6 +173,7 @@ class Worker:
         self._log(job, "delivered", outcome.note)
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+        reason = self.redact(reason)
         now = self.clock.now()
         age = now - job.created_at
         if job.attempts >= self.settings.max_attempts:
@@ -184,6 +187,7 @@ class Worker:
         self._log(job, "retry", f"in {delay:.1f} s: {reason}")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+        reason = self.redact(reason)
         await self.store.finish(job.id, "failed", self.clock.now(), reason)
         self._log(job, "failed", reason)
 
