@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -27,6 +27,7 @@ from bridge.events import (
     SlackReplyData,
     canonical_json,
 )
+from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import ConversationRecord, NewEvent, Store
 from bridge.web import BodyTooLarge, read_bounded
@@ -115,6 +116,10 @@ class SlackReceiver:
     max_body_bytes: int
     private_note_prefix: str
     on_accept: Callable[[], None] = lambda: None
+    rejections: RejectionLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rejections = RejectionLog(log, self.clock)
 
     async def events(self, request: Request) -> Response:
         try:
@@ -149,7 +154,8 @@ class SlackReceiver:
         except ClientDisconnect as exc:
             raise Refused(400, "client disconnected mid-body") from exc
         if not self._signed(raw, request):
-            log.warning("slack request refused: bad or stale signature")
+            self.rejections.rejected(f"slack {request.url.path}", 401, "unauthorized",
+                                     "bad or stale signature")
             raise Refused(401, "bad or stale X-Slack-Signature")
         return raw
 

@@ -29,6 +29,7 @@ from bridge.events import (
 )
 from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
+from bridge.rejections import RejectionLog
 from bridge.store import NewEvent, Store
 
 log = logging.getLogger("bridge.web")
@@ -73,6 +74,10 @@ class Intake:
     dedup_window: float
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
+    rejections: RejectionLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rejections = RejectionLog(log, self.clock)
 
     async def receive(self, endpoint: Endpoint, request: Request) -> Answer:
         if not endpoint.tokens:
@@ -113,8 +118,8 @@ class Intake:
     def _reject(self, endpoint: Endpoint, status: int, reason: str, message: str,
                 **extra: Any) -> Answer:
         self.metrics.webhook(endpoint.name, reason)
-        log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
-                    extra={"endpoint": endpoint.name, "outcome": reason})
+        self.rejections.rejected(f"webhook {endpoint.name}", status, reason, message,
+                                 extra={"endpoint": endpoint.name, "outcome": reason})
         return Answer(status, {"status": "rejected", "error": message, **extra})
 
 
