@@ -11,17 +11,15 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import uvicorn
 
 from bridge import __version__
 from bridge.app import announce, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
-from bridge.logs import configure_logging
+from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.server import BridgeServer, server_config
+from bridge.settings import Settings, load_settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
 
@@ -56,17 +54,10 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    uvicorn.Server(server_config(app, server)).run()
+    BridgeServer(server_config(app, server)).run()
+    log.info("sitegpt-bridge stopped")
+    flush_logs()
     return 0
-
-
-def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
-    """How `serve` runs uvicorn: forwarded headers are trusted from forwarded_allow_ips only."""
-    return uvicorn.Config(
-        app, host=server.host, port=server.port, log_config=None, access_log=False,
-        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
-        timeout_graceful_shutdown=5, server_header=False,
-    )
 
 
 @command("worker", "deliver pending events, without serving webhooks")
@@ -87,6 +78,8 @@ async def _run_worker(settings: Settings) -> None:
     await stop.wait()
     log.info("worker stopping")
     await bridge.close()
+    log.info("worker stopped")
+    flush_logs()
 
 
 @command("check", "validate settings and templates, print settings with secrets masked, "

@@ -136,3 +136,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", background: bool =
         logging.getLogger(name).propagate = True
     for noisy in ("httpx", "httpcore", "urllib3", "slack_sdk"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def flush_logs() -> None:
+    """Return once every line logged so far is written (a normal stop loses none)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -67,8 +67,17 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(262_144, ge=1024)
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    request_timeout: Duration = timedelta(seconds=10)
     forwarded_allow_ips: list[str] = ["127.0.0.1"]
     metrics_token: SecretStr | None = None
+
+    @field_validator("request_timeout")
+    @classmethod
+    def _positive(cls, timeout: timedelta) -> timedelta:
+        if timeout.total_seconds() <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return timeout
 
 
 class StoreSettings(Section):
