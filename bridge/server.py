@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -59,12 +60,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             room = self.max_head_bytes + 1 - self._head_bytes
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
-            super().data_received(piece)
+            self._feed(piece)
             if self._in_head and self._head_bytes > self.max_head_bytes and not self._stopped():
                 self._refuse(431, "header_too_large",
                              f"request head over {self.max_head_bytes} bytes")
         if data and not self._stopped():
-            super().data_received(data)
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's own data_received, but a malformed request is refused like any other,
+        its log line thinned, rather than logged once per request."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._refuse(400, "bad_request", "not a valid HTTP request")
+        except httptools.HttpParserUpgrade:
+            pass  # the bridge speaks nothing else: the request is answered as plain HTTP
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -129,6 +129,25 @@ def test_a_connection_that_says_nothing_is_closed(bridge):
     assert said.startswith(b"HTTP/1.1 408 "), said[:100]
 
 
+def test_a_flood_of_malformed_requests_is_refused_in_one_log_line(bridge):
+    for _ in range(50):
+        with connect(bridge) as sock:
+            sock.sendall(b"GARBAGE\x00 / HTTP/1.1\r\n\r\n")
+            assert answer(sock).startswith(b"HTTP/1.1 400 ")
+    for _ in range(50):
+        with connect(bridge) as sock:  # an upgrade is answered as plain HTTP, unlogged
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert webhook_still_answers(bridge)
+    deadline = time.monotonic() + GIVE_UP
+    while "accepted event" not in bridge.log and time.monotonic() < deadline:
+        time.sleep(0.05)  # the log is written by a thread of its own
+    lines = [line for line in bridge.log.splitlines()
+             if "400" in line or "invalid" in line.lower() or "upgrade" in line.lower()]
+    assert len(lines) == 1 and "connection rejected (400 bad_request)" in lines[0], lines[:5]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_drains_writes_every_log_line_and_exits_0(make_settings, tmp_path,
                                                                  signum):
