@@ -9,34 +9,25 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
 from bridge.app import announce, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
+from bridge.registry import COMMANDS, command
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
 
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+__all__ = ["COMMANDS", "build_parser", "main", "server_config"]
 log = logging.getLogger("bridge")
-
-
-def command(name: str, help_text: str,
-            arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-            ) -> Callable[[Command], Command]:
-    """Register a subcommand with its help line and its own arguments."""
-    def register(func: Command) -> Command:
-        COMMANDS[name] = (help_text, func, arguments)
-        return func
-    return register
 
 
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
@@ -141,9 +132,6 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # The operator commands register themselves with @command; they import this module, so here.
-    import bridge.commands  # noqa: F401
-
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")

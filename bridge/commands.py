@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from bridge.cli import command
 from bridge.destinations import REGISTRY, build_destinations
 from bridge.destinations.base import Destination, sample_renderer
 from bridge.errors import BridgeError, TemplateError
@@ -36,6 +35,7 @@ from bridge.events import (
     InvalidEvent,
     parse_event,
 )
+from bridge.registry import Arguments, command
 from bridge.samples import load_sample, sample_names
 from bridge.settings import ServerSettings, Settings, load_settings
 from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
@@ -63,7 +63,6 @@ def _say(message: str) -> None:
 
 
 Work = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
-Arguments = Callable[[argparse.ArgumentParser], None]
 
 
 def operator_command(name: str, help_text: str, arguments: Arguments) -> Callable[[Work], Work]:

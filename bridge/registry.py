@@ -1,0 +1,23 @@
+"""The subcommands of `sitegpt-bridge`, registered by name: the CLI and its commands share it."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Command = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[str, Command, Arguments]] = {}
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command that takes only the common --config."""
+
+
+def command(name: str, help_text: str,
+            arguments: Arguments = _no_arguments) -> Callable[[Command], Command]:
+    """Register a subcommand with its help line and its own arguments."""
+    def register(func: Command) -> Command:
+        COMMANDS[name] = (help_text, func, arguments)
+        return func
+    return register
