@@ -21,8 +21,8 @@ from bridge.app import announce, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
-from bridge.registry import COMMANDS, command
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.registry import COMMANDS, command, command_settings
+from bridge.settings import ServerSettings, Settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
 
@@ -31,7 +31,7 @@ log = logging.getLogger("bridge")
 
 
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     configure_logging(settings.log.level, settings.log.format, background)
     return settings
 
@@ -81,7 +81,7 @@ async def _run_worker(settings: Settings) -> None:
 @command("check", "validate settings and templates, print settings with secrets masked, "
                   "test credentials")
 def check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return asyncio.run(_check_destinations(settings))
 
@@ -113,7 +113,7 @@ async def _check_destinations(settings: Settings) -> int:
 @command("backup", "copy the store to FILE, consistently, while the bridge runs",
          lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
 def backup(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     copy = asyncio.run(_backup(settings, args.file))
     print(f"backed up {settings.store.sqlite_path} to {copy.path}: {copy.events} events, "
           f"{copy.deliveries} deliveries ({copy.pending} pending), {copy.size} bytes")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, func, arguments) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", metavar="FILE",
-                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml)")
+                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml, "
+                              "else ./settings.example.toml)")
         arguments(sub)
         sub.set_defaults(func=func)
     return parser

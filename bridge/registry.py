@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+
+from bridge.settings import Settings, load_settings, resolve_config_path
 
 Command = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -21,3 +24,11 @@ def command(name: str, help_text: str,
         COMMANDS[name] = (help_text, func, arguments)
         return func
     return register
+
+
+def command_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command, found as `make run` finds them; the example file is noted."""
+    path, note = resolve_config_path(args.config)
+    if note:
+        print(f"sitegpt-bridge: {note}", file=sys.stderr)
+    return load_settings(str(path))

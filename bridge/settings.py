@@ -38,6 +38,7 @@ from bridge.errors import ConfigError, StoreError
 from bridge.store import sqlite_path
 
 DEFAULT_CONFIG = Path("settings.toml")
+EXAMPLE_CONFIG = Path("settings.example.toml")
 MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -325,21 +326,31 @@ class Settings(BaseSettings):
         ]
 
 
-def resolve_config_path(named: str | None) -> tuple[Path, bool]:
-    """The config file to read and whether someone named it (then it must exist)."""
+def resolve_config_path(named: str | None) -> tuple[Path, str | None]:
+    """The settings file every command reads, and a note when it is the example file.
+
+    --config, else $BRIDGE_CONFIG, else ./settings.toml, else ./settings.example.toml: the
+    same order for `serve` and every operator command, so they all see one store and one token.
+    """
     if named:
-        return Path(named), True
+        return Path(named), None
     if env_path := os.environ.get("BRIDGE_CONFIG"):
-        return Path(env_path), True
-    return DEFAULT_CONFIG, False
+        return Path(env_path), None
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG, None
+    if EXAMPLE_CONFIG.is_file():
+        return EXAMPLE_CONFIG, (f"no {DEFAULT_CONFIG} here, using {EXAMPLE_CONFIG} "
+                                f"(copy it to {DEFAULT_CONFIG} to make it yours)")
+    raise ConfigError(f"no settings file: found neither {DEFAULT_CONFIG} nor {EXAMPLE_CONFIG} "
+                      f"in {Path.cwd()}; name one with --config FILE or BRIDGE_CONFIG")
 
 
 def load_settings(named: str | None = None) -> Settings:
     """Read, merge and validate the settings, or raise ConfigError with one line per problem."""
-    path, required = resolve_config_path(named)
+    path, _ = resolve_config_path(named)
     if unknown := _unknown_variables(os.environ):
         raise ConfigError("unknown BRIDGE_ environment variables", unknown)
-    data = _read_toml(path, required)
+    data = _read_toml(path)
     token = _toml_data.set(data)
     try:
         return Settings()
@@ -363,11 +374,9 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
             if name.upper().removeprefix("BRIDGE_").split("__")[0].lower() not in sections]
 
 
-def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
-        if required:
-            raise ConfigError(f"config file not found: {path}")
-        return {}
+        raise ConfigError(f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

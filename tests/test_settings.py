@@ -11,7 +11,7 @@ from bridges import SECRET_VALUES, SECRETS
 from conftest import TOKENS, deep_merge, write_toml
 
 from bridge.errors import ConfigError
-from bridge.settings import load_settings
+from bridge.settings import load_settings, resolve_config_path
 
 
 @pytest.fixture(autouse=True)
@@ -108,11 +108,25 @@ def test_bridge_config_names_the_file_and_it_must_exist(tmp_path, monkeypatch):
     assert load_settings().server.port == 9001
 
 
-def test_without_a_name_a_missing_settings_toml_means_defaults(tmp_path, monkeypatch):
+def test_without_a_name_settings_toml_here_comes_before_the_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = load_settings()
-    assert settings.webhooks.messages.tokens == []
-    assert settings.store.url == "sqlite:///data/bridge.db"
+    write_toml(tmp_path / "settings.example.toml", {"server": {"port": 9002}})
+    assert resolve_config_path(None) == (Path("settings.example.toml"), (
+        "no settings.toml here, using settings.example.toml "
+        "(copy it to settings.toml to make it yours)"))
+    assert load_settings().server.port == 9002
+    write_toml(tmp_path / "settings.toml", {"server": {"port": 9001}})
+    assert resolve_config_path(None) == (Path("settings.toml"), None)
+    assert load_settings().server.port == 9001
+
+
+def test_with_no_settings_file_at_all_the_error_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"no settings file: found neither settings.toml nor settings.example.toml in {tmp_path}; "
+        "name one with --config FILE or BRIDGE_CONFIG")
 
 
 def test_a_file_that_is_not_toml_is_an_error_naming_it(tmp_path):
