@@ -355,8 +355,7 @@ def load_settings(named: str | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
-        raise ConfigError(f"invalid settings in {path}", problems) from exc
+        raise _invalid(exc, path, os.environ) from exc
     except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
         raise ConfigError(
             f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
@@ -383,6 +382,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _invalid(exc: ValidationError, path: Path, environ: Mapping[str, str]) -> ConfigError:
+    """One problem per line, each blamed on the variable that set it, else on the file."""
+    problems: list[str] = []
+    sources: dict[str, None] = {}
+    for error in exc.errors():
+        variable = _source_variable(error["loc"], environ)
+        sources[variable or str(path)] = None
+        problems.append(_describe(error) + (f" (from {variable})" if variable else ""))
+    return ConfigError(f"invalid settings in {' and '.join(sources)}", problems)
+
+
+def _source_variable(location: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """The BRIDGE_* variable that set this key, or the table holding it, if one did."""
+    variables = {name.upper(): name for name in environ}
+    for end in range(len(location), 0, -1):
+        wanted = "BRIDGE_" + "__".join(str(part) for part in location[:end]).upper()
+        if wanted in variables:
+            return variables[wanted]
+    return None
 
 
 def _describe(error: Any) -> str:

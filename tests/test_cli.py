@@ -53,6 +53,31 @@ def test_check_reads_the_file_named_by_bridge_config(tmp_path, capsys, monkeypat
     assert "server.prot: unknown key" in capsys.readouterr().err
 
 
+def test_check_blames_a_bad_variable_not_the_file(capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_SLACK__BOTTOKEN", "x")
+    monkeypatch.setenv("BRIDGE_STORE__SYNCHRONOUS", "SOMETIMES")
+    assert main(["check", "--config", str(EXAMPLE)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "sitegpt-bridge: invalid settings in BRIDGE_STORE__SYNCHRONOUS and BRIDGE_SLACK__BOTTOKEN",
+        "  - store.synchronous: Input should be 'FULL' or 'NORMAL' "
+        "(from BRIDGE_STORE__SYNCHRONOUS)",
+        "  - slack.bottoken: unknown key (from BRIDGE_SLACK__BOTTOKEN)",
+    ]
+
+
+def test_check_blames_the_file_and_the_variable_each_for_its_own(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", '["ok", ""]')
+    bad = write_toml(tmp_path / "bad.toml", {"server": {"prot": 8080}})
+    assert main(["check", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sitegpt-bridge: invalid settings in {bad} and BRIDGE_WEBHOOKS__LEADS__TOKENS",
+        "  - server.prot: unknown key",
+        "  - webhooks.leads.tokens.1: a token must not be empty: it would accept an empty "
+        "X-WEBHOOK-TOKEN (from BRIDGE_WEBHOOKS__LEADS__TOKENS)",
+    ]
+
+
 def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
     assert main(["check", "--config", str(EXAMPLE)]) == 2

@@ -55,7 +55,8 @@ def test_a_list_variable_that_is_not_json_is_a_clear_error_without_its_value(
 
 def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, monkeypatch):
     monkeypatch.setenv("BRIDGE_SERVER__PROT", "9000")
-    assert problems_of(make_settings, None) == ["server.prot: unknown key"]
+    assert problems_of(make_settings, None) == [
+        "server.prot: unknown key (from BRIDGE_SERVER__PROT)"]
 
 
 # Problems named one per line
