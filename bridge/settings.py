@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_serializer,
     field_validator,
@@ -46,14 +48,46 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("toml_data", default=None)
 
 
-def _parse_duration(value: Any) -> Any:
-    """Accept "90s", "5m", "24h", "7d" or plain seconds."""
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-    return value
+class WrittenDuration(timedelta):
+    """A duration that remembers how the settings wrote it ("24h", "120s", 90), to show it so."""
+
+    written: str | float
+
+    def __new__(cls, written: str | float, seconds: float) -> WrittenDuration:
+        duration = super().__new__(cls, seconds=seconds)
+        duration.written = written
+        return duration
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies (of defaults) keep the written form
+        return WrittenDuration, (self.written, self.total_seconds())
 
 
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+def duration(written: str | float) -> WrittenDuration:
+    """Accept "250ms", "90s", "5m", "24h", "7d", plain seconds, or ISO 8601 ("PT2M")."""
+    if isinstance(written, str) and (match := _DURATION.match(written)):
+        return WrittenDuration(written, float(match[1]) * _UNITS[match[2]])
+    if isinstance(written, int | float) and not isinstance(written, bool):
+        return WrittenDuration(written, written)
+    try:
+        return WrittenDuration(written, _ISO_DURATION.validate_python(written).total_seconds())
+    except ValidationError:
+        raise ValueError(f'not a duration: {written!r}; write e.g. "90s", "5m" or "24h"') from None
+
+
+def _duration_or_given(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else duration(value)
+
+
+def _as_written(value: timedelta) -> str | float:
+    """What `check` prints: the text from the settings, not pydantic's ISO 8601 ("P1D")."""
+    if isinstance(value, WrittenDuration):
+        return value.written
+    return f"{value.total_seconds():g}s"
+
+
+_ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+Duration = Annotated[timedelta, PlainValidator(_duration_or_given),
+                     PlainSerializer(_as_written, return_type=Any, when_used="json")]
 
 
 class Section(BaseModel):
@@ -245,14 +279,14 @@ class ChatbotSettings(Section):
 
 
 class DeliverySettings(Section):
-    max_age: Duration = timedelta(hours=24)
+    max_age: Duration = duration("24h")
     max_attempts: int = Field(60, ge=1)
     concurrency: int = Field(16, ge=1)
-    lease: Duration = timedelta(seconds=120)
-    backoff_initial: Duration = timedelta(seconds=1)
-    backoff_cap: Duration = timedelta(minutes=3)
-    shutdown_grace: Duration = timedelta(seconds=5)
-    poll_interval: Duration = timedelta(seconds=1)
+    lease: Duration = duration("120s")
+    backoff_initial: Duration = duration("1s")
+    backoff_cap: Duration = duration("3m")
+    shutdown_grace: Duration = duration("5s")
+    poll_interval: Duration = duration("1s")
 
 
 class TemplatesSettings(Section):

@@ -155,6 +155,19 @@ def test_durations_take_a_unit_or_plain_seconds(make_settings, given, seconds):
     assert settings.delivery.lease == timedelta(seconds=seconds)
 
 
+@pytest.mark.parametrize(("given", "shown"), [
+    ("24h", "24h"), ("120s", "120s"), (90, 90), ("PT2M", "PT2M"), (None, "120s"),
+])
+def test_durations_are_shown_as_written(make_settings, given, shown):
+    settings = make_settings({"delivery": {"lease": given}} if given is not None else None)
+    assert settings.model_dump(mode="json")["delivery"]["lease"] == shown
+
+
+def test_a_duration_that_does_not_parse_says_how_to_write_one(make_settings):
+    assert problems_of(make_settings, {"delivery": {"lease": "two minutes"}}) == [
+        "delivery.lease: not a duration: 'two minutes'; write e.g. \"90s\", \"5m\" or \"24h\""]
+
+
 def test_every_secret_is_masked_when_settings_are_shown(make_settings):
     slack_on = {"slack": {"bot_token": "sec-xoxb", "channel": "C1"}}
     settings = make_settings(deep_merge(SECRETS, slack_on))
