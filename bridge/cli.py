@@ -105,9 +105,21 @@ async def _check_destinations(settings: Settings) -> int:
                 problems += 1
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
+        problems += _print_unfinished_settings(settings)
     finally:
         await bridge.close()
     return 1 if problems else 0
+
+
+def _print_unfinished_settings(settings: Settings) -> int:
+    """Webhooks without a token and half-set destinations pass validation but fail later."""
+    lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
+             f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
+             for name in settings.unconfigured_endpoints()]
+    lines += [f"{line.replace(': ', ': FAILED: ', 1)}" for line in settings.half_configured()]
+    for line in lines:
+        print(line)
+    return len(lines)
 
 
 @command("backup", "copy the store to FILE, consistently, while the bridge runs",

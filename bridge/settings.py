@@ -350,6 +350,37 @@ class Settings(BaseSettings):
         has_key = bool(self.sitegpt.api_key) or any(bot.sitegpt_api_key for bot in self.chatbots)
         return bool(self.slack.signing_secret and self.slack.bot_token and has_key)
 
+    def unconfigured_endpoints(self) -> list[str]:
+        """Webhooks without a token: each answers 503 until one is set."""
+        return [name for name in WebhooksSettings.model_fields
+                if not getattr(self.webhooks, name).tokens]
+
+    def half_configured(self) -> list[str]:
+        """What has some of its settings but not the one that switches it on, one line each."""
+        found = [
+            _half("slack", "bot_token", "Slack runs dry: nothing is posted", self.slack.bot_token,
+                  channel=self.slack.channel, leads_channel=self.slack.leads_channel),
+            _half("jira", "url", "no tickets are made", self.jira.url, email=self.jira.email,
+                  api_token=self.jira.api_token, project=self.jira.project,
+                  personal_access_token=self.jira.personal_access_token),
+            _half("crm", "kind", "leads go to no CRM", self.crm.kind != "none",
+                  **{"hubspot.access_token": self.crm.hubspot.access_token,
+                     "webhook.url": self.crm.webhook.url}),
+        ]
+        return [line for line in found if line] + self._half_replies()
+
+    def _half_replies(self) -> list[str]:
+        """A signing secret or a SiteGPT key asks for replies from Slack, which need both."""
+        needed = {"slack.signing_secret": self.slack.signing_secret,
+                  "slack.bot_token": self.slack.bot_token,
+                  "sitegpt.api_key": self.sitegpt.api_key
+                  or any(bot.sitegpt_api_key for bot in self.chatbots)}
+        missing = [name for name, value in needed.items() if not value]
+        wanted = needed["slack.signing_secret"] or needed["sitegpt.api_key"]
+        if not wanted or not missing:
+            return []
+        return [f"replies from Slack: {', '.join(missing)} not set: replies stay off"]
+
     def example_tokens_in_use(self) -> list[str]:
         """Endpoints whose tokens still include a value from settings.example.toml."""
         endpoints = self.webhooks.model_dump()
@@ -358,6 +389,14 @@ class Settings(BaseSettings):
             for name, endpoint in endpoints.items()
             if any(token.get_secret_value() in EXAMPLE_TOKENS for token in endpoint["tokens"])
         ]
+
+
+def _half(section: str, switch: str, effect: str, switched_on: Any, **keys: Any) -> str | None:
+    """A line for a section whose `keys` are set while its `switch` is not, else None."""
+    given = [f"{section}.{name}" for name, value in keys.items() if value]
+    if switched_on or not given:
+        return None
+    return f"{section}: {', '.join(given)} set but not {section}.{switch}: {effect}"
 
 
 def resolve_config_path(named: str | None) -> tuple[Path, str | None]:
