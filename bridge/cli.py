@@ -116,7 +116,7 @@ def _print_unfinished_settings(settings: Settings) -> int:
     lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
              f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
              for name in settings.unconfigured_endpoints()]
-    lines += [f"{line.replace(': ', ': FAILED: ', 1)}" for line in settings.half_configured()]
+    lines += [line.replace(": ", ": FAILED: ", 1) for line in settings.half_configured()]
     for line in lines:
         print(line)
     return len(lines)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bridge"
-# Dev dependencies that are tools or pytest plugins, used without an import.
-TOOLS = {"pytest-asyncio", "pytest-timeout", "ruff", "hatchling"}
+# Dev dependencies used without an import of ours: tools, pytest plugins, and httpx2, which
+# starlette's TestClient imports in place of httpx.
+TOOLS = {"pytest-asyncio", "pytest-timeout", "ruff", "hatchling", "httpx2"}
 IMPORT_NAMES = {"pyyaml": "yaml"}
 
 
@@ -71,6 +72,13 @@ def test_the_cycle_finder_finds_a_cycle():
 def dev_dependencies() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return [re.split(r"[<>=\[ ]", item)[0] for item in project["optional-dependencies"]["dev"]]
+
+
+def test_httpx2_is_what_starlettes_test_client_runs_on():
+    import httpx2
+    from starlette import testclient
+
+    assert testclient.httpx is httpx2
 
 
 def test_every_dev_dependency_is_imported_or_a_tool():
