@@ -107,10 +107,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is not None and cycle.response_started and not cycle.response_complete:
-            self.transport.close()  # an answer is on its way out: nothing else can be said
-            return
         self._refuse(408, "too_slow",
                      f"request not received in full within {self.request_timeout:g} s")
 
@@ -118,11 +114,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         self.refusals.rejected("connection", status, reason, message)
-        phrase = http.HTTPStatus(status).phrase
-        body = f"{phrase}\n".encode()
-        self.transport.write(
-            f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started or cycle.response_complete:
+            # Only between answers: one on its way out (pipelining) must not be interleaved.
+            phrase = http.HTTPStatus(status).phrase
+            body = f"{phrase}\n".encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
         self.transport.close()
 
 
