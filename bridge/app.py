@@ -15,6 +15,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.metrics import Metrics
+from bridge.redact import Redactor
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.slack_events import slack_routes
@@ -98,7 +99,8 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
                        pool_size=settings.store.pool_size)
     share_pacing(store, destinations)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
-    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
+    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
+                    redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 
 

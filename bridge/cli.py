@@ -9,40 +9,31 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import uvicorn
-
+import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
 from bridge.app import announce, create_app, open_bridge, open_store_now
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
-from bridge.logs import configure_logging
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.logs import configure_logging, flush_logs
+from bridge.redact import RedactingFilter, Redactor
+from bridge.registry import COMMANDS, command, command_settings
+from bridge.server import BridgeServer, server_config
+from bridge.settings import Settings
 from bridge.store import Backup, open_store
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.template_check import check_templates
 
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+__all__ = ["COMMANDS", "build_parser", "main", "server_config"]
 log = logging.getLogger("bridge")
 
 
-def command(name: str, help_text: str,
-            arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-            ) -> Callable[[Command], Command]:
-    """Register a subcommand with its help line and its own arguments."""
-    def register(func: Command) -> Command:
-        COMMANDS[name] = (help_text, func, arguments)
-        return func
-    return register
-
-
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
-    settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.format, background)
+    settings = command_settings(args)
+    configure_logging(settings.log.level, settings.log.format, background,
+                      RedactingFilter(Redactor.for_settings(settings)))
     return settings
 
 
@@ -55,17 +46,10 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    uvicorn.Server(server_config(app, server)).run()
+    BridgeServer(server_config(app, server)).run()
+    log.info("sitegpt-bridge stopped")
+    flush_logs()
     return 0
-
-
-def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
-    """How `serve` runs uvicorn: forwarded headers are trusted from forwarded_allow_ips only."""
-    return uvicorn.Config(
-        app, host=server.host, port=server.port, log_config=None, access_log=False,
-        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
-        timeout_graceful_shutdown=5, server_header=False,
-    )
 
 
 @command("worker", "deliver pending events, without serving webhooks")
@@ -87,18 +71,21 @@ async def _run_worker(settings: Settings) -> None:
     await stop.wait()
     log.info("worker stopping")
     await bridge.close()
+    log.info("worker stopped")
+    flush_logs()
 
 
 @command("check", "validate settings and templates, print settings with secrets masked, "
                   "test credentials")
 def check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return asyncio.run(_check_destinations(settings))
 
 
 async def _check_destinations(settings: Settings) -> int:
     bridge = open_bridge(settings, check_templates=False)
+    redact = Redactor.for_settings(settings)
     problems = 0
     try:
         report = check_templates(bridge.templates, bridge.destinations)
@@ -112,21 +99,33 @@ async def _check_destinations(settings: Settings) -> int:
             try:
                 print(f"{name}: {await destination.verify()}")
             except DeliveryError as exc:
-                print(f"{name}: FAILED: {exc}")
+                print(f"{name}: FAILED: {redact(str(exc))}")
                 problems += 1
         info = await bridge.store.info()
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
+        problems += _print_unfinished_settings(settings)
     finally:
         await bridge.close()
     return 1 if problems else 0
 
 
+def _print_unfinished_settings(settings: Settings) -> int:
+    """Webhooks without a token and half-set destinations pass validation but fail later."""
+    lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
+             f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
+             for name in settings.unconfigured_endpoints()]
+    lines += [line.replace(": ", ": FAILED: ", 1) for line in settings.half_configured()]
+    for line in lines:
+        print(line)
+    return len(lines)
+
+
 @command("backup", "copy the store to FILE, consistently, while the bridge runs",
          lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
 def backup(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     if settings.store.backend == "postgresql":
         print(f"sitegpt-bridge: {pg_dump_advice(settings.store.url, args.file)}",
               file=sys.stderr)
@@ -149,9 +148,6 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # The operator commands register themselves with @command; they import this module, so here.
-    import bridge.commands  # noqa: F401
-
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
@@ -160,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, func, arguments) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", metavar="FILE",
-                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml)")
+                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml, "
+                              "else ./settings.example.toml)")
         arguments(sub)
         sub.set_defaults(func=func)
     return parser

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +59,7 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.store = store
         self.destinations = destinations
@@ -66,6 +67,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.redact = redact  # upstreams echo what they were sent: no secret reaches the store
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.backoff = Backoff(
             settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
@@ -233,6 +235,7 @@ class Worker:
             self._refused(job, "delivered")
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+        reason = self.redact(reason)
         now = self.clock.now()
         age = now - job.created_at
         if job.attempts >= self.settings.max_attempts:
@@ -248,6 +251,7 @@ class Worker:
             self._refused(job, "retry")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+        reason = self.redact(reason)
         if await self.store.finish(job.lease, "failed", self.clock.now(), reason):
             self._log(job, "failed", reason)
         else:

@@ -339,6 +339,18 @@ def test_send_test_posts_the_sample_with_the_first_token(running_bridge, capsys)
     assert (row["kind"], row["destination"], row["status"]) == ("ADD_MESSAGE", "slack", "pending")
 
 
+def test_send_test_finds_the_settings_make_run_used(running_bridge, tmp_path, monkeypatch,
+                                                   capsys):
+    # As after `make run` on a fresh clone: the bridge serves the example file, nothing else.
+    assert running_bridge[0] == str(tmp_path / "settings.toml")
+    (tmp_path / "settings.toml").rename(tmp_path / "settings.example.toml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "send-test", "messages")
+    assert err.splitlines() == ["sitegpt-bridge: no settings.toml here, using "
+                                "settings.example.toml (copy it to settings.toml to make it yours)"]
+    assert (code, out.splitlines()[-1]) == (0, 'HTTP 200 OK: {"status":"accepted","id":1}')
+
+
 def test_send_test_with_another_sample(running_bridge, capsys):
     path, _ = running_bridge
     code, out, _ = run(capsys, "send-test", "leads", "--sample", "lead-custom-fields",
@@ -422,6 +434,17 @@ def test_deliveries_table_is_aligned_newest_first_with_errors_cut_to_fit(seeded,
     assert cut.endswith("…") and LONG_ERROR.startswith(cut[:-1]) and len(cut) > 30
     assert delivered.endswith("C_CONV/1700000000.000100")
     assert "5 escalation" in pending and "lead:chatbot_123/lead_790" in rows[1]
+
+
+def test_deliveries_shows_an_error_stored_with_a_secret_masked(config, make_settings, capsys):
+    extra = {"crm": {"kind": "none", "hubspot": {"access_token": "pat-na1-secret-77"}}}
+    path = config(extra)
+    leaked = "hubspot POST /crm/v3: HTTP 401 you sent Bearer pat-na1-secret-77"
+    asyncio.run(with_store(make_settings(extra), lambda store: add(
+        store, load_sample("lead"), "crm", ("failed", leaked))))
+    for arguments in ([], ["--json"]):
+        code, out, _ = run(capsys, "deliveries", *arguments, "--config", path)
+        assert code == 0 and "you sent Bearer ***" in out and "pat-na1-secret-77" not in out
 
 
 def test_deliveries_json_has_stable_keys_for_scripts(seeded, capsys):

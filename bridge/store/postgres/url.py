@@ -38,7 +38,7 @@ def masked_url(url: str) -> str:
                        parts.fragment))
 
 
-def secrets_of(url: str) -> set[str]:
+def passwords_of(url: str) -> set[str]:
     """Every password the URI carries, as written and as decoded."""
     parts = urlsplit(url)
     found = {value for key, value in parse_qsl(parts.query) if key in SECRET_PARAMETERS}
@@ -50,7 +50,7 @@ def secrets_of(url: str) -> set[str]:
 def scrub(text: str, url: str) -> str:
     """`text` (a driver's error) on one line, the url's passwords masked wherever they appear."""
     text = " ".join(text.split()).replace(url, masked_url(url))
-    for secret in sorted(secrets_of(url), key=len, reverse=True):
+    for secret in sorted(passwords_of(url), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
 
