@@ -18,6 +18,7 @@ from bridge.events import MESSAGE
 from bridge.store import NewEvent, Pruned, open_store
 from bridge.store.migrations import SCHEMA_VERSION, Migration
 from bridge.store.postgres import migrate
+from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.store import PostgresStore
 
@@ -245,15 +246,42 @@ async def test_ready_means_a_write_commits_in_time(postgres_url):
 
 async def test_events_of_one_conversation_are_stored_one_at_a_time(replicas, postgres_url):
     """So ids follow commit order within a conversation, and a claim never skips ahead."""
-    from bridge.store.postgres.intake import CONVERSATION_NAMESPACE
-
-    first, _ = replicas
+    first, second = replicas
     await first.open()
     with psycopg.connect(postgres_url) as other:  # another replica, storing into thread-1
-        other.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                      (CONVERSATION_NAMESPACE, "bot/thread-1"))
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                      (CONVERSATION_NAMESPACE, lock_key("bot/thread-1")))
         waiting = asyncio.create_task(first.accept(new_event("k1"), NOW, 600))
-        elsewhere = await first.accept(new_event("k2", ordering_key="bot/thread-2"), NOW, 600)
+        elsewhere = await second.accept(new_event("k2", ordering_key="bot/thread-2"), NOW, 600)
         await asyncio.sleep(0.3)
         assert elsewhere.status == "accepted" and not waiting.done()
     assert (await asyncio.wait_for(waiting, WAIT)).event_id > elsewhere.event_id
+
+
+async def test_a_burst_on_one_replica_is_committed_in_groups(replicas, postgres_url):
+    first, _ = replicas
+    await first.open()
+    outcomes = await asyncio.gather(*[
+        first.accept(new_event(f"k{n}", ordering_key=f"bot/thread-{n % 7}"), NOW + n, 600)
+        for n in range(100)])
+    [(transactions,)] = query(postgres_url, "SELECT COUNT(DISTINCT xmin::text) FROM events")
+    assert {outcome.status for outcome in outcomes} == {"accepted"}
+    assert transactions < 20  # not one commit per event
+    for thread in range(7):  # each conversation's events in the order they were accepted
+        rows = [outcome.event_id for n, outcome in enumerate(outcomes) if n % 7 == thread]
+        assert rows == sorted(rows)
+
+
+async def test_an_event_that_cannot_be_stored_fails_alone_not_its_group(replicas,
+                                                                        postgres_url):
+    first, _ = replicas
+    await first.open()
+    broken = NewEvent(kind=MESSAGE, body="{}", dedup_key="bad", ordering_key="bot/thread-1",
+                      destinations=["slack", None])  # type: ignore[list-item]
+    outcomes = await asyncio.gather(first.accept(new_event("k1"), NOW, 600),
+                                    first.accept(broken, NOW, 600),
+                                    first.accept(new_event("k2"), NOW, 600),
+                                    return_exceptions=True)
+    assert isinstance(outcomes[1], StoreError) and "null value" in str(outcomes[1])
+    assert [outcomes[0].status, outcomes[2].status] == ["accepted", "accepted"]  # type: ignore[union-attr]
+    assert query(postgres_url, "SELECT COUNT(*) FROM events") == [(2,)]

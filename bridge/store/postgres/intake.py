@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,7 +22,7 @@ CONVERSATION_NAMESPACE = 0x5174  # advisory locks keyed by hashtext(ordering key
 # then finds it taken and is a duplicate. NOTIFY wakes every replica's worker at commit.
 ACCEPT = f"""
 WITH serial AS (
-    SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(ordering_key)s)) AS locked
+    SELECT pg_advisory_xact_lock(%(namespace)s, %(lock_key)s) AS locked
 ), claim AS (
     INSERT INTO dedup AS d (dedup_key, event_id, expires_at)
     SELECT %(dedup_key)s, nextval(pg_get_serial_sequence('events', 'id')), %(expires_at)s
@@ -55,11 +58,26 @@ SELECT id, pg_notify('{CHANNEL}', '') FROM event
 """
 
 
+@dataclass(frozen=True)
+class Accept:
+    """An event to store unless its body was seen within the window; run in groups."""
+
+    event: NewEvent
+    now: float
+    window: float
+
+
+def lock_key(ordering_key: str) -> int:
+    """The conversation's advisory lock (a signed 32-bit number), the same in every replica."""
+    return zlib.crc32(ordering_key.encode()) - 2**31
+
+
 def accept_parameters(event: NewEvent, now: float, window: float) -> dict[str, Any]:
     message = event.message
     chatbot_id, thread_id = event.conversation or (None, None)
     return {
-        "namespace": CONVERSATION_NAMESPACE, "ordering_key": event.ordering_key,
+        "namespace": CONVERSATION_NAMESPACE, "lock_key": lock_key(event.ordering_key),
+        "ordering_key": event.ordering_key,
         "dedup_key": event.dedup_key, "expires_at": now + window, "now": now,
         "kind": event.kind, "body": event.body, "destinations": list(event.destinations),
         "chatbot_id": chatbot_id, "thread_id": thread_id, "escalation": event.escalation,
@@ -80,3 +98,18 @@ async def accept(conn: Connection, event: NewEvent, now: float, window: float) -
                                 (event.dedup_key,))
     known = await cursor.fetchone()
     return Acceptance("duplicate", int(known[0]) if known else 0)
+
+
+async def accept_group(conn: Connection, accepts: Sequence[Accept]) -> list[Acceptance]:
+    """Store a group in one transaction: one commit, one flush, for every event in it.
+
+    The conversations' locks are taken in ascending order, so that groups committing at once
+    on other connections or replicas never wait on each other in a cycle; the sort is stable,
+    so one conversation's events keep their order of arrival.
+    """
+    order = sorted(range(len(accepts)), key=lambda n: lock_key(accepts[n].event.ordering_key))
+    outcomes: dict[int, Acceptance] = {}
+    async with conn.transaction():
+        for n in order:
+            outcomes[n] = await accept(conn, accepts[n].event, accepts[n].now, accepts[n].window)
+    return [outcomes[n] for n in range(len(accepts))]

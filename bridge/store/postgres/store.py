@@ -22,6 +22,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy, StoreError
 from bridge.store.postgres import conversations, intake, migrate, operations, queue
 from bridge.store.postgres.advice import pg_dump_advice
+from bridge.store.postgres.groups import AcceptGroups
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.url import masked_url, scrub, server_address
 from bridge.store.postgres.wakeup import WakeUps
@@ -79,6 +80,7 @@ class PostgresStore:
         # Locks are held for as long as a Slack or Jira call takes (and Slack's pace): on
         # connections of their own, so that webhooks never wait for a free connection.
         self._locks = _pool(url, pool_size, "bridge-locks", min_size=0)
+        self._groups = AcceptGroups(self._commit_group)
         self._opening: asyncio.Lock | None = None
         self._opened = False
         self._wake_ups: WakeUps | None = None
@@ -113,6 +115,7 @@ class PostgresStore:
     async def close(self) -> None:
         if self._wake_ups is not None:
             await self._wake_ups.stop()
+        await self._groups.drain()
         await self._locks.close()
         await self._pool.close()
 
@@ -134,8 +137,20 @@ class PostgresStore:
     # EventIntake
 
     async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
-        return await self._run(lambda conn: intake.accept(conn, event, now, window),
-                               timeout=self.commit_timeout)
+        await self.open()
+        stored = self._groups.add(intake.Accept(event, now, window))
+        try:
+            return await asyncio.wait_for(asyncio.shield(stored), self.commit_timeout)
+        except TimeoutError:
+            raise StoreBusy(f"the store did not commit within {self.commit_timeout:g} s"
+                            ) from None
+
+    async def _commit_group(self, accepts: Sequence[intake.Accept]) -> list[Acceptance]:
+        if len(accepts) == 1:  # one statement is its own transaction: one round trip
+            [one] = accepts
+            return [await self._run(lambda conn: intake.accept(conn, one.event, one.now,
+                                                               one.window))]
+        return await self._run(lambda conn: intake.accept_group(conn, accepts))
 
     async def check_writable(self) -> None:
         # Ready means a webhook would be stored in time: a real write, within accept's
