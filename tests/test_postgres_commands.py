@@ -86,11 +86,12 @@ def test_deliveries_retry_and_conversations_work_on_postgresql(config, url, caps
     assert code == 0 and conversation["thread_id"] == load_sample("escalation")["data"]["threadId"]
 
 
+@pytest.mark.parametrize("command", ["deliveries", "serve", "worker"])
 def test_a_server_that_cannot_be_reached_is_one_line_with_the_password_masked(
-        make_settings, tmp_path, capsys):
+        make_settings, tmp_path, capsys, command):
     make_settings({"store": {"url": f"postgresql://bridge:{PASSWORD}@127.0.0.1:1/bridge"
-                                    "?connect_timeout=2"}})
-    code, out, err = run(capsys, "deliveries", "--config", str(tmp_path / "settings.toml"))
+                                    "?connect_timeout=2"}, "log": {"format": "json"}})
+    code, out, err = run(capsys, command, "--config", str(tmp_path / "settings.toml"))
     assert code == 1 and out == ""
     [line] = err.splitlines()
     assert line.startswith("sitegpt-bridge: cannot open the store at "

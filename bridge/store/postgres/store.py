@@ -97,20 +97,28 @@ class PostgresStore:
                 await self._connect()
                 self._opened = True
 
-    async def _connect(self) -> None:
+    async def migrate_now(self) -> None:
+        """Connect and migrate on a connection of its own, in any event loop, then let go.
+
+        `serve` calls it before it starts its server, so that a database that cannot be
+        reached or is too new stops the start-up with one line, before the port is bound.
+        """
         where = server_address(self.url)
         try:
-            # A connection of its own first: an unreachable server fails here at once, with
-            # libpq's reason, where the pool would keep trying in the background.
+            # An unreachable server fails here at once, with libpq's reason, where the pool
+            # would keep trying in the background.
             async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                 self.schema_version = await migrate.migrate(conn, MIGRATIONS, where)
                 major, minor = divmod(conn.info.server_version, 10000)
                 self.server_version = f"{major}.{minor}"
-            await self._pool.open()
-            await self._locks.open()
         except (psycopg.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {masked_url(self.url)}: "
                              f"{scrub(str(exc), self.url)}") from None
+
+    async def _connect(self) -> None:
+        await self.migrate_now()
+        await self._pool.open()
+        await self._locks.open()
 
     async def close(self) -> None:
         if self._wake_ups is not None:
