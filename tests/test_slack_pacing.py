@@ -62,7 +62,8 @@ class UnreachableBudget:
         raise StoreError("the store did not answer within 30 s")
 
     async def hold_channel(self, channel, now, until):
-        raise AssertionError("not reached")
+        from bridge.errors import StoreError
+        raise StoreError("the store did not answer within 30 s")
 
 
 async def test_without_its_shared_budget_a_replica_keeps_the_pace_alone():
@@ -71,3 +72,11 @@ async def test_without_its_shared_budget_a_replica_keeps_the_pace_alone():
     for _ in range(4):
         await pacer.acquire("C1")
     assert clock.now() > 2.0  # two from the burst, then about a second each
+
+
+async def test_a_hold_the_other_replicas_cannot_hear_of_is_still_kept_here():
+    clock = FakeClock(0.0)
+    pacer = ChannelPacer(burst=3, per_second=1.0, clock=clock, shared=UnreachableBudget())
+    pacer.hold("C1", 30.0)
+    await pacer.share_hold("C1")  # the store is down: logged, not raised
+    assert pacer.held_for("C1") == 30.0

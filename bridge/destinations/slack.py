@@ -97,8 +97,12 @@ class ChannelPacer:
     async def share_hold(self, channel: str) -> None:
         """Tell the other replicas that this channel is held (after a 429 here)."""
         until = self._held_until.get(channel, 0.0)
-        if self.shared is not None and until > self.clock.now():
+        if self.shared is None or until <= self.clock.now():
+            return
+        try:
             await self.shared.hold_channel(channel, self.clock.now(), until)
+        except StoreError as exc:  # the 429 itself is what the worker must hear of
+            log.warning("slack: could not tell the other replicas %s is held: %s", channel, exc)
 
     async def acquire(self, channel: str) -> None:
         """Wait for this channel's next slot, or raise RetryableError if it is held for long."""
