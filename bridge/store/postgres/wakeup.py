@@ -45,15 +45,17 @@ class WakeUps:
         while True:
             try:
                 await self._listen()
+                reason = "the server ended it"
             except (psycopg.Error, OSError) as exc:
-                if self.listening.is_set():  # it was up: start the backoff again
-                    failures = 0
-                self.listening.clear()
-                delay = RECONNECT_AFTER[min(failures, len(RECONNECT_AFTER) - 1)]
-                failures += 1
-                log.warning("store: lost the wake-up connection, reconnecting in %g s: %s",
-                            delay, scrub(str(exc), self.url))
-                await asyncio.sleep(delay)
+                reason = scrub(str(exc), self.url)
+            if self.listening.is_set():  # it was up: start the backoff again
+                failures = 0
+            self.listening.clear()
+            delay = RECONNECT_AFTER[min(failures, len(RECONNECT_AFTER) - 1)]
+            failures += 1
+            log.warning("store: lost the wake-up connection, reconnecting in %g s: %s",
+                        delay, reason)
+            await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
