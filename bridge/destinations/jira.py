@@ -233,7 +233,12 @@ class JiraDestination:
                 conversation = Conversation(data.chatbot_id, data.thread_id)
                 return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, True))
             if key is not None:
-                return await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                outcome = await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                if key == state["key"]:
+                    return outcome
+                # The ticket moved (a new key): Slack shows what it is told, so tell it.
+                conversation = Conversation(data.chatbot_id, data.thread_id)
+                return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, False))
         return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
