@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ def post_message(url: str, n: int) -> httpx.Response:
                       headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
 
 
-def test_kill_9_of_one_replica_mid_stream_the_other_delivers_the_rest_in_order(
+def test_kill_9_of_the_replica_mid_delivery_the_other_delivers_the_rest_in_order(
         make_settings, tmp_path, postgres_url):
     with FakeSlack(post_delay=0.05) as fake:
         make_settings({
@@ -55,16 +56,40 @@ def test_kill_9_of_one_replica_mid_stream_the_other_delivers_the_rest_in_order(
             for n in range(MESSAGES):
                 assert post_message((first, second)[n % 2].url, n).status_code == 200
             wait_for(lambda: len(fake.posts) >= 10, 30, "the first ten posts")
-            first.kill()
+            fake.answer_late(25)  # a post lands in Slack, its answer hangs: a replica mid-call
+            wait_for(lambda: not fake.late_posts, 30, "a post to hang")
+            killed, survivor = holder_and_other(postgres_url, first, second)
+            killed.kill()
             killed_at = len(fake.posts)
             wait_for(lambda: pending(postgres_url) == 0, TAKEOVER_BOUND,
                      "the surviving replica to deliver the rest")
-            assert second.process is not None and second.process.poll() is None
+            assert survivor.process is not None and survivor.process.poll() is None
     assert killed_at < MESSAGES + 1  # the kill really came mid-stream
+    # The killed replica held a delivery; the survivor took it over once its lease ran out.
+    assert query(postgres_url, "SELECT COUNT(*) FROM delivery_attempts"
+                               " WHERE outcome = 'abandoned' AND worker = %s",
+                 (worker_of(killed),)) == [(1,)]
     [parent] = fake.parents()
     replies = [post["text"] for post in fake.thread("C1", parent["ts"])]
     assert list(dict.fromkeys(replies)) == [f"Visitor: m{n:02d}" for n in range(MESSAGES)]
     assert sum(count - 1 for count in Counter(replies).values()) <= 1  # the one in flight
+
+
+def worker_of(replica: BridgeProcess) -> str:
+    """The worker id the replica logged when its worker started."""
+    for line in replica.log.splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        if record.get("worker"):
+            return str(record["worker"])
+    raise AssertionError(f"no worker id in the log:\n{replica.log}")
+
+
+def holder_and_other(url: str, *replicas: BridgeProcess) -> tuple[BridgeProcess, BridgeProcess]:
+    """The replica whose worker holds the hanging delivery (its lease renewed), the other."""
+    [(owner,)] = query(url, "SELECT lease_owner FROM deliveries WHERE status = 'pending'"
+                            " AND lease_owner IS NOT NULL")
+    first, second = replicas
+    return (first, second) if worker_of(first) == owner else (second, first)
 
 
 def test_replicas_started_at_once_migrate_the_new_database_once(make_settings, tmp_path,
