@@ -250,6 +250,16 @@ async def test_a_finish_queues_its_follow_ups_as_new_events(store):
     assert linked.event_id > job.event_id
 
 
+async def test_deliveries_of_a_conversation_by_its_key_or_its_thread_id_taken_literally(store):
+    for key in ("bot/c_1", "other/c_1", "bot/cX1", "bot/c%1x"):
+        await store.accept(new_event(key, key), NOW, 60)
+    assert sorted(row.ordering_key for row in await store.deliveries(conversation="c_1")) == [
+        "bot/c_1", "other/c_1"]
+    assert [row.ordering_key for row in await store.deliveries(conversation="bot/c_1")] == [
+        "bot/c_1"]
+    assert await store.deliveries(conversation="c%1") == []
+
+
 # Operator commands: retry and prune
 
 

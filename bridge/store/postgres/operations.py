@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row, dict_row
 
+from bridge.store.filters import conversation_filter
 from bridge.store.postgres.wakeup import NOTIFY
 from bridge.store.records import STATUSES, Attempt, DeliveryRow, Pruned
 
@@ -45,9 +46,9 @@ async def deliveries(conn: Connection, status: str | None, conversation: str | N
         clauses.append("d.status = %s")
         params.append(status)
     if conversation:
-        literal = conversation.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append("(d.ordering_key = %s OR d.ordering_key LIKE %s ESCAPE '\\')")
-        params += [conversation, f"%/{literal}"]
+        clause, values = conversation_filter(conversation, "%s")
+        clauses.append(clause)
+        params += values
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(f"{DELIVERY_ROWS}{where} ORDER BY d.id DESC LIMIT %s",

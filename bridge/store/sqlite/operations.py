@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import StoreError
+from bridge.store.filters import conversation_filter
 from bridge.store.records import STATUSES, Attempt, Backup, DeliveryRow, Pruned
 
 ERRORS_SHOWN = 3
@@ -26,9 +27,9 @@ def deliveries(conn: sqlite3.Connection, status: str | None, conversation: str |
         clauses.append("d.status = ?")
         params.append(status)
     if conversation:
-        literal = conversation.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append("(d.ordering_key = ? OR d.ordering_key LIKE ? ESCAPE '\\')")
-        params += [conversation, f"%/{literal}"]
+        clause, values = conversation_filter(conversation, "?")
+        clauses.append(clause)
+        params += values
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         "SELECT d.id, d.event_id, e.kind, d.destination, d.ordering_key, d.status, d.attempts,"
