@@ -13,7 +13,7 @@ from bridge.store.postgres.wakeup import CHANNEL
 from bridge.store.records import Acceptance, NewEvent
 
 Connection = psycopg.AsyncConnection[Any]
-CONVERSATION_NAMESPACE = 0x5174  # advisory locks keyed by hashtext(ordering key)
+CONVERSATION_NAMESPACE = 0x5174  # advisory locks keyed by lock_key(ordering key)
 
 # One statement, one round trip, one transaction. The conversation's advisory lock is taken
 # before the event gets its id, so ids follow commit order within a conversation: a claim that
@@ -67,9 +67,9 @@ class Accept:
     window: float
 
 
-def lock_key(ordering_key: str) -> int:
-    """The conversation's advisory lock (a signed 32-bit number), the same in every replica."""
-    return zlib.crc32(ordering_key.encode()) - 2**31
+def lock_key(name: str) -> int:
+    """An advisory lock's key for `name` (a signed 32-bit number), the same in every replica."""
+    return zlib.crc32(name.encode()) - 2**31
 
 
 def accept_parameters(event: NewEvent, now: float, window: float) -> dict[str, Any]:

@@ -47,7 +47,7 @@ T = TypeVar("T")
 Connection = psycopg.AsyncConnection[Any]
 log = logging.getLogger("bridge.store")
 DEFAULT_TIMEOUT = 30.0
-SERIAL_NAMESPACE = 0x5175  # advisory locks for one_at_a_time work, keyed by hashtext(key)
+SERIAL_NAMESPACE = 0x5175  # advisory locks for one_at_a_time work, keyed by lock_key(key)
 
 # A token bucket per channel whose debt is the wait: each post takes a token now, and waits
 # as long as the bucket needs to earn it back. No lock is held while posts wait.
@@ -218,13 +218,13 @@ class PostgresStore:
         await self.open()
         try:
             async with self._locks.connection() as conn:
-                await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
-                                   (SERIAL_NAMESPACE, key))
+                await conn.execute("SELECT pg_advisory_lock(%s, %s)",
+                                   (SERIAL_NAMESPACE, intake.lock_key(key)))
                 try:
                     yield
                 finally:
-                    await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
-                                       (SERIAL_NAMESPACE, key))
+                    await conn.execute("SELECT pg_advisory_unlock(%s, %s)",
+                                       (SERIAL_NAMESPACE, intake.lock_key(key)))
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"store: {scrub(str(exc), self.url)}") from exc
 
