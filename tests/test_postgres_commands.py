@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+from servers import clean_environ
 from test_commands import run
 
 from bridge.events import parse_event
@@ -88,12 +91,15 @@ def test_deliveries_retry_and_conversations_work_on_postgresql(config, url, caps
 
 @pytest.mark.parametrize("command", ["deliveries", "serve", "worker"])
 def test_a_server_that_cannot_be_reached_is_one_line_with_the_password_masked(
-        make_settings, tmp_path, capsys, command):
+        make_settings, tmp_path, command):
     make_settings({"store": {"url": f"postgresql://bridge:{PASSWORD}@127.0.0.1:1/bridge"
                                     "?connect_timeout=2"}, "log": {"format": "json"}})
-    code, out, err = run(capsys, command, "--config", str(tmp_path / "settings.toml"))
-    assert code == 1 and out == ""
-    [line] = err.splitlines()
+    # A process of its own: serve and worker set up the process's logging for good.
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", command, "--config", str(tmp_path / "settings.toml")],
+        env=clean_environ(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
     assert line.startswith("sitegpt-bridge: cannot open the store at "
                            "postgresql://bridge:**********@127.0.0.1:1/bridge")
-    assert PASSWORD not in err
+    assert PASSWORD not in result.stderr
