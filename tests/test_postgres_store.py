@@ -193,6 +193,19 @@ async def test_migrations_run_in_one_transaction(postgres_url):
                                " to_regclass('schema_migrations')") == [(None, None, None)]
 
 
+async def test_connections_the_server_dropped_are_replaced_not_failed(replicas, postgres_url):
+    """As after a restart or failover of the database: the next calls still succeed."""
+    first, _ = replicas
+    await first.accept(new_event("k1"), NOW, 600)
+    [(dropped,)] = query(postgres_url, "SELECT COUNT(pg_terminate_backend(pid))"
+                                       " FROM pg_stat_activity WHERE datname = current_database()"
+                                       " AND pid <> pg_backend_pid()")
+    assert dropped >= 1
+    assert (await first.accept(new_event("k2"), NOW, 600)).status == "accepted"
+    [job] = await first.claim("w1", NOW, 10, 30)
+    assert await first.finish(job.lease, "delivered", NOW)
+
+
 # Housekeeping
 
 

@@ -323,5 +323,8 @@ class PostgresStore:
 
 
 def _pool(url: str, size: int, name: str, min_size: int) -> AsyncConnectionPool[Any]:
+    # Each connection is checked as it is handed out: after the server restarted or failed
+    # over, a stale one is replaced instead of failing a webhook or a worker's finish.
     return AsyncConnectionPool(url, min_size=min_size, max_size=size, open=False,
-                               kwargs={"autocommit": True}, name=name, timeout=DEFAULT_TIMEOUT)
+                               kwargs={"autocommit": True}, name=name, timeout=DEFAULT_TIMEOUT,
+                               check=AsyncConnectionPool.check_connection)
