@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from bridge.clock import Clock, SystemClock
 from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
+from bridge.destinations.shared import Shared
 from bridge.metrics import Metrics
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
@@ -85,12 +86,13 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     templates = Templates(settings.templates.dir)
-    destinations = build_destinations(settings, templates)
+    metrics = Metrics(list(ENDPOINT_KINDS))
+    destinations = build_destinations(settings, templates, Shared(settings, clock, metrics))
+    metrics.expect_destinations(list(destinations))
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds)
-    metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 

@@ -29,6 +29,9 @@ DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
 # From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
 # an outage hours (the worker gives up after [delivery] max_age, 24 h by default).
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+# A post waits for its channel's next slot: nothing when the channel is quiet, about a second
+# per post ahead of it while a backlog is caught up.
+PACING_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -57,19 +60,30 @@ class Metrics:
         self.queue = Gauge(
             "sitegpt_bridge_queue_deliveries", "Deliveries in the store by status.",
             ["status"], registry=self.registry)
+        self.waiting = Gauge(
+            "sitegpt_bridge_waiting_deliveries",
+            "Deliveries still to be made, by destination (retries included).",
+            ["destination"], registry=self.registry)
+        self.pacing_wait = Histogram(
+            "sitegpt_bridge_slack_pacing_wait_seconds",
+            "How long each Slack post waited for its channel's next slot.",
+            buckets=PACING_BUCKETS, registry=self.registry)
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
-        self._expect(endpoints, destinations)
-
-    def _expect(self, endpoints: Sequence[str], destinations: Sequence[str]) -> None:
-        """Start known series at zero, so a rate() alert works before the first event."""
+        self._seen_waiting: set[str] = set()
         for endpoint in endpoints:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhooks.labels(endpoint, outcome)
+        self.expect_destinations(destinations)
+
+    def expect_destinations(self, destinations: Sequence[str]) -> None:
+        """Start their series at zero, so a rate() alert works before the first event."""
+        self._seen_waiting |= set(destinations)
         for destination in destinations:
             self.attempts.labels(destination)
             self.latency.labels(destination)
+            self.waiting.labels(destination)
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(destination, outcome)
 
@@ -84,6 +98,10 @@ class Metrics:
         if outcome == "delivered":
             self.latency.labels(destination).observe(max(since_accepted, 0.0))
 
+    def paced(self, seconds: float) -> None:
+        """A Slack post waited `seconds` for its channel's slot."""
+        self.pacing_wait.observe(seconds)
+
     def destination_error(self, destination: str, error: BaseException) -> None:
         """Count by the error's `code` when the destination gave one, else by its class."""
         self.errors.labels(destination, str(getattr(error, "code", type(error).__name__))).inc()
@@ -92,10 +110,15 @@ class Metrics:
         """The text a scrape returns, with the queue read from the store right now."""
         depth = await store.queue_depth()
         oldest = await store.oldest_pending()
+        waiting = await store.waiting_by_destination()
         for status, count in depth.items():
             self.queue.labels(status).set(count)
+        self._seen_waiting |= set(waiting)  # a destination drained since drops back to 0
+        for destination in self._seen_waiting:
+            self.waiting.labels(destination).set(waiting.get(destination, 0))
         self.oldest_pending.set(max(now - oldest, 0.0) if oldest is not None else 0.0)
         return generate_latest(self.registry)
+
 
 
 def bearer_matches(authorization: str | None, token: bytes) -> bool:

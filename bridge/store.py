@@ -28,6 +28,9 @@ from bridge.errors import StoreBusy, StoreError
 T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
+# Why a delivery waits for its next attempt: the destination did not answer or failed
+# ("unavailable", brought forward once it answers again), or it said when to come back.
+RetryKind = Literal["unavailable", "rate_limited", "error"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
 MAX_BATCH = 512
 MAX_VARIABLES = 999  # SQLite's smallest limit on ? per statement (older builds)
@@ -241,8 +244,10 @@ class Store(Protocol):
     async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance: ...
     async def claim(self, owner: str, now: float, limit: int, lease: float) -> list[ClaimedDelivery]: ...  # noqa: E501
     async def finish(self, delivery_id: int, status: DeliveryStatus, now: float,
-                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> None: ...
-    async def reschedule(self, delivery_id: int, at: float, error: str) -> None: ...
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
+                     coalesced: Sequence[int] = ()) -> None: ...
+    async def reschedule(self, delivery_id: int, at: float, error: str,
+                         retry_kind: RetryKind | None = None) -> None: ...
     async def release(self, delivery_ids: Iterable[int]) -> None: ...
     async def next_due(self, after: float) -> float | None: ...
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None: ...
@@ -263,6 +268,12 @@ class Store(Protocol):
     async def backup(self, target: Path) -> Backup: ...
     async def check_writable(self) -> None: ...
     async def close(self) -> None: ...
+    # Coalescing and bring-forward
+    async def take_queued(self, delivery_id: int, owner: str, kinds: frozenset[str], limit: int,
+                          now: float) -> list[ClaimedDelivery]: ...
+    async def release_queued(self, delivery_ids: Sequence[int], owner: str) -> None: ...
+    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int: ...
+    async def waiting_by_destination(self) -> dict[str, int]: ...
 
 
 class SQLiteStore:
@@ -298,13 +309,20 @@ class SQLiteStore:
         return await self._run(lambda conn: _claim(conn, owner, now, limit, now + lease))
 
     async def finish(self, delivery_id: int, status: DeliveryStatus, now: float,
-                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> None:
-        await self._run(lambda conn: _finish(conn, delivery_id, status, now, note, follow_ups))
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
+                     coalesced: Sequence[int] = ()) -> None:
+        """Set a delivery's final state; `coalesced` ones went out with it: the same, at once."""
+        def write(conn: sqlite3.Connection) -> None:
+            _finish_coalesced(conn, delivery_id, coalesced, status, now, note)
+            _finish(conn, delivery_id, status, now, note, follow_ups)
+        await self._run(write)
 
-    async def reschedule(self, delivery_id: int, at: float, error: str) -> None:
+    async def reschedule(self, delivery_id: int, at: float, error: str,
+                         retry_kind: RetryKind | None = None) -> None:
         await self._run(lambda conn: conn.execute(
-            "UPDATE deliveries SET next_attempt_at = ?, last_error = ?, lease_owner = NULL,"
-            " lease_until = NULL WHERE id = ?", (at, error, delivery_id)))
+            "UPDATE deliveries SET next_attempt_at = ?, last_error = ?, retry_kind = ?,"
+            " lease_owner = NULL, lease_until = NULL WHERE id = ?",
+            (at, error, retry_kind, delivery_id)))
 
     async def release(self, delivery_ids: Iterable[int]) -> None:
         rows = [(delivery_id,) for delivery_id in delivery_ids]
@@ -394,6 +412,38 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
+
+    # Coalescing and bring-forward ---------------------------------------------------------------
+
+    async def take_queued(self, delivery_id: int, owner: str, kinds: frozenset[str], limit: int,
+                          now: float) -> list[ClaimedDelivery]:
+        """Pending deliveries right behind `delivery_id` (same destination and conversation),
+        of `kinds` and nothing else in between, up to `limit`, put under its lease.
+
+        Only the worker holding that lease can take them; none if it no longer does.
+        """
+        return await self._run(
+            lambda conn: _take_queued(conn, delivery_id, owner, kinds, limit, now))
+
+    async def release_queued(self, delivery_ids: Sequence[int], owner: str) -> None:
+        """Give taken deliveries back to the queue as they were (no attempt was made)."""
+        rows = [(delivery_id, owner) for delivery_id in delivery_ids]
+        await self._run(lambda conn: conn.executemany(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+            " WHERE id = ? AND lease_owner = ? AND status = 'pending'", rows))
+
+    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int:
+        """Make due now the deliveries to `destination` waiting after a `retry_kind` failure."""
+        return await self._run(lambda conn: conn.execute(
+            "UPDATE deliveries SET next_attempt_at = ? WHERE status = 'pending'"
+            " AND next_attempt_at > ? AND destination = ? AND retry_kind = ?",
+            (now, now, destination, retry_kind)).rowcount)
+
+    async def waiting_by_destination(self) -> dict[str, int]:
+        """Pending deliveries per destination."""
+        return await self._run(lambda conn: dict(conn.execute(
+            "SELECT destination, COUNT(*) FROM deliveries WHERE status = 'pending'"
+            " GROUP BY destination").fetchall()))
 
 
 @dataclass(frozen=True)
@@ -543,6 +593,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=2000")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    _add_retry_kind(conn)
     return conn
 
 
@@ -786,6 +837,55 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
         _insert_event(conn, NewEvent(
             kind=follow_up.kind, body=follow_up.body, dedup_key=f"follow-up:{delivery_id}",
             ordering_key=follow_up.ordering_key, destinations=follow_up.destinations), now)
+
+
+# Coalescing and bring-forward ------------------------------------------------------------------
+
+def _add_retry_kind(conn: sqlite3.Connection) -> None:
+    """Stores made before deliveries recorded why they wait get the column, empty."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if "retry_kind" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN retry_kind TEXT")
+
+
+QUEUED_BEHIND = """
+SELECT d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at, e.kind, e.body,
+       d.lease_owner, d.lease_until
+FROM deliveries h
+JOIN deliveries d ON d.destination = h.destination AND d.ordering_key = h.ordering_key
+    AND d.status = 'pending' AND d.id > h.id
+JOIN events e ON e.id = d.event_id
+WHERE h.id = :head AND h.status = 'pending' AND h.lease_owner = :owner
+ORDER BY d.id LIMIT :limit
+"""
+
+
+def _take_queued(conn: sqlite3.Connection, head: int, owner: str, kinds: frozenset[str],
+                 limit: int, now: float) -> list[ClaimedDelivery]:
+    taken: list[ClaimedDelivery] = []
+    for row in conn.execute(QUEUED_BEHIND, {"head": head, "owner": owner, "limit": limit}):
+        leased_elsewhere = row["lease_owner"] not in (None, owner) and row["lease_until"] > now
+        if row["kind"] not in kinds or leased_elsewhere:
+            break
+        taken.append(ClaimedDelivery(*tuple(row)[:8]))
+    conn.executemany(
+        "UPDATE deliveries SET lease_owner = ?,"
+        " lease_until = (SELECT lease_until FROM deliveries WHERE id = ?) WHERE id = ?",
+        [(owner, head, delivery.id) for delivery in taken])
+    return taken
+
+
+def _finish_coalesced(conn: sqlite3.Connection, head: int, coalesced: Sequence[int],
+                      status: DeliveryStatus, now: float, note: str | None) -> None:
+    """Before the head's own finish clears its lease: only rows under that lease are set."""
+    if not coalesced:
+        return
+    marks = ",".join("?" * len(coalesced))
+    conn.execute(
+        "UPDATE deliveries SET status = ?, finished_at = ?, last_error = ?, lease_owner = NULL,"
+        f" lease_until = NULL, attempts = attempts + 1 WHERE id IN ({marks}) AND status = 'pending'"
+        " AND lease_owner = (SELECT lease_owner FROM deliveries WHERE id = ?)",
+        [status, now, note, *coalesced, head])
 
 
 def _conversation_where(conn: sqlite3.Connection, where: str,

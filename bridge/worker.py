@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.clock import Clock, SystemClock
@@ -16,7 +16,7 @@ from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
-from bridge.store import ClaimedDelivery, Store
+from bridge.store import ClaimedDelivery, RetryKind, Store
 
 log = logging.getLogger("bridge.worker")
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
@@ -142,12 +142,16 @@ class Worker:
             await self._fail(job, f"destination {job.destination!r} is not configured")
             return
         self.metrics.attempt(job.destination)
+        delivery: Delivery | None = None
+        coalesced: Sequence[int] = ()
         try:
-            event = parse_event(job.kind, job.payload)
-            outcome = await destination.deliver(Delivery(job, event, self.store, self.clock))
+            delivery = Delivery(job, parse_event(job.kind, job.payload), self.store, self.clock,
+                                self.owner)
+            outcome = await destination.deliver(delivery)
         except RetryableError as exc:
             self.metrics.destination_error(job.destination, exc)
-            await self._retry_later(job, str(exc), exc.retry_after)
+            kind: RetryKind = "unavailable" if exc.retry_after is None else "rate_limited"
+            await self._retry_later(job, str(exc), exc.retry_after, kind)
         except PermanentError as exc:
             self.metrics.destination_error(job.destination, exc)
             await self._fail(job, str(exc))
@@ -156,21 +160,54 @@ class Worker:
         except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
             self.metrics.destination_error(job.destination, exc)
             log.exception("unexpected error delivering %d to %s", job.id, job.destination)
-            await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None)
+            await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None,
+                                    "error")
         else:
-            await self._succeed(job, outcome)
+            await self._succeed(job, outcome, delivery.behind if delivery else [])
+            coalesced = outcome.coalesced if isinstance(outcome, Delivered) else ()
+        finally:
+            if delivery is not None:
+                await self._release_unused(delivery, coalesced)
 
-    async def _succeed(self, job: ClaimedDelivery, outcome: Outcome) -> None:
+    async def _release_unused(self, delivery: Delivery, coalesced: Sequence[int]) -> None:
+        """Deliveries taken to go along that did not: back to the queue, next in line."""
+        unused = [job.id for job in delivery.behind if job.id not in set(coalesced)]
+        if unused:
+            await self.store.release_queued(unused, self.owner)
+
+    async def _succeed(self, job: ClaimedDelivery, outcome: Outcome,
+                       behind: Sequence[ClaimedDelivery]) -> None:
         now = self.clock.now()
         if isinstance(outcome, Skipped):
             await self.store.finish(job.id, "skipped", now, outcome.reason)
             self._log(job, "skipped", outcome.reason)
             return
         assert isinstance(outcome, Delivered)
-        await self.store.finish(job.id, "delivered", now, outcome.note, outcome.follow_ups)
-        self._log(job, "delivered", outcome.note)
+        coalesced = [queued for queued in behind if queued.id in set(outcome.coalesced)]
+        await self.store.finish(job.id, "delivered", now, outcome.note, outcome.follow_ups,
+                                [queued.id for queued in coalesced])
+        for queued in [job, *coalesced]:
+            self._log(queued, "delivered", outcome.note)
+        await self._bring_forward(job)
 
-    async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+    async def _bring_forward(self, job: ClaimedDelivery) -> None:
+        """A retry got through: what waits out a backoff because the destination failed goes now.
+
+        Only a delivery that had failed itself is taken as the sign: a conversation that keeps
+        failing on its own is not retried each time another one gets through. The worker's
+        pace (concurrency) and the destination's own (Slack's per-channel pacer) still apply;
+        a delivery the destination told when to come back (Retry-After) keeps its time.
+        """
+        if job.attempts <= 1:
+            return
+        count = await self.store.bring_forward(job.destination, "unavailable", self.clock.now())
+        if count:
+            log.info("%s answers again: %d waiting deliveries brought forward", job.destination,
+                     count, extra={"destination": job.destination})
+            self.wake()
+
+    async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None,
+                           kind: RetryKind) -> None:
         now = self.clock.now()
         age = now - job.created_at
         if job.attempts >= self.settings.max_attempts:
@@ -180,7 +217,7 @@ class Worker:
             await self._fail(job, f"gave up after {age / 3600:.1f} h: {reason}")
             return
         delay = self.backoff.delay(job.attempts, after, self.rng)
-        await self.store.reschedule(job.id, now + delay, reason)
+        await self.store.reschedule(job.id, now + delay, reason, kind)
         self._log(job, "retry", f"in {delay:.1f} s: {reason}")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:

@@ -236,7 +236,7 @@ class LeadsOnly:
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:
     def register(on: bool) -> None:
-        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates: LeadsOnly() if on
+        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, shared: LeadsOnly() if on
                             else None)
     return register
 

@@ -13,8 +13,9 @@ import pytest
 import respx
 from slack_sdk import WebClient
 
+from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
-from bridge.destinations.slack import SlackDestination
+from bridge.destinations.slack import SlackDestination, slack_destination
 from bridge.errors import TemplateError
 from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
 from bridge.intake import new_event
@@ -100,8 +101,9 @@ async def harness(make_settings, fake, api, clock):
                       "signing_secret": "shh", "burst": 1000, "per_second": 1000.0},
             "sitegpt": {"api_url": API, "api_key": KEY}, **extra})
         store = open_store(settings.store.url)
-        slack = SlackDestination(settings, Templates(), clock)
-        sitegpt = sitegpt_destination(settings, Templates(), clock)
+        shared = Shared(settings, clock)
+        slack = slack_destination(settings, Templates(), shared)
+        sitegpt = sitegpt_destination(settings, Templates(), shared)
         assert sitegpt is not None
         worker = Worker(store, {"slack": slack, "sitegpt": sitegpt}, settings.delivery, clock,
                         random.Random(7))

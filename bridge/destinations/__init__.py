@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.destinations.base import Destination
+from bridge.destinations.shared import Shared
 from bridge.settings import Settings
 from bridge.templating import Templates
 
-Factory = Callable[[Settings, Templates], Destination | None]
+Factory = Callable[[Settings, Templates, Shared], Destination | None]
 REGISTRY: dict[str, Factory] = {}
 
 
-def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
-    """Every destination whose settings switch it on, by name."""
-    built = {name: factory(settings, templates) for name, factory in REGISTRY.items()}
+def build_destinations(settings: Settings, templates: Templates,
+                       shared: Shared | None = None) -> dict[str, Destination]:
+    """Every destination whose settings switch it on, by name, sharing one Slack workspace."""
+    shared = shared or Shared(settings)
+    built = {name: factory(settings, templates, shared) for name, factory in REGISTRY.items()}
     return {name: destination for name, destination in built.items() if destination is not None}
 
 

@@ -9,16 +9,21 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from bridge.clock import Clock
-from bridge.events import Event, conversation_of
+from bridge.events import Event, InvalidEvent, conversation_of, parse_event
 from bridge.store import ClaimedDelivery, ConversationRecord, FollowUp, Store
 
 
 @dataclass(frozen=True)
 class Delivered:
-    """It reached the destination; `note` is kept on the delivery (a ts, an issue key)."""
+    """It reached the destination; `note` is kept on the delivery (a ts, an issue key).
+
+    `coalesced`: deliveries queued behind this one (Delivery.queued_behind) that went out in
+    the same call; they are finished with it, in one step, with the same note.
+    """
 
     note: str | None = None
     follow_ups: Sequence[FollowUp] = ()
+    coalesced: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Delivery:
     event: Event
     store: Store
     clock: Clock
+    owner: str = ""  # the worker holding the lease
+    behind: list[ClaimedDelivery] = field(default_factory=list, repr=False)
     _conversation: ConversationRecord | None = field(default=None, repr=False)
 
     @property
@@ -69,6 +76,25 @@ class Delivery:
         if target is None:
             return None
         return await self.store.conversation(target.chatbot_id, target.thread_id)
+
+    async def queued_behind(self, kinds: frozenset[str], limit: int) -> list[Delivery]:
+        """Up to `limit` deliveries queued right behind this one, of these kinds, in order.
+
+        Same destination, same conversation, nothing of another kind in between; they join
+        this one's lease. Those the destination does not name in Delivered.coalesced go back
+        to the queue, as they were, once this delivery is done.
+        """
+        claimed = await self.store.take_queued(self.claimed.id, self.owner, kinds, limit,
+                                               self.clock.now())
+        self.behind += claimed
+        taken: list[Delivery] = []
+        for job in claimed:
+            try:
+                event = parse_event(job.kind, job.payload)
+            except InvalidEvent:
+                break  # it fails on its own turn, with its own reason
+            taken.append(Delivery(job, event, self.store, self.clock, self.owner))
+        return taken
 
 
 class Destination(Protocol):

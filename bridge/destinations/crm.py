@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -15,6 +15,9 @@ from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import LEAD, Event, LeadData
 from bridge.settings import Settings
 from bridge.templating import Templates, cut
+
+if TYPE_CHECKING:  # the factory's signature only
+    from bridge.destinations.shared import Shared
 
 NAME = "crm"
 DETAIL_LIMIT = 300
@@ -146,7 +149,8 @@ def iso_to_millis(value: str | None, fallback: float) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def build_crm(settings: Settings, templates: Templates) -> Destination | None:
+def build_crm(settings: Settings, templates: Templates,
+              shared: Shared | None = None) -> Destination | None:
     """The CRM destination `[crm] kind` names, or None when it is "none"."""
     # Imported here because both kinds import this module's shared pieces.
     from bridge.destinations.crm_webhook import CrmWebhook

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -33,6 +33,9 @@ from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
 from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
+
+if TYPE_CHECKING:  # the factory's signature only
+    from bridge.destinations.shared import Shared
 
 T = TypeVar("T")
 SUMMARY_LIMIT = 255
@@ -387,7 +390,8 @@ def _line_context(message: StoredMessage) -> dict[str, Any]:
     }
 
 
-def build_jira(settings: Settings, templates: Templates) -> JiraDestination | None:
+def build_jira(settings: Settings, templates: Templates,
+               shared: Shared | None = None) -> JiraDestination | None:
     """The Jira destination, or None when `[jira] url` is unset."""
     if not settings.jira.url:
         return None

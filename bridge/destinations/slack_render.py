@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import TemplateError
@@ -23,11 +24,20 @@ MESSAGE_TEMPLATES = {
     "SYSTEM_MESSAGE": "slack/message_system.json.j2",
 }
 OTHER_MESSAGE = "slack/message_other.json.j2"
+BATCH = "slack/messages_batch.json.j2"
 TEXT_LIMIT = 39_000
 SECTION_LIMIT = 3_000
 FIELD_LIMIT = 2_000
 HEADER_LIMIT = 150
 MAX_BLOCKS = 50
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message waiting for its thread, and when the bridge accepted it (epoch seconds)."""
+
+    event: MessageEvent
+    received_at: float
 
 
 class SlackRenderer:
@@ -42,18 +52,31 @@ class SlackRenderer:
         name = MESSAGE_TEMPLATES.get(data.message_type or "", OTHER_MESSAGE)
         return self._render(name, {
             **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
-            "message": {
-                "type": data.message_type or "UNKNOWN",
-                "question": data.question,
-                "answer": data.answer,
-                "sources": data.sources or [],
-                "agent_name": data.agent_name,
-                "agent_id": data.agent_id,
-                "icon_url": data.icon_url,
-                "system_message_type": data.system_message_type,
-                "gpt_model": data.gpt_model,
-            },
+            "message": _message_context(event),
         })
+
+    def batch(self, conversation: Conversation,
+              waiting: list[Waiting]) -> tuple[dict[str, Any], int]:
+        """The first messages of `waiting` as one reply within Slack's limits, and how many.
+
+        Each message is rendered by its own template, so the reply shows it as a reply of its
+        own would; the batch template only puts them together. One message alone is exactly
+        its own reply. Whatever does not fit is left for the next reply, never cut.
+        """
+        pieces = [self._piece(item) for item in waiting]
+        count = len(pieces)
+        while count > 1:
+            batch = self._render(BATCH, {**self._conversation(conversation),
+                                         "messages": pieces[:count]})
+            if fits(batch):
+                return batch, count
+            count = _fewer(count, batch)
+        return self.message(waiting[0].event), 1
+
+    def _piece(self, waiting: Waiting) -> dict[str, Any]:
+        rendered = self.message(waiting.event)
+        return {"message": _message_context(waiting.event), "received_at": waiting.received_at,
+                "text": rendered["text"], "blocks": rendered.get("blocks", [])}
 
     def escalation(self, event: EscalationEvent) -> dict[str, Any]:
         data = event.data
@@ -117,6 +140,32 @@ class SlackRenderer:
         if not isinstance(message.get("blocks", []), list):
             raise TemplateError(f"{name}: \"blocks\" must be a list")
         return message
+
+
+def _message_context(event: MessageEvent) -> dict[str, Any]:
+    data = event.data
+    return {
+        "type": data.message_type or "UNKNOWN",
+        "question": data.question,
+        "answer": data.answer,
+        "sources": data.sources or [],
+        "agent_name": data.agent_name,
+        "agent_id": data.agent_id,
+        "icon_url": data.icon_url,
+        "system_message_type": data.system_message_type,
+        "gpt_model": data.gpt_model,
+    }
+
+
+def fits(message: dict[str, Any]) -> bool:
+    """Whether Slack takes the message whole: few enough blocks and a short enough text."""
+    return len(message.get("blocks", [])) <= MAX_BLOCKS and len(message["text"]) <= TEXT_LIMIT
+
+
+def _fewer(count: int, batch: dict[str, Any]) -> int:
+    """How many messages to try next: in proportion to how far over the limits they were."""
+    over = max(len(batch.get("blocks", [])) / MAX_BLOCKS, len(batch["text"]) / TEXT_LIMIT)
+    return max(min(count - 1, int(count / over)), 1)
 
 
 def cut_text(text: str, limit: int) -> str:
