@@ -290,3 +290,110 @@ async def test_deliveries_by_conversation_takes_the_id_literally(tmp_path):
     finally:
         await store.close()
     assert (found, percent) == ({"bot/t_1"}, {"bot/50%"})
+
+
+# Coalescing and bring-forward
+
+async def queue(store: SQLiteStore, kinds: Sequence[str], conversation: str = "bot/c1") -> None:
+    """One slack delivery per kind, in this order, in one conversation."""
+    for n, kind in enumerate(kinds):
+        event = NewEvent(kind=kind, body=f'{{"n":{n}}}', dedup_key=f"{conversation}-{n}",
+                         ordering_key=conversation, destinations=["slack"])
+        await store.accept(event, NOW, 60)
+
+
+async def take(store: SQLiteStore, head: int, owner: str = "w1", limit: int = 10,
+               now: float = NOW) -> list[int]:
+    return [job.id for job in await store.take_queued(head, owner, frozenset({MESSAGE}), limit,
+                                                      now)]
+
+
+async def test_take_queued_stops_at_another_kind_and_at_the_limit(store, db):
+    await queue(store, [MESSAGE, MESSAGE, MESSAGE, "CONVERSATION_ESCALATED", MESSAGE])
+    await queue(store, [MESSAGE], conversation="bot/c2")
+    assert await claimed_ids(store, NOW, lease=60) == [1, 6]
+    assert await take(store, 1, limit=1) == [2]
+    assert await take(store, 1) == [2, 3]  # the escalation ends the run
+    assert lease_of(db, 3) == ("w1", NOW + 60, 0, "pending")  # the head's lease, no attempt
+    assert lease_of(db, 5) == (None, None, 0, "pending")
+
+
+async def test_only_the_worker_holding_the_heads_lease_can_take_what_follows(store, db):
+    await queue(store, [MESSAGE, MESSAGE])
+    assert await take(store, 1) == []  # not claimed at all
+    await claimed_ids(store, NOW, owner="w1")
+    assert await take(store, 1, owner="w2") == []
+    await store.finish(1, "delivered", NOW)
+    assert await take(store, 1) == []  # finished: it holds nothing any more
+
+
+async def test_what_a_crashed_worker_took_is_taken_over_once_its_lease_runs_out(store, db):
+    await queue(store, [MESSAGE, MESSAGE, MESSAGE])
+    await claimed_ids(store, NOW, owner="w1", lease=60)
+    assert await take(store, 1, owner="w1") == [2, 3]
+    assert await claimed_ids(store, NOW + 60, owner="w2") == [1]
+    assert await take(store, 1, owner="w2", now=NOW + 60) == [2, 3]
+    assert lease_of(db, 2)[0] == "w2"
+
+
+async def test_a_coalesced_finish_sets_the_taken_ones_with_the_head_in_one_step(store, db):
+    await queue(store, [MESSAGE, MESSAGE, MESSAGE, MESSAGE])
+    await claimed_ids(store, NOW)
+    await take(store, 1)
+    await store.finish(1, "delivered", NOW, "C1/1.5", coalesced=[2, 3])
+    rows = query(db, "SELECT id, status, last_error, attempts, lease_owner FROM deliveries"
+                     " ORDER BY id")
+    assert rows == [(1, "delivered", "C1/1.5", 1, None), (2, "delivered", "C1/1.5", 1, None),
+                    (3, "delivered", "C1/1.5", 1, None), (4, "pending", None, 0, "w1")]
+    await store.release_queued([4], "w1")
+    assert lease_of(db, 4) == (None, None, 0, "pending")
+    assert await claimed_ids(store, NOW) == [4]
+
+
+async def test_a_coalesced_finish_leaves_what_another_worker_holds(store, db):
+    await queue(store, [MESSAGE, MESSAGE])
+    await claimed_ids(store, NOW, owner="w1", lease=60)
+    await take(store, 1, owner="w1")
+    assert await claimed_ids(store, NOW + 60, owner="w2") == [1]  # w1's lease ran out
+    await take(store, 1, owner="w2", now=NOW + 60)
+    await store.release_queued([2], "w1")  # w1, late, gives back what it no longer holds
+    assert lease_of(db, 2)[0] == "w2"
+    await store.finish(1, "delivered", NOW + 61, "C1/2.5", coalesced=[2])
+    assert lease_of(db, 2) == (None, None, 1, "delivered")
+
+
+async def test_bring_forward_wakes_only_that_destinations_deliveries_waiting_for_it(store, db):
+    await seed(store)  # d1 slack c1, d2 jira c1, d3 slack c1 (behind d1), d4 slack c2
+    await claimed_ids(store, NOW)
+    await store.reschedule(1, NOW + 100, "slack: HTTP 503", "unavailable")
+    await store.reschedule(2, NOW + 100, "jira: HTTP 503", "unavailable")
+    await store.reschedule(4, NOW + 100, "slack: HTTP 429", "rate_limited")
+    assert await store.bring_forward("slack", "unavailable", NOW + 5) == 1
+    due = query(db, "SELECT id, next_attempt_at FROM deliveries ORDER BY id")
+    assert due == [(1, NOW + 5), (2, NOW + 100), (3, NOW), (4, NOW + 100)]
+    assert await claimed_ids(store, NOW + 5) == [1]
+
+
+async def test_waiting_counts_pending_deliveries_per_destination(store):
+    await seed(store)
+    await store.finish(4, "delivered", NOW)
+    assert await store.waiting_by_destination() == {"slack": 2, "jira": 1}
+
+
+def test_a_store_from_before_retry_kinds_gets_the_column_on_open(db):
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, event_id INTEGER NOT NULL,"
+        " destination TEXT NOT NULL, ordering_key TEXT NOT NULL, status TEXT NOT NULL"
+        " DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT"
+        " NULL, lease_owner TEXT, lease_until REAL, last_error TEXT, created_at REAL NOT NULL,"
+        " finished_at REAL);"
+        "INSERT INTO deliveries (event_id, destination, ordering_key, next_attempt_at,"
+        " created_at) VALUES (1, 'slack', 'bot/c1', 1.0, 1.0);")
+    conn.commit()
+    conn.close()
+    writer = _Writer(db, "NORMAL")
+    writer.start()
+    writer.stop()
+    assert query(db, "SELECT id, retry_kind FROM deliveries") == [(1, None)]
