@@ -112,6 +112,8 @@ async def _check_destinations(settings: Settings) -> int:
             except DeliveryError as exc:
                 print(f"{name}: FAILED: {exc}")
                 problems += 1
+        info = await bridge.store.info()
+        print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
     finally:

@@ -9,8 +9,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from bridge.clock import Clock
-from bridge.events import Event, InvalidEvent, conversation_of, parse_event
-from bridge.store import ClaimedDelivery, ConversationRecord, FollowUp, Store
+from bridge.errors import PermanentError
+from bridge.events import Conversation, Event, InvalidEvent, conversation_of, parse_event
+from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
 @dataclass(frozen=True)
@@ -56,26 +57,41 @@ def parse_retry_after(value: Any, now: float) -> float | None:
 
 @dataclass
 class Delivery:
-    """One attempt to hand one event to one destination."""
+    """One attempt to hand one event to one destination, with that destination's own state."""
 
     claimed: ClaimedDelivery
     event: Event
-    store: Store
+    store: DeliveryStore
     clock: Clock
-    owner: str = ""  # the worker holding the lease
     behind: list[ClaimedDelivery] = field(default_factory=list, repr=False)
-    _conversation: ConversationRecord | None = field(default=None, repr=False)
 
     @property
     def attempt(self) -> int:
         return self.claimed.attempts
 
-    async def conversation(self) -> ConversationRecord | None:
-        """The stored state of the event's conversation (Slack thread, Jira key), if any."""
-        target = conversation_of(self.event)
-        if target is None:
-            return None
-        return await self.store.conversation(target.chatbot_id, target.thread_id)
+    @property
+    def destination(self) -> str:
+        return self.claimed.destination
+
+    async def state(self) -> dict[str, Any]:
+        """What this destination saved for the event's conversation; {} if nothing (yet)."""
+        conversation = self._conversation()
+        state = await self.store.link_state(
+            conversation.chatbot_id, conversation.thread_id, self.destination)
+        return state or {}
+
+    async def save_state(self, state: dict[str, Any], ref: str | None = None) -> None:
+        """Replace this destination's state for the conversation; `ref` finds it again."""
+        conversation = self._conversation()
+        await self.store.save_link(
+            conversation.chatbot_id, conversation.thread_id, self.destination, state, ref)
+
+    def _conversation(self) -> Conversation:
+        conversation = conversation_of(self.event)
+        if conversation is None:
+            raise PermanentError(f"{self.destination}: a {self.event.event} event has no "
+                                 "conversation to keep state for")
+        return conversation
 
     async def queued_behind(self, kinds: frozenset[str], limit: int) -> list[Delivery]:
         """Up to `limit` deliveries queued right behind this one, of these kinds, in order.
@@ -84,7 +100,7 @@ class Delivery:
         this one's lease. Those the destination does not name in Delivered.coalesced go back
         to the queue, as they were, once this delivery is done.
         """
-        claimed = await self.store.take_queued(self.claimed.id, self.owner, kinds, limit,
+        claimed = await self.store.take_queued(self.claimed.lease, kinds, limit,
                                                self.clock.now())
         self.behind += claimed
         taken: list[Delivery] = []
@@ -93,7 +109,7 @@ class Delivery:
                 event = parse_event(job.kind, job.payload)
             except InvalidEvent:
                 break  # it fails on its own turn, with its own reason
-            taken.append(Delivery(job, event, self.store, self.clock, self.owner))
+            taken.append(Delivery(job, event, self.store, self.clock))
         return taken
 
 

@@ -35,7 +35,7 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
-from bridge.store import ConversationRecord, Echo
+from bridge.store import Echo
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
@@ -144,19 +144,17 @@ class SlackDestination:
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self.renderer.parent(conversation, None, None)
+            parent = self._parent(conversation, {})
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
         if isinstance(event, EscalationEvent):
-            record = _escalated(conversation)
             posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
-            parent = self.renderer.parent(conversation, record, None)
+            parent = self._parent(conversation, {"escalated_at": 1.0})
         else:
             assert isinstance(event, TicketLinkedEvent)
-            record = _escalated(conversation, jira_key=event.data.issue_key)
             posted = post_arguments(channel, self.renderer.ticket(event))
-            parent = self.renderer.parent(conversation, record, event.data.issue_url)
+            parent = self._parent(conversation, {"escalated_at": 1.0, "ticket": _ticket(event)})
         return [(IN_THREAD, posted),
                 ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
 
@@ -223,14 +221,16 @@ class SlackDestination:
         return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
-        data = event.data
-        await delivery.store.update_conversation(
-            data.chatbot_id, data.thread_id, escalated_at=delivery.clock.now())
+        state = await delivery.state()
+        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
         outcome = await self._post_in_thread(delivery, self.renderer.escalation(event), True)
         await self._refresh_parent(delivery)
         return outcome
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
+        # The parent shows the ticket: Slack keeps what it was told, in its own state.
+        state = await delivery.state()
+        await _save(delivery, {**state, "ticket": _ticket(event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
         return outcome
@@ -245,20 +245,18 @@ class SlackDestination:
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""
-        record = await delivery.conversation()
-        if record and record.slack_channel and record.slack_thread_ts:
-            return Thread(record.slack_channel, record.slack_thread_ts)
+        state = await delivery.state()
+        if thread := _thread_of(state):
+            return thread
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         ts = await self._earlier_parent(delivery, channel, conversation)
         if ts is None:
-            parent = self.renderer.parent(conversation, record, self._jira_url(record))
+            parent = self._parent(conversation, state)
             ts = await self.workspace.post(channel, parent,
                                            metadata=parent_metadata(conversation))
-        await delivery.store.update_conversation(
-            conversation.chatbot_id, conversation.thread_id, slack_channel=channel,
-            slack_thread_ts=ts)
+        await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
         return Thread(channel, ts)
 
     async def _earlier_parent(self, delivery: Delivery, channel: str,
@@ -282,15 +280,16 @@ class SlackDestination:
 
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
-        record = await delivery.conversation()
-        if self.dry_run or not record or not record.slack_thread_ts or not record.slack_channel:
+        state = await delivery.state()
+        thread = _thread_of(state)
+        if self.dry_run or thread is None:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        parent = fit_message(self.renderer.parent(conversation, record, self._jira_url(record)))
+        parent = fit_message(self._parent(conversation, state))
         try:
             await self.workspace.call("chat.update", lambda: self.client.chat_update(
-                channel=record.slack_channel, ts=record.slack_thread_ts, **parent))
+                channel=thread.channel, ts=thread.ts, **parent))
         except (RetryableError, PermanentError) as exc:
             log.warning("could not update the parent message of %s: %s", conversation.key, exc)
 
@@ -299,10 +298,14 @@ class SlackDestination:
         return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
             self.slack.channel or "")
 
-    def _jira_url(self, record: ConversationRecord | None) -> str | None:
-        if record is None or not record.jira_key or not self.settings.jira.url:
-            return None
-        return f"{self.settings.jira.url.rstrip('/')}/browse/{record.jira_key}"
+    def _parent(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The thread's parent as Slack's state has it: escalated or not, and its ticket."""
+        ticket = state.get("ticket")
+        if ticket and not ticket.get("url") and self.settings.jira.url:
+            # A ticket linked before Slack kept its url: shown at [jira] url, as it was then.
+            ticket = {**ticket, "url": f"{self.settings.jira.url.rstrip('/')}/browse/"
+                                       f"{ticket['key']}"}
+        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
 
     def _dry_run(self, message: dict[str, Any]) -> Outcome:
         log.info("slack dry run (no bot_token), would post: %s",
@@ -310,12 +313,20 @@ class SlackDestination:
         return Skipped("dry run: slack.bot_token is not set")
 
 
-def _escalated(conversation: Conversation, jira_key: str | None = None) -> ConversationRecord:
-    """The stored state a preview assumes once a conversation is escalated (and ticketed)."""
-    return ConversationRecord(
-        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, slack_channel=None,
-        slack_thread_ts=None, jira_key=jira_key, jira_transcript_upto=None, escalated_at=1.0,
-        first_seen=0.0, last_seen=0.0)
+def _thread_of(state: Mapping[str, Any]) -> Thread | None:
+    """The conversation's thread, once Slack's state has one."""
+    channel, ts = state.get("channel"), state.get("thread_ts")
+    return Thread(channel, ts) if channel and ts else None
+
+
+async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
+    """Slack's state for the conversation, found again by its thread ("channel/thread_ts")."""
+    thread = _thread_of(state)
+    await delivery.save_state(state, ref=f"{thread.channel}/{thread.ts}" if thread else None)
+
+
+def _ticket(event: TicketLinkedEvent) -> dict[str, str]:
+    return {"key": event.data.issue_key, "url": event.data.issue_url}
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,6 @@ from bridge.events import (
     TicketLinkedEvent,
 )
 from bridge.settings import Settings
-from bridge.store import ConversationRecord
 from bridge.templating import CUT_MARKER, Templates
 
 MESSAGE_TEMPLATES = {
@@ -107,13 +107,12 @@ class SlackRenderer:
             "dashboard_url": data.dashboard_url,
         })
 
-    def parent(self, conversation: Conversation, record: ConversationRecord | None,
-               ticket_url: str | None) -> dict[str, Any]:
+    def parent(self, conversation: Conversation, escalated: bool,
+               ticket: Mapping[str, Any] | None) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
-            "escalated": bool(record and record.escalated_at),
-            "ticket": {"key": record.jira_key, "url": ticket_url}
-            if record and record.jira_key else None,
+            "escalated": escalated,
+            "ticket": {"key": ticket.get("key"), "url": ticket.get("url")} if ticket else None,
             "mode_buttons": self.settings.replies_enabled()
             and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
         })
