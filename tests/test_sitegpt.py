@@ -13,6 +13,7 @@ import pytest
 import respx
 from slack_sdk import WebClient
 
+from bridge.destinations import build_destinations
 from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
 from bridge.destinations.slack import SlackDestination, slack_destination
@@ -447,3 +448,16 @@ async def test_the_preview_is_what_a_refused_mode_change_posts(harness):
                                " switch)"])
     assert (posted["text"], posted["blocks"]) == (preview["text"], preview["blocks"])
     assert posted["text"].startswith(":warning: Could not hand back to the AI (asked by <@U_BEN>)")
+
+
+async def test_notices_and_threads_share_one_slack_client_and_pacer(make_settings):
+    settings = make_settings(REPLIES_ON)
+    destinations = build_destinations(settings, Templates())
+    try:
+        sitegpt = destinations["sitegpt"]
+        assert isinstance(sitegpt, SiteGPTDestination)
+        assert sitegpt.slack.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
+        assert sitegpt.slack.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()

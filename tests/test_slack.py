@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
-from bridge.events import TICKET_LINKED, canonical_json, parse_event
+from bridge.events import MESSAGE, TICKET_LINKED, canonical_json, parse_event
 from bridge.intake import new_event
 from bridge.store import open_store
 from bridge.store.sqlite import SQLiteStore
@@ -374,3 +375,113 @@ async def test_without_the_history_scope_a_retry_posts_a_new_parent_and_loses_no
     _lost, second = h.fake.parents()
     assert texts(h.fake.thread("C_CONV", second["ts"])) == ["Visitor: first"]
     assert "could not look for an earlier parent of chatbot_123/thread_A" in caplog.text
+
+
+# A backlog: what waits for a thread goes out in as few replies as Slack's limits allow
+
+async def open_thread(h: Harness, thread: str = "thread_A") -> str:
+    """The conversation's thread, started by a first message; its parent's ts."""
+    await h.accept(message(thread, "first"))
+    await h.worker.drain()
+    return h.fake.parents()[-1]["ts"]
+
+
+async def test_a_backlog_becomes_one_reply_each_message_with_its_look_and_time(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    h.fake.outage_status = 503
+    await h.accept(message("thread_A", "who are you?"))
+    h.clock.advance(60)
+    await h.accept(message("thread_A", "a bot", kind="NORMAL_MESSAGE",
+                           sources=["https://example.com/a"]))
+    await h.worker.drain()
+    h.fake.outage_status = None
+    h.clock.advance(5)
+    await h.worker.drain()
+
+    [_, reply] = h.fake.thread("C_CONV", parent)
+    assert reply["text"] == "Visitor: who are you?\nVisitor: a bot\nBot: a bot"
+    first, second = int(h.clock.now() - 65), int(h.clock.now() - 5)
+    assert [block["type"] for block in reply["blocks"]] == [
+        "section", "context", "section", "section", "context"]
+    assert reply["blocks"][1]["elements"][-1]["text"].startswith(f"<!date^{first}^{{time}}|")
+    sources, stamp = reply["blocks"][4]["elements"]  # the time joins the sources' line
+    assert sources["text"] == "Sources: <https://example.com/a>"
+    assert stamp["text"].startswith(f"<!date^{second}^{{time}}|")
+    notes = {row.note for row in await h.store.deliveries(limit=10)}
+    assert notes == {h.fake.posts[1]["channel"] + "/" + h.fake.posts[1]["ts"],
+                     f"C_CONV/{reply['ts']}"}
+
+
+@pytest.mark.parametrize(("kind", "text", "limit"), [
+    ("USER_MESSAGE", "x" * 2_900, "text"),  # 13 fit in 39,000 characters of text
+    ("NORMAL_MESSAGE", "short", "blocks"),  # 3 blocks each: 16 fit in 50
+])
+async def test_a_long_backlog_is_cut_at_slacks_limits_into_a_few_replies_in_order(
+        harness, kind, text, limit):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(60):
+        await h.accept(message("thread_A", f"{n:02d} {text}", kind=kind,
+                               sources=["https://example.com/a"]))
+    await h.worker.drain()
+
+    replies = h.fake.thread("C_CONV", parent)[1:]
+    assert 3 <= len(replies) <= 5
+    for reply in replies:
+        assert len(reply["blocks"]) <= 50 and len(reply["text"]) <= 39_000
+        assert CUT_MARKER not in json.dumps(reply)
+    shown_numbers = [line.split()[1] for line in shown(replies) if line.startswith("Visitor:")]
+    assert shown_numbers == [f"{n:02d}" for n in range(60)]
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 61
+
+
+async def test_escalations_ticket_links_and_agents_start_replies_of_their_own(harness, sample):
+    h = await harness()
+    parent = await open_thread(h, "thread_456")
+    for text in ("v0", "v1"):
+        await h.accept(message("thread_456", text))
+    await h.accept(sample("escalation"))
+    for text in ("v2", "v3"):
+        await h.accept(message("thread_456", text))
+    await h.accept(message("thread_456", "a4", kind="AGENT_MESSAGE", agentName="Dana"))
+    await h.accept(message("thread_456", "v5"))
+    await h.worker.drain()
+
+    replies = texts(h.fake.thread("C_CONV", parent))[1:]
+    assert replies[0] == "Visitor: v0\nVisitor: v1"
+    assert "asked for a human" in replies[1] and "Visitor" not in replies[1]
+    assert replies[2:] == ["Visitor: v2\nVisitor: v3", "Dana: a4\nVisitor: v5"]
+
+
+async def test_a_reply_whose_answer_was_lost_is_repeated_once_and_nothing_is_lost(harness):
+    h = await harness(timeout_seconds=1)
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    h.fake.answer_late(3.0)  # Slack shows the reply, but its answer never comes back
+    await h.worker.drain()
+    assert [s for s, _ in await h.statuses()] == ["delivered", "pending", "pending", "pending"]
+    h.clock.advance(300)
+    await h.worker.drain()
+
+    batch = "Visitor: m0\nVisitor: m1\nVisitor: m2"
+    assert texts(h.fake.thread("C_CONV", parent)) == ["Visitor: first", batch, batch]
+    rows = await h.store.deliveries(limit=10)
+    assert {(row.status, row.note) for row in rows[:3]} == {
+        ("delivered", f"C_CONV/{h.fake.posts[-1]['ts']}")}
+
+
+async def test_what_a_dead_worker_took_along_goes_with_the_next_reply(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    [head] = await h.store.claim("dead-worker", h.clock.now(), 1, 15)
+    assert len(await h.store.take_queued(head.lease, frozenset({MESSAGE}), 10,
+                                         h.clock.now())) == 2
+    await h.worker.drain()
+    assert len(h.fake.posts) == 2  # all three wait for the dead worker's lease to run out
+    h.clock.advance(15)
+    await h.worker.drain()
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0\nVisitor: m1\nVisitor: m2"]

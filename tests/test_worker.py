@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from datetime import timedelta
@@ -50,11 +51,12 @@ def body(thread: str, text: str) -> dict[str, Any]:
                                               "question": text, "messageType": "USER_MESSAGE"}}
 
 
-@pytest.fixture
-async def setup(make_settings, clock):
+@contextlib.asynccontextmanager
+async def recording_worker(make_settings, clock, **delivery: Any):
+    """A store, a recording destination, a worker with these [delivery] settings, accept()."""
     from bridge.store import open_store
 
-    settings = make_settings({"delivery": {"max_attempts": 5, "max_age": "1h"}})
+    settings = make_settings({"delivery": delivery})
     store = open_store(settings.store.url)
     destination = RecordingDestination()
     worker = Worker(store, {"recording": destination}, settings.delivery, clock,
@@ -65,8 +67,16 @@ async def setup(make_settings, clock):
         event = parse_event("ADD_MESSAGE", event_body)
         await store.accept(new_event(event, event_body, ["recording"]), clock.now(), 600)
 
-    yield store, destination, worker, accept
-    await store.close()
+    try:
+        yield store, destination, worker, accept
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def setup(make_settings, clock):
+    async with recording_worker(make_settings, clock, max_attempts=5, max_age="1h") as parts:
+        yield parts
 
 
 async def run_until_in_flight(worker: Worker) -> asyncio.Task[None]:
@@ -248,3 +258,43 @@ async def test_with_every_slot_taken_new_work_costs_no_store_query(setup):
     runner.cancel()
     assert destination.received == ["first"] + [f"m{n}" for n in range(20)]
     assert counting.next_due_asked > asked_while_full
+
+
+# Bring-forward: once a destination answers a retry, what waits out a backoff for it goes now
+
+@pytest.fixture
+async def slow_backoff(make_settings, clock):
+    """A worker whose backoff is long enough to see a delivery brought forward."""
+    async with recording_worker(make_settings, clock, backoff_initial="10s",
+                                backoff_cap="1m") as parts:
+        yield parts
+
+
+async def test_a_retry_that_gets_through_brings_forward_the_others_waiting_for_it(
+        slow_backoff, clock):
+    store, destination, worker, accept = slow_backoff
+    for thread in ("a", "b", "c", "told"):
+        await accept(thread, thread)
+    destination.failures.extend([RetryableError("HTTP 503")] * 3 + [
+        RetryableError("HTTP 429", retry_after=600)])
+    await worker.drain()
+    waiting = {row.ordering_key: row.next_attempt_at for row in await store.deliveries()}
+    assert all(due > clock.now() + 4 for due in waiting.values())
+    clock.advance(min(waiting.values()) - clock.now())  # the first retry is due, only it
+    await worker.drain()
+    assert sorted(destination.received) == ["a", "b", "c"]  # not waiting out their backoff
+    [told] = await store.deliveries(status="pending")
+    assert (told.ordering_key, told.next_attempt_at) == ("bot/told", waiting["bot/told"])
+
+
+async def test_a_first_attempt_getting_through_does_not_hurry_one_failing_on_its_own(
+        slow_backoff, clock):
+    store, destination, worker, accept = slow_backoff
+    await accept("stuck", "s1")
+    destination.failures.append(RetryableError("HTTP 500"))
+    await worker.drain()
+    await accept("free", "f1")
+    await worker.drain()
+    assert destination.received == ["f1"]
+    [stuck] = await store.deliveries(status="pending")
+    assert stuck.next_attempt_at > clock.now() + 4
