@@ -126,7 +126,8 @@ class SlackDestination:
         waiting: dict[Conversation, list[Waiting]] = {}
         for event in samples.values():
             if isinstance(event, MessageEvent) and (conversation := conversation_of(event)):
-                waiting.setdefault(conversation, []).append(Waiting(event, SAMPLE_RECEIVED_AT))
+                earlier = waiting.setdefault(conversation, [])
+                earlier.append(Waiting(event, SAMPLE_RECEIVED_AT + 60 * len(earlier)))
         previews: dict[str, str] = {}
         for conversation, messages in waiting.items():
             if len(messages) > 1:
