@@ -220,10 +220,11 @@ class Worker:
             await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None,
                                     "error")
         else:
-            await self._succeed(job, outcome, delivery.behind if delivery else [])
+            assert delivery is not None
+            await self._succeed(job, outcome, delivery.behind)
             coalesced = outcome.coalesced if isinstance(outcome, Delivered) else ()
         finally:
-            if delivery is not None:
+            if delivery is not None:  # also when cancelled: what went along or not, nothing stays
                 await self._release_unused(delivery, coalesced)
 
     async def _release_unused(self, delivery: Delivery, coalesced: Sequence[int]) -> None:

@@ -179,10 +179,12 @@ def take_queued(conn: sqlite3.Connection, lease: Lease, kinds: frozenset[str], l
 
 def bring_forward(conn: sqlite3.Connection, destination: str, retry_kind: RetryKind,
                   now: float) -> int:
+    # Only deliveries waiting for their retry, never one a worker holds: no lease is changed.
     return conn.execute(
-        "UPDATE deliveries SET next_attempt_at = ? WHERE status = 'pending'"
-        " AND next_attempt_at > ? AND destination = ? AND retry_kind = ?",
-        (now, now, destination, retry_kind)).rowcount
+        "UPDATE deliveries SET next_attempt_at = :now WHERE status = 'pending'"
+        " AND next_attempt_at > :now AND destination = :destination AND retry_kind = :kind"
+        " AND (lease_until IS NULL OR lease_until <= :now)",
+        {"now": now, "destination": destination, "kind": retry_kind}).rowcount
 
 
 def _lease(lease: Lease) -> dict[str, object]:
