@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
@@ -48,6 +49,32 @@ class Backoff:
         return rng.uniform(ceiling / 2, ceiling)
 
 
+@dataclass
+class Recovery:
+    """Tells when a destination answers again, so that what waits out a backoff for it goes now.
+
+    A retry that gets through is the sign. So is any call that gets through after this worker
+    saw the destination fail, at most once per `cooldown`: a conversation that keeps failing on
+    its own while others get through is then hurried no more often than its backoff would try.
+    """
+
+    cooldown: float
+    _failing: set[str] = field(default_factory=set)
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def failed(self, destination: str) -> None:
+        self._failing.add(destination)
+
+    def answers_again(self, job: ClaimedDelivery, now: float) -> bool:
+        failing = job.destination in self._failing
+        self._failing.discard(job.destination)
+        rested = now - self._last.get(job.destination, -math.inf) >= self.cooldown
+        if job.attempts > 1 or (failing and rested):
+            self._last[job.destination] = now
+            return True
+        return False
+
+
 class Worker:
     """Delivers pending deliveries until stopped; one per process, any number per store."""
 
@@ -75,6 +102,7 @@ class Worker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._claimed: dict[int, ClaimedDelivery] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self.recovery = Recovery(cooldown=settings.backoff_cap.total_seconds())
 
     @property
     def lease(self) -> float:
@@ -208,6 +236,8 @@ class Worker:
         except RetryableError as exc:
             self.metrics.destination_error(job.destination, exc)
             kind: RetryKind = "unavailable" if exc.retry_after is None else "rate_limited"
+            if kind == "unavailable":
+                self.recovery.failed(job.destination)
             await self._retry_later(job, str(exc), exc.retry_after, kind)
         except PermanentError as exc:
             self.metrics.destination_error(job.destination, exc)
@@ -253,14 +283,13 @@ class Worker:
             self._refused(job, "delivered")
 
     async def _bring_forward(self, job: ClaimedDelivery) -> None:
-        """A retry got through: what waits out a backoff because the destination failed goes now.
+        """The destination answers again: what waits out a backoff because it failed goes now.
 
-        Only a delivery that had failed itself is taken as the sign: a conversation that keeps
-        failing on its own is not retried each time another one gets through. The worker's
-        pace (concurrency) and the destination's own (Slack's per-channel pacer) still apply;
-        a delivery the destination told when to come back (Retry-After) keeps its time.
+        The worker's pace (concurrency) and the destination's own (Slack's per-channel pacer)
+        still apply; a delivery the destination told when to come back (Retry-After) keeps
+        its time.
         """
-        if job.attempts <= 1:
+        if not self.recovery.answers_again(job, self.clock.now()):
             return
         count = await self.store.bring_forward(job.destination, "unavailable", self.clock.now())
         if count:
