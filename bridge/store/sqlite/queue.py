@@ -162,19 +162,27 @@ def take_queued(conn: sqlite3.Connection, lease: Lease, kinds: frozenset[str], l
     run: list[sqlite3.Row] = []
     for row in rows:
         ours = (row["lease_owner"], row["lease_token"]) == (lease.owner, lease.token)
-        elsewhere = row["lease_owner"] is not None and not ours and row["lease_until"] > now
+        elsewhere = row["lease_owner"] is not None and not ours and (
+            row["lease_until"] or 0.0) > now
         if row["kind"] not in kinds or elsewhere:
             break
         run.append(row)
-    new = [row for row in run if row["lease_token"] != lease.token]
-    _record_abandoned(conn, [(row["id"], row["lease_owner"]) for row in new
-                             if row["lease_owner"] is not None], now)
+    new = {row["id"]: row["lease_owner"] for row in run if row["lease_token"] != lease.token}
+    _record_abandoned(conn, [(taken, lost) for taken, lost in new.items() if lost], now)
     conn.executemany(
         "UPDATE deliveries SET lease_owner = :owner, lease_token = :token, attempts = attempts + 1,"
         " lease_until = (SELECT lease_until FROM deliveries WHERE id = :id) WHERE id = :taken",
-        [{**_lease(lease), "taken": row["id"]} for row in new])
-    return [ClaimedDelivery(*tuple(row)[:4], row["attempts"] + (row in new), *tuple(row)[5:8],
-                            lease.owner, lease.token) for row in run]
+        [{**_lease(lease), "taken": taken} for taken in new])
+    return [_taken(row, lease, counted=row["id"] in new) for row in run]
+
+
+def _taken(row: sqlite3.Row, lease: Lease, counted: bool) -> ClaimedDelivery:
+    """A row of QUEUED_BEHIND as it is now: under `lease`, its attempt counted once."""
+    return ClaimedDelivery(
+        id=row["id"], event_id=row["event_id"], destination=row["destination"],
+        ordering_key=row["ordering_key"], attempts=row["attempts"] + counted,
+        created_at=row["created_at"], kind=row["kind"], body=row["body"], owner=lease.owner,
+        token=lease.token)
 
 
 def bring_forward(conn: sqlite3.Connection, destination: str, retry_kind: RetryKind,
