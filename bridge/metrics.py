@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -64,6 +64,10 @@ class Metrics:
             "sitegpt_bridge_waiting_deliveries",
             "Deliveries still to be made, by destination (retries included).",
             ["destination"], registry=self.registry)
+        self.pacing_behind = Gauge(
+            "sitegpt_bridge_slack_pacing_behind_seconds",
+            "How long a Slack post asking now would wait for its slot, on the busiest channel.",
+            registry=self.registry)
         self.pacing_wait = Histogram(
             "sitegpt_bridge_slack_pacing_wait_seconds",
             "How long each Slack post waited for its channel's next slot.",
@@ -97,6 +101,10 @@ class Metrics:
         self.deliveries.labels(destination, outcome).inc()
         if outcome == "delivered":
             self.latency.labels(destination).observe(max(since_accepted, 0.0))
+
+    def watch_pacer(self, behind: Callable[[], float]) -> None:
+        """Read the Slack pacer's delay at each scrape."""
+        self.pacing_behind.set_function(behind)
 
     def paced(self, seconds: float) -> None:
         """A Slack post waited `seconds` for its channel's slot."""

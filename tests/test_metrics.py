@@ -200,6 +200,11 @@ async def test_how_long_slack_posts_wait_for_their_channel_is_measured(make_sett
     assert value(text, f"{wait}_count") == 3
     assert value(text, f"{wait}_bucket", le="0.01") == 1
     assert 2.2 < value(text, f"{wait}_sum") < 2.3
+    # The next post would wait a slot more; once the channel is quiet, nothing.
+    assert 1.1 < value(text, "sitegpt_bridge_slack_pacing_behind_seconds") < 1.2
+    clock.advance(5)
+    text = generate_latest(metrics.registry).decode()
+    assert value(text, "sitegpt_bridge_slack_pacing_behind_seconds") == 0
 
 
 @pytest.mark.parametrize(("authorization", "status"), [

@@ -25,4 +25,6 @@ class Shared:
             on_wait = self.metrics.paced if self.metrics is not None else None
             self._slack = SlackWorkspace(self.settings.slack, self.clock,
                                          self.settings.delivery.concurrency, on_wait)
+            if self.metrics is not None:
+                self.metrics.watch_pacer(self._slack.pacer.behind)
         return self._slack

@@ -60,6 +60,11 @@ class ChannelPacer:
     def held_for(self, channel: str) -> float:
         return max(self._held_until.get(channel, 0.0) - self.clock.now(), 0.0)
 
+    def behind(self) -> float:
+        """How long a post asking now would wait for its slot, on the busiest channel."""
+        return max((self._wait(channel, self.clock.now()) + self.held_for(channel)
+                    for channel in self._stamp), default=0.0)
+
     async def acquire(self, channel: str) -> None:
         """Wait for this channel's next slot, or raise RetryableError if it is held for long."""
         held = self.held_for(channel)
@@ -80,14 +85,25 @@ class ChannelPacer:
         # with jitter: one that overtakes the previous one's delay would find Slack's bucket
         # empty and get a 429 (which holds the whole channel). So keep one post of the burst in
         # reserve and stay a tenth under the rate: an early arrival always finds a token.
-        capacity = max(self.burst - 1, 1)
-        rate = self.per_second * PACING_HEADROOM
         now = self.clock.now()
-        elapsed = now - self._stamp.get(channel, now)
-        tokens = min(capacity, self._tokens.get(channel, capacity) + elapsed * rate)
+        wait, tokens = self._wait(channel, now), self._available(channel, now)
         self._stamp[channel] = now
         self._tokens[channel] = tokens - 1
-        return 0.0 if tokens >= 1 else (1 - tokens) / rate
+        return wait
+
+    @property
+    def _rate(self) -> float:
+        return self.per_second * PACING_HEADROOM
+
+    def _available(self, channel: str, now: float) -> float:
+        """The channel's tokens now: below 0 when posts already wait for slots to come."""
+        capacity = max(self.burst - 1, 1)
+        elapsed = now - self._stamp.get(channel, now)
+        return min(capacity, self._tokens.get(channel, capacity) + elapsed * self._rate)
+
+    def _wait(self, channel: str, now: float) -> float:
+        tokens = self._available(channel, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
 
 
 @dataclass(frozen=True)
