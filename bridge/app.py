@@ -16,6 +16,7 @@ from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.destinations.shared import Shared
 from bridge.metrics import Metrics
+from bridge.redact import Redactor
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.slack_events import slack_routes
@@ -94,7 +95,8 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock)
-    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
+    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
+                    redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bridge.events import (
     InvalidEvent,
     parse_event,
 )
+from bridge.redact import Redactor
 from bridge.registry import Arguments, command, command_settings
 from bridge.samples import load_sample, sample_names
 from bridge.settings import ServerSettings, Settings
@@ -302,11 +304,22 @@ def _deliveries_arguments(parser: argparse.ArgumentParser) -> None:
 async def deliveries(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
         rows = await store.deliveries(args.status, args.conversation, args.limit)
+    # Errors stored by a version that did not redact them are shown masked all the same.
+    redact = Redactor.for_settings(settings)
+    rows = [_masked(row, redact) for row in rows]
     if args.json:
         print_json_lines(delivery_json(row) for row in rows)
     else:
         print_table(DELIVERY_COLUMNS, [delivery_cells(row) for row in rows], "no deliveries")
     return 0
+
+
+def _masked(row: DeliveryRow, redact: Redactor) -> DeliveryRow:
+    """The row with its last error and each attempt's error masked."""
+    errors = tuple(replace(attempt, error=redact(attempt.error)) if attempt.error else attempt
+                   for attempt in row.errors)
+    return replace(row, last_error=redact(row.last_error) if row.last_error else None,
+                   errors=errors)
 
 
 DELIVERY_COLUMNS = ("ID", "EVENT", "DESTINATION", "STATUS", "ATTEMPTS", "NEXT ATTEMPT",

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +86,7 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.store = store
         self.destinations = destinations
@@ -93,6 +94,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.redact = redact  # upstreams echo what they were sent: no secret reaches the store
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.backoff = Backoff(
             settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
@@ -299,6 +301,7 @@ class Worker:
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None,
                            kind: RetryKind) -> None:
+        reason = self.redact(reason)
         now = self.clock.now()
         age = now - job.created_at
         if job.attempts >= self.settings.max_attempts:
@@ -314,6 +317,7 @@ class Worker:
             self._refused(job, "retry")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+        reason = self.redact(reason)
         if await self.store.finish(job.lease, "failed", self.clock.now(), reason):
             self._log(job, "failed", reason)
         else:

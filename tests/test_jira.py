@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
-from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth
+from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth, java_length
 
 from bridge.cli import main
 from bridge.destinations import build_destinations
@@ -501,6 +501,27 @@ async def test_long_transcript_and_summary_are_cut_with_a_marker(open_bridge, cl
     assert text.endswith(jira_escape(CUT_MARKER))
     assert re.fullmatch(r"\{color:#97a0af\}sitegpt-bridge:\d+:\d+\{color\}", footer)
     assert "message 0 " in text
+
+
+async def test_emoji_heavy_summary_and_description_fit_jiras_utf16_limits(open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    for number in range(40):
+        await bridge.say(f"message {number} " + "\U0001f600" * 1000)
+    body = load_sample("escalation")
+    body["data"]["user"]["name"] = "\U0001f469\u200d\U0001f4bb" * 200
+
+    row = await bridge.escalate(body)
+
+    assert row.status == "delivered", row.last_error
+    [fields] = cloud.created()
+    summary, description = fields["summary"], fields["description"]
+    assert java_length(summary) <= 255 and summary.endswith(CUT_MARKER)
+    assert java_length(summary) >= 254  # filled: only half an emoji may be left out
+    assert java_length(description) <= 32_000
+    assert "\ufffd" not in summary + description
+    assert not re.search("[\ud800-\udfff]", summary + description)
+    text, _ = description.rsplit("\n\n", 1)
+    assert text.endswith(jira_escape(CUT_MARKER))
 
 
 async def test_broken_template_fails_at_once_naming_the_file(open_bridge, cloud, tmp_path):

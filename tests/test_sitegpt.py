@@ -231,6 +231,17 @@ async def test_4xx_fails_at_once_and_says_why_in_the_thread(harness, status, bod
     assert not await h.store.consume_echo(Echo(CHATBOT, "thread_A", "hello", "Ana"), 0)
 
 
+async def test_a_refusal_that_echoes_another_credential_is_told_without_it(harness):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(
+        400, json={"message": "bad request; your Slack token is xoxb-test"}))
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    notice = h.bot_posts(thread_ts)[-1]
+    assert "your Slack token is ***" in notice["text"] and "xoxb-test" not in str(notice)
+
+
 async def test_retryable_failures_are_told_only_when_given_up(harness):
     h = await harness(delivery={"max_attempts": 2, "backoff_initial": "1s", "backoff_cap": "1s",
                                 "poll_interval": "0.05s"})

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import quote
 
 import requests
 from jira import JIRA, JIRAError
@@ -32,14 +31,15 @@ from bridge.events import (
 from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
-from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
+from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
 
 if TYPE_CHECKING:  # the factory's signature only
     from bridge.destinations.shared import Shared
 
 T = TypeVar("T")
+# Jira counts length in UTF-16 code units, as Java strings do: an emoji counts two.
 SUMMARY_LIMIT = 255
-TEXT_LIMIT = 32_000  # Jira refuses text fields over 32,767 characters
+TEXT_LIMIT = 32_000  # Jira refuses text fields over 32,767 units; the rest is headroom
 REASON_LIMIT = 300
 LABEL_PREFIX = "sitegpt-"
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -48,6 +48,20 @@ _LINK_SAFE = re.compile(r"https?://[A-Za-z0-9._~:/?#&=%-]+")
 _WIKI_CUT_MARKER = jira_escape(CUT_MARKER)
 # A preview has no stored event yet to name in the comment's marker.
 PREVIEW_MARKER = "sitegpt-bridge:<event id>:<received at>"
+
+
+def utf16_units(text: str) -> int:
+    """The length Jira sees: UTF-16 code units, two for any character beyond U+FFFF."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def cut_utf16(text: str, limit: int, marker: str = CUT_MARKER) -> str:
+    """At most `limit` UTF-16 units, ending with `marker` when cut, never half a character."""
+    if utf16_units(text) <= limit:
+        return text
+    room = max(limit - utf16_units(marker), 0)
+    kept = text.encode("utf-16-le", "surrogatepass")[: room * 2]
+    return kept.decode("utf-16-le", "ignore") + marker  # "ignore": a half pair at the end
 
 
 def conversation_label(conversation: Conversation) -> str:
@@ -264,7 +278,7 @@ class JiraDestination:
 
     def _marked(self, template: str, context: dict[str, Any], marker: str) -> str:
         footer = f"\n\n{{color:#97a0af}}{marker}{{color}}"
-        return self._text(template, context, TEXT_LIMIT - len(footer)) + footer
+        return self._text(template, context, TEXT_LIMIT - utf16_units(footer)) + footer
 
     def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
                     now: float, marker: str) -> dict[str, Any]:
@@ -275,7 +289,7 @@ class JiraDestination:
         return {
             "project": {"key": project},
             "issuetype": {"name": self.jira.issue_type},
-            "summary": cut(summary, SUMMARY_LIMIT),
+            "summary": cut_utf16(summary, SUMMARY_LIMIT),
             "description": self._marked("jira/description.j2", context, marker),
             "labels": [*self.jira.labels, label],
         }
@@ -302,7 +316,8 @@ class JiraDestination:
         }
 
     def _text(self, template: str, context: dict[str, Any], limit: int) -> str:
-        return cut(self.templates.render(template, context).strip(), limit, _WIKI_CUT_MARKER)
+        return cut_utf16(self.templates.render(template, context).strip(), limit,
+                         _WIKI_CUT_MARKER)
 
     def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
         """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
@@ -370,7 +385,7 @@ def _dashboard_link(data: EscalationData) -> str:
     """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url]."""
     if data.dashboard_url and _LINK_SAFE.fullmatch(data.dashboard_url):
         return data.dashboard_url
-    return dashboard_url(quote(data.chatbot_id, safe=""), quote(data.thread_id, safe=""))
+    return Conversation(data.chatbot_id, data.thread_id).dashboard_url
 
 
 def sample_transcript(conversation: Conversation, samples: Mapping[str, Event],

@@ -37,6 +37,7 @@ from bridge.events import (
     SlackReplyData,
     SlackReplyEvent,
 )
+from bridge.redact import Redactor
 from bridge.settings import Settings
 from bridge.store import Echo
 from bridge.templating import Templates
@@ -88,6 +89,7 @@ class SiteGPTDestination:
     def __init__(self, settings: Settings, slack: SlackDestination,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
+        self.redact = Redactor.for_settings(settings)  # reasons are posted in the thread
         self.slack = slack
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -160,7 +162,7 @@ class SiteGPTDestination:
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
                 await delivery.store.forget_echo(data.slack_event_id)
-                await self._tell(data, reply_failed(data, str(exc)))
+                await self._tell(data, reply_failed(data, self.redact(str(exc))))
             raise
         if isinstance(outcome, Delivered):
             await self._react(data.channel, data.ts)
@@ -183,7 +185,7 @@ class SiteGPTDestination:
             await self._call(mode_request(data))
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
-                await self._tell(data, mode_failed(data, str(exc)))
+                await self._tell(data, mode_failed(data, self.redact(str(exc))))
             raise
         await self._tell(data, mode_changed(data))
         return Delivered(note=f"mode {data.mode}")
