@@ -520,3 +520,21 @@ async def test_what_a_dead_worker_took_along_goes_with_the_next_reply(harness):
     h.clock.advance(15)
     await h.worker.drain()
     assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0\nVisitor: m1\nVisitor: m2"]
+
+
+async def test_a_batch_template_failing_on_real_data_sends_each_message_alone(harness, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "slack").mkdir(parents=True)
+    (folder / "slack" / "messages_batch.json.j2").write_text(
+        '{% extends "default:slack/messages_batch.json.j2" %}'
+        "{% block fallback %}{{ messages[3].text }}{% endblock %}")  # only 3 are waiting
+    h = await harness()
+    h.worker.destinations = {"slack": SlackDestination(h.slack.settings, Templates(folder),
+                                                       h.clock, h.slack.workspace)}
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    await h.worker.drain()
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == [
+        "Visitor: m0", "Visitor: m1", "Visitor: m2"]
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 4

@@ -185,13 +185,23 @@ class SlackDestination:
             return self._dry_run(self.renderer.message(event))
         thread = await self._thread(delivery)
         waiting = [delivery, *await self._queued_messages(delivery)]
-        conversation = conversation_of(event)
-        assert conversation is not None
-        message, count = self.renderer.batch(
-            conversation, [Waiting(item.event, item.claimed.created_at) for item in waiting])
+        message, count = self._batch(event, waiting)
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts)
         return Delivered(note=f"{thread.channel}/{ts}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
+
+    def _batch(self, event: MessageEvent, waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
+        """The reply for what waits, or the message alone if the batch template fails here."""
+        conversation = conversation_of(event)
+        assert conversation is not None
+        try:
+            return self.renderer.batch(
+                conversation, [Waiting(item.event, item.claimed.created_at) for item in waiting])
+        except TemplateError as exc:
+            if len(waiting) == 1:
+                raise
+            log.warning("%s; the waiting messages go one reply each", exc)
+            return self.renderer.message(event), 1
 
     async def _queued_messages(self, delivery: Delivery) -> list[Delivery]:
         """Messages queued right behind this one; an agent's ends the run, as it may be an echo."""
