@@ -314,12 +314,13 @@ async def deliveries(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _masked(row: DeliveryRow, redact: Redactor) -> DeliveryRow:
-    """The row with its last error and each attempt's error masked."""
-    errors = tuple(replace(attempt, error=redact(attempt.error)) if attempt.error else attempt
-                   for attempt in row.errors)
-    return replace(row, last_error=redact(row.last_error) if row.last_error else None,
-                   errors=errors)
+def _masked(row: DeliveryRow, redact: Callable[[str], str]) -> DeliveryRow:
+    """The row with every stored text (error, note, each attempt's error) passed through redact."""
+    def mask(text: str | None) -> str | None:
+        return redact(text) if text else text
+
+    errors = tuple(replace(attempt, error=mask(attempt.error)) for attempt in row.errors)
+    return replace(row, last_error=mask(row.last_error), note=mask(row.note), errors=errors)
 
 
 DELIVERY_COLUMNS = ("ID", "EVENT", "DESTINATION", "STATUS", "ATTEMPTS", "NEXT ATTEMPT",

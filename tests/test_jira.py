@@ -271,6 +271,23 @@ async def test_second_escalation_comments_only_the_new_messages(open_bridge, clo
     assert state is not None and state["transcript_upto"] == transcript[-1].id
 
 
+async def test_a_moved_ticket_is_commented_under_its_new_key_and_slack_is_told(
+        open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    await bridge.escalate()
+    moved = {**cloud.issues["SUP-1"], "key": "OPS-5"}  # Jira answers the old key with the new
+    cloud.issues["SUP-1"] = cloud.issues["OPS-5"] = moved
+    await bridge.say("any news")
+
+    row = await bridge.escalate()
+
+    assert (row.status, row.note) == ("delivered", "OPS-5")
+    assert "any news" in cloud.comments("OPS-5")[0]
+    assert await bridge.store.link_state(CHATBOT, THREAD, "jira") == {
+        "key": "OPS-5", "transcript_upto": (await bridge.store.transcript(CHATBOT, THREAD))[-1].id}
+    assert bridge.slack.bodies[-1] == linked_body("OPS-5", cloud, created=False)
+
+
 async def test_escalation_after_the_ticket_is_done_opens_a_new_one(open_bridge, cloud):
     bridge = await open_bridge(cloud)
     await bridge.escalate()

@@ -351,10 +351,13 @@ def test_slack_text_becomes_plain_text(mrkdwn, plain):
 def test_off_without_a_signing_secret_or_a_key(make_settings):
     base = {"slack": {"bot_token": "xoxb-t", "channel": "C1", "signing_secret": "s"},
             "sitegpt": {"api_key": "k"}}
-    assert sitegpt_destination(make_settings(base), Templates()) is not None
+    def built(settings: Settings) -> SiteGPTDestination | None:
+        return sitegpt_destination(settings, Templates(), Shared(settings))
+
+    assert built(make_settings(base)) is not None
     no_secret = {**base, "slack": {"bot_token": "xoxb-t", "channel": "C1"}}
-    assert sitegpt_destination(make_settings(no_secret), Templates()) is None
-    assert sitegpt_destination(make_settings({**base, "sitegpt": {}}), Templates()) is None
+    assert built(make_settings(no_secret)) is None
+    assert built(make_settings({**base, "sitegpt": {}})) is None
 
 
 async def test_an_echo_long_after_the_reply_is_posted_like_any_agent_message(harness):
@@ -384,7 +387,7 @@ async def test_a_reaction_already_there_counts_as_done(harness, fake):
 
 def previews(settings: Settings, templates: Templates,
              samples: dict[str, Event] | None = None) -> dict[str, Any]:
-    sitegpt = sitegpt_destination(settings, templates)
+    sitegpt = sitegpt_destination(settings, templates, Shared(settings))
     assert sitegpt is not None
     rendered = sitegpt.render_samples(sample_events() if samples is None else samples)
     return {label: json.loads(text) for label, text in rendered.items()}

@@ -99,3 +99,66 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     doubled = {line for line, count in Counter(shown).items() if count > 1}
     assert any(doubled <= set(reply) for reply in replies)  # all from one reply, if any
     assert second.returncode == 0  # SIGTERM is a clean exit
+
+
+TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation to move again
+
+
+def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
+                                                                         tmp_path):
+    with FakeSlack(post_delay=0.3) as fake:
+        settings = make_settings({
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                      "burst": 1000, "per_second": 1000.0},
+            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
+            "log": {"format": "json"},
+        })
+        asyncio.run(accept_messages(settings.store.url, range(1)))
+        config = tmp_path / "settings.toml"
+        first = start_worker(config, tmp_path)
+        wait_for(lambda: len(fake.posts) >= 2)
+        second = start_worker(config, tmp_path)  # idle: the conversation is the first's
+        arriving = threading.Thread(target=lambda: asyncio.run(  # several go in each reply
+            accept_messages(settings.store.url, range(1, 10), gap=0.1)))
+        arriving.start()
+        try:
+            wait_for(lambda: len(fake.posts) >= 4 and posting_now(fake))
+            first.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            first.wait(10)
+            arriving.join()
+            wait_for(lambda: asyncio.run(pending_count(settings.store.url)) == 0,
+                     timeout=TAKEOVER_BOUND)
+            took = time.monotonic() - killed_at
+        finally:
+            first.kill()
+            second.send_signal(signal.SIGTERM)
+            second.wait(10)
+        history = asyncio.run(abandoned(settings.store.url))
+
+    print(f"the second worker finished {took:.1f} s after the kill (lease 3 s)")
+    [parent] = fake.parents()
+    replies = [post["text"].split("\n") for post in fake.thread("C1", parent["ts"])]
+    shown = [line for reply in replies for line in reply]
+    assert list(dict.fromkeys(shown)) == [f"Visitor: m{n:02d}" for n in range(10)]
+    doubled = {line for line, count in Counter(shown).items() if count > 1}
+    assert any(doubled <= set(reply) for reply in replies)  # all from one reply, if any
+    # The killed worker's attempt (the reply's messages), taken over once its lease ran out.
+    assert len(history) >= 1 and len(set(history)) == 1
+    assert second.returncode == 0
+
+
+def posting_now(fake: FakeSlack) -> bool:
+    """A chat.postMessage has reached the fake Slack and is waiting for its answer."""
+    started = sum(1 for method, _, _ in list(fake.calls) if method == "chat.postMessage")
+    return started > len(fake.posts)
+
+
+async def abandoned(url: str) -> list[str]:
+    store = open_store(url)
+    try:
+        rows = await store.deliveries(limit=100)
+        return [attempt.worker for row in rows for attempt in await store.attempts(row.id, 10)
+                if attempt.outcome == "abandoned"]
+    finally:
+        await store.close()

@@ -15,7 +15,7 @@ REGISTRY: dict[str, Factory] = {}
 
 def build_destinations(settings: Settings, templates: Templates,
                        shared: Shared | None = None) -> dict[str, Destination]:
-    """Every destination whose settings switch it on, by name, sharing one Slack workspace."""
+    """Every destination whose settings switch it on, by name: one clock, one Slack workspace."""
     shared = shared or Shared(settings)
     built = {name: factory(settings, templates, shared) for name, factory in REGISTRY.items()}
     return {name: destination for name, destination in built.items() if destination is not None}

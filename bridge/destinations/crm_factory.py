@@ -10,12 +10,11 @@ from bridge.settings import Settings
 from bridge.templating import Templates
 
 
-def build_crm(settings: Settings, templates: Templates,
-              shared: Shared | None = None) -> Destination | None:
+def build_crm(settings: Settings, templates: Templates, shared: Shared) -> Destination | None:
     """The CRM destination `[crm] kind` names, or None when it is "none"."""
     crm = settings.crm
     if crm.kind == "hubspot":
-        return HubSpot(crm.hubspot)
+        return HubSpot(crm.hubspot, shared.clock)
     if crm.kind == "webhook":
-        return CrmWebhook(crm.webhook, templates)
+        return CrmWebhook(crm.webhook, templates, shared.clock)
     return None

@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -226,7 +225,12 @@ class JiraDestination:
             key = await self._call("read the linked ticket", self.tickets.still_open,
                                    state["key"])
             if key is not None:
-                return await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                outcome = await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                if key == state["key"]:
+                    return outcome
+                # The ticket moved (a new key): Slack shows what it is told, so tell it.
+                conversation = Conversation(data.chatbot_id, data.thread_id)
+                return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, False))
         return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
@@ -338,7 +342,7 @@ class JiraDestination:
         try:
             return await asyncio.to_thread(operation, *args)
         except JIRAError as exc:
-            raise _classify(action, exc) from exc
+            raise _classify(action, exc, self.clock.now()) from exc
         except requests.Timeout as exc:
             raise RetryableError(
                 f"jira: {action}: no answer within {self.jira.timeout_seconds:g} s") from exc
@@ -357,19 +361,19 @@ def _marker(delivery: Delivery) -> str:
     return f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
 
 
-def _classify(action: str, exc: JIRAError) -> DeliveryError:
+def _classify(action: str, exc: JIRAError, now: float) -> DeliveryError:
     """Jira's own message, never str(exc): that one carries the request's headers."""
     status = exc.status_code
     message = cut(" ".join(str(exc.text or "").split()) or "no message", REASON_LIMIT)
     reason = f"jira: {action}: HTTP {status}: {message}" if status else f"jira: {action}: {message}"
     if status is None or status in RETRYABLE_STATUSES or status >= 500:
-        return RetryableError(reason, retry_after=_retry_after(exc))
+        return RetryableError(reason, retry_after=_retry_after(exc, now))
     return PermanentError(reason)
 
 
-def _retry_after(exc: JIRAError) -> float | None:
+def _retry_after(exc: JIRAError, now: float) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
-    return parse_retry_after(headers.get("Retry-After"), time.time())
+    return parse_retry_after(headers.get("Retry-After"), now)
 
 
 def _is_done(issue: dict[str, Any] | None) -> bool:
@@ -407,9 +411,9 @@ def _line_context(message: StoredMessage) -> dict[str, Any]:
 
 
 def build_jira(settings: Settings, templates: Templates,
-               shared: Shared | None = None) -> JiraDestination | None:
+               shared: Shared) -> JiraDestination | None:
     """The Jira destination, or None when `[jira] url` is unset."""
     if not settings.jira.url:
         return None
     # Slack is always built (a dry run without a token), so it always hears of new tickets.
-    return JiraDestination(settings, templates, notify=["slack"])
+    return JiraDestination(settings, templates, notify=["slack"], clock=shared.clock)

@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.clock import SystemClock
 from bridge.destinations.base import (
     Delivered,
     Delivery,
@@ -217,7 +216,7 @@ class SiteGPTDestination:
             raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return _json(response)
-        raise _classify(what, response, key.get_secret_value())
+        raise _classify(what, response, key.get_secret_value(), self.slack.clock.now())
 
     def _gives_up(self, delivery: Delivery, exc: DeliveryError) -> bool:
         """Whether the worker will stop after this failure (its own rule, seen from here)."""
@@ -317,14 +316,14 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _classify(what: str, response: httpx.Response, secret: str) -> DeliveryError:
+def _classify(what: str, response: httpx.Response, secret: str, now: float) -> DeliveryError:
     status = response.status_code
     reason = f"{what}: HTTP {status}"
     message = _message(response).replace(secret, "***")
     if message:
         reason += f": {message}"
     if status == 429:
-        after = parse_retry_after(response.headers.get("retry-after"), SystemClock().now())
+        after = parse_retry_after(response.headers.get("retry-after"), now)
         return RetryableError(reason, retry_after=after)
     if status >= 500 or status == 408:
         return RetryableError(reason)
@@ -345,7 +344,7 @@ def _message(response: httpx.Response) -> str:
 
 
 def sitegpt_destination(settings: Settings, templates: Templates,
-                        shared: Shared | None = None) -> SiteGPTDestination | None:
+                        shared: Shared) -> SiteGPTDestination | None:
     """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key.
 
     Its notices and reactions go through the bridge's one Slack workspace, so they share each
@@ -353,6 +352,5 @@ def sitegpt_destination(settings: Settings, templates: Templates,
     """
     if not settings.replies_enabled():
         return None
-    shared = shared or Shared(settings)
     return SiteGPTDestination(
         settings, SlackDestination(settings, templates, shared.clock, shared.slack()))

@@ -374,7 +374,6 @@ def _find_parent(client: WebClient, channel: str, since: float, key: str) -> str
 
 
 def slack_destination(settings: Settings, templates: Templates,
-                      shared: Shared | None = None) -> SlackDestination:
+                      shared: Shared) -> SlackDestination:
     """Always on: without a bot token it runs dry, logging what it would post."""
-    shared = shared or Shared(settings)
     return SlackDestination(settings, templates, shared.clock, shared.slack())
