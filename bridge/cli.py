@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from bridge import __version__
-from bridge.app import announce, create_app, open_bridge
+from bridge.app import announce, back_channel, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
@@ -112,6 +112,7 @@ async def _check_destinations(settings: Settings) -> int:
             except DeliveryError as exc:
                 print(f"{name}: FAILED: {exc}")
                 problems += 1
+        print(f"jira back-channel: {back_channel(settings)}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
     finally:

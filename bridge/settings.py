@@ -134,6 +134,16 @@ class JiraSettings(Section):
     issue_type: str = "Task"
     labels: list[str] = ["sitegpt"]
     timeout_seconds: float = Field(15.0, gt=0)
+    webhook_secret: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+    comments_to_slack: bool = False
+
+    @field_validator("webhook_secret", "webhook_token")
+    @classmethod
+    def _webhook_credential_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty: leave it unset to turn the back-channel off")
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -146,6 +156,9 @@ class JiraSettings(Section):
     @model_validator(mode="after")
     def _one_auth(self) -> JiraSettings:
         if not self.url:
+            if self.back_channel:
+                raise ValueError("jira: webhook_secret or webhook_token is set but jira.url is "
+                                 "not: only tickets the bridge opened are followed")
             return self
         cloud = self.email is not None or self.api_token is not None
         server = self.personal_access_token is not None
@@ -164,6 +177,11 @@ class JiraSettings(Section):
         if not self.project:
             raise ValueError("jira.project is required when jira.url is set")
         return self
+
+    @property
+    def back_channel(self) -> bool:
+        """Whether Jira's webhooks are received: a Cloud secret or a Data Center token is set."""
+        return self.webhook_secret is not None or self.webhook_token is not None
 
     @property
     def auth_kind(self) -> str:

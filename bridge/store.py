@@ -103,6 +103,13 @@ CREATE TABLE IF NOT EXISTS slack_echoes (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS slack_echoes_conversation ON slack_echoes(chatbot_id, thread_id);
+CREATE INDEX IF NOT EXISTS conversations_jira_key ON conversations(jira_key);
+CREATE TABLE IF NOT EXISTS slack_tickets (
+    chatbot_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (chatbot_id, thread_id)
+);
 """
 
 CONVERSATION_FIELDS = frozenset(
@@ -263,6 +270,10 @@ class Store(Protocol):
     async def backup(self, target: Path) -> Backup: ...
     async def check_writable(self) -> None: ...
     async def close(self) -> None: ...
+    # The Jira back-channel: the conversation of a ticket, and the ticket its Slack parent shows.
+    async def conversation_by_jira_key(self, key: str) -> ConversationRecord | None: ...
+    async def ticket_shown(self, chatbot_id: str, thread_id: str) -> dict[str, Any] | None: ...
+    async def show_ticket(self, chatbot_id: str, thread_id: str, state: dict[str, Any]) -> None: ...
 
 
 class SQLiteStore:
@@ -394,6 +405,25 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
+
+    # The Jira back-channel ---------------------------------------------------------------------
+
+    async def conversation_by_jira_key(self, key: str) -> ConversationRecord | None:
+        """The conversation whose ticket this is, if the bridge opened it."""
+        return await self._run(lambda conn: _conversation_where(conn, "jira_key = ?", (key,)))
+
+    async def ticket_shown(self, chatbot_id: str, thread_id: str) -> dict[str, Any] | None:
+        """What the Slack destination last showed of the conversation's ticket."""
+        row = await self._run(lambda conn: conn.execute(
+            "SELECT state FROM slack_tickets WHERE chatbot_id = ? AND thread_id = ?",
+            (chatbot_id, thread_id)).fetchone())
+        return json.loads(row[0]) if row else None
+
+    async def show_ticket(self, chatbot_id: str, thread_id: str, state: dict[str, Any]) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT INTO slack_tickets (chatbot_id, thread_id, state) VALUES (?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET state = excluded.state",
+            (chatbot_id, thread_id, json.dumps(state, sort_keys=True))))
 
 
 @dataclass(frozen=True)
@@ -789,7 +819,7 @@ def _finish(conn: sqlite3.Connection, delivery_id: int, status: DeliveryStatus, 
 
 
 def _conversation_where(conn: sqlite3.Connection, where: str,
-                        parameters: tuple[str, str]) -> ConversationRecord | None:
+                        parameters: tuple[str, ...]) -> ConversationRecord | None:
     row = conn.execute(f"SELECT * FROM conversations WHERE {where}", parameters).fetchone()
     return ConversationRecord(**row) if row else None
 

@@ -15,19 +15,25 @@ from slack_sdk.errors import SlackApiError
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped, parse_retry_after
-from bridge.destinations.slack_render import SlackRenderer, fit_message
+from bridge.destinations.slack_render import SlackRenderer, TicketShown, fit_message
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
     LEAD,
     MESSAGE,
+    TICKET_COMMENT,
+    TICKET_DELETED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Conversation,
     EscalationEvent,
     Event,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
+    TicketDeletedEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
@@ -51,6 +57,7 @@ RETRYABLE_ERRORS = frozenset({
 MAX_PACING_WAIT = 3.0
 PACING_HEADROOM = 0.9
 IN_THREAD = "chat.postMessage (in the thread)"
+PARENT_UPDATE = "chat.update (the thread's parent)"
 USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
 PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
 PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
@@ -124,7 +131,8 @@ class SlackDestination:
     """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
 
     name: ClassVar[str] = "slack"
-    KINDS: ClassVar[frozenset[str]] = frozenset({MESSAGE, ESCALATION, LEAD, TICKET_LINKED})
+    KINDS: ClassVar[frozenset[str]] = frozenset({
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
                  max_workers: int = 8) -> None:
@@ -166,6 +174,14 @@ class SlackDestination:
                 return await self._link_ticket(delivery, event)
             if isinstance(event, LeadEvent):
                 return await self._post_lead(event)
+            if isinstance(event, TicketStatusEvent):
+                return await self._ticket_moved(delivery, event)
+            if isinstance(event, TicketCommentEvent):
+                url = self._issue_url(event.data.issue_key)
+                return await self._post_in_thread(delivery,
+                                                  self.renderer.ticket_comment(event, url))
+            if isinstance(event, TicketDeletedEvent):
+                return await self._ticket_deleted(delivery, event)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -196,21 +212,31 @@ class SlackDestination:
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self.renderer.parent(conversation, None, None)
+            parent = self.renderer.parent(conversation, False, None)
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
+        if isinstance(event, TicketCommentEvent):
+            url = self._issue_url(event.data.issue_key)
+            return [(IN_THREAD, post_arguments(channel, self.renderer.ticket_comment(event, url)))]
+        if isinstance(event, TicketDeletedEvent):
+            return [self._parent_preview(channel, conversation, None)]
         if isinstance(event, EscalationEvent):
-            record = _escalated(conversation)
             posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
-            parent = self.renderer.parent(conversation, record, None)
+            ticket = None
+        elif isinstance(event, TicketStatusEvent):
+            ticket = _moved_to(event, self._issue_url(event.data.issue_key))
+            posted = post_arguments(channel, self.renderer.ticket_status(event, ticket))
         else:
             assert isinstance(event, TicketLinkedEvent)
-            record = _escalated(conversation, jira_key=event.data.issue_key)
+            ticket = TicketShown(event.data.issue_key, event.data.issue_url)
             posted = post_arguments(channel, self.renderer.ticket(event))
-            parent = self.renderer.parent(conversation, record, event.data.issue_url)
-        return [(IN_THREAD, posted),
-                ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
+        return [(IN_THREAD, posted), self._parent_preview(channel, conversation, ticket)]
+
+    def _parent_preview(self, channel: str, conversation: Conversation,
+                        ticket: TicketShown | None) -> Call:
+        parent = self.renderer.parent(conversation, True, ticket)
+        return (PARENT_UPDATE, {"channel": channel, **fit_message(parent)})
 
     async def user(self, user_id: str) -> SlackUser:
         """A member's display name and avatar (users.info), remembered for an hour."""
@@ -290,7 +316,9 @@ class SlackDestination:
         channel = self._channel_for(conversation.chatbot_id)
         ts = await self._earlier_parent(delivery, channel, conversation)
         if ts is None:
-            parent = self.renderer.parent(conversation, record, self._jira_url(record))
+            escalated = bool(record and record.escalated_at)
+            parent = self.renderer.parent(conversation, escalated,
+                                          await self._ticket(delivery, record))
             ts = await self._post(channel, parent, metadata=parent_metadata(conversation))
         await delivery.store.update_conversation(
             conversation.chatbot_id, conversation.thread_id, slack_channel=channel,
@@ -319,16 +347,73 @@ class SlackDestination:
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
         record = await delivery.conversation()
+        await self._show_on_parent(delivery, record, await self._ticket(delivery, record))
+
+    async def _show_on_parent(self, delivery: Delivery, record: ConversationRecord | None,
+                              ticket: TicketShown | None, required: bool = False) -> None:
+        """Update the parent to show `ticket`; unless `required`, a failure is only logged."""
         if self.dry_run or not record or not record.slack_thread_ts or not record.slack_channel:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        parent = fit_message(self.renderer.parent(conversation, record, self._jira_url(record)))
+        escalated = bool(record.escalated_at)
+        parent = fit_message(self.renderer.parent(conversation, escalated, ticket))
         try:
             await self._call("chat.update", lambda: self.client.chat_update(
                 channel=record.slack_channel, ts=record.slack_thread_ts, **parent))
         except (RetryableError, PermanentError) as exc:
+            if required:
+                raise
             log.warning("could not update the parent message of %s: %s", conversation.key, exc)
+
+    async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
+        """A notice per status change, however often Jira reports the same change."""
+        data = event.data
+        shown = await self._ticket(delivery, await delivery.conversation())
+        if shown is not None and shown.key == data.issue_key and shown.shows(
+                data.status_id, data.status):
+            return Skipped(f"{data.issue_key} already shows {data.status}")
+        moved = _moved_to(event, self._issue_url(data.issue_key))
+        outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
+        if isinstance(outcome, Delivered):
+            await self._remember_ticket(delivery, moved.state())
+            await self._show_on_parent(delivery, await delivery.conversation(), moved)
+        return outcome
+
+    async def _ticket_deleted(self, delivery: Delivery, event: TicketDeletedEvent) -> Outcome:
+        """The parent stops showing the ticket; nothing is said in the thread."""
+        key = event.data.issue_key
+        record = await delivery.conversation()
+        shown = await self._ticket(delivery, record)
+        if shown is None or shown.key != key:
+            return Skipped(f"the parent does not show {key}")
+        if self.dry_run:
+            return Skipped("dry run: slack.bot_token is not set")
+        await self._show_on_parent(delivery, record, None, required=True)
+        await self._remember_ticket(delivery, {"key": key, "deleted": True})
+        return Delivered(note=f"{key} deleted: the parent no longer shows it")
+
+    async def _ticket(self, delivery: Delivery,
+                      record: ConversationRecord | None) -> TicketShown | None:
+        """The conversation's ticket as the parent shows it: with the last status Jira told.
+
+        What is remembered of an older ticket (another key) does not apply to a new one.
+        """
+        if record is None or not record.jira_key:
+            return None
+        key = record.jira_key
+        known = await delivery.store.ticket_shown(record.chatbot_id, record.thread_id) or {}
+        if known.get("key") != key:
+            return TicketShown(key, self._issue_url(key))
+        if known.get("deleted"):
+            return None
+        return TicketShown(key, self._issue_url(key), known.get("status"),
+                           known.get("status_id"), known.get("category"))
+
+    async def _remember_ticket(self, delivery: Delivery, state: dict[str, Any]) -> None:
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        await delivery.store.show_ticket(conversation.chatbot_id, conversation.thread_id, state)
 
     async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
         await self.pacer.acquire(channel)
@@ -368,10 +453,10 @@ class SlackDestination:
         return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
             self.slack.channel or "")
 
-    def _jira_url(self, record: ConversationRecord | None) -> str | None:
-        if record is None or not record.jira_key or not self.settings.jira.url:
+    def _issue_url(self, key: str) -> str | None:
+        if not self.settings.jira.url:
             return None
-        return f"{self.settings.jira.url.rstrip('/')}/browse/{record.jira_key}"
+        return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
 
     def _dry_run(self, message: dict[str, Any]) -> Outcome:
         log.info("slack dry run (no bot_token), would post: %s",
@@ -379,12 +464,9 @@ class SlackDestination:
         return Skipped("dry run: slack.bot_token is not set")
 
 
-def _escalated(conversation: Conversation, jira_key: str | None = None) -> ConversationRecord:
-    """The stored state a preview assumes once a conversation is escalated (and ticketed)."""
-    return ConversationRecord(
-        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, slack_channel=None,
-        slack_thread_ts=None, jira_key=jira_key, jira_transcript_upto=None, escalated_at=1.0,
-        first_seen=0.0, last_seen=0.0)
+def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
+    data = event.data
+    return TicketShown(data.issue_key, url, data.status, data.status_id, data.category)
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bridge.errors import TemplateError
@@ -10,10 +11,12 @@ from bridge.events import (
     EscalationEvent,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
 )
+from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
-from bridge.store import ConversationRecord
 from bridge.templating import CUT_MARKER, Templates
 
 MESSAGE_TEMPLATES = {
@@ -28,6 +31,35 @@ SECTION_LIMIT = 3_000
 FIELD_LIMIT = 2_000
 HEADER_LIMIT = 150
 MAX_BLOCKS = 50
+
+
+@dataclass(frozen=True)
+class TicketShown:
+    """The conversation's Jira ticket as its thread's parent shows it."""
+
+    key: str
+    url: str | None = None
+    status: str | None = None
+    status_id: str | None = None
+    category: str | None = None  # Jira's status category key; "done" means resolved
+
+    @property
+    def done(self) -> bool:
+        return self.category == "done"
+
+    def shows(self, status_id: str | None, status: str) -> bool:
+        """Whether this is the status shown already (by id where Jira gave both ids)."""
+        if status_id is not None and self.status_id is not None:
+            return status_id == self.status_id
+        return status == self.status
+
+    def state(self) -> dict[str, Any]:
+        """What the Slack destination remembers of the ticket (its url is rebuilt from the key)."""
+        return {"key": self.key, "status": self.status, "status_id": self.status_id,
+                "category": self.category}
+
+    def context(self) -> dict[str, Any]:
+        return {**asdict(self), "done": self.done}
 
 
 class SlackRenderer:
@@ -84,13 +116,28 @@ class SlackRenderer:
             "dashboard_url": data.dashboard_url,
         })
 
-    def parent(self, conversation: Conversation, record: ConversationRecord | None,
-               ticket_url: str | None) -> dict[str, Any]:
+    def ticket_status(self, event: TicketStatusEvent, ticket: TicketShown) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_status.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {**ticket.context(), "previous_status": data.previous_status},
+            "actor": data.actor,
+        })
+
+    def ticket_comment(self, event: TicketCommentEvent, ticket_url: str | None) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_comment.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {"key": data.issue_key, "url": ticket_url},
+            "comment": {"author": data.author, "text": comment_mrkdwn(data.body)},
+        })
+
+    def parent(self, conversation: Conversation, escalated: bool,
+               ticket: TicketShown | None) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
-            "escalated": bool(record and record.escalated_at),
-            "ticket": {"key": record.jira_key, "url": ticket_url}
-            if record and record.jira_key else None,
+            "escalated": escalated,
+            "ticket": ticket.context() if ticket else None,
             "mode_buttons": self.settings.replies_enabled()
             and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
         })
