@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bridge.app import Bridge, back_channel, create_app, open_bridge
+from bridge.cli import main
 from bridge.errors import ConfigError
 from bridge.samples import load_sample
 from tests.conftest import TOKENS, FakeClock, deep_merge
@@ -478,3 +479,59 @@ def test_webhook_settings_are_checked_at_start_up(make_settings, jira, problem):
     with pytest.raises(ConfigError) as caught:
         make_settings({"jira": jira})
     assert any(problem in line for line in caught.value.problems), caught.value.problems
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+JIRA_ON = {"url": "https://acme.atlassian.net", "email": EMAIL, "api_token": API_TOKEN,
+           "project": "SUP", "webhook_secret": SECRET}
+
+
+def test_render_sample_shows_the_status_notice_and_the_parent(make_settings, tmp_path, capsys):
+    make_settings({"slack": {"channel": "C_CONV"}, "jira": JIRA_ON})
+    code, out, err = run(capsys, "render", "--sample", "jira-ticket-resolved",
+                         "--config", str(tmp_path / "settings.toml"))
+    assert code == 0
+    assert err.splitlines() == [
+        "# slack: jira-ticket-resolved: chat.postMessage (in the thread)",
+        "# slack: jira-ticket-resolved: chat.update (the thread's parent)"]
+    decoder = json.JSONDecoder()
+    notice, end = decoder.raw_decode(out)
+    parent, _ = decoder.raw_decode(out, end + 1)
+    assert notice["text"] == "SUP-42 moved to Done by Dana Agent"
+    assert "<https://acme.atlassian.net/browse/SUP-42|SUP-42> moved to *Done*" in str(notice)
+    assert ":white_check_mark: Resolved" in str(parent["blocks"])
+
+
+@pytest.mark.parametrize("sample", ["jira-ticket-comment", "jira-ticket-comment-adf"])
+def test_render_sample_shows_a_comment_converted(make_settings, tmp_path, capsys, sample):
+    make_settings({"slack": {"channel": "C_CONV"}, "jira": JIRA_ON})
+    code, out, _ = run(capsys, "render", "--sample", sample,
+                       "--config", str(tmp_path / "settings.toml"))
+    posted = json.loads(out)
+    assert code == 0 and posted["text"] == "Dana Agent commented on SUP-42"
+    assert "<https://docs.example.com/reset" in posted["blocks"][1]["text"]["text"]
+
+
+@pytest.mark.parametrize("name", ["ticket_status", "ticket_comment"])
+def test_a_broken_override_stops_the_bridge_at_start_up(make_settings, tmp_path, name):
+    mine = tmp_path / "mine" / "slack"
+    mine.mkdir(parents=True)
+    (mine / f"{name}.json.j2").write_text(
+        '{% extends "default:slack/' + name + '.json.j2" %}'
+        '{% block fallback %}{{ ticket.nothing_here }}{% endblock %}')
+    settings = make_settings({"templates": {"dir": str(tmp_path / "mine")}})
+    with pytest.raises(ConfigError) as caught:
+        open_bridge(settings)
+    assert any(f"slack/{name}.json.j2" in line and "jira-ticket" in line
+               for line in caught.value.problems), caught.value.problems
+
+
+def test_check_prints_the_back_channel_line(make_settings, tmp_path, capsys):
+    make_settings()
+    _, out, _ = run(capsys, "check", "--config", str(tmp_path / "settings.toml"))
+    assert "jira back-channel: off (set [jira] webhook_secret or webhook_token" in out
