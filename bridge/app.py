@@ -118,6 +118,8 @@ def announce(bridge: Bridge) -> None:
 def back_channel(settings: Settings) -> str:
     """Whether Jira's webhooks reach Slack threads, and how they are checked; for logs and check."""
     jira = settings.jira
+    if not jira.back_channel and jira.webhook_credentials:
+        return "off: [jira] webhook_secret or webhook_token is set, but url is not (no tickets)"
     if not jira.back_channel:
         return "off (set [jira] webhook_secret or webhook_token to receive Jira's webhooks)"
     checks = [name for name, value in (("Cloud signature", jira.webhook_secret),

@@ -156,9 +156,6 @@ class JiraSettings(Section):
     @model_validator(mode="after")
     def _one_auth(self) -> JiraSettings:
         if not self.url:
-            if self.back_channel:
-                raise ValueError("jira: webhook_secret or webhook_token is set but jira.url is "
-                                 "not: only tickets the bridge opened are followed")
             return self
         cloud = self.email is not None or self.api_token is not None
         server = self.personal_access_token is not None
@@ -179,9 +176,16 @@ class JiraSettings(Section):
         return self
 
     @property
-    def back_channel(self) -> bool:
-        """Whether Jira's webhooks are received: a Cloud secret or a Data Center token is set."""
+    def webhook_credentials(self) -> bool:
         return self.webhook_secret is not None or self.webhook_token is not None
+
+    @property
+    def back_channel(self) -> bool:
+        """Whether Jira's webhooks are received: tickets on, and a secret or a token set.
+
+        Without tickets there is nothing to follow, as the credentials alone do nothing.
+        """
+        return bool(self.url) and self.webhook_credentials
 
     @property
     def auth_kind(self) -> str:
