@@ -123,6 +123,7 @@ class TicketStatusData(SiteGPTModel):
     previous_status: str | None = Field(None, alias="previousStatus")
     category: str | None = None  # Jira's status category key: "new", "indeterminate", "done"
     actor: str | None = None
+    changed_at: int | None = Field(None, alias="changedAt")  # Jira's timestamp, milliseconds
 
 
 class TicketCommentData(SiteGPTModel):

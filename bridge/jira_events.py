@@ -116,6 +116,7 @@ class Comment(JiraModel):
 
 class JiraWebhook(JiraModel):
     webhook_event: str = Field(alias="webhookEvent")
+    timestamp: int | None = None
     user: JiraUser | None = None
     issue: Issue | None = None
     changelog: Changelog | None = None
@@ -249,7 +250,7 @@ def _status_change(hook: JiraWebhook, conversation: Conversation) -> TicketData 
         chatbotId=conversation.chatbot_id, threadId=conversation.thread_id,
         issueKey=hook.issue.key, statusId=change.target, status=change.target_name,
         previousStatus=change.source_name, category=category,
-        actor=hook.user.shown if hook.user else None)
+        actor=hook.user.shown if hook.user else None, changedAt=hook.timestamp)
 
 
 def _comment(hook: JiraWebhook, conversation: Conversation) -> TicketData | str:

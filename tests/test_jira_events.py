@@ -195,6 +195,29 @@ async def test_a_burst_gives_one_notice_per_status_change(desk):
                        f"{key} moved to Done by Dana Agent"]
 
 
+async def test_a_late_retry_of_an_earlier_change_does_not_undo_a_later_one(desk):
+    d = await desk()
+    key = await d.escalated()
+    await d.delivered(webhook("issue-updated-done", key), "wh-2")
+    # Jira retries a delivery that failed: the move to In Progress comes in after Done.
+    assert await d.delivered(webhook("issue-updated-status", key), "wh-1") == "accepted"
+    notices = [text for text in await d.thread() if " moved to " in text]
+    assert notices == [f"{key} moved to Done by Dana Agent"]
+    assert ":white_check_mark: Resolved" in await d.parent_now()
+    rows = await d.bridge.store.deliveries(limit=1)
+    assert rows[0].status == "skipped" and "shows a later status (Done)" in str(rows[0].last_error)
+
+
+async def test_after_a_deletion_a_late_status_change_says_nothing(desk):
+    d = await desk()
+    key = await d.escalated()
+    await d.delivered(webhook("issue-deleted", key), "wh-del")
+    before = await d.thread()
+    await d.delivered(webhook("issue-updated-status", key), "wh-late")
+    assert await d.thread() == before
+    assert key not in await d.parent_now()
+
+
 # who may call ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("signature", "why"), [

@@ -369,10 +369,15 @@ class SlackDestination:
     async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
         """A notice per status change, however often Jira reports the same change."""
         data = event.data
-        shown = await self._ticket(delivery, await delivery.conversation())
-        if shown is not None and shown.key == data.issue_key and shown.shows(
-                data.status_id, data.status):
-            return Skipped(f"{data.issue_key} already shows {data.status}")
+        record = await delivery.conversation()
+        if await self._deleted(delivery, record, data.issue_key):
+            return Skipped(f"{data.issue_key} is deleted")
+        shown = await self._ticket(delivery, record)
+        if shown is not None and shown.key == data.issue_key:
+            if shown.shows(data.status_id, data.status):
+                return Skipped(f"{data.issue_key} already shows {data.status}")
+            if shown.later_than(data.changed_at):
+                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
         if isinstance(outcome, Delivered):
@@ -408,7 +413,15 @@ class SlackDestination:
         if known.get("deleted"):
             return None
         return TicketShown(key, self._issue_url(key), known.get("status"),
-                           known.get("status_id"), known.get("category"))
+                           known.get("status_id"), known.get("category"), known.get("changed_at"))
+
+    async def _deleted(self, delivery: Delivery, record: ConversationRecord | None,
+                       key: str) -> bool:
+        """Whether Jira said this ticket was deleted (a late retry may still speak of it)."""
+        if record is None:
+            return False
+        known = await delivery.store.ticket_shown(record.chatbot_id, record.thread_id) or {}
+        return known.get("key") == key and bool(known.get("deleted"))
 
     async def _remember_ticket(self, delivery: Delivery, state: dict[str, Any]) -> None:
         conversation = conversation_of(delivery.event)
@@ -466,7 +479,8 @@ class SlackDestination:
 
 def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
     data = event.data
-    return TicketShown(data.issue_key, url, data.status, data.status_id, data.category)
+    return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
+                       data.changed_at)
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],

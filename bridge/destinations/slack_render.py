@@ -42,6 +42,7 @@ class TicketShown:
     status: str | None = None
     status_id: str | None = None
     category: str | None = None  # Jira's status category key; "done" means resolved
+    changed_at: int | None = None  # when Jira says the status changed, in milliseconds
 
     @property
     def done(self) -> bool:
@@ -53,13 +54,21 @@ class TicketShown:
             return status_id == self.status_id
         return status == self.status
 
+    def later_than(self, changed_at: int | None) -> bool:
+        """Whether the status shown changed after `changed_at` (a retry Jira sent late)."""
+        if self.changed_at is None or changed_at is None:
+            return False
+        return self.changed_at > changed_at
+
     def state(self) -> dict[str, Any]:
         """What the Slack destination remembers of the ticket (its url is rebuilt from the key)."""
         return {"key": self.key, "status": self.status, "status_id": self.status_id,
-                "category": self.category}
+                "category": self.category, "changed_at": self.changed_at}
 
     def context(self) -> dict[str, Any]:
-        return {**asdict(self), "done": self.done}
+        context = {**asdict(self), "done": self.done}
+        del context["changed_at"]
+        return context
 
 
 class SlackRenderer:
