@@ -26,6 +26,7 @@ from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge")
+SLOW_TAKEOVER = 30.0
 
 
 @dataclass
@@ -90,7 +91,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds)
+                       settings.store.commit_timeout_seconds, clock)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
@@ -106,6 +107,11 @@ def announce(bridge: Bridge) -> None:
             state = "dry run (no bot token): messages are logged, not posted"
         log.info("destination %s: %s", name, state)
     log.info("jira back-channel: %s", back_channel(settings))
+    lease = settings.delivery.lease.total_seconds()
+    if lease > SLOW_TAKEOVER:
+        log.warning("delivery.lease is %gs: after a crash, a conversation waits that long before"
+                    " another worker takes over; live workers renew their leases, so the default"
+                    " 15s is safe however slow a destination is", lease)
     for endpoint in bridge.endpoints():
         if not endpoint.tokens:
             log.warning("webhook %s has no token: it answers 503 until one is set", endpoint.name)

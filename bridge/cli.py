@@ -113,6 +113,8 @@ async def _check_destinations(settings: Settings) -> int:
                 print(f"{name}: FAILED: {exc}")
                 problems += 1
         print(f"jira back-channel: {back_channel(settings)}")
+        info = await bridge.store.info()
+        print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
     finally:

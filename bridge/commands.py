@@ -306,15 +306,16 @@ DELIVERY_COLUMNS = ("ID", "EVENT", "DESTINATION", "STATUS", "ATTEMPTS", "NEXT AT
 
 
 def delivery_json(row: DeliveryRow) -> dict[str, Any]:
-    """A delivery for scripts; the store keeps one text that is an error or a note by status."""
-    failing = row.status in ("pending", "failed")
+    """A delivery for scripts: its note apart from its errors, the last few attempts' errors."""
     return {
         "id": row.id, "event_id": row.event_id, "kind": row.kind,
         "destination": row.destination, "conversation": row.ordering_key,
         "status": row.status, "attempts": row.attempts,
         "next_attempt_at": local_iso(row.next_attempt_at) if row.status == "pending" else None,
-        "last_error": row.last_error if failing else None,
-        "note": None if failing else row.last_error,
+        "last_error": row.last_error, "note": row.note,
+        "errors": [{"attempt": attempt.attempt, "outcome": attempt.outcome,
+                    "error": attempt.error, "at": local_iso(attempt.at)}
+                   for attempt in row.errors],
         "created_at": local_iso(row.created_at), "finished_at": local_iso(row.finished_at),
     }
 
@@ -324,7 +325,15 @@ def delivery_cells(row: DeliveryRow) -> list[str]:
     return [str(row.id), f"{row.event_id} {SHORT_KINDS.get(row.kind, row.kind)}",
             row.destination, row.status, str(row.attempts),
             local_time(row.next_attempt_at) if pending else "-", row.ordering_key,
-            row.last_error or "-"]
+            _error_or_note(row)]
+
+
+def _error_or_note(row: DeliveryRow) -> str:
+    """The last error (and how many attempts failed before it), else the note."""
+    if row.last_error:
+        earlier = len(row.errors) - 1
+        return row.last_error + (f" (+{earlier} earlier, see --json)" if earlier > 0 else "")
+    return row.note or "-"
 
 
 def _retry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -370,7 +379,7 @@ async def _retry_ids(store: Store, ids: Sequence[int]) -> int:
 
 
 @operator_command(
-    "conversations", "list recent conversations with their Slack thread and Jira ticket",
+    "conversations", "list recent conversations with each destination's link (thread, ticket)",
     lambda parser: _list_arguments(parser, 20))
 async def conversations(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
@@ -383,24 +392,24 @@ async def conversations(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-CONVERSATION_COLUMNS = ("CONVERSATION", "LAST SEEN", "ESCALATED", "SLACK THREAD", "JIRA")
+CONVERSATION_COLUMNS = ("CONVERSATION", "LAST SEEN", "ESCALATED", "LINKS")
 
 
 def conversation_json(record: ConversationRecord) -> dict[str, Any]:
+    """A conversation for scripts: each destination's link by name, with its whole state."""
     return {
         "chatbot_id": record.chatbot_id, "thread_id": record.thread_id,
-        "slack_channel": record.slack_channel, "slack_thread_ts": record.slack_thread_ts,
-        "jira_key": record.jira_key, "escalated_at": local_iso(record.escalated_at),
+        "escalated_at": local_iso(record.escalated_at),
         "first_seen": local_iso(record.first_seen), "last_seen": local_iso(record.last_seen),
+        "links": {link.destination: {"ref": link.ref, "state": link.state}
+                  for link in record.links},
     }
 
 
 def conversation_cells(record: ConversationRecord) -> list[str]:
-    thread = (f"{record.slack_channel}/{record.slack_thread_ts}"
-              if record.slack_channel and record.slack_thread_ts else "-")
+    links = " ".join(f"{link.destination}:{link.ref}" for link in record.links if link.ref)
     return [f"{record.chatbot_id}/{record.thread_id}", local_time(record.last_seen),
-            local_time(record.escalated_at) if record.escalated_at else "-", thread,
-            record.jira_key or "-"]
+            local_time(record.escalated_at) if record.escalated_at else "-", links or "-"]
 
 
 # output ------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from bridge.clock import Clock
 from bridge.errors import StoreError
-from bridge.store import NewEvent, Store
+from bridge.store import EventIntake, NewEvent
 from bridge.web import BodyTooLarge, read_bounded
 
 
@@ -37,7 +37,7 @@ async def bounded_body(request: Request, limit: int) -> bytes:
 class Storing:
     """Stores an inbound event and answers for it; `source` names it in the log."""
 
-    store: Store
+    store: EventIntake
     clock: Clock
     window: float
     on_accept: Callable[[], None]

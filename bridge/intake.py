@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.events import (
+    ESCALATION,
     Event,
     MessageData,
     canonical_json,
@@ -28,6 +29,7 @@ def new_event(event: Event, body: Any, destinations: Sequence[str]) -> NewEvent:
         destinations=destinations,
         message=transcript_line(event.data) if isinstance(event.data, MessageData) else None,
         conversation=(conversation.chatbot_id, conversation.thread_id) if conversation else None,
+        escalation=event.event == ESCALATION,
     )
 
 

@@ -32,7 +32,7 @@ from bridge.events import (
 from bridge.inbound import Refused, Storing, bounded_body
 from bridge.jira_markup import comment_text
 from bridge.settings import Settings
-from bridge.store import ConversationRecord, NewEvent, Store
+from bridge.store import NewEvent, ReplyIntake
 
 log = logging.getLogger("bridge.jira_events")
 PATH = "/jira/webhook"
@@ -43,6 +43,7 @@ ISSUE_UPDATED = "jira:issue_updated"
 ISSUE_DELETED = "jira:issue_deleted"
 COMMENT_CREATED = "comment_created"
 DESTINATIONS = ("slack",)
+JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
 
 
@@ -147,7 +148,7 @@ class WebhookCredentials:
 class JiraReceiver:
     """What POST /jira/webhook needs, wired once at start-up."""
 
-    store: Store
+    store: ReplyIntake
     clock: Clock
     credentials: WebhookCredentials
     max_body_bytes: int
@@ -189,10 +190,10 @@ class JiraReceiver:
         why_not = self._not_followed(hook)
         if why_not:
             return why_not
-        record = await self._conversation(hook.issue.key)
-        if record is None:
+        conversation = await self._conversation(hook.issue.key)
+        if conversation is None:
             return f"{hook.issue.key} is not a ticket the bridge opened"
-        data = read(hook, Conversation(record.chatbot_id, record.thread_id))
+        data = read(hook, conversation)
         if isinstance(data, str):
             return data
         return _new_event(data, _dedup_key(headers, raw))
@@ -212,12 +213,14 @@ class JiraReceiver:
             return "the bridge's own comment"
         return None
 
-    async def _conversation(self, key: str) -> ConversationRecord | None:
+    async def _conversation(self, key: str) -> Conversation | None:
+        """The conversation whose ticket this is: the Jira destination keeps its key as ref."""
         try:
-            return await self.store.conversation_by_jira_key(key)
+            found = await self.store.conversation_by_ref(JIRA, key)
         except StoreError as exc:
             log.error("jira webhook: store unavailable: %s", exc)
             raise Refused(503, "store busy, retry") from exc
+        return Conversation(*found) if found else None
 
 
 def parse_webhook(raw: bytes) -> JiraWebhook:
@@ -294,7 +297,7 @@ def _new_event(data: TicketData, dedup_key: str) -> NewEvent:
                     conversation=(conversation.chatbot_id, conversation.thread_id))
 
 
-def jira_routes(settings: Settings, store: Store, clock: Clock,
+def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,
                 on_accept: Callable[[], None]) -> list[BaseRoute]:
     """POST /jira/webhook, or nothing (a 404) while neither secret nor token is set."""
     jira = settings.jira

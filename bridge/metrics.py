@@ -16,7 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from bridge.store import Store
+from bridge.store import QueueStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The *_created series would double every scrape and tell nothing that
@@ -88,7 +88,7 @@ class Metrics:
         """Count by the error's `code` when the destination gave one, else by its class."""
         self.errors.labels(destination, str(getattr(error, "code", type(error).__name__))).inc()
 
-    async def exposition(self, store: Store, now: float) -> bytes:
+    async def exposition(self, store: QueueStats, now: float) -> bytes:
         """The text a scrape returns, with the queue read from the store right now."""
         depth = await store.queue_depth()
         oldest = await store.oldest_pending()

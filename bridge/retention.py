@@ -2,9 +2,10 @@
 
 An event goes once none of its deliveries is pending and the last one finished before the
 cutoff: delivered, skipped and failed alike, so a failure stays in the store for inspection
-(and a retry) for the whole retention period after it happened. Its deliveries and transcript
-messages go with it. Conversations (their Slack thread and Jira ticket) are kept, so a visitor
-who comes back months later lands in the same thread. Expired dedup rows go too.
+(and a retry) for the whole retention period after it happened. Its deliveries, their attempt
+history and its transcript messages go with it. Conversations and each destination's link to
+them (the Slack thread, the Jira ticket) are kept, so a visitor who comes back months later
+lands in the same thread. Expired dedup rows go too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import timedelta
 
 from bridge.clock import Clock
 from bridge.errors import StoreError
-from bridge.store import Pruned, Store
+from bridge.store import Housekeeping, Pruned
 
 log = logging.getLogger("bridge.retention")
 PRUNE_EVERY = 3600.0
@@ -23,7 +24,7 @@ PRUNE_EVERY = 3600.0
 BATCH = 500
 
 
-async def prune_expired(store: Store, retention: timedelta, now: float,
+async def prune_expired(store: Housekeeping, retention: timedelta, now: float,
                         batch: int = BATCH) -> Pruned:
     """Prune everything older than `retention`, a batch at a time."""
     cutoff = now - retention.total_seconds()
@@ -35,7 +36,7 @@ async def prune_expired(store: Store, retention: timedelta, now: float,
             return total
 
 
-async def keep_pruning(store: Store, retention: timedelta, clock: Clock,
+async def keep_pruning(store: Housekeeping, retention: timedelta, clock: Clock,
                        every: float = PRUNE_EVERY) -> None:
     """Prune now, then every `every` seconds, until cancelled."""
     while True:
@@ -43,7 +44,7 @@ async def keep_pruning(store: Store, retention: timedelta, clock: Clock,
         await asyncio.sleep(every)
 
 
-async def _prune_once(store: Store, retention: timedelta, clock: Clock) -> None:
+async def _prune_once(store: Housekeeping, retention: timedelta, clock: Clock) -> None:
     try:
         pruned = await prune_expired(store, retention, clock.now())
     except StoreError as exc:

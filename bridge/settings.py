@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
-from bridge.store import sqlite_path
+from bridge.store.url import sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
 MASK = "**********"  # as pydantic prints a SecretStr
@@ -53,6 +53,7 @@ def _parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+MIN_LEASE = timedelta(seconds=3)
 
 
 class Section(BaseModel):
@@ -80,7 +81,7 @@ class StoreSettings(Section):
     @classmethod
     def _supported_url(cls, url: str) -> str:
         try:
-            sqlite_path(url)
+            store_scheme(url)
         except StoreError as exc:
             raise ValueError(str(exc)) from exc
         return url
@@ -269,11 +270,20 @@ class DeliverySettings(Section):
     max_age: Duration = timedelta(hours=24)
     max_attempts: int = Field(60, ge=1)
     concurrency: int = Field(16, ge=1)
-    lease: Duration = timedelta(seconds=120)
+    lease: Duration = timedelta(seconds=15)
     backoff_initial: Duration = timedelta(seconds=1)
     backoff_cap: Duration = timedelta(minutes=3)
     shutdown_grace: Duration = timedelta(seconds=5)
     poll_interval: Duration = timedelta(seconds=1)
+
+    @field_validator("lease")
+    @classmethod
+    def _renewable_lease(cls, lease: timedelta) -> timedelta:
+        # Renewed every third of itself: shorter, and one slow commit could let it run out.
+        if lease < MIN_LEASE:
+            raise ValueError(f"must be at least {MIN_LEASE.total_seconds():g}s: a worker renews"
+                             " it every third of that while a delivery is in flight")
+        return lease
 
 
 class TemplatesSettings(Section):

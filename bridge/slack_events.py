@@ -27,13 +27,14 @@ from bridge.events import (
 )
 from bridge.inbound import Refused, Storing, bounded_body
 from bridge.settings import Settings
-from bridge.store import ConversationRecord, NewEvent, Store
+from bridge.store import NewEvent, ReplyIntake
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
 PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
 DESTINATIONS = (SiteGPTDestination.name,)
+SLACK = "slack"  # whose conversation links hold the threads
 M = TypeVar("M", bound="SlackModel")
 
 
@@ -96,7 +97,7 @@ class _VerifierClock(SignatureClock):
 class SlackReceiver:
     """What the two Slack routes need, wired once at start-up."""
 
-    store: Store
+    store: ReplyIntake
     clock: Clock
     verifier: SignatureVerifier
     max_body_bytes: int
@@ -162,7 +163,7 @@ class SlackReceiver:
         if why_not:
             return why_not
         assert message.channel and message.thread_ts and message.ts and message.user
-        record = await self.store.conversation_in_slack(message.channel, message.thread_ts)
+        record = await self._conversation_in(message.channel, message.thread_ts)
         if record is None:
             return "not in a conversation's thread"
         return _new_event(SLACK_REPLY, record, f"slack-event:{envelope.event_id}", SlackReplyData(
@@ -190,7 +191,7 @@ class SlackReceiver:
         channel, ts = interaction.container.channel_id, interaction.container.message_ts
         if interaction.type != "block_actions" or action is None or not channel or not ts:
             return "not a mode button"
-        record = await self.store.conversation_in_slack(channel, ts)
+        record = await self._conversation_in(channel, ts)
         if record is None:
             return "not on a conversation's parent message"
         key = f"slack-action:{channel}:{ts}:{interaction.user.id}:{action.action_ts}"
@@ -198,6 +199,10 @@ class SlackReceiver:
             chatbotId=record.chatbot_id, threadId=record.thread_id, channel=channel,
             threadTs=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
 
+    async def _conversation_in(self, channel: str, thread_ts: str) -> Conversation | None:
+        """The conversation whose Slack thread this is, if the bridge started it."""
+        found = await self.store.conversation_by_ref(SLACK, f"{channel}/{thread_ts}")
+        return Conversation(*found) if found else None
 
 def _parse(model: type[M], raw: bytes) -> M:
     try:
@@ -206,16 +211,15 @@ def _parse(model: type[M], raw: bytes) -> M:
         raise Refused(400, f"not a Slack {model.__name__}: {exc.errors()[0]['msg']}") from exc
 
 
-def _new_event(kind: str, record: ConversationRecord, dedup_key: str,
+def _new_event(kind: str, conversation: Conversation, dedup_key: str,
                data: SlackReplyData | ModeChangeData) -> NewEvent:
-    conversation = Conversation(record.chatbot_id, record.thread_id)
     body = {"event": kind, "data": data.model_dump(by_alias=True)}
     return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
                     ordering_key=conversation.key, destinations=DESTINATIONS,
                     conversation=(conversation.chatbot_id, conversation.thread_id))
 
 
-def slack_routes(settings: Settings, store: Store, clock: Clock,
+def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
                  on_accept: Callable[[], None]) -> list[BaseRoute]:
     """POST /slack/events and /slack/interactions, or nothing when replies are off."""
     secret = settings.slack.signing_secret

@@ -1,4 +1,10 @@
-"""The delivery worker: claims due deliveries under a lease, hands them out, schedules retries."""
+"""The delivery worker: claims due deliveries under a lease, hands them out, schedules retries.
+
+A lease is short and renewed: while a delivery is in flight the worker extends its lease every
+third of `[delivery] lease`, however long the destination takes. A worker that dies stops
+renewing, and another takes its deliveries over once the lease runs out; a worker that lost a
+lease (it hung, or the store was out of reach) finds its result refused, and logs that.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Destination, Outcome, Skipped
@@ -16,10 +23,15 @@ from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
-from bridge.store import ClaimedDelivery, Store
+from bridge.store import ClaimedDelivery, DeliveryQueue, DeliveryStore, Lease
 
 log = logging.getLogger("bridge.worker")
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
+BEATS_PER_LEASE = 3  # a lease survives two renewals that could not commit
+
+
+class WorkerStore(DeliveryQueue, DeliveryStore, Protocol):
+    """The worker's share of the store: the queue, plus what it hands each destination."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerStore,
         destinations: Mapping[str, Destination],
         settings: DeliverySettings,
         clock: Clock | None = None,
@@ -61,6 +73,16 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._claimed: dict[int, ClaimedDelivery] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def lease(self) -> float:
+        return self.settings.lease.total_seconds()
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.lease / BEATS_PER_LEASE
 
     def wake(self) -> None:
         """Something new may be due: look now instead of at the next poll."""
@@ -69,28 +91,63 @@ class Worker:
     async def run(self) -> None:
         """Claim and deliver until stop() is called."""
         log.info("worker started", extra={"worker": self.owner})
-        while not self._stopping.is_set():
+        self._heartbeat = asyncio.create_task(self._keep_leases(), name="heartbeat")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._claim_and_start()
+                except StoreError as exc:
+                    log.warning("worker could not claim deliveries: %s", exc)
+                await self._wait_for_work()
+        except BaseException:
+            self._heartbeat.cancel()  # stop() ends it otherwise, once in-flight work is done
+            raise
+
+    async def renew_leases(self) -> None:
+        """Extend the lease of every delivery in flight; give up those another worker took."""
+        held = list(self._claimed.values())
+        if not held:
+            return
+        kept = await self.store.heartbeat([job.lease for job in held],
+                                          self.clock.now() + self.lease)
+        for job in held:
+            if job.id not in kept and job.id in self._in_flight:
+                log.warning("delivery %d to %s: lease lost, another worker may take it; this"
+                            " attempt's result will be refused", job.id, job.destination,
+                            extra={"delivery_id": job.id, "outcome": "lease lost"})
+                self._in_flight[job.id].cancel()
+
+    async def _keep_leases(self) -> None:
+        # Paced by the event loop, not the injected clock: that one is for the lease arithmetic.
+        while True:
+            await asyncio.sleep(self.heartbeat_every)
             try:
-                await self._claim_and_start()
+                await self.renew_leases()
             except StoreError as exc:
-                log.warning("worker could not claim deliveries: %s", exc)
-            await self._wait_for_work()
+                log.warning("worker could not renew its leases: %s", exc)
 
     async def stop(self) -> None:
         """Stop claiming; let in-flight deliveries finish within the grace, release the rest."""
         self._stopping.set()
         self._wake.set()
-        in_flight = {task: key for key, task in self._in_flight.items()}
-        if not in_flight:
-            return
+        in_flight = {task: self._claimed[key].lease for key, task in self._in_flight.items()}
+        try:
+            if in_flight:
+                await self._release_after_grace(in_flight)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+
+    async def _release_after_grace(self, in_flight: dict[asyncio.Task[None], Lease]) -> None:
+        # Leases are still renewed meanwhile: a grace longer than a lease is no risk.
         grace = self.settings.shutdown_grace.total_seconds()
         _, unfinished = await asyncio.wait(in_flight, timeout=grace)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         if unfinished:
-            await self.store.release([in_flight[task] for task in unfinished])
-            log.info("released %d in-flight deliveries on shutdown", len(unfinished))
+            released = await self.store.release([in_flight[task] for task in unfinished])
+            log.info("released %d in-flight deliveries on shutdown", released)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Deliver everything due now and wait for it (tests and one-shot runs)."""
@@ -108,15 +165,16 @@ class Worker:
         room = self._room()
         if room <= 0 or self._stopping.is_set():
             return
-        lease = self.settings.lease.total_seconds()
-        claimed = await self.store.claim(self.owner, self.clock.now(), room, lease)
+        claimed = await self.store.claim(self.owner, self.clock.now(), room, self.lease)
         for job in claimed:
             task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
             self._in_flight[job.id] = task
+            self._claimed[job.id] = job
             task.add_done_callback(lambda _, key=job.id: self._finished(key))
 
     def _finished(self, delivery_id: int) -> None:
         self._in_flight.pop(delivery_id, None)
+        self._claimed.pop(delivery_id, None)
         self._wake.set()
 
     async def _wait_for_work(self) -> None:
@@ -163,12 +221,16 @@ class Worker:
     async def _succeed(self, job: ClaimedDelivery, outcome: Outcome) -> None:
         now = self.clock.now()
         if isinstance(outcome, Skipped):
-            await self.store.finish(job.id, "skipped", now, outcome.reason)
-            self._log(job, "skipped", outcome.reason)
+            if await self.store.finish(job.lease, "skipped", now, outcome.reason):
+                self._log(job, "skipped", outcome.reason)
+            else:
+                self._refused(job, "skipped")
             return
         assert isinstance(outcome, Delivered)
-        await self.store.finish(job.id, "delivered", now, outcome.note, outcome.follow_ups)
-        self._log(job, "delivered", outcome.note)
+        if await self.store.finish(job.lease, "delivered", now, outcome.note, outcome.follow_ups):
+            self._log(job, "delivered", outcome.note)
+        else:
+            self._refused(job, "delivered")
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
         now = self.clock.now()
@@ -180,12 +242,24 @@ class Worker:
             await self._fail(job, f"gave up after {age / 3600:.1f} h: {reason}")
             return
         delay = self.backoff.delay(job.attempts, after, self.rng)
-        await self.store.reschedule(job.id, now + delay, reason)
-        self._log(job, "retry", f"in {delay:.1f} s: {reason}")
+        if await self.store.reschedule(job.lease, now + delay, reason, now):
+            self._log(job, "retry", f"in {delay:.1f} s: {reason}")
+        else:
+            self._refused(job, "retry")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
-        await self.store.finish(job.id, "failed", self.clock.now(), reason)
-        self._log(job, "failed", reason)
+        if await self.store.finish(job.lease, "failed", self.clock.now(), reason):
+            self._log(job, "failed", reason)
+        else:
+            self._refused(job, "failed")
+
+    def _refused(self, job: ClaimedDelivery, outcome: str) -> None:
+        """The lease passed to another worker: this attempt's outcome is not recorded."""
+        log.warning(
+            "delivery %d (event %d) to %s: %s refused, the lease was lost (another worker took"
+            " the delivery over)", job.id, job.event_id, job.destination, outcome,
+            extra={"delivery_id": job.id, "event_id": job.event_id, "destination": job.destination,
+                   "conversation": job.ordering_key, "outcome": "refused", "attempt": job.attempts})
 
     def _log(self, job: ClaimedDelivery, outcome: str, detail: str | None) -> None:
         # Every outcome passes here, so it is also where it is counted.

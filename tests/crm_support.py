@@ -14,7 +14,7 @@ from bridge.destinations.base import Delivery
 from bridge.events import LEAD, parse_event
 from bridge.intake import new_event
 from bridge.samples import load_sample
-from bridge.store import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 
 
 def lead_body(sample: str = "lead", **details: Any) -> dict[str, Any]:

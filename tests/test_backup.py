@@ -10,7 +10,8 @@ import pytest
 
 from bridge.cli import main
 from bridge.errors import StoreError
-from bridge.store import NewEvent, SQLiteStore, open_store
+from bridge.store import NewEvent, open_store
+from bridge.store.sqlite import SQLiteStore
 
 DESTINATIONS = ("slack", "jira")
 

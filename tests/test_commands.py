@@ -21,7 +21,8 @@ from bridge.events import LEAD, parse_event
 from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.settings import ServerSettings, Settings
-from bridge.store import SQLiteStore, open_store
+from bridge.store import open_store
+from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import Templates
 from tests.conftest import TOKENS
@@ -75,9 +76,9 @@ async def add(store: SQLiteStore, body: dict[str, Any], destination: str,
     await store.accept(new_event(event, body, [destination]), NOW, 600)
     [claimed] = await store.claim("seed", NOW, 1, 60)
     if outcome is None:
-        await store.reschedule(claimed.id, NOW + 300, "slack: chat.postMessage: HTTP 503")
+        await store.reschedule(claimed.lease, NOW + 300, "slack: chat.postMessage: HTTP 503", NOW)
     else:
-        await store.finish(claimed.id, outcome[0], NOW, outcome[1])  # type: ignore[arg-type]
+        await store.finish(claimed.lease, outcome[0], NOW, outcome[1])  # type: ignore[arg-type]
 
 
 SEEDED = [  # ids 1..5, in this order
@@ -89,6 +90,10 @@ SEEDED = [  # ids 1..5, in this order
 ]
 
 
+SLACK_STATE = {"channel": "C_CONV", "thread_ts": "1700000000.000100", "escalated_at": NOW}
+JIRA_STATE = {"key": "SUP-7", "transcript_upto": 0}
+
+
 @pytest.fixture
 def seeded(config, make_settings) -> str:
     path = config()
@@ -96,9 +101,9 @@ def seeded(config, make_settings) -> str:
     async def seed(store: SQLiteStore) -> None:
         for name, destination, outcome in SEEDED:
             await add(store, load_sample(name), destination, outcome)
-        await store.update_conversation("chatbot_123", "thread_456", slack_channel="C_CONV",
-                                        slack_thread_ts="1700000000.000100", jira_key="SUP-7",
-                                        escalated_at=NOW)
+        await store.save_link("chatbot_123", "thread_456", "slack", SLACK_STATE,
+                              ref="C_CONV/1700000000.000100")
+        await store.save_link("chatbot_123", "thread_456", "jira", JIRA_STATE, ref="SUP-7")
 
     asyncio.run(with_store(make_settings(), seed))
     return path
@@ -425,14 +430,17 @@ def test_deliveries_json_has_stable_keys_for_scripts(seeded, capsys):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [list(row) for row in rows] == [[
         "id", "event_id", "kind", "destination", "conversation", "status", "attempts",
-        "next_attempt_at", "last_error", "note", "created_at", "finished_at"]] * 5
+        "next_attempt_at", "last_error", "note", "errors", "created_at", "finished_at"]] * 5
     by_id = {row["id"]: row for row in rows}
     assert by_id[5] | {"created_at": None} == {
         "id": 5, "event_id": 5, "kind": "CONVERSATION_ESCALATED", "destination": "slack",
         "conversation": "chatbot_123/thread_456", "status": "pending", "attempts": 1,
         "next_attempt_at": local_iso(NOW + 300), "last_error": "slack: chat.postMessage: HTTP 503",
-        "note": None, "created_at": None, "finished_at": None}
+        "note": None, "created_at": None, "finished_at": None, "errors": [{
+            "attempt": 1, "outcome": "retry", "error": "slack: chat.postMessage: HTTP 503",
+            "at": local_iso(NOW)}]}
     assert (by_id[1]["note"], by_id[1]["last_error"]) == ("C_CONV/1700000000.000100", None)
+    assert by_id[1]["errors"] == []
     assert by_id[2]["last_error"] == LONG_ERROR, "JSON is never cut"
     assert by_id[1]["finished_at"] == local_iso(NOW)
 
@@ -608,17 +616,18 @@ def test_conversations_table_and_json(seeded, capsys):
     code, out, _ = run(capsys, "conversations", "--config", seeded)
     assert code == 0
     header, [row] = table(out)
-    assert header.split() == ["CONVERSATION", "LAST", "SEEN", "ESCALATED", "SLACK", "THREAD",
-                              "JIRA"]
+    assert header.split() == ["CONVERSATION", "LAST", "SEEN", "ESCALATED", "LINKS"]
     assert row.split() == ["chatbot_123/thread_456", *local_time(NOW).split(),
-                           *local_time(NOW).split(), "C_CONV/1700000000.000100", "SUP-7"]
-    assert header.index("SLACK THREAD") == row.index("C_CONV")
+                           *local_time(NOW).split(), "jira:SUP-7",
+                           "slack:C_CONV/1700000000.000100"]
+    assert header.index("LINKS") == row.index("jira:")
     code, out, _ = run(capsys, "conversations", "--json", "--config", seeded)
     assert json.loads(out) == {
-        "chatbot_id": "chatbot_123", "thread_id": "thread_456", "slack_channel": "C_CONV",
-        "slack_thread_ts": "1700000000.000100", "jira_key": "SUP-7",
+        "chatbot_id": "chatbot_123", "thread_id": "thread_456",
         "escalated_at": local_iso(NOW), "first_seen": local_iso(NOW),
-        "last_seen": local_iso(NOW)}
+        "last_seen": local_iso(NOW), "links": {
+            "jira": {"ref": "SUP-7", "state": JIRA_STATE},
+            "slack": {"ref": "C_CONV/1700000000.000100", "state": SLACK_STATE}}}
 
 
 def test_conversations_newest_first_with_a_limit(config, make_settings, capsys):
@@ -638,7 +647,7 @@ def test_conversations_newest_first_with_a_limit(config, make_settings, capsys):
         "thread_2", "thread_1"]
     _, rows = table(run(capsys, "conversations", "--config", path)[1])
     assert [row.split()[0] for row in rows] == [f"chatbot_123/thread_{n}" for n in (2, 1, 0)]
-    assert all(row.split()[-3:] == ["-", "-", "-"] for row in rows)
+    assert all(row.split()[-2:] == ["-", "-"] for row in rows)
 
 
 def test_conversations_with_nothing_to_show(config, make_settings, capsys):

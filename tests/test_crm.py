@@ -146,6 +146,6 @@ async def test_a_lead_flows_from_the_store_to_the_webhook_through_the_worker(
     finally:
         await bridge.close()
 
-    assert (row.destination, row.status, row.last_error) == \
+    assert (row.destination, row.status, row.note) == \
         ("crm", "delivered", "crm webhook https://hooks.example.test: HTTP 202")
     assert json.loads(hook.calls.last.request.content)["lead"]["email"] == "john@example.com"

@@ -32,7 +32,8 @@ from bridge.events import (
 )
 from bridge.intake import new_event
 from bridge.samples import load_sample
-from bridge.store import DeliveryRow, SQLiteStore
+from bridge.store import DeliveryRow
+from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import CUT_MARKER, Templates, jira_escape
 from bridge.worker import Worker
@@ -178,7 +179,7 @@ async def test_escalation_creates_a_ticket_with_transcript_contacts_and_labels(o
 
     row = await bridge.escalate()
 
-    assert (row.status, row.last_error) == ("delivered", "SUP-1")
+    assert (row.status, row.note) == ("delivered", "SUP-1")
     [fields] = cloud.created()
     assert fields["project"] == {"key": "SUP"}
     assert fields["issuetype"] == {"name": "Task"}
@@ -201,10 +202,11 @@ async def test_ticket_link_follows_to_slack_and_the_conversation_remembers_it(op
     await bridge.escalate()
 
     assert bridge.slack.bodies == [linked_body("SUP-1", cloud, created=True)]
+    assert await bridge.store.link_state(CHATBOT, THREAD, "jira") == {
+        "key": "SUP-1", "transcript_upto": 1}
+    assert await bridge.store.conversation_by_ref("jira", "SUP-1") == (CHATBOT, THREAD)
     record = await bridge.store.conversation(CHATBOT, THREAD)
-    assert record is not None
-    assert (record.jira_key, record.jira_transcript_upto) == ("SUP-1", 1)
-    assert record.escalated_at == bridge.clock.now()
+    assert record is not None and record.escalated_at == bridge.clock.now()
 
 
 async def test_chatbot_settings_choose_project_and_name(open_bridge):
@@ -258,15 +260,15 @@ async def test_second_escalation_comments_only_the_new_messages(open_bridge, clo
 
     row = await bridge.escalate()
 
-    assert (row.status, row.last_error) == ("delivered", "SUP-1")
+    assert (row.status, row.note) == ("delivered", "SUP-1")
     assert len(cloud.issues) == 1
     [comment] = cloud.comments("SUP-1")
     assert "second question" in comment and "I am still waiting" in comment
     assert "first question" not in comment
     assert len(bridge.slack.bodies) == 1  # a comment links nothing new
-    record = await bridge.store.conversation(CHATBOT, THREAD)
+    state = await bridge.store.link_state(CHATBOT, THREAD, "jira")
     transcript = await bridge.store.transcript(CHATBOT, THREAD)
-    assert record is not None and record.jira_transcript_upto == transcript[-1].id
+    assert state is not None and state["transcript_upto"] == transcript[-1].id
 
 
 async def test_escalation_after_the_ticket_is_done_opens_a_new_one(open_bridge, cloud):
@@ -277,11 +279,11 @@ async def test_escalation_after_the_ticket_is_done_opens_a_new_one(open_bridge, 
 
     row = await bridge.escalate()
 
-    assert row.last_error == "SUP-2"
+    assert row.note == "SUP-2"
     assert cloud.comments("SUP-1") == []
     assert bridge.slack.bodies[-1] == linked_body("SUP-2", cloud, created=True)
-    record = await bridge.store.conversation(CHATBOT, THREAD)
-    assert record is not None and record.jira_key == "SUP-2"
+    state = await bridge.store.link_state(CHATBOT, THREAD, "jira")
+    assert state is not None and state["key"] == "SUP-2"
 
 
 @pytest.mark.parametrize(("deployment", "search_path"), [
@@ -300,7 +302,7 @@ async def test_fresh_database_finds_the_open_ticket_by_label(open_bridge, deploy
 
         row = await bridge.escalate()
 
-        assert (row.status, row.last_error) == ("delivered", existing)
+        assert (row.status, row.note) == ("delivered", existing)
         assert fake.created() == []
         [comment] = fake.comments(existing)  # what this store heard, which the ticket lacks
         assert "still locked out after the reset" in comment
@@ -316,7 +318,7 @@ async def test_fresh_database_with_only_done_tickets_creates_a_new_one(open_brid
 
     row = await bridge.escalate()
 
-    assert row.last_error == "SUP-2"
+    assert row.note == "SUP-2"
     assert len(cloud.created()) == 1
 
 
@@ -367,7 +369,7 @@ async def test_unavailable_jira_is_retried_and_makes_exactly_one_ticket(open_bri
     assert "HTTP 503: Service Unavailable" in first.last_error
 
     second = await bridge.retry()
-    assert (second.status, second.attempts, second.last_error) == ("delivered", 2, "SUP-1")
+    assert (second.status, second.attempts, second.note) == ("delivered", 2, "SUP-1")
     assert len(cloud.issues) == 1
     assert len(cloud.calls("POST", "/rest/api/2/issue")) == 2
 
@@ -394,7 +396,7 @@ async def test_timeout_is_retryable_and_the_retry_finds_the_ticket_made_meanwhil
     assert first.last_error == "jira: create the ticket: no answer within 1 s"
 
     second = await bridge.retry()
-    assert (second.status, second.last_error) == ("delivered", "SUP-1")
+    assert (second.status, second.note) == ("delivered", "SUP-1")
     assert len(cloud.issues) == 1
     assert cloud.comments("SUP-1") == []  # its own ticket, recognised by its marker
     assert cloud.calls("GET", "/rest/api/2/issue/SUP-1")
@@ -409,7 +411,7 @@ async def test_a_found_ticket_whose_comment_timed_out_gets_it_once(open_bridge, 
     first = await bridge.escalate()
     second = await bridge.retry()
 
-    assert (first.status, second.status, second.last_error) == ("pending", "delivered", existing)
+    assert (first.status, second.status, second.note) == ("pending", "delivered", existing)
     assert cloud.created() == []
     [comment] = cloud.comments(existing)
     assert "anyone there" in comment

@@ -60,9 +60,15 @@ class Desk:
         escalation["data"]["threadId"] = thread
         await self.sitegpt("escalations", escalation)
         await self.bridge.worker.drain()
-        record = await self.bridge.store.conversation(CHATBOT, thread)
-        assert record and record.jira_key and record.slack_thread_ts
-        return record.jira_key
+        ticket = await self.bridge.store.link_state(CHATBOT, thread, "jira")
+        assert ticket and (await self.slack_thread(thread))[1]
+        return str(ticket["key"])
+
+    async def slack_thread(self, thread: str = "thread_A") -> tuple[str, str]:
+        """The conversation's Slack channel and thread ts, as the Slack destination keeps them."""
+        state = await self.bridge.store.link_state(CHATBOT, thread, "slack")
+        assert state and state.get("channel") and state.get("thread_ts")
+        return str(state["channel"]), str(state["thread_ts"])
 
     async def sitegpt(self, endpoint: str, body: dict[str, Any]) -> None:
         answer = await self.client.post(f"/webhooks/{endpoint}", json=body,
@@ -91,16 +97,12 @@ class Desk:
 
     async def thread(self, thread: str = "thread_A") -> list[str]:
         """The texts posted in the conversation's thread, in order."""
-        record = await self.bridge.store.conversation(CHATBOT, thread)
-        assert record and record.slack_channel and record.slack_thread_ts
-        return [post["text"] for post in self.slack.thread(record.slack_channel,
-                                                            record.slack_thread_ts)]
+        return [post["text"] for post in self.slack.thread(*await self.slack_thread(thread))]
 
     async def parent_now(self, thread: str = "thread_A") -> str:
         """The parent message as its last update left it, blocks and all."""
-        record = await self.bridge.store.conversation(CHATBOT, thread)
-        assert record
-        updates = [item for item in self.slack.updates if item["ts"] == record.slack_thread_ts]
+        _, thread_ts = await self.slack_thread(thread)
+        updates = [item for item in self.slack.updates if item["ts"] == thread_ts]
         return str(updates[-1]["blocks"])
 
     def comment_post(self, key: str) -> dict[str, Any]:
@@ -205,7 +207,7 @@ async def test_a_late_retry_of_an_earlier_change_does_not_undo_a_later_one(desk)
     assert notices == [f"{key} moved to Done by Dana Agent"]
     assert ":white_check_mark: Resolved" in await d.parent_now()
     rows = await d.bridge.store.deliveries(limit=1)
-    assert rows[0].status == "skipped" and "shows a later status (Done)" in str(rows[0].last_error)
+    assert rows[0].status == "skipped" and "shows a later status (Done)" in str(rows[0].note)
 
 
 async def test_after_a_deletion_a_late_status_change_says_nothing(desk):
@@ -466,7 +468,7 @@ async def test_a_deleted_ticket_is_no_longer_shown_on_the_parent(desk):
     assert key not in parent and "Escalated: the visitor asked for a human" in parent
     assert await d.thread() == thread_before
     rows = await d.bridge.store.deliveries(limit=5)
-    assert rows[0].status == "delivered" and "deleted" in (rows[0].last_error or "")
+    assert rows[0].status == "delivered" and "deleted" in str(rows[0].note)
 
 
 async def test_a_deletion_is_retried_until_the_parent_shows_it(desk):

@@ -14,7 +14,8 @@ from starlette.testclient import TestClient
 from bridge.app import create_app, open_bridge
 from bridge.errors import StoreBusy
 from bridge.retention import keep_pruning, prune_expired
-from bridge.store import NewEvent, Pruned, SQLiteStore, StoredMessage, open_store
+from bridge.store import NewEvent, Pruned, StoredMessage, open_store
+from bridge.store.sqlite import SQLiteStore
 
 DAY = 86_400.0
 NOW = 1_700_000_000.0
@@ -40,11 +41,14 @@ async def add_event(store: SQLiteStore, thread_id: str, received: float,
 async def finish_all(store: SQLiteStore, event_id: int, outcomes: list[tuple[str, float | None]]
                      ) -> None:
     """Give the event's deliveries these (status, finished at) outcomes, in order."""
+    # A lease of 0 s: what one call claims, the next may claim again.
+    claimed = {job.id: job for job in await store.claim("test", NOW, 1000, 0)}
     mine = sorted((row for row in await store.deliveries() if row.event_id == event_id),
                   key=lambda row: row.id)
     for row, (status, finished) in zip(mine, outcomes, strict=True):
         if status != "pending":
-            await store.finish(row.id, status, finished)  # type: ignore[arg-type]
+            lease = claimed[row.id].lease
+            assert await store.finish(lease, status, finished)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -91,7 +95,7 @@ async def test_only_old_finished_events_are_pruned_with_their_rows(store):
     assert len(rows(path, "SELECT * FROM conversations")) == len(CASES) + 1
 
 
-async def test_the_newest_rows_stay_so_ids_never_repeat(store):
+async def test_everything_old_goes_and_ids_are_never_handed_out_again(store):
     for number in range(3):
         event_id = await add_event(store, f"old-{number}", NOW - 40 * DAY)
         await finish_all(store, event_id, [("delivered", NOW - 40 * DAY)])
@@ -99,10 +103,12 @@ async def test_the_newest_rows_stay_so_ids_never_repeat(store):
     pruned = await prune_expired(store, RETENTION, NOW)
     newest = await add_event(store, "old-0", NOW)  # the visitor comes back
 
-    assert pruned.events == 2 and pruned.messages == 2
+    assert pruned.events == 3 and pruned.messages == 3  # the newest ones too
     assert newest == 4
     transcript = await store.transcript("bot", "old-0", after_id=3)
     assert [line.id for line in transcript] == [4]
+    [delivery] = await store.deliveries()
+    assert delivery.id == 4
 
 
 async def test_expired_dedup_rows_go_and_live_ones_stay(store):

@@ -136,8 +136,8 @@ def test_the_example_file_loads_and_is_known_to_use_the_example_tokens():
     ("1.5s", 1.5),
 ])
 def test_durations_take_a_unit_or_plain_seconds(make_settings, given, seconds):
-    settings = make_settings({"delivery": {"lease": given}})
-    assert settings.delivery.lease == timedelta(seconds=seconds)
+    settings = make_settings({"delivery": {"backoff_initial": given}})
+    assert settings.delivery.backoff_initial == timedelta(seconds=seconds)
 
 
 def test_every_secret_is_masked_when_settings_are_shown(make_settings):

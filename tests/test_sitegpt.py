@@ -19,7 +19,8 @@ from bridge.errors import TemplateError
 from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
 from bridge.intake import new_event
 from bridge.settings import Settings
-from bridge.store import Echo, NewEvent, SQLiteStore, open_store
+from bridge.store import Echo, NewEvent, open_store
+from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import Templates
 from bridge.worker import Worker
@@ -52,9 +53,9 @@ class Harness:
         await self.store.accept(new_event(parse_event("ADD_MESSAGE", body), body, ["slack"]),
                                 self.clock.now(), 600)
         await self.worker.drain()
-        record = await self.store.conversation(CHATBOT, thread)
-        assert record and record.slack_thread_ts
-        return record.slack_thread_ts
+        state = await self.store.link_state(CHATBOT, thread, "slack")
+        assert state and state["thread_ts"]
+        return str(state["thread_ts"])
 
     async def reply(self, thread_ts: str, text: str, user: str = "U_ANA",
                     thread: str = "thread_A") -> str:
@@ -77,7 +78,7 @@ class Harness:
 
     async def rows(self, destination: str = "sitegpt") -> list[tuple[str, str | None]]:
         rows = await self.store.deliveries(limit=1000)
-        return [(row.status, row.last_error) for row in reversed(rows)
+        return [(row.status, row.last_error or row.note) for row in reversed(rows)
                 if row.destination == destination]
 
     def bot_posts(self, thread_ts: str) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
 from bridge.events import TICKET_LINKED, canonical_json, parse_event
 from bridge.intake import new_event
-from bridge.store import SQLiteStore, open_store
+from bridge.store import open_store
+from bridge.store.sqlite import SQLiteStore
 from bridge.templating import CUT_MARKER, Templates
 from bridge.worker import Worker
 from tests.conftest import FakeClock
@@ -37,7 +38,7 @@ class Harness:
 
     async def statuses(self) -> list[tuple[str, str | None]]:
         rows = await self.store.deliveries(limit=1000)
-        return [(row.status, row.last_error) for row in reversed(rows)]
+        return [(row.status, row.last_error or row.note) for row in reversed(rows)]
 
 
 @pytest.fixture
@@ -93,8 +94,8 @@ async def test_one_thread_per_conversation_in_order_while_another_interleaves(ha
     b_replies = h.fake.thread("C_CONV", by_thread["thread_B"])
     assert texts(a_replies) == [f"Visitor: A{n}" for n in range(20)]
     assert texts(b_replies) == [f"Visitor: B{n}" for n in range(0, 20, 2)]
-    record = await h.store.conversation("chatbot_123", "thread_A")
-    assert record and record.slack_thread_ts == by_thread["thread_A"]
+    state = await h.store.link_state("chatbot_123", "thread_A", "slack")
+    assert state and state["thread_ts"] == by_thread["thread_A"]
 
 
 async def test_thread_survives_a_restart(harness, clock, fake):
@@ -244,7 +245,6 @@ async def test_ticket_link_replies_in_thread_and_shows_on_the_parent(harness):
     h = await harness(extra={"jira": {
         "url": "https://acme.atlassian.net", "email": "a@b.c", "api_token": "t", "project": "SUP"}})
     await h.accept(message("thread_A", "help"))
-    await h.store.update_conversation("chatbot_123", "thread_A", jira_key="SUP-7")
     body = {"event": TICKET_LINKED, "data": {
         "chatbotId": "chatbot_123", "threadId": "thread_A", "issueKey": "SUP-7",
         "issueUrl": "https://acme.atlassian.net/browse/SUP-7", "created": True}}
@@ -287,7 +287,7 @@ async def test_dry_run_logs_the_message_and_records_skipped(make_settings, clock
     with caplog.at_level(logging.INFO):
         await worker.drain()
     [row] = await store.deliveries()
-    assert row.status == "skipped" and "dry run" in (row.last_error or "")
+    assert row.status == "skipped" and "dry run" in (row.note or "")
     assert "hello from a newcomer" in caplog.text
     await destination.aclose()
     await store.close()
@@ -344,8 +344,8 @@ async def test_a_parent_whose_answer_was_lost_is_found_again_not_posted_twice(ha
     assert [s for s, _ in await h.statuses()] == ["delivered"] * 5
     assert len(h.fake.parents()) == 5
     assert texts(h.fake.thread("C_CONV", lost["ts"])) == ["Visitor: first"]
-    record = await h.store.conversation("chatbot_123", "thread_A")
-    assert record and record.slack_thread_ts == lost["ts"]
+    state = await h.store.link_state("chatbot_123", "thread_A", "slack")
+    assert state and state["thread_ts"] == lost["ts"]
     searches = [args for method, args, _ in h.fake.calls if method == "conversations.history"]
     assert len(searches) == 3 and all(args["channel"] == "C_CONV" for args in searches)
 

@@ -51,9 +51,9 @@ class Site:
                                         headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
         assert answer.status_code == 200
         await self.bridge.worker.drain()
-        record = await self.bridge.store.conversation(CHATBOT, thread)
-        assert record and record.slack_thread_ts
-        return record.slack_thread_ts
+        state = await self.bridge.store.link_state(CHATBOT, thread, "slack")
+        assert state and state["thread_ts"]
+        return str(state["thread_ts"])
 
     def write(self, thread_ts: str | None, text: str, user: str = "U_ANA") -> dict[str, Any]:
         """A person writes in the channel (in a thread when `thread_ts`); Slack's message event."""
@@ -87,7 +87,7 @@ class Site:
 
     async def sitegpt_rows(self) -> list[tuple[str, str | None]]:
         rows = await self.bridge.store.deliveries(limit=1000)
-        return [(row.status, row.last_error) for row in reversed(rows)
+        return [(row.status, row.last_error or row.note) for row in reversed(rows)
                 if row.destination == "sitegpt"]
 
 
@@ -192,7 +192,7 @@ async def test_a_thread_reply_reaches_the_visitor_and_its_echo_stays_out(site):
     await s.bridge.worker.drain()
     assert len(s.fake.posts) == bridge_posts
     echoed = next(row for row in await s.bridge.store.deliveries() if row.destination == "slack")
-    assert (echoed.status, echoed.last_error) == ("skipped", "echo of a reply sent from Slack")
+    assert (echoed.status, echoed.note) == ("skipped", "echo of a reply sent from Slack")
 
 
 async def test_what_the_routes_store_has_the_shape_of_the_bundled_samples(site):
@@ -204,7 +204,7 @@ async def test_what_the_routes_store_has_the_shape_of_the_bundled_samples(site):
     for _ in range(2):  # one at a time: both belong to the same conversation
         [claimed] = await s.bridge.store.claim("test", s.clock.now(), 10, 60)
         stored.append(claimed.payload)
-        await s.bridge.store.finish(claimed.id, "skipped", s.clock.now(), "test")
+        await s.bridge.store.finish(claimed.lease, "skipped", s.clock.now(), "test")
     assert [shape(body) for body in stored] == [
         shape(load_sample("slack-reply")), shape(load_sample("mode-change"))]
 

@@ -46,7 +46,7 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
         settings = make_settings({
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
                       "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "1s", "poll_interval": "0.1s"},
+            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
             "log": {"format": "json"},
         })
 

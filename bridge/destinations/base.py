@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from bridge.clock import Clock
-from bridge.events import Event, conversation_of
-from bridge.store import ClaimedDelivery, ConversationRecord, FollowUp, Store
+from bridge.errors import PermanentError
+from bridge.events import Conversation, Event, conversation_of
+from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
 @dataclass(frozen=True)
@@ -51,24 +52,40 @@ def parse_retry_after(value: Any, now: float) -> float | None:
 
 @dataclass
 class Delivery:
-    """One attempt to hand one event to one destination."""
+    """One attempt to hand one event to one destination, with that destination's own state."""
 
     claimed: ClaimedDelivery
     event: Event
-    store: Store
+    store: DeliveryStore
     clock: Clock
-    _conversation: ConversationRecord | None = field(default=None, repr=False)
 
     @property
     def attempt(self) -> int:
         return self.claimed.attempts
 
-    async def conversation(self) -> ConversationRecord | None:
-        """The stored state of the event's conversation (Slack thread, Jira key), if any."""
-        target = conversation_of(self.event)
-        if target is None:
-            return None
-        return await self.store.conversation(target.chatbot_id, target.thread_id)
+    @property
+    def destination(self) -> str:
+        return self.claimed.destination
+
+    async def state(self) -> dict[str, Any]:
+        """What this destination saved for the event's conversation; {} if nothing (yet)."""
+        conversation = self._conversation()
+        state = await self.store.link_state(
+            conversation.chatbot_id, conversation.thread_id, self.destination)
+        return state or {}
+
+    async def save_state(self, state: dict[str, Any], ref: str | None = None) -> None:
+        """Replace this destination's state for the conversation; `ref` finds it again."""
+        conversation = self._conversation()
+        await self.store.save_link(
+            conversation.chatbot_id, conversation.thread_id, self.destination, state, ref)
+
+    def _conversation(self) -> Conversation:
+        conversation = conversation_of(self.event)
+        if conversation is None:
+            raise PermanentError(f"{self.destination}: a {self.event.event} event has no "
+                                 "conversation to keep state for")
+        return conversation
 
 
 class Destination(Protocol):

@@ -204,12 +204,12 @@ class JiraDestination:
                 "comment on the open ticket (escalated again)": comment}
 
     async def _escalate(self, delivery: Delivery, data: EscalationData) -> Delivered:
-        record = await delivery.conversation()
-        if record is not None and record.jira_key:
+        state = await delivery.state()
+        if state.get("key"):
             key = await self._call("read the linked ticket", self.tickets.still_open,
-                                   record.jira_key)
+                                   state["key"])
             if key is not None:
-                return await self._comment(delivery, data, key, record.jira_transcript_upto or 0)
+                return await self._comment(delivery, data, key, state.get("transcript_upto", 0))
         return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
@@ -231,9 +231,7 @@ class JiraDestination:
         elif not await self._made_by_this_delivery(delivery, key, marker):
             context = self._context(data, messages, delivery.clock.now())
             await self._comment_once(delivery, key, context)
-        await delivery.store.update_conversation(
-            data.chatbot_id, data.thread_id, jira_key=key,
-            jira_transcript_upto=_last_id(messages, 0), escalated_at=delivery.clock.now())
+        await _remember(delivery, key, _last_id(messages, 0))
         return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, created))
 
     async def _comment(self, delivery: Delivery, data: EscalationData, key: str,
@@ -241,9 +239,7 @@ class JiraDestination:
         """Add the messages since the last escalation to the open ticket."""
         messages = await delivery.store.transcript(data.chatbot_id, data.thread_id, after_id=upto)
         await self._comment_once(delivery, key, self._context(data, messages, delivery.clock.now()))
-        await delivery.store.update_conversation(
-            data.chatbot_id, data.thread_id, jira_key=key,
-            jira_transcript_upto=_last_id(messages, upto), escalated_at=delivery.clock.now())
+        await _remember(delivery, key, _last_id(messages, upto))
         return Delivered(note=key)
 
     async def _made_by_this_delivery(self, delivery: Delivery, key: str, marker: str) -> bool:
@@ -331,6 +327,11 @@ class JiraDestination:
         except requests.RequestException as exc:
             raise RetryableError(
                 f"jira: {action}: cannot reach {self.url} ({type(exc).__name__})") from exc
+
+
+async def _remember(delivery: Delivery, key: str, transcript_upto: int) -> None:
+    """Jira's state: the conversation's ticket (its ref) and the last message it holds."""
+    await delivery.save_state({"key": key, "transcript_upto": transcript_upto}, ref=key)
 
 
 def _marker(delivery: Delivery) -> str:

@@ -37,7 +37,7 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
-from bridge.store import ConversationRecord, Echo
+from bridge.store import Echo
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
@@ -286,14 +286,16 @@ class SlackDestination:
         return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
-        data = event.data
-        await delivery.store.update_conversation(
-            data.chatbot_id, data.thread_id, escalated_at=delivery.clock.now())
+        state = await delivery.state()
+        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
         outcome = await self._post_in_thread(delivery, self.renderer.escalation(event), True)
         await self._refresh_parent(delivery)
         return outcome
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
+        # The parent shows the ticket: Slack keeps what it was told, in its own state.
+        state = await delivery.state()
+        await _save(delivery, {**state, "ticket": _linked(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
         return outcome
@@ -308,21 +310,17 @@ class SlackDestination:
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""
-        record = await delivery.conversation()
-        if record and record.slack_channel and record.slack_thread_ts:
-            return Thread(record.slack_channel, record.slack_thread_ts)
+        state = await delivery.state()
+        if thread := _thread_of(state):
+            return thread
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         ts = await self._earlier_parent(delivery, channel, conversation)
         if ts is None:
-            escalated = bool(record and record.escalated_at)
-            parent = self.renderer.parent(conversation, escalated,
-                                          await self._ticket(delivery, record))
+            parent = self._parent(conversation, state)
             ts = await self._post(channel, parent, metadata=parent_metadata(conversation))
-        await delivery.store.update_conversation(
-            conversation.chatbot_id, conversation.thread_id, slack_channel=channel,
-            slack_thread_ts=ts)
+        await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
         return Thread(channel, ts)
 
     async def _earlier_parent(self, delivery: Delivery, channel: str,
@@ -346,34 +344,35 @@ class SlackDestination:
 
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
-        record = await delivery.conversation()
-        await self._show_on_parent(delivery, record, await self._ticket(delivery, record))
+        state = await delivery.state()
+        await self._show_on_parent(delivery, state, self._shown(state))
 
-    async def _show_on_parent(self, delivery: Delivery, record: ConversationRecord | None,
+    async def _show_on_parent(self, delivery: Delivery, state: Mapping[str, Any],
                               ticket: TicketShown | None, required: bool = False) -> None:
         """Update the parent to show `ticket`; unless `required`, a failure is only logged."""
-        if self.dry_run or not record or not record.slack_thread_ts or not record.slack_channel:
+        thread = _thread_of(state)
+        if self.dry_run or thread is None:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        escalated = bool(record.escalated_at)
+        escalated = bool(state.get("escalated_at"))
         parent = fit_message(self.renderer.parent(conversation, escalated, ticket))
         try:
             await self._call("chat.update", lambda: self.client.chat_update(
-                channel=record.slack_channel, ts=record.slack_thread_ts, **parent))
+                channel=thread.channel, ts=thread.ts, **parent))
         except (RetryableError, PermanentError) as exc:
             if required:
                 raise
             log.warning("could not update the parent message of %s: %s", conversation.key, exc)
 
     async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
-        """A notice per status change, however often Jira reports the same change."""
+        """A notice per status change, however often (or late) Jira reports the same change."""
         data = event.data
-        record = await delivery.conversation()
-        if await self._deleted(delivery, record, data.issue_key):
-            return Skipped(f"{data.issue_key} is deleted")
-        shown = await self._ticket(delivery, record)
-        if shown is not None and shown.key == data.issue_key:
+        known = (await delivery.state()).get("ticket") or {}
+        if known.get("key") == data.issue_key:
+            if known.get("deleted"):
+                return Skipped(f"{data.issue_key} is deleted")
+            shown = TicketShown.from_state(known)
             if shown.shows(data.status_id, data.status):
                 return Skipped(f"{data.issue_key} already shows {data.status}")
             if shown.later_than(data.changed_at):
@@ -381,52 +380,24 @@ class SlackDestination:
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
         if isinstance(outcome, Delivered):
-            await self._remember_ticket(delivery, moved.state())
-            await self._show_on_parent(delivery, await delivery.conversation(), moved)
+            state = {**await delivery.state(), "ticket": moved.state()}
+            await _save(delivery, state)
+            await self._show_on_parent(delivery, state, moved)
         return outcome
 
     async def _ticket_deleted(self, delivery: Delivery, event: TicketDeletedEvent) -> Outcome:
         """The parent stops showing the ticket; nothing is said in the thread."""
         key = event.data.issue_key
-        record = await delivery.conversation()
-        shown = await self._ticket(delivery, record)
+        state = await delivery.state()
+        shown = self._shown(state)
         if shown is None or shown.key != key:
             return Skipped(f"the parent does not show {key}")
         if self.dry_run:
             return Skipped("dry run: slack.bot_token is not set")
-        await self._show_on_parent(delivery, record, None, required=True)
-        await self._remember_ticket(delivery, {"key": key, "deleted": True})
+        await self._show_on_parent(delivery, state, None, required=True)
+        # Kept, marked: a late retry of an earlier change must not bring it back.
+        await _save(delivery, {**state, "ticket": {**state["ticket"], "deleted": True}})
         return Delivered(note=f"{key} deleted: the parent no longer shows it")
-
-    async def _ticket(self, delivery: Delivery,
-                      record: ConversationRecord | None) -> TicketShown | None:
-        """The conversation's ticket as the parent shows it: with the last status Jira told.
-
-        What is remembered of an older ticket (another key) does not apply to a new one.
-        """
-        if record is None or not record.jira_key:
-            return None
-        key = record.jira_key
-        known = await delivery.store.ticket_shown(record.chatbot_id, record.thread_id) or {}
-        if known.get("key") != key:
-            return TicketShown(key, self._issue_url(key))
-        if known.get("deleted"):
-            return None
-        return TicketShown(key, self._issue_url(key), known.get("status"),
-                           known.get("status_id"), known.get("category"), known.get("changed_at"))
-
-    async def _deleted(self, delivery: Delivery, record: ConversationRecord | None,
-                       key: str) -> bool:
-        """Whether Jira said this ticket was deleted (a late retry may still speak of it)."""
-        if record is None:
-            return False
-        known = await delivery.store.ticket_shown(record.chatbot_id, record.thread_id) or {}
-        return known.get("key") == key and bool(known.get("deleted"))
-
-    async def _remember_ticket(self, delivery: Delivery, state: dict[str, Any]) -> None:
-        conversation = conversation_of(delivery.event)
-        assert conversation is not None
-        await delivery.store.show_ticket(conversation.chatbot_id, conversation.thread_id, state)
 
     async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
         await self.pacer.acquire(channel)
@@ -471,6 +442,19 @@ class SlackDestination:
             return None
         return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
 
+    def _parent(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The thread's parent as Slack's state has it: escalated or not, and its ticket."""
+        return self.renderer.parent(conversation, bool(state.get("escalated_at")),
+                                    self._shown(state))
+
+    def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
+        """The ticket the parent shows: none before one is linked, or once it is deleted."""
+        ticket = state.get("ticket")
+        if not ticket or ticket.get("deleted"):
+            return None
+        # A ticket linked before Slack kept its url is shown at [jira] url, as it was then.
+        return TicketShown.from_state(ticket, ticket.get("url") or self._issue_url(ticket["key"]))
+
     def _dry_run(self, message: dict[str, Any]) -> Outcome:
         log.info("slack dry run (no bot_token), would post: %s",
                  json.dumps(fit_message(message), ensure_ascii=False))
@@ -481,6 +465,25 @@ def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
     data = event.data
     return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
                        data.changed_at)
+
+
+def _thread_of(state: Mapping[str, Any]) -> Thread | None:
+    """The conversation's thread, once Slack's state has one."""
+    channel, ts = state.get("channel"), state.get("thread_ts")
+    return Thread(channel, ts) if channel and ts else None
+
+
+async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
+    """Slack's state for the conversation, found again by its thread ("channel/thread_ts")."""
+    thread = _thread_of(state)
+    await delivery.save_state(state, ref=f"{thread.channel}/{thread.ts}" if thread else None)
+
+
+def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
+    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
+    known = state.get("ticket") or {}
+    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
+    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,10 +61,15 @@ class TicketShown:
             return False
         return self.changed_at > changed_at
 
+    @classmethod
+    def from_state(cls, ticket: Mapping[str, Any], url: str | None = None) -> TicketShown:
+        """The ticket as the Slack destination's state keeps it (see state())."""
+        return cls(str(ticket["key"]), url or ticket.get("url"), ticket.get("status"),
+                   ticket.get("status_id"), ticket.get("category"), ticket.get("changed_at"))
+
     def state(self) -> dict[str, Any]:
-        """What the Slack destination remembers of the ticket (its url is rebuilt from the key)."""
-        return {"key": self.key, "status": self.status, "status_id": self.status_id,
-                "category": self.category, "changed_at": self.changed_at}
+        """What the Slack destination keeps of the ticket in its state for the conversation."""
+        return asdict(self)
 
     def context(self) -> dict[str, Any]:
         context = {**asdict(self), "done": self.done}

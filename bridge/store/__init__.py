@@ -1,0 +1,60 @@
+"""The durable store: its records, its contracts, and open_store() to pick a backend by url.
+
+The records and protocols here are the whole contract; backends live in subpackages
+(bridge.store.sqlite) and are imported only when a url names them.
+"""
+
+from __future__ import annotations
+
+from bridge.clock import Clock
+from bridge.store.protocols import (
+    ConversationLinks,
+    DeliveryQueue,
+    DeliveryStore,
+    Echoes,
+    EventIntake,
+    Housekeeping,
+    Operations,
+    QueueStats,
+    ReplyIntake,
+    Store,
+    Transcripts,
+)
+from bridge.store.records import (
+    STATUSES,
+    Acceptance,
+    Attempt,
+    Backup,
+    ClaimedDelivery,
+    ConversationLink,
+    ConversationRecord,
+    DeliveryRow,
+    DeliveryStatus,
+    Echo,
+    FollowUp,
+    Lease,
+    NewEvent,
+    Pruned,
+    StoredMessage,
+    StoreInfo,
+)
+from bridge.store.url import sqlite_path, store_scheme
+
+__all__ = [
+    "STATUSES", "Acceptance", "Attempt", "Backup", "ClaimedDelivery", "ConversationLink",
+    "ConversationLinks", "ConversationRecord", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
+    "DeliveryStore", "Echo", "Echoes", "EventIntake", "FollowUp", "Housekeeping", "Lease",
+    "NewEvent", "Operations", "Pruned", "QueueStats", "ReplyIntake", "Store", "StoreInfo",
+    "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",
+]
+
+
+def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0,
+               clock: Clock | None = None) -> Store:
+    """The store named by `[store] url`, migrated to the schema this code knows."""
+    scheme = store_scheme(url)
+    if scheme == "sqlite":
+        from bridge.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), synchronous, commit_timeout, clock)
+    raise AssertionError(f"no opener for {scheme}")  # store_scheme knows only openable ones

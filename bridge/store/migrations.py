@@ -1,0 +1,54 @@
+"""Numbered schema versions, the same for every backend, and the rules for moving between them.
+
+Each backend keeps one migration per version (its own SQL) and applies every missing one in a
+single transaction at start-up; a store whose version is newer than the code refuses to open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from bridge.errors import StoreError
+
+C = TypeVar("C")
+
+# What each version added; a backend's migrations must match these numbers and names.
+VERSIONS: dict[int, str] = {
+    1: "first release",
+    2: "per-destination conversation links",
+    3: "ids that are never reused",
+    4: "attempt history and delivery notes",
+    5: "lease tokens",
+    6: "readiness probe",
+}
+SCHEMA_VERSION = max(VERSIONS)
+
+
+class StoreTooNew(StoreError):
+    """The store was written by a newer bridge: this one must not touch it."""
+
+
+@dataclass(frozen=True)
+class Migration(Generic[C]):
+    """One step up, run on the backend's connection `C` inside the migrating transaction."""
+
+    version: int
+    apply: Callable[[C], None]
+
+    @property
+    def name(self) -> str:
+        return VERSIONS[self.version]
+
+
+def steps_from(found: int, migrations: Sequence[Migration[C]], where: str) -> list[Migration[C]]:
+    """The migrations a store at version `found` still needs, in order."""
+    if [m.version for m in migrations] != list(range(1, SCHEMA_VERSION + 1)):
+        raise AssertionError("a backend must have one migration per schema version")
+    if found > SCHEMA_VERSION:
+        raise StoreTooNew(
+            f"the store at {where} has schema version {found}, but this sitegpt-bridge knows "
+            f"versions up to {SCHEMA_VERSION}: run the newer bridge that wrote it, or restore "
+            "a backup taken before that upgrade")
+    return [m for m in migrations if m.version > found]

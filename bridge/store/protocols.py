@@ -1,0 +1,135 @@
+"""The store's contracts, one narrow protocol per user; every backend implements all of them.
+
+    EventIntake        the web layer: accept an event (dedup, deliveries), readiness
+    DeliveryQueue      the worker: claim, heartbeat, finish, reschedule, release
+    ConversationLinks  a destination's own state per conversation, and lookup by its handle
+    Transcripts        a conversation's messages, oldest first
+    Echoes             replies sent from Slack, recognised when SiteGPT sends them back
+    Operations         the operator commands: list, retry, stats, prune, backup, info
+
+Every change to a claimed delivery names its Lease and is refused (False) once the lease
+has passed to someone else: a worker that lost its lease can never overwrite another's result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge.store.records import (
+    Acceptance,
+    Attempt,
+    Backup,
+    ClaimedDelivery,
+    ConversationRecord,
+    DeliveryRow,
+    DeliveryStatus,
+    Echo,
+    FollowUp,
+    Lease,
+    NewEvent,
+    Pruned,
+    StoredMessage,
+    StoreInfo,
+)
+
+
+class EventIntake(Protocol):
+    async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
+        """Store the event and its deliveries, unless its dedup key was seen within `window`."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Return only if an accept could commit now; else raise StoreError."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    async def claim(self, owner: str, now: float, limit: int,
+                    lease: float) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries, the oldest pending one per conversation each."""
+        ...
+
+    async def heartbeat(self, leases: Sequence[Lease], until: float) -> set[int]:
+        """Extend these leases to `until`; the ids of those still held (the rest were lost)."""
+        ...
+
+    async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> bool:
+        """Record the outcome (and queue the follow-ups) if the lease is still held."""
+        ...
+
+    async def reschedule(self, lease: Lease, at: float, error: str, now: float) -> bool:
+        """Record a failed attempt and try again at `at`, if the lease is still held."""
+        ...
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give back unfinished deliveries as if never claimed (shutdown); how many were held."""
+        ...
+
+    async def next_due(self, after: float) -> float | None:
+        """The first retry time later than `after`: when a worker should look again."""
+        ...
+
+
+class ConversationLinks(Protocol):
+    async def link_state(self, chatbot_id: str, thread_id: str,
+                         destination: str) -> dict[str, Any] | None:
+        """The state `destination` saved for this conversation, if any."""
+        ...
+
+    async def save_link(self, chatbot_id: str, thread_id: str, destination: str,
+                        state: dict[str, Any], ref: str | None = None) -> None:
+        """Replace the destination's state; `ref` is a handle to find the conversation by."""
+        ...
+
+    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
+        """(chatbot_id, thread_id) of the conversation whose `destination` link has this ref."""
+        ...
+
+
+class Transcripts(Protocol):
+    async def transcript(self, chatbot_id: str, thread_id: str,
+                         after_id: int = 0) -> list[StoredMessage]: ...
+
+
+class Echoes(Protocol):
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None: ...
+    async def forget_echo(self, source: str) -> None: ...
+    async def consume_echo(self, echo: Echo, now: float) -> bool: ...
+
+
+class DeliveryStore(ConversationLinks, Transcripts, Echoes, Protocol):
+    """All a destination may touch: its own links, transcripts and echoes."""
+
+
+class ReplyIntake(EventIntake, ConversationLinks, Protocol):
+    """Slack's inbound routes: find the conversation of a thread, store the reply."""
+
+
+class QueueStats(Protocol):
+    async def queue_depth(self) -> dict[str, int]: ...
+    async def oldest_pending(self) -> float | None: ...
+
+
+class Housekeeping(Protocol):
+    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned: ...
+    async def backup(self, target: Path) -> Backup: ...
+
+
+class Operations(QueueStats, Housekeeping, Protocol):
+    async def deliveries(self, status: str | None = None, conversation: str | None = None,
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]: ...
+    async def attempts(self, delivery_id: int, limit: int = 3) -> list[Attempt]: ...
+    async def retry(self, ids: Sequence[int] = (), failed: bool = False,
+                    destination: str | None = None, now: float = 0.0) -> int: ...
+    async def conversations(self, limit: int = 50) -> list[ConversationRecord]: ...
+    async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None: ...
+    async def info(self) -> StoreInfo: ...
+
+
+class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Protocol):
+    """A whole backend, as open_store() returns it."""
+
+    async def close(self) -> None: ...

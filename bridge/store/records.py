@@ -1,0 +1,190 @@
+"""What the store keeps and hands out, as plain records shared by every backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
+STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
+AttemptOutcome = Literal["delivered", "skipped", "failed", "retry", "abandoned"]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of a conversation, as kept for transcripts."""
+
+    chatbot_id: str
+    thread_id: str
+    message_type: str | None
+    question: str | None
+    answer: str | None
+    agent_name: str | None
+    received_at: float = 0.0
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event ready to store: its kind, canonical body, and who must receive it."""
+
+    kind: str
+    body: str
+    dedup_key: str
+    ordering_key: str
+    destinations: Sequence[str]
+    message: StoredMessage | None = None
+    conversation: tuple[str, str] | None = None
+    escalation: bool = False
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    status: Literal["accepted", "duplicate"]
+    event_id: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof that a worker holds a delivery: every change to it must show this."""
+
+    delivery_id: int
+    owner: str
+    token: str
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery leased to one worker, with the event it carries."""
+
+    id: int
+    event_id: int
+    destination: str
+    ordering_key: str
+    attempts: int
+    created_at: float
+    kind: str
+    body: str
+    owner: str = ""
+    token: str = ""
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.id, self.owner, self.token)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One finished attempt of a delivery: how it ended, and why if it failed."""
+
+    delivery_id: int
+    attempt: int
+    outcome: AttemptOutcome
+    error: str | None
+    worker: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A delivery as the operator commands show it; `note` is kept apart from errors."""
+
+    id: int
+    event_id: int
+    kind: str
+    destination: str
+    ordering_key: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    note: str | None
+    created_at: float
+    finished_at: float | None
+    errors: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConversationLink:
+    """What one destination remembers of one conversation: its state and searchable handle."""
+
+    destination: str
+    state: dict[str, Any]
+    ref: str | None
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    """A conversation the bridge has seen, with each destination's link to it."""
+
+    chatbot_id: str
+    thread_id: str
+    escalated_at: float | None
+    first_seen: float
+    last_seen: float
+    links: tuple[ConversationLink, ...] = ()
+
+    def link(self, destination: str) -> ConversationLink | None:
+        return next((link for link in self.links if link.destination == destination), None)
+
+
+@dataclass(frozen=True)
+class Echo:
+    """A reply sent to SiteGPT from Slack, which SiteGPT's messages webhook will send back."""
+
+    chatbot_id: str
+    thread_id: str
+    text: str
+    agent_name: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """An event a destination asks the bridge to deliver next (e.g. a ticket link to Slack)."""
+
+    kind: str
+    body: str
+    ordering_key: str
+    destinations: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one retention pass removed."""
+
+    events: int = 0
+    deliveries: int = 0
+    messages: int = 0
+    dedup: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.events + other.events, self.deliveries + other.deliveries,
+                      self.messages + other.messages, self.dedup + other.dedup)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A consistent copy of the store, and what it holds."""
+
+    path: Path
+    size: int
+    events: int
+    deliveries: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What `check` says about the store: backend, where, and the schema version."""
+
+    backend: str
+    location: str
+    schema_version: int

@@ -1,0 +1,123 @@
+"""The delivery queue in SQLite: per-conversation FIFO claims under guarded, renewable leases."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+
+from bridge.store.records import ClaimedDelivery, DeliveryStatus, FollowUp, Lease, NewEvent
+from bridge.store.sqlite.intake import insert_event
+
+# One seek on deliveries_due, however long the queue (see SQLiteStore.next_due).
+NEXT_DUE = "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'" \
+    " AND next_attempt_at > ?"
+
+# A delivery may go only when no older one to the same destination and conversation is pending.
+FIRST_IN_LINE = """NOT EXISTS (
+    SELECT 1 FROM deliveries e
+    WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+      AND e.status = 'pending' AND e.id < d.id)"""
+# Pending deliveries in id order, stopping at `limit`: with a backlog (Slack down for an hour)
+# the planner's own choice, every due row sorted by id, took ~40 ms per claim at 20,000 pending
+# (on the writer thread, so webhooks waited too); this takes ~0.1 ms.
+CLAIM = f"""
+SELECT d.id, d.lease_owner FROM deliveries d INDEXED BY deliveries_pending
+WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+  AND (d.lease_until IS NULL OR d.lease_until <= :now)
+  AND {FIRST_IN_LINE}
+ORDER BY d.id LIMIT :limit
+"""
+# Every change to a claimed delivery holds only while the lease is still the caller's.
+HELD = "id = :id AND lease_owner = :owner AND lease_token = :token AND status = 'pending'"
+
+
+def claim(conn: sqlite3.Connection, owner: str, now: float, limit: int,
+          lease_until: float) -> list[ClaimedDelivery]:
+    due = conn.execute(CLAIM, {"now": now, "limit": limit}).fetchall()
+    if not due:
+        return []
+    _record_abandoned(conn, [(delivery_id, lost) for delivery_id, lost in due if lost], now)
+    tokens = {delivery_id: secrets.token_hex(8) for delivery_id, _ in due}
+    conn.executemany(
+        "UPDATE deliveries SET lease_owner = ?, lease_until = ?, lease_token = ?,"
+        " attempts = attempts + 1 WHERE id = ?",
+        [(owner, lease_until, token, delivery_id) for delivery_id, token in tokens.items()])
+    marks = ",".join("?" * len(tokens))
+    rows = conn.execute(
+        "SELECT d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at,"
+        " e.kind, e.body, d.lease_owner AS owner, d.lease_token AS token FROM deliveries d"
+        f" JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) ORDER BY d.id",
+        list(tokens))
+    return [ClaimedDelivery(**row) for row in rows]
+
+
+def _record_abandoned(conn: sqlite3.Connection, lost: list[tuple[int, str]], now: float) -> None:
+    """A lease that ran out: its worker stopped renewing it (killed, hung, cut off)."""
+    conn.executemany(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)"
+        " SELECT id, attempts, 'abandoned', ?, lease_owner, ? FROM deliveries WHERE id = ?",
+        [(f"the lease of {owner} ran out: it stopped renewing it", now, delivery_id)
+         for delivery_id, owner in lost])
+
+
+def heartbeat(conn: sqlite3.Connection, leases: Sequence[Lease], until: float) -> set[int]:
+    held: set[int] = set()
+    for lease in leases:
+        cursor = conn.execute(f"UPDATE deliveries SET lease_until = :until WHERE {HELD}",
+                              {**_lease(lease), "until": until})
+        if cursor.rowcount:
+            held.add(lease.delivery_id)
+    return held
+
+
+def finish(conn: sqlite3.Connection, lease: Lease, status: DeliveryStatus, now: float,
+           note: str | None, follow_ups: Sequence[FollowUp]) -> bool:
+    error = note if status == "failed" else None
+    if not _record_attempt(conn, lease, status, error, now):
+        return False
+    conn.execute(
+        "UPDATE deliveries SET status = :status, finished_at = :now, note = :note,"
+        " last_error = :error, lease_owner = NULL, lease_until = NULL, lease_token = NULL"
+        f" WHERE {HELD}",
+        {**_lease(lease), "status": status, "now": now, "error": error,
+         "note": None if error else note})
+    for follow_up in follow_ups:
+        insert_event(conn, NewEvent(
+            kind=follow_up.kind, body=follow_up.body, dedup_key=f"follow-up:{lease.delivery_id}",
+            ordering_key=follow_up.ordering_key, destinations=follow_up.destinations), now)
+    return True
+
+
+def reschedule(conn: sqlite3.Connection, lease: Lease, at: float, error: str,
+               now: float) -> bool:
+    if not _record_attempt(conn, lease, "retry", error, now):
+        return False
+    conn.execute(
+        "UPDATE deliveries SET next_attempt_at = :at, last_error = :error, lease_owner = NULL,"
+        f" lease_until = NULL, lease_token = NULL WHERE {HELD}",
+        {**_lease(lease), "at": at, "error": error})
+    return True
+
+
+def _record_attempt(conn: sqlite3.Connection, lease: Lease, outcome: str, error: str | None,
+                    now: float) -> bool:
+    """The attempt's row, written only if the lease still holds; whether it did."""
+    cursor = conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)"
+        f" SELECT id, attempts, :outcome, :error, lease_owner, :now FROM deliveries WHERE {HELD}",
+        {**_lease(lease), "outcome": outcome, "error": error, "now": now})
+    return cursor.rowcount == 1
+
+
+def release(conn: sqlite3.Connection, leases: Sequence[Lease]) -> int:
+    released = 0
+    for lease in leases:
+        released += conn.execute(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_token = NULL,"
+            f" attempts = MAX(attempts - 1, 0) WHERE {HELD}", _lease(lease)).rowcount
+    return released
+
+
+def _lease(lease: Lease) -> dict[str, object]:
+    return {"id": lease.delivery_id, "owner": lease.owner, "token": lease.token}

@@ -1,0 +1,365 @@
+"""The store contract: every backend must pass these, through the protocols alone (no SQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bridge.events import MESSAGE, TICKET_LINKED
+from bridge.store import (
+    Acceptance,
+    ClaimedDelivery,
+    Echo,
+    FollowUp,
+    NewEvent,
+    Store,
+    StoredMessage,
+)
+from bridge.store.migrations import SCHEMA_VERSION
+from tests.conftest import FakeClock
+from tests.store_backends import BACKENDS
+
+NOW = 1_700_000_000.0
+LEASE = 10.0
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path,
+                clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await BACKENDS[request.param](tmp_path, clock)
+    yield opened
+    await opened.close()
+
+
+def new_event(dedup_key: str, ordering_key: str = "bot/c1",
+              destinations: Sequence[str] = ("slack",), text: str | None = None) -> NewEvent:
+    chatbot_id, thread_id = ordering_key.split("/", 1)
+    message = StoredMessage(chatbot_id, thread_id, "USER_MESSAGE", text, None, None) \
+        if text else None
+    return NewEvent(kind=MESSAGE, body=f'{{"n":"{dedup_key}"}}', dedup_key=dedup_key,
+                    ordering_key=ordering_key, destinations=destinations, message=message,
+                    conversation=(chatbot_id, thread_id))
+
+
+async def seed(store: Store) -> None:
+    """d1 (e1 slack), d2 (e1 jira), d3 (e2 slack, same conversation), d4 (e3 slack, another)."""
+    await store.accept(new_event("e1", "bot/c1", ["slack", "jira"]), NOW, 60)
+    await store.accept(new_event("e2", "bot/c1", ["slack"]), NOW, 60)
+    await store.accept(new_event("e3", "bot/c2", ["slack"]), NOW, 60)
+
+
+async def claim(store: Store, now: float = NOW, owner: str = "w1", limit: int = 10,
+                lease: float = LEASE) -> dict[int, ClaimedDelivery]:
+    return {job.id: job for job in await store.claim(owner, now, limit, lease)}
+
+
+async def status_of(store: Store, delivery_id: int) -> tuple[str, int]:
+    [row] = await store.deliveries(ids=[delivery_id])
+    return row.status, row.attempts
+
+
+# Accept and dedup
+
+
+async def test_accept_stores_the_event_and_one_delivery_per_destination(store):
+    accepted = await store.accept(new_event("k1", destinations=["slack", "jira"]), NOW, 60)
+    assert accepted.status == "accepted"
+    rows = await store.deliveries()
+    assert sorted((row.destination, row.status, row.event_id) for row in rows) == [
+        ("jira", "pending", accepted.event_id), ("slack", "pending", accepted.event_id)]
+    assert await store.queue_depth() == {"pending": 2, "delivered": 0, "failed": 0, "skipped": 0}
+    assert await store.oldest_pending() == NOW
+
+
+async def test_a_dedup_key_seen_within_the_window_is_a_duplicate_of_the_first(store):
+    first = await store.accept(new_event("k1"), NOW, 60)
+    assert await store.accept(new_event("k1"), NOW + 59, 60) == Acceptance(
+        "duplicate", first.event_id)
+    other = await store.accept(new_event("k2"), NOW + 59, 60)
+    assert other.status == "accepted" and other.event_id > first.event_id
+    again = await store.accept(new_event("k1"), NOW + 60, 60)
+    assert again.status == "accepted" and again.event_id > other.event_id
+    assert len(await store.deliveries()) == 3
+
+
+async def test_concurrent_copies_of_a_body_make_one_event(store):
+    bodies = [new_event(f"k{n % 10}", f"bot/c{n % 10}") for n in range(50)]
+    outcomes = await asyncio.gather(*(store.accept(event, NOW, 600) for event in bodies))
+    accepted = {o.event_id for o in outcomes if o.status == "accepted"}
+    assert len(accepted) == 10
+    assert {o.event_id for o in outcomes} == accepted  # every copy names its first
+    assert len(await store.deliveries()) == 10
+
+
+async def test_an_escalation_marks_its_conversation_escalated(store):
+    await store.accept(new_event("m1", "bot/c1"), NOW, 60)
+    record = await store.conversation("bot", "c1")
+    assert record is not None and record.escalated_at is None
+    escalation = NewEvent(kind="CONVERSATION_ESCALATED", body="{}", dedup_key="x1",
+                          ordering_key="bot/c1", destinations=["slack"],
+                          conversation=("bot", "c1"), escalation=True)
+    await store.accept(escalation, NOW + 5, 60)
+    await store.accept(new_event("m2", "bot/c1"), NOW + 9, 60)
+    record = await store.conversation("bot", "c1")
+    assert record is not None
+    assert (record.first_seen, record.last_seen, record.escalated_at) == (NOW, NOW + 9, NOW + 5)
+
+
+# Claims: per-conversation order
+
+
+async def test_only_the_oldest_pending_delivery_per_destination_and_conversation_is_claimed(
+        store):
+    await seed(store)
+    first = await store.claim("w1", NOW, 10, LEASE)
+    assert [(job.destination, job.ordering_key, job.attempts) for job in first] == [
+        ("slack", "bot/c1", 1), ("jira", "bot/c1", 1), ("slack", "bot/c2", 1)]
+    assert first[0].payload == {"n": "e1"} and first[0].kind == MESSAGE
+    assert await claim(store) == {}
+    assert await store.finish(first[0].lease, "delivered", NOW)
+    [next_one] = (await claim(store)).values()
+    assert (next_one.destination, next_one.payload) == ("slack", {"n": "e2"})
+
+
+async def test_a_finished_delivery_of_any_outcome_unblocks_its_conversation(store):
+    await seed(store)
+    jobs = await store.claim("w1", NOW, 10, LEASE)
+    assert await store.finish(jobs[0].lease, "failed", NOW, "gave up")
+    assert [job.payload for job in (await claim(store)).values()] == [{"n": "e2"}]
+
+
+async def test_a_claim_takes_at_most_limit_oldest_first(store):
+    await seed(store)
+    first = await claim(store, limit=2)
+    second = await claim(store, limit=2)
+    assert len(first) == 2 and len(second) == 1 and max(first) < min(second)
+
+
+async def test_concurrent_claimers_never_share_a_delivery(store):
+    await seed(store)
+    claims = await asyncio.gather(*[claim(store, owner=f"w{n}") for n in range(4)])
+    taken = [delivery_id for claimed in claims for delivery_id in claimed]
+    assert len(taken) == len(set(taken)) == 3
+
+
+async def test_a_delivery_waiting_for_its_retry_still_holds_back_its_conversation(store):
+    await seed(store)
+    jobs = await store.claim("w1", NOW, 10, LEASE)
+    assert await store.reschedule(jobs[0].lease, NOW + 30, "Slack answered 503", NOW)
+    assert jobs[0].id not in await claim(store, NOW + 29, lease=60)
+    later = await claim(store, NOW + 30)
+    assert jobs[0].id in later and {"n": "e2"} not in [job.payload for job in later.values()]
+
+
+async def test_next_due_is_the_next_retry_time_still_ahead(store):
+    await seed(store)
+    assert await store.next_due(NOW) is None  # due already: claim's business, not a timer's
+    jobs = await store.claim("w1", NOW, 10, LEASE)
+    assert await store.next_due(NOW) is None
+    await store.reschedule(jobs[0].lease, NOW + 5, "slack: HTTP 503", NOW)
+    assert await store.next_due(NOW) == NOW + 5
+    assert await store.next_due(NOW + 5) is None
+
+
+# Leases: renewed, taken over when they run out, and guarded
+
+
+async def test_a_renewed_lease_keeps_the_delivery_however_long_the_call_takes(store):
+    await seed(store)
+    [job] = (await claim(store, limit=1)).values()
+    for beat in range(1, 10):  # a call of 90 s with a lease of 10 s, renewed every 3 s or so
+        now = NOW + beat * LEASE * 0.9
+        assert await store.heartbeat([job.lease], now + LEASE) == {job.id}
+        assert job.id not in await claim(store, now + 1, owner="w2")
+    assert await store.finish(job.lease, "delivered", NOW + 90, "C1/1.0")
+    assert await status_of(store, job.id) == ("delivered", 1)
+
+
+async def test_an_expired_lease_is_taken_over_and_the_late_finish_is_refused(store):
+    await seed(store)
+    [stale] = (await claim(store, limit=1)).values()
+    assert await claim(store, NOW + LEASE - 0.1, owner="w2", limit=1) != {stale.id: stale}
+    taken = (await claim(store, NOW + LEASE, owner="w2"))[stale.id]
+    assert taken.attempts == 2 and taken.token != stale.token
+
+    assert not await store.finish(stale.lease, "delivered", NOW + 11, "late")
+    assert not await store.reschedule(stale.lease, NOW + 60, "late error", NOW + 11)
+    assert await store.heartbeat([stale.lease], NOW + 30) == set()
+    assert await store.release([stale.lease]) == 0
+    assert await status_of(store, stale.id) == ("pending", 2)
+
+    assert await store.finish(taken.lease, "delivered", NOW + 12, "C1/2.0")
+    [row] = await store.deliveries(ids=[stale.id])
+    assert (row.status, row.note, row.last_error) == ("delivered", "C1/2.0", None)
+    history = await store.attempts(stale.id, limit=10)
+    assert [(a.attempt, a.outcome, a.worker) for a in history] == [
+        (2, "delivered", "w2"), (1, "abandoned", "w1")]
+
+
+async def test_release_undoes_a_claim_but_not_a_finish(store):
+    await seed(store)
+    jobs = await store.claim("w1", NOW, 10, LEASE)
+    assert await store.finish(jobs[1].lease, "delivered", NOW)
+    assert await store.release([jobs[0].lease, jobs[1].lease]) == 1
+    assert await status_of(store, jobs[0].id) == ("pending", 0)
+    assert await status_of(store, jobs[1].id) == ("delivered", 1)
+    again = await claim(store, owner="w2")
+    assert jobs[0].id in again and again[jobs[0].id].attempts == 1
+
+
+# History and notes
+
+
+async def test_a_delivery_keeps_each_attempts_error_and_its_note_apart(store):
+    await store.accept(new_event("k1"), NOW, 60)
+    for attempt in range(1, 5):
+        [job] = await store.claim("w1", NOW + attempt * 100, 1, LEASE)
+        assert await store.reschedule(job.lease, NOW + attempt * 100 + 1,
+                                      f"HTTP 50{attempt}", NOW + attempt * 100)
+    [job] = await store.claim("w1", NOW + 1000, 1, LEASE)
+    assert await store.finish(job.lease, "delivered", NOW + 1000, "C1/1700000000.1")
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, row.note, row.last_error) == (
+        "delivered", 5, "C1/1700000000.1", None)
+    assert [(a.attempt, a.error) for a in row.errors] == [
+        (4, "HTTP 504"), (3, "HTTP 503"), (2, "HTTP 502")]
+
+
+async def test_a_failed_delivery_keeps_its_reason_as_its_error(store):
+    await store.accept(new_event("k1"), NOW, 60)
+    [job] = await store.claim("w1", NOW, 1, LEASE)
+    assert await store.finish(job.lease, "failed", NOW + 1, "slack: channel_not_found")
+    [row] = await store.deliveries()
+    assert (row.status, row.last_error, row.note) == (
+        "failed", "slack: channel_not_found", None)
+    assert [(a.outcome, a.error, a.at) for a in row.errors] == [
+        ("failed", "slack: channel_not_found", NOW + 1)]
+
+
+async def test_a_finish_queues_its_follow_ups_as_new_events(store):
+    await store.accept(new_event("k1", destinations=["jira"]), NOW, 60)
+    [job] = await store.claim("w1", NOW, 1, LEASE)
+    follow_up = FollowUp(TICKET_LINKED, '{"issueKey":"SUP-1"}', "bot/c1", ["slack"])
+    assert await store.finish(job.lease, "delivered", NOW, "SUP-1", [follow_up])
+    [linked] = await store.claim("w1", NOW, 10, LEASE)
+    assert (linked.kind, linked.destination, linked.payload) == (
+        TICKET_LINKED, "slack", {"issueKey": "SUP-1"})
+    assert linked.event_id > job.event_id
+
+
+# Operator commands: retry and prune
+
+
+async def test_retry_requeues_failed_ones_in_bulk_and_skipped_ones_only_by_id(store):
+    for n, destination in enumerate(["slack", "slack", "crm"]):
+        await store.accept(new_event(f"k{n}", f"bot/c{n}", [destination]), NOW, 60)
+    jobs = await store.claim("w1", NOW, 10, LEASE)
+    assert await store.finish(jobs[0].lease, "failed", NOW, "boom")
+    assert await store.finish(jobs[1].lease, "skipped", NOW, "dry run")
+    assert await store.finish(jobs[2].lease, "failed", NOW, "boom")
+    assert await store.retry(failed=True, destination="slack", now=NOW + 1) == 1
+    assert await status_of(store, jobs[0].id) == ("pending", 0)
+    assert await status_of(store, jobs[2].id) == ("failed", 1)
+    assert await store.retry(failed=True, now=NOW + 1) == 1
+    assert await status_of(store, jobs[1].id) == ("skipped", 1)
+    assert await store.retry(ids=[jobs[1].id], now=NOW + 1) == 1
+    assert await store.retry(now=NOW + 1) == 0  # never "all" by default
+    assert (await store.queue_depth())["pending"] == 3
+
+
+async def test_prune_removes_old_finished_events_and_ids_are_never_reused(store):
+    day = 86_400.0
+    for n in range(3):
+        await store.accept(new_event(f"old{n}", f"bot/old{n}", text="hi"), NOW - 40 * day, 60)
+    await store.accept(new_event("open", "bot/open", text="hi"), NOW - 40 * day, 60)
+    jobs = await store.claim("w1", NOW - 40 * day, 10, LEASE)
+    for job in jobs:
+        if job.ordering_key != "bot/open":
+            assert await store.finish(job.lease, "delivered", NOW - 40 * day)
+    pruned = await store.prune(NOW - 30 * day, NOW, 100)
+    assert (pruned.events, pruned.deliveries, pruned.messages, pruned.dedup) == (3, 3, 3, 4)
+    assert [row.ordering_key for row in await store.deliveries()] == ["bot/open"]
+    newest = max(job.event_id for job in jobs)
+    later = await store.accept(new_event("old2", "bot/old2", text="back"), NOW, 60)
+    assert later.event_id > newest
+    assert [m.question for m in await store.transcript("bot", "old2")] == ["back"]
+
+
+# Per-destination conversation state
+
+
+async def test_each_destination_keeps_its_own_state_per_conversation(store):
+    assert await store.link_state("bot", "c1", "slack") is None
+    await store.save_link("bot", "c1", "slack", {"channel": "C1", "thread_ts": "1.1"}, "C1/1.1")
+    await store.save_link("bot", "c1", "jira", {"key": "SUP-1", "transcript_upto": 3}, "SUP-1")
+    await store.save_link("bot", "c2", "slack", {"channel": "C1", "thread_ts": "2.2"}, "C1/2.2")
+    assert await store.link_state("bot", "c1", "slack") == {"channel": "C1", "thread_ts": "1.1"}
+    assert await store.link_state("bot", "c1", "jira") == {"key": "SUP-1", "transcript_upto": 3}
+    assert await store.link_state("bot", "c1", "crm") is None
+    assert await store.conversation_by_ref("slack", "C1/2.2") == ("bot", "c2")
+    assert await store.conversation_by_ref("jira", "C1/2.2") is None
+    assert await store.conversation_by_ref("jira", "SUP-1") == ("bot", "c1")
+
+
+async def test_saving_state_replaces_it_and_its_ref(store):
+    await store.save_link("bot", "c1", "jira", {"key": "SUP-1", "transcript_upto": 3}, "SUP-1")
+    await store.save_link("bot", "c1", "jira", {"key": "SUP-9"}, "SUP-9")
+    assert await store.link_state("bot", "c1", "jira") == {"key": "SUP-9"}
+    assert await store.conversation_by_ref("jira", "SUP-1") is None
+    assert await store.conversation_by_ref("jira", "SUP-9") == ("bot", "c1")
+    await store.save_link("bot", "c1", "jira", {"note": "é ✓", "n": [1, 2]})
+    assert await store.link_state("bot", "c1", "jira") == {"note": "é ✓", "n": [1, 2]}
+    assert await store.conversation_by_ref("jira", "SUP-9") is None
+
+
+async def test_conversations_list_every_destinations_link(store, clock):
+    await store.accept(new_event("m1", "bot/c1"), clock.now(), 60)
+    await store.save_link("bot", "c1", "slack", {"channel": "C1", "thread_ts": "1.1"}, "C1/1.1")
+    await store.save_link("bot", "c1", "jira", {"key": "SUP-1"}, "SUP-1")
+    clock.advance(5)
+    await store.save_link("bot", "c0", "slack", {"channel": "C1", "thread_ts": "0.1"}, "C1/0.1")
+    [newest, older] = await store.conversations(10)
+    assert (newest.thread_id, older.thread_id) == ("c0", "c1")
+    assert (newest.first_seen, older.last_seen) == (clock.now(), clock.now() - 5)
+    assert [(link.destination, link.ref, link.state) for link in older.links] == [
+        ("jira", "SUP-1", {"key": "SUP-1"}),
+        ("slack", "C1/1.1", {"channel": "C1", "thread_ts": "1.1"})]
+    record = await store.conversation("bot", "c1")
+    assert record is not None and record.link("jira") == older.links[0]
+
+
+# Transcripts and echoes
+
+
+async def test_messages_build_the_conversations_transcript_oldest_first(store):
+    for n, question in enumerate(["Hi", "Anyone there?", "Hello?"]):
+        await store.accept(new_event(f"k{n}", "bot/c1", text=question), NOW + n, 60)
+    await store.accept(new_event("other", "bot/c2", text="elsewhere"), NOW, 60)
+    transcript = await store.transcript("bot", "c1")
+    assert [(m.question, m.received_at) for m in transcript] == [
+        ("Hi", NOW), ("Anyone there?", NOW + 1), ("Hello?", NOW + 2)]
+    assert await store.transcript("bot", "c1", after_id=transcript[0].id) == transcript[1:]
+
+
+async def test_an_echo_is_recognised_once_until_it_expires(store):
+    echo = Echo("bot", "c1", "Thanks! ", "Ana", source="Ev1")
+    await store.remember_echo(echo, NOW, 60)
+    assert await store.consume_echo(Echo("bot", "c1", "Thanks!", "Ana"), NOW + 1)
+    assert not await store.consume_echo(Echo("bot", "c1", "Thanks!", "Ana"), NOW + 2)
+    await store.remember_echo(echo, NOW, 60)
+    assert not await store.consume_echo(Echo("bot", "c1", "Thanks!", "Ana"), NOW + 60)
+    await store.remember_echo(echo, NOW, 60)
+    await store.forget_echo("Ev1")
+    assert not await store.consume_echo(Echo("bot", "c1", "Thanks!", "Ana"), NOW + 1)
+
+
+# Health and version
+
+
+async def test_a_healthy_store_is_writable_and_at_the_current_schema_version(store):
+    await store.check_writable()
+    info = await store.info()
+    assert info.schema_version == SCHEMA_VERSION

@@ -1,0 +1,180 @@
+"""A first-release store upgrades in place: threads, tickets, queue and dedup all hold."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from bridges import query
+
+from bridge.destinations.slack import SlackDestination
+from bridge.errors import StoreError
+from bridge.events import ESCALATION, MESSAGE, canonical_json, dedup_key
+from bridge.store import NewEvent, open_store
+from bridge.store.migrations import SCHEMA_VERSION
+from bridge.templating import Templates
+from bridge.worker import Worker
+from tests.conftest import FakeClock
+from tests.fake_slack import FakeSlack
+
+FIRST_RELEASE = Path(__file__).parent / "fixtures" / "first_release_schema.sql"
+NOW = 1_700_000_000.0
+THREAD_TS = "1699990000.000100"
+BOT = "chatbot_123"
+
+
+def message_body(thread: str, text: str) -> str:
+    return canonical_json({"event": MESSAGE, "data": {
+        "chatbotId": BOT, "threadId": thread, "messageType": "USER_MESSAGE", "question": text}})
+
+
+ESCALATION_BODY = canonical_json({"event": ESCALATION, "data": {
+    "chatbotId": BOT, "threadId": "thread_A", "user": {"name": "Ada"}}})
+ROWS = {
+    "events": [
+        (1, MESSAGE, f"{BOT}/thread_A", dedup_key(message_body("thread_A", "first")),
+         message_body("thread_A", "first"), NOW - 600),
+        (2, MESSAGE, f"{BOT}/thread_A", dedup_key(message_body("thread_A", "still there?")),
+         message_body("thread_A", "still there?"), NOW - 60),
+        (3, ESCALATION, f"{BOT}/thread_A", dedup_key(ESCALATION_BODY), ESCALATION_BODY, NOW - 50),
+        (4, MESSAGE, f"{BOT}/thread_B", dedup_key(message_body("thread_B", "hi")),
+         message_body("thread_B", "hi"), NOW - 40),
+    ],
+    # id, event, destination, key, status, attempts, next, lease owner, lease until, error,
+    # created, finished. The first release kept a note in last_error.
+    "deliveries": [
+        (1, 1, "slack", f"{BOT}/thread_A", "delivered", 1, NOW - 600, None, None,
+         f"C_CONV/{THREAD_TS}", NOW - 600, NOW - 599),
+        # In flight when that bridge was killed: its lease would have held for 120 s.
+        (2, 2, "slack", f"{BOT}/thread_A", "pending", 1, NOW - 60, "worker-0ld", NOW + 60,
+         None, NOW - 60, None),
+        (3, 3, "slack", f"{BOT}/thread_A", "pending", 0, NOW - 50, None, None, None, NOW - 50,
+         None),
+        (4, 3, "jira", f"{BOT}/thread_A", "delivered", 1, NOW - 50, None, None, "SUP-7",
+         NOW - 50, NOW - 49),
+        (5, 4, "crm", f"{BOT}/thread_B", "failed", 3, NOW - 40, None, None,
+         "gave up after 3 attempts: crm: HTTP 500", NOW - 40, NOW - 30),
+    ],
+    "dedup": [(row[3], row[0], NOW + 3600) for row in [
+        (1, MESSAGE, "", dedup_key(message_body("thread_A", "first"))),
+        (2, MESSAGE, "", dedup_key(message_body("thread_A", "still there?"))),
+        (3, ESCALATION, "", dedup_key(ESCALATION_BODY)),
+        (4, MESSAGE, "", dedup_key(message_body("thread_B", "hi")))]],
+    "conversations": [
+        (BOT, "thread_A", "C_CONV", THREAD_TS, "SUP-7", 1, NOW - 49, NOW - 600, NOW - 50),
+        (BOT, "thread_B", None, None, None, None, None, NOW - 40, NOW - 40),
+    ],
+    "messages": [
+        (1, 1, BOT, "thread_A", "USER_MESSAGE", "first", None, None, NOW - 600),
+        (2, 2, BOT, "thread_A", "USER_MESSAGE", "still there?", None, None, NOW - 60),
+        (3, 4, BOT, "thread_B", "USER_MESSAGE", "hi", None, None, NOW - 40),
+    ],
+    "slack_echoes": [("Ev1", BOT, "thread_A", "On it", "Ana", NOW + 3600)],
+}
+
+
+def first_release_store(path: Path) -> Path:
+    """A store as the first release left it, built from its own DDL (a copy kept in fixtures)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA page_size=2048")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(FIRST_RELEASE.read_text(encoding="utf-8"))
+        with conn:
+            for table, rows in ROWS.items():
+                marks = ", ".join("?" * len(rows[0]))
+                conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+    finally:
+        conn.close()
+    return path
+
+
+@pytest.fixture
+def slack_settings(make_settings):
+    def build(api_url: str):
+        return make_settings({
+            "slack": {"bot_token": "xoxb-test", "api_url": api_url, "channel": "C_CONV",
+                      "burst": 1000, "per_second": 1000.0},
+            "jira": {"url": "https://acme.atlassian.net", "email": "a@b.c", "api_token": "t",
+                     "project": "SUP"}})
+    return build
+
+
+async def test_a_first_release_store_upgrades_and_keeps_threads_tickets_queue_and_dedup(
+        slack_settings, caplog):
+    clock = FakeClock(NOW)
+    caplog.set_level("INFO", "bridge.store")
+    with FakeSlack() as fake:
+        settings = slack_settings(fake.api_url)
+        first_release_store(settings.store.sqlite_path)
+        store = open_store(settings.store.url, clock=clock)
+        slack = SlackDestination(settings, Templates(), clock)
+        worker = Worker(store, {"slack": slack}, settings.delivery, clock, random.Random(1))
+        try:
+            assert f"from schema version 1 to {SCHEMA_VERSION}" in caplog.text
+            assert (await store.info()).schema_version == SCHEMA_VERSION
+
+            # Each destination's link, moved out of the first release's columns.
+            assert await store.link_state(BOT, "thread_A", "slack") == {
+                "channel": "C_CONV", "thread_ts": THREAD_TS, "escalated_at": NOW - 49,
+                "ticket": {"key": "SUP-7"}}
+            assert await store.link_state(BOT, "thread_A", "jira") == {
+                "key": "SUP-7", "transcript_upto": 1}
+            assert await store.link_state(BOT, "thread_B", "slack") is None
+            assert await store.conversation_by_ref("slack", f"C_CONV/{THREAD_TS}") == (
+                BOT, "thread_A")
+            assert await store.conversation_by_ref("jira", "SUP-7") == (BOT, "thread_A")
+
+            # Notes apart from errors; the failure's reason is in its history.
+            rows = {row.id: row for row in await store.deliveries()}
+            assert (rows[1].note, rows[1].last_error) == (f"C_CONV/{THREAD_TS}", None)
+            assert (rows[4].note, rows[5].last_error) == (
+                "SUP-7", "gave up after 3 attempts: crm: HTTP 500")
+            assert [(a.outcome, a.error) for a in rows[5].errors] == [
+                ("failed", "gave up after 3 attempts: crm: HTTP 500")]
+
+            # Dedup keys still hold, and new ids follow the old ones.
+            again = NewEvent(MESSAGE, message_body("thread_A", "still there?"),
+                             dedup_key(message_body("thread_A", "still there?")),
+                             f"{BOT}/thread_A", ["slack"])
+            assert (await store.accept(again, clock.now(), 600)).event_id == 2
+            fresh = await store.accept(NewEvent(MESSAGE, message_body("thread_B", "new"),
+                                                "fresh", f"{BOT}/thread_B", []), clock.now(), 60)
+            assert (fresh.status, fresh.event_id) == ("accepted", 5)
+
+            # The pending deliveries go out at once (the dead worker's lease is not waited
+            # out), into the conversation's existing thread, in order.
+            await worker.drain()
+        finally:
+            await slack.aclose()
+            await store.close()
+
+    assert fake.parents() == []
+    assert [post["text"] for post in fake.thread("C_CONV", THREAD_TS)][:1] == [
+        "Visitor: still there?"]
+    assert len(fake.thread("C_CONV", THREAD_TS)) == 2  # the message, then the escalation
+    [update] = fake.updates
+    assert update["ts"] == THREAD_TS
+    assert "https://acme.atlassian.net/browse/SUP-7" in json.dumps(update)
+    db = settings.store.sqlite_path
+    assert query(db, "SELECT status FROM deliveries WHERE id IN (2, 3)") == [
+        ("delivered",), ("delivered",)]
+    assert query(db, "SELECT COUNT(*) FROM slack_echoes") == [(1,)]
+
+
+async def test_an_upgrade_that_fails_leaves_the_first_release_store_as_it_was(tmp_path):
+    path = first_release_store(tmp_path / "data" / "bridge.db")
+    with sqlite3.connect(path) as conn:  # a row the new foreign keys cannot accept
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("INSERT INTO deliveries (id, event_id, destination, ordering_key,"
+                     " next_attempt_at, created_at) VALUES (99, 404, 'slack', 'x/y', 0, 0)")
+    with pytest.raises(StoreError, match="dangling"):
+        open_store(f"sqlite:///{path}")
+    tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "schema_migrations" not in tables and "conversation_links" not in tables
+    assert query(path, "SELECT COUNT(*) FROM conversations WHERE slack_thread_ts IS NOT NULL"
+                 ) == [(1,)]
