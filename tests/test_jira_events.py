@@ -21,6 +21,7 @@ from bridge.samples import load_sample
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.test_store_upgrade import first_release_store
 
 SECRET = "jira-cloud-webhook-secret"
 TOKEN = "dc-token-7Qm2xV9pL4"
@@ -218,6 +219,20 @@ async def test_after_a_deletion_a_late_status_change_says_nothing(desk):
     await d.delivered(webhook("issue-updated-status", key), "wh-late")
     assert await d.thread() == before
     assert key not in await d.parent_now()
+
+
+async def test_a_ticket_opened_before_the_upgrade_is_followed(desk, tmp_path):
+    first_release_store(tmp_path / "data" / "bridge.db")  # thread_A has SUP-7 and a thread
+    d = await desk()
+    d.clock.advance(180)  # the lease of the worker killed mid-delivery runs out
+    answer = await d.send(webhook("issue-updated-status", "SUP-7"), "wh-up")
+    assert answer.json()["status"] == "accepted"
+    await d.bridge.worker.drain()
+    thread = await d.thread()
+    assert thread[-1] == "SUP-7 moved to In Progress by Dana Agent"
+    assert thread[0].startswith("Visitor: still there?")  # what waited in the queue goes first
+    parent = await d.parent_now()
+    assert "SUP-7" in parent and "In Progress" in parent
 
 
 # who may call ------------------------------------------------------------------------------------
