@@ -1,28 +1,38 @@
 # Two commands for a newcomer: `make run` and `make test`. Both set up .venv on first use.
+# The operator commands have shortcuts too; pass their options in ARGS, e.g.
+#   make deliveries ARGS="--status failed"      make send-test ARGS=leads
+# Every command reads the settings the way `make run` does: CONFIG=FILE, else $BRIDGE_CONFIG,
+# else ./settings.toml, else ./settings.example.toml.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-CONFIG ?= $(if $(wildcard settings.toml),settings.toml,settings.example.toml)
+BRIDGE := $(BIN)/sitegpt-bridge
+CONFIG ?=
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
+OPERATOR_COMMANDS := check render send-test deliveries retry conversations backup
 
-.PHONY: run test lint bench check clean
+.PHONY: run test lint bench clean $(OPERATOR_COMMANDS)
 
-$(BIN)/sitegpt-bridge: pyproject.toml
+$(BRIDGE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-run: $(BIN)/sitegpt-bridge
-	$(BIN)/sitegpt-bridge serve --config $(CONFIG)
+run: $(BRIDGE)
+	$(BRIDGE) serve $(CONFIG_FLAG) $(ARGS)
 
-check: $(BIN)/sitegpt-bridge
-	$(BIN)/sitegpt-bridge check --config $(CONFIG)
+# `make send-test` alone calls the messages webhook, as SiteGPT's test button does.
+send-test: ARGS ?= messages
 
-test: $(BIN)/sitegpt-bridge
+$(OPERATOR_COMMANDS): $(BRIDGE)
+	$(BRIDGE) $@ $(CONFIG_FLAG) $(ARGS)
+
+test: $(BRIDGE)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/sitegpt-bridge
+bench: $(BRIDGE)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

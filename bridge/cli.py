@@ -9,38 +9,29 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
 from bridge.app import announce, back_channel, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.registry import COMMANDS, command, command_settings
+from bridge.settings import ServerSettings, Settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
 
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+__all__ = ["COMMANDS", "build_parser", "main", "server_config"]
 log = logging.getLogger("bridge")
 
 
-def command(name: str, help_text: str,
-            arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-            ) -> Callable[[Command], Command]:
-    """Register a subcommand with its help line and its own arguments."""
-    def register(func: Command) -> Command:
-        COMMANDS[name] = (help_text, func, arguments)
-        return func
-    return register
-
-
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     configure_logging(settings.log.level, settings.log.format, background)
     return settings
 
@@ -90,7 +81,7 @@ async def _run_worker(settings: Settings) -> None:
 @command("check", "validate settings and templates, print settings with secrets masked, "
                   "test credentials")
 def check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
     return asyncio.run(_check_destinations(settings))
 
@@ -117,15 +108,27 @@ async def _check_destinations(settings: Settings) -> int:
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
+        problems += _print_unfinished_settings(settings)
     finally:
         await bridge.close()
     return 1 if problems else 0
 
 
+def _print_unfinished_settings(settings: Settings) -> int:
+    """Webhooks without a token and half-set destinations pass validation but fail later."""
+    lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
+             f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
+             for name in settings.unconfigured_endpoints()]
+    lines += [line.replace(": ", ": FAILED: ", 1) for line in settings.half_configured()]
+    for line in lines:
+        print(line)
+    return len(lines)
+
+
 @command("backup", "copy the store to FILE, consistently, while the bridge runs",
          lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
 def backup(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = command_settings(args)
     copy = asyncio.run(_backup(settings, args.file))
     print(f"backed up {settings.store.sqlite_path} to {copy.path}: {copy.events} events, "
           f"{copy.deliveries} deliveries ({copy.pending} pending), {copy.size} bytes")
@@ -144,9 +147,6 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # The operator commands register themselves with @command; they import this module, so here.
-    import bridge.commands  # noqa: F401
-
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
         description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, func, arguments) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", metavar="FILE",
-                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml)")
+                         help="settings file (default: $BRIDGE_CONFIG, else ./settings.toml, "
+                              "else ./settings.example.toml)")
         arguments(sub)
         sub.set_defaults(func=func)
     return parser

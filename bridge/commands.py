@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from bridge.cli import command
 from bridge.destinations import REGISTRY, build_destinations
 from bridge.destinations.base import Destination, sample_renderer
 from bridge.errors import BridgeError, TemplateError
@@ -39,8 +38,9 @@ from bridge.events import (
     InvalidEvent,
     parse_event,
 )
+from bridge.registry import Arguments, command, command_settings
 from bridge.samples import load_sample, sample_names
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.settings import ServerSettings, Settings
 from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
 from bridge.templating import Templates
 from bridge.web import ENDPOINT_KINDS, TOKEN_HEADER
@@ -67,14 +67,13 @@ def _say(message: str) -> None:
 
 
 Work = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
-Arguments = Callable[[argparse.ArgumentParser], None]
 
 
 def operator_command(name: str, help_text: str, arguments: Arguments) -> Callable[[Work], Work]:
     """Register an async command run with the --config settings; bad input is exit 2."""
     def register(work: Work) -> Work:
         def run(args: argparse.Namespace) -> int:
-            settings = load_settings(args.config)
+            settings = command_settings(args)
             try:
                 return asyncio.run(work(settings, args))
             except UsageError as exc:

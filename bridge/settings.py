@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_serializer,
     field_validator,
@@ -38,6 +40,7 @@ from bridge.errors import ConfigError, StoreError
 from bridge.store.url import sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
+EXAMPLE_CONFIG = Path("settings.example.toml")
 MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -45,14 +48,46 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("toml_data", default=None)
 
 
-def _parse_duration(value: Any) -> Any:
-    """Accept "90s", "5m", "24h", "7d" or plain seconds."""
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-    return value
+class WrittenDuration(timedelta):
+    """A duration that remembers how the settings wrote it ("24h", "120s", 90), to show it so."""
+
+    written: str | float
+
+    def __new__(cls, written: str | float, seconds: float) -> WrittenDuration:
+        duration = super().__new__(cls, seconds=seconds)
+        duration.written = written
+        return duration
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies (of defaults) keep the written form
+        return WrittenDuration, (self.written, self.total_seconds())
 
 
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+def duration(written: str | float) -> WrittenDuration:
+    """Accept "250ms", "90s", "5m", "24h", "7d", plain seconds, or ISO 8601 ("PT2M")."""
+    if isinstance(written, str) and (match := _DURATION.match(written)):
+        return WrittenDuration(written, float(match[1]) * _UNITS[match[2]])
+    if isinstance(written, int | float) and not isinstance(written, bool):
+        return WrittenDuration(written, written)
+    try:
+        return WrittenDuration(written, _ISO_DURATION.validate_python(written).total_seconds())
+    except ValidationError:
+        raise ValueError(f'not a duration: {written!r}; write e.g. "90s", "5m" or "24h"') from None
+
+
+def _duration_or_given(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else duration(value)
+
+
+def _as_written(value: timedelta) -> str | float:
+    """What `check` prints: the text from the settings, not pydantic's ISO 8601 ("P1D")."""
+    if isinstance(value, WrittenDuration):
+        return value.written
+    return f"{value.total_seconds():g}s"
+
+
+_ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+Duration = Annotated[timedelta, PlainValidator(_duration_or_given),
+                     PlainSerializer(_as_written, return_type=Any, when_used="json")]
 MIN_LEASE = timedelta(seconds=3)
 
 
@@ -267,14 +302,14 @@ class ChatbotSettings(Section):
 
 
 class DeliverySettings(Section):
-    max_age: Duration = timedelta(hours=24)
+    max_age: Duration = duration("24h")
     max_attempts: int = Field(60, ge=1)
     concurrency: int = Field(16, ge=1)
-    lease: Duration = timedelta(seconds=15)
-    backoff_initial: Duration = timedelta(seconds=1)
-    backoff_cap: Duration = timedelta(minutes=3)
-    shutdown_grace: Duration = timedelta(seconds=5)
-    poll_interval: Duration = timedelta(seconds=1)
+    lease: Duration = duration("15s")
+    backoff_initial: Duration = duration("1s")
+    backoff_cap: Duration = duration("3m")
+    shutdown_grace: Duration = duration("5s")
+    poll_interval: Duration = duration("1s")
 
     @field_validator("lease")
     @classmethod
@@ -347,6 +382,37 @@ class Settings(BaseSettings):
         has_key = bool(self.sitegpt.api_key) or any(bot.sitegpt_api_key for bot in self.chatbots)
         return bool(self.slack.signing_secret and self.slack.bot_token and has_key)
 
+    def unconfigured_endpoints(self) -> list[str]:
+        """Webhooks without a token: each answers 503 until one is set."""
+        return [name for name in WebhooksSettings.model_fields
+                if not getattr(self.webhooks, name).tokens]
+
+    def half_configured(self) -> list[str]:
+        """What has some of its settings but not the one that switches it on, one line each."""
+        found = [
+            _half("slack", "bot_token", "Slack runs dry: nothing is posted", self.slack.bot_token,
+                  channel=self.slack.channel, leads_channel=self.slack.leads_channel),
+            _half("jira", "url", "no tickets are made", self.jira.url, email=self.jira.email,
+                  api_token=self.jira.api_token, project=self.jira.project,
+                  personal_access_token=self.jira.personal_access_token),
+            _half("crm", "kind", "leads go to no CRM", self.crm.kind != "none",
+                  **{"hubspot.access_token": self.crm.hubspot.access_token,
+                     "webhook.url": self.crm.webhook.url}),
+        ]
+        return [line for line in found if line] + self._half_replies()
+
+    def _half_replies(self) -> list[str]:
+        """A signing secret or a SiteGPT key asks for replies from Slack, which need both."""
+        needed = {"slack.signing_secret": self.slack.signing_secret,
+                  "slack.bot_token": self.slack.bot_token,
+                  "sitegpt.api_key": self.sitegpt.api_key
+                  or any(bot.sitegpt_api_key for bot in self.chatbots)}
+        missing = [name for name, value in needed.items() if not value]
+        wanted = needed["slack.signing_secret"] or needed["sitegpt.api_key"]
+        if not wanted or not missing:
+            return []
+        return [f"replies from Slack: {', '.join(missing)} not set: replies stay off"]
+
     def example_tokens_in_use(self) -> list[str]:
         """Endpoints whose tokens still include a value from settings.example.toml."""
         endpoints = self.webhooks.model_dump()
@@ -357,27 +423,44 @@ class Settings(BaseSettings):
         ]
 
 
-def resolve_config_path(named: str | None) -> tuple[Path, bool]:
-    """The config file to read and whether someone named it (then it must exist)."""
+def _half(section: str, switch: str, effect: str, switched_on: Any, **keys: Any) -> str | None:
+    """A line for a section whose `keys` are set while its `switch` is not, else None."""
+    given = [f"{section}.{name}" for name, value in keys.items() if value]
+    if switched_on or not given:
+        return None
+    return f"{section}: {', '.join(given)} set but not {section}.{switch}: {effect}"
+
+
+def resolve_config_path(named: str | None) -> tuple[Path, str | None]:
+    """The settings file every command reads, and a note when it is the example file.
+
+    --config, else $BRIDGE_CONFIG, else ./settings.toml, else ./settings.example.toml: the
+    same order for `serve` and every operator command, so they all see one store and one token.
+    """
     if named:
-        return Path(named), True
+        return Path(named), None
     if env_path := os.environ.get("BRIDGE_CONFIG"):
-        return Path(env_path), True
-    return DEFAULT_CONFIG, False
+        return Path(env_path), None
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG, None
+    if EXAMPLE_CONFIG.is_file():
+        return EXAMPLE_CONFIG, (f"no {DEFAULT_CONFIG} here, using {EXAMPLE_CONFIG} "
+                                f"(copy it to {DEFAULT_CONFIG} to make it yours)")
+    raise ConfigError(f"no settings file: found neither {DEFAULT_CONFIG} nor {EXAMPLE_CONFIG} "
+                      f"in {Path.cwd()}; name one with --config FILE or BRIDGE_CONFIG")
 
 
 def load_settings(named: str | None = None) -> Settings:
     """Read, merge and validate the settings, or raise ConfigError with one line per problem."""
-    path, required = resolve_config_path(named)
+    path, _ = resolve_config_path(named)
     if unknown := _unknown_variables(os.environ):
         raise ConfigError("unknown BRIDGE_ environment variables", unknown)
-    data = _read_toml(path, required)
+    data = _read_toml(path)
     token = _toml_data.set(data)
     try:
         return Settings()
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
-        raise ConfigError(f"invalid settings in {path}", problems) from exc
+        raise _invalid(exc, path, os.environ) from exc
     except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
         raise ConfigError(
             f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
@@ -395,17 +478,36 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
             if name.upper().removeprefix("BRIDGE_").split("__")[0].lower() not in sections]
 
 
-def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
-        if required:
-            raise ConfigError(f"config file not found: {path}")
-        return {}
+        raise ConfigError(f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _invalid(exc: ValidationError, path: Path, environ: Mapping[str, str]) -> ConfigError:
+    """One problem per line, each blamed on the variable that set it, else on the file."""
+    problems: list[str] = []
+    sources: dict[str, None] = {}
+    for error in exc.errors():
+        variable = _source_variable(error["loc"], environ)
+        sources[variable or str(path)] = None
+        problems.append(_describe(error) + (f" (from {variable})" if variable else ""))
+    return ConfigError(f"invalid settings in {' and '.join(sources)}", problems)
+
+
+def _source_variable(location: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """The BRIDGE_* variable that set this key, or the table holding it, if one did."""
+    variables = {name.upper(): name for name in environ}
+    for end in range(len(location), 0, -1):
+        wanted = "BRIDGE_" + "__".join(str(part) for part in location[:end]).upper()
+        if wanted in variables:
+            return variables[wanted]
+    return None
 
 
 def _describe(error: Any) -> str:

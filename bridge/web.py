@@ -180,11 +180,16 @@ def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = Non
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
+    unconfigured = [endpoint.name for endpoint in endpoints if not endpoint.tokens]
+
     async def readyz(request: Request) -> JSONResponse:
         try:
             await intake.store.check_writable()
         except StoreError as exc:
             return JSONResponse({"status": "unavailable", "error": str(exc)}, 503)
+        if unconfigured:  # those webhooks answer 503: not ready to take what SiteGPT sends
+            return JSONResponse({"status": "unconfigured", "webhooks_without_token": unconfigured},
+                                503)
         return JSONResponse({"status": "ready"})
 
     routes += [Route("/healthz", healthz), Route("/readyz", readyz),

@@ -53,6 +53,31 @@ def test_check_reads_the_file_named_by_bridge_config(tmp_path, capsys, monkeypat
     assert "server.prot: unknown key" in capsys.readouterr().err
 
 
+def test_check_blames_a_bad_variable_not_the_file(capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_SLACK__BOTTOKEN", "x")
+    monkeypatch.setenv("BRIDGE_STORE__SYNCHRONOUS", "SOMETIMES")
+    assert main(["check", "--config", str(EXAMPLE)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "sitegpt-bridge: invalid settings in BRIDGE_STORE__SYNCHRONOUS and BRIDGE_SLACK__BOTTOKEN",
+        "  - store.synchronous: Input should be 'FULL' or 'NORMAL' "
+        "(from BRIDGE_STORE__SYNCHRONOUS)",
+        "  - slack.bottoken: unknown key (from BRIDGE_SLACK__BOTTOKEN)",
+    ]
+
+
+def test_check_blames_the_file_and_the_variable_each_for_its_own(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", '["ok", ""]')
+    bad = write_toml(tmp_path / "bad.toml", {"server": {"prot": 8080}})
+    assert main(["check", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sitegpt-bridge: invalid settings in {bad} and BRIDGE_WEBHOOKS__LEADS__TOKENS",
+        "  - server.prot: unknown key",
+        "  - webhooks.leads.tokens.1: a token must not be empty: it would accept an empty "
+        "X-WEBHOOK-TOKEN (from BRIDGE_WEBHOOKS__LEADS__TOKENS)",
+    ]
+
+
 def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
     assert main(["check", "--config", str(EXAMPLE)]) == 2
@@ -63,7 +88,7 @@ def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypa
 
 def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
     config = write_toml(tmp_path / "settings.toml", SECRETS)
-    assert main(["check", "--config", str(config)]) == 0
+    assert main(["check", "--config", str(config)]) == 1  # every secret, not a working setup
     out, err = capsys.readouterr()
     assert '"metrics_token": "**********"' in out
     assert '"Authorization": "**********"' in out
@@ -78,6 +103,48 @@ def test_check_warns_about_the_example_tokens(capsys):
     for name in ("messages", "escalations", "leads"):
         assert f"webhooks.{name}: WARNING: still the example token" in out
     assert "abc-messages-xyz" not in out
+
+
+def test_check_fails_naming_every_webhook_without_a_token(capsys, monkeypatch):
+    for name in ("MESSAGES", "LEADS"):  # as a copy of .env.example leaves them
+        monkeypatch.setenv(f"BRIDGE_WEBHOOKS__{name}__TOKENS", "[]")
+    assert main(["check", "--config", str(EXAMPLE)]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    assert failed == [
+        "webhooks.messages: FAILED: no token, so it answers 503: set [webhooks.messages] tokens "
+        "or BRIDGE_WEBHOOKS__MESSAGES__TOKENS",
+        "webhooks.leads: FAILED: no token, so it answers 503: set [webhooks.leads] tokens "
+        "or BRIDGE_WEBHOOKS__LEADS__TOKENS"]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"slack": {"channel": "C1", "leads_channel": "C2"}},
+     "slack: FAILED: slack.channel, slack.leads_channel set but not slack.bot_token: "
+     "Slack runs dry: nothing is posted"),
+    ({"jira": {"project": "SUP", "api_token": "sec-jira"}},
+     "jira: FAILED: jira.api_token, jira.project set but not jira.url: no tickets are made"),
+    ({"crm": {"hubspot": {"access_token": "sec-hub"}}},
+     "crm: FAILED: crm.hubspot.access_token set but not crm.kind: leads go to no CRM"),
+    ({"slack": {"signing_secret": "sec-sign"}},
+     "replies from Slack: FAILED: slack.bot_token, sitegpt.api_key not set: replies stay off"),
+    ({"sitegpt": {"api_key": "sec-key"}},
+     "replies from Slack: FAILED: slack.signing_secret, slack.bot_token not set: "
+     "replies stay off"),
+])
+def test_check_fails_naming_what_is_half_configured(make_settings, tmp_path, capsys, extra,
+                                                    expected):
+    make_settings(extra)
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 1
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "FAILED" in line] == [expected]
+    assert "sec-" not in out
+
+
+def test_check_passes_with_every_webhook_set_and_nothing_half_done(make_settings, tmp_path,
+                                                                   capsys):
+    make_settings()
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    assert "FAILED" not in capsys.readouterr().out
 
 
 def test_check_verifies_replies_from_slack_when_they_are_on(make_settings, tmp_path, capsys,

@@ -339,6 +339,18 @@ def test_send_test_posts_the_sample_with_the_first_token(running_bridge, capsys)
     assert (row["kind"], row["destination"], row["status"]) == ("ADD_MESSAGE", "slack", "pending")
 
 
+def test_send_test_finds_the_settings_make_run_used(running_bridge, tmp_path, monkeypatch,
+                                                   capsys):
+    # As after `make run` on a fresh clone: the bridge serves the example file, nothing else.
+    assert running_bridge[0] == str(tmp_path / "settings.toml")
+    (tmp_path / "settings.toml").rename(tmp_path / "settings.example.toml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "send-test", "messages")
+    assert err.splitlines() == ["sitegpt-bridge: no settings.toml here, using "
+                                "settings.example.toml (copy it to settings.toml to make it yours)"]
+    assert (code, out.splitlines()[-1]) == (0, 'HTTP 200 OK: {"status":"accepted","id":1}')
+
+
 def test_send_test_with_another_sample(running_bridge, capsys):
     path, _ = running_bridge
     code, out, _ = run(capsys, "send-test", "leads", "--sample", "lead-custom-fields",

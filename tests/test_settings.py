@@ -11,7 +11,7 @@ from bridges import SECRET_VALUES, SECRETS
 from conftest import TOKENS, deep_merge, write_toml
 
 from bridge.errors import ConfigError
-from bridge.settings import load_settings
+from bridge.settings import load_settings, resolve_config_path
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,8 @@ def test_a_list_variable_that_is_not_json_is_a_clear_error_without_its_value(
 
 def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, monkeypatch):
     monkeypatch.setenv("BRIDGE_SERVER__PROT", "9000")
-    assert problems_of(make_settings, None) == ["server.prot: unknown key"]
+    assert problems_of(make_settings, None) == [
+        "server.prot: unknown key (from BRIDGE_SERVER__PROT)"]
 
 
 # Problems named one per line
@@ -108,11 +109,25 @@ def test_bridge_config_names_the_file_and_it_must_exist(tmp_path, monkeypatch):
     assert load_settings().server.port == 9001
 
 
-def test_without_a_name_a_missing_settings_toml_means_defaults(tmp_path, monkeypatch):
+def test_without_a_name_settings_toml_here_comes_before_the_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = load_settings()
-    assert settings.webhooks.messages.tokens == []
-    assert settings.store.url == "sqlite:///data/bridge.db"
+    write_toml(tmp_path / "settings.example.toml", {"server": {"port": 9002}})
+    assert resolve_config_path(None) == (Path("settings.example.toml"), (
+        "no settings.toml here, using settings.example.toml "
+        "(copy it to settings.toml to make it yours)"))
+    assert load_settings().server.port == 9002
+    write_toml(tmp_path / "settings.toml", {"server": {"port": 9001}})
+    assert resolve_config_path(None) == (Path("settings.toml"), None)
+    assert load_settings().server.port == 9001
+
+
+def test_with_no_settings_file_at_all_the_error_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"no settings file: found neither settings.toml nor settings.example.toml in {tmp_path}; "
+        "name one with --config FILE or BRIDGE_CONFIG")
 
 
 def test_a_file_that_is_not_toml_is_an_error_naming_it(tmp_path):
@@ -138,6 +153,19 @@ def test_the_example_file_loads_and_is_known_to_use_the_example_tokens():
 def test_durations_take_a_unit_or_plain_seconds(make_settings, given, seconds):
     settings = make_settings({"delivery": {"backoff_initial": given}})
     assert settings.delivery.backoff_initial == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(("given", "shown"), [
+    ("24h", "24h"), ("120s", "120s"), (90, 90), ("PT2M", "PT2M"), (None, "15s"),
+])
+def test_durations_are_shown_as_written(make_settings, given, shown):
+    settings = make_settings({"delivery": {"lease": given}} if given is not None else None)
+    assert settings.model_dump(mode="json")["delivery"]["lease"] == shown
+
+
+def test_a_duration_that_does_not_parse_says_how_to_write_one(make_settings):
+    assert problems_of(make_settings, {"delivery": {"lease": "two minutes"}}) == [
+        "delivery.lease: not a duration: 'two minutes'; write e.g. \"90s\", \"5m\" or \"24h\""]
 
 
 def test_every_secret_is_masked_when_settings_are_shown(make_settings):

@@ -472,6 +472,13 @@ def test_readyz_is_503_while_the_store_is_not_writable(open_webhooks):
     assert hooks.client.get("/readyz").status_code == 200
 
 
+def test_readyz_names_the_webhooks_without_a_token(open_webhooks):
+    hooks = open_webhooks({"webhooks": {"messages": {"tokens": []}, "leads": {"tokens": []}}})
+    answer = hooks.client.get("/readyz")
+    assert (answer.status_code, answer.json()) == (
+        503, {"status": "unconfigured", "webhooks_without_token": ["messages", "leads"]})
+
+
 def test_a_webhook_answers_json_with_its_length_and_other_methods_405(webhooks):
     accepted = webhooks.post("messages", {"event": "ADD_MESSAGE", "data": {
         "chatbotId": "bot", "threadId": "t-é", "question": "héllo", "messageType": "USER_MESSAGE"}})

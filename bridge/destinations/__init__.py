@@ -24,7 +24,7 @@ def destinations_for(kind: str, destinations: dict[str, Destination]) -> list[st
 
 
 def _register_builtin() -> None:
-    from bridge.destinations.crm import build_crm
+    from bridge.destinations.crm_factory import build_crm
     from bridge.destinations.jira import build_jira
     from bridge.destinations.sitegpt import sitegpt_destination
     from bridge.destinations.slack import slack_destination

@@ -1,4 +1,4 @@
-"""The CRM destination: what HubSpot and the generic webhook share, and the factory choosing one."""
+"""What the CRM kinds (HubSpot, the generic webhook) share: the lead, its fields, HTTP failures."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from typing import Any, ClassVar
 import httpx
 
 from bridge import __version__
-from bridge.destinations.base import Destination, parse_retry_after
+from bridge.destinations.base import parse_retry_after
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import LEAD, Event, LeadData
-from bridge.settings import Settings
-from bridge.templating import Templates, cut
+from bridge.templating import cut
 
 NAME = "crm"
 DETAIL_LIMIT = 300
@@ -145,16 +144,3 @@ def iso_to_millis(value: str | None, fallback: float) -> int:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
-
-def build_crm(settings: Settings, templates: Templates) -> Destination | None:
-    """The CRM destination `[crm] kind` names, or None when it is "none"."""
-    # Imported here because both kinds import this module's shared pieces.
-    from bridge.destinations.crm_webhook import CrmWebhook
-    from bridge.destinations.hubspot import HubSpot
-
-    crm = settings.crm
-    if crm.kind == "hubspot":
-        return HubSpot(crm.hubspot)
-    if crm.kind == "webhook":
-        return CrmWebhook(crm.webhook, templates)
-    return None
