@@ -18,9 +18,9 @@ from bridge.web import BodyTooLarge, read_bounded
 class Refused(Exception):
     """A request that is not the sender's or cannot be read; `response` is the answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, outcome: str = "rejected") -> None:
         super().__init__(message)
-        self.response = JSONResponse({"status": "rejected", "error": message}, status)
+        self.response = JSONResponse({"status": outcome, "error": message}, status)
 
 
 async def bounded_body(request: Request, limit: int) -> bytes:

@@ -219,7 +219,7 @@ class JiraReceiver:
             found = await self.store.conversation_by_ref(JIRA, key)
         except StoreError as exc:
             log.error("jira webhook: store unavailable: %s", exc)
-            raise Refused(503, "store busy, retry") from exc
+            raise Refused(503, "store busy, retry", "unavailable") from exc
         return Conversation(*found) if found else None
 
 

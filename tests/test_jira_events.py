@@ -13,11 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from bridge.app import Bridge, back_channel, create_app, open_bridge
 from bridge.cli import main
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, StoreBusy, StoreError
+from bridge.jira_events import jira_routes
 from bridge.samples import load_sample
+from bridge.store import Acceptance, NewEvent
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
@@ -578,3 +581,33 @@ def test_check_prints_the_back_channel_line(make_settings, tmp_path, capsys):
     make_settings()
     _, out, _ = run(capsys, "check", "--config", str(tmp_path / "settings.toml"))
     assert "jira back-channel: off (set [jira] webhook_secret or webhook_token" in out
+
+
+class UnavailableStore:
+    """A store that cannot answer: its lookups, or only its writes, raise StoreError."""
+
+    def __init__(self, lookups_fail: bool) -> None:
+        self.lookups_fail = lookups_fail
+
+    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
+        if self.lookups_fail:
+            raise StoreError("database is locked")
+        return (CHATBOT, "thread_A")
+
+    async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
+        raise StoreBusy("commit took longer than 3 s")
+
+
+@pytest.mark.parametrize("lookups_fail", [True, False])
+async def test_a_store_that_cannot_answer_gets_jira_to_retry_with_503(make_settings, clock,
+                                                                      lookups_fail):
+    routes = jira_routes(make_settings({"jira": JIRA_ON}), UnavailableStore(lookups_fail),
+                         clock, lambda: None)
+    app = Starlette(routes=routes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://b") as client:
+        raw = json.dumps(webhook("issue-updated-status", "SUP-1")).encode()
+        answer = await client.post("/jira/webhook", content=raw,
+                                   headers={"X-Hub-Signature": hub_signature(raw)})
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "error": "store busy, retry"}
