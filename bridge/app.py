@@ -16,6 +16,7 @@ from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
 from bridge.jira_events import jira_routes
 from bridge.metrics import Metrics
+from bridge.redact import Redactor
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.slack_events import slack_routes
@@ -87,13 +88,14 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     templates = Templates(settings.templates.dir)
-    destinations = build_destinations(settings, templates)
+    destinations = build_destinations(settings, templates, clock)
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock)
     metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
-    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics)
+    worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
+                    redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 
 

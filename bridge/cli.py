@@ -11,18 +11,17 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import uvicorn
 
 import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
 from bridge.app import announce, back_channel, create_app, open_bridge
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
-from bridge.logs import configure_logging
+from bridge.logs import configure_logging, flush_logs
+from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
-from bridge.settings import ServerSettings, Settings
+from bridge.server import BridgeServer, server_config
+from bridge.settings import Settings
 from bridge.store import Backup, open_store
 from bridge.template_check import check_templates
 
@@ -32,7 +31,8 @@ log = logging.getLogger("bridge")
 
 def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
     settings = command_settings(args)
-    configure_logging(settings.log.level, settings.log.format, background)
+    configure_logging(settings.log.level, settings.log.format, background,
+                      RedactingFilter(Redactor.for_settings(settings)))
     return settings
 
 
@@ -45,17 +45,10 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    uvicorn.Server(server_config(app, server)).run()
+    BridgeServer(server_config(app, server)).run()
+    log.info("sitegpt-bridge stopped")
+    flush_logs()
     return 0
-
-
-def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
-    """How `serve` runs uvicorn: forwarded headers are trusted from forwarded_allow_ips only."""
-    return uvicorn.Config(
-        app, host=server.host, port=server.port, log_config=None, access_log=False,
-        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
-        timeout_graceful_shutdown=5, server_header=False,
-    )
 
 
 @command("worker", "deliver pending events, without serving webhooks")
@@ -76,6 +69,8 @@ async def _run_worker(settings: Settings) -> None:
     await stop.wait()
     log.info("worker stopping")
     await bridge.close()
+    log.info("worker stopped")
+    flush_logs()
 
 
 @command("check", "validate settings and templates, print settings with secrets masked, "
@@ -88,6 +83,7 @@ def check(args: argparse.Namespace) -> int:
 
 async def _check_destinations(settings: Settings) -> int:
     bridge = open_bridge(settings, check_templates=False)
+    redact = Redactor.for_settings(settings)
     problems = 0
     try:
         report = check_templates(bridge.templates, bridge.destinations)
@@ -101,7 +97,7 @@ async def _check_destinations(settings: Settings) -> int:
             try:
                 print(f"{name}: {await destination.verify()}")
             except DeliveryError as exc:
-                print(f"{name}: FAILED: {exc}")
+                print(f"{name}: FAILED: {redact(str(exc))}")
                 problems += 1
         print(f"jira back-channel: {back_channel(settings)}")
         info = await bridge.store.info()

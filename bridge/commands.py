@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from bridge.events import (
     InvalidEvent,
     parse_event,
 )
+from bridge.redact import Redactor
 from bridge.registry import Arguments, command, command_settings
 from bridge.samples import load_sample, sample_names
 from bridge.settings import ServerSettings, Settings
@@ -293,11 +295,23 @@ def _deliveries_arguments(parser: argparse.ArgumentParser) -> None:
 async def deliveries(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
         rows = await store.deliveries(args.status, args.conversation, args.limit)
+    # Errors stored by a version that did not redact them are shown masked all the same.
+    redact = Redactor.for_settings(settings)
+    rows = [_masked(row, redact) for row in rows]
     if args.json:
         print_json_lines(delivery_json(row) for row in rows)
     else:
         print_table(DELIVERY_COLUMNS, [delivery_cells(row) for row in rows], "no deliveries")
     return 0
+
+
+def _masked(row: DeliveryRow, redact: Callable[[str], str]) -> DeliveryRow:
+    """The row with every stored text (error, note, each attempt's error) passed through redact."""
+    def mask(text: str | None) -> str | None:
+        return redact(text) if text else text
+
+    errors = tuple(replace(attempt, error=mask(attempt.error)) for attempt in row.errors)
+    return replace(row, last_error=mask(row.last_error), note=mask(row.note), errors=errors)
 
 
 DELIVERY_COLUMNS = ("ID", "EVENT", "DESTINATION", "STATUS", "ATTEMPTS", "NEXT ATTEMPT",

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -222,7 +223,14 @@ class Conversation:
 
     @property
     def dashboard_url(self) -> str:
-        return DASHBOARD.format(chatbot_id=self.chatbot_id, thread_id=self.thread_id)
+        return dashboard_url(self.chatbot_id, self.thread_id)
+
+
+def dashboard_url(chatbot_id: str, thread_id: str) -> str:
+    """SiteGPT's page of a conversation; the ids are percent-encoded, so "|" or ">" in one
+    cannot end a link or give it a label."""
+    return DASHBOARD.format(chatbot_id=quote(chatbot_id, safe=""),
+                            thread_id=quote(thread_id, safe=""))
 
 
 class InvalidEvent(ValueError):

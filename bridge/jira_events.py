@@ -7,7 +7,7 @@ import hmac
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -31,6 +31,7 @@ from bridge.events import (
 )
 from bridge.inbound import Refused, Storing, bounded_body
 from bridge.jira_markup import comment_text
+from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
 
@@ -154,6 +155,10 @@ class JiraReceiver:
     max_body_bytes: int
     comments_to_slack: bool
     on_accept: Callable[[], None] = lambda: None
+    rejections: RejectionLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rejections = RejectionLog(log, self.clock)
 
     @property
     def storing(self) -> Storing:
@@ -175,7 +180,8 @@ class JiraReceiver:
         raw = await bounded_body(request, self.max_body_bytes)
         # The token rides in the query string, so neither it nor the URL is ever logged.
         if not self.credentials.admit(raw, request.headers, request.query_params.get("token")):
-            log.warning("jira webhook refused: missing or wrong signature or token")
+            self.rejections.rejected("jira /jira/webhook", 401, "unauthorized",
+                                     "missing or wrong signature or token")
             raise Refused(401, "missing or wrong X-Hub-Signature or token")
         return raw
 

@@ -31,8 +31,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry |= {key: value for key, value in vars(record).items() if key not in _STANDARD}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:  # exc_text: already formatted (and redacted)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -111,17 +111,20 @@ class BackgroundHandler(logging.Handler):
             self.handleError(records[0])
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto", background: bool = False) -> None:
+def configure_logging(level: str = "INFO", fmt: str = "auto", background: bool = False,
+                      redact: logging.Filter | None = None) -> None:
     """Route every logger (ours, uvicorn's) to stderr in the chosen format.
 
     `background` (serve, worker): records are written by a thread of their own, see
-    BackgroundHandler; commands write each line at once.
+    BackgroundHandler; commands write each line at once. `redact` masks secrets in every line.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = BackgroundHandler(sys.stderr) if background else logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     )
+    if redact is not None:
+        handler.addFilter(redact)
     root = logging.getLogger()
     for replaced in root.handlers:
         if isinstance(replaced, BackgroundHandler):
@@ -133,3 +136,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", background: bool =
         logging.getLogger(name).propagate = True
     for noisy in ("httpx", "httpcore", "urllib3", "slack_sdk"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def flush_logs() -> None:
+    """Return once every line logged so far is written (a normal stop loses none)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

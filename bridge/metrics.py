@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Sequence
 
@@ -28,6 +29,9 @@ WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "invalid
 DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
 # From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
 # an outage hours (the worker gives up after [delivery] max_age, 24 h by default).
+# The queue is read from the store at most this often: a flood of scrapes must not load the
+# store that webhooks commit to. Prometheus scrapes every 15 s or more.
+QUEUE_READ_INTERVAL = 1.0
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -60,6 +64,9 @@ class Metrics:
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
+        self._queue_read_at: float | None = None
+        self._oldest: float | None = None
+        self._queue_lock = asyncio.Lock()
         self._expect(endpoints, destinations)
 
     def _expect(self, endpoints: Sequence[str], destinations: Sequence[str]) -> None:
@@ -89,13 +96,21 @@ class Metrics:
         self.errors.labels(destination, str(getattr(error, "code", type(error).__name__))).inc()
 
     async def exposition(self, store: QueueStats, now: float) -> bytes:
-        """The text a scrape returns, with the queue read from the store right now."""
-        depth = await store.queue_depth()
-        oldest = await store.oldest_pending()
-        for status, count in depth.items():
-            self.queue.labels(status).set(count)
+        """The text a scrape returns, with the queue as the store had it within the last second."""
+        async with self._queue_lock:
+            read_at = self._queue_read_at
+            if read_at is None or not 0 <= now - read_at < QUEUE_READ_INTERVAL:
+                await self._read_queue(store)
+                self._queue_read_at = now
+        oldest = self._oldest
         self.oldest_pending.set(max(now - oldest, 0.0) if oldest is not None else 0.0)
         return generate_latest(self.registry)
+
+    async def _read_queue(self, store: QueueStats) -> None:
+        depth = await store.queue_depth()
+        self._oldest = await store.oldest_pending()
+        for status, count in depth.items():
+            self.queue.labels(status).set(count)
 
 
 def bearer_matches(authorization: str | None, token: bytes) -> bool:

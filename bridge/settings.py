@@ -45,6 +45,8 @@ MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[ -~]*")
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("toml_data", default=None)
 
 
@@ -101,8 +103,17 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(262_144, ge=1024)
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    request_timeout: Duration = timedelta(seconds=10)
     forwarded_allow_ips: list[str] = ["127.0.0.1"]
     metrics_token: SecretStr | None = None
+
+    @field_validator("request_timeout")
+    @classmethod
+    def _positive(cls, timeout: timedelta) -> timedelta:
+        if timeout.total_seconds() <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return timeout
 
 
 class StoreSettings(Section):
@@ -259,6 +270,18 @@ class CrmWebhookSettings(Section):
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
         return url
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # Checked here: a header that cannot be written would fail every lead, on every retry.
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if not _HEADER_VALUE.fullmatch(value.get_secret_value()):
+                raise ValueError(f"the value of header {name!r} must be printable ASCII, "
+                                 "on one line")
+        return headers
 
     @field_serializer("url")
     def _url_shown(self, url: str | None) -> str | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -26,6 +27,7 @@ from bridge.events import (
     canonical_json,
 )
 from bridge.inbound import Refused, Storing, bounded_body
+from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
 
@@ -35,6 +37,9 @@ PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
 DESTINATIONS = (SiteGPTDestination.name,)
 SLACK = "slack"  # whose conversation links hold the threads
+# Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
+# which int() then refuses.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 M = TypeVar("M", bound="SlackModel")
 
 
@@ -103,6 +108,10 @@ class SlackReceiver:
     max_body_bytes: int
     private_note_prefix: str
     on_accept: Callable[[], None] = lambda: None
+    rejections: RejectionLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rejections = RejectionLog(log, self.clock)
 
     @property
     def storing(self) -> Storing:
@@ -136,13 +145,14 @@ class SlackReceiver:
     async def _signed_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
         if not self._signed(raw, request):
-            log.warning("slack request refused: bad or stale signature")
+            self.rejections.rejected(f"slack {request.url.path}", 401, "unauthorized",
+                                     "bad or stale signature")
             raise Refused(401, "bad or stale X-Slack-Signature")
         return raw
 
     def _signed(self, raw: bytes, request: Request) -> bool:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
-        if not timestamp.isdigit():
+        if not _TIMESTAMP.fullmatch(timestamp):
             return False
         try:
             return self.verifier.is_valid(raw, timestamp, request.headers.get("x-slack-signature"))

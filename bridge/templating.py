@@ -13,6 +13,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from bridge.errors import TemplateError
+from bridge.events import dashboard_url
 
 CUT_MARKER = "… [cut]"
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -22,6 +23,8 @@ _JIRA_ESCAPES = str.maketrans(
     {char: f"\\{char}" for char in "[]{}|*_+-^~?!#()"} | {"\\": "&#92;", "\n": "\\\\"}
 )
 _JIRA_BLOCK_START = re.compile(r"^([ \t]*)(h(?=[1-6]\.)|b(?=q\.))")
+# A link target Slack cannot misread: http(s), nothing that ends the link or starts its label.
+_LINK_SAFE = re.compile(r"https?://[^\x00-\x20\x7f|<>]+", re.IGNORECASE)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -34,6 +37,20 @@ def builtin_dir() -> Path:
 def slack_escape(value: Any) -> str:
     """Escape SiteGPT text for Slack mrkdwn so it can neither mention anyone nor plant a link."""
     return "" if value is None else str(value).translate(_SLACK_ESCAPES)
+
+
+def link_safe(url: Any) -> bool:
+    """Whether `url` is http(s) with no "|", "<", ">", space or control character in it."""
+    return isinstance(url, str) and _LINK_SAFE.fullmatch(url) is not None
+
+
+def slack_link(url: Any, label: str | None = None) -> str:
+    """`<url|label>` for a safe URL; any other value as plain escaped text, never a link."""
+    if not link_safe(url):
+        text = slack_escape(url)
+        return f"{slack_escape(label)}: {text}" if label and text else text
+    target = slack_escape(url)
+    return f"<{target}|{slack_escape(label)}>" if label else f"<{target}>"
 
 
 def jira_escape(value: Any) -> str:
@@ -67,10 +84,6 @@ def format_date(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return moment.astimezone(UTC).strftime(fmt)
 
 
-def dashboard_url(chatbot_id: str, thread_id: str) -> str:
-    return f"https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
-
-
 def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=_undefined_fails)
 
@@ -101,8 +114,8 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            mrkdwn=slack_escape, jira=jira_escape, cut=cut, date=format_date, tojson=_tojson
-        )
+            mrkdwn=slack_escape, slack_link=slack_link, jira=jira_escape, cut=cut,
+            date=format_date, tojson=_tojson)
         self.env.globals.update(dashboard_url=dashboard_url)
         # Lorem ipsum has no place in a message, and a large n only burns CPU.
         del self.env.globals["lipsum"]

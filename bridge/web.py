@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bridge.events import (
 )
 from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
+from bridge.rejections import RejectionLog
 from bridge.store import NewEvent, Store
 
 log = logging.getLogger("bridge.web")
@@ -72,6 +74,10 @@ class Intake:
     dedup_window: float
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
+    rejections: RejectionLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rejections = RejectionLog(log, self.clock)
 
     async def receive(self, endpoint: Endpoint, request: Request) -> Answer:
         if not endpoint.tokens:
@@ -112,16 +118,28 @@ class Intake:
     def _reject(self, endpoint: Endpoint, status: int, reason: str, message: str,
                 **extra: Any) -> Answer:
         self.metrics.webhook(endpoint.name, reason)
-        log.warning("webhook %s rejected (%d %s): %s", endpoint.name, status, reason, message,
-                    extra={"endpoint": endpoint.name, "outcome": reason})
+        self.rejections.rejected(f"webhook {endpoint.name}", status, reason, message,
+                                 extra={"endpoint": endpoint.name, "outcome": reason})
         return Answer(status, {"status": "rejected", "error": message, **extra})
 
 
 def _stored_event(endpoint: Endpoint, raw: bytes) -> NewEvent:
-    body = json.loads(raw)
+    body = json.loads(raw, parse_constant=_not_json_number, parse_float=_finite_float)
     if _SURROGATE_ESCAPE.search(raw):  # maybe half an emoji, cut by the sender: keep the rest
         body = without_lone_surrogates(body)
     return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
+
+
+def _not_json_number(name: str) -> Any:
+    """NaN and Infinity: Python reads them, JSON has no such numbers, and receivers refuse them."""
+    raise InvalidEvent("body", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
+        raise InvalidEvent("body", f"{text[:20]} is too large a number")
+    return number
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +59,7 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.store = store
         self.destinations = destinations
@@ -66,6 +67,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.redact = redact  # upstreams echo what they were sent: no secret reaches the store
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.backoff = Backoff(
             settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
@@ -74,6 +76,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._claimed: dict[int, ClaimedDelivery] = {}
+        self._settling: set[int] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
     @property
@@ -105,13 +108,13 @@ class Worker:
 
     async def renew_leases(self) -> None:
         """Extend the lease of every delivery in flight; give up those another worker took."""
-        held = list(self._claimed.values())
+        held = [job for job in self._claimed.values() if job.id not in self._settling]
         if not held:
             return
         kept = await self.store.heartbeat([job.lease for job in held],
                                           self.clock.now() + self.lease)
         for job in held:
-            if job.id not in kept and job.id in self._in_flight:
+            if job.id not in kept and job.id in self._claimed and job.id not in self._settling:
                 log.warning("delivery %d to %s: lease lost, another worker may take it; this"
                             " attempt's result will be refused", job.id, job.destination,
                             extra={"delivery_id": job.id, "outcome": "lease lost"})
@@ -125,6 +128,8 @@ class Worker:
                 await self.renew_leases()
             except StoreError as exc:
                 log.warning("worker could not renew its leases: %s", exc)
+            except Exception:  # a bug here must not stop the renewals for good
+                log.exception("worker: unexpected error renewing its leases")
 
     async def stop(self) -> None:
         """Stop claiming; let in-flight deliveries finish within the grace, release the rest."""
@@ -175,6 +180,7 @@ class Worker:
     def _finished(self, delivery_id: int) -> None:
         self._in_flight.pop(delivery_id, None)
         self._claimed.pop(delivery_id, None)
+        self._settling.discard(delivery_id)
         self._wake.set()
 
     async def _wait_for_work(self) -> None:
@@ -218,7 +224,12 @@ class Worker:
         else:
             await self._succeed(job, outcome)
 
+    def _settle(self, job: ClaimedDelivery) -> None:
+        """The attempt is over and its outcome is being recorded: no more renewals for it."""
+        self._settling.add(job.id)
+
     async def _succeed(self, job: ClaimedDelivery, outcome: Outcome) -> None:
+        self._settle(job)
         now = self.clock.now()
         if isinstance(outcome, Skipped):
             if await self.store.finish(job.lease, "skipped", now, outcome.reason):
@@ -233,6 +244,8 @@ class Worker:
             self._refused(job, "delivered")
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+        self._settle(job)
+        reason = self.redact(reason)
         now = self.clock.now()
         age = now - job.created_at
         if job.attempts >= self.settings.max_attempts:
@@ -248,6 +261,8 @@ class Worker:
             self._refused(job, "retry")
 
     async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+        self._settle(job)
+        reason = self.redact(reason)
         if await self.store.finish(job.lease, "failed", self.clock.now(), reason):
             self._log(job, "failed", reason)
         else:

@@ -48,6 +48,11 @@ def basic_auth(email: str, token: str) -> str:
     return "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
 
 
+def java_length(text: str) -> int:
+    """A string's length as Jira (Java) counts it: in UTF-16 code units."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
 class FakeJira:
     """Jira Cloud or Server/Data Center, as far as the bridge uses it; every request recorded."""
 
@@ -191,9 +196,9 @@ class FakeJira:
         if fields.get("issuetype", {}).get("name") not in self.projects[project]:
             return {"issuetype": "Specify a valid issue type"}
         summary = fields.get("summary", "")
-        if len(summary) > 255 or "\n" in summary:
+        if java_length(summary) > 255 or "\n" in summary:
             return {"summary": "Summary must be less than 255 characters, on one line."}
-        if len(fields.get("description", "")) > 32767:
+        if java_length(fields.get("description", "")) > 32767:
             return {"description": "The entered text is too long."}
         if any(" " in label for label in fields.get("labels", [])):
             return {"labels": "A label cannot contain spaces."}

@@ -15,6 +15,7 @@ from fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixture
 from servers import BridgeProcess, clean_environ
 
 from bridge.cli import main
+from bridge.store.migrations import SCHEMA_VERSION
 
 EXAMPLE = Path(__file__).parent.parent / "settings.example.toml"
 BAD = {"server": {"prot": 8080}, "slack": {"chanel": "C1"}, "store": {"synchronous": "SOMETIMES"}}
@@ -95,6 +96,14 @@ def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
     assert '"url": "https://hooks.example.com/**********"' in out  # a hook's path holds its key
     for secret in SECRET_VALUES:
         assert secret not in out + err
+
+
+def test_check_shows_the_store_and_its_schema_version(make_settings, tmp_path, capsys):
+    settings = make_settings()
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"store: sqlite at {settings.store.sqlite_path}, schema version {SCHEMA_VERSION}" \
+        in lines
 
 
 def test_check_warns_about_the_example_tokens(capsys):

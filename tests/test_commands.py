@@ -241,7 +241,7 @@ class LeadsOnly:
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:
     def register(on: bool) -> None:
-        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates: LeadsOnly() if on
+        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, clock: LeadsOnly() if on
                             else None)
     return register
 
@@ -434,6 +434,17 @@ def test_deliveries_table_is_aligned_newest_first_with_errors_cut_to_fit(seeded,
     assert cut.endswith("…") and LONG_ERROR.startswith(cut[:-1]) and len(cut) > 30
     assert delivered.endswith("C_CONV/1700000000.000100")
     assert "5 escalation" in pending and "lead:chatbot_123/lead_790" in rows[1]
+
+
+def test_deliveries_shows_an_error_stored_with_a_secret_masked(config, make_settings, capsys):
+    extra = {"crm": {"kind": "none", "hubspot": {"access_token": "pat-na1-secret-77"}}}
+    path = config(extra)
+    leaked = "hubspot POST /crm/v3: HTTP 401 you sent Bearer pat-na1-secret-77"
+    asyncio.run(with_store(make_settings(extra), lambda store: add(
+        store, load_sample("lead"), "crm", ("failed", leaked))))
+    for arguments in ([], ["--json"]):
+        code, out, _ = run(capsys, "deliveries", *arguments, "--config", path)
+        assert code == 0 and "you sent Bearer ***" in out and "pat-na1-secret-77" not in out
 
 
 def test_deliveries_json_has_stable_keys_for_scripts(seeded, capsys):

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered
 from bridge.destinations.crm import USER_AGENT
-from bridge.destinations.crm_webhook import CrmWebhook
+from bridge.destinations.crm_webhook import CrmWebhook, webhook_id
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.settings import CrmWebhookSettings
 from bridge.template_check import sample_events
@@ -85,6 +85,49 @@ async def test_default_template_sends_every_lead_field(hook, deliveries, clock):
     assert request.headers["webhook-id"] == "lead_790"
     assert request.headers["webhook-timestamp"] == str(int(clock.now()))
     assert "webhook-signature" not in request.headers
+
+
+@pytest.mark.parametrize("lead_id", ["lead_é_ü", "lead\r\nX-Injected: 1", "lead 7", "x" * 500])
+async def test_a_lead_id_unfit_for_a_header_goes_out_hashed_and_whole_in_the_body(
+        hook, deliveries, lead_id):
+    hook.respond(200)
+    settings = webhook_settings(signing_secret=SecretStr(SECRET))
+    destination = CrmWebhook(settings, Templates())
+
+    outcome = await deliver(destination, await deliveries.of(lead_body(id=lead_id)))
+
+    assert isinstance(outcome, Delivered)
+    request = hook.calls.last.request
+    sent_id = request.headers["webhook-id"]
+    assert sent_id == webhook_id(lead_id) and sent_id.startswith("lead-sha256-")
+    assert "x-injected" not in request.headers
+    assert json.loads(request.content)["lead"]["id"] == lead_id
+    assert request.headers["webhook-signature"] == expected_signature(KEY, request)
+
+
+async def test_a_request_that_cannot_be_written_fails_at_once(hook, deliveries):
+    # The start-up check refuses such a header (test_settings); built around it here, the
+    # delivery must still fail at once rather than retry until max_attempts.
+    settings = CrmWebhookSettings.model_construct(
+        url=URL, headers={"X-Team": SecretStr("équipe")}, signing_secret=None,
+        template="crm/lead.json.j2", timeout_seconds=10.0)
+
+    with pytest.raises(PermanentError, match="cannot be sent"):
+        await deliver(CrmWebhook(settings, Templates()), await deliveries.of(lead_body()))
+    assert not hook.called
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "https://evil.example|Open the lead",
+                                 "https://evil.example/<script>", "data:text/html,hi"])
+async def test_a_dashboard_url_that_is_not_a_plain_http_link_is_sent_as_null(
+        hook, deliveries, url):
+    hook.respond(200)
+    body = lead_body()
+    body["data"]["dashboardUrl"] = url
+
+    await deliver(CrmWebhook(webhook_settings(), Templates()), await deliveries.of(body))
+
+    assert json.loads(hook.calls.last.request.content)["dashboard_url"] is None
 
 
 async def test_user_template_overrides_the_default(hook, deliveries, tmp_path):

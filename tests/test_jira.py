@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
-from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth
+from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth, java_length
 
 from bridge.cli import main
 from bridge.destinations import build_destinations
@@ -271,6 +271,23 @@ async def test_second_escalation_comments_only_the_new_messages(open_bridge, clo
     assert state is not None and state["transcript_upto"] == transcript[-1].id
 
 
+async def test_a_moved_ticket_is_commented_under_its_new_key_and_slack_is_told(
+        open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    await bridge.escalate()
+    moved = {**cloud.issues["SUP-1"], "key": "OPS-5"}  # Jira answers the old key with the new
+    cloud.issues["SUP-1"] = cloud.issues["OPS-5"] = moved
+    await bridge.say("any news")
+
+    row = await bridge.escalate()
+
+    assert (row.status, row.note) == ("delivered", "OPS-5")
+    assert "any news" in cloud.comments("OPS-5")[0]
+    assert await bridge.store.link_state(CHATBOT, THREAD, "jira") == {
+        "key": "OPS-5", "transcript_upto": (await bridge.store.transcript(CHATBOT, THREAD))[-1].id}
+    assert bridge.slack.bodies[-1] == linked_body("OPS-5", cloud, created=False)
+
+
 async def test_escalation_after_the_ticket_is_done_opens_a_new_one(open_bridge, cloud):
     bridge = await open_bridge(cloud)
     await bridge.escalate()
@@ -501,6 +518,27 @@ async def test_long_transcript_and_summary_are_cut_with_a_marker(open_bridge, cl
     assert text.endswith(jira_escape(CUT_MARKER))
     assert re.fullmatch(r"\{color:#97a0af\}sitegpt-bridge:\d+:\d+\{color\}", footer)
     assert "message 0 " in text
+
+
+async def test_emoji_heavy_summary_and_description_fit_jiras_utf16_limits(open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    for number in range(40):
+        await bridge.say(f"message {number} " + "\U0001f600" * 1000)
+    body = load_sample("escalation")
+    body["data"]["user"]["name"] = "\U0001f469\u200d\U0001f4bb" * 200
+
+    row = await bridge.escalate(body)
+
+    assert row.status == "delivered", row.last_error
+    [fields] = cloud.created()
+    summary, description = fields["summary"], fields["description"]
+    assert java_length(summary) <= 255 and summary.endswith(CUT_MARKER)
+    assert java_length(summary) >= 254  # filled: only half an emoji may be left out
+    assert java_length(description) <= 32_000
+    assert "\ufffd" not in summary + description
+    assert not re.search("[\ud800-\udfff]", summary + description)
+    text, _ = description.rsplit("\n\n", 1)
+    assert text.endswith(jira_escape(CUT_MARKER))
 
 
 async def test_broken_template_fails_at_once_naming_the_file(open_bridge, cloud, tmp_path):

@@ -180,6 +180,33 @@ async def test_deliveries_attempts_errors_latency_and_queue_reach_the_scrape(mak
     assert value(text, "sitegpt_bridge_oldest_pending_age_seconds") == clock.now() - accepted_at
 
 
+@dataclass
+class CountingStore:
+    """A store whose queue is always one pending delivery, counting how often it is asked."""
+
+    reads: int = 0
+
+    async def queue_depth(self) -> dict[str, int]:
+        self.reads += 1
+        return {"pending": 1}
+
+    async def oldest_pending(self) -> float | None:
+        return 1_700_000_000.0
+
+
+async def test_a_flood_of_scrapes_reads_the_queue_once_a_second(clock):
+    metrics, store = Metrics(), CountingStore()
+    for _ in range(100):
+        text = (await metrics.exposition(store, clock.now())).decode()  # type: ignore[arg-type]
+        clock.advance(0.005)
+    assert store.reads == 1
+    age = value(text, "sitegpt_bridge_oldest_pending_age_seconds")
+    assert age == pytest.approx(0.495, abs=1e-3)
+    clock.advance(0.6)
+    await metrics.exposition(store, clock.now())  # type: ignore[arg-type]
+    assert store.reads == 2
+
+
 def test_an_empty_queue_has_no_pending_age(client):
     text = client.get("/metrics").text
     assert value(text, "sitegpt_bridge_oldest_pending_age_seconds") == 0

@@ -73,6 +73,11 @@ def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, mo
     ({"slack": {"bot_token": "x"}}, "slack", "slack.channel is required"),
     ({"crm": {"kind": "hubspot"}}, "crm", "needs crm.hubspot.access_token"),
     ({"jira": {"url": "https://j"}}, "jira", "jira.url is set but no credentials"),
+    ({"crm": {"webhook": {"headers": {"X-Team": "équipe"}}}}, "crm.webhook.headers",
+     "printable ASCII"),
+    ({"crm": {"webhook": {"headers": {"X-A": "a\r\nX-B: b"}}}}, "crm.webhook.headers",
+     "printable ASCII"),
+    ({"crm": {"webhook": {"headers": {"X A": "a"}}}}, "crm.webhook.headers", "header name"),
 ])
 def test_a_bad_key_or_value_is_one_problem_naming_it(make_settings, extra, key, words):
     [line] = problems_of(make_settings, extra)

@@ -13,6 +13,7 @@ import pytest
 import respx
 from slack_sdk import WebClient
 
+from bridge.clock import SystemClock
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import TemplateError
@@ -228,6 +229,17 @@ async def test_4xx_fails_at_once_and_says_why_in_the_thread(harness, status, bod
     assert not await h.store.consume_echo(Echo(CHATBOT, "thread_A", "hello", "Ana"), 0)
 
 
+async def test_a_refusal_that_echoes_another_credential_is_told_without_it(harness):
+    h = await harness()
+    h.api.post(MESSAGE_PATH).mock(return_value=httpx.Response(
+        400, json={"message": "bad request; your Slack token is xoxb-test"}))
+    thread_ts = await h.conversation()
+    await h.reply(thread_ts, "hello")
+    await h.worker.drain()
+    notice = h.bot_posts(thread_ts)[-1]
+    assert "your Slack token is ***" in notice["text"] and "xoxb-test" not in str(notice)
+
+
 async def test_retryable_failures_are_told_only_when_given_up(harness):
     h = await harness(delivery={"max_attempts": 2, "backoff_initial": "1s", "backoff_cap": "1s",
                                 "poll_interval": "0.05s"})
@@ -337,10 +349,11 @@ def test_slack_text_becomes_plain_text(mrkdwn, plain):
 def test_off_without_a_signing_secret_or_a_key(make_settings):
     base = {"slack": {"bot_token": "xoxb-t", "channel": "C1", "signing_secret": "s"},
             "sitegpt": {"api_key": "k"}}
-    assert sitegpt_destination(make_settings(base), Templates()) is not None
+    assert sitegpt_destination(make_settings(base), Templates(), SystemClock()) is not None
     no_secret = {**base, "slack": {"bot_token": "xoxb-t", "channel": "C1"}}
-    assert sitegpt_destination(make_settings(no_secret), Templates()) is None
-    assert sitegpt_destination(make_settings({**base, "sitegpt": {}}), Templates()) is None
+    assert sitegpt_destination(make_settings(no_secret), Templates(), SystemClock()) is None
+    no_key = make_settings({**base, "sitegpt": {}})
+    assert sitegpt_destination(no_key, Templates(), SystemClock()) is None
 
 
 async def test_an_echo_long_after_the_reply_is_posted_like_any_agent_message(harness):
@@ -370,7 +383,7 @@ async def test_a_reaction_already_there_counts_as_done(harness, fake):
 
 def previews(settings: Settings, templates: Templates,
              samples: dict[str, Event] | None = None) -> dict[str, Any]:
-    sitegpt = sitegpt_destination(settings, templates)
+    sitegpt = sitegpt_destination(settings, templates, SystemClock())
     assert sitegpt is not None
     rendered = sitegpt.render_samples(sample_events() if samples is None else samples)
     return {label: json.loads(text) for label, text in rendered.items()}

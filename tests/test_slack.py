@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import logging
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +18,7 @@ from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
 from bridge.events import TICKET_LINKED, canonical_json, parse_event
 from bridge.intake import new_event
+from bridge.samples import load_sample
 from bridge.store import open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.templating import CUT_MARKER, Templates
@@ -202,7 +206,39 @@ async def test_visitor_text_cannot_mention_or_plant_links(harness):
     assert "&lt;!channel&gt; hi &lt;https://evil.example|click here&gt; &amp;" in posted
     escalation = h.fake.posts[-1]["blocks"][0]["text"]["text"]
     assert escalation.startswith("<!subteam^S0123> ")  # only the configured mention is live
-    assert "<https://docs.example/a?x=1&amp;y=&lt;2&gt;>" in posted
+    # "<" or ">" in a URL would end the link early: it is shown as text instead
+    assert "https://docs.example/a?x=1&amp;y=&lt;2&gt;" in posted
+    assert "<https://docs.example" not in posted
+
+
+def links(post: dict[str, Any]) -> list[str]:
+    """Every <...> Slack would read as a link or mention in a post's texts."""
+    return re.findall(r"<[^<>]*>", json.dumps(post, ensure_ascii=False))
+
+
+async def test_fields_sitegpt_fills_in_cannot_mention_or_relabel_links(harness):
+    h = await harness()
+    thread = "t1|Pwned>"
+    await h.accept(message(thread, "hi", kind="NORMAL_MESSAGE", sources=[
+        "!channel", "https://evil.example|Reset your password here", "javascript:alert(1)",
+        "https://docs.example/a?x=1&y=2"]))
+    await h.accept({"event": "CONVERSATION_ESCALATED", "data": {
+        "chatbotId": "chatbot_123", "threadId": thread,
+        "dashboardUrl": "https://evil.example/phish|Open the real dashboard"}})
+    lead = copy.deepcopy(load_sample("lead"))
+    lead["data"]["dashboardUrl"] = "https://evil.example/lead|Open the lead in SiteGPT"
+    await h.accept(lead)
+    await h.worker.drain()
+
+    found = [link for post in h.fake.posts for link in links(post)]
+    assert "<!channel>" not in found and "<!subteam^S0123>" in found
+    assert not [link for link in found if "evil.example" in link or "javascript" in link]
+    assert "<https://docs.example/a?x=1&amp;y=2>" in found
+    dashboard = "https://sitegpt.ai/chatbot_123/chat-history/t1%7CPwned%3E"
+    assert f"<{dashboard}|Open the conversation in SiteGPT>" in found  # escalation: rebuilt
+    assert f"<{dashboard}|Open in SiteGPT>" in found  # the parent
+    posted = json.dumps(h.fake.posts, ensure_ascii=False)
+    assert "!channel" in posted and "Reset your password here" in posted  # shown, as text
 
 
 async def test_long_text_is_cut_with_a_marker_never_rejected(harness):

@@ -140,6 +140,10 @@ async def test_url_verification_answers_the_challenge(site):
     ({"X-Slack-Request-Timestamp": "1699999699"}, "more than 5 minutes old"),
     ({"X-Slack-Request-Timestamp": "1700000301"}, "more than 5 minutes ahead"),
     ({"X-Slack-Request-Timestamp": "soon"}, "not a number"),
+    ({"X-Slack-Request-Timestamp": b"\xb2"}, "a Unicode digit (superscript two, in latin-1)"),
+    ({"X-Slack-Request-Timestamp": "\u0661\u0667".encode()}, "Arabic-Indic digits"),
+    ({"X-Slack-Request-Timestamp": "9" * 5000}, "5,000 digits"),
+    ({"X-Slack-Request-Timestamp": "1700000000 "}, "a trailing space"),
     ({"X-Slack-Signature": ""}, "empty"),
 ])
 async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
@@ -147,6 +151,8 @@ async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
     thread_ts = await s.conversation()
     body = json.dumps(envelope(s.write(thread_ts, "hi"))).encode()
     timestamp = headers.get("X-Slack-Request-Timestamp", "1700000000")
+    if isinstance(timestamp, bytes):  # sent as raw bytes; signed as Slack would read them
+        timestamp = timestamp.decode("latin-1")
     sent = {"X-Slack-Request-Timestamp": timestamp,
             "X-Slack-Signature": signature(body, timestamp), **headers}
     for path in ("/slack/events", "/slack/interactions"):

@@ -241,3 +241,25 @@ async def test_a_store_file_that_disappears_is_recreated_by_reopening(store, db)
     await store.check_writable()
     assert outcomes[-1] == "accepted"
     assert (await store.info()).schema_version == SCHEMA_VERSION
+
+
+async def test_readyz_answers_503_while_the_disk_is_full_and_200_once_it_has_room(
+        make_settings):
+    import httpx
+
+    from bridge.app import create_app, open_bridge
+
+    bridge = open_bridge(make_settings({"store": {"commit_timeout_seconds": 2.0}}))
+    app = create_app(bridge, run_worker=False)
+    store = bridge.store
+    assert isinstance(store, SQLiteStore)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                 base_url="http://bridge") as client:
+        assert (await client.get("/readyz")).status_code == 200
+        with files_capped_at(200_000):
+            await fill(store, 0)
+            full = await client.get("/readyz")
+        recovered = await client.get("/readyz")
+    await bridge.close()
+    assert full.status_code == 503 and full.json()["status"] == "unavailable"
+    assert recovered.status_code == 200

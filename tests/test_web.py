@@ -198,6 +198,17 @@ def test_a_body_that_is_not_json_is_400(webhooks, content):
     assert nothing_stored(webhooks.db)
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number):
+    lead = json.dumps(load_sample("lead")).encode()
+    content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
+    assert content != lead
+    response = webhooks.post("leads", content=content)
+    assert response.status_code == 422
+    assert response.json()["field"] == "body"
+    assert nothing_stored(webhooks.db)
+
+
 def nested_message(depth: int) -> bytes:
     deep = b"[" * depth + b"]" * depth
     return b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "t", "x": %s}}' % deep
@@ -349,6 +360,34 @@ def test_every_rejection_is_logged_in_one_line_with_its_reason_and_no_token(
     assert "\n" not in line
     for secret in [*TOKENS.values(), "presented-secret"]:
         assert secret not in caplog.text
+
+
+def test_a_flood_of_rejections_logs_a_line_and_a_count_while_metrics_count_each(
+        open_webhooks, clock, caplog):
+    hooks = open_webhooks()
+    wrong = {"X-WEBHOOK-TOKEN": "wrong"}
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        for _ in range(300):
+            assert hooks.post("messages", {}, headers=wrong).status_code == 401
+        for _ in range(20):
+            assert hooks.post("messages", content=b"{nope").status_code == 400
+        first = [r.getMessage() for r in caplog.records if r.name == "bridge.web"]
+        clock.advance(10)
+        assert hooks.post("messages", {}, headers=wrong).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.web"]
+    assert first == ["webhook messages rejected (401 unauthorized): missing or wrong "
+                     "X-WEBHOOK-TOKEN",
+                     "webhook messages rejected (400 invalid_json): body is not JSON: "
+                     "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]
+    assert lines[2:] == [
+        "webhook messages rejected (401 unauthorized) 299 more times in the last 10 s",
+        "webhook messages rejected (400 invalid_json) 19 more times in the last 10 s",
+        "webhook messages rejected (401 unauthorized): missing or wrong X-WEBHOOK-TOKEN"]
+    scraped = hooks.client.get("/metrics").text
+    assert 'sitegpt_bridge_webhooks_total{endpoint="messages",outcome="unauthorized"} 301.0' in (
+        scraped)
+    assert 'sitegpt_bridge_webhooks_total{endpoint="messages",outcome="invalid_json"} 20.0' in (
+        scraped)
 
 
 # Storage and deliveries

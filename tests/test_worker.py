@@ -248,3 +248,82 @@ async def test_with_every_slot_taken_new_work_costs_no_store_query(setup):
     runner.cancel()
     assert destination.received == ["first"] + [f"m{n}" for n in range(20)]
     assert counting.next_due_asked > asked_while_full
+
+
+# Heartbeat leases, by the injected clock
+
+
+async def wait_until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def test_a_slow_call_is_never_taken_over_while_its_worker_renews_the_lease(setup, clock):
+    store, destination, worker, accept = setup
+    destination.block = asyncio.Event()
+    await accept("t1", "slow")
+    runner = await run_until_in_flight(worker)
+    assert worker.heartbeat_every == worker.lease / 3
+    for _ in range(30):  # ten leases long, far beyond any destination's timeout
+        clock.advance(worker.heartbeat_every)
+        await worker.renew_leases()
+        assert await store.claim("other-worker", clock.now(), 10, 60) == []
+    destination.block.set()
+    await wait_until(lambda: not worker._in_flight)
+    await worker.stop()
+    runner.cancel()
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, destination.received) == ("delivered", 1, ["slow"])
+
+
+async def test_a_worker_that_stopped_renewing_is_taken_over_and_its_late_result_refused(
+        setup, clock, caplog):
+    store, destination, worker, accept = setup
+    destination.block = asyncio.Event()
+    await accept("t1", "hello")
+    runner = await run_until_in_flight(worker)  # then it hangs: no renewal from here on
+    clock.advance(worker.lease)
+    other = RecordingDestination()
+    second = Worker(store, {"recording": other}, worker.settings, clock, random.Random(1))
+    await second.drain()
+    assert other.received == ["hello"]
+
+    destination.block.set()  # the hung call returns at last; its result must not count
+    await wait_until(lambda: not worker._in_flight)
+    await worker.stop()
+    runner.cancel()
+    [row] = await store.deliveries()
+    assert (row.status, row.attempts, row.note) == ("delivered", 2, "ok")
+    history = await store.attempts(row.id, limit=10)
+    assert [(a.outcome, a.worker) for a in history] == [
+        ("delivered", second.owner), ("abandoned", worker.owner)]
+    assert "delivered refused, the lease was lost" in caplog.text
+
+
+async def test_a_renewal_that_finds_the_lease_taken_stops_the_attempt(setup, clock, caplog):
+    store, destination, worker, accept = setup
+    destination.block = asyncio.Event()
+    await accept("t1", "hello")
+    runner = await run_until_in_flight(worker)
+    [task] = worker._in_flight.values()
+    clock.advance(worker.lease)
+    [taken] = await store.claim("other-worker", clock.now(), 10, 60)
+    await worker.renew_leases()
+    await wait_until(task.done)
+    assert task.cancelled() and "lease lost" in caplog.text
+    await worker.stop()
+    runner.cancel()
+    assert await store.finish(taken.lease, "delivered", clock.now())
+    assert destination.received == []
+
+
+async def test_a_lease_shorter_than_any_renewal_could_keep_is_refused(make_settings):
+    from bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        make_settings({"delivery": {"lease": "2s"}})
+    assert "delivery.lease" in str(refused.value.problems) and "at least 3s" in str(
+        refused.value.problems)

@@ -50,17 +50,7 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
             "log": {"format": "json"},
         })
 
-        async def seed() -> None:
-            store = open_store(settings.store.url)
-            for n in range(MESSAGES):
-                body = {"event": "ADD_MESSAGE", "data": {
-                    "chatbotId": "bot", "threadId": "t1", "question": f"m{n:02d}",
-                    "messageType": "USER_MESSAGE"}}
-                event = parse_event("ADD_MESSAGE", body)
-                await store.accept(new_event(event, body, ["slack"]), time.time(), 600)
-            await store.close()
-
-        asyncio.run(seed())
+        asyncio.run(seed_messages(settings.store.url, MESSAGES))
         config = tmp_path / "settings.toml"
         first = start_worker(config, tmp_path)
         try:
@@ -86,3 +76,72 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     doubled = [text for text, count in Counter(replies).items() if count > 1]
     assert len(doubled) <= 1  # only the one in flight at the kill may repeat
     assert second.returncode == 0  # SIGTERM is a clean exit
+
+
+TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation to move again
+
+
+def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
+                                                                         tmp_path):
+    with FakeSlack(post_delay=0.3) as fake:
+        settings = make_settings({
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                      "burst": 1000, "per_second": 1000.0},
+            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
+            "log": {"format": "json"},
+        })
+        asyncio.run(seed_messages(settings.store.url, 10))
+        config = tmp_path / "settings.toml"
+        first = start_worker(config, tmp_path)
+        wait_for(lambda: len(fake.posts) >= 2)
+        second = start_worker(config, tmp_path)  # idle: the conversation is the first's
+        try:
+            wait_for(lambda: len(fake.posts) >= 4 and posting_now(fake))
+            first.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            first.wait(10)
+            wait_for(lambda: asyncio.run(pending_count(settings.store.url)) == 0,
+                     timeout=TAKEOVER_BOUND)
+            took = time.monotonic() - killed_at
+        finally:
+            first.kill()
+            second.send_signal(signal.SIGTERM)
+            second.wait(10)
+        history = asyncio.run(abandoned(settings.store.url))
+
+    print(f"the second worker finished {took:.1f} s after the kill (lease 3 s)")
+    [parent] = fake.parents()
+    replies = [post["text"] for post in fake.thread("C1", parent["ts"])]
+    assert list(dict.fromkeys(replies)) == [f"Visitor: m{n:02d}" for n in range(10)]
+    assert sum(count - 1 for count in Counter(replies).values()) <= 1
+    assert len(history) == 1  # the killed worker's attempt, taken over once its lease ran out
+    assert second.returncode == 0
+
+
+def posting_now(fake: FakeSlack) -> bool:
+    """A chat.postMessage has reached the fake Slack and is waiting for its answer."""
+    started = sum(1 for method, _, _ in list(fake.calls) if method == "chat.postMessage")
+    return started > len(fake.posts)
+
+
+async def seed_messages(url: str, count: int) -> None:
+    store = open_store(url)
+    try:
+        for n in range(count):
+            body = {"event": "ADD_MESSAGE", "data": {
+                "chatbotId": "bot", "threadId": "t1", "question": f"m{n:02d}",
+                "messageType": "USER_MESSAGE"}}
+            event = parse_event("ADD_MESSAGE", body)
+            await store.accept(new_event(event, body, ["slack"]), time.time(), 600)
+    finally:
+        await store.close()
+
+
+async def abandoned(url: str) -> list[str]:
+    store = open_store(url)
+    try:
+        rows = await store.deliveries(limit=100)
+        return [attempt.worker for row in rows for attempt in await store.attempts(row.id, 10)
+                if attempt.outcome == "abandoned"]
+    finally:
+        await store.close()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Destination
 from bridge.settings import Settings
 from bridge.templating import Templates
 
-Factory = Callable[[Settings, Templates], Destination | None]
+Factory = Callable[[Settings, Templates, Clock], Destination | None]
 REGISTRY: dict[str, Factory] = {}
 
 
-def build_destinations(settings: Settings, templates: Templates) -> dict[str, Destination]:
-    """Every destination whose settings switch it on, by name."""
-    built = {name: factory(settings, templates) for name, factory in REGISTRY.items()}
+def build_destinations(settings: Settings, templates: Templates,
+                       clock: Clock | None = None) -> dict[str, Destination]:
+    """Every destination whose settings switch it on, by name, all on the bridge's one clock."""
+    clock = clock or SystemClock()
+    built = {name: factory(settings, templates, clock) for name, factory in REGISTRY.items()}
     return {name: destination for name, destination in built.items() if destination is not None}
 
 

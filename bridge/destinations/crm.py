@@ -13,7 +13,7 @@ from bridge import __version__
 from bridge.destinations.base import parse_retry_after
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import LEAD, Event, LeadData
-from bridge.templating import cut
+from bridge.templating import cut, link_safe
 
 NAME = "crm"
 DETAIL_LIMIT = 300
@@ -71,7 +71,7 @@ def lead_of(event: Event) -> Lead:
         captured_at=details.captured_at,
         chatbot_id=data.chatbot_id,
         chatbot_name=data.chatbot_name,
-        dashboard_url=data.dashboard_url,
+        dashboard_url=data.dashboard_url if link_safe(data.dashboard_url) else None,
         custom_fields=details.custom_fields,
     )
 

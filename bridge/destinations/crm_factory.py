@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bridge.clock import Clock
 from bridge.destinations.base import Destination
 from bridge.destinations.crm_webhook import CrmWebhook
 from bridge.destinations.hubspot import HubSpot
@@ -9,11 +10,11 @@ from bridge.settings import Settings
 from bridge.templating import Templates
 
 
-def build_crm(settings: Settings, templates: Templates) -> Destination | None:
+def build_crm(settings: Settings, templates: Templates, clock: Clock) -> Destination | None:
     """The CRM destination `[crm] kind` names, or None when it is "none"."""
     crm = settings.crm
     if crm.kind == "hubspot":
-        return HubSpot(crm.hubspot)
+        return HubSpot(crm.hubspot, clock)
     if crm.kind == "webhook":
-        return CrmWebhook(crm.webhook, templates)
+        return CrmWebhook(crm.webhook, templates, clock)
     return None

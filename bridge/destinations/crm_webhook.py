@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,18 @@ SECRET_PREFIX = "whsec_"
 SAMPLE = "lead-custom-fields"
 SIGNATURE = "webhook-signature"
 MASK = "***"
+# A lead id that is visible ASCII goes out as it is; any other is hashed: a header value must be
+# ASCII without CR or LF, and the real id is in the body anyway.
+_PLAIN_ID = re.compile(r"[!-~]{1,128}")
+HASHED_ID_PREFIX = "lead-sha256-"
+
+
+def webhook_id(lead_id: str) -> str:
+    """The `webhook-id` header for a lead: stable, so a receiver can deduplicate retries."""
+    if _PLAIN_ID.fullmatch(lead_id):
+        return lead_id
+    digest = hashlib.sha256(lead_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED_ID_PREFIX + digest[:32]
 
 
 def signing_key(secret: str) -> bytes:
@@ -102,11 +115,12 @@ class CrmWebhook(LeadDestination):
         headers.setdefault("content-type", "application/json")
         headers.setdefault("user-agent", USER_AGENT)
         timestamp = int(now)
-        headers["webhook-id"] = lead.id
+        message_id = webhook_id(lead.id)
+        headers["webhook-id"] = message_id
         headers["webhook-timestamp"] = str(timestamp)
         if self.settings.signing_secret is not None:
             key = signing_key(self.settings.signing_secret.get_secret_value())
-            headers[SIGNATURE] = signature(key, lead.id, timestamp, body)
+            headers[SIGNATURE] = signature(key, message_id, timestamp, body)
         return headers
 
     def masked(self, headers: httpx.Headers) -> dict[str, str]:
@@ -139,9 +153,13 @@ class CrmWebhook(LeadDestination):
     async def deliver(self, delivery: Delivery) -> Outcome:
         lead = lead_of(delivery.event)
         body = self._rendered_body(lead)
-        headers = self.headers(lead, body, delivery.clock.now())
         try:
+            headers = self.headers(lead, body, delivery.clock.now())
             response = await self.client().post(self.url, content=body, headers=headers)
+        except (UnicodeEncodeError, httpx.LocalProtocolError) as exc:
+            # A request that cannot even be written fails the same way on every retry.
+            raise PermanentError(
+                f"{self.target}: the request cannot be sent ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise transport_failure(exc, self.target, self.settings.timeout_seconds) from exc
         if response.is_success:

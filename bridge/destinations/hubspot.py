@@ -280,7 +280,7 @@ class HubSpot(LeadDestination):
         return calls
 
     async def verify(self) -> str:
-        await self.api(SystemClock()).call("GET", CONTACTS, params={"limit": "1"})
+        await self.api(self.clock).call("GET", CONTACTS, params={"limit": "1"})
         host = urlsplit(self.settings.api_url).hostname
         unmapped = (f"property {self.settings.unmapped_property!r}"
                     if self.settings.unmapped_property else "a note on the contact")

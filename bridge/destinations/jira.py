@@ -7,11 +7,9 @@ import hashlib
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import quote
 
 import requests
 from jira import JIRA, JIRAError
@@ -32,11 +30,12 @@ from bridge.events import (
 from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
-from bridge.templating import CUT_MARKER, Templates, cut, dashboard_url, jira_escape
+from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
 
 T = TypeVar("T")
+# Jira counts length in UTF-16 code units, as Java strings do: an emoji counts two.
 SUMMARY_LIMIT = 255
-TEXT_LIMIT = 32_000  # Jira refuses text fields over 32,767 characters
+TEXT_LIMIT = 32_000  # Jira refuses text fields over 32,767 units; the rest is headroom
 REASON_LIMIT = 300
 LABEL_PREFIX = "sitegpt-"
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -45,6 +44,20 @@ _LINK_SAFE = re.compile(r"https?://[A-Za-z0-9._~:/?#&=%-]+")
 _WIKI_CUT_MARKER = jira_escape(CUT_MARKER)
 # A preview has no stored event yet to name in the comment's marker.
 PREVIEW_MARKER = "sitegpt-bridge:<event id>:<received at>"
+
+
+def utf16_units(text: str) -> int:
+    """The length Jira sees: UTF-16 code units, two for any character beyond U+FFFF."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def cut_utf16(text: str, limit: int, marker: str = CUT_MARKER) -> str:
+    """At most `limit` UTF-16 units, ending with `marker` when cut, never half a character."""
+    if utf16_units(text) <= limit:
+        return text
+    room = max(limit - utf16_units(marker), 0)
+    kept = text.encode("utf-16-le", "surrogatepass")[: room * 2]
+    return kept.decode("utf-16-le", "ignore") + marker  # "ignore": a half pair at the end
 
 
 def conversation_label(conversation: Conversation) -> str:
@@ -209,7 +222,12 @@ class JiraDestination:
             key = await self._call("read the linked ticket", self.tickets.still_open,
                                    state["key"])
             if key is not None:
-                return await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                outcome = await self._comment(delivery, data, key, state.get("transcript_upto", 0))
+                if key == state["key"]:
+                    return outcome
+                # The ticket moved (a new key): Slack shows what it is told, so tell it.
+                conversation = Conversation(data.chatbot_id, data.thread_id)
+                return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, False))
         return await self._link(delivery, data)
 
     async def _link(self, delivery: Delivery, data: EscalationData) -> Delivered:
@@ -261,7 +279,7 @@ class JiraDestination:
 
     def _marked(self, template: str, context: dict[str, Any], marker: str) -> str:
         footer = f"\n\n{{color:#97a0af}}{marker}{{color}}"
-        return self._text(template, context, TEXT_LIMIT - len(footer)) + footer
+        return self._text(template, context, TEXT_LIMIT - utf16_units(footer)) + footer
 
     def _new_ticket(self, data: EscalationData, messages: Sequence[StoredMessage], label: str,
                     now: float, marker: str) -> dict[str, Any]:
@@ -272,7 +290,7 @@ class JiraDestination:
         return {
             "project": {"key": project},
             "issuetype": {"name": self.jira.issue_type},
-            "summary": cut(summary, SUMMARY_LIMIT),
+            "summary": cut_utf16(summary, SUMMARY_LIMIT),
             "description": self._marked("jira/description.j2", context, marker),
             "labels": [*self.jira.labels, label],
         }
@@ -299,7 +317,8 @@ class JiraDestination:
         }
 
     def _text(self, template: str, context: dict[str, Any], limit: int) -> str:
-        return cut(self.templates.render(template, context).strip(), limit, _WIKI_CUT_MARKER)
+        return cut_utf16(self.templates.render(template, context).strip(), limit,
+                         _WIKI_CUT_MARKER)
 
     def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
         """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
@@ -320,7 +339,7 @@ class JiraDestination:
         try:
             return await asyncio.to_thread(operation, *args)
         except JIRAError as exc:
-            raise _classify(action, exc) from exc
+            raise _classify(action, exc, self.clock.now()) from exc
         except requests.Timeout as exc:
             raise RetryableError(
                 f"jira: {action}: no answer within {self.jira.timeout_seconds:g} s") from exc
@@ -347,19 +366,19 @@ def is_own_comment(text: str) -> bool:
     return _OWN_MARKER.search(text) is not None
 
 
-def _classify(action: str, exc: JIRAError) -> DeliveryError:
+def _classify(action: str, exc: JIRAError, now: float) -> DeliveryError:
     """Jira's own message, never str(exc): that one carries the request's headers."""
     status = exc.status_code
     message = cut(" ".join(str(exc.text or "").split()) or "no message", REASON_LIMIT)
     reason = f"jira: {action}: HTTP {status}: {message}" if status else f"jira: {action}: {message}"
     if status is None or status in RETRYABLE_STATUSES or status >= 500:
-        return RetryableError(reason, retry_after=_retry_after(exc))
+        return RetryableError(reason, retry_after=_retry_after(exc, now))
     return PermanentError(reason)
 
 
-def _retry_after(exc: JIRAError) -> float | None:
+def _retry_after(exc: JIRAError, now: float) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
-    return parse_retry_after(headers.get("Retry-After"), time.time())
+    return parse_retry_after(headers.get("Retry-After"), now)
 
 
 def _is_done(issue: dict[str, Any] | None) -> bool:
@@ -375,7 +394,7 @@ def _dashboard_link(data: EscalationData) -> str:
     """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url]."""
     if data.dashboard_url and _LINK_SAFE.fullmatch(data.dashboard_url):
         return data.dashboard_url
-    return dashboard_url(quote(data.chatbot_id, safe=""), quote(data.thread_id, safe=""))
+    return Conversation(data.chatbot_id, data.thread_id).dashboard_url
 
 
 def sample_transcript(conversation: Conversation, samples: Mapping[str, Event],
@@ -396,9 +415,9 @@ def _line_context(message: StoredMessage) -> dict[str, Any]:
     }
 
 
-def build_jira(settings: Settings, templates: Templates) -> JiraDestination | None:
+def build_jira(settings: Settings, templates: Templates, clock: Clock) -> JiraDestination | None:
     """The Jira destination, or None when `[jira] url` is unset."""
     if not settings.jira.url:
         return None
     # Slack is always built (a dry run without a token), so it always hears of new tickets.
-    return JiraDestination(settings, templates, notify=["slack"])
+    return JiraDestination(settings, templates, notify=["slack"], clock=clock)

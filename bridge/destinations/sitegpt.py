@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.clock import Clock, SystemClock
+from bridge.clock import Clock
 from bridge.destinations.base import (
     Delivered,
     Delivery,
@@ -36,6 +36,7 @@ from bridge.events import (
     SlackReplyData,
     SlackReplyEvent,
 )
+from bridge.redact import Redactor
 from bridge.settings import Settings
 from bridge.store import Echo
 from bridge.templating import Templates
@@ -87,6 +88,7 @@ class SiteGPTDestination:
     def __init__(self, settings: Settings, slack: SlackDestination,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
+        self.redact = Redactor.for_settings(settings)  # reasons are posted in the thread
         self.slack = slack
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -159,7 +161,7 @@ class SiteGPTDestination:
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
                 await delivery.store.forget_echo(data.slack_event_id)
-                await self._tell(data, reply_failed(data, str(exc)))
+                await self._tell(data, reply_failed(data, self.redact(str(exc))))
             raise
         if isinstance(outcome, Delivered):
             await self._react(data.channel, data.ts)
@@ -182,7 +184,7 @@ class SiteGPTDestination:
             await self._call(mode_request(data))
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
-                await self._tell(data, mode_failed(data, str(exc)))
+                await self._tell(data, mode_failed(data, self.redact(str(exc))))
             raise
         await self._tell(data, mode_changed(data))
         return Delivered(note=f"mode {data.mode}")
@@ -214,7 +216,7 @@ class SiteGPTDestination:
             raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return _json(response)
-        raise _classify(what, response, key.get_secret_value())
+        raise _classify(what, response, key.get_secret_value(), self.slack.clock.now())
 
     def _gives_up(self, delivery: Delivery, exc: DeliveryError) -> bool:
         """Whether the worker will stop after this failure (its own rule, seen from here)."""
@@ -314,14 +316,14 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _classify(what: str, response: httpx.Response, secret: str) -> DeliveryError:
+def _classify(what: str, response: httpx.Response, secret: str, now: float) -> DeliveryError:
     status = response.status_code
     reason = f"{what}: HTTP {status}"
     message = _message(response).replace(secret, "***")
     if message:
         reason += f": {message}"
     if status == 429:
-        after = parse_retry_after(response.headers.get("retry-after"), SystemClock().now())
+        after = parse_retry_after(response.headers.get("retry-after"), now)
         return RetryableError(reason, retry_after=after)
     if status >= 500 or status == 408:
         return RetryableError(reason)
@@ -342,7 +344,7 @@ def _message(response: httpx.Response) -> str:
 
 
 def sitegpt_destination(settings: Settings, templates: Templates,
-                        clock: Clock | None = None) -> SiteGPTDestination | None:
+                        clock: Clock) -> SiteGPTDestination | None:
     """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key."""
     if not settings.replies_enabled():
         return None

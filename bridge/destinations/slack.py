@@ -540,6 +540,6 @@ def _slack_user(user_id: str, member: dict[str, Any]) -> SlackUser:
     return SlackUser(user_id, str(name), str(icon) if icon else None)
 
 
-def slack_destination(settings: Settings, templates: Templates) -> SlackDestination:
+def slack_destination(settings: Settings, templates: Templates, clock: Clock) -> SlackDestination:
     """Always on: without a bot token it runs dry, logging what it would post."""
-    return SlackDestination(settings, templates, max_workers=settings.delivery.concurrency)
+    return SlackDestination(settings, templates, clock, max_workers=settings.delivery.concurrency)

@@ -18,7 +18,7 @@ from bridge.events import (
 )
 from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
-from bridge.templating import CUT_MARKER, Templates
+from bridge.templating import CUT_MARKER, Templates, link_safe
 
 MESSAGE_TEMPLATES = {
     "NORMAL_MESSAGE": "slack/message_normal.json.j2",
@@ -109,7 +109,8 @@ class SlackRenderer:
         return self._render("slack/escalation.json.j2", {
             **self._conversation(conversation),
             "visitor": visitor,
-            "dashboard_url": data.dashboard_url or conversation.dashboard_url,
+            "dashboard_url": data.dashboard_url if link_safe(data.dashboard_url)
+            else conversation.dashboard_url,
             "mention": self.settings.slack.escalation_mention,
         })
 

@@ -6,10 +6,12 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bridge.store.migrations import SCHEMA_VERSION, Migration, steps_from
+from bridge.clock import Clock, SystemClock
+from bridge.store.migrations import SCHEMA_VERSION, VERSIONS, Migration, steps_from
 
 log = logging.getLogger("bridge.store")
 STATEMENT_CACHE = 1024
@@ -256,7 +258,7 @@ def _script(conn: sqlite3.Connection, sql: str) -> None:
             conn.execute(statement)
 
 
-def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+def connect(path: Path, synchronous: str, clock: Clock | None = None) -> sqlite3.Connection:
     """A connection to the store at `path`, migrated to SCHEMA_VERSION first if it is older."""
     # Batches of every size have their own INSERT text (insert_rows): keep them all prepared.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -270,7 +272,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        migrate(conn, path)
+        migrate(conn, path, clock or SystemClock())
         conn.execute("PRAGMA foreign_keys=ON")  # off while migrating: tables are rebuilt
     except BaseException:
         conn.close()
@@ -279,7 +281,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
+def migrate(conn: sqlite3.Connection, path: Path, clock: Clock) -> None:
     """Bring the store to SCHEMA_VERSION in one transaction; a newer store is refused."""
     if schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock taken
         return
@@ -288,10 +290,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     try:
         found = schema_version(conn)
         steps = steps_from(found, MIGRATIONS, str(path))
+        _record(conn, range(1, found + 1) if steps else (), clock.now())
         for step in steps:
             step.apply(conn)
-            conn.execute("INSERT INTO schema_migrations (version, name, applied_at)"
-                         " VALUES (?, ?, ?)", (step.version, step.name, time.time()))
+            _record(conn, [step.version], clock.now())
         _require_consistent(conn)
         conn.execute("COMMIT")
     except BaseException:
@@ -306,18 +308,19 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
-    """The recorded version; a first-release store recorded none but has its tables."""
+    """The recorded version; a first-release store recorded none, but has its tables."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "schema_migrations" not in tables:
-        if conn.in_transaction:
-            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                         " name TEXT NOT NULL, applied_at REAL NOT NULL)")
-            if "events" in tables:
-                conn.execute("INSERT INTO schema_migrations VALUES (1, ?, ?)",
-                             (MIGRATIONS[0].name, time.time()))
         return 1 if "events" in tables else 0
     return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
                .fetchone()[0])
+
+
+def _record(conn: sqlite3.Connection, versions: Iterable[int], now: float) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                 " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+    conn.executemany("INSERT OR IGNORE INTO schema_migrations VALUES (?, ?, ?)",
+                     [(version, VERSIONS[version], now) for version in versions])
 
 
 def _require_consistent(conn: sqlite3.Connection) -> None:

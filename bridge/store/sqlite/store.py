@@ -45,13 +45,8 @@ class SQLiteStore:
         self.path = path
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()
-        self._writer = Writer(lambda: connect(path, synchronous), str(path))
+        self._writer = Writer(lambda: connect(path, synchronous, self.clock), str(path))
         self._writer.start()
-
-    @property
-    def commits(self) -> int:
-        """Transactions committed since the store was opened (each holds a whole batch)."""
-        return self._writer.commits
 
     async def _run(self, work: Write[T] | Accept, timeout: float | None = None) -> T:
         limit = timeout or DEFAULT_TIMEOUT

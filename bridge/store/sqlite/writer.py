@@ -63,7 +63,6 @@ class Writer(threading.Thread):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
-        self.commits = 0
 
     def start(self) -> None:
         super().start()
@@ -123,9 +122,7 @@ class Writer(threading.Thread):
             log.exception("store writer: unexpected error")
             _roll_back(conn)
             return [(job, False, StoreError(f"unexpected store error: {exc}")) for job in jobs]
-        if committed:
-            self.commits += 1
-        elif any(storage_failure(value.__cause__) for _, _, value in outcomes):
+        if not committed and any(storage_failure(value.__cause__) for _, _, value in outcomes):
             self._drop_connection()
         return outcomes
 
