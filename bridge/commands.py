@@ -31,7 +31,10 @@ from bridge.events import (
     MODE_CHANGE,
     MODELS,
     SLACK_REPLY,
+    TICKET_COMMENT,
+    TICKET_DELETED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Event,
     InvalidEvent,
     parse_event,
@@ -50,7 +53,8 @@ TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
                TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
-               MODE_CHANGE: "mode change"}
+               MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
+               TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted"}
 SEND_TIMEOUT = 10.0
 BATCH_SAMPLE = "messages-batch"
 GAP = "  "

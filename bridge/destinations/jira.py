@@ -361,6 +361,14 @@ def _marker(delivery: Delivery) -> str:
     return f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
 
 
+_OWN_MARKER = re.compile(r"sitegpt-bridge:\d+:\d+")
+
+
+def is_own_comment(text: str) -> bool:
+    """Whether a comment carries the marker line every comment the bridge writes ends with."""
+    return _OWN_MARKER.search(text) is not None
+
+
 def _classify(action: str, exc: JIRAError, now: float) -> DeliveryError:
     """Jira's own message, never str(exc): that one carries the request's headers."""
     status = exc.status_code

@@ -13,7 +13,13 @@ from slack_sdk import WebClient
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.shared import Shared
-from bridge.destinations.slack_render import MAX_BLOCKS, SlackRenderer, Waiting, fit_message
+from bridge.destinations.slack_render import (
+    MAX_BLOCKS,
+    SlackRenderer,
+    TicketShown,
+    Waiting,
+    fit_message,
+)
 from bridge.destinations.slack_workspace import (
     ChannelPacer,
     SlackUser,
@@ -25,13 +31,19 @@ from bridge.events import (
     ESCALATION,
     LEAD,
     MESSAGE,
+    TICKET_COMMENT,
+    TICKET_DELETED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Conversation,
     EscalationEvent,
     Event,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
+    TicketDeletedEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
@@ -41,6 +53,7 @@ from bridge.templating import Templates
 log = logging.getLogger("bridge.slack")
 Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
 IN_THREAD = "chat.postMessage (in the thread)"
+PARENT_UPDATE = "chat.update (the thread's parent)"
 PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
 PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
 HISTORY_PAGES = 5  # of 200 messages: how far back a retry looks for its parent
@@ -60,7 +73,8 @@ class SlackDestination:
     """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
 
     name: ClassVar[str] = "slack"
-    KINDS: ClassVar[frozenset[str]] = frozenset({MESSAGE, ESCALATION, LEAD, TICKET_LINKED})
+    KINDS: ClassVar[frozenset[str]] = frozenset({
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
                  workspace: SlackWorkspace | None = None) -> None:
@@ -98,6 +112,14 @@ class SlackDestination:
                 return await self._link_ticket(delivery, event)
             if isinstance(event, LeadEvent):
                 return await self._post_lead(event)
+            if isinstance(event, TicketStatusEvent):
+                return await self._ticket_moved(delivery, event)
+            if isinstance(event, TicketCommentEvent):
+                url = self._issue_url(event.data.issue_key)
+                return await self._post_in_thread(delivery,
+                                                  self.renderer.ticket_comment(event, url))
+            if isinstance(event, TicketDeletedEvent):
+                return await self._ticket_deleted(delivery, event)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -145,19 +167,31 @@ class SlackDestination:
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self._parent(conversation, {})
+            parent = self.renderer.parent(conversation, False, None)
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
+        if isinstance(event, TicketCommentEvent):
+            url = self._issue_url(event.data.issue_key)
+            return [(IN_THREAD, post_arguments(channel, self.renderer.ticket_comment(event, url)))]
+        if isinstance(event, TicketDeletedEvent):
+            return [self._parent_preview(channel, conversation, None)]
         if isinstance(event, EscalationEvent):
             posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
-            parent = self._parent(conversation, {"escalated_at": 1.0})
+            ticket = None
+        elif isinstance(event, TicketStatusEvent):
+            ticket = _moved_to(event, self._issue_url(event.data.issue_key))
+            posted = post_arguments(channel, self.renderer.ticket_status(event, ticket))
         else:
             assert isinstance(event, TicketLinkedEvent)
+            ticket = TicketShown(event.data.issue_key, event.data.issue_url)
             posted = post_arguments(channel, self.renderer.ticket(event))
-            parent = self._parent(conversation, {"escalated_at": 1.0, "ticket": _ticket(event)})
-        return [(IN_THREAD, posted),
-                ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
+        return [(IN_THREAD, posted), self._parent_preview(channel, conversation, ticket)]
+
+    def _parent_preview(self, channel: str, conversation: Conversation,
+                        ticket: TicketShown | None) -> Call:
+        parent = self.renderer.parent(conversation, True, ticket)
+        return (PARENT_UPDATE, {"channel": channel, **fit_message(parent)})
 
     async def user(self, user_id: str) -> SlackUser:
         """A member's display name and avatar, remembered for an hour by the workspace."""
@@ -241,7 +275,7 @@ class SlackDestination:
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         # The parent shows the ticket: Slack keeps what it was told, in its own state.
         state = await delivery.state()
-        await _save(delivery, {**state, "ticket": _ticket(event)})
+        await _save(delivery, {**state, "ticket": _linked(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
         return outcome
@@ -292,36 +326,93 @@ class SlackDestination:
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
         state = await delivery.state()
+        await self._show_on_parent(delivery, state, self._shown(state))
+
+    async def _show_on_parent(self, delivery: Delivery, state: Mapping[str, Any],
+                              ticket: TicketShown | None, required: bool = False) -> None:
+        """Update the parent to show `ticket`; unless `required`, a failure is only logged."""
         thread = _thread_of(state)
         if self.dry_run or thread is None:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        parent = fit_message(self._parent(conversation, state))
+        escalated = bool(state.get("escalated_at"))
+        parent = fit_message(self.renderer.parent(conversation, escalated, ticket))
         try:
             await self.workspace.call("chat.update", lambda: self.client.chat_update(
                 channel=thread.channel, ts=thread.ts, **parent))
         except (RetryableError, PermanentError) as exc:
+            if required:
+                raise
             log.warning("could not update the parent message of %s: %s", conversation.key, exc)
+
+    async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
+        """A notice per status change, however often (or late) Jira reports the same change."""
+        data = event.data
+        known = (await delivery.state()).get("ticket") or {}
+        if known.get("key") == data.issue_key:
+            if known.get("deleted"):
+                return Skipped(f"{data.issue_key} is deleted")
+            shown = TicketShown.from_state(known)
+            if shown.shows(data.status_id, data.status):
+                return Skipped(f"{data.issue_key} already shows {data.status}")
+            if shown.later_than(data.changed_at):
+                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
+        moved = _moved_to(event, self._issue_url(data.issue_key))
+        outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
+        if isinstance(outcome, Delivered):
+            state = {**await delivery.state(), "ticket": moved.state()}
+            await _save(delivery, state)
+            await self._show_on_parent(delivery, state, moved)
+        return outcome
+
+    async def _ticket_deleted(self, delivery: Delivery, event: TicketDeletedEvent) -> Outcome:
+        """The parent stops showing the ticket; nothing is said in the thread."""
+        key = event.data.issue_key
+        state = await delivery.state()
+        shown = self._shown(state)
+        if shown is None or shown.key != key:
+            return Skipped(f"the parent does not show {key}")
+        if self.dry_run:
+            return Skipped("dry run: slack.bot_token is not set")
+        await self._show_on_parent(delivery, state, None, required=True)
+        # Kept, marked: a late retry of an earlier change must not bring it back.
+        await _save(delivery, {**state, "ticket": {**state["ticket"], "deleted": True}})
+        return Delivered(note=f"{key} deleted: the parent no longer shows it")
 
     def _channel_for(self, chatbot_id: str) -> str:
         chatbot = self.settings.chatbot(chatbot_id)
         return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
             self.slack.channel or "")
 
+    def _issue_url(self, key: str) -> str | None:
+        if not self.settings.jira.url:
+            return None
+        return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
+
     def _parent(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
         """The thread's parent as Slack's state has it: escalated or not, and its ticket."""
+        return self.renderer.parent(conversation, bool(state.get("escalated_at")),
+                                    self._shown(state))
+
+    def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
+        """The ticket the parent shows: none before one is linked, or once it is deleted."""
         ticket = state.get("ticket")
-        if ticket and not ticket.get("url") and self.settings.jira.url:
-            # A ticket linked before Slack kept its url: shown at [jira] url, as it was then.
-            ticket = {**ticket, "url": f"{self.settings.jira.url.rstrip('/')}/browse/"
-                                       f"{ticket['key']}"}
-        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
+        if not ticket or ticket.get("deleted"):
+            return None
+        # A ticket linked before Slack kept its url is shown at [jira] url, as it was then.
+        return TicketShown.from_state(ticket, ticket.get("url") or self._issue_url(ticket["key"]))
 
     def _dry_run(self, message: dict[str, Any]) -> Outcome:
         log.info("slack dry run (no bot_token), would post: %s",
                  json.dumps(fit_message(message), ensure_ascii=False))
         return Skipped("dry run: slack.bot_token is not set")
+
+
+def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
+    data = event.data
+    return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
+                       data.changed_at)
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:
@@ -336,8 +427,11 @@ async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
     await delivery.save_state(state, ref=f"{thread.channel}/{thread.ts}" if thread else None)
 
 
-def _ticket(event: TicketLinkedEvent) -> dict[str, str]:
-    return {"key": event.data.issue_key, "url": event.data.issue_url}
+def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
+    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
+    known = state.get("ticket") or {}
+    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
+    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bridge.errors import TemplateError
@@ -12,8 +12,11 @@ from bridge.events import (
     EscalationEvent,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
 )
+from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
 from bridge.templating import CUT_MARKER, Templates, link_safe
 
@@ -38,6 +41,49 @@ class Waiting:
 
     event: MessageEvent
     received_at: float
+
+
+@dataclass(frozen=True)
+class TicketShown:
+    """The conversation's Jira ticket as its thread's parent shows it."""
+
+    key: str
+    url: str | None = None
+    status: str | None = None
+    status_id: str | None = None
+    category: str | None = None  # Jira's status category key; "done" means resolved
+    changed_at: int | None = None  # when Jira says the status changed, in milliseconds
+
+    @property
+    def done(self) -> bool:
+        return self.category == "done"
+
+    def shows(self, status_id: str | None, status: str) -> bool:
+        """Whether this is the status shown already (by id where Jira gave both ids)."""
+        if status_id is not None and self.status_id is not None:
+            return status_id == self.status_id
+        return status == self.status
+
+    def later_than(self, changed_at: int | None) -> bool:
+        """Whether the status shown changed after `changed_at` (a retry Jira sent late)."""
+        if self.changed_at is None or changed_at is None:
+            return False
+        return self.changed_at > changed_at
+
+    @classmethod
+    def from_state(cls, ticket: Mapping[str, Any], url: str | None = None) -> TicketShown:
+        """The ticket as the Slack destination's state keeps it (see state())."""
+        return cls(str(ticket["key"]), url or ticket.get("url"), ticket.get("status"),
+                   ticket.get("status_id"), ticket.get("category"), ticket.get("changed_at"))
+
+    def state(self) -> dict[str, Any]:
+        """What the Slack destination keeps of the ticket in its state for the conversation."""
+        return asdict(self)
+
+    def context(self) -> dict[str, Any]:
+        context = {**asdict(self), "done": self.done}
+        del context["changed_at"]
+        return context
 
 
 class SlackRenderer:
@@ -108,12 +154,28 @@ class SlackRenderer:
             "dashboard_url": data.dashboard_url,
         })
 
+    def ticket_status(self, event: TicketStatusEvent, ticket: TicketShown) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_status.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {**ticket.context(), "previous_status": data.previous_status},
+            "actor": data.actor,
+        })
+
+    def ticket_comment(self, event: TicketCommentEvent, ticket_url: str | None) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_comment.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {"key": data.issue_key, "url": ticket_url},
+            "comment": {"author": data.author, "text": comment_mrkdwn(data.body)},
+        })
+
     def parent(self, conversation: Conversation, escalated: bool,
-               ticket: Mapping[str, Any] | None) -> dict[str, Any]:
+               ticket: TicketShown | None) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
             "escalated": escalated,
-            "ticket": {"key": ticket.get("key"), "url": ticket.get("url")} if ticket else None,
+            "ticket": ticket.context() if ticket else None,
             "mode_buttons": self.settings.replies_enabled()
             and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
         })
