@@ -1,4 +1,4 @@
-"""`python -m bench`: ingest speed, memory, start-up and delivery latency, in one run."""
+"""`python -m bench`: ingest speed, memory, start-up, delivery latency and outage catch-up."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.backlog import Backlog, BacklogOptions, run_backlog
 from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
 from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
 from bench.load import LoadResult, choose_generator
@@ -32,8 +33,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a PostgreSQL server to make a fresh database on for the "
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
                              "else 127.0.0.1:5432 as postgres)")
-    parser.add_argument("--only", choices=("ingest", "delivery"),
-                        help="run only the ingest or only the delivery benchmarks")
+    parser.add_argument("--only", choices=("ingest", "delivery", "backlog"),
+                        help="run only the ingest, delivery or outage catch-up benchmark")
     parser.add_argument("--burst", type=int, default=200,
                         help="messages in the one-conversation burst (default 200)")
     parser.add_argument("--burst-rate", type=float, default=20.0,
@@ -110,6 +111,16 @@ def reachable(server: str) -> str:
     return server
 
 
+def print_backlog(report: Backlog) -> None:
+    print(f"\nCatch-up: Slack down {report.outage_seconds:g} s while {report.conversations} "
+          f"conversations send {report.messages} messages; fake Slack allows a burst of 3, then "
+          "1 post/s per channel; default [slack] pacing")
+    print(f"all shown {report.caught_up_seconds:.1f} s after Slack's return (goal <= 90 s) in "
+          f"{report.posts} posts, {report.rate_limited} answered 429, in order: "
+          f"{'yes' if report.in_order else 'NO'}; next live message posted "
+          f"{report.live_seconds:.2f} s after its 200 (goal: a second or two)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     postgres = reachable(args.postgres)
@@ -118,9 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             generator=choose_generator(args.load), slack=args.slack,
                             servers=tuple(args.servers.split(",")), postgres=postgres)
     print(f"machine: {machine()}")
-    if args.only != "delivery":
+    if args.only in (None, "ingest"):
         print_ingest(run_ingest(options), options)
-    if args.only != "ingest":
+    if args.only in (None, "backlog"):
+        print_backlog(run_backlog(BacklogOptions()))
+    if args.only in (None, "delivery"):
         print_delivery(run_delivery(DeliveryOptions(burst_messages=args.burst,
                                                     burst_rate=args.burst_rate,
                                                     postgres=postgres)))

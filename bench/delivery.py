@@ -47,16 +47,17 @@ class Slack:
     arrived: dict[str, float]
     order: list[str]
     rate_limited: int = 0
+    posts: int = 0
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
         seen = (await client.post(f"{self.api_url}{ARRIVALS}", headers={
             "Authorization": "Bearer xoxb-bench"})).json()
         self.arrived, self.order = seen["arrived"], seen["order"]
-        self.rate_limited = seen["rate_limited"]
+        self.rate_limited, self.posts = seen["rate_limited"], seen.get("posts", 0)
 
 
 @contextlib.contextmanager
-def _fake_slack(rate: float | None = None) -> Iterator[Slack]:
+def fake_slack(rate: float | None = None) -> Iterator[Slack]:
     command = python_command("-m", "bench.slack_server")
     if rate is not None:
         command += ["--channel-rate", str(rate), "--channel-burst", "3"]
@@ -117,12 +118,13 @@ class DeliveryOptions:
 
 def run_delivery(options: DeliveryOptions) -> DeliveryReport:
     with tempfile.TemporaryDirectory(prefix="bridge-bench-delivery-") as folder:
-        with _fake_slack() as slack, _bridge(Path(folder) / "healthy", slack, UNPACED) as bridge:
+        with fake_slack() as slack, bridge_process(Path(folder) / "healthy", slack,
+                                                   UNPACED) as bridge:
             latency = asyncio.run(_latency(bridge, slack, options.latency_messages))
             throughput = [asyncio.run(_throughput(bridge, slack, count,
                                                   options.throughput_messages))
                           for count in (1, 10, 100)]
-        with _fake_slack(options.burst_rate) as slack, _bridge(
+        with fake_slack(options.burst_rate) as slack, bridge_process(
                 Path(folder) / "paced", slack, (3, options.burst_rate)) as bridge:
             burst = asyncio.run(_burst(bridge, slack, options))
         across = _across_replicas(Path(folder), options) if options.postgres else None
@@ -131,15 +133,15 @@ def run_delivery(options: DeliveryOptions) -> DeliveryReport:
 
 def _across_replicas(folder: Path, options: DeliveryOptions) -> Latency:
     """Webhooks to a replica without a worker; the other replica's worker posts them."""
-    with created_database(options.postgres, "bridge_bench_") as url, _fake_slack() as slack, \
-            _bridge(folder / "receiver", slack, UNPACED, url, ["--no-worker"]) as receiver, \
-            _bridge(folder / "deliverer", slack, UNPACED, url):
+    with created_database(options.postgres, "bridge_bench_") as url, fake_slack() as slack, \
+            bridge_process(folder / "receiver", slack, UNPACED, url, ["--no-worker"]) as receiver, \
+            bridge_process(folder / "deliverer", slack, UNPACED, url):
         return asyncio.run(_latency(receiver, slack, options.latency_messages))
 
 
 @contextlib.contextmanager
-def _bridge(folder: Path, slack: Slack, pacing: tuple[int, float], store_url: str | None = None,
-            flags: Sequence[str] = ()) -> Iterator[Server]:
+def bridge_process(folder: Path, slack: Slack, pacing: tuple[int, float],
+                   store_url: str | None = None, flags: Sequence[str] = ()) -> Iterator[Server]:
     folder.mkdir()
     port = free_port()
     settings = bridge_settings(folder, port, slack.api_url, pacing, store_url)
@@ -158,12 +160,12 @@ async def _latency(bridge: Server, slack: Slack, count: int) -> Latency:
     threads = [f"{run}-latency-{n}" for n in range(10)]
     async with Webhooks(bridge, 1) as webhooks, httpx.AsyncClient() as client:
         await webhooks.send_all([message_body(run, n, thread) for n, thread in enumerate(threads)])
-        await _delivered(client, slack, [f"{run}-{n}" for n in range(len(threads))])
+        await delivered(client, slack, [f"{run}-{n}" for n in range(len(threads))])
         acknowledged: dict[str, float] = {}
         for serial in range(len(threads), len(threads) + count):
             await webhooks.send(message_body(run, serial, threads[serial % len(threads)]))
             acknowledged[f"{run}-{serial}"] = time.perf_counter()
-            await _delivered(client, slack, [f"{run}-{serial}"])
+            await delivered(client, slack, [f"{run}-{serial}"])
     delays = sorted(slack.arrived[marker] - at for marker, at in acknowledged.items())
     return Latency(count, percentile(delays, 50) * 1e3, percentile(delays, 99) * 1e3,
                    delays[-1] * 1e3)
@@ -177,7 +179,7 @@ async def _throughput(bridge: Server, slack: Slack, conversations: int,
     started = time.perf_counter()
     async with Webhooks(bridge, 16) as webhooks, httpx.AsyncClient() as client:
         await webhooks.send_all(bodies)
-        await _delivered(client, slack, [f"{run}-{n}" for n in range(count)])
+        await delivered(client, slack, [f"{run}-{n}" for n in range(count)])
     last = max(slack.arrived[f"{run}-{n}"] for n in range(count))
     return Throughput(conversations, count, last - started)
 
@@ -190,7 +192,7 @@ async def _burst(bridge: Server, slack: Slack, options: DeliveryOptions) -> Burs
     async with Webhooks(bridge, 1) as webhooks, httpx.AsyncClient() as client:
         for serial in range(options.burst_messages):  # in order: one conversation's messages
             await webhooks.send(message_body(run, serial, f"{run}-burst"))
-        await _delivered(client, slack, markers)
+        await delivered(client, slack, markers)
     seconds = max(slack.arrived[marker] for marker in markers) - started
     return Burst(messages=options.burst_messages, rate=options.burst_rate, seconds=seconds,
                  delivered=sum(marker in slack.arrived for marker in markers),
@@ -228,8 +230,9 @@ class Webhooks:
         await asyncio.gather(*(self.send(body) for body in bodies))
 
 
-async def _delivered(client: httpx.AsyncClient, slack: Slack, markers: list[str]) -> None:
-    deadline = time.perf_counter() + DELIVERY_TIMEOUT
+async def delivered(client: httpx.AsyncClient, slack: Slack, markers: list[str],
+                    timeout: float = DELIVERY_TIMEOUT) -> None:
+    deadline = time.perf_counter() + timeout
     while not all(marker in slack.arrived for marker in markers):
         if time.perf_counter() > deadline:
             missing = sum(marker not in slack.arrived for marker in markers)

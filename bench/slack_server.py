@@ -1,7 +1,8 @@
 """The fake Slack in a process of its own, noting when each benchmark message arrives.
 
 Run apart from the benchmark so that sending webhooks never slows its answers. Arrival times
-are time.perf_counter() (CLOCK_MONOTONIC), comparable with the benchmark's own.
+are time.perf_counter() (CLOCK_MONOTONIC), comparable with the benchmark's own. A post that
+carries several messages (a conversation's backlog in one reply) notes each of them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import threading
 import time
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tests.fake_slack import FakeSlack
 
 MARKER = re.compile(r"\(#([\w-]+)\)")
 ARRIVALS = "bench.arrivals"
+OUTAGE = "bench.outage"  # status=503 starts an outage, status=0 ends it
 
 
 class StampingSlack(FakeSlack):
@@ -29,20 +32,30 @@ class StampingSlack(FakeSlack):
         super().__init__(**limits)
         self.arrived: dict[str, float] = {}
         self.order: list[str] = []
+        self.posted = 0
+
+    async def _handle(self, request: Request) -> Response:
+        if request.path_params["method"] == OUTAGE:  # answered even while Slack is "down"
+            status = int(request.query_params.get("status") or 0)
+            self.outage_status = status or None
+            return JSONResponse({"ok": True, "status": status})
+        return await super()._handle(request)
 
     def _post(self, args: dict[str, Any], author: dict[str, str]) -> Response:
         arrived = time.perf_counter()
         response = super()._post(args, author)
-        marker = MARKER.search(str(args.get("text", "")))
-        if response.status_code == 200 and marker:
-            self.arrived[marker[1]] = arrived
-            self.order.append(marker[1])
+        if response.status_code != 200:
+            return response
+        self.posted += 1
+        for marker in MARKER.findall(str(args.get("text", ""))):
+            self.arrived.setdefault(marker, arrived)
+            self.order.append(marker)
         return response
 
     def _perform(self, method: str, args: dict[str, Any], author: dict[str, str]) -> Response:
         if method == ARRIVALS:
             return JSONResponse({"arrived": self.arrived, "order": self.order,
-                                 "rate_limited": len(self.rate_limited)})
+                                 "rate_limited": len(self.rate_limited), "posts": self.posted})
         return super()._perform(method, args, author)
 
 

@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 from bridge.clock import Clock, SystemClock
 from bridge.destinations import REGISTRY, build_destinations, destinations_for
 from bridge.destinations.base import Destination
+from bridge.destinations.shared import Shared
+from bridge.jira_events import jira_routes
 from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.retention import keep_pruning
@@ -91,14 +93,15 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     templates = Templates(settings.templates.dir)
-    destinations = build_destinations(settings, templates, clock)
+    metrics = Metrics(list(ENDPOINT_KINDS))
+    destinations = build_destinations(settings, templates, Shared(settings, clock, metrics))
+    metrics.expect_destinations(list(destinations))
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock,
                        pool_size=settings.store.pool_size)
     share_pacing(store, destinations)
-    metrics = Metrics(list(ENDPOINT_KINDS), list(destinations))
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
                     redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
@@ -133,6 +136,7 @@ def announce(bridge: Bridge) -> None:
         if getattr(destination, "dry_run", False):
             state = "dry run (no bot token): messages are logged, not posted"
         log.info("destination %s: %s", name, state)
+    log.info("jira back-channel: %s", back_channel(settings))
     lease = settings.delivery.lease.total_seconds()
     if lease > SLOW_TAKEOVER:
         log.warning("delivery.lease is %gs: after a crash, a conversation waits that long before"
@@ -145,6 +149,20 @@ def announce(bridge: Bridge) -> None:
         log.warning(
             "UNSAFE: webhooks.%s still uses the example token from settings.example.toml; "
             "set your own before exposing the bridge", name)
+
+
+def back_channel(settings: Settings) -> str:
+    """Whether Jira's webhooks reach Slack threads, and how they are checked; for logs and check."""
+    jira = settings.jira
+    if not jira.back_channel and jira.webhook_credentials:
+        return "off: [jira] webhook_secret or webhook_token is set, but url is not (no tickets)"
+    if not jira.back_channel:
+        return "off (set [jira] webhook_secret or webhook_token to receive Jira's webhooks)"
+    checks = [name for name, value in (("Cloud signature", jira.webhook_secret),
+                                       ("Data Center token", jira.webhook_token)) if value]
+    comments = "on" if jira.comments_to_slack else "off"
+    return (f"on at POST /jira/webhook ({' and '.join(checks)}); status changes to Slack, "
+            f"comments to Slack {comments}")
 
 
 def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
@@ -172,7 +190,8 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     )
     token = bridge.settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    replies = slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake)
-    app = build_app(intake, bridge.endpoints(), lifespan, replies, metrics_token)
+    inbound = [*slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake),
+               *jira_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake)]
+    app = build_app(intake, bridge.endpoints(), lifespan, inbound, metrics_token)
     app.state.bridge = bridge
     return app

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
-from bridge.app import announce, create_app, open_bridge, open_store_now
+from bridge.app import announce, back_channel, create_app, open_bridge, open_store_now
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging, flush_logs
@@ -104,6 +104,7 @@ async def _check_destinations(settings: Settings) -> int:
             except DeliveryError as exc:
                 print(f"{name}: FAILED: {redact(str(exc))}")
                 problems += 1
+        print(f"jira back-channel: {back_channel(settings)}")
         info = await bridge.store.info()
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():

@@ -31,7 +31,10 @@ from bridge.events import (
     MODE_CHANGE,
     MODELS,
     SLACK_REPLY,
+    TICKET_COMMENT,
+    TICKET_DELETED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Event,
     InvalidEvent,
     parse_event,
@@ -41,6 +44,7 @@ from bridge.registry import Arguments, command, command_settings
 from bridge.samples import load_sample, sample_names
 from bridge.settings import ServerSettings, Settings
 from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
+from bridge.template_check import waiting_messages
 from bridge.templating import Templates
 from bridge.web import ENDPOINT_KINDS, TOKEN_HEADER
 
@@ -49,8 +53,10 @@ TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
                TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
-               MODE_CHANGE: "mode change"}
+               MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
+               TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted"}
 SEND_TIMEOUT = 10.0
+BATCH_SAMPLE = "messages-batch"
 GAP = "  "
 MIN_LAST_COLUMN = 24
 UNTRUNCATED_WIDTH = 160
@@ -98,7 +104,9 @@ def _render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE.json",
                         help="a webhook body as SiteGPT sends it")
     parser.add_argument("--sample", metavar="NAME",
-                        help=f"a bundled sample instead: {', '.join(sample_names())}")
+                        help=f"a bundled sample instead: {', '.join(sample_names())}; or "
+                             f"{BATCH_SAMPLE}: the message samples waiting together, as the "
+                             "one Slack reply they become after an outage")
     parser.add_argument("--target", choices=sorted(REGISTRY),
                         help="one destination (default: every one that takes the event)")
 
@@ -107,28 +115,30 @@ def _render_arguments(parser: argparse.ArgumentParser) -> None:
     "render", "print what would be sent for a webhook body, rendered with your templates",
     _render_arguments)
 async def render(settings: Settings, args: argparse.Namespace) -> int:
-    label, event = _payload(args.file, args.sample)
+    samples, together = _payload(args.file, args.sample)
     folder = settings.templates.dir
     if folder is not None and not folder.is_dir():
         raise UsageError(f"templates.dir: {folder} is not a folder")
     destinations = build_destinations(settings, Templates(folder))
     try:
-        targets = _targets(destinations, event, args.target)
-        shown = [_show_preview(destination, label, event) for destination in targets]
+        targets = _targets(destinations, next(iter(samples.values())), args.target)
+        shown = [_show_preview(destination, samples, together) for destination in targets]
     finally:
         for destination in destinations.values():
             await destination.aclose()
     return 0 if all(shown) else 1
 
 
-def _payload(file: str | None, sample: str | None) -> tuple[str, Event]:
-    """The event to render and the label it goes by: a file's name or a sample's."""
+def _payload(file: str | None, sample: str | None) -> tuple[dict[str, Event], bool]:
+    """The events to render by label (a file's name or a sample's), and whether together."""
     if (file is None) == (sample is None):
         raise UsageError("render needs a FILE.json or --sample NAME, one of the two")
+    if sample == BATCH_SAMPLE:
+        return waiting_messages(), True
     if sample is not None:
-        return sample, _event_from(sample, _sample(sample))
+        return {sample: _event_from(sample, _sample(sample))}, False
     path = Path(str(file))
-    return path.name, _event_from(str(path), _read_json(path))
+    return {path.name: _event_from(str(path), _read_json(path))}, False
 
 
 def _sample(name: str) -> Any:
@@ -177,17 +187,24 @@ def _targets(destinations: Mapping[str, Destination], event: Event,
     return [destination]
 
 
-def _show_preview(destination: Destination, label: str, event: Event) -> bool:
-    """Bodies on stdout (so `| jq` works), a heading for each on stderr; False on failure."""
+def _show_preview(destination: Destination, samples: Mapping[str, Event],
+                  together: bool) -> bool:
+    """Bodies on stdout (so `| jq` works), a heading for each on stderr; False on failure.
+
+    `together`: only what shows the samples together (a batch), not each one on its own.
+    """
     render_samples = sample_renderer(destination)
     if render_samples is None:
         _say(f"{destination.name}: cannot show what it would send")
         return False
     try:
-        rendered = render_samples({label: event})
+        rendered = render_samples(samples)
     except TemplateError as exc:
         _say(f"{destination.name}: {exc}")
         return False
+    if together:
+        alone = tuple(f"{label}: " for label in samples)
+        rendered = {what: text for what, text in rendered.items() if not what.startswith(alone)}
     for what, text in rendered.items():
         sys.stdout.flush()
         print(f"# {destination.name}: {what}", file=sys.stderr, flush=True)

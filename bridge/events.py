@@ -17,6 +17,9 @@ LEAD = "NEW_LEAD_CAPTURE"
 TICKET_LINKED = "BRIDGE_TICKET_LINKED"
 SLACK_REPLY = "SLACK_THREAD_REPLY"
 MODE_CHANGE = "SLACK_MODE_CHANGE"
+TICKET_STATUS = "JIRA_TICKET_STATUS"
+TICKET_COMMENT = "JIRA_TICKET_COMMENT"
+TICKET_DELETED = "JIRA_TICKET_DELETED"
 DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
 
 
@@ -110,6 +113,43 @@ class ModeChangeData(SiteGPTModel):
     mode: Literal["AGENT", "AI"]
 
 
+class TicketStatusData(SiteGPTModel):
+    """Made by the bridge from Jira's webhook: the conversation's ticket moved to a status."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    issue_key: str = Field(alias="issueKey")
+    status_id: str | None = Field(None, alias="statusId")
+    status: str
+    previous_status: str | None = Field(None, alias="previousStatus")
+    category: str | None = None  # Jira's status category key: "new", "indeterminate", "done"
+    actor: str | None = None
+    changed_at: int | None = Field(None, alias="changedAt")  # Jira's timestamp, milliseconds
+
+
+class TicketCommentData(SiteGPTModel):
+    """Made by the bridge from Jira's webhook: a person commented on the conversation's ticket.
+
+    `body` is as Jira sent it: wiki markup (a string) or Atlassian Document Format (an object).
+    """
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    issue_key: str = Field(alias="issueKey")
+    comment_id: str | None = Field(None, alias="commentId")
+    author: str | None = None
+    body: str | dict[str, Any]
+
+
+class TicketDeletedData(SiteGPTModel):
+    """Made by the bridge from Jira's webhook: the conversation's ticket was deleted."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    issue_key: str = Field(alias="issueKey")
+    actor: str | None = None
+
+
 class MessageEvent(SiteGPTModel):
     event: Literal["ADD_MESSAGE"]
     data: MessageData
@@ -140,8 +180,23 @@ class ModeChangeEvent(SiteGPTModel):
     data: ModeChangeData
 
 
+class TicketStatusEvent(SiteGPTModel):
+    event: Literal["JIRA_TICKET_STATUS"]
+    data: TicketStatusData
+
+
+class TicketCommentEvent(SiteGPTModel):
+    event: Literal["JIRA_TICKET_COMMENT"]
+    data: TicketCommentData
+
+
+class TicketDeletedEvent(SiteGPTModel):
+    event: Literal["JIRA_TICKET_DELETED"]
+    data: TicketDeletedData
+
+
 Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
-         | ModeChangeEvent)
+         | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
@@ -149,6 +204,9 @@ MODELS: dict[str, type[SiteGPTModel]] = {
     TICKET_LINKED: TicketLinkedEvent,
     SLACK_REPLY: SlackReplyEvent,
     MODE_CHANGE: ModeChangeEvent,
+    TICKET_STATUS: TicketStatusEvent,
+    TICKET_COMMENT: TicketCommentEvent,
+    TICKET_DELETED: TicketDeletedEvent,
 }
 
 

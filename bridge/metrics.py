@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +33,9 @@ DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
 # store that webhooks commit to. Prometheus scrapes every 15 s or more.
 QUEUE_READ_INTERVAL = 1.0
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+# A post waits for its channel's next slot: nothing when the channel is quiet, about a second
+# per post ahead of it while a backlog is caught up.
+PACING_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -61,22 +64,37 @@ class Metrics:
         self.queue = Gauge(
             "sitegpt_bridge_queue_deliveries", "Deliveries in the store by status.",
             ["status"], registry=self.registry)
+        self.waiting = Gauge(
+            "sitegpt_bridge_waiting_deliveries",
+            "Deliveries still to be made, by destination (retries included).",
+            ["destination"], registry=self.registry)
+        self.pacing_behind = Gauge(
+            "sitegpt_bridge_slack_pacing_behind_seconds",
+            "How long a Slack post asking now would wait for its slot, on the busiest channel.",
+            registry=self.registry)
+        self.pacing_wait = Histogram(
+            "sitegpt_bridge_slack_pacing_wait_seconds",
+            "How long each Slack post waited for its channel's next slot.",
+            buckets=PACING_BUCKETS, registry=self.registry)
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
+        self._seen_waiting: set[str] = set()
         self._queue_read_at: float | None = None
         self._oldest: float | None = None
         self._queue_lock = asyncio.Lock()
-        self._expect(endpoints, destinations)
-
-    def _expect(self, endpoints: Sequence[str], destinations: Sequence[str]) -> None:
-        """Start known series at zero, so a rate() alert works before the first event."""
         for endpoint in endpoints:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhooks.labels(endpoint, outcome)
+        self.expect_destinations(destinations)
+
+    def expect_destinations(self, destinations: Sequence[str]) -> None:
+        """Start their series at zero, so a rate() alert works before the first event."""
+        self._seen_waiting |= set(destinations)
         for destination in destinations:
             self.attempts.labels(destination)
             self.latency.labels(destination)
+            self.waiting.labels(destination)
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(destination, outcome)
 
@@ -90,6 +108,14 @@ class Metrics:
         self.deliveries.labels(destination, outcome).inc()
         if outcome == "delivered":
             self.latency.labels(destination).observe(max(since_accepted, 0.0))
+
+    def watch_pacer(self, behind: Callable[[], float]) -> None:
+        """Read the Slack pacer's delay at each scrape."""
+        self.pacing_behind.set_function(behind)
+
+    def paced(self, seconds: float) -> None:
+        """A Slack post waited `seconds` for its channel's slot."""
+        self.pacing_wait.observe(seconds)
 
     def destination_error(self, destination: str, error: BaseException) -> None:
         """Count by the error's `code` when the destination gave one, else by its class."""
@@ -109,8 +135,12 @@ class Metrics:
     async def _read_queue(self, store: QueueStats) -> None:
         depth = await store.queue_depth()
         self._oldest = await store.oldest_pending()
+        waiting = await store.waiting_by_destination()
         for status, count in depth.items():
             self.queue.labels(status).set(count)
+        self._seen_waiting |= set(waiting)  # a destination drained since drops back to 0
+        for destination in self._seen_waiting:
+            self.waiting.labels(destination).set(waiting.get(destination, 0))
 
 
 def bearer_matches(authorization: str | None, token: bytes) -> bool:

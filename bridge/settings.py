@@ -193,6 +193,16 @@ class JiraSettings(Section):
     issue_type: str = "Task"
     labels: list[str] = ["sitegpt"]
     timeout_seconds: float = Field(15.0, gt=0)
+    webhook_secret: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+    comments_to_slack: bool = False
+
+    @field_validator("webhook_secret", "webhook_token")
+    @classmethod
+    def _webhook_credential_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty: leave it unset to turn the back-channel off")
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -223,6 +233,18 @@ class JiraSettings(Section):
         if not self.project:
             raise ValueError("jira.project is required when jira.url is set")
         return self
+
+    @property
+    def webhook_credentials(self) -> bool:
+        return self.webhook_secret is not None or self.webhook_token is not None
+
+    @property
+    def back_channel(self) -> bool:
+        """Whether Jira's webhooks are received: tickets on, and a secret or a token set.
+
+        Without tickets there is nothing to follow, as the credentials alone do nothing.
+        """
+        return bool(self.url) and self.webhook_credentials
 
     @property
     def auth_kind(self) -> str:

@@ -12,13 +12,12 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, ValidationError
 from slack_sdk.signature import Clock as SignatureClock
 from slack_sdk.signature import SignatureVerifier
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
 from bridge.destinations.sitegpt import SiteGPTDestination
-from bridge.errors import StoreError
 from bridge.events import (
     MODE_CHANGE,
     SLACK_REPLY,
@@ -27,10 +26,10 @@ from bridge.events import (
     SlackReplyData,
     canonical_json,
 )
+from bridge.inbound import Refused, Storing, bounded_body
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
-from bridge.web import BodyTooLarge, read_bounded
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
@@ -99,14 +98,6 @@ class _VerifierClock(SignatureClock):
         return self._clock.now()
 
 
-class Refused(Exception):
-    """A request that is not Slack's or cannot be read; `response` is the answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.response = JSONResponse({"status": "rejected", "error": message}, status)
-
-
 @dataclass
 class SlackReceiver:
     """What the two Slack routes need, wired once at start-up."""
@@ -122,6 +113,10 @@ class SlackReceiver:
     def __post_init__(self) -> None:
         self.rejections = RejectionLog(log, self.clock)
 
+    @property
+    def storing(self) -> Storing:
+        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log)
+
     async def events(self, request: Request) -> Response:
         try:
             envelope = _parse(EventEnvelope, await self._signed_body(request))
@@ -131,8 +126,8 @@ class SlackReceiver:
             return JSONResponse({"challenge": envelope.challenge or ""})
         event = await self._reply_event(envelope)
         if isinstance(event, str):
-            return _ignored("event", event)
-        return await self._accept("event", event)
+            return self.storing.ignored("slack event", event)
+        return await self.storing.accept("slack event", event)
 
     async def interactions(self, request: Request) -> Response:
         try:
@@ -143,17 +138,12 @@ class SlackReceiver:
             return exc.response
         event = await self._mode_event(interaction)
         if isinstance(event, str):
-            return _ignored("interaction", event)
-        answer = await self._accept("interaction", event)
+            return self.storing.ignored("slack interaction", event)
+        answer = await self.storing.accept("slack interaction", event)
         return Response(status_code=200) if answer.status_code == 200 else answer
 
     async def _signed_body(self, request: Request) -> bytes:
-        try:
-            raw = await read_bounded(request, self.max_body_bytes)
-        except BodyTooLarge as exc:
-            raise Refused(413, f"body larger than {self.max_body_bytes} bytes") from exc
-        except ClientDisconnect as exc:
-            raise Refused(400, "client disconnected mid-body") from exc
+        raw = await bounded_body(request, self.max_body_bytes)
         if not self._signed(raw, request):
             self.rejections.rejected(f"slack {request.url.path}", 401, "unauthorized",
                                      "bad or stale signature")
@@ -224,20 +214,6 @@ class SlackReceiver:
         found = await self.store.conversation_by_ref(SLACK, f"{channel}/{thread_ts}")
         return Conversation(*found) if found else None
 
-    async def _accept(self, source: str, event: NewEvent) -> Response:
-        try:
-            accepted = await self.store.accept(event, self.clock.now(), DEDUP_WINDOW)
-        except StoreError as exc:
-            log.error("slack %s: store unavailable: %s", source, exc)
-            return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
-        if accepted.status == "accepted":
-            self.on_accept()
-        log.info("slack %s: %s event %d", source, accepted.status, accepted.event_id,
-                 extra={"endpoint": f"slack-{source}", "outcome": accepted.status,
-                        "event_id": accepted.event_id})
-        return JSONResponse({"status": accepted.status, "id": accepted.event_id})
-
-
 def _parse(model: type[M], raw: bytes) -> M:
     try:
         return model.model_validate_json(raw)
@@ -251,12 +227,6 @@ def _new_event(kind: str, conversation: Conversation, dedup_key: str,
     return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
                     ordering_key=conversation.key, destinations=DESTINATIONS,
                     conversation=(conversation.chatbot_id, conversation.thread_id))
-
-
-def _ignored(source: str, reason: str) -> JSONResponse:
-    # Slack retries anything but a 200, so what the bridge does not want still gets one.
-    log.debug("slack %s ignored: %s", source, reason)
-    return JSONResponse({"status": "ignored", "reason": reason})
 
 
 def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,

@@ -56,6 +56,12 @@ def sample_events() -> dict[str, Event]:
     return events
 
 
+def waiting_messages() -> dict[str, Event]:
+    """The bundled message samples, all of one conversation: a backlog to preview as a batch."""
+    return {name: event for name, event in sample_events().items()
+            if isinstance(event.data, MessageData)}
+
+
 def check_templates(templates: Templates,
                     destinations: Mapping[str, Destination]) -> TemplateReport:
     """Load every template, then render every sample through every destination that previews."""

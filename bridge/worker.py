@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
@@ -23,7 +24,7 @@ from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
-from bridge.store import ClaimedDelivery, DeliveryQueue, DeliveryStore, Lease
+from bridge.store import ClaimedDelivery, DeliveryQueue, DeliveryStore, Lease, RetryKind
 
 log = logging.getLogger("bridge.worker")
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
@@ -46,6 +47,32 @@ class Backoff:
             return min(max(retry_after, 0.0), MAX_RETRY_AFTER) + rng.uniform(0, 0.25)
         ceiling = min(self.cap, self.initial * 2 ** max(attempt - 1, 0))
         return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class Recovery:
+    """Tells when a destination answers again, so that what waits out a backoff for it goes now.
+
+    A retry that gets through is the sign. So is any call that gets through after this worker
+    saw the destination fail, at most once per `cooldown`: a conversation that keeps failing on
+    its own while others get through is then hurried no more often than its backoff would try.
+    """
+
+    cooldown: float
+    _failing: set[str] = field(default_factory=set)
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def failed(self, destination: str) -> None:
+        self._failing.add(destination)
+
+    def answers_again(self, job: ClaimedDelivery, now: float) -> bool:
+        failing = job.destination in self._failing
+        self._failing.discard(job.destination)
+        rested = now - self._last.get(job.destination, -math.inf) >= self.cooldown
+        if job.attempts > 1 or (failing and rested):
+            self._last[job.destination] = now
+            return True
+        return False
 
 
 class Worker:
@@ -78,6 +105,7 @@ class Worker:
         self._claimed: dict[int, ClaimedDelivery] = {}
         self._settling: set[int] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self.recovery = Recovery(cooldown=settings.backoff_cap.total_seconds())
 
     @property
     def lease(self) -> float:
@@ -206,12 +234,17 @@ class Worker:
             await self._fail(job, f"destination {job.destination!r} is not configured")
             return
         self.metrics.attempt(job.destination)
+        delivery: Delivery | None = None
+        coalesced: Sequence[int] = ()
         try:
-            event = parse_event(job.kind, job.payload)
-            outcome = await destination.deliver(Delivery(job, event, self.store, self.clock))
+            delivery = Delivery(job, parse_event(job.kind, job.payload), self.store, self.clock)
+            outcome = await destination.deliver(delivery)
         except RetryableError as exc:
             self.metrics.destination_error(job.destination, exc)
-            await self._retry_later(job, str(exc), exc.retry_after)
+            kind: RetryKind = "unavailable" if exc.retry_after is None else "rate_limited"
+            if kind == "unavailable":
+                self.recovery.failed(job.destination)
+            await self._retry_later(job, str(exc), exc.retry_after, kind)
         except PermanentError as exc:
             self.metrics.destination_error(job.destination, exc)
             await self._fail(job, str(exc))
@@ -220,15 +253,28 @@ class Worker:
         except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
             self.metrics.destination_error(job.destination, exc)
             log.exception("unexpected error delivering %d to %s", job.id, job.destination)
-            await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None)
+            await self._retry_later(job, f"unexpected error: {type(exc).__name__}: {exc}", None,
+                                    "error")
         else:
-            await self._succeed(job, outcome)
+            assert delivery is not None
+            await self._succeed(job, outcome, delivery.behind)
+            coalesced = outcome.coalesced if isinstance(outcome, Delivered) else ()
+        finally:
+            if delivery is not None:  # also when cancelled: what went along or not, nothing stays
+                await self._release_unused(delivery, coalesced)
+
+    async def _release_unused(self, delivery: Delivery, coalesced: Sequence[int]) -> None:
+        """Deliveries taken to go along that did not: back to the queue, next in line."""
+        unused = [job.lease for job in delivery.behind if job.id not in set(coalesced)]
+        if unused:
+            await self.store.release(unused)
 
     def _settle(self, job: ClaimedDelivery) -> None:
         """The attempt is over and its outcome is being recorded: no more renewals for it."""
         self._settling.add(job.id)
 
-    async def _succeed(self, job: ClaimedDelivery, outcome: Outcome) -> None:
+    async def _succeed(self, job: ClaimedDelivery, outcome: Outcome,
+                       behind: Sequence[ClaimedDelivery]) -> None:
         self._settle(job)
         now = self.clock.now()
         if isinstance(outcome, Skipped):
@@ -238,12 +284,32 @@ class Worker:
                 self._refused(job, "skipped")
             return
         assert isinstance(outcome, Delivered)
-        if await self.store.finish(job.lease, "delivered", now, outcome.note, outcome.follow_ups):
-            self._log(job, "delivered", outcome.note)
+        coalesced = [queued for queued in behind if queued.id in set(outcome.coalesced)]
+        if await self.store.finish(job.lease, "delivered", now, outcome.note, outcome.follow_ups,
+                                   [queued.lease for queued in coalesced]):
+            for queued in [job, *coalesced]:
+                self._log(queued, "delivered", outcome.note)
+            await self._bring_forward(job)
         else:
             self._refused(job, "delivered")
 
-    async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None) -> None:
+    async def _bring_forward(self, job: ClaimedDelivery) -> None:
+        """The destination answers again: what waits out a backoff because it failed goes now.
+
+        The worker's pace (concurrency) and the destination's own (Slack's per-channel pacer)
+        still apply; a delivery the destination told when to come back (Retry-After) keeps
+        its time.
+        """
+        if not self.recovery.answers_again(job, self.clock.now()):
+            return
+        count = await self.store.bring_forward(job.destination, "unavailable", self.clock.now())
+        if count:
+            log.info("%s answers again: %d waiting deliveries brought forward", job.destination,
+                     count, extra={"destination": job.destination})
+            self.wake()
+
+    async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None,
+                           kind: RetryKind) -> None:
         self._settle(job)
         reason = self.redact(reason)
         now = self.clock.now()
@@ -255,7 +321,7 @@ class Worker:
             await self._fail(job, f"gave up after {age / 3600:.1f} h: {reason}")
             return
         delay = self.backoff.delay(job.attempts, after, self.rng)
-        if await self.store.reschedule(job.lease, now + delay, reason, now):
+        if await self.store.reschedule(job.lease, now + delay, reason, now, kind):
             self._log(job, "retry", f"in {delay:.1f} s: {reason}")
         else:
             self._refused(job, "retry")

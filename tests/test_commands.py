@@ -132,6 +132,26 @@ def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_sett
     assert message["text"].startswith("Visitor: How do I reset my password?")
 
 
+def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, capsys, tmp_path):
+    folder = tmp_path / "mine" / "slack"
+    folder.mkdir(parents=True)
+    (folder / "message_visitor.json.j2").write_text(
+        '{% extends "default:slack/message_visitor.json.j2" %}'
+        "{% block fallback %}[mine] {{ super() }}{% endblock %}")
+    path = config({"slack": {"channel": "C_CONV"}, "templates": {"dir": str(tmp_path / "mine")}})
+    code, out, err = run(capsys, "render", "--sample", "messages-batch", "--config", path)
+    assert code == 0
+    assert err.splitlines() == [
+        "# slack: thread_456: chat.postMessage (in the thread), 5 waiting messages in one reply"]
+    [batch] = json_stream(out)
+    lines = batch["text"].splitlines()
+    assert lines[0].startswith("Dana: ")  # in the samples' order, each with its own look
+    assert lines[-1] == "[mine] Visitor: I still can't log in, can I talk to a person?"
+    stamps = [block for block in batch["blocks"] if block["type"] == "context"
+              and block["elements"][-1]["text"].startswith("<!date^")]
+    assert len(stamps) == 5  # each message shows its time
+
+
 REPLIES_ON = {"slack": {"bot_token": "xoxb-t", "channel": "C_CONV", "signing_secret": "s"},
               "sitegpt": {"api_key": "sk-render-secret"}}
 
@@ -241,7 +261,7 @@ class LeadsOnly:
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:
     def register(on: bool) -> None:
-        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, clock: LeadsOnly() if on
+        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, shared: LeadsOnly() if on
                             else None)
     return register
 

@@ -166,3 +166,24 @@ def test_the_readme_is_one_screen_with_the_manual_in_docs():
 
 def test_the_deploy_page_says_how_podman_keeps_the_healthcheck():
     assert "podman build --format docker" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_every_template_is_documented() -> None:
+    """A template users cannot find in the docs is one they cannot override."""
+    docs = "\n".join(page.read_text() for page in (ROOT / "docs").glob("*.md"))
+    templates = sorted(path.relative_to(ROOT / "templates").as_posix()
+                       for path in (ROOT / "templates").rglob("*.j2"))
+    assert templates
+    undocumented = [name for name in templates if name not in docs]
+    assert undocumented == []
+
+
+def test_every_metric_is_documented() -> None:
+    from bridge.metrics import Metrics
+
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    families = [family.name for family in Metrics().registry.collect()
+                if family.name.startswith("sitegpt_bridge_")]
+    assert families
+    missing = [name for name in families if f"`{name}" not in documented]
+    assert missing == []

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.shared import Shared
 from bridge.errors import PermanentError, RetryableError, StoreBusy
 from bridge.metrics import Metrics
 from bridge.store import open_store
@@ -177,6 +178,7 @@ async def test_deliveries_attempts_errors_latency_and_queue_reach_the_scrape(mak
     assert value(text, f"{latency}_bucket", destination="fake", le="2.5") == 1
     assert value(text, "sitegpt_bridge_queue_deliveries", status="pending") == 2
     assert value(text, "sitegpt_bridge_queue_deliveries", status="delivered") == 1
+    assert value(text, "sitegpt_bridge_waiting_deliveries", destination="fake") == 2
     assert value(text, "sitegpt_bridge_oldest_pending_age_seconds") == clock.now() - accepted_at
 
 
@@ -192,6 +194,9 @@ class CountingStore:
 
     async def oldest_pending(self) -> float | None:
         return 1_700_000_000.0
+
+    async def waiting_by_destination(self) -> dict[str, int]:
+        return {"slack": 1}
 
 
 async def test_a_flood_of_scrapes_reads_the_queue_once_a_second(clock):
@@ -211,6 +216,25 @@ def test_an_empty_queue_has_no_pending_age(client):
     text = client.get("/metrics").text
     assert value(text, "sitegpt_bridge_oldest_pending_age_seconds") == 0
     assert value(text, "sitegpt_bridge_queue_deliveries", status="pending") == 0
+    assert value(text, "sitegpt_bridge_waiting_deliveries", destination="slack") == 0
+
+
+async def test_how_long_slack_posts_wait_for_their_channel_is_measured(make_settings, clock):
+    metrics = Metrics()
+    settings = make_settings({"slack": {"burst": 1, "per_second": 1.0}})
+    pacer = Shared(settings, clock, metrics).slack().pacer
+    for _ in range(3):  # one at once, then about a second apart (10% under Slack's rate)
+        await pacer.acquire("C1")
+    text = generate_latest(metrics.registry).decode()
+    wait = "sitegpt_bridge_slack_pacing_wait_seconds"
+    assert value(text, f"{wait}_count") == 3
+    assert value(text, f"{wait}_bucket", le="0.01") == 1
+    assert 2.2 < value(text, f"{wait}_sum") < 2.3
+    # The next post would wait a slot more; once the channel is quiet, nothing.
+    assert 1.1 < value(text, "sitegpt_bridge_slack_pacing_behind_seconds") < 1.2
+    clock.advance(5)
+    text = generate_latest(metrics.registry).decode()
+    assert value(text, "sitegpt_bridge_slack_pacing_behind_seconds") == 0
 
 
 @pytest.mark.parametrize(("authorization", "status"), [

@@ -66,13 +66,16 @@ def test_kill_9_of_the_replica_mid_delivery_the_other_delivers_the_rest_in_order
             assert survivor.process is not None and survivor.process.poll() is None
     assert killed_at < MESSAGES + 1  # the kill really came mid-stream
     # The killed replica held a delivery; the survivor took it over once its lease ran out.
-    assert query(postgres_url, "SELECT COUNT(*) FROM delivery_attempts"
-                               " WHERE outcome = 'abandoned' AND worker = %s",
-                 (worker_of(killed),)) == [(1,)]
+    [(abandoned,)] = query(postgres_url, "SELECT COUNT(*) FROM delivery_attempts"
+                                         " WHERE outcome = 'abandoned' AND worker = %s",
+                           (worker_of(killed),))
+    assert abandoned >= 1  # the hanging reply's messages (several may share one reply)
     [parent] = fake.parents()
-    replies = [post["text"] for post in fake.thread("C1", parent["ts"])]
-    assert list(dict.fromkeys(replies)) == [f"Visitor: m{n:02d}" for n in range(MESSAGES)]
-    assert sum(count - 1 for count in Counter(replies).values()) <= 1  # the one in flight
+    replies = [post["text"].split("\n") for post in fake.thread("C1", parent["ts"])]
+    shown = [line for reply in replies for line in reply]
+    assert list(dict.fromkeys(shown)) == [f"Visitor: m{n:02d}" for n in range(MESSAGES)]
+    doubled = {line for line, count in Counter(shown).items() if count > 1}
+    assert any(doubled <= set(reply) for reply in replies)  # all from the one reply in flight
 
 
 def worker_of(replica: BridgeProcess) -> str:
@@ -86,8 +89,8 @@ def worker_of(replica: BridgeProcess) -> str:
 
 def holder_and_other(url: str, *replicas: BridgeProcess) -> tuple[BridgeProcess, BridgeProcess]:
     """The replica whose worker holds the hanging delivery (its lease renewed), the other."""
-    [(owner,)] = query(url, "SELECT lease_owner FROM deliveries WHERE status = 'pending'"
-                            " AND lease_owner IS NOT NULL")
+    [(owner,)] = query(url, "SELECT DISTINCT lease_owner FROM deliveries"
+                            " WHERE status = 'pending' AND lease_owner IS NOT NULL")
     first, second = replicas
     return (first, second) if worker_of(first) == owner else (second, first)
 
@@ -99,11 +102,12 @@ def test_replicas_started_at_once_migrate_the_new_database_once(make_settings, t
     replicas = [BridgeProcess(config, cwd=tmp_path) for _ in range(3)]
     with ThreadPoolExecutor(len(replicas)) as pool:
         started = list(pool.map(lambda replica: replica.__enter__(), replicas))
-    try:
+    try:  # each logs the store it opened (from its log thread, so perhaps a moment later)
+        wait_for(lambda: all(f"schema version {SCHEMA_VERSION}" in replica.log
+                             for replica in started), 10, "every replica's store line")
         logs = [replica.log for replica in started]
     finally:
         for replica in started:
             replica.kill()
     assert sum("migrated the PostgreSQL schema" in log for log in logs) == 1
-    assert all(f"schema version {SCHEMA_VERSION}" in log for log in logs)
     assert query(postgres_url, "SELECT COUNT(*) FROM schema_migrations") == [(SCHEMA_VERSION,)]

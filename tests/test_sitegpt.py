@@ -13,9 +13,10 @@ import pytest
 import respx
 from slack_sdk import WebClient
 
-from bridge.clock import SystemClock
+from bridge.destinations import build_destinations
+from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
-from bridge.destinations.slack import SlackDestination
+from bridge.destinations.slack import SlackDestination, slack_destination
 from bridge.errors import TemplateError
 from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
 from bridge.intake import new_event
@@ -102,8 +103,9 @@ async def harness(make_settings, fake, api, clock):
                       "signing_secret": "shh", "burst": 1000, "per_second": 1000.0},
             "sitegpt": {"api_url": API, "api_key": KEY}, **extra})
         store = open_store(settings.store.url)
-        slack = SlackDestination(settings, Templates(), clock)
-        sitegpt = sitegpt_destination(settings, Templates(), clock)
+        shared = Shared(settings, clock)
+        slack = slack_destination(settings, Templates(), shared)
+        sitegpt = sitegpt_destination(settings, Templates(), shared)
         assert sitegpt is not None
         worker = Worker(store, {"slack": slack, "sitegpt": sitegpt}, settings.delivery, clock,
                         random.Random(7))
@@ -349,11 +351,13 @@ def test_slack_text_becomes_plain_text(mrkdwn, plain):
 def test_off_without_a_signing_secret_or_a_key(make_settings):
     base = {"slack": {"bot_token": "xoxb-t", "channel": "C1", "signing_secret": "s"},
             "sitegpt": {"api_key": "k"}}
-    assert sitegpt_destination(make_settings(base), Templates(), SystemClock()) is not None
+    def built(settings: Settings) -> SiteGPTDestination | None:
+        return sitegpt_destination(settings, Templates(), Shared(settings))
+
+    assert built(make_settings(base)) is not None
     no_secret = {**base, "slack": {"bot_token": "xoxb-t", "channel": "C1"}}
-    assert sitegpt_destination(make_settings(no_secret), Templates(), SystemClock()) is None
-    no_key = make_settings({**base, "sitegpt": {}})
-    assert sitegpt_destination(no_key, Templates(), SystemClock()) is None
+    assert built(make_settings(no_secret)) is None
+    assert built(make_settings({**base, "sitegpt": {}})) is None
 
 
 async def test_an_echo_long_after_the_reply_is_posted_like_any_agent_message(harness):
@@ -383,7 +387,7 @@ async def test_a_reaction_already_there_counts_as_done(harness, fake):
 
 def previews(settings: Settings, templates: Templates,
              samples: dict[str, Event] | None = None) -> dict[str, Any]:
-    sitegpt = sitegpt_destination(settings, templates, SystemClock())
+    sitegpt = sitegpt_destination(settings, templates, Shared(settings))
     assert sitegpt is not None
     rendered = sitegpt.render_samples(sample_events() if samples is None else samples)
     return {label: json.loads(text) for label, text in rendered.items()}
@@ -458,3 +462,16 @@ async def test_the_preview_is_what_a_refused_mode_change_posts(harness):
                                " switch)"])
     assert (posted["text"], posted["blocks"]) == (preview["text"], preview["blocks"])
     assert posted["text"].startswith(":warning: Could not hand back to the AI (asked by <@U_BEN>)")
+
+
+async def test_notices_and_threads_share_one_slack_client_and_pacer(make_settings):
+    settings = make_settings(REPLIES_ON)
+    destinations = build_destinations(settings, Templates())
+    try:
+        sitegpt = destinations["sitegpt"]
+        assert isinstance(sitegpt, SiteGPTDestination)
+        assert sitegpt.slack.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
+        assert sitegpt.slack.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()

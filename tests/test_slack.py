@@ -16,7 +16,7 @@ import pytest
 
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
-from bridge.events import TICKET_LINKED, canonical_json, parse_event
+from bridge.events import MESSAGE, TICKET_LINKED, canonical_json, parse_event
 from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store import open_store
@@ -83,6 +83,11 @@ def texts(posts: list[dict[str, Any]]) -> list[str]:
     return [post["text"] for post in posts]
 
 
+def shown(posts: list[dict[str, Any]]) -> list[str]:
+    """Every message the posts show, in order: a reply with several shows a line for each."""
+    return [line for post in posts for line in post["text"].split("\n")]
+
+
 async def test_one_thread_per_conversation_in_order_while_another_interleaves(harness):
     h = await harness()
     for n in range(20):
@@ -96,8 +101,8 @@ async def test_one_thread_per_conversation_in_order_while_another_interleaves(ha
     by_thread = {p["text"].rsplit(" ", 1)[-1]: p["ts"] for p in parents}
     a_replies = h.fake.thread("C_CONV", by_thread["thread_A"])
     b_replies = h.fake.thread("C_CONV", by_thread["thread_B"])
-    assert texts(a_replies) == [f"Visitor: A{n}" for n in range(20)]
-    assert texts(b_replies) == [f"Visitor: B{n}" for n in range(0, 20, 2)]
+    assert shown(a_replies) == [f"Visitor: A{n}" for n in range(20)]
+    assert shown(b_replies) == [f"Visitor: B{n}" for n in range(0, 20, 2)]
     state = await h.store.link_state("chatbot_123", "thread_A", "slack")
     assert state and state["thread_ts"] == by_thread["thread_A"]
 
@@ -124,7 +129,7 @@ async def test_two_workers_racing_on_a_new_conversation_make_one_parent(harness)
         await h.accept(message("thread_new", f"m{n}"))
     await asyncio.gather(h.worker.drain(), second.drain())
     assert len(h.fake.parents()) == 1
-    assert texts(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
+    assert shown(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
         f"Visitor: m{n}" for n in range(6)]
 
 
@@ -175,7 +180,7 @@ async def test_outage_then_recovery_loses_and_doubles_nothing(harness):
         h.clock.advance(5)
         await h.worker.drain()
     assert len(h.fake.parents()) == 1
-    assert texts(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
+    assert shown(h.fake.thread("C_CONV", h.fake.parents()[0]["ts"])) == [
         f"Visitor: m{n}" for n in range(5)]
 
 
@@ -405,3 +410,131 @@ async def test_without_the_history_scope_a_retry_posts_a_new_parent_and_loses_no
     _lost, second = h.fake.parents()
     assert texts(h.fake.thread("C_CONV", second["ts"])) == ["Visitor: first"]
     assert "could not look for an earlier parent of chatbot_123/thread_A" in caplog.text
+
+
+# A backlog: what waits for a thread goes out in as few replies as Slack's limits allow
+
+async def open_thread(h: Harness, thread: str = "thread_A") -> str:
+    """The conversation's thread, started by a first message; its parent's ts."""
+    await h.accept(message(thread, "first"))
+    await h.worker.drain()
+    return h.fake.parents()[-1]["ts"]
+
+
+async def test_a_backlog_becomes_one_reply_each_message_with_its_look_and_time(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    h.fake.outage_status = 503
+    await h.accept(message("thread_A", "who are you?"))
+    h.clock.advance(60)
+    await h.accept(message("thread_A", "a bot", kind="NORMAL_MESSAGE",
+                           sources=["https://example.com/a"]))
+    await h.worker.drain()
+    h.fake.outage_status = None
+    h.clock.advance(5)
+    await h.worker.drain()
+
+    [_, reply] = h.fake.thread("C_CONV", parent)
+    assert reply["text"] == "Visitor: who are you?\nVisitor: a bot\nBot: a bot"
+    first, second = int(h.clock.now() - 65), int(h.clock.now() - 5)
+    assert [block["type"] for block in reply["blocks"]] == [
+        "section", "context", "section", "section", "context"]
+    assert reply["blocks"][1]["elements"][-1]["text"].startswith(f"<!date^{first}^{{time}}|")
+    sources, stamp = reply["blocks"][4]["elements"]  # the time joins the sources' line
+    assert sources["text"] == "Sources: <https://example.com/a>"
+    assert stamp["text"].startswith(f"<!date^{second}^{{time}}|")
+    notes = {row.note for row in await h.store.deliveries(limit=10)}
+    assert notes == {h.fake.posts[1]["channel"] + "/" + h.fake.posts[1]["ts"],
+                     f"C_CONV/{reply['ts']}"}
+
+
+@pytest.mark.parametrize(("kind", "text", "limit"), [
+    ("USER_MESSAGE", "x" * 2_900, "text"),  # 13 fit in 39,000 characters of text
+    ("NORMAL_MESSAGE", "short", "blocks"),  # 3 blocks each: 16 fit in 50
+])
+async def test_a_long_backlog_is_cut_at_slacks_limits_into_a_few_replies_in_order(
+        harness, kind, text, limit):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(60):
+        await h.accept(message("thread_A", f"{n:02d} {text}", kind=kind,
+                               sources=["https://example.com/a"]))
+    await h.worker.drain()
+
+    replies = h.fake.thread("C_CONV", parent)[1:]
+    assert 3 <= len(replies) <= 5
+    for reply in replies:
+        assert len(reply["blocks"]) <= 50 and len(reply["text"]) <= 39_000
+        assert CUT_MARKER not in json.dumps(reply)
+    shown_numbers = [line.split()[1] for line in shown(replies) if line.startswith("Visitor:")]
+    assert shown_numbers == [f"{n:02d}" for n in range(60)]
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 61
+
+
+async def test_escalations_ticket_links_and_agents_start_replies_of_their_own(harness, sample):
+    h = await harness()
+    parent = await open_thread(h, "thread_456")
+    for text in ("v0", "v1"):
+        await h.accept(message("thread_456", text))
+    await h.accept(sample("escalation"))
+    for text in ("v2", "v3"):
+        await h.accept(message("thread_456", text))
+    await h.accept(message("thread_456", "a4", kind="AGENT_MESSAGE", agentName="Dana"))
+    await h.accept(message("thread_456", "v5"))
+    await h.worker.drain()
+
+    replies = texts(h.fake.thread("C_CONV", parent))[1:]
+    assert replies[0] == "Visitor: v0\nVisitor: v1"
+    assert "asked for a human" in replies[1] and "Visitor" not in replies[1]
+    assert replies[2:] == ["Visitor: v2\nVisitor: v3", "Dana: a4\nVisitor: v5"]
+
+
+async def test_a_reply_whose_answer_was_lost_is_repeated_once_and_nothing_is_lost(harness):
+    h = await harness(timeout_seconds=1)
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    h.fake.answer_late(3.0)  # Slack shows the reply, but its answer never comes back
+    await h.worker.drain()
+    assert [s for s, _ in await h.statuses()] == ["delivered", "pending", "pending", "pending"]
+    h.clock.advance(300)
+    await h.worker.drain()
+
+    batch = "Visitor: m0\nVisitor: m1\nVisitor: m2"
+    assert texts(h.fake.thread("C_CONV", parent)) == ["Visitor: first", batch, batch]
+    rows = await h.store.deliveries(limit=10)
+    assert {(row.status, row.note) for row in rows[:3]} == {
+        ("delivered", f"C_CONV/{h.fake.posts[-1]['ts']}")}
+
+
+async def test_what_a_dead_worker_took_along_goes_with_the_next_reply(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    [head] = await h.store.claim("dead-worker", h.clock.now(), 1, 15)
+    assert len(await h.store.take_queued(head.lease, frozenset({MESSAGE}), 10,
+                                         h.clock.now())) == 2
+    await h.worker.drain()
+    assert len(h.fake.posts) == 2  # all three wait for the dead worker's lease to run out
+    h.clock.advance(15)
+    await h.worker.drain()
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0\nVisitor: m1\nVisitor: m2"]
+
+
+async def test_a_batch_template_failing_on_real_data_sends_each_message_alone(harness, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "slack").mkdir(parents=True)
+    (folder / "slack" / "messages_batch.json.j2").write_text(
+        '{% extends "default:slack/messages_batch.json.j2" %}'
+        "{% block fallback %}{{ messages[3].text }}{% endblock %}")  # only 3 are waiting
+    h = await harness()
+    h.worker.destinations = {"slack": SlackDestination(h.slack.settings, Templates(folder),
+                                                       h.clock, h.slack.workspace)}
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    await h.worker.drain()
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == [
+        "Visitor: m0", "Visitor: m1", "Visitor: m2"]
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 4

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.destinations.slack import ChannelPacer
+from bridge.destinations.slack_workspace import ChannelPacer
 from tests.conftest import FakeClock
 
 

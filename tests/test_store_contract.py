@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bridge.events import MESSAGE, TICKET_LINKED
+from bridge.events import ESCALATION, MESSAGE, TICKET_LINKED
 from bridge.store import (
     Acceptance,
     ClaimedDelivery,
     Echo,
     FollowUp,
+    Lease,
     NewEvent,
     Store,
     StoredMessage,
@@ -208,6 +210,109 @@ async def test_release_undoes_a_claim_but_not_a_finish(store):
     assert await status_of(store, jobs[1].id) == ("delivered", 1)
     again = await claim(store, owner="w2")
     assert jobs[0].id in again and again[jobs[0].id].attempts == 1
+
+
+# Coalescing: what waits behind a leased delivery goes along with it
+
+
+async def queue_kinds(store: Store, kinds: Sequence[str], conversation: str = "bot/c1") -> None:
+    """One slack delivery per kind, in this order, in one conversation."""
+    for n, kind in enumerate(kinds):
+        event = NewEvent(kind=kind, body=f'{{"n":{n}}}', dedup_key=f"{conversation}-{n}",
+                         ordering_key=conversation, destinations=["slack"])
+        await store.accept(event, NOW, 60)
+
+
+async def take(store: Store, head: ClaimedDelivery, limit: int = 10,
+               now: float = NOW) -> list[ClaimedDelivery]:
+    return await store.take_queued(head.lease, frozenset({MESSAGE}), limit, now)
+
+
+async def test_take_queued_stops_at_another_kind_and_at_the_limit(store):
+    await queue_kinds(store, [MESSAGE, MESSAGE, MESSAGE, ESCALATION, MESSAGE])
+    await queue_kinds(store, [MESSAGE], conversation="bot/c2")
+    jobs = await claim(store)
+    assert sorted(jobs) == [1, 6]
+    assert [job.id for job in await take(store, jobs[1], limit=1)] == [2]
+    taken = await take(store, jobs[1])  # again, by the holder: the run up to the escalation
+    assert [(job.id, job.attempts, job.token) for job in taken] == [
+        (2, 1, jobs[1].token), (3, 1, jobs[1].token)]
+    assert await status_of(store, 5) == ("pending", 0)
+    assert await claim(store, owner="w2") == {}  # every head is leased, the rest wait behind
+
+
+async def test_only_the_holder_of_the_heads_lease_takes_what_follows(store):
+    await queue_kinds(store, [MESSAGE, MESSAGE])
+    head = (await claim(store))[1]
+    stranger = replace(head, owner="w2", token="forged")
+    assert await take(store, stranger) == []
+    assert await store.finish(head.lease, "delivered", NOW, "C1/1.0")
+    assert await take(store, head) == []  # finished: the lease holds nothing any more
+
+
+async def test_a_coalesced_finish_sets_the_taken_ones_with_the_head_at_once(store):
+    await queue_kinds(store, [MESSAGE, MESSAGE, MESSAGE, MESSAGE])
+    head = (await claim(store))[1]
+    taken = await take(store, head)
+    assert await store.finish(head.lease, "delivered", NOW, "C1/1.5",
+                              coalesced=[job.lease for job in taken[:2]])
+    rows = {row.id: row for row in await store.deliveries()}
+    assert [(rows[n].status, rows[n].note, rows[n].attempts) for n in (1, 2, 3)] == [
+        ("delivered", "C1/1.5", 1)] * 3
+    assert await store.release([taken[2].lease]) == 1
+    assert await status_of(store, 4) == ("pending", 0)
+    assert list(await claim(store, owner="w2")) == [4]
+
+
+async def test_what_a_dead_worker_took_is_taken_over_with_the_head(store):
+    await queue_kinds(store, [MESSAGE, MESSAGE, MESSAGE])
+    stale = (await claim(store, owner="w1"))[1]
+    dead = await take(store, stale)
+    head = (await claim(store, NOW + LEASE, owner="w2"))[1]
+    assert await take(store, head, now=NOW + LEASE) == [
+        replace(job, attempts=2, owner="w2", token=head.token) for job in dead]
+    assert await store.release([dead[0].lease]) == 0  # w1, late, gives back nothing
+    assert not await store.finish(stale.lease, "delivered", NOW + 11, "late",
+                                  coalesced=[job.lease for job in dead])
+    assert await store.finish(head.lease, "delivered", NOW + 12, "C1/2.0",
+                              coalesced=[Lease(2, "w2", head.token)])
+    assert await status_of(store, 2) == ("delivered", 2)
+    history = await store.attempts(2, limit=10)
+    assert [(a.attempt, a.outcome, a.worker) for a in history] == [
+        (2, "delivered", "w2"), (1, "abandoned", "w1")]
+
+
+async def test_a_heartbeat_renews_what_was_taken_with_the_lease(store):
+    await queue_kinds(store, [MESSAGE, MESSAGE, MESSAGE])
+    head = (await claim(store, owner="w1"))[1]
+    await take(store, head)
+    assert await store.heartbeat([head.lease], NOW + 3 * LEASE) == {1}
+    assert await claim(store, NOW + 2 * LEASE, owner="w2") == {}
+    assert await take(store, replace(head, owner="w2"), now=NOW + 2 * LEASE) == []
+
+
+# Bring-forward: once a destination answers again, what waits for it goes now
+
+
+async def test_bring_forward_wakes_only_that_destinations_deliveries_waiting_for_it(store):
+    await seed(store)  # d1 slack c1, d2 jira c1, d3 slack c1 (behind d1), d4 slack c2
+    jobs = await claim(store)
+    assert await store.reschedule(jobs[1].lease, NOW + 100, "slack: HTTP 503", NOW,
+                                  "unavailable")
+    assert await store.reschedule(jobs[2].lease, NOW + 100, "jira: HTTP 503", NOW,
+                                  "unavailable")
+    assert await store.reschedule(jobs[4].lease, NOW + 100, "slack: HTTP 429", NOW,
+                                  "rate_limited")
+    assert await store.bring_forward("slack", "unavailable", NOW + 5) == 1
+    assert list(await claim(store, NOW + 5)) == [1]
+    assert await store.next_due(NOW + 5) == NOW + 100  # jira's and the rate-limited one
+
+
+async def test_waiting_counts_pending_deliveries_per_destination(store):
+    await seed(store)
+    jobs = await claim(store)
+    assert await store.finish(jobs[4].lease, "delivered", NOW)
+    assert await store.waiting_by_destination() == {"slack": 2, "jira": 1}
 
 
 # History and notes

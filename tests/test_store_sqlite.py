@@ -177,6 +177,24 @@ async def test_a_store_newer_than_the_code_refuses_to_open_naming_both_versions(
     assert query(db, "SELECT MAX(version) FROM schema_migrations") == [(SCHEMA_VERSION + 1,)]
 
 
+async def test_a_store_from_before_retry_kinds_upgrades_and_its_waiting_keep_their_time(db):
+    store = SQLiteStore(db)
+    await store.accept(new_event("k1"), NOW, 60)
+    [job] = await store.claim("w1", NOW, 1, 10)
+    assert await store.reschedule(job.lease, NOW + 100, "slack: HTTP 503", NOW)
+    await store.close()
+    with sqlite3.connect(db) as conn:  # as schema version 6 left it
+        conn.execute("ALTER TABLE deliveries DROP COLUMN retry_kind")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+    upgraded = SQLiteStore(db)
+    try:
+        assert (await upgraded.info()).schema_version == SCHEMA_VERSION
+        assert await upgraded.bring_forward("slack", "unavailable", NOW + 5) == 0
+        assert await upgraded.next_due(NOW + 5) == NOW + 100
+    finally:
+        await upgraded.close()
+
+
 # A failing disk
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from datetime import timedelta
@@ -25,6 +26,7 @@ class RecordingDestination:
     def __init__(self) -> None:
         self.received: list[str] = []
         self.failures: deque[Exception] = deque()
+        self.stuck: set[str] = set()  # messages that fail with HTTP 500 every time
         self.block: asyncio.Event | None = None
 
     def accepts(self, kind: str) -> bool:
@@ -35,7 +37,10 @@ class RecordingDestination:
             await self.block.wait()
         if self.failures:
             raise self.failures.popleft()
-        self.received.append(str(delivery.event.data.question))  # type: ignore[union-attr]
+        question = str(delivery.event.data.question)  # type: ignore[union-attr]
+        if question in self.stuck:
+            raise RetryableError("HTTP 500")
+        self.received.append(question)
         return Delivered(note="ok")
 
     async def verify(self) -> str:
@@ -50,11 +55,12 @@ def body(thread: str, text: str) -> dict[str, Any]:
                                               "question": text, "messageType": "USER_MESSAGE"}}
 
 
-@pytest.fixture
-async def setup(make_settings, clock):
+@contextlib.asynccontextmanager
+async def recording_worker(make_settings, clock, **delivery: Any):
+    """A store, a recording destination, a worker with these [delivery] settings, accept()."""
     from bridge.store import open_store
 
-    settings = make_settings({"delivery": {"max_attempts": 5, "max_age": "1h"}})
+    settings = make_settings({"delivery": delivery})
     store = open_store(settings.store.url)
     destination = RecordingDestination()
     worker = Worker(store, {"recording": destination}, settings.delivery, clock,
@@ -65,8 +71,16 @@ async def setup(make_settings, clock):
         event = parse_event("ADD_MESSAGE", event_body)
         await store.accept(new_event(event, event_body, ["recording"]), clock.now(), 600)
 
-    yield store, destination, worker, accept
-    await store.close()
+    try:
+        yield store, destination, worker, accept
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def setup(make_settings, clock):
+    async with recording_worker(make_settings, clock, max_attempts=5, max_age="1h") as parts:
+        yield parts
 
 
 async def run_until_in_flight(worker: Worker) -> asyncio.Task[None]:
@@ -161,10 +175,11 @@ async def test_a_stuck_conversation_holds_up_only_itself(setup, clock):
     await accept("free", "f2")
     destination.failures.append(RetryableError("HTTP 500"))  # hits s1, the first claimed
     await worker.drain()
-    assert destination.received == ["f1", "f2"]
+    assert [text for text in destination.received if text[0] == "f"] == ["f1", "f2"]
     clock.advance(1)
     await worker.drain()
-    assert destination.received == ["f1", "f2", "s1", "s2"]
+    assert sorted(destination.received) == ["f1", "f2", "s1", "s2"]
+    assert [text for text in destination.received if text[0] == "s"] == ["s1", "s2"]
 
 
 async def test_expired_lease_is_taken_over_after_a_crash(setup, clock):
@@ -327,3 +342,62 @@ async def test_a_lease_shorter_than_any_renewal_could_keep_is_refused(make_setti
         make_settings({"delivery": {"lease": "2s"}})
     assert "delivery.lease" in str(refused.value.problems) and "at least 3s" in str(
         refused.value.problems)
+
+
+# Bring-forward: once a destination answers a retry, what waits out a backoff for it goes now
+
+@pytest.fixture
+async def slow_backoff(make_settings, clock):
+    """A worker whose backoff is long enough to see a delivery brought forward."""
+    async with recording_worker(make_settings, clock, backoff_initial="10s",
+                                backoff_cap="1m") as parts:
+        yield parts
+
+
+async def test_a_retry_that_gets_through_brings_forward_the_others_waiting_for_it(
+        slow_backoff, clock):
+    store, destination, worker, accept = slow_backoff
+    for thread in ("a", "b", "c", "told"):
+        await accept(thread, thread)
+    destination.failures.extend([RetryableError("HTTP 503")] * 3 + [
+        RetryableError("HTTP 429", retry_after=600)])
+    await worker.drain()
+    waiting = {row.ordering_key: row.next_attempt_at for row in await store.deliveries()}
+    assert all(due > clock.now() + 4 for due in waiting.values())
+    clock.advance(min(waiting.values()) - clock.now())  # the first retry is due, only it
+    await worker.drain()
+    assert sorted(destination.received) == ["a", "b", "c"]  # not waiting out their backoff
+    [told] = await store.deliveries(status="pending")
+    assert (told.ordering_key, told.next_attempt_at) == ("bot/told", waiting["bot/told"])
+
+
+async def test_a_new_message_getting_through_after_failures_brings_forward_the_waiting(
+        slow_backoff, clock):
+    _store, destination, worker, accept = slow_backoff
+    for thread in ("a", "b"):
+        await accept(thread, thread)
+    destination.failures.extend([RetryableError("HTTP 503")] * 2)
+    await worker.drain()
+    await accept("live", "live")
+    await worker.drain()
+    assert destination.received[0] == "live" and sorted(destination.received) == [
+        "a", "b", "live"]
+
+
+async def test_one_conversation_failing_on_its_own_is_hurried_at_most_once_per_backoff_cap(
+        slow_backoff, clock):
+    store, destination, worker, accept = slow_backoff
+    await accept("stuck", "s1")
+    destination.stuck.add("s1")
+    await worker.drain()
+    await accept("free", "f1")
+    await worker.drain()  # f1 gets through: s1 is tried again at once, and fails again
+    [stuck] = await store.deliveries(status="pending")
+    assert stuck.attempts == 2 and stuck.next_attempt_at >= clock.now() + 10
+    clock.advance(5)
+    await accept("free", "f2")
+    await worker.drain()  # within the cap (a minute): s1 keeps its backoff
+    assert destination.received == ["f1", "f2"]
+    assert [(row.attempts, row.next_attempt_at)
+            for row in await store.deliveries(status="pending")] == [
+        (2, stuck.next_attempt_at)]

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Destination
+from bridge.destinations.shared import Shared
 from bridge.settings import Settings
 from bridge.templating import Templates
 
-Factory = Callable[[Settings, Templates, Clock], Destination | None]
+Factory = Callable[[Settings, Templates, Shared], Destination | None]
 REGISTRY: dict[str, Factory] = {}
 
 
 def build_destinations(settings: Settings, templates: Templates,
-                       clock: Clock | None = None) -> dict[str, Destination]:
-    """Every destination whose settings switch it on, by name, all on the bridge's one clock."""
-    clock = clock or SystemClock()
-    built = {name: factory(settings, templates, clock) for name, factory in REGISTRY.items()}
+                       shared: Shared | None = None) -> dict[str, Destination]:
+    """Every destination whose settings switch it on, by name: one clock, one Slack workspace."""
+    shared = shared or Shared(settings)
+    built = {name: factory(settings, templates, shared) for name, factory in REGISTRY.items()}
     return {name: destination for name, destination in built.items() if destination is not None}
 
 

@@ -5,23 +5,28 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from bridge.clock import Clock
 from bridge.errors import PermanentError
-from bridge.events import Conversation, Event, conversation_of
+from bridge.events import Conversation, Event, InvalidEvent, conversation_of, parse_event
 from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
 @dataclass(frozen=True)
 class Delivered:
-    """It reached the destination; `note` is kept on the delivery (a ts, an issue key)."""
+    """It reached the destination; `note` is kept on the delivery (a ts, an issue key).
+
+    `coalesced`: deliveries queued behind this one (Delivery.queued_behind) that went out in
+    the same call; they are finished with it, in one step, with the same note.
+    """
 
     note: str | None = None
     follow_ups: Sequence[FollowUp] = ()
+    coalesced: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Delivery:
     event: Event
     store: DeliveryStore
     clock: Clock
+    behind: list[ClaimedDelivery] = field(default_factory=list, repr=False)
 
     @property
     def attempt(self) -> int:
@@ -101,6 +107,25 @@ class Delivery:
         if hold is None or target is None:
             return contextlib.nullcontext()
         return hold(f"{work}:{target.key}")  # type: ignore[no-any-return]
+
+    async def queued_behind(self, kinds: frozenset[str], limit: int) -> list[Delivery]:
+        """Up to `limit` deliveries queued right behind this one, of these kinds, in order.
+
+        Same destination, same conversation, nothing of another kind in between; they join
+        this one's lease. Those the destination does not name in Delivered.coalesced go back
+        to the queue, as they were, once this delivery is done.
+        """
+        claimed = await self.store.take_queued(self.claimed.lease, kinds, limit,
+                                               self.clock.now())
+        self.behind += claimed
+        taken: list[Delivery] = []
+        for job in claimed:
+            try:
+                event = parse_event(job.kind, job.payload)
+            except InvalidEvent:
+                break  # it fails on its own turn, with its own reason
+            taken.append(Delivery(job, event, self.store, self.clock))
+        return taken
 
 
 class Destination(Protocol):

@@ -9,7 +9,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import requests
 from jira import JIRA, JIRAError
@@ -31,6 +31,9 @@ from bridge.intake import transcript_line
 from bridge.settings import JiraSettings, Settings
 from bridge.store import FollowUp, StoredMessage
 from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
+
+if TYPE_CHECKING:  # the factory's signature only
+    from bridge.destinations.shared import Shared
 
 T = TypeVar("T")
 # Jira counts length in UTF-16 code units, as Java strings do: an emoji counts two.
@@ -369,6 +372,14 @@ def _marker(delivery: Delivery) -> str:
     return f"sitegpt-bridge:{delivery.claimed.event_id}:{delivery.claimed.created_at:.0f}"
 
 
+_OWN_MARKER = re.compile(r"sitegpt-bridge:\d+:\d+")
+
+
+def is_own_comment(text: str) -> bool:
+    """Whether a comment carries the marker line every comment the bridge writes ends with."""
+    return _OWN_MARKER.search(text) is not None
+
+
 def _classify(action: str, exc: JIRAError, now: float) -> DeliveryError:
     """Jira's own message, never str(exc): that one carries the request's headers."""
     status = exc.status_code
@@ -418,9 +429,10 @@ def _line_context(message: StoredMessage) -> dict[str, Any]:
     }
 
 
-def build_jira(settings: Settings, templates: Templates, clock: Clock) -> JiraDestination | None:
+def build_jira(settings: Settings, templates: Templates,
+               shared: Shared) -> JiraDestination | None:
     """The Jira destination, or None when `[jira] url` is unset."""
     if not settings.jira.url:
         return None
     # Slack is always built (a dry run without a token), so it always hears of new tickets.
-    return JiraDestination(settings, templates, notify=["slack"], clock=clock)
+    return JiraDestination(settings, templates, notify=["slack"], clock=shared.clock)

@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.clock import Clock
 from bridge.destinations.base import (
     Delivered,
     Delivery,
@@ -19,6 +18,7 @@ from bridge.destinations.base import (
     Skipped,
     parse_retry_after,
 )
+from bridge.destinations.shared import Shared
 from bridge.destinations.slack import (
     Call,
     SlackDestination,
@@ -111,7 +111,7 @@ class SiteGPTDestination:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        await self.slack.aclose()
+        await self.slack.aclose()  # the shared workspace: closing it twice is harmless
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -344,8 +344,13 @@ def _message(response: httpx.Response) -> str:
 
 
 def sitegpt_destination(settings: Settings, templates: Templates,
-                        clock: Clock) -> SiteGPTDestination | None:
-    """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key."""
+                        shared: Shared) -> SiteGPTDestination | None:
+    """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key.
+
+    Its notices and reactions go through the bridge's one Slack workspace, so they share each
+    channel's budget with the threads' own posts.
+    """
     if not settings.replies_enabled():
         return None
-    return SiteGPTDestination(settings, SlackDestination(settings, templates, clock))
+    return SiteGPTDestination(
+        settings, SlackDestination(settings, templates, shared.clock, shared.slack()))

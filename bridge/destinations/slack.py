@@ -2,32 +2,49 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped, parse_retry_after
-from bridge.destinations.slack_render import SlackRenderer, fit_message
-from bridge.errors import PermanentError, RetryableError, StoreError, TemplateError
+from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.shared import Shared
+from bridge.destinations.slack_render import (
+    MAX_BLOCKS,
+    SlackRenderer,
+    TicketShown,
+    Waiting,
+    fit_message,
+)
+from bridge.destinations.slack_workspace import (
+    ChannelBudget,
+    ChannelPacer,
+    SlackUser,
+    SlackWorkspace,
+    post_arguments,
+)
+from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
     LEAD,
     MESSAGE,
+    TICKET_COMMENT,
+    TICKET_DELETED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Conversation,
     EscalationEvent,
     Event,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
+    TicketDeletedEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
     conversation_of,
 )
 from bridge.settings import Settings, SlackSettings
@@ -35,119 +52,16 @@ from bridge.store import Echo
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.slack")
-T = TypeVar("T")
 Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
-
-PERMANENT_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-    "no_permission", "missing_scope", "channel_not_found", "not_in_channel", "is_archived",
-    "restricted_action", "invalid_blocks", "invalid_blocks_format", "msg_too_long",
-    "too_many_attachments", "invalid_arguments", "thread_not_found", "team_access_not_granted",
-})
-RETRYABLE_ERRORS = frozenset({
-    "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-    "request_timeout", "team_added_to_org",
-})
-MAX_PACING_WAIT = 3.0
-PACING_HEADROOM = 0.9
 IN_THREAD = "chat.postMessage (in the thread)"
-USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
+PARENT_UPDATE = "chat.update (the thread's parent)"
 PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
 PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
 HISTORY_PAGES = 5  # of 200 messages: how far back a retry looks for its parent
-_QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
-_QUIET_SDK_LOG.setLevel(logging.CRITICAL)
-
-
-class ChannelBudget(Protocol):
-    """Where every replica's posts into a channel are counted (the store they share)."""
-
-    async def take_token(self, channel: str, now: float, capacity: float,
-                         rate: float) -> tuple[float, float]:
-        """Take a post from the bucket: (tokens left, below 0 when in debt; held until)."""
-        ...
-
-    async def hold_channel(self, channel: str, now: float, until: float) -> None: ...
-
-
-@dataclass
-class ChannelPacer:
-    """Per channel: a small burst, then about one post a second; held entirely after a 429.
-
-    Slack's limit is the workspace's, whatever the number of replicas: with a `shared`
-    budget the bucket lives in the store they share, and each post waits out its own debt.
-    """
-
-    burst: int
-    per_second: float
-    clock: Clock
-    shared: ChannelBudget | None = None
-    _tokens: dict[str, float] = field(default_factory=dict)
-    _stamp: dict[str, float] = field(default_factory=dict)
-    _held_until: dict[str, float] = field(default_factory=dict)
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def hold(self, channel: str, seconds: float) -> None:
-        self._held_until[channel] = max(self._held_until.get(channel, 0.0),
-                                        self.clock.now() + seconds)
-
-    def held_for(self, channel: str) -> float:
-        return max(self._held_until.get(channel, 0.0) - self.clock.now(), 0.0)
-
-    async def share_hold(self, channel: str) -> None:
-        """Tell the other replicas that this channel is held (after a 429 here)."""
-        until = self._held_until.get(channel, 0.0)
-        if self.shared is None or until <= self.clock.now():
-            return
-        try:
-            await self.shared.hold_channel(channel, self.clock.now(), until)
-        except StoreError as exc:  # the 429 itself is what the worker must hear of
-            log.warning("slack: could not tell the other replicas %s is held: %s", channel, exc)
-
-    async def acquire(self, channel: str) -> None:
-        """Wait for this channel's next slot, or raise RetryableError if it is held for long."""
-        if self.shared is not None:
-            try:
-                await self._acquire_shared(self.shared, channel)
-                return
-            except StoreError as exc:  # the pace is kept here until the store answers again
-                log.warning("slack: pacing %s on this replica alone: %s", channel, exc)
-        held = self.held_for(channel)
-        if held > MAX_PACING_WAIT:
-            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
-        async with self._locks.setdefault(channel, asyncio.Lock()):
-            if held := self.held_for(channel):
-                await self.clock.sleep(held)
-            wait = self._take(channel)
-            if wait > 0:
-                await self.clock.sleep(wait)
-
-    async def _acquire_shared(self, budget: ChannelBudget, channel: str) -> None:
-        capacity, rate = self._bucket()
-        now = self.clock.now()
-        tokens, held_until = await budget.take_token(channel, now, capacity, rate)
-        held = max(held_until, self._held_until.get(channel, 0.0)) - now
-        if held > MAX_PACING_WAIT:
-            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
-        wait = max(held, 0.0) + max(-tokens, 0.0) / rate
-        if wait > 0:
-            await self.clock.sleep(wait)
-
-    def _bucket(self) -> tuple[float, float]:
-        # Slack counts a post when it arrives, and posts leave here at the set pace but arrive
-        # with jitter: one that overtakes the previous one's delay would find Slack's bucket
-        # empty and get a 429 (which holds the whole channel). So keep one post of the burst in
-        # reserve and stay a tenth under the rate: an early arrival always finds a token.
-        return max(self.burst - 1, 1), self.per_second * PACING_HEADROOM
-
-    def _take(self, channel: str) -> float:
-        capacity, rate = self._bucket()
-        now = self.clock.now()
-        elapsed = now - self._stamp.get(channel, now)
-        tokens = min(capacity, self._tokens.get(channel, capacity) + elapsed * rate)
-        self._stamp[channel] = now
-        self._tokens[channel] = tokens - 1
-        return 0.0 if tokens >= 1 else (1 - tokens) / rate
+MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
+BATCH_PREVIEW = "waiting messages in one reply"
+SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
+__all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
 
 
 @dataclass(frozen=True)
@@ -156,31 +70,20 @@ class Thread:
     ts: str
 
 
-@dataclass(frozen=True)
-class SlackUser:
-    """A workspace member as the visitor sees them when they answer from Slack."""
-
-    id: str
-    name: str
-    icon_url: str | None
-
-
 class SlackDestination:
     """Posts rendered messages with slack_sdk; classifies Slack's failures for the worker."""
 
     name: ClassVar[str] = "slack"
-    KINDS: ClassVar[frozenset[str]] = frozenset({MESSAGE, ESCALATION, LEAD, TICKET_LINKED})
+    KINDS: ClassVar[frozenset[str]] = frozenset({
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
-                 max_workers: int = 8) -> None:
+                 workspace: SlackWorkspace | None = None) -> None:
         self.settings = settings
         self.slack: SlackSettings = settings.slack
         self.renderer = SlackRenderer(templates, settings)
         self.clock = clock or SystemClock()
-        self.pacer = ChannelPacer(self.slack.burst, self.slack.per_second, self.clock)
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="slack")
-        self._client: WebClient | None = None
-        self._users: dict[str, tuple[float, SlackUser]] = {}
+        self.workspace = workspace or SlackWorkspace(settings.slack, self.clock)
 
     @property
     def dry_run(self) -> bool:
@@ -189,18 +92,17 @@ class SlackDestination:
     def accepts(self, kind: str) -> bool:
         return kind in self.KINDS
 
-    def share_pacing(self, budget: ChannelBudget) -> None:
-        """Pace posts with every replica that keeps its budget in `budget` (the shared store)."""
-        self.pacer.shared = budget
-
     @property
     def client(self) -> WebClient:
-        if self._client is None:
-            token = self.slack.bot_token.get_secret_value() if self.slack.bot_token else None
-            self._client = WebClient(token=token, base_url=self.slack.api_url,
-                                     timeout=int(max(self.slack.timeout_seconds, 1)),
-                                     retry_handlers=[], logger=_QUIET_SDK_LOG)
-        return self._client
+        return self.workspace.client
+
+    @property
+    def pacer(self) -> ChannelPacer:
+        return self.workspace.pacer
+
+    def share_pacing(self, budget: ChannelBudget) -> None:
+        """Pace posts with every replica that keeps its budget in `budget` (the shared store)."""
+        self.workspace.pacer.shared = budget
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         event = delivery.event
@@ -208,13 +110,21 @@ class SlackDestination:
             if isinstance(event, MessageEvent):
                 if await self._is_echo(delivery, event):
                     return Skipped("echo of a reply sent from Slack")
-                return await self._post_in_thread(delivery, self.renderer.message(event))
+                return await self._post_messages(delivery, event)
             if isinstance(event, EscalationEvent):
                 return await self._escalate(delivery, event)
             if isinstance(event, TicketLinkedEvent):
                 return await self._link_ticket(delivery, event)
             if isinstance(event, LeadEvent):
                 return await self._post_lead(event)
+            if isinstance(event, TicketStatusEvent):
+                return await self._ticket_moved(delivery, event)
+            if isinstance(event, TicketCommentEvent):
+                url = self._issue_url(event.data.issue_key)
+                return await self._post_in_thread(delivery,
+                                                  self.renderer.ticket_comment(event, url))
+            if isinstance(event, TicketDeletedEvent):
+                return await self._ticket_deleted(delivery, event)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -222,12 +132,12 @@ class SlackDestination:
     async def verify(self) -> str:
         if self.dry_run:
             return "dry run (no slack.bot_token): messages are logged, not posted"
-        reply = await self._call("auth.test", self.client.auth_test)
+        reply = await self.workspace.call("auth.test", self.client.auth_test)
         return (f"ok: workspace {reply.get('team')} ({reply.get('team_id')}), "
                 f"bot @{reply.get('user')} ({reply.get('user_id')}), channel {self.slack.channel}")
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.workspace.aclose()
 
     def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
         """What Slack would be sent for each event it takes, as JSON, without sending anything.
@@ -235,7 +145,24 @@ class SlackDestination:
         One entry per call, in the order deliver() makes them; a thread's ts is known only once
         Slack answers, so previews leave it out.
         """
-        return json_previews(samples, self.accepts, self._preview)
+        rendered = json_previews(samples, self.accepts, self._preview)
+        return rendered | self._batch_previews(samples)
+
+    def _batch_previews(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """Each conversation's message samples as the one reply a backlog of them becomes."""
+        waiting: dict[Conversation, list[Waiting]] = {}
+        for event in samples.values():
+            if isinstance(event, MessageEvent) and (conversation := conversation_of(event)):
+                earlier = waiting.setdefault(conversation, [])
+                earlier.append(Waiting(event, SAMPLE_RECEIVED_AT + 60 * len(earlier)))
+        previews: dict[str, str] = {}
+        for conversation, messages in waiting.items():
+            if len(messages) > 1:
+                batch, count = self.renderer.batch(conversation, messages)
+                label = f"{conversation.thread_id}: {IN_THREAD}, {count} {BATCH_PREVIEW}"
+                arguments = post_arguments(self._channel_for(conversation.chatbot_id), batch)
+                previews[label] = json.dumps(arguments, indent=2, ensure_ascii=False)
+        return previews
 
     def _preview(self, event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
@@ -245,40 +172,38 @@ class SlackDestination:
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self._parent(conversation, {})
+            parent = self.renderer.parent(conversation, False, None)
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
+        if isinstance(event, TicketCommentEvent):
+            url = self._issue_url(event.data.issue_key)
+            return [(IN_THREAD, post_arguments(channel, self.renderer.ticket_comment(event, url)))]
+        if isinstance(event, TicketDeletedEvent):
+            return [self._parent_preview(channel, conversation, None)]
         if isinstance(event, EscalationEvent):
             posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
-            parent = self._parent(conversation, {"escalated_at": 1.0})
+            ticket = None
+        elif isinstance(event, TicketStatusEvent):
+            ticket = _moved_to(event, self._issue_url(event.data.issue_key))
+            posted = post_arguments(channel, self.renderer.ticket_status(event, ticket))
         else:
             assert isinstance(event, TicketLinkedEvent)
+            ticket = TicketShown(event.data.issue_key, event.data.issue_url)
             posted = post_arguments(channel, self.renderer.ticket(event))
-            parent = self._parent(conversation, {"escalated_at": 1.0, "ticket": _ticket(event)})
-        return [(IN_THREAD, posted),
-                ("chat.update (the thread's parent)", {"channel": channel, **fit_message(parent)})]
+        return [(IN_THREAD, posted), self._parent_preview(channel, conversation, ticket)]
+
+    def _parent_preview(self, channel: str, conversation: Conversation,
+                        ticket: TicketShown | None) -> Call:
+        parent = self.renderer.parent(conversation, True, ticket)
+        return (PARENT_UPDATE, {"channel": channel, **fit_message(parent)})
 
     async def user(self, user_id: str) -> SlackUser:
-        """A member's display name and avatar (users.info), remembered for an hour."""
-        cached = self._users.get(user_id)
-        if cached and cached[0] > self.clock.now():
-            return cached[1]
-        reply = await self._call("users.info", lambda: self.client.users_info(user=user_id))
-        member = _slack_user(user_id, reply.get("user") or {})
-        self._users[user_id] = (self.clock.now() + USER_CACHE_SECONDS, member)
-        return member
+        """A member's display name and avatar, remembered for an hour by the workspace."""
+        return await self.workspace.user(user_id)
 
     async def react(self, channel: str, ts: str, name: str) -> None:
-        """Put the reaction `name` on a message; having put it already counts as done."""
-        def add() -> None:
-            try:
-                self.client.reactions_add(channel=channel, timestamp=ts, name=name)
-            except SlackApiError as exc:
-                if exc.response.get("error") != "already_reacted":
-                    raise
-
-        await self._call("reactions.add", add)
+        await self.workspace.react(channel, ts, name)
 
     async def tell_thread(self, channel: str, thread_ts: str, notice: str,
                           context: dict[str, Any]) -> str:
@@ -287,15 +212,54 @@ class SlackDestination:
             message = self.renderer.notice(notice, context)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
-        return await self._post(channel, message, thread_ts=thread_ts)
+        return await self.workspace.post(channel, message, thread_ts=thread_ts)
+
+    async def _post_messages(self, delivery: Delivery, event: MessageEvent) -> Outcome:
+        """The message, with those waiting right behind it in the same thread, in one reply.
+
+        Nothing waits to collect: what is queued now goes along, a single message goes as it
+        always does, and what does not fit Slack's limits stays queued for the next reply.
+        """
+        if self.dry_run:
+            return self._dry_run(self.renderer.message(event))
+        thread = await self._thread(delivery)
+        waiting = [delivery, *await self._queued_messages(delivery)]
+        message, count = self._batch(event, waiting)
+        ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts)
+        return Delivered(note=f"{thread.channel}/{ts}",
+                         coalesced=[item.claimed.id for item in waiting[1:count]])
+
+    def _batch(self, event: MessageEvent, waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
+        """The reply for what waits, or the message alone if the batch template fails here."""
+        conversation = conversation_of(event)
+        assert conversation is not None
+        try:
+            return self.renderer.batch(
+                conversation, [Waiting(item.event, item.claimed.created_at) for item in waiting])
+        except TemplateError as exc:
+            if len(waiting) == 1:
+                raise
+            log.warning("%s; the waiting messages go one reply each", exc)
+            return self.renderer.message(event), 1
+
+    async def _queued_messages(self, delivery: Delivery) -> list[Delivery]:
+        """Messages queued right behind this one; an agent's ends the run, as it may be an echo."""
+        queued = await delivery.queued_behind(MERGED_KINDS, MAX_BLOCKS - 1)
+        run: list[Delivery] = []
+        for item in queued:
+            if not isinstance(item.event, MessageEvent) or (
+                    item.event.data.message_type == "AGENT_MESSAGE"):
+                break
+            run.append(item)
+        return run
 
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
             return self._dry_run(message)
         thread = await self._thread(delivery)
-        ts = await self._post(thread.channel, message, thread_ts=thread.ts,
-                              reply_broadcast=broadcast)
+        ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
+                                       reply_broadcast=broadcast)
         return Delivered(note=f"{thread.channel}/{ts}")
 
     async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
@@ -316,7 +280,7 @@ class SlackDestination:
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         # The parent shows the ticket: Slack keeps what it was told, in its own state.
         state = await delivery.state()
-        await _save(delivery, {**state, "ticket": _ticket(event)})
+        await _save(delivery, {**state, "ticket": _linked(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
         return outcome
@@ -326,7 +290,7 @@ class SlackDestination:
         if self.dry_run:
             return self._dry_run(message)
         channel = self.slack.leads_channel or self.slack.channel or ""
-        ts = await self._post(channel, message)
+        ts = await self.workspace.post(channel, message)
         return Delivered(note=f"{channel}/{ts}")
 
     async def _thread(self, delivery: Delivery) -> Thread:
@@ -345,7 +309,8 @@ class SlackDestination:
         ts = await self._earlier_parent(delivery, channel, conversation)
         if ts is None:
             parent = self._parent(conversation, state)
-            ts = await self._post(channel, parent, metadata=parent_metadata(conversation))
+            ts = await self.workspace.post(channel, parent,
+                                           metadata=parent_metadata(conversation))
         await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
         return Thread(channel, ts)
 
@@ -361,7 +326,7 @@ class SlackDestination:
             return None
         since = delivery.claimed.created_at - PARENT_LOOKBACK_SECONDS
         try:
-            return await self._call("conversations.history", lambda: _find_parent(
+            return await self.workspace.call("conversations.history", lambda: _find_parent(
                 self.client, channel, since, conversation.key))
         except PermanentError as exc:
             log.warning("could not look for an earlier parent of %s, posting one: %s",
@@ -371,74 +336,93 @@ class SlackDestination:
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
         state = await delivery.state()
+        await self._show_on_parent(delivery, state, self._shown(state))
+
+    async def _show_on_parent(self, delivery: Delivery, state: Mapping[str, Any],
+                              ticket: TicketShown | None, required: bool = False) -> None:
+        """Update the parent to show `ticket`; unless `required`, a failure is only logged."""
         thread = _thread_of(state)
         if self.dry_run or thread is None:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        parent = fit_message(self._parent(conversation, state))
+        escalated = bool(state.get("escalated_at"))
+        parent = fit_message(self.renderer.parent(conversation, escalated, ticket))
         try:
-            await self._call("chat.update", lambda: self.client.chat_update(
+            await self.workspace.call("chat.update", lambda: self.client.chat_update(
                 channel=thread.channel, ts=thread.ts, **parent))
         except (RetryableError, PermanentError) as exc:
+            if required:
+                raise
             log.warning("could not update the parent message of %s: %s", conversation.key, exc)
 
-    async def _post(self, channel: str, message: dict[str, Any], **extra: Any) -> str:
-        await self.pacer.acquire(channel)
-        arguments = post_arguments(channel, message, **extra)
-        try:
-            reply = await self._call("chat.postMessage",
-                                     lambda: self.client.chat_postMessage(**arguments),
-                                     channel=channel)
-        except RetryableError:
-            await self.pacer.share_hold(channel)
-            raise
-        return str(reply["ts"])
+    async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
+        """A notice per status change, however often (or late) Jira reports the same change."""
+        data = event.data
+        known = (await delivery.state()).get("ticket") or {}
+        if known.get("key") == data.issue_key:
+            if known.get("deleted"):
+                return Skipped(f"{data.issue_key} is deleted")
+            shown = TicketShown.from_state(known)
+            if shown.shows(data.status_id, data.status):
+                return Skipped(f"{data.issue_key} already shows {data.status}")
+            if shown.later_than(data.changed_at):
+                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
+        moved = _moved_to(event, self._issue_url(data.issue_key))
+        outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
+        if isinstance(outcome, Delivered):
+            state = {**await delivery.state(), "ticket": moved.state()}
+            await _save(delivery, state)
+            await self._show_on_parent(delivery, state, moved)
+        return outcome
 
-    async def _call(self, method: str, call: Callable[[], Any], channel: str | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, call)
-        except SlackApiError as exc:
-            raise self._classify(method, exc, channel) from exc
-        except (TimeoutError, OSError) as exc:
-            raise RetryableError(f"slack: {method}: {type(exc).__name__}: {exc}") from exc
-
-    def _classify(self, method: str, exc: SlackApiError, channel: str | None) -> Exception:
-        status = exc.response.status_code
-        data = exc.response.data if isinstance(exc.response.data, dict) else {}
-        error = str(data.get("error") or "")
-        if error.startswith("Received a response in a non-JSON format"):
-            error = ""
-        detail = error if status == 200 else f"HTTP {status}" + (f" {error}" if error else "")
-        reason = f"slack: {method}: {detail}"
-        if status == 429 or error in ("ratelimited", "rate_limited"):
-            retry_after = _retry_after(exc.response.headers, self.clock.now())
-            if channel:
-                self.pacer.hold(channel, retry_after)
-            return RetryableError(f"{reason} (retry after {retry_after:g} s)", retry_after)
-        if status >= 500 or error in RETRYABLE_ERRORS:
-            return RetryableError(reason)
-        return PermanentError(reason)
+    async def _ticket_deleted(self, delivery: Delivery, event: TicketDeletedEvent) -> Outcome:
+        """The parent stops showing the ticket; nothing is said in the thread."""
+        key = event.data.issue_key
+        state = await delivery.state()
+        shown = self._shown(state)
+        if shown is None or shown.key != key:
+            return Skipped(f"the parent does not show {key}")
+        if self.dry_run:
+            return Skipped("dry run: slack.bot_token is not set")
+        await self._show_on_parent(delivery, state, None, required=True)
+        # Kept, marked: a late retry of an earlier change must not bring it back.
+        await _save(delivery, {**state, "ticket": {**state["ticket"], "deleted": True}})
+        return Delivered(note=f"{key} deleted: the parent no longer shows it")
 
     def _channel_for(self, chatbot_id: str) -> str:
         chatbot = self.settings.chatbot(chatbot_id)
         return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
             self.slack.channel or "")
 
+    def _issue_url(self, key: str) -> str | None:
+        if not self.settings.jira.url:
+            return None
+        return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
+
     def _parent(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
         """The thread's parent as Slack's state has it: escalated or not, and its ticket."""
+        return self.renderer.parent(conversation, bool(state.get("escalated_at")),
+                                    self._shown(state))
+
+    def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
+        """The ticket the parent shows: none before one is linked, or once it is deleted."""
         ticket = state.get("ticket")
-        if ticket and not ticket.get("url") and self.settings.jira.url:
-            # A ticket linked before Slack kept its url: shown at [jira] url, as it was then.
-            ticket = {**ticket, "url": f"{self.settings.jira.url.rstrip('/')}/browse/"
-                                       f"{ticket['key']}"}
-        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
+        if not ticket or ticket.get("deleted"):
+            return None
+        # A ticket linked before Slack kept its url is shown at [jira] url, as it was then.
+        return TicketShown.from_state(ticket, ticket.get("url") or self._issue_url(ticket["key"]))
 
     def _dry_run(self, message: dict[str, Any]) -> Outcome:
         log.info("slack dry run (no bot_token), would post: %s",
                  json.dumps(fit_message(message), ensure_ascii=False))
         return Skipped("dry run: slack.bot_token is not set")
+
+
+def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
+    data = event.data
+    return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
+                       data.changed_at)
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:
@@ -453,8 +437,11 @@ async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
     await delivery.save_state(state, ref=f"{thread.channel}/{thread.ts}" if thread else None)
 
 
-def _ticket(event: TicketLinkedEvent) -> dict[str, str]:
-    return {"key": event.data.issue_key, "url": event.data.issue_url}
+def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
+    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
+    known = state.get("ticket") or {}
+    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
+    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],
@@ -490,27 +477,7 @@ def _find_parent(client: WebClient, channel: str, since: float, key: str) -> str
     return None
 
 
-def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The arguments of chat.postMessage for a rendered message, cut to Slack's limits."""
-    return {"channel": channel, "unfurl_links": False, "unfurl_media": False,
-            **fit_message(message), **{key: value for key, value in extra.items() if value}}
-
-
-def _retry_after(headers: dict[str, Any], now: float) -> float:
-    """Slack's Retry-After (any header case), or a second when it gives none."""
-    value = next((v for name, v in headers.items() if name.lower() == "retry-after"), None)
-    wait = parse_retry_after(value, now)
-    return 1.0 if wait is None else wait
-
-
-def _slack_user(user_id: str, member: dict[str, Any]) -> SlackUser:
-    profile = member.get("profile") or {}
-    name = (profile.get("display_name") or profile.get("real_name") or member.get("real_name")
-            or member.get("name") or user_id)
-    icon = profile.get("image_192") or profile.get("image_72")
-    return SlackUser(user_id, str(name), str(icon) if icon else None)
-
-
-def slack_destination(settings: Settings, templates: Templates, clock: Clock) -> SlackDestination:
+def slack_destination(settings: Settings, templates: Templates,
+                      shared: Shared) -> SlackDestination:
     """Always on: without a bot token it runs dry, logging what it would post."""
-    return SlackDestination(settings, templates, clock, max_workers=settings.delivery.concurrency)
+    return SlackDestination(settings, templates, shared.clock, shared.slack())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bridge.errors import TemplateError
@@ -11,8 +12,11 @@ from bridge.events import (
     EscalationEvent,
     LeadEvent,
     MessageEvent,
+    TicketCommentEvent,
     TicketLinkedEvent,
+    TicketStatusEvent,
 )
+from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
 from bridge.templating import CUT_MARKER, Templates, link_safe
 
@@ -23,11 +27,63 @@ MESSAGE_TEMPLATES = {
     "SYSTEM_MESSAGE": "slack/message_system.json.j2",
 }
 OTHER_MESSAGE = "slack/message_other.json.j2"
+BATCH = "slack/messages_batch.json.j2"
 TEXT_LIMIT = 39_000
 SECTION_LIMIT = 3_000
 FIELD_LIMIT = 2_000
 HEADER_LIMIT = 150
 MAX_BLOCKS = 50
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message waiting for its thread, and when the bridge accepted it (epoch seconds)."""
+
+    event: MessageEvent
+    received_at: float
+
+
+@dataclass(frozen=True)
+class TicketShown:
+    """The conversation's Jira ticket as its thread's parent shows it."""
+
+    key: str
+    url: str | None = None
+    status: str | None = None
+    status_id: str | None = None
+    category: str | None = None  # Jira's status category key; "done" means resolved
+    changed_at: int | None = None  # when Jira says the status changed, in milliseconds
+
+    @property
+    def done(self) -> bool:
+        return self.category == "done"
+
+    def shows(self, status_id: str | None, status: str) -> bool:
+        """Whether this is the status shown already (by id where Jira gave both ids)."""
+        if status_id is not None and self.status_id is not None:
+            return status_id == self.status_id
+        return status == self.status
+
+    def later_than(self, changed_at: int | None) -> bool:
+        """Whether the status shown changed after `changed_at` (a retry Jira sent late)."""
+        if self.changed_at is None or changed_at is None:
+            return False
+        return self.changed_at > changed_at
+
+    @classmethod
+    def from_state(cls, ticket: Mapping[str, Any], url: str | None = None) -> TicketShown:
+        """The ticket as the Slack destination's state keeps it (see state())."""
+        return cls(str(ticket["key"]), url or ticket.get("url"), ticket.get("status"),
+                   ticket.get("status_id"), ticket.get("category"), ticket.get("changed_at"))
+
+    def state(self) -> dict[str, Any]:
+        """What the Slack destination keeps of the ticket in its state for the conversation."""
+        return asdict(self)
+
+    def context(self) -> dict[str, Any]:
+        context = {**asdict(self), "done": self.done}
+        del context["changed_at"]
+        return context
 
 
 class SlackRenderer:
@@ -42,18 +98,31 @@ class SlackRenderer:
         name = MESSAGE_TEMPLATES.get(data.message_type or "", OTHER_MESSAGE)
         return self._render(name, {
             **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
-            "message": {
-                "type": data.message_type or "UNKNOWN",
-                "question": data.question,
-                "answer": data.answer,
-                "sources": data.sources or [],
-                "agent_name": data.agent_name,
-                "agent_id": data.agent_id,
-                "icon_url": data.icon_url,
-                "system_message_type": data.system_message_type,
-                "gpt_model": data.gpt_model,
-            },
+            "message": _message_context(event),
         })
+
+    def batch(self, conversation: Conversation,
+              waiting: list[Waiting]) -> tuple[dict[str, Any], int]:
+        """The first messages of `waiting` as one reply within Slack's limits, and how many.
+
+        Each message is rendered by its own template, so the reply shows it as a reply of its
+        own would; the batch template only puts them together. One message alone is exactly
+        its own reply. Whatever does not fit is left for the next reply, never cut.
+        """
+        pieces = [self._piece(item) for item in waiting]
+        count = len(pieces)
+        while count > 1:
+            batch = self._render(BATCH, {**self._conversation(conversation),
+                                         "messages": pieces[:count]})
+            if fits(batch):
+                return batch, count
+            count = _fewer(count, batch)
+        return self.message(waiting[0].event), 1
+
+    def _piece(self, waiting: Waiting) -> dict[str, Any]:
+        rendered = self.message(waiting.event)
+        return {"message": _message_context(waiting.event), "received_at": waiting.received_at,
+                "text": rendered["text"], "blocks": rendered.get("blocks", [])}
 
     def escalation(self, event: EscalationEvent) -> dict[str, Any]:
         data = event.data
@@ -85,12 +154,28 @@ class SlackRenderer:
             "dashboard_url": data.dashboard_url,
         })
 
+    def ticket_status(self, event: TicketStatusEvent, ticket: TicketShown) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_status.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {**ticket.context(), "previous_status": data.previous_status},
+            "actor": data.actor,
+        })
+
+    def ticket_comment(self, event: TicketCommentEvent, ticket_url: str | None) -> dict[str, Any]:
+        data = event.data
+        return self._render("slack/ticket_comment.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {"key": data.issue_key, "url": ticket_url},
+            "comment": {"author": data.author, "text": comment_mrkdwn(data.body)},
+        })
+
     def parent(self, conversation: Conversation, escalated: bool,
-               ticket: Mapping[str, Any] | None) -> dict[str, Any]:
+               ticket: TicketShown | None) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
             "escalated": escalated,
-            "ticket": {"key": ticket.get("key"), "url": ticket.get("url")} if ticket else None,
+            "ticket": ticket.context() if ticket else None,
             "mode_buttons": self.settings.replies_enabled()
             and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
         })
@@ -117,6 +202,32 @@ class SlackRenderer:
         if not isinstance(message.get("blocks", []), list):
             raise TemplateError(f"{name}: \"blocks\" must be a list")
         return message
+
+
+def _message_context(event: MessageEvent) -> dict[str, Any]:
+    data = event.data
+    return {
+        "type": data.message_type or "UNKNOWN",
+        "question": data.question,
+        "answer": data.answer,
+        "sources": data.sources or [],
+        "agent_name": data.agent_name,
+        "agent_id": data.agent_id,
+        "icon_url": data.icon_url,
+        "system_message_type": data.system_message_type,
+        "gpt_model": data.gpt_model,
+    }
+
+
+def fits(message: dict[str, Any]) -> bool:
+    """Whether Slack takes the message whole: few enough blocks and a short enough text."""
+    return len(message.get("blocks", [])) <= MAX_BLOCKS and len(message["text"]) <= TEXT_LIMIT
+
+
+def _fewer(count: int, batch: dict[str, Any]) -> int:
+    """How many messages to try next: in proportion to how far over the limits they were."""
+    over = max(len(batch.get("blocks", [])) / MAX_BLOCKS, len(batch["text"]) / TEXT_LIMIT)
+    return max(min(count - 1, int(count / over)), 1)
 
 
 def cut_text(text: str, limit: int) -> str:

@@ -15,6 +15,7 @@ from bridge.store.protocols import (
     EventIntake,
     Housekeeping,
     Operations,
+    QueuedBehind,
     QueueStats,
     ReplyIntake,
     Store,
@@ -35,6 +36,7 @@ from bridge.store.records import (
     Lease,
     NewEvent,
     Pruned,
+    RetryKind,
     StoredMessage,
     StoreInfo,
 )
@@ -44,7 +46,8 @@ __all__ = [
     "STATUSES", "Acceptance", "Attempt", "Backup", "ClaimedDelivery", "ConversationLink",
     "ConversationLinks", "ConversationRecord", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
     "DeliveryStore", "Echo", "Echoes", "EventIntake", "FollowUp", "Housekeeping", "Lease",
-    "NewEvent", "Operations", "Pruned", "QueueStats", "ReplyIntake", "Store", "StoreInfo",
+    "NewEvent", "Operations", "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake",
+    "RetryKind", "Store", "StoreInfo",
     "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",
 ]
 

@@ -22,6 +22,7 @@ VERSIONS: dict[int, str] = {
     4: "attempt history and delivery notes",
     5: "lease tokens",
     6: "readiness probe",
+    7: "why a delivery waits",
 }
 SCHEMA_VERSION = max(VERSIONS)
 

@@ -1,7 +1,8 @@
 """The store's contracts, one narrow protocol per user; every backend implements all of them.
 
     EventIntake        the web layer: accept an event (dedup, deliveries), readiness
-    DeliveryQueue      the worker: claim, heartbeat, finish, reschedule, release
+    DeliveryQueue      the worker: claim, heartbeat, finish, reschedule, release, bring forward
+    QueuedBehind       a destination: what waits behind its delivery, to send along with it
     ConversationLinks  a destination's own state per conversation, and lookup by its handle
     Transcripts        a conversation's messages, oldest first
     Echoes             replies sent from Slack, recognised when SiteGPT sends them back
@@ -30,6 +31,7 @@ from bridge.store.records import (
     Lease,
     NewEvent,
     Pruned,
+    RetryKind,
     StoredMessage,
     StoreInfo,
 )
@@ -56,12 +58,22 @@ class DeliveryQueue(Protocol):
         ...
 
     async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
-                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> bool:
-        """Record the outcome (and queue the follow-ups) if the lease is still held."""
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
+                     coalesced: Sequence[Lease] = ()) -> bool:
+        """Record the outcome (and queue the follow-ups) if the lease is still held.
+
+        `coalesced`: deliveries taken with take_queued that went out in the same call; they
+        get the same outcome and note in the same transaction, each if still held.
+        """
         ...
 
-    async def reschedule(self, lease: Lease, at: float, error: str, now: float) -> bool:
+    async def reschedule(self, lease: Lease, at: float, error: str, now: float,
+                         retry_kind: RetryKind | None = None) -> bool:
         """Record a failed attempt and try again at `at`, if the lease is still held."""
+        ...
+
+    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int:
+        """Make due now the deliveries to `destination` waiting after a `retry_kind` failure."""
         ...
 
     async def release(self, leases: Sequence[Lease]) -> int:
@@ -70,6 +82,18 @@ class DeliveryQueue(Protocol):
 
     async def next_due(self, after: float) -> float | None:
         """The first retry time later than `after`: when a worker should look again."""
+        ...
+
+
+class QueuedBehind(Protocol):
+    async def take_queued(self, lease: Lease, kinds: frozenset[str], limit: int,
+                          now: float) -> list[ClaimedDelivery]:
+        """Pending deliveries right behind the leased one (same destination and conversation),
+        of `kinds` with nothing else in between, up to `limit`, put under the same lease.
+
+        Each counts an attempt; release() gives back those that do not go along. Nothing is
+        taken unless the lease is still held; one another worker holds ends the run.
+        """
         ...
 
 
@@ -100,8 +124,8 @@ class Echoes(Protocol):
     async def consume_echo(self, echo: Echo, now: float) -> bool: ...
 
 
-class DeliveryStore(ConversationLinks, Transcripts, Echoes, Protocol):
-    """All a destination may touch: its own links, transcripts and echoes."""
+class DeliveryStore(ConversationLinks, Transcripts, Echoes, QueuedBehind, Protocol):
+    """All a destination may touch: its own links, transcripts, echoes and queued followers."""
 
 
 class ReplyIntake(EventIntake, ConversationLinks, Protocol):
@@ -110,6 +134,7 @@ class ReplyIntake(EventIntake, ConversationLinks, Protocol):
 
 class QueueStats(Protocol):
     async def queue_depth(self) -> dict[str, int]: ...
+    async def waiting_by_destination(self) -> dict[str, int]: ...
     async def oldest_pending(self) -> float | None: ...
 
 

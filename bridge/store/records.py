@@ -11,6 +11,10 @@ from typing import Any, Literal
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed", "skipped")
 AttemptOutcome = Literal["delivered", "skipped", "failed", "retry", "abandoned"]
+# Why a delivery waits for its next attempt: the destination failed or did not answer
+# ("unavailable": brought forward once it answers again), it said when to come back
+# ("rate_limited"), or the bridge itself failed ("error").
+RetryKind = Literal["unavailable", "rate_limited", "error"]
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,9 @@ INSERT INTO readiness_probe (id, checked_at) VALUES (1, 0);
 """
 
 
+RETRY_KINDS = "ALTER TABLE deliveries ADD COLUMN retry_kind TEXT"
+
+
 def _sql(statements: str) -> Callable[[Script], None]:
     return lambda script: script.append(statements)
 
@@ -139,4 +142,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(4, _sql(ATTEMPTS)),
     Migration(5, _sql(LEASE_TOKENS)),
     Migration(6, _sql(READINESS_PROBE)),
+    Migration(7, _sql(RETRY_KINDS)),
 ]

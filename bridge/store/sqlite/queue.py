@@ -6,7 +6,15 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 
-from bridge.store.records import ClaimedDelivery, DeliveryStatus, FollowUp, Lease, NewEvent
+from bridge.store.coalescing import as_taken, newly_taken, run_behind
+from bridge.store.records import (
+    ClaimedDelivery,
+    DeliveryStatus,
+    FollowUp,
+    Lease,
+    NewEvent,
+    RetryKind,
+)
 from bridge.store.sqlite.intake import insert_event
 
 # One seek on deliveries_due, however long the queue (see SQLiteStore.next_due).
@@ -68,11 +76,22 @@ def heartbeat(conn: sqlite3.Connection, leases: Sequence[Lease], until: float) -
                               {**_lease(lease), "until": until})
         if cursor.rowcount:
             held.add(lease.delivery_id)
+            conn.execute(RENEW_TAKEN, {**_lease(lease), "until": until})
     return held
 
 
 def finish(conn: sqlite3.Connection, lease: Lease, status: DeliveryStatus, now: float,
-           note: str | None, follow_ups: Sequence[FollowUp]) -> bool:
+           note: str | None, follow_ups: Sequence[FollowUp],
+           coalesced: Sequence[Lease] = ()) -> bool:
+    if not _finish_one(conn, lease, status, now, note, follow_ups):
+        return False
+    for taken in coalesced:
+        _finish_one(conn, taken, status, now, note, ())
+    return True
+
+
+def _finish_one(conn: sqlite3.Connection, lease: Lease, status: DeliveryStatus, now: float,
+                note: str | None, follow_ups: Sequence[FollowUp]) -> bool:
     error = note if status == "failed" else None
     if not _record_attempt(conn, lease, status, error, now):
         return False
@@ -89,14 +108,14 @@ def finish(conn: sqlite3.Connection, lease: Lease, status: DeliveryStatus, now: 
     return True
 
 
-def reschedule(conn: sqlite3.Connection, lease: Lease, at: float, error: str,
-               now: float) -> bool:
+def reschedule(conn: sqlite3.Connection, lease: Lease, at: float, error: str, now: float,
+               retry_kind: RetryKind | None = None) -> bool:
     if not _record_attempt(conn, lease, "retry", error, now):
         return False
     conn.execute(
-        "UPDATE deliveries SET next_attempt_at = :at, last_error = :error, lease_owner = NULL,"
-        f" lease_until = NULL, lease_token = NULL WHERE {HELD}",
-        {**_lease(lease), "at": at, "error": error})
+        "UPDATE deliveries SET next_attempt_at = :at, last_error = :error, retry_kind = :kind,"
+        f" lease_owner = NULL, lease_until = NULL, lease_token = NULL WHERE {HELD}",
+        {**_lease(lease), "at": at, "error": error, "kind": retry_kind})
     return True
 
 
@@ -117,6 +136,48 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease]) -> int:
             "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_token = NULL,"
             f" attempts = MAX(attempts - 1, 0) WHERE {HELD}", _lease(lease)).rowcount
     return released
+
+
+# Coalescing: the deliveries queued right behind a leased one share its lease (owner, token).
+
+QUEUED_BEHIND = """
+SELECT d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at, e.kind, e.body,
+       d.lease_owner, d.lease_token, d.lease_until
+FROM deliveries h
+JOIN deliveries d ON d.destination = h.destination AND d.ordering_key = h.ordering_key
+    AND d.status = 'pending' AND d.id > h.id
+JOIN events e ON e.id = d.event_id
+WHERE h.id = :id AND h.lease_owner = :owner AND h.lease_token = :token AND h.status = 'pending'
+ORDER BY d.id LIMIT :limit
+"""
+# The rows taken behind a lease: its conversation's, with its owner and token.
+TAKEN = """(destination, ordering_key) = (
+    SELECT destination, ordering_key FROM deliveries WHERE id = :id)
+  AND status = 'pending' AND lease_owner = :owner AND lease_token = :token AND id != :id"""
+RENEW_TAKEN = f"UPDATE deliveries SET lease_until = :until WHERE {TAKEN}"
+
+
+def take_queued(conn: sqlite3.Connection, lease: Lease, kinds: frozenset[str], limit: int,
+                now: float) -> list[ClaimedDelivery]:
+    rows = conn.execute(QUEUED_BEHIND, {**_lease(lease), "limit": limit}).fetchall()
+    run = run_behind(rows, lease, kinds, now)
+    new = newly_taken(run, lease)
+    _record_abandoned(conn, [(taken, lost) for taken, lost in new.items() if lost], now)
+    conn.executemany(
+        "UPDATE deliveries SET lease_owner = :owner, lease_token = :token, attempts = attempts + 1,"
+        " lease_until = (SELECT lease_until FROM deliveries WHERE id = :id) WHERE id = :taken",
+        [{**_lease(lease), "taken": taken} for taken in new])
+    return [as_taken(row, lease, counted=row["id"] in new) for row in run]
+
+
+def bring_forward(conn: sqlite3.Connection, destination: str, retry_kind: RetryKind,
+                  now: float) -> int:
+    # Only deliveries waiting for their retry, never one a worker holds: no lease is changed.
+    return conn.execute(
+        "UPDATE deliveries SET next_attempt_at = :now WHERE status = 'pending'"
+        " AND next_attempt_at > :now AND destination = :destination AND retry_kind = :kind"
+        " AND (lease_until IS NULL OR lease_until <= :now)",
+        {"now": now, "destination": destination, "kind": retry_kind}).rowcount
 
 
 def _lease(lease: Lease) -> dict[str, object]:

@@ -241,6 +241,12 @@ def _readiness_probe(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _retry_kinds(conn: sqlite3.Connection) -> None:
+    """Why a delivery waits for its retry, so those waiting for a destination to answer again
+    can be brought forward when it does; deliveries waiting from before say nothing."""
+    conn.execute("ALTER TABLE deliveries ADD COLUMN retry_kind TEXT")
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -248,6 +254,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(4, _attempts),
     Migration(5, _lease_tokens),
     Migration(6, _readiness_probe),
+    Migration(7, _retry_kinds),
 ]
 
 

@@ -22,6 +22,7 @@ from bridge.store.records import (
     Lease,
     NewEvent,
     Pruned,
+    RetryKind,
     StoredMessage,
     StoreInfo,
 )
@@ -80,12 +81,23 @@ class SQLiteStore:
         return await self._run(lambda conn: queue.heartbeat(conn, leases, until))
 
     async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
-                     note: str | None = None, follow_ups: Sequence[FollowUp] = ()) -> bool:
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
+                     coalesced: Sequence[Lease] = ()) -> bool:
         return await self._run(
-            lambda conn: queue.finish(conn, lease, status, now, note, follow_ups))
+            lambda conn: queue.finish(conn, lease, status, now, note, follow_ups, coalesced))
 
-    async def reschedule(self, lease: Lease, at: float, error: str, now: float) -> bool:
-        return await self._run(lambda conn: queue.reschedule(conn, lease, at, error, now))
+    async def reschedule(self, lease: Lease, at: float, error: str, now: float,
+                         retry_kind: RetryKind | None = None) -> bool:
+        return await self._run(
+            lambda conn: queue.reschedule(conn, lease, at, error, now, retry_kind))
+
+    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int:
+        return await self._run(
+            lambda conn: queue.bring_forward(conn, destination, retry_kind, now))
+
+    async def take_queued(self, lease: Lease, kinds: frozenset[str], limit: int,
+                          now: float) -> list[ClaimedDelivery]:
+        return await self._run(lambda conn: queue.take_queued(conn, lease, kinds, limit, now))
 
     async def release(self, leases: Sequence[Lease]) -> int:
         return await self._run(lambda conn: queue.release(conn, leases))
@@ -156,6 +168,11 @@ class SQLiteStore:
 
     async def queue_depth(self) -> dict[str, int]:
         return await self._run(operations.queue_depth)
+
+    async def waiting_by_destination(self) -> dict[str, int]:
+        return await self._run(lambda conn: dict(conn.execute(
+            "SELECT destination, COUNT(*) FROM deliveries WHERE status = 'pending'"
+            " GROUP BY destination").fetchall()))
 
     async def oldest_pending(self) -> float | None:
         """When the oldest pending delivery was created (its event accepted), if any."""

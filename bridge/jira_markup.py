@@ -1,0 +1,295 @@
+"""Jira comment bodies, wiki markup or Atlassian Document Format, as escaped Slack mrkdwn."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from bridge.templating import slack_escape
+
+SAFE_SCHEMES = ("http://", "https://", "mailto:")
+MAX_DEPTH = 40  # a deeper ADF tree is cut short rather than exhausting the stack
+_CODE_BLOCK = re.compile(r"\{(code|noformat)(?::[^}]*)?\}(.*?)\{\1\}", re.DOTALL)
+_HEADING = re.compile(r"^h[1-6]\.\s+(.*)$")
+_QUOTE_LINE = re.compile(r"^bq\.\s+(.*)$")
+_LIST_ITEM = re.compile(r"^([*#-]+)\s+(.*)$")
+_RULE = re.compile(r"^-{4,}\s*$")
+_MENTION = re.compile(r"\[~(?:accountid:)?([^\]]+)\]")
+_LINK = re.compile(r"\[([^\[\]|]*)\|([^\[\]]*)\]|\[([^\[\]|]+)\]")
+_IMAGE = re.compile(r"!([^!\s|][^!|\n]*)(?:\|[^!\n]*)?!")
+_MONOSPACE = re.compile(r"\{\{(.+?)\}\}")
+_COLOR_OR_PANEL = re.compile(r"\{(?:color|panel)(?::[^}]*)?\}")
+_CITATION = re.compile(r"\?\?(.+?)\?\?")
+_PLAIN_MARKS = re.compile(r"(?<![\w+^~])([+^~])(?=\S)(.+?)(?<=\S)\1(?![\w+^~])")
+_STRIKE = re.compile(r"(?<![\w-])-(?=\S)(.+?)(?<=\S)-(?![\w-])")
+_ESCAPED = re.compile(r"\\([\\\[\]{}|*_+\-^~?!#()])")
+_KEPT = re.compile("\x00(\\d+)\x00")
+_ICONS = {"(/)": ":white_check_mark:", "(x)": ":x:", "(!)": ":warning:",
+          "(i)": ":information_source:", "(y)": ":thumbsup:", "(n)": ":thumbsdown:",
+          "(on)": ":bulb:", "(*)": ":star:"}
+
+
+def comment_mrkdwn(body: Any) -> str:
+    """A comment body as Jira sent it (wiki markup text, or an ADF document) in Slack mrkdwn.
+
+    Everything the commenter typed is escaped: it can neither mention anyone in Slack nor
+    plant a link other than one Jira itself showed as a link to an http(s) or mailto address.
+    """
+    if isinstance(body, dict):
+        return adf_mrkdwn(body)
+    return wiki_mrkdwn(str(body or ""))
+
+
+def comment_text(body: Any) -> str:
+    """The plain words of a comment body, for looking for the bridge's own marker."""
+    if isinstance(body, dict):
+        return "".join(_adf_words(body, 0))
+    return str(body or "")
+
+
+# wiki markup -------------------------------------------------------------------------------------
+
+def wiki_mrkdwn(text: str) -> str:
+    """Jira wiki markup as Slack mrkdwn: code blocks kept verbatim, the rest line by line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    parts: list[str] = []
+    position = 0
+    for block in _CODE_BLOCK.finditer(text):
+        parts.append(_wiki_lines(text[position:block.start()]))
+        parts.append(f"```{slack_escape(block[2].strip(chr(10)))}```")
+        position = block.end()
+    parts.append(_wiki_lines(text[position:]))
+    return _tidy("\n".join(part for part in parts if part))
+
+
+def _wiki_lines(text: str) -> str:
+    lines: list[str] = []
+    quoting = False
+    for raw in text.split("\n"):
+        pieces = raw.split("{quote}")
+        quoted = False
+        for index, piece in enumerate(pieces):
+            quoting ^= index > 0
+            quoted |= quoting and bool(piece.strip())
+        converted = _wiki_line("".join(pieces).strip() if len(pieces) > 1 else raw)
+        if len(pieces) > 1 and not converted:
+            continue
+        lines.append(f"> {converted}" if quoted and converted else converted)
+    return "\n".join(lines)
+
+
+def _wiki_line(line: str) -> str:
+    if _RULE.match(line):
+        return "──────────"
+    if heading := _HEADING.match(line):
+        return f"*{_wiki_inline(heading[1])}*"
+    if quote := _QUOTE_LINE.match(line):
+        return f"> {_wiki_inline(quote[1])}"
+    if item := _LIST_ITEM.match(line):
+        marks = item[1]
+        depth = "    " * (len(marks) - 1)
+        bullet = "1." if marks.endswith("#") else "•"
+        if set(marks) == {"-"} and len(marks) > 1:
+            return _wiki_inline(line)
+        return f"{depth}{bullet} {_wiki_inline(item[2])}"
+    return _wiki_inline(line)
+
+
+def _wiki_inline(text: str) -> str:
+    """One line's inline markup; the text is escaped first, so every later `<` is the bridge's."""
+    escaped = slack_escape(text)
+    escaped = escaped.replace("\\\\", "\n")
+    for icon, emoji in _ICONS.items():
+        escaped = escaped.replace(icon, emoji)
+    escaped = _COLOR_OR_PANEL.sub("", escaped)
+    escaped = _MENTION.sub(_mention, escaped)
+    escaped = _IMAGE.sub(lambda match: f"(attachment: {match[1]})", escaped)
+    # Links and code are set aside while marks are read, so a "-" in a URL strikes nothing.
+    kept: list[str] = []
+
+    def keep(converted: str) -> str:
+        kept.append(converted)
+        return f"\x00{len(kept) - 1}\x00"
+
+    escaped = _MONOSPACE.sub(lambda match: keep(f"`{match[1]}`"), escaped)
+    escaped = _LINK.sub(lambda match: keep(_wiki_link(match)), escaped)
+    escaped = _CITATION.sub(lambda match: f"_{match[1]}_", escaped)
+    escaped = _PLAIN_MARKS.sub(lambda match: match[2], escaped)
+    escaped = _STRIKE.sub(lambda match: f"~{match[1]}~", escaped)
+    escaped = _ESCAPED.sub(lambda match: match[1], escaped)
+    return _KEPT.sub(lambda match: kept[int(match[1])], escaped)
+
+
+def _mention(match: re.Match[str]) -> str:
+    # Cloud mentions carry only an account id, which means nothing to a reader in Slack.
+    return "@someone" if match[0].startswith("[~accountid:") else f"@{match[1]}"
+
+
+def _wiki_link(match: re.Match[str]) -> str:
+    if match[3] is not None:  # [target] alone
+        target = match[3].strip()
+        if target.startswith("^"):
+            return f"(attachment: {target[1:]})"
+        return _link(target, target)
+    return _link(match[2].strip(), match[1].strip())
+
+
+def _link(url: str, label: str) -> str:
+    """A Slack link when the target is a web or mail address, else only its label."""
+    if not url.lower().startswith(SAFE_SCHEMES) or "|" in url or " " in url:
+        return label or url
+    shown = label.replace("|", "/")
+    return f"<{url}|{shown}>" if shown and shown != url else f"<{url}>"
+
+
+# Atlassian Document Format -----------------------------------------------------------------------
+
+def adf_mrkdwn(document: dict[str, Any]) -> str:
+    """An ADF document (Jira Cloud's rich text) as Slack mrkdwn."""
+    return _tidy(_adf_block(document, 0, ""))
+
+
+def _adf_block(node: Any, depth: int, indent: str) -> str:
+    if not isinstance(node, dict) or depth > MAX_DEPTH:
+        return ""
+    kind = node.get("type")
+    children = _content(node)
+    handler = _BLOCKS.get(str(kind))
+    if handler is not None:
+        return handler(node, children, depth, indent)
+    if kind in _INLINE_KINDS:
+        return _adf_inline(node, depth)
+    return "\n".join(filter(None, (_adf_block(child, depth + 1, indent) for child in children)))
+
+
+def _content(node: dict[str, Any]) -> list[Any]:
+    children = node.get("content")
+    return children if isinstance(children, list) else []
+
+
+def _inline_run(children: list[Any], depth: int) -> str:
+    return "".join(_adf_inline(child, depth + 1) for child in children)
+
+
+def _paragraph(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    return _inline_run(children, depth)
+
+
+def _heading(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    text = _inline_run(children, depth).strip()
+    return f"*{text}*" if text else ""
+
+
+def _code_block(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    code = "".join(str(child.get("text", "")) for child in children if isinstance(child, dict))
+    return f"```{slack_escape(code)}```"
+
+
+def _quote(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    inner = "\n".join(_adf_block(child, depth + 1, "") for child in children)
+    return "\n".join(f"> {line}" for line in inner.split("\n") if line.strip())
+
+
+def _bullets(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    return _list(children, depth, indent, lambda _: "•")
+
+
+def _numbered(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    start = (node.get("attrs") or {}).get("order", 1)
+    first = start if isinstance(start, int) else 1
+    return _list(children, depth, indent, lambda number: f"{first + number}.")
+
+
+def _list(items: list[Any], depth: int, indent: str, mark: Callable[[int], str]) -> str:
+    lines: list[str] = []
+    for number, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        first, *rest = _content(item) or [{}]
+        lines.append(f"{indent}{mark(number)} {_adf_block(first, depth + 1, indent)}")
+        lines += [_adf_block(child, depth + 1, indent + "    ") for child in rest]
+    return "\n".join(line for line in lines if line.strip())
+
+
+def _rule(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    return "──────────"
+
+
+def _media(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    return "(attachment)"
+
+
+def _table(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
+    rows = []
+    for row in children:
+        if isinstance(row, dict):
+            cells = [_adf_block(cell, depth + 2, "").replace("\n", " ") for cell in _content(row)]
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+_BLOCKS: dict[str, Callable[[dict[str, Any], list[Any], int, str], str]] = {
+    "paragraph": _paragraph, "heading": _heading, "codeBlock": _code_block,
+    "blockquote": _quote, "bulletList": _bullets, "orderedList": _numbered, "rule": _rule,
+    "mediaSingle": _media, "mediaGroup": _media, "table": _table,
+}
+_INLINE_KINDS = frozenset({"text", "hardBreak", "mention", "emoji", "inlineCard", "date",
+                           "status"})
+
+
+def _adf_inline(node: Any, depth: int) -> str:
+    if not isinstance(node, dict) or depth > MAX_DEPTH:
+        return ""
+    kind = node.get("type")
+    attrs = node.get("attrs") if isinstance(node.get("attrs"), dict) else {}
+    if kind == "text":
+        return _marked(str(node.get("text", "")), node.get("marks"))
+    if kind == "hardBreak":
+        return "\n"
+    if kind == "mention":
+        return slack_escape("@" + str(attrs.get("text") or "someone").lstrip("@"))
+    if kind == "emoji":
+        return slack_escape(attrs.get("text") or attrs.get("shortName") or "")
+    if kind == "inlineCard":
+        url = str(attrs.get("url") or "")
+        return _link(slack_escape(url), slack_escape(url))
+    if kind == "status":
+        return f"`{slack_escape(attrs.get('text') or '')}`"
+    return _adf_block(node, depth + 1, "")
+
+
+def _marked(text: str, marks: Any) -> str:
+    """A text node with its marks; formatting wraps the words, not the spaces around them."""
+    escaped = slack_escape(text)
+    kinds = {mark.get("type"): mark for mark in marks or [] if isinstance(mark, dict)}
+    if "code" in kinds:
+        escaped = f"`{escaped}`"
+    core = escaped.strip()
+    if not core:
+        return escaped
+    for kind, wrap in (("strong", "*"), ("em", "_"), ("strike", "~")):
+        if kind in kinds:
+            core = f"{wrap}{core}{wrap}"
+    link = kinds.get("link")
+    if link is not None:
+        core = _link(slack_escape((link.get("attrs") or {}).get("href") or ""), core)
+    lead = escaped[: len(escaped) - len(escaped.lstrip())]
+    return f"{lead}{core}{escaped[len(escaped.rstrip()):]}"
+
+
+def _adf_words(node: Any, depth: int) -> list[str]:
+    if not isinstance(node, dict) or depth > MAX_DEPTH:
+        return []
+    words = [str(node.get("text", ""))] if node.get("type") == "text" else []
+    for child in _content(node):
+        words += _adf_words(child, depth + 1)
+    if node.get("type") in ("paragraph", "heading", "hardBreak"):
+        words.append("\n")
+    return words
+
+
+def _tidy(text: str) -> str:
+    """No run of blank lines, no trailing spaces."""
+    lines = [line.rstrip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
