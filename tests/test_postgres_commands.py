@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from postgres import SERVER, created_database, query
 from servers import clean_environ
 from test_commands import run
 
@@ -70,6 +72,23 @@ def test_backup_says_to_use_pg_dump_with_the_exact_command(config, url, capsys, 
             f"'postgresql://postgres@127.0.0.1:5432/{database}'") in err
     assert PASSWORD not in err
     assert not (tmp_path / "bridge.dump").exists()
+
+
+@pytest.mark.skipif(not (shutil.which("pg_dump") and shutil.which("pg_restore")),
+                    reason="pg_dump and pg_restore are not installed")
+def test_the_advised_pg_dump_and_pg_restore_commands_work_as_printed(config, url, capsys,
+                                                                      tmp_path):
+    ids = asyncio.run(seed(url))
+    _, _, advice = run(capsys, "backup", "--config", config, str(tmp_path / "bridge.dump"))
+    dump, restore = [line.strip().removeprefix("PGPASSWORD=... ")
+                     for line in advice.splitlines() if "PGPASSWORD=..." in line]
+    database = url.rsplit("/", 1)[1]
+    with created_database(SERVER) as copy:
+        restore = restore.replace(f"/{database}'", f"/{copy.rsplit('/', 1)[1]}'")
+        for command in (dump, restore):
+            done = subprocess.run(command, shell=True, capture_output=True, text=True)
+            assert done.returncode == 0 and done.stderr == "", (command, done.stderr)
+        assert [row[0] for row in query(copy, "SELECT id FROM deliveries ORDER BY id DESC")] == ids
 
 
 def test_deliveries_retry_and_conversations_work_on_postgresql(config, url, capsys):
