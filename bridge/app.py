@@ -85,11 +85,12 @@ class Bridge:
 
 
 def open_bridge(settings: Settings, clock: Clock | None = None,
-                check_templates: bool = True) -> Bridge:
+                check_templates: bool = True, upgrade_store: bool = True) -> Bridge:
     """Build the destinations, check the templates, open the store; the worker is not started.
 
     Templates that fail to load or to render a bundled sample raise ConfigError here, so a
     broken template stops the bridge at start-up rather than failing the first real event.
+    `check` passes upgrade_store=False: an older store is refused, not migrated by it.
     """
     clock = clock or SystemClock()
     templates = Templates(settings.templates.dir)
@@ -100,7 +101,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock,
-                       pool_size=settings.store.pool_size)
+                       pool_size=settings.store.pool_size, upgrade=upgrade_store)
     share_pacing(store, destinations)
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
                     redact=Redactor.for_settings(settings))

@@ -87,7 +87,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 async def _check_destinations(settings: Settings) -> int:
-    bridge = open_bridge(settings, check_templates=False)
+    bridge = open_bridge(settings, check_templates=False, upgrade_store=False)
     redact = Redactor.for_settings(settings)
     problems = 0
     try:
@@ -144,7 +144,7 @@ async def _backup(settings: Settings, target: Path) -> Backup:
     source = settings.store.sqlite_path
     if not source.is_file():
         raise StoreError(f"no store at {source}: check [store] url (or BRIDGE_STORE__URL)")
-    store = open_store(settings.store.url, settings.store.synchronous)
+    store = open_store(settings.store.url, settings.store.synchronous, upgrade=False)
     try:
         return await store.backup(target)
     finally:

@@ -281,7 +281,7 @@ async def _store(settings: Settings) -> AsyncIterator[Store]:
         raise UsageError(f"no store at {settings.store.sqlite_path}: has the bridge run with "
                          "these settings?")
     store = open_store(settings.store.url, settings.store.synchronous,
-                       settings.store.commit_timeout_seconds, pool_size=2)
+                       settings.store.commit_timeout_seconds, pool_size=2, upgrade=False)
     try:
         yield store
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from bridges import query
+from test_commands import run
 
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import StoreError
@@ -178,3 +179,20 @@ async def test_an_upgrade_that_fails_leaves_the_first_release_store_as_it_was(tm
     assert "schema_migrations" not in tables and "conversation_links" not in tables
     assert query(path, "SELECT COUNT(*) FROM conversations WHERE slack_thread_ts IS NOT NULL"
                  ) == [(1,)]
+
+
+@pytest.mark.parametrize("argv", [
+    ["check"], ["deliveries"], ["conversations"], ["retry", "--failed"], ["backup", "copy.db"]])
+def test_operator_commands_leave_a_first_release_store_to_serve_to_upgrade(
+        argv, make_settings, tmp_path, capsys):
+    """The first release may still be running on it: migrated under it, its worker breaks."""
+    settings = make_settings()
+    path = first_release_store(settings.store.sqlite_path)
+    code, _, err = run(capsys, argv[0], "--config", str(tmp_path / "settings.toml"), *argv[1:])
+    assert code == 1
+    assert (f"the store at {path} has schema version 1, older than this sitegpt-bridge's "
+            f"{SCHEMA_VERSION}: `serve` or `worker` upgrades it when it starts") in err
+    tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "schema_migrations" not in tables
+    assert query(path, "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'") == [(1,)]
+    assert not (tmp_path / "copy.db").exists()

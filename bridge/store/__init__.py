@@ -53,8 +53,11 @@ __all__ = [
 
 
 def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0,
-               clock: Clock | None = None, pool_size: int = 10) -> Store:
+               clock: Clock | None = None, pool_size: int = 10, upgrade: bool = True) -> Store:
     """The store named by `[store] url`, migrated to the schema this code knows.
+
+    The operator commands pass `upgrade=False`: they refuse an older store rather than
+    migrate it under a bridge of the older version that may still be running on it.
 
     SQLite opens (and migrates) here; PostgreSQL on first use or at `open()`, in the event
     loop that uses it, since its connections belong to one loop.
@@ -63,9 +66,9 @@ def open_store(url: str, synchronous: str = "FULL", commit_timeout: float = 3.0,
     if scheme == "sqlite":
         from bridge.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), synchronous, commit_timeout, clock)
+        return SQLiteStore(sqlite_path(url), synchronous, commit_timeout, clock, upgrade)
     if scheme == "postgresql":
         from bridge.store.postgres.store import PostgresStore
 
-        return PostgresStore(url, pool_size, commit_timeout, clock)
+        return PostgresStore(url, pool_size, commit_timeout, clock, upgrade)
     raise AssertionError(f"no opener for {scheme}")  # store_scheme knows only openable ones

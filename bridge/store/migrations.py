@@ -31,6 +31,10 @@ class StoreTooNew(StoreError):
     """The store was written by a newer bridge: this one must not touch it."""
 
 
+class StoreNeedsUpgrade(StoreError):
+    """An operator command met an older store: only `serve` or `worker` upgrades it."""
+
+
 @dataclass(frozen=True)
 class Migration(Generic[C]):
     """One step up, run on the backend's connection `C` inside the migrating transaction."""
@@ -43,8 +47,13 @@ class Migration(Generic[C]):
         return VERSIONS[self.version]
 
 
-def steps_from(found: int, migrations: Sequence[Migration[C]], where: str) -> list[Migration[C]]:
-    """The migrations a store at version `found` still needs, in order."""
+def steps_from(found: int, migrations: Sequence[Migration[C]], where: str,
+               upgrade: bool = True) -> list[Migration[C]]:
+    """The migrations a store at version `found` still needs, in order.
+
+    Without `upgrade` (the operator commands) an older store is refused rather than migrated:
+    the bridge of that older version may still be running on it, and would break.
+    """
     if [m.version for m in migrations] != list(range(1, SCHEMA_VERSION + 1)):
         raise AssertionError("a backend must have one migration per schema version")
     if found > SCHEMA_VERSION:
@@ -52,4 +61,10 @@ def steps_from(found: int, migrations: Sequence[Migration[C]], where: str) -> li
             f"the store at {where} has schema version {found}, but this sitegpt-bridge knows "
             f"versions up to {SCHEMA_VERSION}: run the newer bridge that wrote it, or restore "
             "a backup taken before that upgrade")
+    if not upgrade and 0 < found < SCHEMA_VERSION:
+        raise StoreNeedsUpgrade(
+            f"the store at {where} has schema version {found}, older than this "
+            f"sitegpt-bridge's {SCHEMA_VERSION}: `serve` or `worker` upgrades it when it "
+            "starts. Stop the bridge of the older version first; until then, use its own "
+            "commands on this store")
     return [m for m in migrations if m.version > found]

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 async def migrate(conn: psycopg.AsyncConnection[object],
-                  migrations: Sequence[Migration[Script]], where: str) -> int:
+                  migrations: Sequence[Migration[Script]], where: str,
+                  upgrade: bool = True) -> int:
     """Run the migrations this database lacks, all in one transaction; the version it is at.
 
     A replica that starts while another migrates waits on the advisory lock, then finds the
@@ -34,7 +35,7 @@ async def migrate(conn: psycopg.AsyncConnection[object],
         async with conn.transaction():
             await conn.execute(VERSION_TABLE)
             found = await schema_version(conn)
-            steps = steps_from(found, migrations, where)
+            steps = steps_from(found, migrations, where, upgrade)
             for step in steps:
                 script: Script = []
                 step.apply(script)

@@ -71,8 +71,9 @@ class PostgresStore:
     """The shared backend: a connection pool, migrated on first use, and a wake-up listener."""
 
     def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, upgrade: bool = True) -> None:
         self.url = url
+        self.upgrade = upgrade
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()
         self.schema_version = 0
@@ -109,7 +110,8 @@ class PostgresStore:
             # An unreachable server fails here at once, with libpq's reason, where the pool
             # would keep trying in the background.
             async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                self.schema_version = await migrate.migrate(conn, MIGRATIONS, where)
+                self.schema_version = await migrate.migrate(
+                    conn, MIGRATIONS, where, self.upgrade)
                 major, minor = divmod(conn.info.server_version, 10000)
                 self.server_version = f"{major}.{minor}"
         except (psycopg.Error, OSError) as exc:

@@ -265,8 +265,12 @@ def _script(conn: sqlite3.Connection, sql: str) -> None:
             conn.execute(statement)
 
 
-def connect(path: Path, synchronous: str, clock: Clock | None = None) -> sqlite3.Connection:
-    """A connection to the store at `path`, migrated to SCHEMA_VERSION first if it is older."""
+def connect(path: Path, synchronous: str, clock: Clock | None = None,
+            upgrade: bool = True) -> sqlite3.Connection:
+    """A connection to the store at `path`, migrated to SCHEMA_VERSION first if it is older.
+
+    Without `upgrade`, an older store is refused instead (StoreNeedsUpgrade).
+    """
     # Batches of every size have their own INSERT text (insert_rows): keep them all prepared.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            cached_statements=STATEMENT_CACHE)
@@ -279,7 +283,7 @@ def connect(path: Path, synchronous: str, clock: Clock | None = None) -> sqlite3
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        migrate(conn, path, clock or SystemClock())
+        migrate(conn, path, clock or SystemClock(), upgrade)
         conn.execute("PRAGMA foreign_keys=ON")  # off while migrating: tables are rebuilt
     except BaseException:
         conn.close()
@@ -288,7 +292,7 @@ def connect(path: Path, synchronous: str, clock: Clock | None = None) -> sqlite3
     return conn
 
 
-def migrate(conn: sqlite3.Connection, path: Path, clock: Clock) -> None:
+def migrate(conn: sqlite3.Connection, path: Path, clock: Clock, upgrade: bool = True) -> None:
     """Bring the store to SCHEMA_VERSION in one transaction; a newer store is refused."""
     if schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock taken
         return
@@ -296,7 +300,7 @@ def migrate(conn: sqlite3.Connection, path: Path, clock: Clock) -> None:
     conn.execute("BEGIN IMMEDIATE")  # two processes starting at once: the second waits here
     try:
         found = schema_version(conn)
-        steps = steps_from(found, MIGRATIONS, str(path))
+        steps = steps_from(found, MIGRATIONS, str(path), upgrade)
         _record(conn, range(1, found + 1) if steps else (), clock.now())
         for step in steps:
             step.apply(conn)

@@ -41,12 +41,12 @@ class SQLiteStore:
     """The embedded backend: SQLite in WAL mode, fsync on every commit by default."""
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, upgrade: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()
-        self._writer = Writer(lambda: connect(path, synchronous, self.clock), str(path))
+        self._writer = Writer(lambda: connect(path, synchronous, self.clock, upgrade), str(path))
         self._writer.start()
 
     async def _run(self, work: Write[T] | Accept, timeout: float | None = None) -> T:
