@@ -187,3 +187,13 @@ def test_every_metric_is_documented() -> None:
     assert families
     missing = [name for name in families if f"`{name}" not in documented]
     assert missing == []
+
+
+def test_the_delivery_page_lists_every_schema_version_and_shows_the_current_one() -> None:
+    from bridge.store.migrations import SCHEMA_VERSION, VERSIONS
+
+    page = (ROOT / "docs" / "delivery.md").read_text()
+    listed = [int(number) for number in re.findall(r"^\| (\d+) \|", page, re.MULTILINE)]
+    assert listed == sorted(VERSIONS)
+    shown = re.findall(r"schema version (?:1 to )?(\d+)", page)
+    assert shown and set(shown) == {str(SCHEMA_VERSION)}
