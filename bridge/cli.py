@@ -14,7 +14,14 @@ from pathlib import Path
 
 import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
-from bridge.app import announce, back_channel, create_app, open_bridge, open_store_now
+from bridge.app import (
+    announce,
+    back_channel,
+    create_app,
+    open_bridge,
+    open_store_now,
+    slow_lease,
+)
 from bridge.destinations import REGISTRY
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging, flush_logs
@@ -109,6 +116,9 @@ async def _check_destinations(settings: Settings) -> int:
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
+        slow = slow_lease(settings)
+        if slow is not None:
+            print(f"delivery.lease: WARNING: {slow.removeprefix('delivery.lease is ')}")
         problems += _print_unfinished_settings(settings)
     finally:
         await bridge.close()

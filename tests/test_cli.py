@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from conftest import write_toml
 from fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 from servers import BridgeProcess, clean_environ
 
+from bridge.app import announce, open_bridge
 from bridge.cli import main
 from bridge.store.migrations import SCHEMA_VERSION
 
@@ -112,6 +114,25 @@ def test_check_warns_about_the_example_tokens(capsys):
     for name in ("messages", "escalations", "leads"):
         assert f"webhooks.{name}: WARNING: still the example token" in out
     assert "abc-messages-xyz" not in out
+
+
+@pytest.mark.parametrize(("lease", "warned"), [("120s", True), ("30s", False), (None, False)])
+def test_check_warns_that_the_first_release_lease_slows_recovery(
+        lease, warned, make_settings, tmp_path, capsys, caplog):
+    """The first release's example set lease = "120s"; kept, a crash costs two minutes."""
+    settings = make_settings({"delivery": {"lease": lease}} if lease else None)
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    out = capsys.readouterr().out
+    assert ("delivery.lease: WARNING: 120s: after a crash, a conversation waits that long"
+            in out) is warned
+    assert ("remove `lease` from [delivery]" in out) is warned
+    caplog.set_level("WARNING", "bridge")
+    bridge = open_bridge(settings)
+    try:
+        announce(bridge)
+    finally:
+        asyncio.run(bridge.close())
+    assert ("delivery.lease is 120s" in caplog.text) is warned
 
 
 def test_check_fails_naming_every_webhook_without_a_token(capsys, monkeypatch):
