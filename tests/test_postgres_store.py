@@ -16,7 +16,7 @@ from postgres import query
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
 from bridge.store import NewEvent, Pruned, open_store
-from bridge.store.migrations import SCHEMA_VERSION, Migration
+from bridge.store.migrations import SCHEMA_VERSION, Migration, StoreNeedsUpgrade
 from bridge.store.postgres import migrate
 from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
 from bridge.store.postgres.schema import MIGRATIONS
@@ -180,6 +180,19 @@ async def test_a_store_newer_than_the_code_is_refused_naming_both_versions(postg
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, but this "
                                          f"sitegpt-bridge knows versions up to {SCHEMA_VERSION}"):
         await newer.open()
+
+
+async def test_an_older_store_is_refused_not_migrated_by_the_operator_commands(postgres_url):
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    query(postgres_url, "DELETE FROM schema_migrations WHERE version = %s RETURNING version",
+          (SCHEMA_VERSION,))
+    command = PostgresStore(postgres_url, upgrade=False)
+    with pytest.raises(StoreNeedsUpgrade, match=f"schema version {SCHEMA_VERSION - 1}, older"):
+        await command.open()
+    assert query(postgres_url, "SELECT MAX(version) FROM schema_migrations") == [
+        (SCHEMA_VERSION - 1,)]
 
 
 async def test_migrations_run_in_one_transaction(postgres_url):
