@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -268,6 +269,32 @@ def without_lone_surrogates(body: Any) -> Any:
         return {without_lone_surrogates(key): without_lone_surrogates(value)
                 for key, value in body.items()}
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def read_json(raw: bytes) -> Any:
+    """A webhook body as JSON holds it: ValueError if it is not JSON, InvalidEvent for a number
+    JSON has not (NaN, Infinity, 1e400); a lone surrogate (half an emoji) becomes U+FFFD."""
+    # Decoded strictly: json.loads(bytes) would let surrogates encoded as bytes through.
+    text = raw.decode(json.detect_encoding(raw))
+    body = json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
+    if _SURROGATE_ESCAPE.search(text):  # maybe half an emoji, cut by the sender: keep the rest
+        body = without_lone_surrogates(body)
+    return body
+
+
+def _not_json_number(name: str) -> Any:
+    """NaN and Infinity: Python reads them, JSON has no such numbers, and receivers refuse them."""
+    raise InvalidEvent("body", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
+        raise InvalidEvent("body", f"{text[:20]} is too large a number")
+    return number
 
 
 def canonical_json(body: Any) -> str:

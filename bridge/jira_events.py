@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +23,12 @@ from bridge.events import (
     TICKET_DELETED,
     TICKET_STATUS,
     Conversation,
+    InvalidEvent,
     TicketCommentData,
     TicketDeletedData,
     TicketStatusData,
     canonical_json,
+    read_json,
 )
 from bridge.inbound import Refused, Storing, bounded_body
 from bridge.jira_markup import comment_text
@@ -232,7 +233,9 @@ class JiraReceiver:
 def parse_webhook(raw: bytes) -> JiraWebhook:
     """The webhook's few fields the bridge reads, or Refused: 400 if not JSON, 422 if not Jira's."""
     try:
-        body = json.loads(raw)
+        body = read_json(raw)
+    except InvalidEvent as exc:
+        raise Refused(422, f"not a Jira webhook: {exc}") from exc
     except (ValueError, RecursionError) as exc:
         raise Refused(400, f"body is not JSON: {exc}") from exc
     try:

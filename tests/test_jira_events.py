@@ -323,6 +323,37 @@ async def test_malformed_bodies_get_400_or_422_never_500(desk, raw, status, erro
     assert error in answer.json()["error"]
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_numbers_json_has_not_are_refused_and_nothing_is_stored(desk, number):
+    d = await desk()
+    key = await d.escalated()
+    before = await d.stored_events()
+    raw = json.dumps(webhook("comment-created-adf", key)).encode()
+    raw = raw.replace(b'"version": 1', b'"version": ' + number, 1)
+    answer = await d.send(raw, "wh-nan")
+    assert answer.status_code == 422
+    assert "not a Jira webhook: body:" in answer.json()["error"]
+    assert await d.stored_events() == before
+
+
+@pytest.mark.parametrize("half_an_emoji", [b"\\ud83d", b"\xed\xa0\xbd"])
+async def test_half_an_emoji_in_a_name_is_stored_as_a_replacement_or_refused(desk,
+                                                                            half_an_emoji):
+    d = await desk()
+    key = await d.escalated()
+    raw = json.dumps(webhook("issue-updated-status", key)).encode()
+    raw = raw.replace(b'"displayName": "Dana Agent"', b'"displayName": "Dana ' + half_an_emoji
+                      + b'"', 1)
+    answer = await d.send(raw, "wh-surrogate")
+    if half_an_emoji.startswith(b"\\"):  # JSON's escape: valid JSON, kept as U+FFFD
+        assert answer.json()["status"] == "accepted"
+        await d.bridge.worker.drain()
+        assert (await d.thread())[-1] == f"{key} moved to In Progress by Dana \ufffd"
+    else:  # the bytes of a surrogate are not UTF-8
+        assert answer.status_code == 400
+        assert "body is not JSON" in answer.json()["error"]
+
+
 async def test_a_body_over_the_limit_is_refused_unread(desk):
     d = await desk()
     answer = await d.send(b"{" + b" " * 300_000 + b"}")
