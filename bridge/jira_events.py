@@ -49,7 +49,8 @@ DESTINATIONS = ("slack",)
 JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
 ENDPOINT = "jira"  # its label in sitegpt_bridge_webhooks_total
-OUTCOMES = (*WEBHOOK_OUTCOMES, "ignored")
+OUTCOMES = (*(outcome for outcome in WEBHOOK_OUTCOMES if outcome != "not_configured"),
+            "ignored")  # unconfigured, the route does not exist
 REFUSALS = {400: "invalid_json", 401: "unauthorized", 413: "too_large", 422: "invalid",
             503: "unavailable"}
 
