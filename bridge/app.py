@@ -201,7 +201,8 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     token = bridge.settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
     inbound = [*slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake),
-               *jira_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake)]
+               *jira_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake,
+                            bridge.metrics)]
     app = build_app(intake, bridge.endpoints(), lifespan, inbound, metrics_token)
     app.state.bridge = bridge
     return app

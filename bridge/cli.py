@@ -27,6 +27,7 @@ from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
+from bridge.rejections import sum_up_all
 from bridge.server import BridgeServer, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
@@ -57,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
     BridgeServer(server_config(app, server)).run()
+    sum_up_all()
     log.info("sitegpt-bridge stopped")
     flush_logs()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -252,22 +253,49 @@ def parse_event(kind: str, body: Any) -> Event:
         raise InvalidEvent(field, first["msg"]) from exc
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
 
 
-def without_lone_surrogates(body: Any) -> Any:
-    """`body` with each lone UTF-16 surrogate (half an emoji) in its strings replaced by U+FFFD.
+def without_unstorable(body: Any) -> Any:
+    """`body` with U+FFFD for each lone UTF-16 surrogate (half an emoji) and NUL in its strings.
 
     JSON lets "\\ud83d" stand alone, but no UTF-8 text can hold it: not the hash, not the store.
+    JSON lets "\\u0000" in too, but PostgreSQL's text cannot hold it.
     """
     if isinstance(body, str):
-        return _LONE_SURROGATE.sub("\ufffd", body)
+        return _UNSTORABLE.sub("\ufffd", body)
     if isinstance(body, list):
-        return [without_lone_surrogates(item) for item in body]
+        return [without_unstorable(item) for item in body]
     if isinstance(body, dict):
-        return {without_lone_surrogates(key): without_lone_surrogates(value)
+        return {without_unstorable(key): without_unstorable(value)
                 for key, value in body.items()}
     return body
+
+
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def read_json(raw: bytes) -> Any:
+    """A webhook body as JSON holds it: ValueError if it is not JSON, InvalidEvent for a number
+    JSON has not (NaN, Infinity, 1e400); a lone surrogate (half an emoji) or NUL becomes U+FFFD."""
+    # Decoded strictly: json.loads(bytes) would let surrogates encoded as bytes through.
+    text = raw.decode(json.detect_encoding(raw))
+    body = json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
+    if _UNSTORABLE_ESCAPE.search(text):  # half an emoji cut by the sender, or NUL: keep the rest
+        body = without_unstorable(body)
+    return body
+
+
+def _not_json_number(name: str) -> Any:
+    """NaN and Infinity: Python reads them, JSON has no such numbers, and receivers refuse them."""
+    raise InvalidEvent("body", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
+        raise InvalidEvent("body", f"{text[:20]} is too large a number")
+    return number
 
 
 def canonical_json(body: Any) -> str:

@@ -33,24 +33,32 @@ async def bounded_body(request: Request, limit: int) -> bytes:
         raise Refused(400, "client disconnected mid-body") from exc
 
 
+def _uncounted(outcome: str) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Storing:
-    """Stores an inbound event and answers for it; `source` names it in the log."""
+    """Stores an inbound event and answers for it; `source` names it in the log, `count` is
+    told each outcome (accepted, duplicate, unavailable, ignored)."""
 
     store: EventIntake
     clock: Clock
     window: float
     on_accept: Callable[[], None]
     log: logging.Logger
+    count: Callable[[str], None] = _uncounted
 
     async def accept(self, source: str, event: NewEvent) -> JSONResponse:
         try:
             accepted = await self.store.accept(event, self.clock.now(), self.window)
         except StoreError as exc:
             self.log.error("%s: store unavailable: %s", source, exc)
+            self.count("unavailable")
             return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
         if accepted.status == "accepted":
             self.on_accept()
+        self.count(accepted.status)
         self.log.info("%s: %s event %d", source, accepted.status, accepted.event_id,
                       extra={"endpoint": source.replace(" ", "-"), "outcome": accepted.status,
                              "event_id": accepted.event_id,
@@ -60,4 +68,5 @@ class Storing:
     def ignored(self, source: str, reason: str) -> JSONResponse:
         # Slack and Jira retry anything but a 2xx: what the bridge does not want still gets 200.
         self.log.debug("%s ignored: %s", source, reason)
+        self.count("ignored")
         return JSONResponse({"status": "ignored", "reason": reason})

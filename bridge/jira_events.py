@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +23,16 @@ from bridge.events import (
     TICKET_DELETED,
     TICKET_STATUS,
     Conversation,
+    InvalidEvent,
     TicketCommentData,
     TicketDeletedData,
     TicketStatusData,
     canonical_json,
+    read_json,
 )
 from bridge.inbound import Refused, Storing, bounded_body
 from bridge.jira_markup import comment_text
+from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
@@ -46,6 +48,11 @@ COMMENT_CREATED = "comment_created"
 DESTINATIONS = ("slack",)
 JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
+ENDPOINT = "jira"  # its label in sitegpt_bridge_webhooks_total
+OUTCOMES = (*(outcome for outcome in WEBHOOK_OUTCOMES if outcome != "not_configured"),
+            "ignored")  # unconfigured, the route does not exist
+REFUSALS = {400: "invalid_json", 401: "unauthorized", 413: "too_large", 422: "invalid",
+            503: "unavailable"}
 
 
 def _text_id(value: Any) -> Any:
@@ -155,14 +162,18 @@ class JiraReceiver:
     max_body_bytes: int
     comments_to_slack: bool
     on_accept: Callable[[], None] = lambda: None
+    metrics: Metrics = field(default_factory=Metrics)
     rejections: RejectionLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.rejections = RejectionLog(log, self.clock)
+        for outcome in OUTCOMES:  # every series from zero, so a rate() alert works at once
+            self.metrics.webhooks.labels(ENDPOINT, outcome)
 
     @property
     def storing(self) -> Storing:
-        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log)
+        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log,
+                       lambda outcome: self.metrics.webhook(ENDPOINT, outcome))
 
     async def webhook(self, request: Request) -> Response:
         try:
@@ -170,18 +181,26 @@ class JiraReceiver:
             hook = parse_webhook(raw)
             event = await self._ticket_event(hook, request.headers, raw)
         except Refused as exc:
-            return exc.response
+            return self._refused(exc)
         source = f"jira {hook.webhook_event}"
         if isinstance(event, str):
             return self.storing.ignored(source, event)
         return await self.storing.accept(source, event)
 
+    def _refused(self, refusal: Refused) -> Response:
+        """Counted every time; logged once per kind and interval, so a flood cannot flood it."""
+        status = refusal.response.status_code
+        reason = REFUSALS.get(status, "invalid")
+        self.metrics.webhook(ENDPOINT, reason)
+        if status != 503:  # the store's own error is logged where it happens
+            self.rejections.rejected("jira /jira/webhook", status, reason, str(refusal),
+                                     extra={"endpoint": ENDPOINT, "outcome": reason})
+        return refusal.response
+
     async def _admitted_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
         # The token rides in the query string, so neither it nor the URL is ever logged.
         if not self.credentials.admit(raw, request.headers, request.query_params.get("token")):
-            self.rejections.rejected("jira /jira/webhook", 401, "unauthorized",
-                                     "missing or wrong signature or token")
             raise Refused(401, "missing or wrong X-Hub-Signature or token")
         return raw
 
@@ -232,7 +251,9 @@ class JiraReceiver:
 def parse_webhook(raw: bytes) -> JiraWebhook:
     """The webhook's few fields the bridge reads, or Refused: 400 if not JSON, 422 if not Jira's."""
     try:
-        body = json.loads(raw)
+        body = read_json(raw)
+    except InvalidEvent as exc:
+        raise Refused(422, f"not a Jira webhook: {exc}") from exc
     except (ValueError, RecursionError) as exc:
         raise Refused(400, f"body is not JSON: {exc}") from exc
     try:
@@ -304,7 +325,8 @@ def _new_event(data: TicketData, dedup_key: str) -> NewEvent:
 
 
 def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,
-                on_accept: Callable[[], None]) -> list[BaseRoute]:
+                on_accept: Callable[[], None],
+                metrics: Metrics | None = None) -> list[BaseRoute]:
     """POST /jira/webhook, or nothing (a 404) while neither secret nor token is set."""
     jira = settings.jira
     if not jira.back_channel:
@@ -314,5 +336,6 @@ def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,
         token=jira.webhook_token.get_secret_value().encode() if jira.webhook_token else None)
     receiver = JiraReceiver(store=store, clock=clock, credentials=credentials,
                             max_body_bytes=settings.server.max_body_bytes,
-                            comments_to_slack=jira.comments_to_slack, on_accept=on_accept)
+                            comments_to_slack=jira.comments_to_slack, on_accept=on_accept,
+                            metrics=metrics or Metrics())
     return [Route(PATH, receiver.webhook, methods=["POST"])]

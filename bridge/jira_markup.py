@@ -158,7 +158,7 @@ def _adf_block(node: Any, depth: int, indent: str) -> str:
     handler = _BLOCKS.get(str(kind))
     if handler is not None:
         return handler(node, children, depth, indent)
-    if kind in _INLINE_KINDS:
+    if isinstance(kind, str) and kind in _INLINE_KINDS:
         return _adf_inline(node, depth)
     return "\n".join(filter(None, (_adf_block(child, depth + 1, indent) for child in children)))
 
@@ -166,6 +166,12 @@ def _adf_block(node: Any, depth: int, indent: str) -> str:
 def _content(node: dict[str, Any]) -> list[Any]:
     children = node.get("content")
     return children if isinstance(children, list) else []
+
+
+def _attrs(node: dict[str, Any]) -> dict[str, Any]:
+    # Jira sends a dict; anything else is read as no attributes rather than failing the delivery.
+    attrs = node.get("attrs")
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def _inline_run(children: list[Any], depth: int) -> str:
@@ -196,7 +202,7 @@ def _bullets(node: dict[str, Any], children: list[Any], depth: int, indent: str)
 
 
 def _numbered(node: dict[str, Any], children: list[Any], depth: int, indent: str) -> str:
-    start = (node.get("attrs") or {}).get("order", 1)
+    start = _attrs(node).get("order", 1)
     first = start if isinstance(start, int) else 1
     return _list(children, depth, indent, lambda number: f"{first + number}.")
 
@@ -242,7 +248,7 @@ def _adf_inline(node: Any, depth: int) -> str:
     if not isinstance(node, dict) or depth > MAX_DEPTH:
         return ""
     kind = node.get("type")
-    attrs = node.get("attrs") if isinstance(node.get("attrs"), dict) else {}
+    attrs = _attrs(node)
     if kind == "text":
         return _marked(str(node.get("text", "")), node.get("marks"))
     if kind == "hardBreak":
@@ -262,7 +268,8 @@ def _adf_inline(node: Any, depth: int) -> str:
 def _marked(text: str, marks: Any) -> str:
     """A text node with its marks; formatting wraps the words, not the spaces around them."""
     escaped = slack_escape(text)
-    kinds = {mark.get("type"): mark for mark in marks or [] if isinstance(mark, dict)}
+    listed = marks if isinstance(marks, list) else []
+    kinds = {str(mark.get("type")): mark for mark in listed if isinstance(mark, dict)}
     if "code" in kinds:
         escaped = f"`{escaped}`"
     core = escaped.strip()
@@ -273,7 +280,7 @@ def _marked(text: str, marks: Any) -> str:
             core = f"{wrap}{core}{wrap}"
     link = kinds.get("link")
     if link is not None:
-        core = _link(slack_escape((link.get("attrs") or {}).get("href") or ""), core)
+        core = _link(slack_escape(_attrs(link).get("href") or ""), core)
     lead = escaped[: len(escaped) - len(escaped.lstrip())]
     return f"{lead}{core}{escaped[len(escaped.rstrip()):]}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 from bridge.clock import Clock
@@ -19,7 +20,7 @@ class _Window:
     suppressed: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class RejectionLog:
     """The first rejection of each kind in an interval is logged in full; the rest are counted
     and summed up in one line when the interval ends ("8,812 more in the last 10 s").
@@ -32,6 +33,9 @@ class RejectionLog:
     interval: float = INTERVAL
     _windows: dict[Kind, _Window] = field(default_factory=dict)
     _summary_due: bool = False
+
+    def __post_init__(self) -> None:
+        _OPEN.add(self)
 
     def rejected(self, where: str, status: int, reason: str, message: str,
                  extra: dict[str, object] | None = None) -> None:
@@ -78,3 +82,12 @@ class RejectionLog:
         self.flush()
         if any(window.suppressed for window in self._windows.values()):
             self._schedule_summary()
+
+
+_OPEN: weakref.WeakSet[RejectionLog] = weakref.WeakSet()
+
+
+def sum_up_all() -> None:
+    """At a stop, sum up every interval still open: their timers stopped with the server."""
+    for rejections in list(_OPEN):
+        rejections.flush(everything=True)

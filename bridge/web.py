@@ -5,8 +5,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +23,7 @@ from bridge.events import (
     MESSAGE,
     InvalidEvent,
     parse_event,
-    without_lone_surrogates,
+    read_json,
 )
 from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
@@ -34,7 +32,6 @@ from bridge.store import NewEvent, Store
 
 log = logging.getLogger("bridge.web")
 TOKEN_HEADER = "x-webhook-token"
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -124,22 +121,8 @@ class Intake:
 
 
 def _stored_event(endpoint: Endpoint, raw: bytes) -> NewEvent:
-    body = json.loads(raw, parse_constant=_not_json_number, parse_float=_finite_float)
-    if _SURROGATE_ESCAPE.search(raw):  # maybe half an emoji, cut by the sender: keep the rest
-        body = without_lone_surrogates(body)
+    body = read_json(raw)
     return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
-
-
-def _not_json_number(name: str) -> Any:
-    """NaN and Infinity: Python reads them, JSON has no such numbers, and receivers refuse them."""
-    raise InvalidEvent("body", f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
-        raise InvalidEvent("body", f"{text[:20]} is too large a number")
-    return number
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from bridge.store import Acceptance, NewEvent
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.test_metrics import value
 from tests.test_store_upgrade import first_release_store
 
 SECRET = "jira-cloud-webhook-secret"
@@ -323,10 +324,77 @@ async def test_malformed_bodies_get_400_or_422_never_500(desk, raw, status, erro
     assert error in answer.json()["error"]
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_numbers_json_has_not_are_refused_and_nothing_is_stored(desk, number):
+    d = await desk()
+    key = await d.escalated()
+    before = await d.stored_events()
+    raw = json.dumps(webhook("comment-created-adf", key)).encode()
+    raw = raw.replace(b'"version": 1', b'"version": ' + number, 1)
+    answer = await d.send(raw, "wh-nan")
+    assert answer.status_code == 422
+    assert "not a Jira webhook: body:" in answer.json()["error"]
+    assert await d.stored_events() == before
+
+
+@pytest.mark.parametrize("half_an_emoji", [b"\\ud83d", b"\xed\xa0\xbd"])
+async def test_half_an_emoji_in_a_name_is_stored_as_a_replacement_or_refused(desk,
+                                                                            half_an_emoji):
+    d = await desk()
+    key = await d.escalated()
+    raw = json.dumps(webhook("issue-updated-status", key)).encode()
+    raw = raw.replace(b'"displayName": "Dana Agent"', b'"displayName": "Dana ' + half_an_emoji
+                      + b'"', 1)
+    answer = await d.send(raw, "wh-surrogate")
+    if half_an_emoji.startswith(b"\\"):  # JSON's escape: valid JSON, kept as U+FFFD
+        assert answer.json()["status"] == "accepted"
+        await d.bridge.worker.drain()
+        assert (await d.thread())[-1] == f"{key} moved to In Progress by Dana \ufffd"
+    else:  # the bytes of a surrogate are not UTF-8
+        assert answer.status_code == 400
+        assert "body is not JSON" in answer.json()["error"]
+
+
 async def test_a_body_over_the_limit_is_refused_unread(desk):
     d = await desk()
     answer = await d.send(b"{" + b" " * 300_000 + b"}")
     assert answer.status_code == 413
+
+
+async def test_every_request_is_counted_by_its_outcome(desk):
+    d = await desk()
+    key = await d.escalated()
+    body = webhook("issue-updated-status", key)
+    answers = [await d.send(body, "wh-m1"), await d.send(body, "wh-m1"),
+               await d.send(webhook("issue-updated-fields", key), "wh-m2"),
+               await d.send(body, signature="sha256=" + "0" * 64),
+               await d.send(b"{not json"), await d.send(b"[]"),
+               await d.send(b"{" + b" " * 300_000 + b"}")]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
+    text = (await d.bridge.metrics.exposition(d.bridge.store, d.clock.now())).decode()
+    counted = {outcome: value(text, "sitegpt_bridge_webhooks_total", endpoint="jira",
+                              outcome=outcome)
+               for outcome in ("accepted", "duplicate", "ignored", "unauthorized",
+                               "invalid_json", "invalid", "too_large", "unavailable")}
+    assert counted == {"accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1,
+                       "invalid_json": 1, "invalid": 1, "too_large": 1, "unavailable": 0}
+
+
+async def test_a_flood_of_refusals_is_one_log_line_per_kind_and_interval(desk, caplog):
+    d = await desk()
+    caplog.set_level(logging.WARNING, logger="bridge.jira_events")
+    for _ in range(50):
+        assert (await d.send(b"[]")).status_code == 422
+        assert (await d.send(b"{}", signature=None)).status_code == 401
+    assert [record.getMessage() for record in caplog.records] == [
+        "jira /jira/webhook rejected (422 invalid): not a Jira webhook: body: Input should be "
+        "a valid dictionary or instance of JiraWebhook",
+        "jira /jira/webhook rejected (401 unauthorized): missing or wrong X-Hub-Signature or "
+        "token"]
+    d.clock.advance(10)
+    await d.send(b"[]")
+    assert "jira /jira/webhook rejected (422 invalid) 49 more times in the last 10 s" in [
+        record.getMessage() for record in caplog.records]
 
 
 # store first, once -------------------------------------------------------------------------------

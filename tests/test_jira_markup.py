@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -119,3 +120,35 @@ def test_comment_text_keeps_the_words_for_the_marker_check(body, words):
 def test_comment_mrkdwn_takes_either_format():
     assert comment_mrkdwn("*x*") == "*x*"
     assert comment_mrkdwn(doc(paragraph(text("x", {"type": "strong"})))) == "*x*"
+
+
+JUNK: list[Any] = [None, 5, 1.5, True, "x", "<!channel>", [], [1], {}, {"a": 1}, ["text"]]
+KINDS = ["doc", "paragraph", "text", "heading", "codeBlock", "blockquote", "bulletList",
+         "orderedList", "listItem", "rule", "mediaSingle", "table", "tableRow", "tableCell",
+         "mention", "emoji", "inlineCard", "status", "hardBreak", "date", "unknown"]
+
+
+def odd_node(rng: random.Random, depth: int) -> Any:
+    """An ADF node as a careless or hostile sender might shape it: any field of any type."""
+    if depth > 4 or rng.random() < 0.15:
+        return rng.choice(JUNK)
+    node: dict[str, Any] = {"type": rng.choice([*KINDS, *JUNK])}
+    if rng.random() < 0.8:
+        node["content"] = ([odd_node(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+                           if rng.random() < 0.8 else rng.choice(JUNK))
+    for key, values in (("text", ["<!here> & <@U1>", *JUNK]),
+                        ("attrs", [{"text": rng.choice(JUNK), "order": rng.choice(JUNK),
+                                    "url": rng.choice(["https://a.test/|x", *JUNK])}, *JUNK]),
+                        ("marks", [[{"type": "link", "attrs": rng.choice(JUNK)},
+                                    {"type": rng.choice(JUNK)}], *JUNK])):
+        if rng.random() < 0.5:
+            node[key] = rng.choice(values)
+    return node
+
+
+def test_any_shape_of_adf_converts_without_an_error_and_stays_inert():
+    # A comment that fails to convert would be retried, holding up its conversation's thread.
+    rng = random.Random(20261130)
+    for _ in range(3000):
+        text = comment_mrkdwn({"type": "doc", "content": [odd_node(rng, 0)]})
+        assert "<!" not in text and "<@" not in text

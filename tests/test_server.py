@@ -161,3 +161,18 @@ def test_a_stop_signal_drains_writes_every_log_line_and_exits_0(make_settings, t
     assert code == 0, log[-2000:]
     assert "webhook messages: accepted event 1" in log
     assert json.loads(log.rstrip().splitlines()[-1])["message"] == "sitegpt-bridge stopped"
+
+
+def test_a_stop_sums_up_the_refusals_of_the_interval_still_open(make_settings, tmp_path):
+    make_settings()
+    with BridgeProcess(tmp_path / "settings.toml", cwd=tmp_path) as running:
+        for _ in range(20):
+            with connect(running) as sock:
+                sock.sendall(HEAD + b"Connection: close\r\nX-WEBHOOK-TOKEN: wrong\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
+                assert answer(sock).startswith(b"HTTP/1.1 401 ")
+        assert running.process is not None
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(GIVE_UP) == 0
+        log = running.log
+    assert "webhook messages rejected (401 unauthorized) 19 more times in the last" in log

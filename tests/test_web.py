@@ -17,6 +17,7 @@ import httpx
 import pytest
 from bridges import WriteLock, build_bridge, counts, fake, query, readme_example
 from conftest import TOKENS
+from postgres import database_for_this_run
 from servers import serving
 from starlette.testclient import TestClient
 
@@ -237,6 +238,22 @@ def test_half_an_emoji_is_kept_as_a_replacement_character_not_refused(webhooks):
     assert body["data"]["answer"] == "\U0001F600 glad to help"  # a whole pair stays an emoji
     assert body["data"]["\ufffdextra"] == ["\ufffd"]
     assert query(webhooks.db, "SELECT question FROM messages") == [("thanks \ufffd",)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_nul_in_any_text_is_kept_as_a_replacement_character_on_every_store(open_webhooks,
+                                                                            backend):
+    # PostgreSQL's text cannot hold NUL: refused by the store, it was a 503 SiteGPT retried forever.
+    store = {"url": database_for_this_run()} if backend == "postgresql" else {}
+    webhooks = open_webhooks({"store": store})
+    with_nul = (b'{"event": "ADD_MESSAGE", "data": {"chatbotId": "c", "threadId": "t\\u0000",'
+                b' "messageType": "USER_MESSAGE", "question": "hi\\u0000there"}}')
+    first = webhooks.post("messages", content=with_nul)
+    again = webhooks.post("messages", content=with_nul)
+    assert first.json() == {"status": "accepted", "id": 1}
+    assert again.json() == {"status": "duplicate", "id": 1}
+    [line] = webhooks.client.portal.call(webhooks.bridge.store.transcript, "c", "t\ufffd")
+    assert line.question == "hi\ufffdthere"
 
 
 def with_data(sample: str, **changes: Any) -> dict[str, Any]:
