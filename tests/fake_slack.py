@@ -181,6 +181,8 @@ class FakeSlack:
 
     def _history(self, args: dict[str, Any]) -> Response:
         """A channel's top-level messages after `oldest`, newest first, a page at a time."""
+        if str(args.get("channel")) in ("C_MISSING", "C0MISSING"):
+            return JSONResponse({"ok": False, "error": "channel_not_found"})
         with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
         oldest = float(args.get("oldest") or 0)
         with self._lock:

@@ -342,6 +342,29 @@ async def test_verify_names_workspace_and_bot(harness):
         await h.slack.verify()
 
 
+async def test_verify_reads_each_channel_given_by_id_and_names_one_the_bot_cannot_see(harness):
+    h = await harness({"chatbots": [{"id": "bot_x", "slack_channel": "C0OTHER99"},
+                                    {"id": "bot_y", "slack_channel": "C0CONV1234"}]},
+                      channel="C0CONV1234", leads_channel="#leads")
+    assert await h.slack.verify() == (
+        "ok: workspace Acme (T1), bot @bridge (U0BRIDGE), channel C0CONV1234 ok, "
+        "channel #leads (a name: not checked, give its id to check it), channel C0OTHER99 ok")
+    assert [args["channel"] for method, args, _ in h.fake.calls
+            if method == "conversations.history"] == ["C0CONV1234", "C0OTHER99"]
+
+    h.fake.fail_next("conversations.history", error="missing_scope")
+    assert "channel C0CONV1234 (not checked: the app has no history scope)" in (
+        await h.slack.verify())
+    h.fake.fail_next("conversations.history", error="not_in_channel")
+    with pytest.raises(PermanentError, match="not_in_channel: is the bot invited to channel "
+                                             "C0CONV1234"):
+        await h.slack.verify()
+    h = await harness(channel="C0CONV1234", leads_channel="C0MISSING")
+    with pytest.raises(PermanentError, match="channel_not_found: is the bot invited to channel "
+                                             "C0MISSING"):
+        await h.slack.verify()
+
+
 async def test_unknown_message_type_is_rendered_plainly(harness):
     h = await harness()
     await h.accept(message("thread_A", "what is this", kind="FANCY_NEW_TYPE"))
