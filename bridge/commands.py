@@ -172,12 +172,19 @@ def _event_from(where: str, body: Any) -> Event:
         raise UsageError(f"{where}: {exc}") from exc
 
 
+# Why a sample may find no destination, for the events that need a feature switched on.
+REPLIES_OFF = (" (replies from Slack are off: they need [slack] bot_token and signing_secret,"
+               " and a SiteGPT API key; see docs/slack.md)")
+OFF_HINTS = {SLACK_REPLY: REPLIES_OFF, MODE_CHANGE: REPLIES_OFF}
+
+
 def _targets(destinations: Mapping[str, Destination], event: Event,
              target: str | None) -> list[Destination]:
     if target is None:
         chosen = [item for item in destinations.values() if item.accepts(event.event)]
         if not chosen:
-            raise UsageError(f"no destination takes {event.event} events with these settings")
+            raise UsageError(f"no destination takes {event.event} events with these settings"
+                             + OFF_HINTS.get(event.event, ""))
         return chosen
     destination = destinations.get(target)
     if destination is None:

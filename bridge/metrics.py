@@ -25,7 +25,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 disable_created_metrics()
 
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "invalid_json",
-                    "too_large", "not_configured", "unavailable")
+                    "too_large", "disconnected", "not_configured", "unavailable")
 DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
 # From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
 # an outage hours (the worker gives up after [delivery] max_age, 24 h by default).

@@ -220,16 +220,16 @@ class JiraSettings(Section):
         server = self.personal_access_token is not None
         if cloud and server:
             raise ValueError(
-                "jira: set either email + api_token (Cloud) or personal_access_token "
+                "set either email + api_token (Cloud) or personal_access_token "
                 "(Server/Data Center), not both"
             )
         if not cloud and not server:
             raise ValueError(
-                "jira: jira.url is set but no credentials: set email + api_token (Cloud) "
+                "jira.url is set but no credentials: set email + api_token (Cloud) "
                 "or personal_access_token (Server/Data Center)"
             )
         if cloud and not (self.email and self.api_token):
-            raise ValueError("jira: Cloud auth needs both jira.email and jira.api_token")
+            raise ValueError("Cloud auth needs both jira.email and jira.api_token")
         if not self.project:
             raise ValueError("jira.project is required when jira.url is set")
         return self
@@ -530,9 +530,23 @@ def _invalid(exc: ValidationError, path: Path, environ: Mapping[str, str]) -> Co
     sources: dict[str, None] = {}
     for error in exc.errors():
         variable = _source_variable(error["loc"], environ)
-        sources[variable or str(path)] = None
-        problems.append(_describe(error) + (f" (from {variable})" if variable else ""))
+        inside = [] if variable else _variables_inside(error["loc"], environ)
+        # A table's own check (e.g. a url without credentials) weighs the file and the
+        # variables that set keys of it together: name both.
+        for source in [variable or str(path), *inside]:
+            sources[source] = None
+        blame = (f" (from {variable})" if variable
+                 else f" (with {', '.join(inside)} from the environment)" if inside else "")
+        problems.append(_describe(error) + blame)
     return ConfigError(f"invalid settings in {' and '.join(sources)}", problems)
+
+
+def _variables_inside(location: tuple[int | str, ...], environ: Mapping[str, str]) -> list[str]:
+    """The BRIDGE_* variables that set keys inside the table at `location`."""
+    if not location:
+        return []
+    prefix = "BRIDGE_" + "__".join(str(part) for part in location).upper() + "__"
+    return sorted(name for name in environ if name.upper().startswith(prefix))
 
 
 def _source_variable(location: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
@@ -550,4 +564,6 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return f"{location}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{location}: {message}" if location else message
+    if not location or message.startswith(f"{location}."):  # it names its key already
+        return message
+    return f"{location}: {message}"

@@ -41,6 +41,13 @@ USERS = {
               "profile": {"display_name": "", "real_name": "Ben Okafor"}},
 }
 BOT_ID = "B1"
+# Slack refuses a message beyond these (https://api.slack.com/reference/block-kit/blocks).
+MAX_TEXT = 40_000
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3_000
+MAX_FIELD_TEXT = 2_000
+MAX_HEADER_TEXT = 150
+MAX_ELEMENTS = 10
 
 
 class FakeSlack:
@@ -59,6 +66,7 @@ class FakeSlack:
         self.reactions: list[dict[str, Any]] = []
         self.users: dict[str, dict[str, Any]] = {key: dict(user) for key, user in USERS.items()}
         self.rate_limited: list[str] = []
+        self.refused: list[tuple[str, dict[str, Any]]] = []  # (Slack's error, the arguments)
         self.script: deque[Scripted] = deque()
         self.outage_status: int | None = None
         self.post_delay = post_delay
@@ -87,7 +95,7 @@ class FakeSlack:
         """Forget every call and instruction, for a server shared by several tests."""
         with self._lock:
             for record in (self.calls, self.posts, self.updates, self.reactions,
-                           self.rate_limited):
+                           self.rate_limited, self.refused):
                 record.clear()
             self.script.clear()
             self.late_posts.clear()
@@ -150,6 +158,10 @@ class FakeSlack:
         if method == "auth.test":
             return JSONResponse({"ok": True, "team": "Acme", "team_id": "T1", "user": "bridge",
                                  "user_id": "U0BRIDGE", "bot_id": "B1"})
+        if method in ("chat.postMessage", "chat.update") and (error := over_limits(args)):
+            with self._lock:
+                self.refused.append((error, args))
+            return JSONResponse({"ok": False, "error": error})
         if method == "chat.postMessage":
             return self._post(args, author)
         if method == "chat.update":
@@ -169,6 +181,8 @@ class FakeSlack:
 
     def _history(self, args: dict[str, Any]) -> Response:
         """A channel's top-level messages after `oldest`, newest first, a page at a time."""
+        if str(args.get("channel")) in ("C_MISSING", "C0MISSING"):
+            return JSONResponse({"ok": False, "error": "channel_not_found"})
         with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
         oldest = float(args.get("oldest") or 0)
         with self._lock:
@@ -217,6 +231,32 @@ class FakeSlack:
             return False
         self._buckets[channel] = (tokens - 1, now)
         return True
+
+
+def over_limits(args: dict[str, Any]) -> str | None:
+    """The error Slack answers a message beyond its limits with, or None when it takes it."""
+    if len(str(args.get("text") or "")) > MAX_TEXT:
+        return "msg_too_long"
+    blocks = args.get("blocks") or []
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    if len(blocks) > MAX_BLOCKS or not all(_block_fits(block) for block in blocks):
+        return "invalid_blocks"
+    return None
+
+
+def _block_fits(block: dict[str, Any]) -> bool:
+    limit = MAX_HEADER_TEXT if block.get("type") == "header" else MAX_SECTION_TEXT
+    fields = block.get("fields") or []
+    elements = (block.get("elements") or []) if block.get("type") == "context" else []
+    return (_text_fits(block.get("text"), limit)
+            and len(fields) <= MAX_ELEMENTS and len(elements) <= MAX_ELEMENTS
+            and all(_text_fits(item, MAX_FIELD_TEXT) for item in fields)
+            and all(_text_fits(item, MAX_SECTION_TEXT) for item in elements))
+
+
+def _text_fits(item: Any, limit: int) -> bool:
+    return not isinstance(item, dict) or len(str(item.get("text", ""))) <= limit
 
 
 @pytest.fixture(scope="module", name="slack_server")

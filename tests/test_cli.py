@@ -81,6 +81,16 @@ def test_check_blames_the_file_and_the_variable_each_for_its_own(tmp_path, capsy
     ]
 
 
+def test_a_table_half_set_by_a_variable_names_the_variable_and_the_file(capsys, monkeypatch):
+    monkeypatch.setenv("BRIDGE_JIRA__URL", "https://acme.atlassian.net")
+    assert main(["check", "--config", str(EXAMPLE)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sitegpt-bridge: invalid settings in {EXAMPLE} and BRIDGE_JIRA__URL",
+        "  - jira.url is set but no credentials: set email + api_token (Cloud) or "
+        "personal_access_token (Server/Data Center) (with BRIDGE_JIRA__URL from the environment)",
+    ]
+
+
 def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
     assert main(["check", "--config", str(EXAMPLE)]) == 2

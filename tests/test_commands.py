@@ -177,7 +177,8 @@ def test_render_of_a_reply_from_slack_when_replies_are_off_says_so(config, capsy
     code, out, err = run(capsys, "render", "--sample", "slack-reply", "--config", config())
     assert (code, out) == (2, "")
     assert err == ("sitegpt-bridge: no destination takes SLACK_THREAD_REPLY events with these"
-                   " settings\n")
+                   " settings (replies from Slack are off: they need [slack] bot_token and"
+                   " signing_secret, and a SiteGPT API key; see docs/slack.md)\n")
 
 
 def test_render_file_uses_the_users_templates(config, tmp_path, capsys):

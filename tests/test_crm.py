@@ -90,7 +90,7 @@ def test_factory_builds_the_configured_kind(make_settings, crm, kind):
      "crm.webhook.url: must be an http:// or https:// URL"),
     ({"kind": "webhook", "webhook": {"url": HOOK, "signing_secret": "whsec_not base64!"}},
      "crm.webhook.signing_secret: the part after whsec_ is not valid base64"),
-    ({"kind": "hubspot"}, 'crm: crm.kind = "hubspot" needs crm.hubspot.access_token'),
+    ({"kind": "hubspot"}, 'crm.kind = "hubspot" needs crm.hubspot.access_token'),
 ])
 def test_settings_refuse_a_crm_that_cannot_work(make_settings, crm, problem):
     with pytest.raises(ConfigError) as caught:

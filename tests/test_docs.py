@@ -197,3 +197,25 @@ def test_the_delivery_page_lists_every_schema_version_and_shows_the_current_one(
     assert listed == sorted(VERSIONS)
     shown = re.findall(r"schema version (?:1 to )?(\d+)", page)
     assert shown and set(shown) == {str(SCHEMA_VERSION)}
+
+
+def test_every_bundled_sample_is_named_where_render_is_documented() -> None:
+    from bridge.commands import BATCH_SAMPLE
+    from bridge.samples import sample_names
+
+    render = (ROOT / "docs" / "operations.md").read_text().split("### render", 1)[1]
+    render = render.split("\n### ", 1)[0]
+    missing = [name for name in [*sample_names(), BATCH_SAMPLE] if f"`{name}`" not in render]
+    assert missing == []
+
+
+def test_every_webhook_outcome_is_counted_from_the_start_and_documented() -> None:
+    from bridge.metrics import WEBHOOK_OUTCOMES
+
+    rejected = set(re.findall(r'_reject\(endpoint, \d+, "(\w+)"', (ROOT / "bridge" / "web.py")
+                              .read_text()))
+    assert rejected and rejected <= set(WEBHOOK_OUTCOMES)
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    row = next(line for line in documented.splitlines()
+               if "`sitegpt_bridge_webhooks_total`" in line)
+    assert [name for name in WEBHOOK_OUTCOMES if f"`{name}`" not in row] == []

@@ -81,7 +81,7 @@ def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, mo
 ])
 def test_a_bad_key_or_value_is_one_problem_naming_it(make_settings, extra, key, words):
     [line] = problems_of(make_settings, extra)
-    assert line.startswith(f"{key}: ")
+    assert line.startswith((f"{key}: ", f"{key}."))  # the key, said once
     assert words in line and "\n" not in line
 
 

@@ -342,6 +342,29 @@ async def test_verify_names_workspace_and_bot(harness):
         await h.slack.verify()
 
 
+async def test_verify_reads_each_channel_given_by_id_and_names_one_the_bot_cannot_see(harness):
+    h = await harness({"chatbots": [{"id": "bot_x", "slack_channel": "C0OTHER99"},
+                                    {"id": "bot_y", "slack_channel": "C0CONV1234"}]},
+                      channel="C0CONV1234", leads_channel="#leads")
+    assert await h.slack.verify() == (
+        "ok: workspace Acme (T1), bot @bridge (U0BRIDGE), channel C0CONV1234 ok, "
+        "channel #leads (a name: not checked, give its id to check it), channel C0OTHER99 ok")
+    assert [args["channel"] for method, args, _ in h.fake.calls
+            if method == "conversations.history"] == ["C0CONV1234", "C0OTHER99"]
+
+    h.fake.fail_next("conversations.history", error="missing_scope")
+    assert "channel C0CONV1234 (not checked: the app has no history scope)" in (
+        await h.slack.verify())
+    h.fake.fail_next("conversations.history", error="not_in_channel")
+    with pytest.raises(PermanentError, match="not_in_channel: is the bot invited to channel "
+                                             "C0CONV1234"):
+        await h.slack.verify()
+    h = await harness(channel="C0CONV1234", leads_channel="C0MISSING")
+    with pytest.raises(PermanentError, match="channel_not_found: is the bot invited to channel "
+                                             "C0MISSING"):
+        await h.slack.verify()
+
+
 async def test_unknown_message_type_is_rendered_plainly(harness):
     h = await harness()
     await h.accept(message("thread_A", "what is this", kind="FANCY_NEW_TYPE"))
@@ -538,3 +561,105 @@ async def test_a_batch_template_failing_on_real_data_sends_each_message_alone(ha
     assert texts(h.fake.thread("C_CONV", parent))[1:] == [
         "Visitor: m0", "Visitor: m1", "Visitor: m2"]
     assert [s for s, _ in await h.statuses()] == ["delivered"] * 4
+
+
+async def fill_backlog(h: Harness, bodies: list[dict[str, Any]]) -> str:
+    """Messages that waited through an outage, then Slack back: the thread's parent ts."""
+    parent = await open_thread(h)
+    h.fake.outage_status = 503
+    for body in bodies:
+        await h.accept(body)
+        h.clock.advance(1)
+    await h.worker.drain()
+    h.fake.outage_status = None
+    h.clock.advance(60)
+    await h.worker.drain()
+    return parent
+
+
+def without_stamps(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch's blocks with each message's time taken out again."""
+    kept = []
+    for block in blocks:
+        elements = [item for item in block.get("elements", [])
+                    if not str(item.get("text", "")).startswith("<!date^")]
+        if block["type"] != "context":
+            kept.append(block)
+        elif elements:
+            kept.append({**block, "elements": elements})
+    return kept
+
+
+async def test_in_a_batch_every_message_type_looks_as_it_does_alone(harness):
+    h = await harness()
+    bodies = [
+        message("thread_A", "Dana here", kind="AGENT_MESSAGE", agentName="Dana"),
+        message("thread_A", "who are you?"),
+        message("thread_A", "a bot", kind="NORMAL_MESSAGE",
+                sources=["https://example.com/a", "https://example.com/b"]),
+        message("thread_A", None, kind="SYSTEM_MESSAGE",
+                systemMessageType="CONVERSATION_ESCALATED"),
+        message("thread_A", "thumbs up", kind="FEEDBACK_MESSAGE"),
+    ]
+    parent = await fill_backlog(h, bodies)
+
+    [_, reply] = h.fake.thread("C_CONV", parent)
+    alone = [h.slack.renderer.message(parse_event("ADD_MESSAGE", body)) for body in bodies]
+    assert without_stamps(reply["blocks"]) == [block for one in alone for block in one["blocks"]]
+    assert reply["text"] == "\n".join(one["text"] for one in alone)
+    assert json.dumps(reply["blocks"]).count("<!date^") == len(bodies)
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 6
+
+
+async def test_an_override_of_a_message_template_shows_inside_a_batch(harness, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "slack").mkdir(parents=True)
+    (folder / "slack" / "message_normal.json.j2").write_text(
+        '{% extends "default:slack/message_normal.json.j2" %}'
+        "{% block answer %}{{ super() }} :sparkles: checked by the team{% endblock %}")
+    (folder / "slack" / "message_visitor.json.j2").write_text(  # text only, no blocks
+        '{"text": {{ ("Visitor wrote: " ~ message.question) | tojson }}}')
+    h = await harness()
+    h.worker.destinations = {"slack": SlackDestination(h.slack.settings, Templates(folder),
+                                                       h.clock, h.slack.workspace)}
+    parent = await fill_backlog(h, [message("thread_A", "hi"),
+                                    message("thread_A", "hello", kind="NORMAL_MESSAGE")])
+
+    [_, reply] = h.fake.thread("C_CONV", parent)
+    sections = [block["text"]["text"] for block in reply["blocks"] if block["type"] == "section"]
+    assert sections == ["Visitor wrote: hi", ":bust_in_silhouette: *Visitor*\nhello",
+                        ":robot_face: *Bot*\nhello :sparkles: checked by the team"]
+    assert reply["text"] == "Visitor wrote: hi\nVisitor: hello\nBot: hello"
+
+
+def numbered(n: int, kind: str, text: str, **data: Any) -> dict[str, Any]:
+    return message("thread_A", f"m{n:03d} {text}", kind=kind, **data)
+
+
+BACKLOGS = {
+    "very long messages": [numbered(n, kind, "y" * 45_000) for n, kind in enumerate(
+        ["USER_MESSAGE", "NORMAL_MESSAGE", "AGENT_MESSAGE", "NORMAL_MESSAGE"] * 3)],
+    "text Slack escapes longer": [numbered(n, "NORMAL_MESSAGE", "<&>" * 4_000)
+                                  for n in range(20)],
+    "many sources": [numbered(n, "NORMAL_MESSAGE", "see these", sources=[
+        f"https://docs.example.com/{n}/{'long-path-' * 8}{s}" for s in range(120)])
+        for n in range(20)],
+    "many short messages": [numbered(n, "USER_MESSAGE", "k") for n in range(200)],
+}
+
+
+@pytest.mark.parametrize("backlog", BACKLOGS.values(), ids=BACKLOGS.keys())
+async def test_no_backlog_however_adversarial_goes_beyond_slacks_limits(harness, backlog):
+    h = await harness()
+    parent = await fill_backlog(h, backlog)
+
+    assert h.fake.refused == []
+    replies = h.fake.thread("C_CONV", parent)[1:]
+    for reply in replies:
+        assert len(reply["blocks"]) <= 50 and len(reply["text"]) <= 40_000
+        assert all(len(block.get("text", {}).get("text", "")) <= 3_000
+                   for block in reply["blocks"])
+    markers = re.findall(r"m\d{3}(?= )", " ".join(json.dumps(r["blocks"]) for r in replies))
+    assert list(dict.fromkeys(markers)) == [f"m{n:03d}" for n in range(len(backlog))]
+    assert len(replies) < len(backlog)
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * (len(backlog) + 1)

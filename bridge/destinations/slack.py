@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from slack_sdk import WebClient
@@ -58,6 +60,7 @@ PARENT_UPDATE = "chat.update (the thread's parent)"
 PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
 PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
 HISTORY_PAGES = 5  # of 200 messages: how far back a retry looks for its parent
+CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")  # what Slack's channel ids look like
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
@@ -133,8 +136,32 @@ class SlackDestination:
         if self.dry_run:
             return "dry run (no slack.bot_token): messages are logged, not posted"
         reply = await self.workspace.call("auth.test", self.client.auth_test)
+        channels = [await self._check_channel(channel) for channel in self._channels()]
         return (f"ok: workspace {reply.get('team')} ({reply.get('team_id')}), "
-                f"bot @{reply.get('user')} ({reply.get('user_id')}), channel {self.slack.channel}")
+                f"bot @{reply.get('user')} ({reply.get('user_id')}), {', '.join(channels)}")
+
+    def _channels(self) -> list[str]:
+        """Every channel posts may go to, each once: threads, leads, chatbots' own."""
+        named = [self.slack.channel, self.slack.leads_channel,
+                 *(chatbot.slack_channel for chatbot in self.settings.chatbots)]
+        return list(dict.fromkeys(channel for channel in named if channel))
+
+    async def _check_channel(self, channel: str) -> str:
+        """Whether the bot can read the channel, which it can only once it is a member.
+
+        A channel named rather than given by id, or an app without the history scope, cannot
+        be looked at this way: say so rather than fail a setup that posts fine.
+        """
+        if not CHANNEL_ID.fullmatch(channel):
+            return f"channel {channel} (a name: not checked, give its id to check it)"
+        read = partial(self.client.conversations_history, channel=channel, limit=1)
+        try:
+            await self.workspace.call("conversations.history", read, channel)
+        except PermanentError as exc:
+            if "missing_scope" in str(exc):
+                return f"channel {channel} (not checked: the app has no history scope)"
+            raise PermanentError(f"{exc}: is the bot invited to channel {channel}?") from exc
+        return f"channel {channel} ok"
 
     async def aclose(self) -> None:
         await self.workspace.aclose()

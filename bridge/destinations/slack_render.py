@@ -121,8 +121,14 @@ class SlackRenderer:
 
     def _piece(self, waiting: Waiting) -> dict[str, Any]:
         rendered = self.message(waiting.event)
+        # Its sections are cut at Slack's section limit anyway; a longer text would only crowd
+        # the others out of the reply's 40,000 characters.
+        text = cut_text(rendered["text"], SECTION_LIMIT)
+        # Alone, a message without blocks shows its text; among others' blocks it would not.
+        blocks = rendered.get("blocks") or [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}}]
         return {"message": _message_context(waiting.event), "received_at": waiting.received_at,
-                "text": rendered["text"], "blocks": rendered.get("blocks", [])}
+                "text": text, "blocks": blocks}
 
     def escalation(self, event: EscalationEvent) -> dict[str, Any]:
         data = event.data
