@@ -182,13 +182,15 @@ async def test_an_upgrade_that_fails_leaves_the_first_release_store_as_it_was(tm
 
 
 @pytest.mark.parametrize("argv", [
-    ["check"], ["deliveries"], ["conversations"], ["retry", "--failed"], ["backup", "copy.db"]])
+    ["check"], ["deliveries"], ["conversations"], ["retry", "--failed"], ["backup", "COPY"]])
 def test_operator_commands_leave_a_first_release_store_to_serve_to_upgrade(
         argv, make_settings, tmp_path, capsys):
     """The first release may still be running on it: migrated under it, its worker breaks."""
     settings = make_settings()
     path = first_release_store(settings.store.sqlite_path)
-    code, _, err = run(capsys, argv[0], "--config", str(tmp_path / "settings.toml"), *argv[1:])
+    # A copy, were one made, goes in tmp_path, never in the checkout the tests run from.
+    rest = [str(tmp_path / "copy.db") if word == "COPY" else word for word in argv[1:]]
+    code, _, err = run(capsys, argv[0], "--config", str(tmp_path / "settings.toml"), *rest)
     assert code == 1
     assert (f"the store at {path} has schema version 1, older than this sitegpt-bridge's "
             f"{SCHEMA_VERSION}: `serve` or `worker` upgrades it when it starts") in err
