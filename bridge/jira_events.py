@@ -335,7 +335,7 @@ def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,
         secret=jira.webhook_secret.get_secret_value().encode() if jira.webhook_secret else None,
         token=jira.webhook_token.get_secret_value().encode() if jira.webhook_token else None)
     receiver = JiraReceiver(store=store, clock=clock, credentials=credentials,
-                            max_body_bytes=settings.server.max_body_bytes,
+                            max_body_bytes=jira.webhook_max_body_bytes,
                             comments_to_slack=jira.comments_to_slack, on_accept=on_accept,
                             metrics=metrics or Metrics())
     return [Route(PATH, receiver.webhook, methods=["POST"])]

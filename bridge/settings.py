@@ -196,6 +196,8 @@ class JiraSettings(Section):
     webhook_secret: SecretStr | None = None
     webhook_token: SecretStr | None = None
     comments_to_slack: bool = False
+    # Jira sends the whole issue with every event: a long ticket outgrows SiteGPT's bodies.
+    webhook_max_body_bytes: int = Field(1_048_576, ge=1024)
 
     @field_validator("webhook_secret", "webhook_token")
     @classmethod

@@ -356,9 +356,20 @@ async def test_half_an_emoji_in_a_name_is_stored_as_a_replacement_or_refused(des
 
 
 async def test_a_body_over_the_limit_is_refused_unread(desk):
-    d = await desk()
-    answer = await d.send(b"{" + b" " * 300_000 + b"}")
+    d = await desk({"webhook_max_body_bytes": 100_000})
+    answer = await d.send(b"{" + b" " * 100_000 + b"}")
     assert answer.status_code == 413
+
+
+async def test_a_long_ticket_fits_though_it_is_larger_than_sitegpts_bodies(desk):
+    """Jira sends the whole issue: a long description must not cost the status notice."""
+    d = await desk()
+    key = await d.escalated()
+    body = webhook("issue-updated-status", key)
+    body["issue"]["fields"]["description"] = "A long story. " * 30_000  # ~420 KB
+    assert len(json.dumps(body)) > d.bridge.settings.server.max_body_bytes
+    assert await d.delivered(body, "wh-long") == "accepted"
+    assert (await d.thread())[-1] == f"{key} moved to In Progress by Dana Agent"
 
 
 async def test_every_request_is_counted_by_its_outcome(desk):
@@ -369,7 +380,7 @@ async def test_every_request_is_counted_by_its_outcome(desk):
                await d.send(webhook("issue-updated-fields", key), "wh-m2"),
                await d.send(body, signature="sha256=" + "0" * 64),
                await d.send(b"{not json"), await d.send(b"[]"),
-               await d.send(b"{" + b" " * 300_000 + b"}")]
+               await d.send(b"{" + b" " * 1_100_000 + b"}")]
     assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
     text = (await d.bridge.metrics.exposition(d.bridge.store, d.clock.now())).decode()
     counted = {outcome: value(text, "sitegpt_bridge_webhooks_total", endpoint="jira",
