@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Destination, Outcome, Skipped
+from bridge.destinations.base import (
+    Delivered,
+    Delivery,
+    Destination,
+    Outcome,
+    Skipped,
+    spent,
+)
 from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
 from bridge.metrics import Metrics
@@ -313,12 +320,8 @@ class Worker:
         self._settle(job)
         reason = self.redact(reason)
         now = self.clock.now()
-        age = now - job.created_at
-        if job.attempts >= self.settings.max_attempts:
-            await self._fail(job, f"gave up after {job.attempts} attempts: {reason}")
-            return
-        if age >= self.settings.max_age.total_seconds():
-            await self._fail(job, f"gave up after {age / 3600:.1f} h: {reason}")
+        if (used_up := spent(job, self.settings, now)) is not None:
+            await self._fail(job, f"gave up after {used_up}: {reason}")
             return
         delay = self.backoff.delay(job.attempts, after, self.rng)
         if await self.store.reschedule(job.lease, now + delay, reason, now, kind):

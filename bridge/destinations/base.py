@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 from bridge.clock import Clock
 from bridge.errors import PermanentError
 from bridge.events import Conversation, Event, InvalidEvent, conversation_of, parse_event
+from bridge.settings import DeliverySettings
 from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
@@ -55,6 +56,19 @@ def parse_retry_after(value: Any, now: float) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(moment.timestamp() - now, 0.0)
+
+
+def spent(claimed: ClaimedDelivery, limits: DeliverySettings, now: float) -> str | None:
+    """What a delivery failing now has used up ("60 attempts", "24.0 h"), or None: no retry then.
+
+    The worker's rule for giving up; a destination that must act on the last failure asks it too.
+    """
+    if claimed.attempts >= limits.max_attempts:
+        return f"{claimed.attempts} attempts"
+    age = now - claimed.created_at
+    if age >= limits.max_age.total_seconds():
+        return f"{age / 3600:.1f} h"
+    return None
 
 
 @dataclass

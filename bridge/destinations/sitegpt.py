@@ -17,6 +17,7 @@ from bridge.destinations.base import (
     Outcome,
     Skipped,
     parse_retry_after,
+    spent,
 )
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack import (
@@ -222,9 +223,7 @@ class SiteGPTDestination:
         """Whether the worker will stop after this failure (its own rule, seen from here)."""
         if not isinstance(exc, RetryableError):
             return True
-        limits = self.settings.delivery
-        age = delivery.clock.now() - delivery.claimed.created_at
-        return delivery.attempt >= limits.max_attempts or age >= limits.max_age.total_seconds()
+        return spent(delivery.claimed, self.settings.delivery, delivery.clock.now()) is not None
 
     async def _tell(self, data: SlackReplyData | ModeChangeData, notice: Notice) -> None:
         """Best effort: SiteGPT's outcome stands whether or not Slack shows it."""
