@@ -28,6 +28,7 @@ from bridge.destinations.slack_workspace import (
     SlackUser,
     SlackWorkspace,
     post_arguments,
+    update_arguments,
 )
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
@@ -223,7 +224,7 @@ class SlackDestination:
     def _parent_preview(self, channel: str, conversation: Conversation,
                         ticket: TicketShown | None) -> Call:
         parent = self.renderer.parent(conversation, True, ticket)
-        return (PARENT_UPDATE, {"channel": channel, **fit_message(parent)})
+        return (PARENT_UPDATE, update_arguments(channel, parent))
 
     async def user(self, user_id: str) -> SlackUser:
         """A member's display name and avatar, remembered for an hour by the workspace."""
@@ -374,10 +375,9 @@ class SlackDestination:
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         escalated = bool(state.get("escalated_at"))
-        parent = fit_message(self.renderer.parent(conversation, escalated, ticket))
+        parent = self.renderer.parent(conversation, escalated, ticket)
         try:
-            await self.workspace.call("chat.update", lambda: self.client.chat_update(
-                channel=thread.channel, ts=thread.ts, **parent))
+            await self.workspace.update(thread.channel, thread.ts, parent)
         except (RetryableError, PermanentError) as exc:
             if required:
                 raise

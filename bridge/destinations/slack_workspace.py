@@ -199,6 +199,11 @@ class SlackWorkspace:
             raise
         return str(reply["ts"])
 
+    async def update(self, channel: str, ts: str, message: dict[str, Any]) -> None:
+        """chat.update of a message the bridge posted (a thread's parent)."""
+        arguments = update_arguments(channel, message, ts=ts)
+        await self.call("chat.update", lambda: self.client.chat_update(**arguments))
+
     async def user(self, user_id: str) -> SlackUser:
         """A member's display name and avatar (users.info), remembered for an hour."""
         cached = self._users.get(user_id)
@@ -254,6 +259,11 @@ def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[
     """The arguments of chat.postMessage for a rendered message, cut to Slack's limits."""
     return {"channel": channel, "unfurl_links": False, "unfurl_media": False,
             **fit_message(message), **{key: value for key, value in extra.items() if value}}
+
+
+def update_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The arguments of chat.update for a rendered message, cut to Slack's limits."""
+    return {"channel": channel, **fit_message(message), **extra}
 
 
 def _retry_after(headers: dict[str, Any], now: float) -> float:
