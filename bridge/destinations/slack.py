@@ -194,8 +194,8 @@ class SlackDestination:
 
     def _preview(self, event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
-            channel = self.slack.leads_channel or self.slack.channel or ""
-            return [("chat.postMessage (lead)", post_arguments(channel, self.renderer.lead(event)))]
+            return [("chat.postMessage (lead)",
+                     post_arguments(self._lead_channel(), self.renderer.lead(event)))]
         conversation = conversation_of(event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
@@ -317,7 +317,7 @@ class SlackDestination:
         message = self.renderer.lead(event)
         if self.dry_run:
             return self._dry_run(message)
-        channel = self.slack.leads_channel or self.slack.channel or ""
+        channel = self._lead_channel()
         ts = await self.workspace.post(channel, message)
         return Delivered(note=f"{channel}/{ts}")
 
@@ -336,7 +336,7 @@ class SlackDestination:
         channel = self._channel_for(conversation.chatbot_id)
         ts = await self._earlier_parent(delivery, channel, conversation)
         if ts is None:
-            parent = self._parent(conversation, state)
+            parent = self._parent(conversation, state, self._shown(state))
             ts = await self.workspace.post(channel, parent,
                                            metadata=parent_metadata(conversation))
         await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
@@ -374,8 +374,7 @@ class SlackDestination:
             return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
-        escalated = bool(state.get("escalated_at"))
-        parent = self.renderer.parent(conversation, escalated, ticket)
+        parent = self._parent(conversation, state, ticket)
         try:
             await self.workspace.update(thread.channel, thread.ts, parent)
         except (RetryableError, PermanentError) as exc:
@@ -422,15 +421,18 @@ class SlackDestination:
         return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
             self.slack.channel or "")
 
+    def _lead_channel(self) -> str:
+        return self.slack.leads_channel or self.slack.channel or ""
+
     def _issue_url(self, key: str) -> str | None:
         if not self.settings.jira.url:
             return None
         return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
 
-    def _parent(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
-        """The thread's parent as Slack's state has it: escalated or not, and its ticket."""
-        return self.renderer.parent(conversation, bool(state.get("escalated_at")),
-                                    self._shown(state))
+    def _parent(self, conversation: Conversation, state: Mapping[str, Any],
+                ticket: TicketShown | None) -> dict[str, Any]:
+        """The thread's parent showing `ticket`, escalated or not as Slack's state has it."""
+        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
 
     def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
         """The ticket the parent shows: none before one is linked, or once it is deleted."""
