@@ -63,6 +63,11 @@ def cut_utf16(text: str, limit: int, marker: str = CUT_MARKER) -> str:
     return kept.decode("utf-16-le", "ignore") + marker  # "ignore": a half pair at the end
 
 
+def browse_url(jira_url: str, key: str) -> str:
+    """Where a person opens the ticket `key` on the Jira at `jira_url`."""
+    return f"{jira_url.rstrip('/')}/browse/{key}"
+
+
 def conversation_label(conversation: Conversation) -> str:
     """The label that marks a conversation's tickets, so Jira itself can be asked for them."""
     digest = hashlib.sha256(conversation.key.encode()).hexdigest()[:16]
@@ -192,9 +197,6 @@ class JiraDestination:
 
     async def aclose(self) -> None:
         self.tickets.close()
-
-    def issue_url(self, key: str) -> str:
-        return f"{self.url}/browse/{key}"
 
     def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
         """For each escalation: the new ticket's fields as JSON, then the comment a later
@@ -340,7 +342,7 @@ class JiraDestination:
             return []
         body = canonical_json({"event": TICKET_LINKED, "data": {
             "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
-            "issueKey": key, "issueUrl": self.issue_url(key), "created": created,
+            "issueKey": key, "issueUrl": browse_url(self.url, key), "created": created,
         }})
         return [FollowUp(TICKET_LINKED, body, conversation.key, self.notify)]
 

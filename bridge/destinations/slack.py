@@ -14,6 +14,7 @@ from slack_sdk import WebClient
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.jira import browse_url
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_render import (
     MAX_BLOCKS,
@@ -425,9 +426,8 @@ class SlackDestination:
         return self.slack.leads_channel or self.slack.channel or ""
 
     def _issue_url(self, key: str) -> str | None:
-        if not self.settings.jira.url:
-            return None
-        return f"{self.settings.jira.url.rstrip('/')}/browse/{key}"
+        jira_url = self.settings.jira.url
+        return browse_url(jira_url, key) if jira_url else None
 
     def _parent(self, conversation: Conversation, state: Mapping[str, Any],
                 ticket: TicketShown | None) -> dict[str, Any]:
