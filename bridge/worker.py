@@ -272,7 +272,8 @@ class Worker:
 
     async def _release_unused(self, delivery: Delivery, coalesced: Sequence[int]) -> None:
         """Deliveries taken to go along that did not: back to the queue, next in line."""
-        unused = [job.lease for job in delivery.behind if job.id not in set(coalesced)]
+        went_along = set(coalesced)
+        unused = [job.lease for job in delivery.behind if job.id not in went_along]
         if unused:
             await self.store.release(unused)
 
@@ -291,7 +292,8 @@ class Worker:
                 self._refused(job, "skipped")
             return
         assert isinstance(outcome, Delivered)
-        coalesced = [queued for queued in behind if queued.id in set(outcome.coalesced)]
+        went_along = set(outcome.coalesced)
+        coalesced = [queued for queued in behind if queued.id in went_along]
         if await self.store.finish(job.lease, "delivered", now, outcome.note, outcome.follow_ups,
                                    [queued.lease for queued in coalesced]):
             for queued in [job, *coalesced]:
