@@ -37,13 +37,12 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
-from bridge.store.postgres.url import is_postgres_url
+from bridge.store.postgres.url import MASK, is_postgres_url
 from bridge.store.postgres.url import masked_url as masked_postgres_url
 from bridge.store.url import sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
-MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
