@@ -30,12 +30,13 @@ from bridge.events import (
     canonical_json,
     read_json,
 )
-from bridge.inbound import Refused, Storing, bounded_body
+from bridge.inbound import Refused, bounded_body
 from bridge.jira_markup import comment_text
 from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
+from bridge.web import Storing
 
 log = logging.getLogger("bridge.jira_events")
 PATH = "/jira/webhook"
@@ -184,8 +185,8 @@ class JiraReceiver:
             return self._refused(exc)
         source = f"jira {hook.webhook_event}"
         if isinstance(event, str):
-            return self.storing.ignored(source, event)
-        return await self.storing.accept(source, event)
+            return self.storing.ignored(source, event).response()
+        return (await self.storing.accept(source, event)).response()
 
     def _refused(self, refusal: Refused) -> Response:
         """Counted every time; logged once per kind and interval, so a flood cannot flood it."""

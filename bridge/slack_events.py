@@ -26,10 +26,11 @@ from bridge.events import (
     SlackReplyData,
     canonical_json,
 )
-from bridge.inbound import Refused, Storing, bounded_body
+from bridge.inbound import Refused, bounded_body
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
+from bridge.web import Storing
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
@@ -126,8 +127,8 @@ class SlackReceiver:
             return JSONResponse({"challenge": envelope.challenge or ""})
         event = await self._reply_event(envelope)
         if isinstance(event, str):
-            return self.storing.ignored("slack event", event)
-        return await self.storing.accept("slack event", event)
+            return self.storing.ignored("slack event", event).response()
+        return (await self.storing.accept("slack event", event)).response()
 
     async def interactions(self, request: Request) -> Response:
         try:
@@ -138,9 +139,9 @@ class SlackReceiver:
             return exc.response
         event = await self._mode_event(interaction)
         if isinstance(event, str):
-            return self.storing.ignored("slack interaction", event)
+            return self.storing.ignored("slack interaction", event).response()
         answer = await self.storing.accept("slack interaction", event)
-        return Response(status_code=200) if answer.status_code == 200 else answer
+        return Response(status_code=200) if answer.status == 200 else answer.response()
 
     async def _signed_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
