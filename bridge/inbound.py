@@ -1,11 +1,19 @@
-"""What the routes for Slack's and Jira's own webhooks share: refusals and bounded bodies."""
+"""What the routes for Slack's and Jira's own webhooks share: refusals, bounded bodies, and
+finding the conversation a request is about."""
 
 from __future__ import annotations
+
+import logging
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from bridge.errors import StoreError
+from bridge.events import Conversation
+from bridge.store import ConversationLinks
 from bridge.web import BodyTooLarge, read_bounded
+
+log = logging.getLogger("bridge.inbound")
 
 
 class Refused(Exception):
@@ -24,3 +32,15 @@ async def bounded_body(request: Request, limit: int) -> bytes:
         raise Refused(413, f"body larger than {limit} bytes") from exc
     except ClientDisconnect as exc:
         raise Refused(400, "client disconnected mid-body") from exc
+
+
+async def conversation_by_ref(store: ConversationLinks, destination: str,
+                              ref: str) -> Conversation | None:
+    """The conversation whose `destination` link has this ref; Refused 503 while the store
+    cannot answer, so the sender retries instead of seeing a 500."""
+    try:
+        found = await store.conversation_by_ref(destination, ref)
+    except StoreError as exc:
+        log.error("%s webhook: store unavailable: %s", destination, exc)
+        raise Refused(503, "store busy, retry", "unavailable") from exc
+    return Conversation(*found) if found else None
