@@ -38,6 +38,7 @@ from bridge.events import (
     Event,
     InvalidEvent,
     parse_event,
+    read_json,
 )
 from bridge.redact import Redactor
 from bridge.registry import Arguments, command, command_settings
@@ -149,15 +150,20 @@ def _sample(name: str) -> Any:
 
 
 def _read_json(path: Path) -> Any:
+    """The body in `path`, read as the webhook reads one, so the preview is of what is stored."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return read_json(raw)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from exc
+    except InvalidEvent as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
         raise UsageError(f"{path}: not JSON: {exc}") from exc
 
 

@@ -1,18 +1,19 @@
-"""What the routes for Slack's and Jira's own webhooks share: refusals, bodies, storing an event."""
+"""What the routes for Slack's and Jira's own webhooks share: refusals, bounded bodies, and
+finding the conversation a request is about."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from bridge.clock import Clock
 from bridge.errors import StoreError
-from bridge.store import EventIntake, NewEvent
+from bridge.events import Conversation
+from bridge.store import ConversationLinks
 from bridge.web import BodyTooLarge, read_bounded
+
+log = logging.getLogger("bridge.inbound")
 
 
 class Refused(Exception):
@@ -33,40 +34,13 @@ async def bounded_body(request: Request, limit: int) -> bytes:
         raise Refused(400, "client disconnected mid-body") from exc
 
 
-def _uncounted(outcome: str) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Storing:
-    """Stores an inbound event and answers for it; `source` names it in the log, `count` is
-    told each outcome (accepted, duplicate, unavailable, ignored)."""
-
-    store: EventIntake
-    clock: Clock
-    window: float
-    on_accept: Callable[[], None]
-    log: logging.Logger
-    count: Callable[[str], None] = _uncounted
-
-    async def accept(self, source: str, event: NewEvent) -> JSONResponse:
-        try:
-            accepted = await self.store.accept(event, self.clock.now(), self.window)
-        except StoreError as exc:
-            self.log.error("%s: store unavailable: %s", source, exc)
-            self.count("unavailable")
-            return JSONResponse({"status": "unavailable", "error": "store busy, retry"}, 503)
-        if accepted.status == "accepted":
-            self.on_accept()
-        self.count(accepted.status)
-        self.log.info("%s: %s event %d", source, accepted.status, accepted.event_id,
-                      extra={"endpoint": source.replace(" ", "-"), "outcome": accepted.status,
-                             "event_id": accepted.event_id,
-                             "conversation": event.ordering_key})
-        return JSONResponse({"status": accepted.status, "id": accepted.event_id})
-
-    def ignored(self, source: str, reason: str) -> JSONResponse:
-        # Slack and Jira retry anything but a 2xx: what the bridge does not want still gets 200.
-        self.log.debug("%s ignored: %s", source, reason)
-        self.count("ignored")
-        return JSONResponse({"status": "ignored", "reason": reason})
+async def conversation_by_ref(store: ConversationLinks, destination: str,
+                              ref: str) -> Conversation | None:
+    """The conversation whose `destination` link has this ref; Refused 503 while the store
+    cannot answer, so the sender retries instead of seeing a 500."""
+    try:
+        found = await store.conversation_by_ref(destination, ref)
+    except StoreError as exc:
+        log.error("%s webhook: store unavailable: %s", destination, exc)
+        raise Refused(503, "store busy, retry", "unavailable") from exc
+    return Conversation(*found) if found else None

@@ -17,7 +17,6 @@ from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
 from bridge.destinations.jira import is_own_comment
-from bridge.errors import StoreError
 from bridge.events import (
     TICKET_COMMENT,
     TICKET_DELETED,
@@ -30,12 +29,13 @@ from bridge.events import (
     canonical_json,
     read_json,
 )
-from bridge.inbound import Refused, Storing, bounded_body
+from bridge.inbound import Refused, bounded_body, conversation_by_ref
 from bridge.jira_markup import comment_text
 from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
+from bridge.web import Storing
 
 log = logging.getLogger("bridge.jira_events")
 PATH = "/jira/webhook"
@@ -184,8 +184,8 @@ class JiraReceiver:
             return self._refused(exc)
         source = f"jira {hook.webhook_event}"
         if isinstance(event, str):
-            return self.storing.ignored(source, event)
-        return await self.storing.accept(source, event)
+            return self.storing.ignored(source, event).response()
+        return (await self.storing.accept(source, event)).response()
 
     def _refused(self, refusal: Refused) -> Response:
         """Counted every time; logged once per kind and interval, so a flood cannot flood it."""
@@ -215,7 +215,7 @@ class JiraReceiver:
         why_not = self._not_followed(hook)
         if why_not:
             return why_not
-        conversation = await self._conversation(hook.issue.key)
+        conversation = await conversation_by_ref(self.store, JIRA, hook.issue.key)
         if conversation is None:
             return f"{hook.issue.key} is not a ticket the bridge opened"
         data = read(hook, conversation)
@@ -237,16 +237,6 @@ class JiraReceiver:
         if is_own_comment(comment_text(comment.body)):
             return "the bridge's own comment"
         return None
-
-    async def _conversation(self, key: str) -> Conversation | None:
-        """The conversation whose ticket this is: the Jira destination keeps its key as ref."""
-        try:
-            found = await self.store.conversation_by_ref(JIRA, key)
-        except StoreError as exc:
-            log.error("jira webhook: store unavailable: %s", exc)
-            raise Refused(503, "store busy, retry", "unavailable") from exc
-        return Conversation(*found) if found else None
-
 
 def parse_webhook(raw: bytes) -> JiraWebhook:
     """The webhook's few fields the bridge reads, or Refused: 400 if not JSON, 422 if not Jira's."""

@@ -37,13 +37,12 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
-from bridge.store.postgres.url import is_postgres_url
+from bridge.store.postgres.url import MASK, is_postgres_url
 from bridge.store.postgres.url import masked_url as masked_postgres_url
 from bridge.store.url import sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
-MASK = "**********"  # as pydantic prints a SecretStr
 EXAMPLE_TOKENS = frozenset({"abc-messages-xyz", "abc-escalations-xyz", "abc-leads-xyz"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -416,8 +415,14 @@ class Settings(BaseSettings):
 
     def replies_enabled(self) -> bool:
         """Answering from Slack needs Slack's signing secret, a bot token and a SiteGPT key."""
-        has_key = bool(self.sitegpt.api_key) or any(bot.sitegpt_api_key for bot in self.chatbots)
-        return bool(self.slack.signing_secret and self.slack.bot_token and has_key)
+        return all(self._reply_needs().values())
+
+    def _reply_needs(self) -> dict[str, bool]:
+        """Each setting replies from Slack need, by name, and whether it is set."""
+        return {"slack.signing_secret": bool(self.slack.signing_secret),
+                "slack.bot_token": bool(self.slack.bot_token),
+                "sitegpt.api_key": bool(self.sitegpt.api_key)
+                or any(bot.sitegpt_api_key for bot in self.chatbots)}
 
     def unconfigured_endpoints(self) -> list[str]:
         """Webhooks without a token: each answers 503 until one is set."""
@@ -440,10 +445,7 @@ class Settings(BaseSettings):
 
     def _half_replies(self) -> list[str]:
         """A signing secret or a SiteGPT key asks for replies from Slack, which need both."""
-        needed = {"slack.signing_secret": self.slack.signing_secret,
-                  "slack.bot_token": self.slack.bot_token,
-                  "sitegpt.api_key": self.sitegpt.api_key
-                  or any(bot.sitegpt_api_key for bot in self.chatbots)}
+        needed = self._reply_needs()
         missing = [name for name, value in needed.items() if not value]
         wanted = needed["slack.signing_secret"] or needed["sitegpt.api_key"]
         if not wanted or not missing:

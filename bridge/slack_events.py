@@ -26,10 +26,11 @@ from bridge.events import (
     SlackReplyData,
     canonical_json,
 )
-from bridge.inbound import Refused, Storing, bounded_body
+from bridge.inbound import Refused, bounded_body, conversation_by_ref
 from bridge.rejections import RejectionLog
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
+from bridge.web import Storing
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
@@ -120,27 +121,27 @@ class SlackReceiver:
     async def events(self, request: Request) -> Response:
         try:
             envelope = _parse(EventEnvelope, await self._signed_body(request))
+            if envelope.type == "url_verification":
+                return JSONResponse({"challenge": envelope.challenge or ""})
+            event = await self._reply_event(envelope)
         except Refused as exc:
             return exc.response
-        if envelope.type == "url_verification":
-            return JSONResponse({"challenge": envelope.challenge or ""})
-        event = await self._reply_event(envelope)
         if isinstance(event, str):
-            return self.storing.ignored("slack event", event)
-        return await self.storing.accept("slack event", event)
+            return self.storing.ignored("slack event", event).response()
+        return (await self.storing.accept("slack event", event)).response()
 
     async def interactions(self, request: Request) -> Response:
         try:
             # The signature check has decoded the body as UTF-8 already.
             form = parse_qs((await self._signed_body(request)).decode())
             interaction = _parse(Interaction, form.get("payload", [""])[0].encode())
+            event = await self._mode_event(interaction)
         except Refused as exc:
             return exc.response
-        event = await self._mode_event(interaction)
         if isinstance(event, str):
-            return self.storing.ignored("slack interaction", event)
+            return self.storing.ignored("slack interaction", event).response()
         answer = await self.storing.accept("slack interaction", event)
-        return Response(status_code=200) if answer.status_code == 200 else answer
+        return Response(status_code=200) if answer.status == 200 else answer.response()
 
     async def _signed_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
@@ -173,7 +174,8 @@ class SlackReceiver:
         if why_not:
             return why_not
         assert message.channel and message.thread_ts and message.ts and message.user
-        record = await self._conversation_in(message.channel, message.thread_ts)
+        record = await conversation_by_ref(
+            self.store, SLACK, f"{message.channel}/{message.thread_ts}")
         if record is None:
             return "not in a conversation's thread"
         return _new_event(SLACK_REPLY, record, f"slack-event:{envelope.event_id}", SlackReplyData(
@@ -201,7 +203,7 @@ class SlackReceiver:
         channel, ts = interaction.container.channel_id, interaction.container.message_ts
         if interaction.type != "block_actions" or action is None or not channel or not ts:
             return "not a mode button"
-        record = await self._conversation_in(channel, ts)
+        record = await conversation_by_ref(self.store, SLACK, f"{channel}/{ts}")
         if record is None:
             return "not on a conversation's parent message"
         key = f"slack-action:{channel}:{ts}:{interaction.user.id}:{action.action_ts}"
@@ -209,10 +211,6 @@ class SlackReceiver:
             chatbotId=record.chatbot_id, threadId=record.thread_id, channel=channel,
             threadTs=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
 
-    async def _conversation_in(self, channel: str, thread_ts: str) -> Conversation | None:
-        """The conversation whose Slack thread this is, if the bridge started it."""
-        found = await self.store.conversation_by_ref(SLACK, f"{channel}/{thread_ts}")
-        return Conversation(*found) if found else None
 
 def _parse(model: type[M], raw: bytes) -> M:
     try:

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from bridge.clock import Clock
-from bridge.errors import StoreBusy, StoreError
+from bridge.errors import StoreError
 from bridge.events import (
     ESCALATION,
     LEAD,
@@ -28,7 +29,7 @@ from bridge.events import (
 from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
 from bridge.rejections import RejectionLog
-from bridge.store import NewEvent, Store
+from bridge.store import EventIntake, NewEvent, Store
 
 log = logging.getLogger("bridge.web")
 TOKEN_HEADER = "x-webhook-token"
@@ -98,19 +99,9 @@ class Intake:
             return self._reject(endpoint, 422, "invalid", str(exc), field=exc.field)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
             return self._reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
-        try:
-            accepted = await self.store.accept(stored, self.clock.now(), self.dedup_window)
-        except (StoreBusy, StoreError) as exc:
-            log.error("webhook %s: store unavailable: %s", endpoint.name, exc)
-            self.metrics.webhook(endpoint.name, "unavailable")
-            return Answer(503, {"status": "unavailable", "error": "store busy, retry"})
-        if accepted.status == "accepted":
-            self.on_accept()
-        self.metrics.webhook(endpoint.name, accepted.status)
-        log.info("webhook %s: %s event %d", endpoint.name, accepted.status, accepted.event_id,
-                 extra={"endpoint": endpoint.name, "outcome": accepted.status,
-                        "event_id": accepted.event_id, "conversation": stored.ordering_key})
-        return Answer(200, {"status": accepted.status, "id": accepted.event_id})
+        storing = Storing(self.store, self.clock, self.dedup_window, self.on_accept, log,
+                          partial(self.metrics.webhook, endpoint.name))
+        return await storing.accept(f"webhook {endpoint.name}", stored, endpoint.name)
 
     def _reject(self, endpoint: Endpoint, status: int, reason: str, message: str,
                 **extra: Any) -> Answer:
@@ -138,6 +129,50 @@ class Answer:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(content)).encode())]})
         await send({"type": "http.response.body", "body": content})
+
+    def response(self) -> JSONResponse:
+        """The same answer for a request/response route."""
+        return JSONResponse(self.body, self.status)
+
+
+def _uncounted(outcome: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Storing:
+    """Stores an inbound event and answers for it; `source` names it in the log, `count` is
+    told each outcome (accepted, duplicate, unavailable, ignored)."""
+
+    store: EventIntake
+    clock: Clock
+    window: float
+    on_accept: Callable[[], None]
+    log: logging.Logger
+    count: Callable[[str], None] = _uncounted
+
+    async def accept(self, source: str, event: NewEvent, endpoint: str | None = None) -> Answer:
+        """`endpoint` labels the log line; by default `source`, dashed."""
+        try:
+            accepted = await self.store.accept(event, self.clock.now(), self.window)
+        except StoreError as exc:
+            self.log.error("%s: store unavailable: %s", source, exc)
+            self.count("unavailable")
+            return Answer(503, {"status": "unavailable", "error": "store busy, retry"})
+        if accepted.status == "accepted":
+            self.on_accept()
+        self.count(accepted.status)
+        self.log.info("%s: %s event %d", source, accepted.status, accepted.event_id,
+                      extra={"endpoint": endpoint or source.replace(" ", "-"),
+                             "outcome": accepted.status, "event_id": accepted.event_id,
+                             "conversation": event.ordering_key})
+        return Answer(200, {"status": accepted.status, "id": accepted.event_id})
+
+    def ignored(self, source: str, reason: str) -> Answer:
+        # Slack and Jira retry anything but a 2xx: what the bridge does not want still gets 200.
+        self.log.debug("%s ignored: %s", source, reason)
+        self.count("ignored")
+        return Answer(200, {"status": "ignored", "reason": reason})
 
 
 @dataclass(frozen=True)

@@ -198,9 +198,22 @@ def test_render_file_uses_the_users_templates(config, tmp_path, capsys):
     assert err == "# slack: body.json: chat.postMessage (lead)\n"
 
 
+def test_render_file_reads_the_body_as_the_webhook_does(config, tmp_path, capsys):
+    # Half an emoji, cut by the sender: the webhook stores U+FFFD in its place, and so the
+    # preview shows what would be delivered rather than failing to print it.
+    sample = load_sample("lead-custom-fields")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(sample).replace('"Nu\\u00f1ez', '"Nu\\ud83dez'))
+    code, out, _ = run(capsys, "render", str(body), "--target", "slack", "--config", config())
+    assert code == 0
+    [lead] = json_stream(out)
+    assert "*Company:* Nu\ufffdez Consulting" in lead["blocks"][0]["text"]["text"]
+
+
 @pytest.mark.parametrize("content, arguments, expected", [
     (None, ["FILE"], "{file}: no such file"),
     ("{not json", ["FILE"], "{file}: not JSON: Expecting property name enclosed in double quotes"),
+    ('{"event": "ADD_MESSAGE", "data": NaN}', ["FILE"], "{file}: body: NaN is not a JSON number"),
     ("[1, 2]", ["FILE"], '{file}: "event" must be one of ADD_MESSAGE, CONVERSATION_ESCALATED,'),
     ('{"event": "SOMETHING"}', ["FILE"], '{file}: "event" must be one of'),
     ('{"event": "ADD_MESSAGE", "data": {"chatbotId": "c"}}', ["FILE"],

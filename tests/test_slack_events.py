@@ -14,9 +14,12 @@ import httpx
 import pytest
 import respx
 from slack_sdk import WebClient
+from starlette.applications import Starlette
 
 from bridge.app import Bridge, create_app, open_bridge
+from bridge.errors import StoreError
 from bridge.samples import load_sample
+from bridge.slack_events import slack_routes
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 
@@ -363,3 +366,40 @@ async def test_off_means_no_routes_and_no_buttons(site, missing):
     await s.conversation()
     assert "actions" not in [block["type"] for block in s.fake.parents()[0]["blocks"]]
     assert "sitegpt" not in s.bridge.destinations
+
+
+
+class LookupsFail:
+    """A store that cannot find any conversation: it is out of reach."""
+
+    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
+        raise StoreError("database is locked")
+
+
+REPLY = json.dumps(envelope({"type": "message", "channel": "C_CONV", "user": "U_BEN",
+                             "text": "hi", "ts": "1700000001.000200",
+                             "thread_ts": "1700000000.000100"})).encode()
+BUTTON = urlencode({"payload": json.dumps({
+    "type": "block_actions", "user": {"id": "U_BEN", "username": "ben"},
+    "container": {"type": "message", "channel_id": "C_CONV", "message_ts": "1700000000.000100"},
+    "actions": [{"action_id": "sitegpt_take_over", "block_id": "sitegpt_mode", "type": "button",
+                 "action_ts": "1700000100.000001"}]})}).encode()
+
+
+@pytest.mark.parametrize(("path", "raw", "content_type"), [
+    ("/slack/events", REPLY, "application/json"),
+    ("/slack/interactions", BUTTON, "application/x-www-form-urlencoded")])
+async def test_a_store_that_cannot_answer_gets_slack_to_retry_with_503(
+        make_settings, clock, path, raw, content_type):
+    settings = make_settings({"slack": {"bot_token": "xoxb-test", "channel": "C_CONV",
+                                        "signing_secret": SECRET},
+                              "sitegpt": {"api_url": API, "api_key": "sk-test"}})
+    app = Starlette(routes=slack_routes(settings, LookupsFail(), clock, lambda: None))
+    timestamp = str(int(clock.now()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://b") as client:
+        answer = await client.post(path, content=raw, headers={
+            "Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": signature(raw, timestamp)})
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "error": "store busy, retry"}

@@ -46,6 +46,15 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
+class Accept:
+    """An event to store unless its body was seen within the window; run in groups."""
+
+    event: NewEvent
+    now: float
+    window: float
+
+
+@dataclass(frozen=True)
 class Acceptance:
     status: Literal["accepted", "duplicate"]
     event_id: int

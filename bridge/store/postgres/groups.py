@@ -7,8 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from bridge.errors import StoreBusy, StoreError
-from bridge.store.postgres.intake import Accept
-from bridge.store.records import Acceptance
+from bridge.store.records import Accept, Acceptance
 
 MAX_GROUP = 128
 Commit = Callable[[Sequence[Accept]], Awaitable[list[Acceptance]]]

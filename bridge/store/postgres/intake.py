@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from bridge.store.postgres.wakeup import CHANNEL
-from bridge.store.records import Acceptance, NewEvent
+from bridge.store.records import Accept, Acceptance, NewEvent
 
 Connection = psycopg.AsyncConnection[Any]
 CONVERSATION_NAMESPACE = 0x5174  # advisory locks keyed by lock_key(ordering key)
@@ -56,15 +55,6 @@ WITH serial AS (
 )
 SELECT id, pg_notify('{CHANNEL}', '') FROM event
 """
-
-
-@dataclass(frozen=True)
-class Accept:
-    """An event to store unless its body was seen within the window; run in groups."""
-
-    event: NewEvent
-    now: float
-    window: float
 
 
 def lock_key(name: str) -> int:

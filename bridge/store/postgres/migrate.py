@@ -14,6 +14,7 @@ log = logging.getLogger("bridge.store")
 # pg_advisory_lock(NAMESPACE, key): the bridge's own keys, apart from any other application's.
 NAMESPACE = 0x5173  # "Sq"
 MIGRATION_KEY = 1
+PRUNE_KEY = 2  # operations.prune: one replica prunes at a time
 VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,

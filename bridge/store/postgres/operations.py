@@ -9,12 +9,12 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 
 from bridge.store.filters import conversation_filter
+from bridge.store.postgres.migrate import NAMESPACE, PRUNE_KEY
 from bridge.store.postgres.wakeup import NOTIFY
 from bridge.store.records import STATUSES, Attempt, DeliveryRow, Pruned
 
 Connection = psycopg.AsyncConnection[Any]
 ERRORS_SHOWN = 3
-PRUNE_NAMESPACE, PRUNE_KEY = 0x5173, 2  # one replica prunes at a time
 
 DELIVERY_ROWS = ("SELECT d.id, d.event_id, e.kind, d.destination, d.ordering_key, d.status,"
                  " d.attempts, d.next_attempt_at, d.last_error, d.note, d.created_at,"
@@ -110,7 +110,7 @@ async def prune(conn: Connection, cutoff: float, now: float, limit: int) -> Prun
     """Up to `limit` old events and expired dedup rows; nothing while another replica prunes."""
     async with conn.transaction():
         cursor = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
-                                    (PRUNE_NAMESPACE, PRUNE_KEY))
+                                    (NAMESPACE, PRUNE_KEY))
         if not (await cursor.fetchone() or [False])[0]:
             return Pruned()
         dedup = await conn.execute(

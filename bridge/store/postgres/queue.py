@@ -20,12 +20,14 @@ from bridge.store.records import (
 )
 
 Connection = psycopg.AsyncConnection[Any]
+# The error of an attempt whose lease ran out, as an expression over the delivery's row.
+ABANDONED = "'the lease of ' || lease_owner || ' ran out: it stopped renewing it'"
 
 # A delivery may go only when no older one to the same destination and conversation is
 # pending. SKIP LOCKED: replicas claiming at the same moment take different rows instead of
 # queueing behind each other; a row another claim has just leased is re-checked and skipped.
 # A lease that ran out is recorded as its worker's abandoned attempt.
-CLAIM = """
+CLAIM = f"""
 WITH next AS (
     SELECT d.id, d.attempts, d.lease_owner FROM deliveries d
     WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s
@@ -38,9 +40,7 @@ WITH next AS (
     FOR UPDATE OF d SKIP LOCKED
 ), abandoned AS (
     INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)
-    SELECT id, attempts, 'abandoned',
-           'the lease of ' || lease_owner || ' ran out: it stopped renewing it', lease_owner,
-           %(now)s
+    SELECT id, attempts, 'abandoned', {ABANDONED}, lease_owner, %(now)s
     FROM next WHERE lease_owner IS NOT NULL
 )
 UPDATE deliveries d
@@ -174,9 +174,8 @@ async def take_queued(conn: Connection, lease: Lease, kinds: frozenset[str], lim
         if lost:
             await conn.execute(
                 "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, worker, at)"
-                " SELECT id, attempts, 'abandoned', 'the lease of ' || lease_owner"
-                " || ' ran out: it stopped renewing it', lease_owner, %s FROM deliveries"
-                " WHERE id = ANY(%s)", (now, lost))
+                f" SELECT id, attempts, 'abandoned', {ABANDONED}, lease_owner, %s"
+                " FROM deliveries WHERE id = ANY(%s)", (now, lost))
         if new:
             await conn.execute(
                 "UPDATE deliveries SET lease_owner = %(owner)s, lease_token = %(token)s,"

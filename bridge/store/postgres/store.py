@@ -27,6 +27,7 @@ from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.url import masked_url, scrub, server_address
 from bridge.store.postgres.wakeup import WakeUps
 from bridge.store.records import (
+    Accept,
     Acceptance,
     Attempt,
     Backup,
@@ -149,14 +150,14 @@ class PostgresStore:
 
     async def accept(self, event: NewEvent, now: float, window: float) -> Acceptance:
         await self.open()
-        stored = self._groups.add(intake.Accept(event, now, window))
+        stored = self._groups.add(Accept(event, now, window))
         try:
             return await asyncio.wait_for(asyncio.shield(stored), self.commit_timeout)
         except TimeoutError:
             raise StoreBusy(f"the store did not commit within {self.commit_timeout:g} s"
                             ) from None
 
-    async def _commit_group(self, accepts: Sequence[intake.Accept]) -> list[Acceptance]:
+    async def _commit_group(self, accepts: Sequence[Accept]) -> list[Acceptance]:
         if len(accepts) == 1:  # one statement is its own transaction: one round trip
             [one] = accepts
             return [await self._run(lambda conn: intake.accept(conn, one.event, one.now,

@@ -8,18 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.store.records import Acceptance, NewEvent
+from bridge.store.records import Accept, Acceptance, NewEvent
 
 MAX_VARIABLES = 999  # SQLite's smallest limit on ? per statement (older builds)
-
-
-@dataclass(frozen=True)
-class Accept:
-    """An event to store unless its body was seen within the window; run in groups."""
-
-    event: NewEvent
-    now: float
-    window: float
 
 
 def accept_all(conn: sqlite3.Connection, accepts: list[Accept]) -> list[Acceptance]:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy
 from bridge.store.records import (
+    Accept,
     Acceptance,
     Attempt,
     Backup,
@@ -27,7 +28,6 @@ from bridge.store.records import (
     StoreInfo,
 )
 from bridge.store.sqlite import conversations, operations, queue
-from bridge.store.sqlite.intake import Accept
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.writer import Job, Write, Writer
 

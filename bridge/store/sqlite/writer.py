@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bridge.errors import StoreBusy, StoreError
-from bridge.store.sqlite.intake import Accept, accept_all
+from bridge.store.records import Accept
+from bridge.store.sqlite.intake import accept_all
 
 T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
