@@ -102,9 +102,7 @@ class ChannelPacer:
                 return
             except StoreError as exc:  # the pace is kept here until the store answers again
                 log.warning("slack: pacing %s on this replica alone: %s", channel, exc)
-        held = self.held_for(channel)
-        if held > MAX_PACING_WAIT:
-            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
+        _refuse_long_hold(channel, self.held_for(channel))
         asked = self.clock.now()
         async with self._locks.setdefault(channel, asyncio.Lock()):
             if held := self.held_for(channel):
@@ -112,8 +110,7 @@ class ChannelPacer:
             wait = self._take(channel)
             if wait > 0:
                 await self.clock.sleep(wait)
-        if self.on_wait is not None:
-            self.on_wait(max(self.clock.now() - asked, 0.0))
+        self._waited_since(asked)
 
     async def _acquire_shared(self, budget: ChannelBudget, channel: str) -> None:
         asked = self.clock.now()
@@ -121,11 +118,13 @@ class ChannelPacer:
                                                      max(self.burst - 1, 1), self._rate)
         self._stamp[channel], self._tokens[channel] = asked, tokens  # for behind(), as seen
         held = max(held_until, self._held_until.get(channel, 0.0)) - asked
-        if held > MAX_PACING_WAIT:
-            raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
+        _refuse_long_hold(channel, held)
         wait = max(held, 0.0) + max(-tokens, 0.0) / self._rate
         if wait > 0:
             await self.clock.sleep(wait)
+        self._waited_since(asked)
+
+    def _waited_since(self, asked: float) -> None:
         if self.on_wait is not None:
             self.on_wait(max(self.clock.now() - asked, 0.0))
 
@@ -153,6 +152,12 @@ class ChannelPacer:
     def _wait(self, channel: str, now: float) -> float:
         tokens = self._available(channel, now)
         return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+
+
+def _refuse_long_hold(channel: str, held: float) -> None:
+    """A post waits out a short hold; a longer one goes back to the worker to retry later."""
+    if held > MAX_PACING_WAIT:
+        raise RetryableError(f"slack: channel {channel} is rate-limited", retry_after=held)
 
 
 @dataclass(frozen=True)
