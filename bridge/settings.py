@@ -37,9 +37,9 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
-from bridge.store.postgres.url import MASK, is_postgres_url
+from bridge.store.postgres.url import MASK
 from bridge.store.postgres.url import masked_url as masked_postgres_url
-from bridge.store.url import sqlite_path, store_scheme
+from bridge.store.url import backend_named, sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
@@ -137,11 +137,11 @@ class StoreSettings(Section):
     @field_serializer("url")
     def _url_shown(self, url: str) -> str:
         """A PostgreSQL URI carries a password: `check` prints it masked."""
-        return masked_postgres_url(url) if is_postgres_url(url) else url
+        return masked_postgres_url(url) if backend_named(url) == "postgresql" else url
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
-        return "postgresql" if is_postgres_url(self.url) else "sqlite"
+        return "postgresql" if backend_named(self.url) == "postgresql" else "sqlite"
 
     @property
     def sqlite_path(self) -> Path:

@@ -12,9 +12,14 @@ SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgres
 USAGE = "use sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB"
 
 
+def backend_named(url: str) -> str | None:
+    """The backend a store url's scheme names ("sqlite", "postgresql"), unchecked; or None."""
+    return SCHEMES.get(url.split("://", 1)[0] if "://" in url else "")
+
+
 def store_scheme(url: str) -> str:
     """The backend a store url names ("sqlite", "postgresql"), checked without connecting."""
-    scheme = SCHEMES.get(url.split("://", 1)[0] if "://" in url else "")
+    scheme = backend_named(url)
     if scheme is None:
         raise StoreError(f"unsupported store url {url!r}: {USAGE}")
     if scheme == "sqlite":

@@ -1,16 +1,11 @@
-"""`[store] url` as a libpq URI: which backend it names, and how to show it masked."""
+"""`[store] url` as a libpq URI: whether libpq takes it, and how to show it masked."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "**********"  # as pydantic prints a SecretStr
-SCHEMES = ("postgresql://", "postgres://")
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(SCHEMES)
 
 
 def check_postgres_url(url: str) -> str:
