@@ -339,16 +339,17 @@ async def test_buttons_elsewhere_are_acknowledged_and_dropped(site):
     assert await s.sitegpt_rows() == []
 
 
-@pytest.mark.parametrize(("path", "raw"), [
-    ("/slack/events", b"not json"),
-    ("/slack/events", b'{"no": "type"}'),
-    ("/slack/interactions", b"payload=%7Bbroken"),
-    ("/slack/interactions", b"nothing=here"),
+@pytest.mark.parametrize(("path", "raw", "status"), [
+    ("/slack/events", b"not json", 400),
+    ("/slack/events", b'{"no": "type"}', 422),
+    ("/slack/interactions", b"payload=%7Bbroken", 400),
+    ("/slack/interactions", b"nothing=here", 422),
 ])
-async def test_signed_garbage_is_a_400(site, path, raw):
+async def test_signed_garbage_is_400_if_not_json_and_422_if_not_slacks(site, path, raw, status):
     s = await site()
     answer = await s.signed(path, raw, "application/octet-stream")
-    assert answer.status_code == 400
+    assert answer.status_code == status
+    assert answer.json()["status"] == "rejected"
 
 
 async def test_an_oversized_body_is_refused_unread(site):
