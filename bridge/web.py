@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from bridge.clock import Clock
 from bridge.errors import StoreError
+from bridge.event_rows import new_event
 from bridge.events import (
     ESCALATION,
     LEAD,
@@ -36,7 +37,6 @@ from bridge.inbound import (
     Storing,
     bounded_body,
 )
-from bridge.intake import new_event
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
 from bridge.store import NewEvent, Store
 
