@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from bridge.samples import load_sample
 from bridge.slack_events import slack_routes
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.test_metrics import value
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 API = "https://sitegpt.test/api/v0"
@@ -356,6 +358,40 @@ async def test_an_oversized_body_is_refused_unread(site):
     s = await site({"server": {"max_body_bytes": 1024}})
     answer = await s.send({"type": "url_verification", "challenge": "x" * 2000})
     assert answer.status_code == 413
+
+
+async def test_every_request_is_counted_by_its_outcome_on_the_metrics(site):
+    s = await site({"server": {"max_body_bytes": 1024}})
+    thread_ts = await s.conversation()
+    reply = envelope(s.write(thread_ts, "counted"), "Ev7")
+    answers = [await s.send(reply), await s.send(reply),
+               await s.send(envelope(s.write(None, "not in a thread"), "Ev8")),
+               await s.send(reply, **{"X-Slack-Signature": "v0=" + "0" * 64}),
+               await s.signed("/slack/events", b"{not json", "application/json"),
+               await s.signed("/slack/interactions", b"nothing=here", "text/plain"),
+               await s.send({"type": "url_verification", "challenge": "x" * 2000})]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
+    text = (await s.client.get("/metrics")).text
+    counted = {outcome: value(text, "sitegpt_bridge_webhooks_total", endpoint="slack",
+                              outcome=outcome)
+               for outcome in ("accepted", "duplicate", "ignored", "unauthorized",
+                               "invalid_json", "invalid", "too_large", "unavailable")}
+    assert counted == {"accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1,
+                       "invalid_json": 1, "invalid": 1, "too_large": 1, "unavailable": 0}
+
+
+async def test_a_flood_of_bad_signatures_is_one_log_line_per_interval(site, caplog):
+    s = await site()
+    caplog.set_level(logging.WARNING, logger="bridge.slack_events")
+    forged = {"X-Slack-Signature": "v0=" + "0" * 64}
+    for _ in range(50):
+        assert (await s.send({"type": "url_verification"}, **forged)).status_code == 401
+    assert [record.getMessage() for record in caplog.records] == [
+        "slack /slack/events rejected (401 unauthorized): bad or stale X-Slack-Signature"]
+    s.clock.advance(10)
+    await s.send({"type": "url_verification"}, **forged)
+    assert "slack /slack/events rejected (401 unauthorized) 49 more times in the last 10 s" in [
+        record.getMessage() for record in caplog.records]
 
 
 @pytest.mark.parametrize("missing", ["slack.signing_secret", "sitegpt.api_key"])
