@@ -39,6 +39,13 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text)[(name, frozenset(labels.items()))]
 
 
+def webhook_counts(text: str, endpoint: str) -> dict[str, float]:
+    """sitegpt_bridge_webhooks_total of one endpoint, by outcome."""
+    return {labels["outcome"]: count for (name, label_set), count in samples(text).items()
+            if name == "sitegpt_bridge_webhooks_total"
+            for labels in [dict(label_set)] if labels["endpoint"] == endpoint}
+
+
 def message(thread_id: str) -> dict:
     return {**MESSAGE, "data": {**MESSAGE["data"], "threadId": thread_id}}
 

@@ -23,7 +23,7 @@ from bridge.samples import load_sample
 from bridge.slack_events import slack_routes
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from tests.test_metrics import value
+from tests.test_metrics import webhook_counts
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 API = "https://sitegpt.test/api/v0"
@@ -372,12 +372,9 @@ async def test_every_request_is_counted_by_its_outcome_on_the_metrics(site):
                await s.send({"type": "url_verification", "challenge": "x" * 2000})]
     assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
     text = (await s.client.get("/metrics")).text
-    counted = {outcome: value(text, "sitegpt_bridge_webhooks_total", endpoint="slack",
-                              outcome=outcome)
-               for outcome in ("accepted", "duplicate", "ignored", "unauthorized",
-                               "invalid_json", "invalid", "too_large", "unavailable")}
-    assert counted == {"accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1,
-                       "invalid_json": 1, "invalid": 1, "too_large": 1, "unavailable": 0}
+    assert webhook_counts(text, "slack") == {
+        "accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1, "invalid_json": 1,
+        "invalid": 1, "too_large": 1, "disconnected": 0, "unavailable": 0}
 
 
 async def test_a_flood_of_bad_signatures_is_one_log_line_per_interval(site, caplog):
