@@ -123,10 +123,6 @@ def _too_large(limit: int) -> Refused:
     return Refused(TOO_LARGE, f"body larger than {limit} bytes")
 
 
-def _uncounted(outcome: str) -> None:
-    pass
-
-
 @dataclass(frozen=True)
 class Storing:
     """Stores an inbound event and answers for it; `source` names it in the log, `count` is
@@ -137,7 +133,7 @@ class Storing:
     window: float
     on_accept: Callable[[], None]
     log: logging.Logger
-    count: Callable[[str], None] = _uncounted
+    count: Callable[[str], None]
 
     async def accept(self, source: str, event: NewEvent, endpoint: str | None = None) -> Answer:
         """`endpoint` labels the log line; by default `source`, dashed."""

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.types import Message
 
 from bridge.errors import StoreBusy, StoreError
-from bridge.inbound import REASONS, RECEIVER_OUTCOMES
+from bridge.inbound import REASONS, RECEIVER_OUTCOMES, Refusals, store_unavailable
 from bridge.jira_events import jira_routes
 from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.slack_events import slack_routes
@@ -211,3 +212,22 @@ def test_slacks_and_jiras_series_start_at_zero(inbound):
     scraped = TestClient(app).get("/metrics").text
     for endpoint in ("slack", "jira"):
         assert webhook_counts(scraped, endpoint) == dict.fromkeys(RECEIVER_OUTCOMES, 0)
+
+
+def test_a_flood_of_store_outages_is_one_error_and_one_sum(clock, caplog):
+    refusals = Refusals(logging.getLogger("bridge.test"), clock, Metrics())
+    caplog.set_level(logging.WARNING, logger="bridge.test")
+    for _ in range(30):
+        answer = refusals.answer("jira", "jira /jira/webhook",
+                                 store_unavailable(StoreBusy("database is locked")))
+    clock.advance(10)
+    refusals.rejections.flush()
+    assert (answer.status, answer.body) == (503, {"status": "unavailable",
+                                                  "error": "store busy, retry"})
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.ERROR, "jira /jira/webhook rejected (503 unavailable): store unavailable: "
+                        "database is locked"),
+        (logging.ERROR, "jira /jira/webhook rejected (503 unavailable) 29 more times in the "
+                        "last 10 s")]
+    scraped = generate_latest(refusals.metrics.registry).decode()
+    assert webhook_counts(scraped, "jira") == {"unavailable": 30}
