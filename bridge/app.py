@@ -24,7 +24,7 @@ from bridge.slack_events import slack_routes
 from bridge.store import Store, open_store
 from bridge.template_check import require_templates
 from bridge.templating import Templates
-from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
+from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, build_app
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge")
@@ -190,7 +190,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
         finally:
             await bridge.close()
 
-    intake = Intake(
+    receiver = SiteGPTReceiver(
         store=bridge.store,
         clock=bridge.clock,
         max_body_bytes=bridge.settings.server.max_body_bytes,
@@ -200,9 +200,10 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     )
     token = bridge.settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    inbound = [*slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake),
+    inbound = [*slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake,
+                             bridge.metrics),
                *jira_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake,
                             bridge.metrics)]
-    app = build_app(intake, bridge.endpoints(), lifespan, inbound, metrics_token)
+    app = build_app(receiver, bridge.endpoints(), lifespan, inbound, metrics_token)
     app.state.bridge = bridge
     return app

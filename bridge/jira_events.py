@@ -29,13 +29,22 @@ from bridge.events import (
     canonical_json,
     read_json,
 )
-from bridge.inbound import Refused, bounded_body, conversation_by_ref
+from bridge.inbound import (
+    INVALID,
+    INVALID_JSON,
+    RECEIVER_OUTCOMES,
+    UNAUTHORIZED,
+    Answer,
+    Refusals,
+    Refused,
+    Storing,
+    bounded_body,
+    conversation_by_ref,
+)
 from bridge.jira_markup import comment_text
-from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
-from bridge.rejections import RejectionLog
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
-from bridge.web import Storing
 
 log = logging.getLogger("bridge.jira_events")
 PATH = "/jira/webhook"
@@ -49,10 +58,6 @@ DESTINATIONS = ("slack",)
 JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
 ENDPOINT = "jira"  # its label in sitegpt_bridge_webhooks_total
-OUTCOMES = (*(outcome for outcome in WEBHOOK_OUTCOMES if outcome != "not_configured"),
-            "ignored")  # unconfigured, the route does not exist
-REFUSALS = {400: "invalid_json", 401: "unauthorized", 413: "too_large", 422: "invalid",
-            503: "unavailable"}
 
 
 def _text_id(value: Any) -> Any:
@@ -163,12 +168,11 @@ class JiraReceiver:
     comments_to_slack: bool
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
-    rejections: RejectionLog = field(init=False)
+    refusals: Refusals = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rejections = RejectionLog(log, self.clock)
-        for outcome in OUTCOMES:  # every series from zero, so a rate() alert works at once
-            self.metrics.webhooks.labels(ENDPOINT, outcome)
+        self.refusals = Refusals(log, self.clock, self.metrics)
+        self.metrics.expect_webhooks(ENDPOINT, RECEIVER_OUTCOMES)
 
     @property
     def storing(self) -> Storing:
@@ -177,31 +181,25 @@ class JiraReceiver:
 
     async def webhook(self, request: Request) -> Response:
         try:
-            raw = await self._admitted_body(request)
-            hook = parse_webhook(raw)
-            event = await self._ticket_event(hook, request.headers, raw)
-        except Refused as exc:
-            return self._refused(exc)
+            answer = await self._answer(request)
+        except Refused as refusal:
+            answer = self.refusals.answer(ENDPOINT, f"jira {PATH}", refusal)
+        return answer.response()
+
+    async def _answer(self, request: Request) -> Answer:
+        raw = await self._admitted_body(request)
+        hook = parse_webhook(raw)
+        event = await self._ticket_event(hook, request.headers, raw)
         source = f"jira {hook.webhook_event}"
         if isinstance(event, str):
-            return self.storing.ignored(source, event).response()
-        return (await self.storing.accept(source, event)).response()
-
-    def _refused(self, refusal: Refused) -> Response:
-        """Counted every time; logged once per kind and interval, so a flood cannot flood it."""
-        status = refusal.response.status_code
-        reason = REFUSALS.get(status, "invalid")
-        self.metrics.webhook(ENDPOINT, reason)
-        if status != 503:  # the store's own error is logged where it happens
-            self.rejections.rejected("jira /jira/webhook", status, reason, str(refusal),
-                                     extra={"endpoint": ENDPOINT, "outcome": reason})
-        return refusal.response
+            return self.storing.ignored(source, event)
+        return await self.storing.accept(source, event)
 
     async def _admitted_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
         # The token rides in the query string, so neither it nor the URL is ever logged.
         if not self.credentials.admit(raw, request.headers, request.query_params.get("token")):
-            raise Refused(401, "missing or wrong X-Hub-Signature or token")
+            raise Refused(UNAUTHORIZED, "missing or wrong X-Hub-Signature or token")
         return raw
 
     async def _ticket_event(self, hook: JiraWebhook, headers: Headers,
@@ -211,7 +209,7 @@ class JiraReceiver:
         if read is None:
             return "not an event the bridge follows"
         if hook.issue is None:
-            raise Refused(422, "issue: required for " + hook.webhook_event)
+            raise Refused(INVALID, "issue: required for " + hook.webhook_event)
         why_not = self._not_followed(hook)
         if why_not:
             return why_not
@@ -231,7 +229,7 @@ class JiraReceiver:
             return "comments_to_slack is off"
         comment = hook.comment
         if comment is None:
-            raise Refused(422, "comment: required for " + COMMENT_CREATED)
+            raise Refused(INVALID, "comment: required for " + COMMENT_CREATED)
         if comment.author is not None and comment.author.account_type == "app":
             return "a comment written by an app"
         if is_own_comment(comment_text(comment.body)):
@@ -243,15 +241,15 @@ def parse_webhook(raw: bytes) -> JiraWebhook:
     try:
         body = read_json(raw)
     except InvalidEvent as exc:
-        raise Refused(422, f"not a Jira webhook: {exc}") from exc
+        raise Refused(INVALID, f"not a Jira webhook: {exc}") from exc
     except (ValueError, RecursionError) as exc:
-        raise Refused(400, f"body is not JSON: {exc}") from exc
+        raise Refused(INVALID_JSON, f"body is not JSON: {exc}") from exc
     try:
         return JiraWebhook.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise Refused(422, f"not a Jira webhook: {where}: {first['msg']}") from exc
+        raise Refused(INVALID, f"not a Jira webhook: {where}: {first['msg']}") from exc
 
 
 def _status_change(hook: JiraWebhook, conversation: Conversation) -> TicketData | str:

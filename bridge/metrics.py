@@ -84,9 +84,13 @@ class Metrics:
         self._oldest: float | None = None
         self._queue_lock = asyncio.Lock()
         for endpoint in endpoints:
-            for outcome in WEBHOOK_OUTCOMES:
-                self.webhooks.labels(endpoint, outcome)
+            self.expect_webhooks(endpoint, WEBHOOK_OUTCOMES)
         self.expect_destinations(destinations)
+
+    def expect_webhooks(self, endpoint: str, outcomes: Sequence[str]) -> None:
+        """Start the endpoint's series at zero, so a rate() alert works before the first request."""
+        for outcome in outcomes:
+            self.webhooks.labels(endpoint, outcome)
 
     def expect_destinations(self, destinations: Sequence[str]) -> None:
         """Start their series at zero, so a rate() alert works before the first event."""

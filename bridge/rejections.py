@@ -17,6 +17,7 @@ Kind = tuple[str, int, str]  # where (endpoint), status, reason
 @dataclass
 class _Window:
     started: float
+    level: int
     suppressed: int = 0
 
 
@@ -38,14 +39,14 @@ class RejectionLog:
         _OPEN.add(self)
 
     def rejected(self, where: str, status: int, reason: str, message: str,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None, level: int = logging.WARNING) -> None:
         self.flush()
         kind = (where, status, reason)
         window = self._windows.get(kind)
         if window is None:
-            self._windows[kind] = _Window(self.clock.now())
-            self.log.warning("%s rejected (%d %s): %s", where, status, reason, message,
-                             extra=extra)
+            self._windows[kind] = _Window(self.clock.now(), level)
+            self.log.log(level, "%s rejected (%d %s): %s", where, status, reason, message,
+                         extra=extra)
             return
         window.suppressed += 1
         self._schedule_summary()
@@ -62,9 +63,9 @@ class RejectionLog:
     def _summarize(self, kind: Kind, window: _Window, now: float) -> None:
         where, status, reason = kind
         seconds = max(min(now - window.started, self.interval), 0.0)
-        self.log.warning("%s rejected (%d %s) %s more times in the last %.0f s", where, status,
-                         reason, f"{window.suppressed:,}", seconds,
-                         extra={"outcome": reason, "count": window.suppressed})
+        self.log.log(window.level, "%s rejected (%d %s) %s more times in the last %.0f s", where,
+                     status, reason, f"{window.suppressed:,}", seconds,
+                     extra={"outcome": reason, "count": window.suppressed})
 
     def _schedule_summary(self) -> None:
         # Without a later rejection to trigger it, the summary still comes at the interval's end.

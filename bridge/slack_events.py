@@ -26,11 +26,20 @@ from bridge.events import (
     SlackReplyData,
     canonical_json,
 )
-from bridge.inbound import Refused, bounded_body, conversation_by_ref
-from bridge.rejections import RejectionLog
+from bridge.inbound import (
+    INVALID,
+    INVALID_JSON,
+    RECEIVER_OUTCOMES,
+    UNAUTHORIZED,
+    Refusals,
+    Refused,
+    Storing,
+    bounded_body,
+    conversation_by_ref,
+)
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.store import NewEvent, ReplyIntake
-from bridge.web import Storing
 
 log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
@@ -38,6 +47,7 @@ PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
 DESTINATIONS = (SiteGPTDestination.name,)
 SLACK = "slack"  # whose conversation links hold the threads
+ENDPOINT = "slack"  # both routes' label in sitegpt_bridge_webhooks_total
 # Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
 # which int() then refuses.
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -109,14 +119,17 @@ class SlackReceiver:
     max_body_bytes: int
     private_note_prefix: str
     on_accept: Callable[[], None] = lambda: None
-    rejections: RejectionLog = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
+    refusals: Refusals = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rejections = RejectionLog(log, self.clock)
+        self.refusals = Refusals(log, self.clock, self.metrics)
+        self.metrics.expect_webhooks(ENDPOINT, RECEIVER_OUTCOMES)
 
     @property
     def storing(self) -> Storing:
-        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log)
+        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log,
+                       lambda outcome: self.metrics.webhook(ENDPOINT, outcome))
 
     async def events(self, request: Request) -> Response:
         try:
@@ -124,31 +137,34 @@ class SlackReceiver:
             if envelope.type == "url_verification":
                 return JSONResponse({"challenge": envelope.challenge or ""})
             event = await self._reply_event(envelope)
-        except Refused as exc:
-            return exc.response
-        if isinstance(event, str):
-            return self.storing.ignored("slack event", event).response()
-        return (await self.storing.accept("slack event", event)).response()
+            if isinstance(event, str):
+                return self.storing.ignored("slack event", event).response()
+            return (await self.storing.accept("slack event", event)).response()
+        except Refused as refusal:
+            return self._refused(request, refusal)
 
     async def interactions(self, request: Request) -> Response:
         try:
             # The signature check has decoded the body as UTF-8 already.
             form = parse_qs((await self._signed_body(request)).decode())
-            interaction = _parse(Interaction, form.get("payload", [""])[0].encode())
-            event = await self._mode_event(interaction)
-        except Refused as exc:
-            return exc.response
-        if isinstance(event, str):
-            return self.storing.ignored("slack interaction", event).response()
-        answer = await self.storing.accept("slack interaction", event)
-        return Response(status_code=200) if answer.status == 200 else answer.response()
+            payload = form.get("payload")
+            if not payload:
+                raise Refused(INVALID, "not a Slack Interaction: payload: required")
+            event = await self._mode_event(_parse(Interaction, payload[0].encode()))
+            if isinstance(event, str):
+                return self.storing.ignored("slack interaction", event).response()
+            await self.storing.accept("slack interaction", event)
+        except Refused as refusal:
+            return self._refused(request, refusal)
+        return Response(status_code=200)
+
+    def _refused(self, request: Request, refusal: Refused) -> Response:
+        return self.refusals.answer(ENDPOINT, f"slack {request.url.path}", refusal).response()
 
     async def _signed_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
         if not self._signed(raw, request):
-            self.rejections.rejected(f"slack {request.url.path}", 401, "unauthorized",
-                                     "bad or stale signature")
-            raise Refused(401, "bad or stale X-Slack-Signature")
+            raise Refused(UNAUTHORIZED, "bad or stale X-Slack-Signature")
         return raw
 
     def _signed(self, raw: bytes, request: Request) -> bool:
@@ -213,10 +229,13 @@ class SlackReceiver:
 
 
 def _parse(model: type[M], raw: bytes) -> M:
+    """The payload, or Refused: 400 if it is not JSON, 422 if not what Slack sends."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise Refused(400, f"not a Slack {model.__name__}: {exc.errors()[0]['msg']}") from exc
+        first = exc.errors()[0]
+        reason = INVALID_JSON if first["type"] == "json_invalid" else INVALID
+        raise Refused(reason, f"not a Slack {model.__name__}: {first['msg']}") from exc
 
 
 def _new_event(kind: str, conversation: Conversation, dedup_key: str,
@@ -228,7 +247,8 @@ def _new_event(kind: str, conversation: Conversation, dedup_key: str,
 
 
 def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
-                 on_accept: Callable[[], None]) -> list[BaseRoute]:
+                 on_accept: Callable[[], None],
+                 metrics: Metrics | None = None) -> list[BaseRoute]:
     """POST /slack/events and /slack/interactions, or nothing when replies are off."""
     secret = settings.slack.signing_secret
     if not settings.replies_enabled() or secret is None:
@@ -237,6 +257,7 @@ def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
         store=store, clock=clock,
         verifier=SignatureVerifier(secret.get_secret_value(), _VerifierClock(clock)),
         max_body_bytes=settings.server.max_body_bytes,
-        private_note_prefix=settings.slack.private_note_prefix, on_accept=on_accept)
+        private_note_prefix=settings.slack.private_note_prefix, on_accept=on_accept,
+        metrics=metrics or Metrics())
     return [Route("/slack/events", receiver.events, methods=["POST"]),
             Route("/slack/interactions", receiver.interactions, methods=["POST"])]

@@ -1,9 +1,8 @@
-"""The thin web layer: check the token, read a bounded body, validate, store, answer."""
+"""SiteGPT's webhooks (check the token, read, validate, store, answer) and the app around them."""
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,13 +10,14 @@ from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from bridge.clock import Clock
 from bridge.errors import StoreError
+from bridge.event_rows import new_event
 from bridge.events import (
     ESCALATION,
     LEAD,
@@ -26,10 +26,19 @@ from bridge.events import (
     parse_event,
     read_json,
 )
-from bridge.intake import new_event
+from bridge.inbound import (
+    INVALID,
+    INVALID_JSON,
+    NOT_CONFIGURED,
+    UNAUTHORIZED,
+    Answer,
+    Refusals,
+    Refused,
+    Storing,
+    bounded_body,
+)
 from bridge.metrics import CONTENT_TYPE, Metrics, bearer_matches
-from bridge.rejections import RejectionLog
-from bridge.store import EventIntake, NewEvent, Store
+from bridge.store import NewEvent, Store
 
 log = logging.getLogger("bridge.web")
 TOKEN_HEADER = "x-webhook-token"
@@ -58,13 +67,9 @@ class Endpoint:
 ENDPOINT_KINDS = {"messages": MESSAGE, "escalations": ESCALATION, "leads": LEAD}
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 @dataclass
-class Intake:
-    """What the webhook routes need, wired once at start-up."""
+class SiteGPTReceiver:
+    """What SiteGPT's webhook routes need, wired once at start-up."""
 
     store: Store
     clock: Clock
@@ -72,145 +77,61 @@ class Intake:
     dedup_window: float
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
-    rejections: RejectionLog = field(init=False)
+    refusals: Refusals = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rejections = RejectionLog(log, self.clock)
+        self.refusals = Refusals(log, self.clock, self.metrics)
 
     async def receive(self, endpoint: Endpoint, request: Request) -> Answer:
-        if not endpoint.tokens:
-            return self._reject(endpoint, 503, "not_configured",
-                                f"the {endpoint.name} webhook is not configured: no token is set")
-        if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
-            return self._reject(endpoint, 401, "unauthorized", "missing or wrong X-WEBHOOK-TOKEN")
         try:
-            raw = await read_bounded(request, self.max_body_bytes)
-        except BodyTooLarge:
-            return self._reject(endpoint, 413, "too_large",
-                                f"body larger than {self.max_body_bytes} bytes")
-        except ClientDisconnect:
-            return self._reject(endpoint, 400, "disconnected", "client disconnected mid-body")
-        return await self._accept(endpoint, raw)
+            return await self._receive(endpoint, request)
+        except Refused as refusal:
+            return self.refusals.answer(endpoint.name, f"webhook {endpoint.name}", refusal)
 
-    async def _accept(self, endpoint: Endpoint, raw: bytes) -> Answer:
-        try:
-            stored = _stored_event(endpoint, raw)
-        except InvalidEvent as exc:
-            return self._reject(endpoint, 422, "invalid", str(exc), field=exc.field)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
-            return self._reject(endpoint, 400, "invalid_json", f"body is not JSON: {exc}")
+    async def _receive(self, endpoint: Endpoint, request: Request) -> Answer:
+        if not endpoint.tokens:
+            raise Refused(NOT_CONFIGURED,
+                          f"the {endpoint.name} webhook is not configured: no token is set")
+        if not endpoint.authorizes(request.headers.get(TOKEN_HEADER)):
+            raise Refused(UNAUTHORIZED, "missing or wrong X-WEBHOOK-TOKEN")
+        stored = _stored_event(endpoint, await bounded_body(request, self.max_body_bytes))
         storing = Storing(self.store, self.clock, self.dedup_window, self.on_accept, log,
                           partial(self.metrics.webhook, endpoint.name))
         return await storing.accept(f"webhook {endpoint.name}", stored, endpoint.name)
 
-    def _reject(self, endpoint: Endpoint, status: int, reason: str, message: str,
-                **extra: Any) -> Answer:
-        self.metrics.webhook(endpoint.name, reason)
-        self.rejections.rejected(f"webhook {endpoint.name}", status, reason, message,
-                                 extra={"endpoint": endpoint.name, "outcome": reason})
-        return Answer(status, {"status": "rejected", "error": message, **extra})
-
 
 def _stored_event(endpoint: Endpoint, raw: bytes) -> NewEvent:
-    body = read_json(raw)
-    return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
+    """The event to store, or Refused: 400 if the body is not JSON, 422 if not this event."""
+    try:
+        body = read_json(raw)
+        return new_event(parse_event(endpoint.kind, body), body, endpoint.destinations)
+    except InvalidEvent as exc:
+        raise Refused(INVALID, str(exc), field=exc.field) from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to handle
+        raise Refused(INVALID_JSON, f"body is not JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)
-class Answer:
-    """What a webhook is answered: a status and a small JSON object."""
-
-    status: int
-    body: dict[str, Any]
-
-    async def send(self, send: Send) -> None:
-        content = json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": self.status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(content)).encode())]})
-        await send({"type": "http.response.body", "body": content})
-
-    def response(self) -> JSONResponse:
-        """The same answer for a request/response route."""
-        return JSONResponse(self.body, self.status)
-
-
-def _uncounted(outcome: str) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Storing:
-    """Stores an inbound event and answers for it; `source` names it in the log, `count` is
-    told each outcome (accepted, duplicate, unavailable, ignored)."""
-
-    store: EventIntake
-    clock: Clock
-    window: float
-    on_accept: Callable[[], None]
-    log: logging.Logger
-    count: Callable[[str], None] = _uncounted
-
-    async def accept(self, source: str, event: NewEvent, endpoint: str | None = None) -> Answer:
-        """`endpoint` labels the log line; by default `source`, dashed."""
-        try:
-            accepted = await self.store.accept(event, self.clock.now(), self.window)
-        except StoreError as exc:
-            self.log.error("%s: store unavailable: %s", source, exc)
-            self.count("unavailable")
-            return Answer(503, {"status": "unavailable", "error": "store busy, retry"})
-        if accepted.status == "accepted":
-            self.on_accept()
-        self.count(accepted.status)
-        self.log.info("%s: %s event %d", source, accepted.status, accepted.event_id,
-                      extra={"endpoint": endpoint or source.replace(" ", "-"),
-                             "outcome": accepted.status, "event_id": accepted.event_id,
-                             "conversation": event.ordering_key})
-        return Answer(200, {"status": accepted.status, "id": accepted.event_id})
-
-    def ignored(self, source: str, reason: str) -> Answer:
-        # Slack and Jira retry anything but a 2xx: what the bridge does not want still gets 200.
-        self.log.debug("%s ignored: %s", source, reason)
-        self.count("ignored")
-        return Answer(200, {"status": "ignored", "reason": reason})
-
-
-@dataclass(frozen=True)
-class WebhookEndpoint:
-    """The ASGI app behind one webhook route.
+class WebhookApp:
+    """The ASGI app behind one of SiteGPT's webhook routes.
 
     A plain ASGI app rather than a request/response function: on the path every webhook
     takes, it skips the per-request wrappers and the Response object (bench/).
     """
 
-    intake: Intake
+    receiver: SiteGPTReceiver
     endpoint: Endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = await self.intake.receive(self.endpoint, Request(scope, receive))
+        answer = await self.receiver.receive(self.endpoint, Request(scope, receive))
         await answer.send(send)
 
 
-async def read_bounded(request: Request, limit: int) -> bytes:
-    """The request body, or BodyTooLarge as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = None,
+def build_app(receiver: SiteGPTReceiver, endpoints: Sequence[Endpoint], lifespan: Any = None,
               extra_routes: Sequence[BaseRoute] = (),
               metrics_token: bytes | None = None) -> Starlette:
     """The ASGI app: three webhook routes, the two health probes, the metrics, `extra_routes`."""
-    routes: list[BaseRoute] = [_webhook_route(intake, endpoint) for endpoint in endpoints]
+    routes: list[BaseRoute] = [_webhook_route(receiver, endpoint) for endpoint in endpoints]
     routes += extra_routes
 
     async def healthz(request: Request) -> PlainTextResponse:
@@ -220,7 +141,7 @@ def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = Non
 
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await intake.store.check_writable()
+            await receiver.store.check_writable()
         except StoreError as exc:
             return JSONResponse({"status": "unavailable", "error": str(exc)}, 503)
         if unconfigured:  # those webhooks answer 503: not ready to take what SiteGPT sends
@@ -229,11 +150,11 @@ def build_app(intake: Intake, endpoints: Sequence[Endpoint], lifespan: Any = Non
         return JSONResponse({"status": "ready"})
 
     routes += [Route("/healthz", healthz), Route("/readyz", readyz),
-               _metrics_route(intake, metrics_token)]
+               _metrics_route(receiver, metrics_token)]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _metrics_route(intake: Intake, token: bytes | None) -> Route:
+def _metrics_route(receiver: SiteGPTReceiver, token: bytes | None) -> Route:
     """GET /metrics in Prometheus' format; with a token set, only for `Bearer <token>`."""
 
     async def metrics(request: Request) -> Response:
@@ -241,7 +162,7 @@ def _metrics_route(intake: Intake, token: bytes | None) -> Route:
             return PlainTextResponse("missing or wrong bearer token\n", 401,
                                      headers={"WWW-Authenticate": "Bearer"})
         try:
-            body = await intake.metrics.exposition(intake.store, intake.clock.now())
+            body = await receiver.metrics.exposition(receiver.store, receiver.clock.now())
         except StoreError as exc:
             return PlainTextResponse(f"store unavailable: {exc}\n", 503)
         return Response(body, media_type=CONTENT_TYPE)
@@ -249,6 +170,6 @@ def _metrics_route(intake: Intake, token: bytes | None) -> Route:
     return Route("/metrics", metrics)
 
 
-def _webhook_route(intake: Intake, endpoint: Endpoint) -> Route:
-    return Route(f"/webhooks/{endpoint.name}", WebhookEndpoint(intake, endpoint),
+def _webhook_route(receiver: SiteGPTReceiver, endpoint: Endpoint) -> Route:
+    return Route(f"/webhooks/{endpoint.name}", WebhookApp(receiver, endpoint),
                  methods=["POST"])

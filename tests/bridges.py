@@ -85,7 +85,7 @@ def query(db: Path, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...
 
 
 def counts(db: Path) -> dict[str, int]:
-    """Rows in every table the intake writes to."""
+    """Rows in every table that accepting a webhook writes to."""
     return {table: query(db, f"SELECT COUNT(*) FROM {table}")[0][0] for table in TABLES}
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from bridge.clock import Clock
 from bridge.destinations.base import Delivery
+from bridge.event_rows import new_event
 from bridge.events import LEAD, parse_event
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store.sqlite import SQLiteStore
 
@@ -26,7 +26,7 @@ def lead_body(sample: str = "lead", **details: Any) -> dict[str, Any]:
 
 @dataclass
 class Deliveries:
-    """Stores a lead body as the intake would and claims it as the worker would."""
+    """Stores a lead body as SiteGPT's receiver would and claims it as the worker would."""
 
     store: SQLiteStore
     clock: Clock

@@ -27,8 +27,8 @@ def test_retry_after_as_seconds_or_http_date(header, seconds):
 
 async def test_a_delivery_reads_and_replaces_only_its_own_destinations_state(tmp_path, sample):
     from bridge.errors import PermanentError
+    from bridge.event_rows import new_event
     from bridge.events import parse_event
-    from bridge.intake import new_event
     from bridge.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path}/bridge.db")

@@ -17,8 +17,8 @@ from bridge.cli import main
 from bridge.commands import local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
 from bridge.destinations.slack import SlackDestination
+from bridge.event_rows import new_event
 from bridge.events import LEAD, parse_event
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.settings import ServerSettings, Settings
 from bridge.store import open_store

@@ -22,8 +22,8 @@ from bridge.destinations.crm import (
 from bridge.destinations.crm_webhook import CrmWebhook
 from bridge.destinations.hubspot import HubSpot
 from bridge.errors import ConfigError, PermanentError, RetryableError
+from bridge.event_rows import new_event
 from bridge.events import ESCALATION, LEAD, MESSAGE, parse_event
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.templating import Templates
 

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from bridge.event_rows import new_event
 from bridge.events import (
     ESCALATION,
     LEAD,
@@ -21,7 +22,6 @@ from bridge.events import (
     ordering_key,
     parse_event,
 )
-from bridge.intake import new_event
 from bridge.samples import load_sample, webhook_sample_names
 
 KINDS = {"message": MESSAGE, "escalation": ESCALATION, "lead": LEAD}

@@ -16,8 +16,8 @@ import pytest
 
 from bridge.app import create_app, open_bridge
 from bridge.errors import StoreBusy, StoreError
+from bridge.event_rows import new_event
 from bridge.events import TICKET_LINKED, parse_event
-from bridge.intake import new_event
 from bridge.store import FollowUp, NewEvent
 from bridge.store.sqlite import SQLiteStore
 from bridge.store.sqlite.intake import MAX_VARIABLES

@@ -20,6 +20,7 @@ from bridge.destinations import build_destinations
 from bridge.destinations.base import Delivered, Delivery
 from bridge.destinations.jira import PREVIEW_MARKER, JiraDestination, conversation_label
 from bridge.errors import PermanentError, TemplateError
+from bridge.event_rows import new_event
 from bridge.events import (
     ESCALATION,
     MESSAGE,
@@ -30,7 +31,6 @@ from bridge.events import (
     canonical_json,
     parse_event,
 )
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store import DeliveryRow
 from bridge.store.sqlite import SQLiteStore

@@ -24,7 +24,7 @@ from bridge.store import Acceptance, NewEvent
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from tests.test_metrics import value
+from tests.test_metrics import webhook_counts
 from tests.test_store_upgrade import first_release_store
 
 SECRET = "jira-cloud-webhook-secret"
@@ -383,12 +383,9 @@ async def test_every_request_is_counted_by_its_outcome(desk):
                await d.send(b"{" + b" " * 1_100_000 + b"}")]
     assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
     text = (await d.bridge.metrics.exposition(d.bridge.store, d.clock.now())).decode()
-    counted = {outcome: value(text, "sitegpt_bridge_webhooks_total", endpoint="jira",
-                              outcome=outcome)
-               for outcome in ("accepted", "duplicate", "ignored", "unauthorized",
-                               "invalid_json", "invalid", "too_large", "unavailable")}
-    assert counted == {"accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1,
-                       "invalid_json": 1, "invalid": 1, "too_large": 1, "unavailable": 0}
+    assert webhook_counts(text, "jira") == {
+        "accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1, "invalid_json": 1,
+        "invalid": 1, "too_large": 1, "disconnected": 0, "unavailable": 0}
 
 
 async def test_a_flood_of_refusals_is_one_log_line_per_kind_and_interval(desk, caplog):

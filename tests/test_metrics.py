@@ -17,7 +17,7 @@ from bridge.destinations.shared import Shared
 from bridge.errors import PermanentError, RetryableError, StoreBusy
 from bridge.metrics import Metrics
 from bridge.store import open_store
-from bridge.web import ENDPOINT_KINDS, Endpoint, Intake, build_app
+from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, build_app
 from bridge.worker import Worker
 
 MESSAGE = {"event": "ADD_MESSAGE",
@@ -37,6 +37,13 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(text: str, name: str, **labels: str) -> float:
     return samples(text)[(name, frozenset(labels.items()))]
+
+
+def webhook_counts(text: str, endpoint: str) -> dict[str, float]:
+    """sitegpt_bridge_webhooks_total of one endpoint, by outcome."""
+    return {labels["outcome"]: count for (name, label_set), count in samples(text).items()
+            if name == "sitegpt_bridge_webhooks_total"
+            for labels in [dict(label_set)] if labels["endpoint"] == endpoint}
 
 
 def message(thread_id: str) -> dict:
@@ -94,14 +101,14 @@ class BusyStore:
 
 
 def test_a_busy_store_counts_unavailable_and_fails_the_scrape(clock):
-    intake = Intake(store=BusyStore(), clock=clock, max_body_bytes=4096,  # type: ignore[arg-type]
-                    dedup_window=600)
+    receiver = SiteGPTReceiver(store=BusyStore(), clock=clock,  # type: ignore[arg-type]
+                               max_body_bytes=4096, dedup_window=600)
     endpoint = Endpoint("messages", "ADD_MESSAGE", [b"tok"], [])
-    with TestClient(build_app(intake, [endpoint])) as client:
+    with TestClient(build_app(receiver, [endpoint])) as client:
         answer = client.post("/webhooks/messages", json=MESSAGE, headers={"X-WEBHOOK-TOKEN": "tok"})
         scrape = client.get("/metrics")
     assert answer.status_code == 503
-    counted = generate_latest(intake.metrics.registry).decode()
+    counted = generate_latest(receiver.metrics.registry).decode()
     assert value(counted, "sitegpt_bridge_webhooks_total", endpoint="messages",
                  outcome="unavailable") == 1
     assert scrape.status_code == 503 and "store unavailable" in scrape.text
@@ -149,11 +156,11 @@ async def test_deliveries_attempts_errors_latency_and_queue_reach_the_scrape(mak
     })
     metrics = Metrics(destinations=["fake"])
     worker = Worker(store, {"fake": destination}, settings.delivery, clock, metrics=metrics)
-    intake = Intake(store=store, clock=clock, max_body_bytes=4096, dedup_window=600,
-                    metrics=metrics)
+    receiver = SiteGPTReceiver(store=store, clock=clock, max_body_bytes=4096, dedup_window=600,
+                               metrics=metrics)
     endpoint = Endpoint("messages", "ADD_MESSAGE", [b"tok"], ["fake"])
     accepted_at = clock.now()
-    with TestClient(build_app(intake, [endpoint])) as client:
+    with TestClient(build_app(receiver, [endpoint])) as client:
         for thread_id in destination.script:
             client.post("/webhooks/messages", json=message(thread_id),
                         headers={"X-WEBHOOK-TOKEN": "tok"})

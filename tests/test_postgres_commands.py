@@ -14,8 +14,8 @@ from postgres import SERVER, created_database, query
 from servers import clean_environ
 from test_commands import run
 
+from bridge.event_rows import new_event
 from bridge.events import parse_event
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store import open_store
 from bridge.store.migrations import SCHEMA_VERSION

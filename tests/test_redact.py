@@ -12,8 +12,8 @@ from bridges import SECRETS, query
 from conftest import deep_merge
 
 from bridge.app import open_bridge
+from bridge.event_rows import new_event
 from bridge.events import LEAD, parse_event
-from bridge.intake import new_event
 from bridge.logs import configure_logging
 from bridge.redact import MASK, RedactingFilter, Redactor
 from bridge.samples import load_sample

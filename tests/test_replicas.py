@@ -23,8 +23,8 @@ from bridge.app import Bridge, create_app, open_bridge
 from bridge.clock import SystemClock
 from bridge.destinations.base import Delivery
 from bridge.errors import RetryableError
+from bridge.event_rows import new_event
 from bridge.events import MESSAGE, parse_event
-from bridge.intake import new_event
 from bridge.settings import Settings
 from bridge.store import ClaimedDelivery
 from bridge.store.postgres.store import PostgresStore

@@ -18,8 +18,8 @@ from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
 from bridge.destinations.slack import SlackDestination, slack_destination
 from bridge.errors import TemplateError
+from bridge.event_rows import new_event
 from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
-from bridge.intake import new_event
 from bridge.settings import Settings
 from bridge.store import Echo, NewEvent, open_store
 from bridge.store.sqlite import SQLiteStore

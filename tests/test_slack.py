@@ -16,8 +16,8 @@ import pytest
 
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
+from bridge.event_rows import new_event
 from bridge.events import MESSAGE, TICKET_LINKED, canonical_json, parse_event
-from bridge.intake import new_event
 from bridge.samples import load_sample
 from bridge.store import open_store
 from bridge.store.sqlite import SQLiteStore

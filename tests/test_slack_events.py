@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from bridge.samples import load_sample
 from bridge.slack_events import slack_routes
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.test_metrics import webhook_counts
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 API = "https://sitegpt.test/api/v0"
@@ -339,22 +341,54 @@ async def test_buttons_elsewhere_are_acknowledged_and_dropped(site):
     assert await s.sitegpt_rows() == []
 
 
-@pytest.mark.parametrize(("path", "raw"), [
-    ("/slack/events", b"not json"),
-    ("/slack/events", b'{"no": "type"}'),
-    ("/slack/interactions", b"payload=%7Bbroken"),
-    ("/slack/interactions", b"nothing=here"),
+@pytest.mark.parametrize(("path", "raw", "status"), [
+    ("/slack/events", b"not json", 400),
+    ("/slack/events", b'{"no": "type"}', 422),
+    ("/slack/interactions", b"payload=%7Bbroken", 400),
+    ("/slack/interactions", b"nothing=here", 422),
 ])
-async def test_signed_garbage_is_a_400(site, path, raw):
+async def test_signed_garbage_is_400_if_not_json_and_422_if_not_slacks(site, path, raw, status):
     s = await site()
     answer = await s.signed(path, raw, "application/octet-stream")
-    assert answer.status_code == 400
+    assert answer.status_code == status
+    assert answer.json()["status"] == "rejected"
 
 
 async def test_an_oversized_body_is_refused_unread(site):
     s = await site({"server": {"max_body_bytes": 1024}})
     answer = await s.send({"type": "url_verification", "challenge": "x" * 2000})
     assert answer.status_code == 413
+
+
+async def test_every_request_is_counted_by_its_outcome_on_the_metrics(site):
+    s = await site({"server": {"max_body_bytes": 1024}})
+    thread_ts = await s.conversation()
+    reply = envelope(s.write(thread_ts, "counted"), "Ev7")
+    answers = [await s.send(reply), await s.send(reply),
+               await s.send(envelope(s.write(None, "not in a thread"), "Ev8")),
+               await s.send(reply, **{"X-Slack-Signature": "v0=" + "0" * 64}),
+               await s.signed("/slack/events", b"{not json", "application/json"),
+               await s.signed("/slack/interactions", b"nothing=here", "text/plain"),
+               await s.send({"type": "url_verification", "challenge": "x" * 2000})]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 401, 400, 422, 413]
+    text = (await s.client.get("/metrics")).text
+    assert webhook_counts(text, "slack") == {
+        "accepted": 1, "duplicate": 1, "ignored": 1, "unauthorized": 1, "invalid_json": 1,
+        "invalid": 1, "too_large": 1, "disconnected": 0, "unavailable": 0}
+
+
+async def test_a_flood_of_bad_signatures_is_one_log_line_per_interval(site, caplog):
+    s = await site()
+    caplog.set_level(logging.WARNING, logger="bridge.slack_events")
+    forged = {"X-Slack-Signature": "v0=" + "0" * 64}
+    for _ in range(50):
+        assert (await s.send({"type": "url_verification"}, **forged)).status_code == 401
+    assert [record.getMessage() for record in caplog.records] == [
+        "slack /slack/events rejected (401 unauthorized): bad or stale X-Slack-Signature"]
+    s.clock.advance(10)
+    await s.send({"type": "url_verification"}, **forged)
+    assert "slack /slack/events rejected (401 unauthorized) 49 more times in the last 10 s" in [
+        record.getMessage() for record in caplog.records]
 
 
 @pytest.mark.parametrize("missing", ["slack.signing_secret", "sitegpt.api_key"])

@@ -20,8 +20,8 @@ from bridge.destinations.sitegpt import NOTICES, SiteGPTDestination
 from bridge.destinations.slack import BATCH_PREVIEW, SlackDestination
 from bridge.destinations.slack_render import BATCH
 from bridge.errors import ConfigError, TemplateError
+from bridge.event_rows import new_event
 from bridge.events import parse_event
-from bridge.intake import new_event
 from bridge.samples import sample_names
 from bridge.store import open_store
 from bridge.template_check import check_templates, sample_events

@@ -13,8 +13,8 @@ import pytest
 
 from bridge.destinations.base import Delivered, Delivery, Outcome
 from bridge.errors import PermanentError, RetryableError
+from bridge.event_rows import new_event
 from bridge.events import parse_event
-from bridge.intake import new_event
 from bridge.worker import Backoff, Worker
 
 

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bridge.event_rows import new_event
 from bridge.events import parse_event
-from bridge.intake import new_event
 from bridge.store import open_store
 from tests.fake_slack import FakeSlack
 
