@@ -10,6 +10,7 @@ nothing, and a keep-alive connection that sends bare CRLFs after its request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import tempfile
 import threading
@@ -54,16 +55,12 @@ def status_of(said: bytes) -> str:
     return said.split(b"\r\n", 1)[0][9:12].decode() if said.startswith(b"HTTP/") else "none"
 
 
-def read_answer(sock: socket.socket, give_up: float) -> bytes:
-    """What the server says until it closes or `give_up` s pass."""
+def first_words(sock: socket.socket, give_up: float) -> bytes:
+    """The start of what the server says: b"" if it closes or keeps silent for `give_up` s."""
     sock.settimeout(give_up)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return received
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        return sock.recv(65536)
+    return b""
 
 
 def flood(port: int, start: bytes, size: int, give_up: float) -> tuple[int, bytes, float]:
@@ -78,7 +75,7 @@ def flood(port: int, start: bytes, size: int, give_up: float) -> tuple[int, byte
                 sent += len(CHUNK)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
-        said = read_answer(sock, give_up)
+        said = first_words(sock, give_up)
         return sent, said, time.monotonic() - began
 
 
