@@ -28,7 +28,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="during ingest: a healthy fake Slack with Slack's pacing, or none")
     parser.add_argument("--servers", default="bare,durable,bridge,flask,postgres,postgres2",
                         help="which of bare,durable,bridge,flask,postgres,postgres2 to load "
-                             "(default all; postgres2: two replicas, the load spread in turn)")
+                             "(default all; postgres2: two replicas, the load spread in turn); "
+                             "also uvicorn-h11, hypercorn, granian: the bridge on that server "
+                             "(see bench/other_servers.py)")
     parser.add_argument("--postgres", default=SERVER, metavar="URL",
                         help="a PostgreSQL server to make a fresh database on for the "
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "

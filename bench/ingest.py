@@ -70,6 +70,9 @@ BRIDGE = "sitegpt-bridge"
 FLASK = "SiteGPT Flask example"
 POSTGRES = "bridge, PostgreSQL x1"
 POSTGRES_PAIR = "bridge, PostgreSQL x2 (RR)"
+# The bridge's app on other HTTP servers (bench/other_servers.py), by --servers name.
+OTHER_SERVERS = {"uvicorn-h11": "bridge on uvicorn h11", "hypercorn": "bridge on Hypercorn",
+                 "granian": "bridge on Granian"}
 
 
 def run_ingest(options: IngestOptions) -> IngestReport:
@@ -84,6 +87,9 @@ def run_ingest(options: IngestOptions) -> IngestReport:
                 report.rows.append(_measure(DURABLE, server, options))
         if "bridge" in options.servers:
             _bench_bridge(work, options, report)
+        for name, label in OTHER_SERVERS.items():
+            if name in options.servers:
+                _bench_other(work, options, report, name, label)
         if "flask" in options.servers:
             with _serving(_start_flask(work)) as server:
                 report.rows.append(_measure(FLASK, server, options))
@@ -137,6 +143,21 @@ def _bench_bridge(work: Path, options: IngestOptions, report: IngestReport) -> N
         report.soak_events = _soak(
             bridge, options, measured.result.ok + measured.warm_up_requests)
         report.soak_rss_mb = bridge.rss_mb()
+
+
+def _bench_other(work: Path, options: IngestOptions, report: IngestReport, name: str,
+                 label: str) -> None:
+    folder = work / name
+    folder.mkdir()
+    port = free_port()
+    with FakeSlack() as slack:
+        settings = bridge_settings(folder, port, slack.api_url if options.slack == "fake" else None)
+        command = python_command("-m", "bench.other_servers", "--server", name,
+                                 "--config", str(settings))
+        with _serving(start(label, command, port, folder / "bridge.log", "/readyz",
+                            bridge_env(), 200)) as server:
+            time.sleep(SETTLE_SECONDS)
+            report.rows.append(_measure(label, server, options))
 
 
 @contextlib.contextmanager

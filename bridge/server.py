@@ -27,12 +27,15 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the two limits it lacks.
 
-    httptools keeps a header until its end arrives, however long: sixteen clients sending
-    64 MiB headers grew the process by a gigabyte. Here a request head larger than
-    `max_head_bytes` gets 431 and the connection is closed; no more than that is ever fed to
-    the parser. And a request must arrive whole, head and body, within `request_timeout` of
-    its first byte (or of the connection, for the first one): a client that dribbles gets
-    408 and is disconnected. Waiting for the bridge's own answer is not counted.
+    httptools keeps a header until its end arrives, however long, and a chunked body's
+    trailers too: sixteen clients sending 64 MiB headers grew the process by a gigabyte. Here
+    a request head larger than `max_head_bytes` gets 431 and the connection is closed, and so
+    does a request whose head, chunk-size lines and trailers (everything but the body itself)
+    come to more than twice that; no more is ever fed to the parser. And a request must arrive
+    whole, head and body, within `request_timeout` of its first byte (or of the connection,
+    for the first one): a client that dribbles gets 408 and is disconnected. A byte after an
+    answer is such a first byte, even a bare CRLF that begins no request. Waiting for the
+    bridge's own answer is not counted.
     """
 
     max_head_bytes: ClassVar[int] = 16_384
@@ -42,7 +45,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._unparsed_bytes = 0  # of this request, fed to the parser and not body
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -55,17 +58,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # While a head is incomplete, feed the parser at most one byte past the limit.
-        while data and self._in_head and not self._stopped():
-            room = self.max_head_bytes + 1 - self._head_bytes
+        if self.timeout_keep_alive_task is not None:
+            self._arm()  # idle after an answer: these are the next request's first bytes
+        # Feed the parser at most one byte past what a request may hold besides its body.
+        while data and not self._stopped():
+            room = self._unparsed_limit() + 1 - self._unparsed_bytes
             piece, data = data[:room], data[room:]
-            self._head_bytes += len(piece)
+            self._unparsed_bytes += len(piece)
             self._feed(piece)
-            if self._in_head and self._head_bytes > self.max_head_bytes and not self._stopped():
-                self._refuse(431, "header_too_large",
-                             f"request head over {self.max_head_bytes} bytes")
-        if data and not self._stopped():
-            self._feed(data)
+            if self._unparsed_bytes > self._unparsed_limit() and not self._stopped():
+                self._refuse(431, "header_too_large", self._too_large())
+
+    def _unparsed_limit(self) -> int:
+        """The head alone, then the head with the chunk sizes and trailers of its body."""
+        return self.max_head_bytes if self._in_head else 2 * self.max_head_bytes
+
+    def _too_large(self) -> str:
+        if self._in_head:
+            return f"request head over {self.max_head_bytes} bytes"
+        return f"request head and trailers over {2 * self.max_head_bytes} bytes"
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's own data_received, but a malformed request is refused like any other,
@@ -86,10 +97,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._unparsed_bytes -= len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._unparsed_bytes = True, 0
 
     def _stopped(self) -> bool:
         return self._refused or self.transport.is_closing()
