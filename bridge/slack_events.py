@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
 from bridge.destinations.sitegpt import SiteGPTDestination
+from bridge.destinations.sitegpt_settings import replies_enabled
 from bridge.events import (
     MODE_CHANGE,
     SLACK_REPLY,
@@ -231,7 +232,7 @@ def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
                  on_accept: Callable[[], None]) -> list[BaseRoute]:
     """POST /slack/events and /slack/interactions, or nothing when replies are off."""
     secret = settings.slack.signing_secret
-    if not settings.replies_enabled() or secret is None:
+    if not replies_enabled(settings) or secret is None:
         return []
     receiver = SlackReceiver(
         store=store, clock=clock,

@@ -37,8 +37,10 @@ from starlette.routing import Route
 
 from bridge.app import create_app, open_bridge
 from bridge.cli import COMMANDS, build_parser, server_config
+from bridge.config import load_settings
 from bridge.errors import ConfigError
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.sections import ServerSettings
+from bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 from bridge.clock import Clock
 from bridge.errors import PermanentError
 from bridge.events import Conversation, Event, InvalidEvent, conversation_of, parse_event
-from bridge.settings import DeliverySettings
+from bridge.sections import DeliverySettings
 from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
