@@ -20,6 +20,7 @@ from bridge.destinations import (
     inbound_routes,
     status_lines,
     templates_for,
+    with_plugin_metrics,
 )
 from bridge.destinations.base import Destination
 from bridge.destinations.plugin import Inbound
@@ -101,7 +102,7 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     """
     clock = clock or SystemClock()
     templates = templates_for(settings)
-    metrics = Metrics(list(ENDPOINT_KINDS))
+    metrics = with_plugin_metrics(Metrics(list(ENDPOINT_KINDS)))
     shared = Shared(settings, clock, metrics)
     destinations = build_destinations(settings, templates, shared)
     metrics.expect_destinations(list(destinations))

@@ -166,7 +166,7 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
-        description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
+        description="Delivers SiteGPT webhooks to the chat, ticket and CRM tools you use.")
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, func, arguments) in COMMANDS.items():

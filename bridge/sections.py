@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -143,11 +143,13 @@ class WebhooksSettings(Section):
 
 
 class ChatbotSettings(Section):
+    """A `[[chatbots]]` table; each destination adds its own per-chatbot keys (`chatbot_keys`)."""
+
     id: str
     name: str | None = None
-    slack_channel: str | None = None
-    jira_project: str | None = None
-    sitegpt_api_key: SecretStr | None = None
+
+    if TYPE_CHECKING:  # a destination's key, e.g. slack_channel, is declared by its plugin
+        def __getattr__(self, key: str) -> Any: ...
 
 
 class DeliverySettings(Section):

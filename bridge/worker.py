@@ -313,7 +313,7 @@ class Worker:
     async def _bring_forward(self, job: ClaimedDelivery) -> None:
         """The destination answers again: what waits out a backoff because it failed goes now.
 
-        The worker's pace (concurrency) and the destination's own (Slack's per-channel pacer)
+        The worker's pace (concurrency) and the destination's own (a per-channel pacer)
         still apply; a delivery the destination told when to come back (Retry-After) keeps
         its time.
         """

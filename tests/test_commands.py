@@ -273,6 +273,9 @@ class LeadsOnly:
     async def aclose(self) -> None:
         pass
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:

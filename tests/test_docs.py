@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from bridge.cli import COMMANDS, build_parser
-from bridge.destinations import REGISTRY, settings_model
+from bridge.destinations import REGISTRY, settings_model, template_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -178,18 +178,20 @@ def test_the_deploy_page_says_how_podman_keeps_the_healthcheck():
 def test_every_template_is_documented() -> None:
     """A template users cannot find in the docs is one they cannot override."""
     docs = "\n".join(page.read_text() for page in (ROOT / "docs").glob("*.md"))
-    templates = sorted(path.relative_to(ROOT / "templates").as_posix()
-                       for path in (ROOT / "templates").rglob("*.j2"))
+    templates = sorted(f"{prefix}/{path.relative_to(folder).as_posix()}"
+                       for prefix, folder in template_folders().items()
+                       for path in folder.rglob("*.j2"))
     assert templates
     undocumented = [name for name in templates if name not in docs]
     assert undocumented == []
 
 
 def test_every_metric_is_documented() -> None:
+    from bridge.destinations import with_plugin_metrics
     from bridge.metrics import Metrics
 
     documented = (ROOT / "docs" / "operations.md").read_text()
-    families = [family.name for family in Metrics().registry.collect()
+    families = [family.name for family in with_plugin_metrics(Metrics()).registry.collect()
                 if family.name.startswith("sitegpt_bridge_")]
     assert families
     missing = [name for name in families if f"`{name}" not in documented]

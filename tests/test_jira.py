@@ -65,6 +65,9 @@ class SlackStandIn:
     async def aclose(self) -> None:
         pass
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 @dataclass
 class Bridge:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import generate_latest
@@ -129,6 +129,9 @@ class ScriptedDestination:
 
     async def aclose(self) -> None:
         pass
+
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
 
 
 def rate_limited() -> RetryableError:

@@ -49,6 +49,9 @@ class RecordingDestination:
     async def aclose(self) -> None:
         return None
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 def body(thread: str, text: str) -> dict[str, Any]:
     return {"event": "ADD_MESSAGE", "data": {"chatbotId": "bot", "threadId": thread,

@@ -16,11 +16,13 @@ from starlette.routing import BaseRoute
 from bridge.destinations.base import Destination
 from bridge.destinations.plugin import Inbound, Plugin
 from bridge.destinations.shared import Shared
+from bridge.metrics import Metrics
+from bridge.sections import ChatbotSettings
 from bridge.settings import Settings
 from bridge.templating import Templates
 
 REGISTRY: dict[str, Plugin] = {}
-_models: dict[tuple[tuple[str, type[Any]], ...], type[Settings]] = {}
+_models: dict[tuple[Plugin, ...], type[Settings]] = {}
 
 
 def register(plugin: Plugin) -> None:
@@ -29,12 +31,21 @@ def register(plugin: Plugin) -> None:
 
 
 def settings_model() -> type[Settings]:
-    """The Settings model: the general sections, then one section per registered destination."""
-    sections = tuple((plugin.name, plugin.section) for plugin in REGISTRY.values())
-    if sections not in _models:
-        fields: dict[str, Any] = {name: (section, section()) for name, section in sections}
-        _models[sections] = create_model("Settings", __base__=Settings, **fields)
-    return _models[sections]
+    """The Settings model: the general sections, then one section per registered destination.
+
+    Each destination's per-chatbot keys join the `[[chatbots]]` tables.
+    """
+    plugins = tuple(REGISTRY.values())
+    if plugins not in _models:
+        chatbot_keys = {key: field for plugin in plugins
+                        for key, field in plugin.chatbot_keys.items()}
+        chatbot = create_model("ChatbotSettings", __base__=ChatbotSettings, **chatbot_keys)
+        fields: dict[str, Any] = {plugin.name: (plugin.section, plugin.section())
+                                  for plugin in plugins}
+        _models[plugins] = create_model("Settings", __base__=Settings,
+                                        chatbots=(list[chatbot], []),  # type: ignore[valid-type]
+                                        **fields)
+    return _models[plugins]
 
 
 def make_settings(**sections: Any) -> Settings:
@@ -89,6 +100,14 @@ def off_hint(kind: str) -> str:
     """Why no destination may take events of this kind: the feature is off (or "")."""
     return next((plugin.off_hints[kind] for plugin in REGISTRY.values()
                  if kind in plugin.off_hints), "")
+
+
+def with_plugin_metrics(metrics: Metrics) -> Metrics:
+    """`metrics` with every plugin's own in it from the start, so a scrape shows them at zero."""
+    for name, plugin in REGISTRY.items():
+        if plugin.metrics is not None:
+            metrics.own(name, plugin.metrics)
+    return metrics
 
 
 def template_folders() -> dict[str, Path]:

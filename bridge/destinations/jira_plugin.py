@@ -60,4 +60,5 @@ def _secrets(settings: Settings) -> list[str]:
 PLUGIN = Plugin(
     name="jira", section=JiraSettings, build=build_jira, kinds=frozenset({ESCALATION}),
     templates=builtin_dir() / "jira", samples=Path(__file__).parent / "jira_samples",
-    routes=_routes, status=_status, unfinished=_unfinished, secrets=_secrets, docs="jira")
+    routes=_routes, status=_status, unfinished=_unfinished, secrets=_secrets, docs="jira",
+    chatbot_keys={"jira_project": (str | None, None)})

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
 from bridge.clock import Clock
@@ -47,7 +48,7 @@ def plainly_on(settings: Settings) -> str:
     return "on"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one record per destination: equal only to itself
 class Plugin:
     """A destination and everything it brings: the core knows it only through this record.
 
@@ -69,3 +70,6 @@ class Plugin:
     secrets: SettingsLines = no_lines  # forms of its secrets an upstream may echo back
     off_hints: Mapping[str, str] = field(default_factory=dict)  # kind -> why none takes it
     docs: str | None = None  # its page of the manual, docs/<docs>.md
+    metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
+    # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
+    chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)

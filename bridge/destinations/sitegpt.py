@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from bridge.destinations.base import (
     Delivered,
@@ -368,4 +369,5 @@ REPLIES_OFF = (" (replies from Slack are off: they need [slack] bot_token and si
                " and a SiteGPT API key; see docs/slack.md)")
 PLUGIN = Plugin(name="sitegpt", section=SiteGPTSettings, build=sitegpt_destination,
                 kinds=SiteGPTDestination.KINDS, unfinished=half_set_replies,
-                off_hints=dict.fromkeys(SiteGPTDestination.KINDS, REPLIES_OFF), docs="slack")
+                off_hints=dict.fromkeys(SiteGPTDestination.KINDS, REPLIES_OFF), docs="slack",
+                chatbot_keys={"sitegpt_api_key": (SecretStr | None, None)})

@@ -15,6 +15,7 @@ from slack_sdk import WebClient
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.shared import Shared
+from bridge.destinations.slack_metrics import PacingMetrics
 from bridge.destinations.slack_render import (
     MAX_BLOCKS,
     SlackRenderer,
@@ -529,7 +530,7 @@ def slack_workspace(shared: Shared) -> SlackWorkspace:
 
 
 def _workspace(shared: Shared) -> SlackWorkspace:
-    metrics = shared.metrics
+    metrics = shared.metrics.own("slack", PacingMetrics) if shared.metrics is not None else None
     workspace = SlackWorkspace(shared.settings.slack, shared.clock,
                                shared.settings.delivery.concurrency,
                                metrics.paced if metrics is not None else None)
