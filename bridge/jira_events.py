@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
-from bridge.destinations import takers
+from bridge.destinations import Takers
 from bridge.destinations.jira import is_own_comment
 from bridge.events import (
     TICKET_COMMENT,
@@ -46,7 +46,7 @@ SIGNATURE_HEADER = "x-hub-signature"
 ISSUE_UPDATED = "jira:issue_updated"
 ISSUE_DELETED = "jira:issue_deleted"
 COMMENT_CREATED = "comment_created"
-DESTINATIONS = takers(TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED)  # who declares them
+DESTINATIONS = Takers(TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED)  # who declares them
 JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
 ENDPOINT = "jira"  # its label in sitegpt_bridge_webhooks_total

@@ -93,8 +93,6 @@ class Takers(Sequence[str]):
         return f"Takers({sorted(self.kinds)}: {self._names()})"
 
 
-takers = Takers
-
 
 def off_hint(kind: str) -> str:
     """Why no destination may take events of this kind: the feature is off (or "")."""

@@ -109,10 +109,6 @@ class SlackDestination:
     def pacer(self) -> ChannelPacer:
         return self.workspace.pacer
 
-    def share_pacing(self, budget: ChannelBudget) -> None:
-        """Pace posts with every replica that keeps its budget in `budget` (the shared store)."""
-        self.workspace.pacer.shared = budget
-
     async def deliver(self, delivery: Delivery) -> Outcome:
         event = delivery.event
         try:
@@ -243,15 +239,6 @@ class SlackDestination:
 
     async def react(self, channel: str, ts: str, name: str) -> None:
         await self.workspace.react(channel, ts, name)
-
-    async def tell_thread(self, channel: str, thread_ts: str, notice: str,
-                          context: dict[str, Any]) -> str:
-        """Post the notice template `slack/{notice}.json.j2` into a thread; its ts."""
-        try:
-            message = self.renderer.notice(notice, context)
-        except TemplateError as exc:
-            raise PermanentError(f"slack: template error: {exc}") from exc
-        return await self.workspace.post(channel, message, thread_ts=thread_ts)
 
     async def _post_notice(self, event: ThreadNoticeEvent) -> Outcome:
         """A notice the bridge was asked to post in a thread, e.g. that a reply failed."""
