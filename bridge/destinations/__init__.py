@@ -37,8 +37,8 @@ def settings_model() -> type[Settings]:
     """
     plugins = tuple(REGISTRY.values())
     if plugins not in _models:
-        chatbot_keys = {key: field for plugin in plugins
-                        for key, field in plugin.chatbot_keys.items()}
+        chatbot_keys: dict[str, Any] = {key: field for plugin in plugins
+                                        for key, field in plugin.chatbot_keys.items()}
         chatbot = create_model("ChatbotSettings", __base__=ChatbotSettings, **chatbot_keys)
         fields: dict[str, Any] = {plugin.name: (plugin.section, plugin.section())
                                   for plugin in plugins}
