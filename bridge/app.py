@@ -11,16 +11,24 @@ from datetime import timedelta
 
 from starlette.applications import Starlette
 
+import bridge.plugins  # noqa: F401  (registers the destinations)
 from bridge.clock import Clock, SystemClock
-from bridge.destinations import REGISTRY, build_destinations, destinations_for
+from bridge.destinations import (
+    REGISTRY,
+    build_destinations,
+    destinations_for,
+    inbound_routes,
+    status_lines,
+    templates_for,
+    with_plugin_metrics,
+)
 from bridge.destinations.base import Destination
+from bridge.destinations.plugin import Inbound
 from bridge.destinations.shared import Shared
-from bridge.jira_events import jira_routes
 from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
-from bridge.slack_events import slack_routes
 from bridge.store import Store, open_store
 from bridge.template_check import require_templates
 from bridge.templating import Templates
@@ -93,29 +101,26 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     `check` passes upgrade_store=False: an older store is refused, not migrated by it.
     """
     clock = clock or SystemClock()
-    templates = Templates(settings.templates.dir)
-    metrics = Metrics(list(ENDPOINT_KINDS))
-    destinations = build_destinations(settings, templates, Shared(settings, clock, metrics))
+    templates = templates_for(settings)
+    metrics = with_plugin_metrics(Metrics(list(ENDPOINT_KINDS)))
+    shared = Shared(settings, clock, metrics)
+    destinations = build_destinations(settings, templates, shared)
     metrics.expect_destinations(list(destinations))
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock,
                        pool_size=settings.store.pool_size, upgrade=upgrade_store)
-    share_pacing(store, destinations)
+    share_store(store, shared)
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
                     redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
 
 
-def share_pacing(store: Store, destinations: dict[str, Destination]) -> None:
-    """A store shared by replicas (PostgreSQL) also keeps Slack's per-channel pace for all."""
-    if not hasattr(store, "take_token"):
-        return
-    for destination in destinations.values():
-        share = getattr(destination, "share_pacing", None)
-        if share is not None:
-            share(store)
+def share_store(store: Store, shared: Shared) -> None:
+    """A store shared by replicas (PostgreSQL) also keeps what the destinations share (a pace)."""
+    if hasattr(store, "take_token"):
+        shared.store_is_shared(store)
 
 
 async def open_store_now(bridge: Bridge) -> None:
@@ -131,13 +136,11 @@ async def open_store_now(bridge: Bridge) -> None:
 def announce(bridge: Bridge) -> None:
     """Say at start-up what is on, what is off, and what is unsafe."""
     settings = bridge.settings
-    for name in REGISTRY:
-        destination = bridge.destinations.get(name)
-        state = "off" if destination is None else "on"
-        if getattr(destination, "dry_run", False):
-            state = "dry run (no bot token): messages are logged, not posted"
+    for name, plugin in REGISTRY.items():
+        state = "off" if name not in bridge.destinations else plugin.state(settings)
         log.info("destination %s: %s", name, state)
-    log.info("jira back-channel: %s", back_channel(settings))
+    for line in status_lines(settings):
+        log.info("%s", line)
     slow = slow_lease(settings)
     if slow is not None:
         log.warning("%s", slow)
@@ -159,20 +162,6 @@ def slow_lease(settings: Settings) -> str | None:
     return (f"delivery.lease is {lease:g}s: after a crash, a conversation waits that long before"
             " another worker takes over. Live workers renew their leases, so the default 15s is"
             " safe however slow a destination is: remove `lease` from [delivery] to use it")
-
-
-def back_channel(settings: Settings) -> str:
-    """Whether Jira's webhooks reach Slack threads, and how they are checked; for logs and check."""
-    jira = settings.jira
-    if not jira.back_channel and jira.webhook_credentials:
-        return "off: [jira] webhook_secret or webhook_token is set, but url is not (no tickets)"
-    if not jira.back_channel:
-        return "off (set [jira] webhook_secret or webhook_token to receive Jira's webhooks)"
-    checks = [name for name, value in (("Cloud signature", jira.webhook_secret),
-                                       ("Data Center token", jira.webhook_token)) if value]
-    comments = "on" if jira.comments_to_slack else "off"
-    return (f"on at POST /jira/webhook ({' and '.join(checks)}); status changes to Slack, "
-            f"comments to Slack {comments}")
 
 
 def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
@@ -200,10 +189,8 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     )
     token = bridge.settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    inbound = [*slack_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake,
-                             bridge.metrics),
-               *jira_routes(bridge.settings, bridge.store, bridge.clock, bridge.worker.wake,
-                            bridge.metrics)]
+    inbound = inbound_routes(Inbound(bridge.settings, bridge.store, bridge.clock,
+                                     bridge.worker.wake, bridge.metrics))
     app = build_app(receiver, bridge.endpoints(), lifespan, inbound, metrics_token)
     app.state.bridge = bridge
     return app

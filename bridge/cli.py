@@ -16,13 +16,12 @@ import bridge.commands  # noqa: F401  (registers the operator commands)
 from bridge import __version__
 from bridge.app import (
     announce,
-    back_channel,
     create_app,
     open_bridge,
     open_store_now,
     slow_lease,
 )
-from bridge.destinations import REGISTRY
+from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
@@ -113,7 +112,8 @@ async def _check_destinations(settings: Settings) -> int:
             except DeliveryError as exc:
                 print(f"{name}: FAILED: {redact(str(exc))}")
                 problems += 1
-        print(f"jira back-channel: {back_channel(settings)}")
+        for line in status_lines(settings):
+            print(line)
         info = await bridge.store.info()
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
         for name in settings.example_tokens_in_use():
@@ -132,7 +132,7 @@ def _print_unfinished_settings(settings: Settings) -> int:
     lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
              f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
              for name in settings.unconfigured_endpoints()]
-    lines += [line.replace(": ", ": FAILED: ", 1) for line in settings.half_configured()]
+    lines += [line.replace(": ", ": FAILED: ", 1) for line in unfinished_lines(settings)]
     for line in lines:
         print(line)
     return len(lines)
@@ -166,7 +166,7 @@ async def _backup(settings: Settings, target: Path) -> Backup:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sitegpt-bridge",
-        description="Delivers SiteGPT webhooks to Slack threads, Jira tickets and your CRM.")
+        description="Delivers SiteGPT webhooks to the chat, ticket and CRM tools you use.")
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, func, arguments) in COMMANDS.items():

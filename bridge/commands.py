@@ -21,20 +21,12 @@ from typing import Any
 
 import httpx
 
-from bridge.destinations import REGISTRY, build_destinations
+from bridge.destinations import REGISTRY, build_destinations, off_hint, templates_for
 from bridge.destinations.base import Destination, sample_renderer
 from bridge.errors import BridgeError, TemplateError
 from bridge.events import (
-    ESCALATION,
-    LEAD,
-    MESSAGE,
-    MODE_CHANGE,
     MODELS,
-    SLACK_REPLY,
-    TICKET_COMMENT,
-    TICKET_DELETED,
-    TICKET_LINKED,
-    TICKET_STATUS,
+    SHORT_KINDS,
     Event,
     InvalidEvent,
     parse_event,
@@ -43,19 +35,15 @@ from bridge.events import (
 from bridge.redact import Redactor
 from bridge.registry import Arguments, command, command_settings
 from bridge.samples import load_sample, sample_names
-from bridge.settings import ServerSettings, Settings
+from bridge.sections import ServerSettings
+from bridge.settings import Settings
 from bridge.store import STATUSES, ConversationRecord, DeliveryRow, Store, open_store
 from bridge.template_check import waiting_messages
-from bridge.templating import Templates
 from bridge.web import ENDPOINT_KINDS, TOKEN_HEADER
 
 PROG = "sitegpt-bridge"
 TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "leads": "lead"}
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
-SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
-               TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
-               MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
-               TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted"}
 SEND_TIMEOUT = 10.0
 BATCH_SAMPLE = "messages-batch"
 GAP = "  "
@@ -107,7 +95,7 @@ def _render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", metavar="NAME",
                         help=f"a bundled sample instead: {', '.join(sample_names())}; or "
                              f"{BATCH_SAMPLE}: the message samples waiting together, as the "
-                             "one Slack reply they become after an outage")
+                             "one reply they become in a chat thread after an outage")
     parser.add_argument("--target", choices=sorted(REGISTRY),
                         help="one destination (default: every one that takes the event)")
 
@@ -120,7 +108,7 @@ async def render(settings: Settings, args: argparse.Namespace) -> int:
     folder = settings.templates.dir
     if folder is not None and not folder.is_dir():
         raise UsageError(f"templates.dir: {folder} is not a folder")
-    destinations = build_destinations(settings, Templates(folder))
+    destinations = build_destinations(settings, templates_for(settings))
     try:
         targets = _targets(destinations, next(iter(samples.values())), args.target)
         shown = [_show_preview(destination, samples, together) for destination in targets]
@@ -178,19 +166,13 @@ def _event_from(where: str, body: Any) -> Event:
         raise UsageError(f"{where}: {exc}") from exc
 
 
-# Why a sample may find no destination, for the events that need a feature switched on.
-REPLIES_OFF = (" (replies from Slack are off: they need [slack] bot_token and signing_secret,"
-               " and a SiteGPT API key; see docs/slack.md)")
-OFF_HINTS = {SLACK_REPLY: REPLIES_OFF, MODE_CHANGE: REPLIES_OFF}
-
-
 def _targets(destinations: Mapping[str, Destination], event: Event,
              target: str | None) -> list[Destination]:
     if target is None:
         chosen = [item for item in destinations.values() if item.accepts(event.event)]
         if not chosen:
             raise UsageError(f"no destination takes {event.event} events with these settings"
-                             + OFF_HINTS.get(event.event, ""))
+                             + off_hint(event.event))
         return chosen
     destination = destinations.get(target)
     if destination is None:
@@ -381,7 +363,7 @@ def _retry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--failed", action="store_true",
                         help="every failed delivery (skipped dry runs only by id)")
     parser.add_argument("--destination", metavar="NAME",
-                        help="with --failed: only this destination's (slack, jira, crm)")
+                        help=f"with --failed: only this destination's ({', '.join(REGISTRY)})")
 
 
 @operator_command(

@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class BridgeError(Exception):
     """Base of every error the bridge raises on purpose."""
@@ -38,7 +41,13 @@ class StoreBusy(StoreError):
 
 
 class DeliveryError(BridgeError):
-    """A destination could not deliver."""
+    """A destination could not deliver.
+
+    `follow_ups`: events stored only if the worker gives the delivery up with this error, such
+    as a notice in the thread that it failed.
+    """
+
+    follow_ups: Sequence[Any] = ()  # bridge.store's FollowUp: errors.py imports no module
 
 
 class RetryableError(DeliveryError):

@@ -21,6 +21,7 @@ MODE_CHANGE = "SLACK_MODE_CHANGE"
 TICKET_STATUS = "JIRA_TICKET_STATUS"
 TICKET_COMMENT = "JIRA_TICKET_COMMENT"
 TICKET_DELETED = "JIRA_TICKET_DELETED"
+THREAD_NOTICE = "BRIDGE_THREAD_NOTICE"
 DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
 
 
@@ -151,6 +152,20 @@ class TicketDeletedData(SiteGPTModel):
     actor: str | None = None
 
 
+class ThreadNoticeData(SiteGPTModel):
+    """Made by the bridge itself: a notice for a chat thread, e.g. that a reply from it failed.
+
+    `notice` names the template (`slack/<notice>.json.j2` for Slack), `context` its variables.
+    """
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    channel: str
+    thread_ts: str = Field(alias="threadTs")
+    notice: str
+    context: dict[str, Any] = {}
+
+
 class MessageEvent(SiteGPTModel):
     event: Literal["ADD_MESSAGE"]
     data: MessageData
@@ -196,8 +211,14 @@ class TicketDeletedEvent(SiteGPTModel):
     data: TicketDeletedData
 
 
+class ThreadNoticeEvent(SiteGPTModel):
+    event: Literal["BRIDGE_THREAD_NOTICE"]
+    data: ThreadNoticeData
+
+
 Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
-         | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent)
+         | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent
+         | ThreadNoticeEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
@@ -208,7 +229,14 @@ MODELS: dict[str, type[SiteGPTModel]] = {
     TICKET_STATUS: TicketStatusEvent,
     TICKET_COMMENT: TicketCommentEvent,
     TICKET_DELETED: TicketDeletedEvent,
+    THREAD_NOTICE: ThreadNoticeEvent,
 }
+
+SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
+               TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
+               MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
+               TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted",
+               THREAD_NOTICE: "thread notice"}  # how listings name each kind
 
 
 @dataclass(frozen=True)

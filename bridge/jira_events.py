@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
+from bridge.destinations import Takers
 from bridge.destinations.jira import is_own_comment
 from bridge.events import (
     TICKET_COMMENT,
@@ -54,7 +55,7 @@ SIGNATURE_HEADER = "x-hub-signature"
 ISSUE_UPDATED = "jira:issue_updated"
 ISSUE_DELETED = "jira:issue_deleted"
 COMMENT_CREATED = "comment_created"
-DESTINATIONS = ("slack",)
+DESTINATIONS = Takers(TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED)  # who declares them
 JIRA = "jira"  # whose conversation links hold the ticket keys
 TicketData = TicketStatusData | TicketCommentData | TicketDeletedData
 ENDPOINT = "jira"  # its label in sitegpt_bridge_webhooks_total

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,7 @@ from prometheus_client import (
 
 from bridge.store import QueueStats
 
+T = TypeVar("T")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The *_created series would double every scrape and tell nothing that
 # process_start_time_seconds does not.
@@ -33,9 +35,6 @@ DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
 # store that webhooks commit to. Prometheus scrapes every 15 s or more.
 QUEUE_READ_INTERVAL = 1.0
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-# A post waits for its channel's next slot: nothing when the channel is quiet, about a second
-# per post ahead of it while a backlog is caught up.
-PACING_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -68,18 +67,11 @@ class Metrics:
             "sitegpt_bridge_waiting_deliveries",
             "Deliveries still to be made, by destination (retries included).",
             ["destination"], registry=self.registry)
-        self.pacing_behind = Gauge(
-            "sitegpt_bridge_slack_pacing_behind_seconds",
-            "How long a Slack post asking now would wait for its slot, on the busiest channel.",
-            registry=self.registry)
-        self.pacing_wait = Histogram(
-            "sitegpt_bridge_slack_pacing_wait_seconds",
-            "How long each Slack post waited for its channel's next slot.",
-            buckets=PACING_BUCKETS, registry=self.registry)
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
         self._seen_waiting: set[str] = set()
+        self._owned: dict[str, Any] = {}
         self._queue_read_at: float | None = None
         self._oldest: float | None = None
         self._queue_lock = asyncio.Lock()
@@ -113,13 +105,11 @@ class Metrics:
         if outcome == "delivered":
             self.latency.labels(destination).observe(max(since_accepted, 0.0))
 
-    def watch_pacer(self, behind: Callable[[], float]) -> None:
-        """Read the Slack pacer's delay at each scrape."""
-        self.pacing_behind.set_function(behind)
-
-    def paced(self, seconds: float) -> None:
-        """A Slack post waited `seconds` for its channel's slot."""
-        self.pacing_wait.observe(seconds)
+    def own(self, owner: str, make: Callable[[CollectorRegistry], T]) -> T:
+        """The metrics a destination keeps in this registry, made on first use."""
+        if owner not in self._owned:
+            self._owned[owner] = make(self.registry)
+        return cast(T, self._owned[owner])
 
     def destination_error(self, destination: str, error: BaseException) -> None:
         """Count by the error's `code` when the destination gave one, else by its class."""

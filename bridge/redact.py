@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -11,6 +10,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
+from bridge.destinations import REGISTRY
 from bridge.settings import Settings
 from bridge.store.postgres.url import passwords_of
 
@@ -36,13 +36,12 @@ class Redactor:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value in the settings, in the forms an upstream may echo it back."""
-    values = [*_secret_values(settings), *_hook_url_parts(settings.crm.webhook.url),
-              *passwords_of(settings.store.url)]
-    jira = settings.jira
-    if jira.email and jira.api_token is not None:  # echoed as the Basic header it became
-        pair = f"{jira.email}:{jira.api_token.get_secret_value()}"
-        values.append(base64.b64encode(pair.encode()).decode())
+    """Every secret value in the settings, in the forms an upstream may echo it back.
+
+    Each destination adds the forms only it knows (a Basic header, a hook URL's path).
+    """
+    values = [*_secret_values(settings), *passwords_of(settings.store.url)]
+    values += [form for plugin in REGISTRY.values() for form in plugin.secrets(settings)]
     return [form for value in values for form in (value, quote(value, safe=""))]
 
 
@@ -60,7 +59,7 @@ def _secret_values(value: Any) -> Iterator[str]:
             yield from _secret_values(item)
 
 
-def _hook_url_parts(url: str | None) -> list[str]:
+def hook_url_parts(url: str | None) -> list[str]:
     """What a hook URL hides after its host: it often is the hook's only credential.
 
     The path goes whole, with its leading slash, as servers quote it ("POST /hooks/T0K3N");

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bridge.settings import Settings, load_settings, resolve_config_path
+from bridge.config import load_settings, resolve_config_path
+from bridge.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]

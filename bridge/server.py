@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bridge.clock import SystemClock
 from bridge.rejections import RejectionLog
-from bridge.settings import ServerSettings
+from bridge.sections import ServerSettings
 
 log = logging.getLogger("bridge.server")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

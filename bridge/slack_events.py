@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.clock import Clock
-from bridge.destinations.sitegpt import SiteGPTDestination
+from bridge.destinations import Takers
+from bridge.destinations.sitegpt_settings import replies_enabled
 from bridge.events import (
     MODE_CHANGE,
     SLACK_REPLY,
@@ -45,7 +46,7 @@ log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
 PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
-DESTINATIONS = (SiteGPTDestination.name,)
+DESTINATIONS = Takers(SLACK_REPLY, MODE_CHANGE)  # who declares them
 SLACK = "slack"  # whose conversation links hold the threads
 ENDPOINT = "slack"  # both routes' label in sitegpt_bridge_webhooks_total
 # Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
@@ -251,7 +252,7 @@ def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
                  metrics: Metrics | None = None) -> list[BaseRoute]:
     """POST /slack/events and /slack/interactions, or nothing when replies are off."""
     secret = settings.slack.signing_secret
-    if not settings.replies_enabled() or secret is None:
+    if not replies_enabled(settings) or secret is None:
         return []
     receiver = SlackReceiver(
         store=store, clock=clock,

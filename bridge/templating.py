@@ -98,8 +98,13 @@ def _undefined_fails(value: Any) -> Any:
 class Templates:
     """Renders named templates in a sandbox with strict undefined variables."""
 
-    def __init__(self, user_dir: Path | None = None) -> None:
-        builtin = jinja2.FileSystemLoader(builtin_dir())
+    def __init__(self, user_dir: Path | None = None,
+                 folders: Mapping[str, Path] | None = None) -> None:
+        """`folders`: each destination's built-in templates, found as "<prefix>/<file>"."""
+        builtin: jinja2.BaseLoader = jinja2.FileSystemLoader(builtin_dir())
+        if folders:
+            plugins = {prefix: jinja2.FileSystemLoader(path) for prefix, path in folders.items()}
+            builtin = jinja2.ChoiceLoader([builtin, jinja2.PrefixLoader(plugins, delimiter="/")])
         loaders: list[jinja2.BaseLoader] = []
         if user_dir is not None:
             loaders.append(jinja2.FileSystemLoader(user_dir))

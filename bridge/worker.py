@@ -15,7 +15,7 @@ import math
 import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
@@ -30,8 +30,15 @@ from bridge.destinations.base import (
 from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.events import parse_event
 from bridge.metrics import Metrics
-from bridge.settings import DeliverySettings
-from bridge.store import ClaimedDelivery, DeliveryQueue, DeliveryStore, Lease, RetryKind
+from bridge.sections import DeliverySettings
+from bridge.store import (
+    ClaimedDelivery,
+    DeliveryQueue,
+    DeliveryStore,
+    FollowUp,
+    Lease,
+    RetryKind,
+)
 
 log = logging.getLogger("bridge.worker")
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is obeyed in full, up to an hour
@@ -251,10 +258,10 @@ class Worker:
             kind: RetryKind = "unavailable" if exc.retry_after is None else "rate_limited"
             if kind == "unavailable":
                 self.recovery.failed(job.destination)
-            await self._retry_later(job, str(exc), exc.retry_after, kind)
+            await self._retry_later(job, str(exc), exc.retry_after, kind, exc.follow_ups)
         except PermanentError as exc:
             self.metrics.destination_error(job.destination, exc)
-            await self._fail(job, str(exc))
+            await self._fail(job, str(exc), exc.follow_ups)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
@@ -294,7 +301,8 @@ class Worker:
         assert isinstance(outcome, Delivered)
         went_along = set(outcome.coalesced)
         coalesced = [queued for queued in behind if queued.id in went_along]
-        if await self.store.finish(job.lease, "delivered", now, outcome.note, outcome.follow_ups,
+        if await self.store.finish(job.lease, "delivered", now, outcome.note,
+                                   self._addressed(outcome.follow_ups),
                                    [queued.lease for queued in coalesced]):
             for queued in [job, *coalesced]:
                 self._log(queued, "delivered", outcome.note)
@@ -305,7 +313,7 @@ class Worker:
     async def _bring_forward(self, job: ClaimedDelivery) -> None:
         """The destination answers again: what waits out a backoff because it failed goes now.
 
-        The worker's pace (concurrency) and the destination's own (Slack's per-channel pacer)
+        The worker's pace (concurrency) and the destination's own (a per-channel pacer)
         still apply; a delivery the destination told when to come back (Retry-After) keeps
         its time.
         """
@@ -318,12 +326,12 @@ class Worker:
             self.wake()
 
     async def _retry_later(self, job: ClaimedDelivery, reason: str, after: float | None,
-                           kind: RetryKind) -> None:
+                           kind: RetryKind, follow_ups: Sequence[FollowUp] = ()) -> None:
         self._settle(job)
         reason = self.redact(reason)
         now = self.clock.now()
         if (used_up := spent(job, self.settings, now)) is not None:
-            await self._fail(job, f"gave up after {used_up}: {reason}")
+            await self._fail(job, f"gave up after {used_up}: {reason}", follow_ups)
             return
         delay = self.backoff.delay(job.attempts, after, self.rng)
         if await self.store.reschedule(job.lease, now + delay, reason, now, kind):
@@ -331,13 +339,23 @@ class Worker:
         else:
             self._refused(job, "retry")
 
-    async def _fail(self, job: ClaimedDelivery, reason: str) -> None:
+    async def _fail(self, job: ClaimedDelivery, reason: str,
+                    follow_ups: Sequence[FollowUp] = ()) -> None:
         self._settle(job)
         reason = self.redact(reason)
-        if await self.store.finish(job.lease, "failed", self.clock.now(), reason):
+        if await self.store.finish(job.lease, "failed", self.clock.now(), reason,
+                                   self._addressed(follow_ups)):
             self._log(job, "failed", reason)
         else:
             self._refused(job, "failed")
+
+    def _addressed(self, follow_ups: Sequence[FollowUp]) -> list[FollowUp]:
+        """Each follow-up for the destinations that take its kind, unless it names its own."""
+        addressed = [follow_up if follow_up.destinations else replace(
+            follow_up, destinations=[name for name, destination in self.destinations.items()
+                                     if destination.accepts(follow_up.kind)])
+            for follow_up in follow_ups]
+        return [follow_up for follow_up in addressed if follow_up.destinations]
 
     def _refused(self, job: ClaimedDelivery, outcome: str) -> None:
         """The lease passed to another worker: this attempt's outcome is not recorded."""

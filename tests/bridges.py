@@ -58,6 +58,9 @@ class FakeDestination:
     async def aclose(self) -> None:
         return None
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 def fake(*kinds: str) -> FakeDestination:
     return FakeDestination(frozenset(kinds))

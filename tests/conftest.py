@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from postgres import fresh_database
 
+from bridge.config import load_settings
 from bridge.samples import load_sample
-from bridge.settings import Settings, load_settings
+from bridge.settings import Settings
 from tests.postgres import drop_databases_of_this_run
 
 TOKENS = {"messages": "tok-messages", "escalations": "tok-escalations", "leads": "tok-leads"}

@@ -16,11 +16,13 @@ from bridge.app import create_app, open_bridge
 from bridge.cli import main
 from bridge.commands import local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
+from bridge.destinations.plugin import Plugin
 from bridge.destinations.slack import SlackDestination
 from bridge.event_rows import new_event
 from bridge.events import LEAD, parse_event
 from bridge.samples import load_sample
-from bridge.settings import ServerSettings, Settings
+from bridge.sections import Section, ServerSettings
+from bridge.settings import Settings
 from bridge.store import open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
@@ -271,12 +273,16 @@ class LeadsOnly:
     async def aclose(self) -> None:
         pass
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 @pytest.fixture
 def fake_destination(monkeypatch) -> Callable[[bool], None]:
     def register(on: bool) -> None:
-        monkeypatch.setitem(REGISTRY, "fake", lambda settings, templates, shared: LeadsOnly() if on
-                            else None)
+        monkeypatch.setitem(REGISTRY, "fake", Plugin(
+            name="fake", section=Section, kinds=frozenset({LEAD}),
+            build=lambda settings, templates, shared: LeadsOnly() if on else None))
     return register
 
 

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered
 from bridge.destinations.crm import USER_AGENT
+from bridge.destinations.crm_settings import CrmWebhookSettings
 from bridge.destinations.crm_webhook import CrmWebhook, webhook_id
 from bridge.errors import PermanentError, RetryableError, TemplateError
-from bridge.settings import CrmWebhookSettings
 from bridge.template_check import sample_events
 from bridge.templating import Templates
 

@@ -37,8 +37,10 @@ from starlette.routing import Route
 
 from bridge.app import create_app, open_bridge
 from bridge.cli import COMMANDS, build_parser, server_config
+from bridge.config import load_settings
+from bridge.destinations import settings_model
 from bridge.errors import ConfigError
-from bridge.settings import ServerSettings, Settings, load_settings
+from bridge.sections import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
@@ -340,7 +342,7 @@ def test_env_example_reads_the_same_for_docker_and_podman():
 
 
 def test_env_example_documents_every_secret_setting():
-    missing = secret_variables(Settings) - set(env_example())
+    missing = secret_variables(settings_model()) - set(env_example())
     assert missing == set()
 
 

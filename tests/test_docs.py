@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from bridge.cli import COMMANDS, build_parser
-from bridge.settings import Settings
+from bridge.destinations import REGISTRY, settings_model, template_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -23,16 +23,21 @@ OPERATOR_COMMANDS = ("check", "render", "send-test", "deliveries", "retry", "con
                      "backup")
 
 
-def setting_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
-    """Every key a settings file can hold, as `section.key` (tables of free keys count once)."""
+def setting_keys(model: type[BaseModel] | None = None, prefix: str = "",
+                 free: bool = False) -> set[str]:
+    """Every key a settings file can hold, as `section.key` (tables of free keys count once).
+
+    The model is the registry's: the general sections and every destination's. With `free`,
+    only the tables of free keys (e.g. a CRM's property map).
+    """
     keys: set[str] = set()
-    for name, field in model.model_fields.items():
+    for name, field in (model or settings_model()).model_fields.items():
         annotation = field.annotation
         if annotation is not None and getattr(annotation, "__origin__", None) is list:
             annotation = annotation.__args__[0]  # [[chatbots]]: a list of tables
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys |= setting_keys(annotation, f"{prefix}{name}.")
-        else:
+            keys |= setting_keys(annotation, f"{prefix}{name}.", free)
+        elif not free or getattr(annotation, "__origin__", None) is dict:
             keys.add(f"{prefix}{name}")
     return keys
 
@@ -40,7 +45,7 @@ def setting_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def example_file_keys() -> set[str]:
     """Every key settings.example.toml sets or shows commented out, as `section.key`."""
     keys, section = set(), ""
-    free_tables = ("crm.hubspot.properties", "crm.webhook.headers")
+    free_tables = setting_keys(free=True)
     for line in (ROOT / "settings.example.toml").read_text().splitlines():
         if header := re.match(r"^#?\s*\[\[?([\w.]+)\]\]?\s*$", line):
             section = header[1]
@@ -64,17 +69,17 @@ def documented_keys() -> set[str]:
 
 
 def test_every_setting_is_in_the_configuration_reference():
-    assert setting_keys(Settings) - documented_keys() == set()
+    assert setting_keys() - documented_keys() == set()
 
 
 def test_the_reference_documents_no_setting_that_does_not_exist():
-    assert documented_keys() - setting_keys(Settings) == set()
+    assert documented_keys() - setting_keys() == set()
 
 
 def test_every_key_of_the_example_file_is_a_setting_and_documented():
     keys = example_file_keys()
     assert len(keys) > 50
-    assert keys - setting_keys(Settings) == set()
+    assert keys - setting_keys() == set()
     assert keys - documented_keys() == set()
 
 
@@ -157,7 +162,9 @@ def test_the_readme_is_one_screen_with_the_manual_in_docs():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     assert "make run" in readme and "make test" in readme and "curl -X POST" in readme
-    for page in ("deploy", "configuration", "slack", "jira", "crm", "templates", "operations",
+    pages = {plugin.docs for plugin in REGISTRY.values() if plugin.docs}
+    assert pages
+    for page in ("deploy", "configuration", *sorted(pages), "templates", "operations",
                  "troubleshooting", "architecture"):
         assert f"(docs/{page}.md)" in readme
         assert (ROOT / "docs" / f"{page}.md").is_file()
@@ -171,18 +178,20 @@ def test_the_deploy_page_says_how_podman_keeps_the_healthcheck():
 def test_every_template_is_documented() -> None:
     """A template users cannot find in the docs is one they cannot override."""
     docs = "\n".join(page.read_text() for page in (ROOT / "docs").glob("*.md"))
-    templates = sorted(path.relative_to(ROOT / "templates").as_posix()
-                       for path in (ROOT / "templates").rglob("*.j2"))
+    templates = sorted(f"{prefix}/{path.relative_to(folder).as_posix()}"
+                       for prefix, folder in template_folders().items()
+                       for path in folder.rglob("*.j2"))
     assert templates
     undocumented = [name for name in templates if name not in docs]
     assert undocumented == []
 
 
 def test_every_metric_is_documented() -> None:
+    from bridge.destinations import with_plugin_metrics
     from bridge.metrics import Metrics
 
     documented = (ROOT / "docs" / "operations.md").read_text()
-    families = [family.name for family in Metrics().registry.collect()
+    families = [family.name for family in with_plugin_metrics(Metrics()).registry.collect()
                 if family.name.startswith("sitegpt_bridge_")]
     assert families
     missing = [name for name in families if f"`{name}" not in documented]

@@ -16,10 +16,10 @@ from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered, Skipped
 from bridge.destinations.crm import lead_of
+from bridge.destinations.crm_settings import HubSpotSettings
 from bridge.destinations.hubspot import PREVIEW_CONTACT_ID, HubSpot, contact_properties
 from bridge.errors import PermanentError, RetryableError
 from bridge.events import LEAD, parse_event
-from bridge.settings import HubSpotSettings
 from bridge.template_check import sample_events
 
 API = "https://api.hubspot.test"

@@ -15,8 +15,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from bridge.app import Bridge, back_channel, create_app, open_bridge
+from bridge.app import Bridge, create_app, open_bridge
 from bridge.cli import main
+from bridge.destinations.jira_plugin import back_channel
 from bridge.errors import ConfigError, StoreBusy, StoreError
 from bridge.jira_events import jira_routes
 from bridge.samples import load_sample

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import generate_latest
@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from bridge.app import create_app, open_bridge
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.shared import Shared
+from bridge.destinations.slack import slack_workspace
 from bridge.errors import PermanentError, RetryableError, StoreBusy
 from bridge.metrics import Metrics
 from bridge.store import open_store
@@ -136,6 +137,9 @@ class ScriptedDestination:
     async def aclose(self) -> None:
         pass
 
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
+
 
 def rate_limited() -> RetryableError:
     error = RetryableError("Slack says slow down", retry_after=30)
@@ -229,7 +233,7 @@ def test_an_empty_queue_has_no_pending_age(client):
 async def test_how_long_slack_posts_wait_for_their_channel_is_measured(make_settings, clock):
     metrics = Metrics()
     settings = make_settings({"slack": {"burst": 1, "per_second": 1.0}})
-    pacer = Shared(settings, clock, metrics).slack().pacer
+    pacer = slack_workspace(Shared(settings, clock, metrics)).pacer
     for _ in range(3):  # one at once, then about a second apart (10% under Slack's rate)
         await pacer.acquire("C1")
     text = generate_latest(metrics.registry).decode()

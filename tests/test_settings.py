@@ -10,8 +10,8 @@ import pytest
 from bridges import SECRET_VALUES, SECRETS
 from conftest import TOKENS, deep_merge, write_toml
 
+from bridge.config import load_settings, resolve_config_path
 from bridge.errors import ConfigError
-from bridge.settings import load_settings, resolve_config_path
 
 
 @pytest.fixture(autouse=True)

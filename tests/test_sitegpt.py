@@ -19,7 +19,14 @@ from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_
 from bridge.destinations.slack import SlackDestination, slack_destination
 from bridge.errors import TemplateError
 from bridge.event_rows import new_event
-from bridge.events import MODE_CHANGE, SLACK_REPLY, Event, canonical_json, parse_event
+from bridge.events import (
+    MODE_CHANGE,
+    SLACK_REPLY,
+    THREAD_NOTICE,
+    Event,
+    canonical_json,
+    parse_event,
+)
 from bridge.settings import Settings
 from bridge.store import Echo, NewEvent, open_store
 from bridge.store.sqlite import SQLiteStore
@@ -307,18 +314,43 @@ async def test_mode_buttons_patch_the_thread_and_confirm(harness, mode, said):
     assert await h.rows() == [("delivered", f"mode {mode}")]
 
 
-async def test_a_refused_mode_change_is_told_in_the_thread(harness):
-    h = await harness()
+async def refused_mode_change(h: Harness) -> str:
+    """SiteGPT refuses every mode change of thread_A; its Slack thread's ts."""
     h.api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
         return_value=httpx.Response(404, json={"message": "Thread not found"}))
-    thread_ts = await h.conversation()
+    return await h.conversation()
+
+
+async def store_mode_change(h: Harness, thread_ts: str, mode: str) -> None:
     await h.stored(MODE_CHANGE, {"chatbotId": CHATBOT, "threadId": "thread_A",
                                  "channel": "C_CONV", "threadTs": thread_ts, "user": "U_BEN",
-                                 "mode": "AGENT"})
+                                 "mode": mode})
+
+
+async def test_a_refused_mode_change_is_told_in_the_thread(harness):
+    h = await harness()
+    thread_ts = await refused_mode_change(h)
+    await store_mode_change(h, thread_ts, "AGENT")
     await h.worker.drain()
     assert [status for status, _ in await h.rows()] == ["failed"]
     assert h.bot_posts(thread_ts)[-1]["text"].startswith(
         ":warning: Could not take over (asked by <@U_BEN>): sitegpt: PATCH")
+
+
+async def test_the_thread_is_told_by_a_follow_up_for_whoever_takes_notices(harness):
+    h = await harness()
+    thread_ts = await refused_mode_change(h)
+    await store_mode_change(h, thread_ts, "AI")
+    h.worker.destinations = {"sitegpt": h.sitegpt}  # nothing takes notices: none is stored
+    await h.worker.drain()
+    assert {row.kind for row in await h.store.deliveries()} == {"ADD_MESSAGE", MODE_CHANGE}
+
+    h.worker.destinations = {"slack": h.slack, "sitegpt": h.sitegpt}
+    await store_mode_change(h, thread_ts, "AGENT")
+    await h.worker.drain()
+    notices = [row for row in await h.store.deliveries() if row.kind == THREAD_NOTICE]
+    assert [(row.destination, row.status) for row in notices] == [("slack", "delivered")]
+    assert h.bot_posts(thread_ts)[-1]["text"].startswith(":warning: Could not take over")
 
 
 async def test_a_lost_reaction_does_not_fail_the_delivered_reply(harness):
@@ -464,14 +496,14 @@ async def test_the_preview_is_what_a_refused_mode_change_posts(harness):
     assert posted["text"].startswith(":warning: Could not hand back to the AI (asked by <@U_BEN>)")
 
 
-async def test_notices_and_threads_share_one_slack_client_and_pacer(make_settings):
+async def test_lookups_and_threads_share_one_slack_client_and_pacer(make_settings):
     settings = make_settings(REPLIES_ON)
     destinations = build_destinations(settings, Templates())
     try:
         sitegpt = destinations["sitegpt"]
         assert isinstance(sitegpt, SiteGPTDestination)
-        assert sitegpt.slack.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
-        assert sitegpt.slack.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
+        assert sitegpt.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
+        assert sitegpt.workspace.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
     finally:
         for destination in destinations.values():
             await destination.aclose()

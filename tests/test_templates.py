@@ -106,7 +106,8 @@ def slack_output(settings: Any, templates: Templates) -> dict[str, Any]:
     """Every Slack template's output: Slack's own messages and the notices about replies."""
     slack = SlackDestination(settings, templates)
     rendered = {**slack.render_samples(sample_events()),
-                **SiteGPTDestination(settings, slack).render_samples(sample_events())}
+                **SiteGPTDestination(settings, templates, slack.workspace)
+                .render_samples(sample_events())}
     return {label: json.loads(text) for label, text in rendered.items()}
 
 

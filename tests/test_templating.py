@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from bridge.destinations import make_settings
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import TemplateError
-from bridge.settings import Settings
 from bridge.template_check import sample_events
 from bridge.templating import CUT_MARKER, Templates, cut, format_date, jira_escape, slack_escape
 
@@ -146,10 +146,10 @@ class RecordingTemplates(Templates):
 
 
 def test_templates_are_never_given_settings_or_secrets():
-    settings = Settings(slack={"bot_token": SECRET, "channel": "C1",
-                               "signing_secret": "signing-secret-value"},
-                        chatbots=[{"id": "chatbot_123", "name": "Bot",
-                                   "sitegpt_api_key": "sitegpt-key-value"}])
+    settings = make_settings(slack={"bot_token": SECRET, "channel": "C1",
+                                    "signing_secret": "signing-secret-value"},
+                             chatbots=[{"id": "chatbot_123", "name": "Bot",
+                                        "sitegpt_api_key": "sitegpt-key-value"}])
     templates = RecordingTemplates()
     SlackDestination(settings, templates).render_samples(sample_events())
     values = [item for context in templates.contexts for item in _walk(context)]

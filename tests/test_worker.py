@@ -14,7 +14,8 @@ import pytest
 from bridge.destinations.base import Delivered, Delivery, Outcome
 from bridge.errors import PermanentError, RetryableError
 from bridge.event_rows import new_event
-from bridge.events import parse_event
+from bridge.events import TICKET_LINKED, canonical_json, parse_event
+from bridge.store import FollowUp
 from bridge.worker import Backoff, Worker
 
 
@@ -48,6 +49,9 @@ class RecordingDestination:
 
     async def aclose(self) -> None:
         return None
+
+    def render_samples(self, samples: Any) -> None:
+        return None  # it cannot show what it would send
 
 
 def body(thread: str, text: str) -> dict[str, Any]:
@@ -401,3 +405,44 @@ async def test_one_conversation_failing_on_its_own_is_hurried_at_most_once_per_b
     assert [(row.attempts, row.next_attempt_at)
             for row in await store.deliveries(status="pending")] == [
         (2, stuck.next_attempt_at)]
+
+
+class Telling(RecordingDestination):
+    """Takes messages only; tells of each, or fails telling, with a ticket-link follow-up."""
+
+    def __init__(self, fail_with: Exception | None = None) -> None:
+        super().__init__()
+        self.fail_with = fail_with
+
+    def accepts(self, kind: str) -> bool:
+        return kind == "ADD_MESSAGE"
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        told = FollowUp(TICKET_LINKED, canonical_json({"event": TICKET_LINKED, "data": {
+            "chatbotId": "bot", "threadId": "t1", "issueKey": "SUP-1",
+            "issueUrl": "https://jira.example/browse/SUP-1"}}), "bot/t1", ())
+        if self.fail_with is not None:
+            self.fail_with.follow_ups = [told]
+            raise self.fail_with
+        return Delivered(follow_ups=[told])
+
+
+class Deaf(RecordingDestination):
+    def accepts(self, kind: str) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("failure", "kept"), [
+    (None, True), (PermanentError("refused"), True), (RetryableError("busy"), False)])
+async def test_a_follow_up_goes_to_the_destinations_that_take_its_kind(make_settings, clock,
+                                                                       failure, kept):
+    async with recording_worker(make_settings, clock) as (store, recording, worker, _):
+        worker.destinations = {"telling": Telling(failure), "recording": recording,
+                               "deaf": Deaf()}
+        event_body = body("t1", "hello")
+        await store.accept(new_event(parse_event("ADD_MESSAGE", event_body), event_body,
+                                     ["telling"]), clock.now(), 600)
+        await worker.drain()
+        rows = await store.deliveries()
+    linked = [row.destination for row in rows if row.kind == TICKET_LINKED]
+    assert linked == (["recording"] if kept else [])  # a retry tells nothing yet

@@ -8,12 +8,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from bridge.clock import Clock
 from bridge.errors import PermanentError
 from bridge.events import Conversation, Event, InvalidEvent, conversation_of, parse_event
-from bridge.settings import DeliverySettings
+from bridge.sections import DeliverySettings
 from bridge.store import ClaimedDelivery, DeliveryStore, FollowUp
 
 
@@ -159,25 +159,24 @@ class Destination(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str] | None:
+        """What it would send for each sample, without sending; None if it cannot show it.
+
+        `render_samples({label: event})` renders every event the destination accepts (others
+        are left out) exactly as deliver() would, without any network call, and returns
+        {"<label>: <what is sent>": text}, in the order deliver() sends them. A template that
+        fails raises TemplateError naming its file and line. `sitegpt-bridge render` prints the
+        result and the start-up check renders every bundled sample through it, so a broken user
+        template stops the bridge before the first real event.
+        """
+        ...
+
 
 RenderSamples = Callable[[Mapping[str, Event]], dict[str, str]]
 
 
-class Previews(Protocol):
-    """Optional, found with getattr: a destination that can show what it would send.
-
-    `render_samples({label: event})` renders every event the destination accepts (others are
-    left out) exactly as deliver() would, without any network call, and returns
-    {"<label>: <what is sent>": text}, in the order deliver() sends them. A template that fails
-    raises TemplateError naming its file and line. `sitegpt-bridge render` prints the result and
-    the start-up check renders every bundled sample through it, so a broken user template stops
-    the bridge before the first real event.
-    """
-
-    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]: ...
-
-
 def sample_renderer(destination: Destination) -> RenderSamples | None:
-    """The destination's render_samples hook, or None when it has none."""
-    hook = getattr(destination, "render_samples", None)
-    return hook if callable(hook) else None
+    """The destination's previews, or None when it says it cannot show what it sends."""
+    if destination.render_samples({}) is None:
+        return None
+    return cast(RenderSamples, destination.render_samples)

@@ -24,10 +24,10 @@ from bridge.destinations.crm import (
     response_excerpt,
     transport_failure,
 )
+from bridge.destinations.crm_settings import CrmWebhookSettings
 from bridge.errors import PermanentError, TemplateError
 from bridge.events import LEAD, Event, parse_event
 from bridge.samples import load_sample
-from bridge.settings import CrmWebhookSettings
 from bridge.templating import Templates
 
 SECRET_PREFIX = "whsec_"

@@ -26,9 +26,9 @@ from bridge.destinations.crm import (
     split_name,
     transport_failure,
 )
+from bridge.destinations.crm_settings import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import Event
-from bridge.settings import HubSpotSettings
 from bridge.templating import cut
 
 CONTACTS = "/crm/v3/objects/contacts"

@@ -16,7 +16,9 @@ from jira import JIRA, JIRAError
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, parse_retry_after
+from bridge.destinations.jira_settings import JiraSettings
 from bridge.errors import DeliveryError, PermanentError, RetryableError, TemplateError
+from bridge.event_rows import transcript_line
 from bridge.events import (
     ESCALATION,
     TICKET_LINKED,
@@ -27,8 +29,7 @@ from bridge.events import (
     canonical_json,
     conversation_of,
 )
-from bridge.intake import transcript_line
-from bridge.settings import JiraSettings, Settings
+from bridge.settings import Settings
 from bridge.store import FollowUp, StoredMessage
 from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
 
@@ -161,14 +162,14 @@ class JiraDestination:
 
     name: ClassVar[str] = "jira"
 
-    def __init__(self, settings: Settings, templates: Templates, notify: Sequence[str],
+    def __init__(self, settings: Settings, templates: Templates, notify: bool = True,
                  tickets: JiraTickets | None = None, clock: Clock | None = None) -> None:
         assert settings.jira.url, "the factory builds this destination only with jira.url set"
         self.settings = settings
         self.jira = settings.jira
         self.url = settings.jira.url.rstrip("/")
         self.templates = templates
-        self.notify = tuple(notify)
+        self.notify = notify  # tell the destinations that take ticket links of new tickets
         self.tickets = tickets or JiraTickets(settings.jira)
         self.clock = clock or SystemClock()  # for previews; deliver() uses the delivery's
 
@@ -337,14 +338,14 @@ class JiraDestination:
                          _WIKI_CUT_MARKER)
 
     def _follow_ups(self, conversation: Conversation, key: str, created: bool) -> list[FollowUp]:
-        """Tell the destinations in `notify` (Slack) which ticket the conversation now has."""
+        """Tell the destinations that take ticket links which ticket the conversation has."""
         if not self.notify:
             return []
         body = canonical_json({"event": TICKET_LINKED, "data": {
             "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
             "issueKey": key, "issueUrl": browse_url(self.url, key), "created": created,
         }})
-        return [FollowUp(TICKET_LINKED, body, conversation.key, self.notify)]
+        return [FollowUp(TICKET_LINKED, body, conversation.key, ())]  # the worker addresses it
 
     def _projects(self) -> list[str]:
         named = [self.jira.project, *(bot.jira_project for bot in self.settings.chatbots)]
@@ -436,5 +437,4 @@ def build_jira(settings: Settings, templates: Templates,
     """The Jira destination, or None when `[jira] url` is unset."""
     if not settings.jira.url:
         return None
-    # Slack is always built (a dry run without a token), so it always hears of new tickets.
-    return JiraDestination(settings, templates, notify=["slack"], clock=shared.clock)
+    return JiraDestination(settings, templates, clock=shared.clock)

@@ -1,13 +1,17 @@
-"""What the destinations of one bridge share: one Slack workspace (client and pacer), the clock."""
+"""What the destinations of one bridge share: the clock, the metrics, one of each client."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.slack_workspace import SlackWorkspace
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+
+T = TypeVar("T")
+StoreUse = Callable[[Any], None]
 
 
 @dataclass
@@ -17,14 +21,20 @@ class Shared:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     metrics: Metrics | None = None
-    _slack: SlackWorkspace | None = field(default=None, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+    _store_uses: list[StoreUse] = field(default_factory=list, repr=False)
 
-    def slack(self) -> SlackWorkspace:
-        """The workspace every Slack post goes through, so a channel has one budget."""
-        if self._slack is None:
-            on_wait = self.metrics.paced if self.metrics is not None else None
-            self._slack = SlackWorkspace(self.settings.slack, self.clock,
-                                         self.settings.delivery.concurrency, on_wait)
-            if self.metrics is not None:
-                self.metrics.watch_pacer(self._slack.pacer.behind)
-        return self._slack
+    def one(self, name: str, make: Callable[[], T]) -> T:
+        """The bridge's one client `name` (Slack's workspace: one budget per channel for all)."""
+        if name not in self._clients:
+            self._clients[name] = make()
+        return cast(T, self._clients[name])
+
+    def when_store_is_shared(self, use: StoreUse) -> None:
+        """Call `use(store)` once the bridge's store turns out to be shared by replicas."""
+        self._store_uses.append(use)
+
+    def store_is_shared(self, store: Any) -> None:
+        """The store is shared by replicas (PostgreSQL): what waited for it may use it now."""
+        for use in self._store_uses:
+            use(store)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from bridge.destinations.base import (
     Delivered,
@@ -19,27 +20,33 @@ from bridge.destinations.base import (
     parse_retry_after,
     spent,
 )
+from bridge.destinations.plugin import Plugin
 from bridge.destinations.shared import Shared
-from bridge.destinations.slack import (
-    Call,
-    SlackDestination,
-    SlackUser,
-    json_previews,
-    post_arguments,
+from bridge.destinations.sitegpt_settings import (
+    SiteGPTSettings,
+    half_set_replies,
+    replies_enabled,
+    sitegpt_api_key,
 )
+from bridge.destinations.slack import Call, json_previews, slack_workspace
+from bridge.destinations.slack_render import SlackRenderer
+from bridge.destinations.slack_workspace import SlackUser, SlackWorkspace, post_arguments
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import (
     MODE_CHANGE,
     SLACK_REPLY,
+    THREAD_NOTICE,
+    Conversation,
     Event,
     ModeChangeData,
     ModeChangeEvent,
     SlackReplyData,
     SlackReplyEvent,
+    canonical_json,
 )
 from bridge.redact import Redactor
 from bridge.settings import Settings
-from bridge.store import Echo
+from bridge.store import Echo, FollowUp
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.sitegpt")
@@ -49,7 +56,7 @@ MAX_REASON = 300
 _ANGLED = re.compile(r"<([^<>\n]*)>")
 _MENTION = re.compile(r"<@([^|<>\s]+)(?:\|[^<>]*)?>")
 _UNESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
-# The notices posted in the thread: slack/<name>.json.j2, rendered by the Slack destination.
+# The notices for the thread, as follow-up events: slack/<name>.json.j2 is what Slack posts.
 REPLY_FAILED = "reply_failed"
 MODE_CHANGED = "mode_changed"
 MODE_FAILED = "mode_failed"
@@ -81,16 +88,21 @@ class Notice:
 
 
 class SiteGPTDestination:
-    """Calls SiteGPT's v0 API for what people do in Slack; tells the thread how it went."""
+    """Calls SiteGPT's v0 API for what people do in Slack; tells the thread how it went.
+
+    The thread is told by a follow-up event (a notice), delivered by whichever destination
+    takes notices; who wrote a reply is asked of the Slack workspace the bridge shares.
+    """
 
     name: ClassVar[str] = "sitegpt"
     KINDS: ClassVar[frozenset[str]] = frozenset({SLACK_REPLY, MODE_CHANGE})
 
-    def __init__(self, settings: Settings, slack: SlackDestination,
+    def __init__(self, settings: Settings, templates: Templates, workspace: SlackWorkspace,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.redact = Redactor.for_settings(settings)  # reasons are posted in the thread
-        self.slack = slack
+        self.workspace = workspace
+        self.renderer = SlackRenderer(templates, settings)  # previews of the notices only
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
@@ -112,7 +124,7 @@ class SiteGPTDestination:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        await self.slack.aclose()  # the shared workspace: closing it twice is harmless
+        await self.workspace.aclose()  # the shared workspace: closing it twice is harmless
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -152,7 +164,7 @@ class SiteGPTDestination:
 
     def _notice_preview(self, data: SlackReplyData | ModeChangeData, notice: Notice,
                         when: str) -> Call:
-        message = self.slack.renderer.notice(notice.name, notice.context)
+        message = self.renderer.notice(notice.name, notice.context)
         return (f"chat.postMessage (in the thread, {when})",
                 post_arguments(data.channel, message, thread_ts=data.thread_ts))
 
@@ -162,14 +174,14 @@ class SiteGPTDestination:
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
                 await delivery.store.forget_echo(data.slack_event_id)
-                await self._tell(data, reply_failed(data, self.redact(str(exc))))
+            exc.follow_ups = [_told(data, reply_failed(data, self.redact(str(exc))))]
             raise
         if isinstance(outcome, Delivered):
             await self._react(data.channel, data.ts)
         return outcome
 
     async def _post_reply(self, delivery: Delivery, data: SlackReplyData) -> Outcome:
-        author = await self.slack.user(data.user)
+        author = await self.workspace.user(data.user)
         request = reply_request(data, author, await self._names(_MENTION.findall(data.text)))
         if request is None:
             return Skipped("the reply has no text")
@@ -184,24 +196,22 @@ class SiteGPTDestination:
         try:
             await self._call(mode_request(data))
         except DeliveryError as exc:
-            if self._gives_up(delivery, exc):
-                await self._tell(data, mode_failed(data, self.redact(str(exc))))
+            exc.follow_ups = [_told(data, mode_failed(data, self.redact(str(exc))))]
             raise
-        await self._tell(data, mode_changed(data))
-        return Delivered(note=f"mode {data.mode}")
+        return Delivered(note=f"mode {data.mode}", follow_ups=[_told(data, mode_changed(data))])
 
     async def _names(self, user_ids: Iterable[str]) -> dict[str, str]:
         """Display names of mentioned members; one Slack cannot name stays as its id."""
         names: dict[str, str] = {}
         for user_id in set(user_ids):
             try:
-                names[user_id] = (await self.slack.user(user_id)).name
+                names[user_id] = (await self.workspace.user(user_id)).name
             except PermanentError as exc:
                 log.info("cannot name mentioned member %s: %s", user_id, exc)
         return names
 
     async def _call(self, request: ApiRequest) -> Any:
-        key = self.settings.sitegpt_api_key(request.chatbot_id)
+        key = sitegpt_api_key(self.settings, request.chatbot_id)
         if key is None:
             raise PermanentError(
                 f"sitegpt: no API key for chatbot {request.chatbot_id}: set [sitegpt] api_key or"
@@ -217,7 +227,7 @@ class SiteGPTDestination:
             raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return _json(response)
-        raise _classify(what, response, key.get_secret_value(), self.slack.clock.now())
+        raise _classify(what, response, key.get_secret_value(), self.workspace.clock.now())
 
     def _gives_up(self, delivery: Delivery, exc: DeliveryError) -> bool:
         """Whether the worker will stop after this failure (its own rule, seen from here)."""
@@ -225,18 +235,10 @@ class SiteGPTDestination:
             return True
         return spent(delivery.claimed, self.settings.delivery, delivery.clock.now()) is not None
 
-    async def _tell(self, data: SlackReplyData | ModeChangeData, notice: Notice) -> None:
-        """Best effort: SiteGPT's outcome stands whether or not Slack shows it."""
-        try:
-            await self.slack.tell_thread(data.channel, data.thread_ts, notice.name, notice.context)
-        except DeliveryError as exc:
-            log.warning("could not post %s in thread %s/%s: %s", notice.name, data.channel,
-                        data.thread_ts, exc)
-
     async def _react(self, channel: str, ts: str) -> None:
         # A failure here must not fail the delivery: a retry would send the reply twice.
         try:
-            await self.slack.react(channel, ts, SENT_REACTION)
+            await self.workspace.react(channel, ts, SENT_REACTION)
         except DeliveryError as exc:
             log.warning("could not mark reply %s/%s as sent: %s", channel, ts, exc)
 
@@ -258,6 +260,15 @@ def reply_request(data: SlackReplyData, author: SlackUser,
 def mode_request(data: ModeChangeData) -> ApiRequest:
     path = f"/chatbots/{_part(data.chatbot_id)}/threads/{_part(data.thread_id)}"
     return ApiRequest(data.chatbot_id, "PATCH", path, {"mode": data.mode})
+
+
+def _told(data: SlackReplyData | ModeChangeData, notice: Notice) -> FollowUp:
+    """The notice as a follow-up event for the thread; the worker addresses it."""
+    conversation = Conversation(data.chatbot_id, data.thread_id)
+    body = canonical_json({"event": THREAD_NOTICE, "data": {
+        "chatbotId": data.chatbot_id, "threadId": data.thread_id, "channel": data.channel,
+        "threadTs": data.thread_ts, "notice": notice.name, "context": notice.context}})
+    return FollowUp(THREAD_NOTICE, body, conversation.key, ())
 
 
 def reply_failed(data: SlackReplyData, reason: str) -> Notice:
@@ -346,10 +357,17 @@ def sitegpt_destination(settings: Settings, templates: Templates,
                         shared: Shared) -> SiteGPTDestination | None:
     """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key.
 
-    Its notices and reactions go through the bridge's one Slack workspace, so they share each
+    Its lookups and reactions go through the bridge's one Slack workspace, so they share each
     channel's budget with the threads' own posts.
     """
-    if not settings.replies_enabled():
+    if not replies_enabled(settings):
         return None
-    return SiteGPTDestination(
-        settings, SlackDestination(settings, templates, shared.clock, shared.slack()))
+    return SiteGPTDestination(settings, templates, slack_workspace(shared))
+
+
+REPLIES_OFF = (" (replies from Slack are off: they need [slack] bot_token and signing_secret,"
+               " and a SiteGPT API key; see docs/slack.md)")
+PLUGIN = Plugin(name="sitegpt", section=SiteGPTSettings, build=sitegpt_destination,
+                kinds=SiteGPTDestination.KINDS, unfinished=half_set_replies,
+                off_hints=dict.fromkeys(SiteGPTDestination.KINDS, REPLIES_OFF), docs="slack",
+                chatbot_keys={"sitegpt_api_key": (SecretStr | None, None)})

@@ -14,8 +14,8 @@ from slack_sdk import WebClient
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
-from bridge.destinations.jira import browse_url
 from bridge.destinations.shared import Shared
+from bridge.destinations.slack_metrics import PacingMetrics
 from bridge.destinations.slack_render import (
     MAX_BLOCKS,
     SlackRenderer,
@@ -23,6 +23,7 @@ from bridge.destinations.slack_render import (
     Waiting,
     fit_message,
 )
+from bridge.destinations.slack_settings import SlackSettings
 from bridge.destinations.slack_workspace import (
     ChannelBudget,
     ChannelPacer,
@@ -36,6 +37,7 @@ from bridge.events import (
     ESCALATION,
     LEAD,
     MESSAGE,
+    THREAD_NOTICE,
     TICKET_COMMENT,
     TICKET_DELETED,
     TICKET_LINKED,
@@ -45,13 +47,14 @@ from bridge.events import (
     Event,
     LeadEvent,
     MessageEvent,
+    ThreadNoticeEvent,
     TicketCommentEvent,
     TicketDeletedEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
     conversation_of,
 )
-from bridge.settings import Settings, SlackSettings
+from bridge.settings import Settings
 from bridge.store import Echo
 from bridge.templating import Templates
 
@@ -80,7 +83,8 @@ class SlackDestination:
 
     name: ClassVar[str] = "slack"
     KINDS: ClassVar[frozenset[str]] = frozenset({
-        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED})
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED,
+        THREAD_NOTICE})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
                  workspace: SlackWorkspace | None = None) -> None:
@@ -105,10 +109,6 @@ class SlackDestination:
     def pacer(self) -> ChannelPacer:
         return self.workspace.pacer
 
-    def share_pacing(self, budget: ChannelBudget) -> None:
-        """Pace posts with every replica that keeps its budget in `budget` (the shared store)."""
-        self.workspace.pacer.shared = budget
-
     async def deliver(self, delivery: Delivery) -> Outcome:
         event = delivery.event
         try:
@@ -130,6 +130,8 @@ class SlackDestination:
                                                   self.renderer.ticket_comment(event, url))
             if isinstance(event, TicketDeletedEvent):
                 return await self._ticket_deleted(delivery, event)
+            if isinstance(event, ThreadNoticeEvent):
+                return await self._post_notice(event)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -210,6 +212,10 @@ class SlackDestination:
             return [(IN_THREAD, post_arguments(channel, self.renderer.ticket_comment(event, url)))]
         if isinstance(event, TicketDeletedEvent):
             return [self._parent_preview(channel, conversation, None)]
+        if isinstance(event, ThreadNoticeEvent):
+            notice = event.data
+            return [(IN_THREAD, post_arguments(notice.channel, self.renderer.notice(
+                notice.notice, notice.context), thread_ts=notice.thread_ts))]
         if isinstance(event, EscalationEvent):
             posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
             ticket = None
@@ -234,14 +240,14 @@ class SlackDestination:
     async def react(self, channel: str, ts: str, name: str) -> None:
         await self.workspace.react(channel, ts, name)
 
-    async def tell_thread(self, channel: str, thread_ts: str, notice: str,
-                          context: dict[str, Any]) -> str:
-        """Post the notice template `slack/{notice}.json.j2` into a thread; its ts."""
-        try:
-            message = self.renderer.notice(notice, context)
-        except TemplateError as exc:
-            raise PermanentError(f"slack: template error: {exc}") from exc
-        return await self.workspace.post(channel, message, thread_ts=thread_ts)
+    async def _post_notice(self, event: ThreadNoticeEvent) -> Outcome:
+        """A notice the bridge was asked to post in a thread, e.g. that a reply failed."""
+        notice = event.data
+        message = self.renderer.notice(notice.notice, notice.context)
+        if self.dry_run:
+            return self._dry_run(message)
+        ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
+        return Delivered(note=f"{notice.channel}/{ts}")
 
     async def _post_messages(self, delivery: Delivery, event: MessageEvent) -> Outcome:
         """The message, with those waiting right behind it in the same thread, in one reply.
@@ -426,8 +432,7 @@ class SlackDestination:
         return self.slack.leads_channel or self.slack.channel or ""
 
     def _issue_url(self, key: str) -> str | None:
-        jira_url = self.settings.jira.url
-        return browse_url(jira_url, key) if jira_url else None
+        return self.settings.jira.browse_url(key)  # type: ignore[no-any-return]
 
     def _parent(self, conversation: Conversation, state: Mapping[str, Any],
                 ticket: TicketShown | None) -> dict[str, Any]:
@@ -506,7 +511,28 @@ def _find_parent(client: WebClient, channel: str, since: float, key: str) -> str
     return None
 
 
+def slack_workspace(shared: Shared) -> SlackWorkspace:
+    """The workspace every Slack call of the bridge goes through, so a channel has one budget."""
+    return shared.one("slack", lambda: _workspace(shared))
+
+
+def _workspace(shared: Shared) -> SlackWorkspace:
+    metrics = shared.metrics.own("slack", PacingMetrics) if shared.metrics is not None else None
+    workspace = SlackWorkspace(shared.settings.slack, shared.clock,
+                               shared.settings.delivery.concurrency,
+                               metrics.paced if metrics is not None else None)
+    if metrics is not None:
+        metrics.watch_pacer(workspace.pacer.behind)
+
+    def pace_with_replicas(budget: ChannelBudget) -> None:
+        """Replicas sharing the store (PostgreSQL) keep each channel's pace there, for all."""
+        workspace.pacer.shared = budget
+
+    shared.when_store_is_shared(pace_with_replicas)
+    return workspace
+
+
 def slack_destination(settings: Settings, templates: Templates,
                       shared: Shared) -> SlackDestination:
     """Always on: without a bot token it runs dry, logging what it would post."""
-    return SlackDestination(settings, templates, shared.clock, shared.slack())
+    return SlackDestination(settings, templates, shared.clock, slack_workspace(shared))

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bridge.destinations.sitegpt_settings import replies_enabled, sitegpt_api_key
 from bridge.errors import TemplateError
 from bridge.events import (
     Conversation,
@@ -182,8 +183,8 @@ class SlackRenderer:
             **self._conversation(conversation),
             "escalated": escalated,
             "ticket": ticket.context() if ticket else None,
-            "mode_buttons": self.settings.replies_enabled()
-            and self.settings.sitegpt_api_key(conversation.chatbot_id) is not None,
+            "mode_buttons": replies_enabled(self.settings)
+            and sitegpt_api_key(self.settings, conversation.chatbot_id) is not None,
         })
 
     def notice(self, name: str, context: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from slack_sdk.errors import SlackApiError
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import parse_retry_after
 from bridge.destinations.slack_render import fit_message
+from bridge.destinations.slack_settings import SlackSettings
 from bridge.errors import PermanentError, RetryableError, StoreError
-from bridge.settings import SlackSettings
 
 PERMANENT_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",

@@ -6,17 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bridge.destinations import sample_folders
+
 HERE = Path(__file__).parent
 
 
+def _sample_files() -> dict[str, Path]:
+    """SiteGPT's samples here, then those each registered destination brings, by name."""
+    files: dict[str, Path] = {}
+    for folder in [HERE, *sample_folders()]:
+        files |= {path.stem: path for path in sorted(folder.glob("*.json"))}
+    return files
+
+
 def sample_names() -> list[str]:
-    return sorted(path.stem for path in HERE.glob("*.json"))
+    return sorted(_sample_files())
 
 
 def load_sample(name: str) -> Any:
     """The decoded body of the sample `name` (e.g. "lead", "message-visitor")."""
-    path = HERE / f"{name}.json"
-    if not path.is_file():
+    path = _sample_files().get(name)
+    if path is None:
         raise KeyError(f"no sample named {name!r}; known: {', '.join(sample_names())}")
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -1,0 +1,75 @@
+"""What a destination declares to plug into the bridge: the one record the registry keeps of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
+
+from bridge.clock import Clock
+from bridge.destinations.base import Destination
+from bridge.sections import Section
+from bridge.settings import Settings
+from bridge.templating import Templates
+
+if TYPE_CHECKING:  # the factory's and the routes' signatures only
+    from bridge.destinations.shared import Shared
+    from bridge.metrics import Metrics
+    from bridge.store import Store
+
+Factory = Callable[[Settings, Templates, "Shared"], Destination | None]
+SettingsLines = Callable[[Settings], list[str]]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a plugin's inbound routes are built from: they store events and wake the worker."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    on_accept: Callable[[], None]
+    metrics: Metrics
+
+
+Routes = Callable[[Inbound], list[BaseRoute]]
+
+
+def no_lines(settings: Settings) -> list[str]:
+    """For a plugin with nothing to say."""
+    return []
+
+
+def plainly_on(settings: Settings) -> str:
+    return "on"
+
+
+@dataclass(frozen=True, eq=False)  # one record per destination: equal only to itself
+class Plugin:
+    """A destination and everything it brings: the core knows it only through this record.
+
+    `name` is both its settings section (`[name]`, `BRIDGE_NAME__KEY`) and the destination
+    its deliveries go to. `kinds` are the event kinds it takes, declared so that events made
+    before any destination is built (Jira's webhooks) can be addressed to it.
+    """
+
+    name: str
+    section: type[Section]
+    build: Factory
+    kinds: frozenset[str]
+    templates: Path | None = None  # its built-in templates, found as "<name>/<file>"
+    samples: Path | None = None  # sample payloads (*.json) for render and the template check
+    routes: Routes | None = None  # what it receives (Slack's Events API, Jira's webhook)
+    state: Callable[[Settings], str] = plainly_on  # how it runs when built: "on", "dry run..."
+    status: SettingsLines = no_lines  # more lines for the start-up log and `check`
+    unfinished: SettingsLines = no_lines  # settings set by halves: `check` fails naming each
+    secrets: SettingsLines = no_lines  # forms of its secrets an upstream may echo back
+    off_hints: Mapping[str, str] = field(default_factory=dict)  # kind -> why none takes it
+    docs: str | None = None  # its page of the manual, docs/<docs>.md
+    metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
+    # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
+    chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)

@@ -1,0 +1,41 @@
+"""Slack as a plugin: its settings section, templates, samples and Events API routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import BaseRoute
+
+from bridge.destinations.plugin import Inbound, Plugin
+from bridge.destinations.slack import SlackDestination, slack_destination
+from bridge.destinations.slack_metrics import PacingMetrics
+from bridge.destinations.slack_settings import SlackSettings
+from bridge.sections import half_set
+from bridge.settings import Settings
+from bridge.slack_events import slack_routes
+from bridge.templating import builtin_dir
+
+
+def _routes(inbound: Inbound) -> list[BaseRoute]:
+    return slack_routes(inbound.settings, inbound.store, inbound.clock, inbound.on_accept,
+                        inbound.metrics)
+
+
+def _state(settings: Settings) -> str:
+    if settings.slack.bot_token is None:
+        return "dry run (no bot token): messages are logged, not posted"
+    return "on"
+
+
+def _unfinished(settings: Settings) -> list[str]:
+    slack: SlackSettings = settings.slack
+    line = half_set("slack", "bot_token", "Slack runs dry: nothing is posted", slack.bot_token,
+                    channel=slack.channel, leads_channel=slack.leads_channel)
+    return [line] if line else []
+
+
+PLUGIN = Plugin(
+    name="slack", section=SlackSettings, build=slack_destination, kinds=SlackDestination.KINDS,
+    templates=builtin_dir() / "slack", samples=Path(__file__).parent / "slack_samples",
+    routes=_routes, state=_state, unfinished=_unfinished, docs="slack",
+    metrics=PacingMetrics, chatbot_keys={"slack_channel": (str | None, None)})
