@@ -51,9 +51,8 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
     bridge = open_bridge(settings)
-    migrate_now = getattr(bridge.store, "migrate_now", None)
-    if migrate_now is not None:  # PostgreSQL: unreachable or too new stops here, in one line
-        asyncio.run(migrate_now())
+    # PostgreSQL: unreachable or too new stops here, in one line
+    asyncio.run(bridge.store.migrate_now())
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)

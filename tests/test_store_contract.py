@@ -478,3 +478,51 @@ async def test_a_healthy_store_is_writable_and_at_the_current_schema_version(sto
     await store.check_writable()
     info = await store.info()
     assert info.schema_version == SCHEMA_VERSION
+
+
+# Capabilities: declared by every backend, a no-op where it needs none
+
+def _contract_methods() -> set[str]:
+    protocols = [cls for cls in Store.__mro__ if getattr(cls, "_is_protocol", False)]
+    return {name for cls in protocols for name, value in vars(cls).items()
+            if callable(value) and not name.startswith("_")}
+
+
+async def test_a_backend_implements_every_method_of_the_contract(store):
+    missing = sorted(name for name in _contract_methods()
+                     if not callable(getattr(store, name, None)))
+    assert "serialised" in _contract_methods() and "shared_pacing" in _contract_methods()
+    assert missing == []
+
+
+async def test_opening_again_and_migrating_again_change_nothing(store):
+    await seed(store)
+    await store.open()
+    await store.migrate_now()
+    assert (await store.info()).schema_version == SCHEMA_VERSION
+    assert len(await store.deliveries()) == 4
+
+
+async def test_serialised_work_runs_one_holder_at_a_time(store):
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with store.serialised("slack-thread:bot/c1"):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.05)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"]) \
+        or store.shared_pacing() is None  # one process: nothing else to hold against
+
+
+async def test_shared_pacing_is_the_stores_budget_where_replicas_share_one(store):
+    budgets = store.shared_pacing()
+    if budgets is None:
+        return  # one process delivers: Slack's pace is kept in that process
+    left, held_until = await budgets.take_token("C1", NOW, 2.0, 1.0)
+    assert left == 1.0 and held_until == 0.0
+    await budgets.hold_channel("C1", NOW, NOW + 30)
+    assert (await budgets.take_token("C1", NOW, 2.0, 1.0))[1] == NOW + 30
+
