@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from pydantic import BaseModel, SecretStr
 
 from bridge.settings import Settings
-from bridge.store.postgres.url import passwords_of
+from bridge.store.url import store_url_secrets
 
 MASK = "***"
 # A hook URL's path segment this long is taken for a token (Zapier's, n8n's uuid): shown alone
@@ -38,7 +38,7 @@ class Redactor:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value in the settings, in the forms an upstream may echo it back."""
     values = [*_secret_values(settings), *_hook_url_parts(settings.crm.webhook.url),
-              *passwords_of(settings.store.url)]
+              *store_url_secrets(settings.store.url)]
     jira = settings.jira
     if jira.email and jira.api_token is not None:  # echoed as the Basic header it became
         pair = f"{jira.email}:{jira.api_token.get_secret_value()}"

@@ -37,9 +37,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError, StoreError
-from bridge.store.postgres.url import MASK
-from bridge.store.postgres.url import masked_url as masked_postgres_url
-from bridge.store.url import backend_named, sqlite_path, store_scheme
+from bridge.store.url import MASK, backend_named, masked_store_url, sqlite_path, store_scheme
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
@@ -137,7 +135,7 @@ class StoreSettings(Section):
     @field_serializer("url")
     def _url_shown(self, url: str) -> str:
         """A PostgreSQL URI carries a password: `check` prints it masked."""
-        return masked_postgres_url(url) if backend_named(url) == "postgresql" else url
+        return masked_store_url(url)
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:

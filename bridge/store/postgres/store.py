@@ -21,11 +21,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy, StoreError
 from bridge.store.delegations import Delegations
+from bridge.store.masking import masked_store_url, scrub
 from bridge.store.postgres import conversations, intake, migrate, operations, queue
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.store.postgres.groups import AcceptGroups
 from bridge.store.postgres.schema import MIGRATIONS
-from bridge.store.postgres.url import masked_url, scrub, server_address
+from bridge.store.postgres.url import server_address
 from bridge.store.postgres.wakeup import WakeUps
 from bridge.store.protocols import ChannelBudgets
 from bridge.store.records import (
@@ -113,7 +114,7 @@ class PostgresStore(Delegations):
                 major, minor = divmod(conn.info.server_version, 10000)
                 self.server_version = f"{major}.{minor}"
         except (psycopg.Error, OSError) as exc:
-            raise StoreError(f"cannot open the store at {masked_url(self.url)}: "
+            raise StoreError(f"cannot open the store at {masked_store_url(self.url)}: "
                              f"{scrub(str(exc), self.url)}") from None
 
     async def _connect(self) -> None:
