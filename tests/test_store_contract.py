@@ -22,7 +22,7 @@ from bridge.store import (
 )
 from bridge.store.migrations import SCHEMA_VERSION
 from tests.conftest import FakeClock
-from tests.store_backends import BACKENDS
+from tests.store_backends import AGAIN, BACKENDS
 
 NOW = 1_700_000_000.0
 LEASE = 10.0
@@ -32,6 +32,15 @@ LEASE = 10.0
 async def store(request: pytest.FixtureRequest, tmp_path: Path,
                 clock: FakeClock) -> AsyncIterator[Store]:
     opened = await BACKENDS[request.param](tmp_path, clock)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def another_process(request: pytest.FixtureRequest, store: Store,
+                          clock: FakeClock) -> AsyncIterator[Store]:
+    """The same store, opened as a second process (a restarted bridge, a replica) opens it."""
+    opened = await AGAIN[request.node.callspec.params["store"]](store, clock)
     yield opened
     await opened.close()
 
@@ -199,6 +208,19 @@ async def test_an_expired_lease_is_taken_over_and_the_late_finish_is_refused(sto
     history = await store.attempts(stale.id, limit=10)
     assert [(a.attempt, a.outcome, a.worker) for a in history] == [
         (2, "delivered", "w2"), (1, "abandoned", "w1")]
+
+
+async def test_a_stopped_processs_leases_are_taken_at_once_a_live_ones_are_not(
+        store, another_process):
+    await seed(store)
+    held = await claim(store, owner="w1")
+    assert await claim(another_process, owner="w2") == {}  # w1's process lives: it is its
+    await store.close()  # the process dies: no release, its leases still run for LEASE
+    taken = await claim(another_process, owner="w2")
+    assert sorted(taken) == sorted(held) and all(job.attempts == 2 for job in taken.values())
+    [abandoned, *_] = await another_process.attempts(1)
+    assert (abandoned.outcome, abandoned.worker) == ("abandoned", "w1")
+    assert await another_process.finish(taken[1].lease, "delivered", NOW)
 
 
 async def test_release_undoes_a_claim_but_not_a_finish(store):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from bridge.store.masking import masked_store_url, scrub
 from bridge.store.postgres import conversations, intake, migrate, operations, queue
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.store.postgres.groups import AcceptGroups
+from bridge.store.postgres.live_workers import LiveWorkers
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.url import server_address
 from bridge.store.postgres.wakeup import WakeUps
@@ -85,6 +87,7 @@ class PostgresStore(Delegations):
         self._opening: asyncio.Lock | None = None
         self._opened = False
         self._wake_ups: WakeUps | None = None
+        self._live_workers = LiveWorkers(url)
 
     # Opening, closing, describing
 
@@ -126,6 +129,7 @@ class PostgresStore(Delegations):
         if self._wake_ups is not None:
             await self._wake_ups.stop()
         await self._groups.drain()
+        await self._live_workers.close()
         await self._locks.close()
         await self._pool.close()
 
@@ -173,7 +177,9 @@ class PostgresStore(Delegations):
 
     async def claim(self, owner: str, now: float, limit: int,
                     lease: float) -> list[ClaimedDelivery]:
-        return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease))
+        """Claim on the connection that holds `owner`'s lock: only while it holds it."""
+        return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease),
+                               on=lambda: self._live_workers.connection(owner))
 
     async def next_due(self, after: float) -> float | None:
         return await self._value(queue.NEXT_DUE, (after,))
@@ -246,12 +252,14 @@ class PostgresStore(Delegations):
     # Plumbing
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]],
-                   timeout: float | None = None) -> T:
-        """`work` on a pooled connection within `timeout`; driver errors become StoreErrors."""
+                   timeout: float | None = None,
+                   on: Callable[[], AbstractAsyncContextManager[Connection]] | None = None) -> T:
+        """`work` on a pooled connection (or `on` one) within `timeout`; driver errors become
+        StoreErrors."""
         await self.open()
         limit = timeout or DEFAULT_TIMEOUT
         try:
-            async with asyncio.timeout(limit), self._pool.connection() as conn:
+            async with asyncio.timeout(limit), (on or self._pool.connection)() as conn:
                 return await work(conn)
         except TimeoutError:
             raise StoreBusy(f"the store did not answer within {limit:g} s") from None

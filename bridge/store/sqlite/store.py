@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -24,9 +25,11 @@ from bridge.store.records import (
 )
 from bridge.store.sqlite import conversations, operations, queue
 from bridge.store.sqlite.schema import connect, schema_version
+from bridge.store.sqlite.worker_lock import WorkerLock
 from bridge.store.sqlite.writer import Job, Write, Writer
 
 T = TypeVar("T")
+log = logging.getLogger("bridge.store")
 DEFAULT_TIMEOUT = 30.0
 # Readiness writes about as many pages as an accept, so it fails when an accept would.
 PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(16384) WHERE id = 1"
@@ -47,6 +50,8 @@ class SQLiteStore(Delegations):
         self.clock = clock or SystemClock()
         self._writer = Writer(lambda: connect(path, synchronous, self.clock, upgrade), str(path))
         self._writer.start()
+        self._worker_lock = WorkerLock(path)
+        self._waiting = False
 
     async def _run(self, work: Write[T] | Accept, timeout: float | None = None) -> T:
         limit = timeout or DEFAULT_TIMEOUT
@@ -74,7 +79,28 @@ class SQLiteStore(Delegations):
 
     async def claim(self, owner: str, now: float, limit: int,
                     lease: float) -> list[ClaimedDelivery]:
+        if not await self._deliver_from_here(now):
+            return []
         return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease))
+
+    async def _deliver_from_here(self, now: float) -> bool:
+        """Whether this process delivers from the store: it holds, or has just taken, the lock."""
+        if self._worker_lock.held:
+            return True
+        if not self._worker_lock.take():
+            if not self._waiting:
+                log.warning("store %s: %s delivers from it; this worker waits, and takes over"
+                            " when that process stops", self.path, self._worker_lock.holder(),
+                            extra={"outcome": "waiting"})
+            self._waiting = True
+            return False
+        taken = await self._run(lambda conn: queue.take_over(conn, now))
+        if taken or self._waiting:
+            log.info("store %s: this process delivers from it now; %d deliveries left by a"
+                     " stopped worker are taken over", self.path, taken,
+                     extra={"outcome": "taken over", "count": taken})
+        self._waiting = False
+        return True
 
     async def next_due(self, after: float) -> float | None:
         """The first retry time later than `after`: when the worker should look again.
@@ -125,6 +151,7 @@ class SQLiteStore(Delegations):
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
+        self._worker_lock.release()
 
     def on_new_work(self, wake: Callable[[], None]) -> None:
         """Nothing to hear: work another process (`serve --no-worker`) stored waits for the poll."""
