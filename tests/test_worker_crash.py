@@ -108,32 +108,30 @@ TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation
 
 
 def test_a_second_worker_on_the_store_waits_and_says_who_delivers(make_settings, tmp_path):
-    make_settings({"delivery": {"lease": LEASE, "poll_interval": "0.1s"},
-                   "log": {"format": "json"}})
+    settings = make_settings({"delivery": {"lease": LEASE, "poll_interval": "0.1s"},
+                              "log": {"format": "json"}})
     config = tmp_path / "settings.toml"
     first = start_worker(config, tmp_path)
+    lock = settings.store.sqlite_path.with_name("bridge.db-worker.lock")
+    wait_for(lambda: lock.is_file() and lock.read_text() == f"{first.pid}\n")  # it delivers
     second = subprocess.Popen([sys.executable, "-m", "bridge", "worker", "--config",
                                str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True,
                               env={k: v for k, v in os.environ.items()
                                    if not k.startswith("BRIDGE_")})
+    logged: list[str] = []
+    reading = threading.Thread(target=lambda: logged.extend(second.stderr or ()), daemon=True)
+    reading.start()
     try:
-        waiting = _line_with(second, '"outcome": "waiting"')
+        wait_for(lambda: any('"outcome": "waiting"' in line for line in logged))
     finally:
         second.send_signal(signal.SIGTERM)
         first.send_signal(signal.SIGTERM)
         second.wait(10)
         first.wait(10)
+    [waiting] = [line for line in logged if '"outcome": "waiting"' in line]
     assert f"pid {first.pid} delivers from it; this worker waits" in waiting
     assert second.returncode == 0 and first.returncode == 0
-
-
-def _line_with(process: subprocess.Popen[str], text: str) -> str:
-    assert process.stderr is not None
-    for line in process.stderr:
-        if text in line:
-            return line
-    raise AssertionError(f"the process ended without logging {text}")
 
 
 def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
