@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from bridge.errors import StoreBusy
 
@@ -53,7 +54,12 @@ class LiveWorkers:
     async def connection(self, owner: str) -> AsyncIterator[Connection]:
         """The connection holding `owner`'s lock, for one claim at a time."""
         async with self._using:
-            yield await self._holding(owner)
+            conn = await self._holding(owner)
+            try:
+                yield conn
+            except BaseException:
+                await _settle(conn)
+                raise
 
     async def _holding(self, owner: str) -> Connection:
         if self._conn is None or self._conn.closed:
@@ -75,3 +81,13 @@ class LiveWorkers:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+
+async def _settle(conn: Connection) -> None:
+    """After a failed claim: ready for the next one, or closed (and then made again)."""
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:  # a claim cut short by its timeout: its transaction, or the query itself, still open
+        await conn.rollback()
+    except psycopg.Error:
+        await conn.close()  # its locks go with it: this replica's leases may be taken over
