@@ -68,9 +68,7 @@ class Bridge:
     def start_worker(self) -> None:
         self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
         # A shared store (PostgreSQL) also tells this worker of work other replicas stored.
-        on_new_work = getattr(self.store, "on_new_work", None)
-        if on_new_work is not None:
-            on_new_work(self.worker.wake)
+        self.store.on_new_work(self.worker.wake)
 
     def start_retention(self) -> None:
         retention = timedelta(days=self.settings.store.retention_days)
@@ -119,15 +117,14 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
 
 def share_store(store: Store, shared: Shared) -> None:
     """A store shared by replicas (PostgreSQL) also keeps what the destinations share (a pace)."""
-    if hasattr(store, "take_token"):
-        shared.store_is_shared(store)
+    budgets = store.shared_pacing()
+    if budgets is not None:
+        shared.store_is_shared(budgets)
 
 
 async def open_store_now(bridge: Bridge) -> None:
     """Connect and migrate before serving, so a store that cannot open stops the start-up."""
-    open_now = getattr(bridge.store, "open", None)
-    if open_now is not None:  # SQLite opened in open_store(); PostgreSQL opens in this loop
-        await open_now()
+    await bridge.store.open()  # SQLite opened in open_store(); PostgreSQL opens in this loop
     info = await bridge.store.info()
     log.info("store: %s at %s, schema version %d", info.backend, info.location,
              info.schema_version)

@@ -30,7 +30,7 @@ from bridge.rejections import sum_up_all
 from bridge.server import BridgeServer, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
-from bridge.store.postgres.advice import pg_dump_advice
+from bridge.store.url import backup_advice
 from bridge.template_check import check_templates
 
 __all__ = ["COMMANDS", "build_parser", "main", "server_config"]
@@ -50,9 +50,8 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
     bridge = open_bridge(settings)
-    migrate_now = getattr(bridge.store, "migrate_now", None)
-    if migrate_now is not None:  # PostgreSQL: unreachable or too new stops here, in one line
-        asyncio.run(migrate_now())
+    # PostgreSQL: unreachable or too new stops here, in one line
+    asyncio.run(bridge.store.migrate_now())
     app = create_app(bridge, run_worker=not args.no_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
@@ -142,9 +141,9 @@ def _print_unfinished_settings(settings: Settings) -> int:
          lambda p: p.add_argument("file", type=Path, help="where to write the copy"))
 def backup(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    if settings.store.backend == "postgresql":
-        print(f"sitegpt-bridge: {pg_dump_advice(settings.store.url, args.file)}",
-              file=sys.stderr)
+    advice = backup_advice(settings.store.url, args.file)
+    if advice is not None:
+        print(f"sitegpt-bridge: {advice}", file=sys.stderr)
         return 1
     copy = asyncio.run(_backup(settings, args.file))
     print(f"backed up {settings.store.sqlite_path} to {copy.path}: {copy.events} events, "

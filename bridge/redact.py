@@ -12,7 +12,7 @@ from pydantic import BaseModel, SecretStr
 
 from bridge.destinations import REGISTRY
 from bridge.settings import Settings
-from bridge.store.postgres.url import passwords_of
+from bridge.store.url import store_url_secrets
 
 MASK = "***"
 # A hook URL's path segment this long is taken for a token (Zapier's, n8n's uuid): shown alone
@@ -40,7 +40,7 @@ def secrets_of(settings: Settings) -> list[str]:
 
     Each destination adds the forms only it knows (a Basic header, a hook URL's path).
     """
-    values = [*_secret_values(settings), *passwords_of(settings.store.url)]
+    values = [*_secret_values(settings), *store_url_secrets(settings.store.url)]
     values += [form for plugin in REGISTRY.values() for form in plugin.secrets(settings)]
     return [form for value in values for form in (value, quote(value, safe=""))]
 

@@ -22,8 +22,7 @@ from pydantic import (
 )
 
 from bridge.errors import StoreError
-from bridge.store.postgres.url import masked_url as masked_postgres_url
-from bridge.store.url import backend_named, sqlite_path, store_scheme
+from bridge.store.url import backend_named, masked_store_url, sqlite_path, store_scheme
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -115,7 +114,7 @@ class StoreSettings(Section):
     @field_serializer("url")
     def _url_shown(self, url: str) -> str:
         """A PostgreSQL URI carries a password: `check` prints it masked."""
-        return masked_postgres_url(url) if backend_named(url) == "postgresql" else url
+        return masked_store_url(url)
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:

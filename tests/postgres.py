@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bridge.store.postgres.url import masked_url
+from bridge.store.url import masked_store_url as masked_url
 
 SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PREFIX = "bridge_test_"

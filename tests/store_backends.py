@@ -25,3 +25,18 @@ async def _postgresql(tmp_path: Path, clock: Clock) -> Store:
 
 
 BACKENDS: dict[str, Opener] = {"sqlite": _sqlite, "postgresql": _postgresql}
+
+
+async def _sqlite_again(store: Store, clock: Clock) -> Store:
+    return open_store(f"sqlite:///{store.path}", "NORMAL", 2.0, clock)  # type: ignore[attr-defined]
+
+
+async def _postgresql_again(store: Store, clock: Clock) -> Store:
+    again = open_store(store.url, commit_timeout=2.0, clock=clock, pool_size=4)  # type: ignore[attr-defined]
+    await again.open()
+    return again
+
+
+# The same store opened again, as another process (a restarted bridge, a replica) opens it.
+AGAIN: dict[str, Callable[[Store, Clock], Awaitable[Store]]] = {
+    "sqlite": _sqlite_again, "postgresql": _postgresql_again}

@@ -122,3 +122,29 @@ def test_a_server_that_cannot_be_reached_is_one_line_with_the_password_masked(
     assert line.startswith("sitegpt-bridge: cannot open the store at "
                            "postgresql://bridge:**********@127.0.0.1:1/bridge")
     assert PASSWORD not in result.stderr
+
+
+ODD_URLS = [  # each password's pieces: "Sec" and "retPW99"
+    "postgresql://bridge:Sec@retPW99@127.0.0.1:1/bridge?connect_timeout=2",
+    "postgresql://bridge:Sec/retPW99@127.0.0.1:1/bridge?connect_timeout=2",
+    "postgresql://bridge:Sec#retPW99@127.0.0.1:1/bridge?connect_timeout=2",
+    "postgresql://bridge:Sec%ZZretPW99@127.0.0.1:1/bridge?connect_timeout=2",
+    "postgresql://127.0.0.1:1/bridge?connect_timeout=2&password=Sec&retPW99",
+    "postgres+psycopg://bridge:Sec:retPW99@127.0.0.1:1/bridge",
+]
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("odd_url", ODD_URLS)
+def test_no_piece_of_an_odd_password_is_printed_by_check_or_serve(make_settings, tmp_path,
+                                                                   command, odd_url):
+    make_settings({"log": {"format": "json"}})
+    settings = tmp_path / "settings.toml"  # the url put in by hand: it may not validate
+    settings.write_text(settings.read_text().replace(f"sqlite:///{tmp_path}/data/bridge.db",
+                                                     odd_url))
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", command, "--config", str(settings)],
+        env=clean_environ(), capture_output=True, text=True, timeout=60)
+    shown = result.stdout + result.stderr
+    assert result.returncode != 0 and "**********" in shown
+    assert "retPW99" not in shown and "Sec" not in shown.replace("Security", "")

@@ -15,10 +15,11 @@ from postgres import query
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
-from bridge.store import NewEvent, Pruned, open_store
+from bridge.store import ClaimedDelivery, NewEvent, Pruned, open_store
 from bridge.store.migrations import SCHEMA_VERSION, Migration, StoreNeedsUpgrade
 from bridge.store.postgres import migrate
 from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
+from bridge.store.postgres.live_workers import WORKER_NAMESPACE
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.store import PostgresStore
 
@@ -311,3 +312,45 @@ async def test_an_event_that_cannot_be_stored_fails_alone_not_its_group(replicas
     assert isinstance(outcomes[1], StoreError) and "null value" in str(outcomes[1])
     assert [outcomes[0].status, outcomes[2].status] == ["accepted", "accepted"]  # type: ignore[union-attr]
     assert query(postgres_url, "SELECT COUNT(*) FROM events") == [(2,)]
+
+
+# Live workers: a replica's claims run on the connection holding its workers' locks
+
+WORKER_LOCKS = ("SELECT {} FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+async def test_a_replica_whose_lock_connection_dropped_claims_again_only_once_it_holds_it(
+        replicas, postgres_url):
+    first, second = replicas
+    await first.accept(new_event("k1", "bot/c1"), NOW, 600)
+    await first.accept(new_event("k2", "bot/c2"), NOW, 600)
+    [held] = await first.claim("w1", NOW, 1, 60)
+    [(dropped,)] = query(postgres_url, WORKER_LOCKS.format("COUNT(pg_terminate_backend(pid))"),
+                         (WORKER_NAMESPACE,))
+    assert dropped == 1
+    # w1 still runs, but no one can tell: its lease is taken at once, as a dead one's.
+    taken: list[ClaimedDelivery] = []
+    for _ in range(100):  # the terminated backend lets go of its locks a moment later
+        if taken := await second.claim("w2", NOW, 10, 60):
+            break
+        await asyncio.sleep(0.05)
+    assert held.id in {job.id for job in taken}
+    with pytest.raises(StoreError):  # this claim ran on the dropped connection: nothing taken
+        await first.claim("w1", NOW, 10, 60)
+    assert await first.claim("w1", NOW, 10, 60) == []  # a new connection, w1's lock again
+    assert len(query(postgres_url, WORKER_LOCKS.format("pid"), (WORKER_NAMESPACE,))) == 2
+    assert not await first.finish(held.lease, "delivered", NOW)  # w2 has it now
+
+
+async def test_a_lease_taken_by_a_bridge_without_worker_locks_runs_out_as_before(
+        replicas, postgres_url):
+    first, second = replicas
+    await first.accept(new_event("k1"), NOW, 600)
+    [held] = await first.claim("w1", NOW, 1, 60)
+    # As an older bridge, during a rolling upgrade, leaves it: no lock says its worker lives.
+    query(postgres_url, "UPDATE deliveries SET lease_token = md5(lease_token) WHERE id = %s"
+                        " RETURNING id", (held.id,))
+    await first.close()
+    assert await second.claim("w2", NOW + 59, 10, 60) == []
+    assert [job.id for job in await second.claim("w2", NOW + 60, 10, 60)] == [held.id]

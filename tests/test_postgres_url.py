@@ -5,15 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
-from bridge.store.postgres.url import (
-    check_postgres_url,
-    masked_url,
-    scrub,
-    server_address,
-    without_password,
-)
+from bridge.errors import StoreError
+from bridge.redact import Redactor
+from bridge.store.postgres.url import check_postgres_url, server_address, without_password
+from bridge.store.url import masked_store_url as masked_url
+from bridge.store.url import scrub, store_scheme, store_url_secrets
 
 URL = "postgresql://bridge:p%40ss@db.internal:5433/bridge?sslmode=require&sslpassword=key"
 
@@ -51,6 +50,49 @@ def test_a_uri_libpq_refuses_is_refused_without_its_password(url):
     with pytest.raises(ValueError) as error:
         check_postgres_url(url)
     assert "pw" not in str(error.value).replace("postgresql", "")
+
+
+# Passwords a parser cuts in pieces: bare @ : / # ? &, a bad percent-escape, ?password=.
+ODD_PASSWORDS = [
+    ("postgresql://bridge:Sec@retPW99@127.0.0.1:1/bridge", ("Sec", "retPW99")),
+    ("postgresql://bridge:Sec:retPW99@127.0.0.1:1/bridge", ("Sec", "retPW99")),
+    ("postgresql://bridge:Sec/retPW99@127.0.0.1:1/bridge", ("Sec", "retPW99")),
+    ("postgresql://bridge:Sec#retPW99@127.0.0.1:1/bridge", ("Sec", "retPW99")),
+    ("postgresql://bridge:Sec?retPW99@127.0.0.1:1/bridge", ("Sec", "retPW99")),
+    ("postgresql://bridge:Sec%40ret%ZZPW99@127.0.0.1:1/bridge", ("Sec", "ret", "ZZPW99")),
+    ("postgresql://127.0.0.1:1/bridge?password=Sec&retPW99", ("Sec", "retPW99")),
+    ("postgresql://127.0.0.1:1/bridge?sslpassword=Sec%20retPW99&sslmode=require",
+     ("Sec", "retPW99")),
+    ("mysql://bridge:Sec@retPW99@127.0.0.1/bridge", ("Sec", "retPW99")),
+]
+
+
+def _shows_a_piece(text: str, pieces: tuple[str, ...]) -> bool:
+    return any(piece in text for piece in pieces)
+
+
+@pytest.mark.parametrize(("url", "pieces"), ODD_PASSWORDS)
+def test_no_piece_of_an_odd_password_is_shown_masked_or_refused(url, pieces):
+    assert not _shows_a_piece(masked_url(url), pieces)
+    assert not _shows_a_piece(without_password(url), pieces)
+    try:
+        store_scheme(url)
+    except StoreError as refused:
+        assert not _shows_a_piece(str(refused), pieces)
+
+
+@pytest.mark.parametrize(("url", "pieces"), ODD_PASSWORDS[:5])
+async def test_no_piece_of_an_odd_password_is_in_a_failed_connection_scrubbed(url, pieces):
+    with pytest.raises(psycopg.Error) as failed:
+        await psycopg.AsyncConnection.connect(f"{url}?connect_timeout=2")
+    assert not _shows_a_piece(scrub(str(failed.value), url), pieces)
+
+
+@pytest.mark.parametrize(("url", "pieces"), ODD_PASSWORDS)
+def test_the_log_redactor_masks_every_long_piece_of_an_odd_password(url, pieces):
+    redact = Redactor(store_url_secrets(url))
+    said = " ".join(f"'{piece}@127.0.0.1'" for piece in pieces if len(piece) >= 4)
+    assert not _shows_a_piece(redact(said), tuple(p for p in pieces if len(p) >= 4))
 
 
 def test_a_bridge_on_sqlite_does_not_load_the_postgresql_driver():

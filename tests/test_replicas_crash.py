@@ -16,6 +16,9 @@ from servers import BridgeProcess
 from bridge.store.migrations import SCHEMA_VERSION
 
 MESSAGES = 30
+# A lease far longer than the bound: the survivor must not wait for it to run out, since the
+# server drops the killed replica's worker lock with its connection.
+LEASE = "120s"
 TAKEOVER_BOUND = 30.0  # seconds from the kill to the last message in Slack
 
 
@@ -46,7 +49,7 @@ def test_kill_9_of_the_replica_mid_delivery_the_other_delivers_the_rest_in_order
             "store": {"url": postgres_url, "pool_size": 4},
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
                       "burst": 1000, "per_second": 1000.0},
-            "delivery": {"poll_interval": "0.2s"},  # the default lease: 15 s, renewed
+            "delivery": {"poll_interval": "0.2s", "lease": LEASE},
             "log": {"format": "json"},
         })
         config = tmp_path / "settings.toml"
@@ -56,16 +59,20 @@ def test_kill_9_of_the_replica_mid_delivery_the_other_delivers_the_rest_in_order
             for n in range(MESSAGES):
                 assert post_message((first, second)[n % 2].url, n).status_code == 200
             wait_for(lambda: len(fake.posts) >= 10, 30, "the first ten posts")
-            fake.answer_late(25)  # a post lands in Slack, its answer hangs: a replica mid-call
+            fake.answer_late(5)  # a post lands in Slack, its answer hangs: a replica mid-call
             wait_for(lambda: not fake.late_posts, 30, "a post to hang")
             killed, survivor = holder_and_other(postgres_url, first, second)
             killed.kill()
             killed_at = len(fake.posts)
+            kill_time = time.monotonic()
             wait_for(lambda: pending(postgres_url) == 0, TAKEOVER_BOUND,
                      "the surviving replica to deliver the rest")
+            print(f"the survivor finished {time.monotonic() - kill_time:.1f} s after the kill"
+                  f" (lease {LEASE})")
             assert survivor.process is not None and survivor.process.poll() is None
     assert killed_at < MESSAGES + 1  # the kill really came mid-stream
-    # The killed replica held a delivery; the survivor took it over once its lease ran out.
+    # The killed replica held a delivery; the survivor took it over long before its lease
+    # could run out, as soon as the killed one's worker lock was gone.
     [(abandoned,)] = query(postgres_url, "SELECT COUNT(*) FROM delivery_attempts"
                                          " WHERE outcome = 'abandoned' AND worker = %s",
                            (worker_of(killed),))

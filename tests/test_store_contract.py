@@ -22,7 +22,7 @@ from bridge.store import (
 )
 from bridge.store.migrations import SCHEMA_VERSION
 from tests.conftest import FakeClock
-from tests.store_backends import BACKENDS
+from tests.store_backends import AGAIN, BACKENDS
 
 NOW = 1_700_000_000.0
 LEASE = 10.0
@@ -32,6 +32,15 @@ LEASE = 10.0
 async def store(request: pytest.FixtureRequest, tmp_path: Path,
                 clock: FakeClock) -> AsyncIterator[Store]:
     opened = await BACKENDS[request.param](tmp_path, clock)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def another_process(request: pytest.FixtureRequest, store: Store,
+                          clock: FakeClock) -> AsyncIterator[Store]:
+    """The same store, opened as a second process (a restarted bridge, a replica) opens it."""
+    opened = await AGAIN[request.node.callspec.params["store"]](store, clock)
     yield opened
     await opened.close()
 
@@ -56,6 +65,16 @@ async def seed(store: Store) -> None:
 async def claim(store: Store, now: float = NOW, owner: str = "w1", limit: int = 10,
                 lease: float = LEASE) -> dict[int, ClaimedDelivery]:
     return {job.id: job for job in await store.claim(owner, now, limit, lease)}
+
+
+async def claimed_soon(store: Store, owner: str) -> dict[int, ClaimedDelivery]:
+    """What `owner` claims at NOW once the server has let a closed connection's locks go
+    (its backend ends a moment after the client closes it), within a few seconds."""
+    for _ in range(50):
+        if taken := await claim(store, owner=owner):
+            return taken
+        await asyncio.sleep(0.1)
+    return {}
 
 
 async def status_of(store: Store, delivery_id: int) -> tuple[str, int]:
@@ -199,6 +218,19 @@ async def test_an_expired_lease_is_taken_over_and_the_late_finish_is_refused(sto
     history = await store.attempts(stale.id, limit=10)
     assert [(a.attempt, a.outcome, a.worker) for a in history] == [
         (2, "delivered", "w2"), (1, "abandoned", "w1")]
+
+
+async def test_a_stopped_processs_leases_are_taken_at_once_a_live_ones_are_not(
+        store, another_process):
+    await seed(store)
+    held = await claim(store, owner="w1")
+    assert await claim(another_process, owner="w2") == {}  # w1's process lives: it is its
+    await store.close()  # the process dies: no release, its leases still run for LEASE
+    taken = await claimed_soon(another_process, owner="w2")  # the clock stands still: at NOW
+    assert sorted(taken) == sorted(held) and all(job.attempts == 2 for job in taken.values())
+    [abandoned, *_] = await another_process.attempts(1)
+    assert (abandoned.outcome, abandoned.worker) == ("abandoned", "w1")
+    assert await another_process.finish(taken[1].lease, "delivered", NOW)
 
 
 async def test_release_undoes_a_claim_but_not_a_finish(store):
@@ -478,3 +510,51 @@ async def test_a_healthy_store_is_writable_and_at_the_current_schema_version(sto
     await store.check_writable()
     info = await store.info()
     assert info.schema_version == SCHEMA_VERSION
+
+
+# Capabilities: declared by every backend, a no-op where it needs none
+
+def _contract_methods() -> set[str]:
+    protocols = [cls for cls in Store.__mro__ if getattr(cls, "_is_protocol", False)]
+    return {name for cls in protocols for name, value in vars(cls).items()
+            if callable(value) and not name.startswith("_")}
+
+
+async def test_a_backend_implements_every_method_of_the_contract(store):
+    missing = sorted(name for name in _contract_methods()
+                     if not callable(getattr(store, name, None)))
+    assert "serialised" in _contract_methods() and "shared_pacing" in _contract_methods()
+    assert missing == []
+
+
+async def test_opening_again_and_migrating_again_change_nothing(store):
+    await seed(store)
+    await store.open()
+    await store.migrate_now()
+    assert (await store.info()).schema_version == SCHEMA_VERSION
+    assert len(await store.deliveries()) == 4
+
+
+async def test_serialised_work_runs_one_holder_at_a_time(store):
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with store.serialised("slack-thread:bot/c1"):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.05)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"]) \
+        or store.shared_pacing() is None  # one process: nothing else to hold against
+
+
+async def test_shared_pacing_is_the_stores_budget_where_replicas_share_one(store):
+    budgets = store.shared_pacing()
+    if budgets is None:
+        return  # one process delivers: Slack's pace is kept in that process
+    left, held_until = await budgets.take_token("C1", NOW, 2.0, 1.0)
+    assert left == 1.0 and held_until == 0.0
+    await budgets.hold_channel("C1", NOW, NOW + 30)
+    assert (await budgets.take_token("C1", NOW, 2.0, 1.0))[1] == NOW + 30
+

@@ -281,3 +281,28 @@ async def test_readyz_answers_503_while_the_disk_is_full_and_200_once_it_has_roo
     await bridge.close()
     assert full.status_code == 503 and full.json()["status"] == "unavailable"
     assert recovered.status_code == 200
+
+
+async def test_a_worker_lock_that_cannot_be_made_is_a_store_error(tmp_path, clock):
+    store = open_store(f"sqlite:///{tmp_path}/data/bridge.db", "NORMAL", 2.0, clock)
+    try:
+        (tmp_path / "data" / "bridge.db-worker.lock").mkdir()  # not a file it can open
+        with pytest.raises(StoreError, match="cannot take the worker lock"):
+            await store.claim("w1", 1_700_000_000.0, 10, 10.0)
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_never_claims_leaves_the_worker_lock_to_the_one_that_does(tmp_path,
+                                                                                  clock):
+    url = f"sqlite:///{tmp_path}/data/bridge.db"
+    command, worker = open_store(url, "NORMAL", 2.0, clock), open_store(url, "NORMAL", 2.0, clock)
+    try:
+        await command.accept(NewEvent(kind=MESSAGE, body="{}", dedup_key="k1",
+                                      ordering_key="bot/c1", destinations=["slack"]),
+                             1_700_000_000.0, 60)
+        assert len(await command.deliveries()) == 1  # as `deliveries` reads the store
+        assert len(await worker.claim("w1", 1_700_000_000.0, 10, 10.0)) == 1
+    finally:
+        await command.close()
+        await worker.close()

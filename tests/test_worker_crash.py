@@ -18,6 +18,9 @@ from bridge.store import open_store
 from tests.fake_slack import FakeSlack
 
 MESSAGES = 30
+# Far longer than any wait below: a worker that starts after a kill -9 must not wait for the
+# dead one's leases to run out, since the kernel let go of its lock on the store.
+LEASE = "120s"
 
 
 def start_worker(config: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -65,7 +68,7 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
         settings = make_settings({
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
                       "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
+            "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
             "log": {"format": "json"},
         })
         config = tmp_path / "settings.toml"
@@ -104,13 +107,40 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
 TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation to move again
 
 
+def test_a_second_worker_on_the_store_waits_and_says_who_delivers(make_settings, tmp_path):
+    settings = make_settings({"delivery": {"lease": LEASE, "poll_interval": "0.1s"},
+                              "log": {"format": "json"}})
+    config = tmp_path / "settings.toml"
+    first = start_worker(config, tmp_path)
+    lock = settings.store.sqlite_path.with_name("bridge.db-worker.lock")
+    wait_for(lambda: lock.is_file() and lock.read_text() == f"{first.pid}\n")  # it delivers
+    second = subprocess.Popen([sys.executable, "-m", "bridge", "worker", "--config",
+                               str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True,
+                              env={k: v for k, v in os.environ.items()
+                                   if not k.startswith("BRIDGE_")})
+    logged: list[str] = []
+    reading = threading.Thread(target=lambda: logged.extend(second.stderr or ()), daemon=True)
+    reading.start()
+    try:
+        wait_for(lambda: any('"outcome": "waiting"' in line for line in logged))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGTERM)
+        second.wait(10)
+        first.wait(10)
+    [waiting] = [line for line in logged if '"outcome": "waiting"' in line]
+    assert f"pid {first.pid} delivers from it; this worker waits" in waiting
+    assert second.returncode == 0 and first.returncode == 0
+
+
 def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
                                                                          tmp_path):
     with FakeSlack(post_delay=0.3) as fake:
         settings = make_settings({
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
                       "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
+            "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
             "log": {"format": "json"},
         })
         asyncio.run(accept_messages(settings.store.url, range(1)))
@@ -136,14 +166,15 @@ def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_se
             second.wait(10)
         history = asyncio.run(abandoned(settings.store.url))
 
-    print(f"the second worker finished {took:.1f} s after the kill (lease 3 s)")
+    print(f"the second worker finished {took:.1f} s after the kill (lease {LEASE})")
     [parent] = fake.parents()
     replies = [post["text"].split("\n") for post in fake.thread("C1", parent["ts"])]
     shown = [line for reply in replies for line in reply]
     assert list(dict.fromkeys(shown)) == [f"Visitor: m{n:02d}" for n in range(10)]
     doubled = {line for line, count in Counter(shown).items() if count > 1}
     assert any(doubled <= set(reply) for reply in replies)  # all from one reply, if any
-    # The killed worker's attempt (the reply's messages), taken over once its lease ran out.
+    # The killed worker's attempt (the reply's messages), taken over without waiting out
+    # its lease.
     assert len(history) >= 1 and len(set(history)) == 1
     assert second.returncode == 0
 

@@ -117,10 +117,9 @@ class Delivery:
         replicas (PostgreSQL) holds a lock; with one process there is no one else to wait for.
         """
         target = conversation_of(self.event)
-        hold = getattr(self.store, "serialised", None)
-        if hold is None or target is None:
+        if target is None:
             return contextlib.nullcontext()
-        return hold(f"{work}:{target.key}")  # type: ignore[no-any-return]
+        return self.store.serialised(f"{work}:{target.key}")
 
     async def queued_behind(self, kinds: frozenset[str], limit: int) -> list[Delivery]:
         """Up to `limit` deliveries queued right behind this one, of these kinds, in order.

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
 from bridge.sections import Section
-from bridge.store.postgres.url import MASK
+from bridge.store.url import MASK
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[ -~]*")

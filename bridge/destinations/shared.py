@@ -9,9 +9,10 @@ from typing import Any, TypeVar, cast
 from bridge.clock import Clock, SystemClock
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.store.protocols import ChannelBudgets
 
 T = TypeVar("T")
-StoreUse = Callable[[Any], None]
+StoreUse = Callable[[ChannelBudgets], None]
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Shared:
         """Call `use(store)` once the bridge's store turns out to be shared by replicas."""
         self._store_uses.append(use)
 
-    def store_is_shared(self, store: Any) -> None:
+    def store_is_shared(self, budgets: ChannelBudgets) -> None:
         """The store is shared by replicas (PostgreSQL): what waited for it may use it now."""
         for use in self._store_uses:
-            use(store)
+            use(budgets)

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from bridge.clock import Clock
 from bridge.store.protocols import (
+    ChannelBudgets,
     ConversationLinks,
     DeliveryQueue,
     DeliveryStore,
     Echoes,
     EventIntake,
     Housekeeping,
+    Lifecycle,
+    NewWork,
     Operations,
     QueuedBehind,
     QueueStats,
     ReplyIntake,
+    Serialised,
+    SharedPacing,
     Store,
     Transcripts,
 )
@@ -43,11 +48,12 @@ from bridge.store.records import (
 from bridge.store.url import sqlite_path, store_scheme
 
 __all__ = [
-    "STATUSES", "Acceptance", "Attempt", "Backup", "ClaimedDelivery", "ConversationLink",
-    "ConversationLinks", "ConversationRecord", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
-    "DeliveryStore", "Echo", "Echoes", "EventIntake", "FollowUp", "Housekeeping", "Lease",
-    "NewEvent", "Operations", "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake",
-    "RetryKind", "Store", "StoreInfo",
+    "STATUSES", "Acceptance", "Attempt", "Backup", "ChannelBudgets", "ClaimedDelivery",
+    "ConversationLink", "ConversationLinks", "ConversationRecord", "DeliveryQueue",
+    "DeliveryRow", "DeliveryStatus", "DeliveryStore", "Echo", "Echoes", "EventIntake",
+    "FollowUp", "Housekeeping", "Lease", "Lifecycle", "NewEvent", "NewWork", "Operations",
+    "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake", "RetryKind", "Serialised",
+    "SharedPacing", "Store", "StoreInfo",
     "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",
 ]
 

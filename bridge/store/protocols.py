@@ -8,13 +8,21 @@
     Echoes             replies sent from Slack, recognised when SiteGPT sends them back
     Operations         the operator commands: list, retry, stats, prune, backup, info
 
+and the capabilities a backend declares whether or not it needs them, as a no-op where not:
+
+    Lifecycle          open and migrate in the serving event loop (before the port is bound)
+    NewWork            hear of work another process stored (PostgreSQL's NOTIFY)
+    Serialised         one holder at a time, across every process, of a named piece of work
+    SharedPacing       where Slack's per-channel pace is kept for every replica, if anywhere
+
 Every change to a claimed delivery names its Lease and is refused (False) once the lease
 has passed to someone else: a worker that lost its lease can never overwrite another's result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +58,14 @@ class EventIntake(Protocol):
 class DeliveryQueue(Protocol):
     async def claim(self, owner: str, now: float, limit: int,
                     lease: float) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, the oldest pending one per conversation each."""
+        """Lease up to `limit` due deliveries, the oldest pending one per conversation each.
+
+        The first claim makes `owner` live for as long as this store stays open in this
+        process. A lease whose owner is no longer live (its process died) is taken at once;
+        one whose owner lives but stopped renewing (hung) is taken when it runs out. Where
+        the backend lets only one process claim (SQLite), claim returns nothing in any other
+        process until that one stops, and then takes over all it held.
+        """
         ...
 
     async def heartbeat(self, leases: Sequence[Lease], until: float) -> set[int]:
@@ -124,8 +139,19 @@ class Echoes(Protocol):
     async def consume_echo(self, echo: Echo, now: float) -> bool: ...
 
 
-class DeliveryStore(ConversationLinks, Transcripts, Echoes, QueuedBehind, Protocol):
-    """All a destination may touch: its own links, transcripts, echoes and queued followers."""
+class Serialised(Protocol):
+    def serialised(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold `key` against every process sharing the store while the block runs.
+
+        For what must never happen twice at once, such as starting a conversation's Slack
+        thread; the hold ends with the process that has it.
+        """
+        ...
+
+
+class DeliveryStore(ConversationLinks, Transcripts, Echoes, QueuedBehind, Serialised, Protocol):
+    """All a destination may touch: its own links, transcripts, echoes, queued followers and
+    one-at-a-time holds."""
 
 
 class ReplyIntake(EventIntake, ConversationLinks, Protocol):
@@ -154,7 +180,41 @@ class Operations(QueueStats, Housekeeping, Protocol):
     async def info(self) -> StoreInfo: ...
 
 
-class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Protocol):
-    """A whole backend, as open_store() returns it."""
+class Lifecycle(Protocol):
+    async def open(self) -> None:
+        """Connect and migrate in the running event loop, if not yet; safe to call again."""
+        ...
+
+    async def migrate_now(self) -> None:
+        """Migrate in any event loop and let go, so that `serve` fails before binding its port."""
+        ...
 
     async def close(self) -> None: ...
+
+
+class NewWork(Protocol):
+    def on_new_work(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (in this event loop) whenever another process stores work."""
+        ...
+
+
+class ChannelBudgets(Protocol):
+    """Slack's per-channel token buckets, kept where every replica counts its posts."""
+
+    async def take_token(self, channel: str, now: float, capacity: float,
+                         rate: float) -> tuple[float, float]:
+        """Take one post from `channel`'s budget: (tokens left, below 0 in debt; held until)."""
+        ...
+
+    async def hold_channel(self, channel: str, now: float, until: float) -> None: ...
+
+
+class SharedPacing(Protocol):
+    def shared_pacing(self) -> ChannelBudgets | None:
+        """The budgets replicas share, or None where one process alone delivers."""
+        ...
+
+
+class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Lifecycle, NewWork,
+            Serialised, SharedPacing, Protocol):
+    """A whole backend, as open_store() returns it."""

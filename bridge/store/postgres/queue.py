@@ -10,6 +10,7 @@ from psycopg.rows import class_row, dict_row
 
 from bridge.store.coalescing import as_taken, newly_taken, run_behind
 from bridge.store.postgres.intake import accept
+from bridge.store.postgres.live_workers import GONE, LIVE, LIVE_TOKEN
 from bridge.store.records import (
     ClaimedDelivery,
     DeliveryStatus,
@@ -26,12 +27,13 @@ ABANDONED = "'the lease of ' || lease_owner || ' ran out: it stopped renewing it
 # A delivery may go only when no older one to the same destination and conversation is
 # pending. SKIP LOCKED: replicas claiming at the same moment take different rows instead of
 # queueing behind each other; a row another claim has just leased is re-checked and skipped.
-# A lease that ran out is recorded as its worker's abandoned attempt.
+# A lease that ran out, or whose worker is gone (live_workers.py), is recorded as its
+# worker's abandoned attempt.
 CLAIM = f"""
-WITH next AS (
+WITH {LIVE}, next AS (
     SELECT d.id, d.attempts, d.lease_owner FROM deliveries d
     WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s
-      AND (d.lease_until IS NULL OR d.lease_until <= %(now)s)
+      AND (d.lease_until IS NULL OR d.lease_until <= %(now)s OR ({GONE}))
       AND NOT EXISTS (
         SELECT 1 FROM deliveries e
         WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
@@ -45,7 +47,7 @@ WITH next AS (
 )
 UPDATE deliveries d
 SET lease_owner = %(owner)s, lease_until = %(lease_until)s, attempts = d.attempts + 1,
-    lease_token = md5(random()::text || clock_timestamp()::text || d.id::text)
+    lease_token = '{LIVE_TOKEN}' || md5(random()::text || clock_timestamp()::text || d.id::text)
 FROM next, events e
 WHERE d.id = next.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at, e.kind,

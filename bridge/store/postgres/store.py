@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,28 +21,23 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy, StoreError
+from bridge.store.delegations import Delegations
+from bridge.store.masking import masked_store_url, scrub
 from bridge.store.postgres import conversations, intake, migrate, operations, queue
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.store.postgres.groups import AcceptGroups
+from bridge.store.postgres.live_workers import LiveWorkers
 from bridge.store.postgres.schema import MIGRATIONS
-from bridge.store.postgres.url import masked_url, scrub, server_address
+from bridge.store.postgres.url import server_address
 from bridge.store.postgres.wakeup import WakeUps
+from bridge.store.protocols import ChannelBudgets
 from bridge.store.records import (
     Accept,
     Acceptance,
-    Attempt,
     Backup,
     ClaimedDelivery,
     ConversationRecord,
-    DeliveryRow,
-    DeliveryStatus,
-    Echo,
-    FollowUp,
-    Lease,
     NewEvent,
-    Pruned,
-    RetryKind,
-    StoredMessage,
     StoreInfo,
 )
 
@@ -68,8 +64,12 @@ ON CONFLICT (channel) DO UPDATE SET held_until = GREATEST(b.held_until, %(until)
 """
 
 
-class PostgresStore:
+class PostgresStore(Delegations):
     """The shared backend: a connection pool, migrated on first use, and a wake-up listener."""
+
+    queue_sql = queue
+    conversation_sql = conversations
+    operations_sql = operations
 
     def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:
@@ -87,6 +87,7 @@ class PostgresStore:
         self._opening: asyncio.Lock | None = None
         self._opened = False
         self._wake_ups: WakeUps | None = None
+        self._live_workers = LiveWorkers(url)
 
     # Opening, closing, describing
 
@@ -116,7 +117,7 @@ class PostgresStore:
                 major, minor = divmod(conn.info.server_version, 10000)
                 self.server_version = f"{major}.{minor}"
         except (psycopg.Error, OSError) as exc:
-            raise StoreError(f"cannot open the store at {masked_url(self.url)}: "
+            raise StoreError(f"cannot open the store at {masked_store_url(self.url)}: "
                              f"{scrub(str(exc), self.url)}") from None
 
     async def _connect(self) -> None:
@@ -128,6 +129,7 @@ class PostgresStore:
         if self._wake_ups is not None:
             await self._wake_ups.stop()
         await self._groups.drain()
+        await self._live_workers.close()
         await self._locks.close()
         await self._pool.close()
 
@@ -175,52 +177,14 @@ class PostgresStore:
 
     async def claim(self, owner: str, now: float, limit: int,
                     lease: float) -> list[ClaimedDelivery]:
-        return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease))
-
-    async def heartbeat(self, leases: Sequence[Lease], until: float) -> set[int]:
-        return await self._run(lambda conn: queue.heartbeat(conn, leases, until))
-
-    async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
-                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
-                     coalesced: Sequence[Lease] = ()) -> bool:
-        return await self._run(
-            lambda conn: queue.finish(conn, lease, status, now, note, follow_ups, coalesced))
-
-    async def reschedule(self, lease: Lease, at: float, error: str, now: float,
-                         retry_kind: RetryKind | None = None) -> bool:
-        return await self._run(
-            lambda conn: queue.reschedule(conn, lease, at, error, now, retry_kind))
-
-    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int:
-        return await self._run(
-            lambda conn: queue.bring_forward(conn, destination, retry_kind, now))
-
-    async def take_queued(self, lease: Lease, kinds: frozenset[str], limit: int,
-                          now: float) -> list[ClaimedDelivery]:
-        return await self._run(lambda conn: queue.take_queued(conn, lease, kinds, limit, now))
-
-    async def release(self, leases: Sequence[Lease]) -> int:
-        return await self._run(lambda conn: queue.release(conn, leases))
+        """Claim on the connection that holds `owner`'s lock: only while it holds it."""
+        return await self._run(lambda conn: queue.claim(conn, owner, now, limit, now + lease),
+                               on=lambda: self._live_workers.connection(owner))
 
     async def next_due(self, after: float) -> float | None:
         return await self._value(queue.NEXT_DUE, (after,))
 
     # ConversationLinks, Transcripts, Echoes
-
-    async def link_state(self, chatbot_id: str, thread_id: str,
-                         destination: str) -> dict[str, Any] | None:
-        return await self._run(
-            lambda conn: conversations.link_state(conn, chatbot_id, thread_id, destination))
-
-    async def save_link(self, chatbot_id: str, thread_id: str, destination: str,
-                        state: dict[str, Any], ref: str | None = None) -> None:
-        now = self.clock.now()
-        await self._run(lambda conn: conversations.save_link(
-            conn, chatbot_id, thread_id, destination, state, ref, now))
-
-    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
-        return await self._run(
-            lambda conn: conversations.conversation_by_ref(conn, destination, ref))
 
     @contextlib.asynccontextmanager
     async def serialised(self, key: str) -> AsyncIterator[None]:
@@ -243,47 +207,14 @@ class PostgresStore:
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"store: {scrub(str(exc), self.url)}") from exc
 
-    async def transcript(self, chatbot_id: str, thread_id: str,
-                         after_id: int = 0) -> list[StoredMessage]:
-        return await self._run(
-            lambda conn: conversations.transcript(conn, chatbot_id, thread_id, after_id))
-
-    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
-        await self._run(
-            lambda conn: conversations.remember_echo(conn, echo, now, now + keep_for))
-
     async def forget_echo(self, source: str) -> None:
         await self._run(lambda conn: conn.execute(
             "DELETE FROM slack_echoes WHERE source = %s", (source,)))
-
-    async def consume_echo(self, echo: Echo, now: float) -> bool:
-        return await self._run(lambda conn: conversations.consume_echo(conn, echo, now))
-
-    # Operations
-
-    async def deliveries(self, status: str | None = None, conversation: str | None = None,
-                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]:
-        return await self._run(
-            lambda conn: operations.deliveries(conn, status, conversation, limit, ids))
-
-    async def attempts(self, delivery_id: int, limit: int = 3) -> list[Attempt]:
-        return await self._run(lambda conn: operations.attempts(conn, delivery_id, limit))
-
-    async def retry(self, ids: Sequence[int] = (), failed: bool = False,
-                    destination: str | None = None, now: float = 0.0) -> int:
-        return await self._run(
-            lambda conn: operations.retry(conn, ids, failed, destination, now))
-
-    async def conversations(self, limit: int = 50) -> list[ConversationRecord]:
-        return await self._run(lambda conn: conversations.conversations(conn, "", (), limit))
 
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None:
         found = await self._run(lambda conn: conversations.conversations(
             conn, "WHERE chatbot_id = %s AND thread_id = %s", (chatbot_id, thread_id), 1))
         return found[0] if found else None
-
-    async def queue_depth(self) -> dict[str, int]:
-        return await self._run(operations.queue_depth)
 
     async def waiting_by_destination(self) -> dict[str, int]:
         async def read(conn: Connection) -> dict[str, int]:
@@ -296,17 +227,16 @@ class PostgresStore:
         return await self._value(
             "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", ())
 
-    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned:
-        return await self._run(lambda conn: operations.prune(conn, cutoff, now, limit))
-
     async def backup(self, target: Path) -> Backup:
         raise StoreError(pg_dump_advice(self.url, target))
 
     # Slack's shared pace
 
+    def shared_pacing(self) -> ChannelBudgets | None:
+        return self
+
     async def take_token(self, channel: str, now: float, capacity: float,
                          rate: float) -> tuple[float, float]:
-        """Take one post from `channel`'s budget: (tokens left, below 0 in debt; held until)."""
         async def take(conn: Connection) -> tuple[float, float]:
             cursor = await conn.execute(TAKE_TOKEN, {"channel": channel, "now": now,
                                                      "capacity": capacity, "rate": rate})
@@ -322,12 +252,14 @@ class PostgresStore:
     # Plumbing
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]],
-                   timeout: float | None = None) -> T:
-        """`work` on a pooled connection within `timeout`; driver errors become StoreErrors."""
+                   timeout: float | None = None,
+                   on: Callable[[], AbstractAsyncContextManager[Connection]] | None = None) -> T:
+        """`work` on a pooled connection (or `on` one) within `timeout`; driver errors become
+        StoreErrors."""
         await self.open()
         limit = timeout or DEFAULT_TIMEOUT
         try:
-            async with asyncio.timeout(limit), self._pool.connection() as conn:
+            async with asyncio.timeout(limit), (on or self._pool.connection)() as conn:
                 return await work(conn)
         except TimeoutError:
             raise StoreBusy(f"the store did not answer within {limit:g} s") from None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from bridge.store.postgres.url import scrub
+from bridge.store.masking import scrub
 
 log = logging.getLogger("bridge.store")
 CHANNEL = "bridge_work"

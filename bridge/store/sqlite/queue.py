@@ -60,6 +60,16 @@ def claim(conn: sqlite3.Connection, owner: str, now: float, limit: int,
     return [ClaimedDelivery(**row) for row in rows]
 
 
+def take_over(conn: sqlite3.Connection, now: float) -> int:
+    """End every lease still running, for a process that holds the store's worker lock.
+
+    Only a process that held the lock can have taken them, and it no longer holds it: it
+    died. Their worker is kept, so the next claim records its attempt as abandoned.
+    """
+    return conn.execute("UPDATE deliveries SET lease_until = ? WHERE status = 'pending'"
+                        " AND lease_until > ?", (now, now)).rowcount
+
+
 def _record_abandoned(conn: sqlite3.Connection, lost: list[tuple[int, str]], now: float) -> None:
     """A lease that ran out: its worker stopped renewing it (killed, hung, cut off)."""
     conn.executemany(

@@ -1,0 +1,125 @@
+"""The store methods that only pass their arguments to a backend's SQL module, written once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
+from typing import Any, ClassVar
+
+from bridge.clock import Clock
+from bridge.store.records import (
+    Attempt,
+    ClaimedDelivery,
+    ConversationRecord,
+    DeliveryRow,
+    DeliveryStatus,
+    Echo,
+    FollowUp,
+    Lease,
+    Pruned,
+    RetryKind,
+    StoredMessage,
+)
+
+
+class Delegations:
+    """The part of a backend that is one call into its SQL modules, on one of its connections.
+
+    A backend names the modules whose SQL these run (`queue_sql`, `conversation_sql`,
+    `operations_sql`: bridge.store.sqlite.queue, bridge.store.postgres.queue, ...) and gives
+    `_run`, which calls a function with one of its connections: a SQLite connection on the
+    writer thread, or a pooled PostgreSQL one whose result it awaits.
+    """
+
+    queue_sql: ClassVar[ModuleType]
+    conversation_sql: ClassVar[ModuleType]
+    operations_sql: ClassVar[ModuleType]
+    clock: Clock
+    _run: Callable[..., Awaitable[Any]]
+
+    # DeliveryQueue
+
+    async def heartbeat(self, leases: Sequence[Lease], until: float) -> set[int]:
+        return await self._run(lambda conn: self.queue_sql.heartbeat(conn, leases, until))
+
+    async def finish(self, lease: Lease, status: DeliveryStatus, now: float,
+                     note: str | None = None, follow_ups: Sequence[FollowUp] = (),
+                     coalesced: Sequence[Lease] = ()) -> bool:
+        return await self._run(lambda conn: self.queue_sql.finish(
+            conn, lease, status, now, note, follow_ups, coalesced))
+
+    async def reschedule(self, lease: Lease, at: float, error: str, now: float,
+                         retry_kind: RetryKind | None = None) -> bool:
+        return await self._run(
+            lambda conn: self.queue_sql.reschedule(conn, lease, at, error, now, retry_kind))
+
+    async def bring_forward(self, destination: str, retry_kind: RetryKind, now: float) -> int:
+        return await self._run(
+            lambda conn: self.queue_sql.bring_forward(conn, destination, retry_kind, now))
+
+    async def take_queued(self, lease: Lease, kinds: frozenset[str], limit: int,
+                          now: float) -> list[ClaimedDelivery]:
+        return await self._run(
+            lambda conn: self.queue_sql.take_queued(conn, lease, kinds, limit, now))
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        return await self._run(lambda conn: self.queue_sql.release(conn, leases))
+
+    # ConversationLinks, Transcripts, Echoes
+
+    async def link_state(self, chatbot_id: str, thread_id: str,
+                         destination: str) -> dict[str, Any] | None:
+        return await self._run(lambda conn: self.conversation_sql.link_state(
+            conn, chatbot_id, thread_id, destination))
+
+    async def save_link(self, chatbot_id: str, thread_id: str, destination: str,
+                        state: dict[str, Any], ref: str | None = None) -> None:
+        now = self.clock.now()
+        await self._run(lambda conn: self.conversation_sql.save_link(
+            conn, chatbot_id, thread_id, destination, state, ref, now))
+
+    async def conversation_by_ref(self, destination: str, ref: str) -> tuple[str, str] | None:
+        return await self._run(
+            lambda conn: self.conversation_sql.conversation_by_ref(conn, destination, ref))
+
+    async def transcript(self, chatbot_id: str, thread_id: str,
+                         after_id: int = 0) -> list[StoredMessage]:
+        return await self._run(lambda conn: self.conversation_sql.transcript(
+            conn, chatbot_id, thread_id, after_id))
+
+    async def remember_echo(self, echo: Echo, now: float, keep_for: float) -> None:
+        """Keep `echo` until it comes back or `keep_for` passes; one memory per source."""
+        await self._run(
+            lambda conn: self.conversation_sql.remember_echo(conn, echo, now, now + keep_for))
+
+    async def consume_echo(self, echo: Echo, now: float) -> bool:
+        """Whether `echo` was remembered (any source, text stripped); the memory is used up."""
+        return await self._run(lambda conn: self.conversation_sql.consume_echo(conn, echo, now))
+
+    # Operations
+
+    async def deliveries(self, status: str | None = None, conversation: str | None = None,
+                         limit: int = 100, ids: Sequence[int] = ()) -> list[DeliveryRow]:
+        return await self._run(lambda conn: self.operations_sql.deliveries(
+            conn, status, conversation, limit, ids))
+
+    async def attempts(self, delivery_id: int, limit: int = 3) -> list[Attempt]:
+        return await self._run(
+            lambda conn: self.operations_sql.attempts(conn, delivery_id, limit))
+
+    async def retry(self, ids: Sequence[int] = (), failed: bool = False,
+                    destination: str | None = None, now: float = 0.0) -> int:
+        return await self._run(
+            lambda conn: self.operations_sql.retry(conn, ids, failed, destination, now))
+
+    async def conversations(self, limit: int = 50) -> list[ConversationRecord]:
+        return await self._run(
+            lambda conn: self.conversation_sql.conversations(conn, "", (), limit))
+
+    async def queue_depth(self) -> dict[str, int]:
+        return await self._run(self.operations_sql.queue_depth)
+
+    async def prune(self, cutoff: float, now: float, limit: int) -> Pruned:
+        """Remove up to `limit` finished events older than `cutoff`, and expired dedup rows."""
+        return await self._run(
+            lambda conn: self.operations_sql.prune(conn, cutoff, now, limit))
