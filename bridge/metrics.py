@@ -27,6 +27,7 @@ disable_created_metrics()
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "invalid_json",
                     "too_large", "disconnected", "not_configured", "unavailable")
 DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
+RECONCILED = {True: "yes", False: "no", None: "unknown"}
 # From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
 # an outage hours (the worker gives up after [delivery] max_age, 24 h by default).
 # The queue is read from the store at most this often: a flood of scrapes must not load the
@@ -76,6 +77,10 @@ class Metrics:
             "sitegpt_bridge_slack_pacing_wait_seconds",
             "How long each Slack post waited for its channel's next slot.",
             buckets=PACING_BUCKETS, registry=self.registry)
+        self.reconciled_total = Counter(
+            "sitegpt_bridge_reconciled",
+            "Lookups of what a cut-off attempt sent, before sending it again, by what was found.",
+            ["destination", "found"], registry=self.registry)
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
@@ -108,6 +113,10 @@ class Metrics:
         self.deliveries.labels(destination, outcome).inc()
         if outcome == "delivered":
             self.latency.labels(destination).observe(max(since_accepted, 0.0))
+
+    def reconciled(self, destination: str, found: bool | None) -> None:
+        """A cut-off delivery was looked for: found (yes), not (no), or the lookup failed."""
+        self.reconciled_total.labels(destination, RECONCILED[found]).inc()
 
     def watch_pacer(self, behind: Callable[[], float]) -> None:
         """Read the Slack pacer's delay at each scrape."""
