@@ -80,6 +80,7 @@ class FakeSlack:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._serial = 0
+        self._unanswered = 0  # posts made whose answer is still on its way
         app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST", "GET"])])
         self.server = LoopbackServer(app)
 
@@ -115,6 +116,11 @@ class FakeSlack:
         """The next chat.postMessage is posted, but its answer comes `seconds` late; or the next
         lookup (conversations.replies or .history) answers that late."""
         (self.late_posts if method == "chat.postMessage" else self.late_lookups).append(seconds)
+
+    def unanswered(self) -> int:
+        """Posts Slack made whose answer is still on its way (see answer_delay)."""
+        with self._lock:
+            return self._unanswered
 
     def lookups(self) -> list[dict[str, Any]]:
         """The arguments of every conversations.replies call, in order."""
@@ -154,8 +160,17 @@ class FakeSlack:
         if method == "chat.postMessage" and self.post_delay:
             await asyncio.sleep(self.post_delay)
         answer = self._perform(method, args, author)
-        await asyncio.sleep(self._answer_delay(method))
+        landed = method == "chat.postMessage" and b'"ok":true' in answer.body
+        self._landing(+landed)
+        try:
+            await asyncio.sleep(self._answer_delay(method))
+        finally:
+            self._landing(-landed)
         return answer
+
+    def _landing(self, change: int) -> None:
+        with self._lock:
+            self._unanswered += change
 
     def _answer_delay(self, method: str) -> float:
         if method == "chat.postMessage":
@@ -254,8 +269,10 @@ class FakeSlack:
             if not self._allow(channel):
                 self.rate_limited.append(channel)
                 return _answer(429, "ratelimited", {"Retry-After": "1"})
-            self._serial += 1
-            ts = f"{1_700_000_000 + self._serial}.{self._serial:06d}"
+            # Slack's ts is the time of the post, unique in its channel: a lookup by `oldest`
+            # in real time (a process's own clock) must find it.
+            self._serial = max(self._serial + 1, int(time.time() * 1_000_000))
+            ts = f"{self._serial // 1_000_000}.{self._serial % 1_000_000:06d}"
             self.posts.append({**args, **author, "ts": ts})
         return JSONResponse({"ok": True, "channel": channel, "ts": ts})
 
