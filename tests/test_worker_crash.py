@@ -34,6 +34,16 @@ def wait_for(condition, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def worker_settings(make_settings, fake: FakeSlack):
+    """Settings for a worker posting to `fake` at full speed, with a short lease."""
+    return make_settings({
+        "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                  "burst": 1000, "per_second": 1000.0},
+        "delivery": {"lease": "3s", "poll_interval": "0.1s"},
+        "log": {"format": "json"},
+    })
+
+
 async def pending_count(url: str) -> int:
     store = open_store(url)
     try:
@@ -62,12 +72,7 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     Every message is shown, in order; what repeats is at most the one reply in flight.
     """
     with FakeSlack(post_delay=0.1) as fake:
-        settings = make_settings({
-            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
-                      "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
-            "log": {"format": "json"},
-        })
+        settings = worker_settings(make_settings, fake)
         config = tmp_path / "settings.toml"
         first = start_worker(config, tmp_path)
         try:
@@ -107,12 +112,7 @@ TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation
 def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
                                                                          tmp_path):
     with FakeSlack(post_delay=0.3) as fake:
-        settings = make_settings({
-            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
-                      "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
-            "log": {"format": "json"},
-        })
+        settings = worker_settings(make_settings, fake)
         asyncio.run(accept_messages(settings.store.url, range(1)))
         config = tmp_path / "settings.toml"
         first = start_worker(config, tmp_path)
@@ -174,12 +174,7 @@ def test_kill_9_again_and_again_while_posts_land_posts_nothing_twice(make_settin
     is shown exactly once.
     """
     with FakeSlack(answer_delay=0.4) as fake:
-        settings = make_settings({
-            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
-                      "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": "3s", "poll_interval": "0.1s"},
-            "log": {"format": "json"},
-        })
+        settings = worker_settings(make_settings, fake)
         config = tmp_path / "settings.toml"
         arriving = threading.Thread(target=lambda: asyncio.run(
             accept_messages(settings.store.url, range(MESSAGES), gap=0.15)))
