@@ -821,3 +821,19 @@ async def test_a_post_whose_outcome_the_full_store_refused_is_found_not_posted_a
     assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0\nVisitor: m1"]
     assert [s for s, _ in await h.statuses()] == ["delivered"] * 3
     assert reconciled(h, "yes") == 1
+
+
+async def test_a_lookup_waits_for_the_channels_pace_like_a_post(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h)
+    h.slack.pacer.hold("C_CONV", 10.0)  # a 429 told the channel to wait
+    await h.worker.drain()
+    assert h.fake.lookups() == [] and len(h.fake.posts) == 3  # neither looked nor posted
+    assert [s for s, _ in await h.statuses()] == ["delivered", "pending"]
+
+    h.clock.advance(15)
+    await h.worker.drain()
+    assert len(h.fake.lookups()) == 1  # still uncertain: it looks once the channel may go
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0"]

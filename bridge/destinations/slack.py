@@ -275,14 +275,16 @@ class SlackDestination:
                              thread_ts: str | None) -> dict[str, Any] | None:
         """The post an earlier attempt of this delivery made before it was cut off, if any.
 
-        Only an uncertain delivery looks, by the metadata every post carries. A lookup that
-        fails posts again: a message shown twice is better than one lost.
+        Only an uncertain delivery looks, by the metadata every post carries, and at the
+        channel's pace, as a post would. A lookup that fails posts again: a message shown twice
+        is better than one lost.
         """
         if not delivery.uncertain:
             return None
         since = delivery.claimed.created_at - PARENT_LOOKBACK_SECONDS
         wanted = delivery.claimed.id
         try:
+            await self.pacer.acquire(channel)
             found = await self.workspace.find(channel, thread_ts, since,
                                               lambda message: wanted in delivered_in(message))
         except (RetryableError, PermanentError) as exc:

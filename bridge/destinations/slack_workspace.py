@@ -210,11 +210,7 @@ class SlackWorkspace:
     async def find(self, channel: str, thread_ts: str | None, since: float,
                    match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """The first message since `since` that `match`es: in the thread (conversations.replies)
-        or, without one, among the channel's top-level messages (conversations.history).
-
-        Paced with the channel's posts: a lookup spends a slot of the channel's budget.
-        """
-        await self.pacer.acquire(channel)
+        or, without one, among the channel's top-level messages (conversations.history)."""
         method = "conversations.replies" if thread_ts else "conversations.history"
         return await self.call(method, lambda: find_message(
             partial(self._page, channel, thread_ts, f"{since:.6f}"), match), channel=channel)
