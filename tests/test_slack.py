@@ -837,3 +837,20 @@ async def test_a_lookup_waits_for_the_channels_pace_like_a_post(harness):
     await h.worker.drain()
     assert len(h.fake.lookups()) == 1  # still uncertain: it looks once the channel may go
     assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0"]
+
+
+async def test_a_lookup_reads_the_thread_page_by_page_until_it_finds_the_post(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(4):  # replies of their own: an escalation's broadcast would do the same
+        await h.accept(message("thread_A", f"agent {n}", kind="AGENT_MESSAGE"))
+        await h.worker.drain()
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h)
+    h.fake.page_size = 2
+    await h.worker.drain()
+
+    assert texts(h.fake.thread("C_CONV", parent)).count("Visitor: m0") == 1
+    pages = h.fake.lookups()
+    assert [page.get("cursor") or "" for page in pages] == ["", "2", "4", "6"]
+    assert reconciled(h, "yes") == 1
