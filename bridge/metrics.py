@@ -102,6 +102,8 @@ class Metrics:
             self.waiting.labels(destination)
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(destination, outcome)
+            for found in RECONCILED.values():
+                self.reconciled_total.labels(destination, found)
 
     def webhook(self, endpoint: str, outcome: str) -> None:
         self.webhooks.labels(endpoint, outcome).inc()
