@@ -101,6 +101,10 @@ def print_delivery(report: DeliveryReport) -> None:
           f"per channel after a burst of 3 ([slack] per_second = {burst.rate:g}, burst = 3): "
           f"{burst.delivered} delivered in {burst.seconds:.1f} s, "
           f"{burst.rate_limited} answered 429, in order: {'yes' if burst.in_order else 'NO'}")
+    lookups = report.lookups
+    print(f"lookups for a cut-off attempt's post (conversations.replies), all runs above: "
+          f"{lookups.lookups} for {lookups.deliveries:,} messages, "
+          f"{lookups.per_thousand:.1f} per 1,000 (goal: 0)")
 
 
 def reachable(server: str) -> str:
@@ -120,7 +124,8 @@ def print_backlog(report: Backlog) -> None:
     print(f"all shown {report.caught_up_seconds:.1f} s after Slack's return (goal <= 90 s) in "
           f"{report.posts} posts, {report.rate_limited} answered 429, in order: "
           f"{'yes' if report.in_order else 'NO'}; next live message posted "
-          f"{report.live_seconds:.2f} s after its 200 (goal: a second or two)")
+          f"{report.live_seconds:.2f} s after its 200 (goal: a second or two); "
+          f"{report.lookups} lookups for a cut-off attempt's post (goal: 0)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ class Backlog:
     rate_limited: int
     in_order: bool
     live_seconds: float  # a new message once the backlog is shown: webhook 200 to its post
+    lookups: int = 0  # conversations.replies: retries after an outage must cost none
 
 
 def run_backlog(options: BacklogOptions) -> Backlog:
@@ -81,7 +82,7 @@ async def _backlog(bridge: Server, slack: Slack, options: BacklogOptions) -> Bac
         sent = time.perf_counter()
         await delivered(client, slack, [live])
     return Backlog(len(markers), options.conversations, options.outage_seconds, caught_up, posts,
-                   rate_limited, in_order, slack.arrived[live] - sent)
+                   rate_limited, in_order, slack.arrived[live] - sent, slack.lookups)
 
 
 def _body(run: str, thread: str, conversation: int, serial: int) -> bytes:

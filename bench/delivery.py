@@ -48,12 +48,19 @@ class Slack:
     order: list[str]
     rate_limited: int = 0
     posts: int = 0
+    lookups: int = 0  # conversations.replies calls: looking for what a cut-off attempt posted
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
         seen = (await client.post(f"{self.api_url}{ARRIVALS}", headers={
             "Authorization": "Bearer xoxb-bench"})).json()
         self.arrived, self.order = seen["arrived"], seen["order"]
         self.rate_limited, self.posts = seen["rate_limited"], seen.get("posts", 0)
+        self.lookups = seen.get("lookups", 0)
+
+    async def seen_now(self) -> Slack:
+        async with httpx.AsyncClient() as client:
+            await self.refresh(client)
+        return self
 
 
 @contextlib.contextmanager
@@ -100,11 +107,27 @@ class Burst:
 
 
 @dataclass(frozen=True)
+class Lookups:
+    """Lookups for what a cut-off attempt posted, over every delivery of the runs above."""
+
+    deliveries: int
+    lookups: int
+
+    @property
+    def per_thousand(self) -> float:
+        return 1000 * self.lookups / max(self.deliveries, 1)
+
+    def __add__(self, other: Lookups) -> Lookups:
+        return Lookups(self.deliveries + other.deliveries, self.lookups + other.lookups)
+
+
+@dataclass(frozen=True)
 class DeliveryReport:
     latency: Latency
     throughput: list[Throughput]
     burst: Burst
     across_replicas: Latency | None = None
+    lookups: Lookups = Lookups(0, 0)
 
 
 @dataclass(frozen=True)
@@ -124,11 +147,19 @@ def run_delivery(options: DeliveryOptions) -> DeliveryReport:
             throughput = [asyncio.run(_throughput(bridge, slack, count,
                                                   options.throughput_messages))
                           for count in (1, 10, 100)]
+            lookups = _lookups(slack)
         with fake_slack(options.burst_rate) as slack, bridge_process(
                 Path(folder) / "paced", slack, (3, options.burst_rate)) as bridge:
             burst = asyncio.run(_burst(bridge, slack, options))
+            lookups += _lookups(slack)
         across = _across_replicas(Path(folder), options) if options.postgres else None
-    return DeliveryReport(latency, throughput, burst, across)
+    return DeliveryReport(latency, throughput, burst, across, lookups)
+
+
+def _lookups(slack: Slack) -> Lookups:
+    """What the fake Slack was asked to look up, for the messages it was given."""
+    seen = asyncio.run(slack.seen_now())
+    return Lookups(len(seen.arrived), seen.lookups)
 
 
 def _across_replicas(folder: Path, options: DeliveryOptions) -> Latency:

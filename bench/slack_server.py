@@ -55,7 +55,8 @@ class StampingSlack(FakeSlack):
     def _perform(self, method: str, args: dict[str, Any], author: dict[str, str]) -> Response:
         if method == ARRIVALS:
             return JSONResponse({"arrived": self.arrived, "order": self.order,
-                                 "rate_limited": len(self.rate_limited), "posts": self.posted})
+                                 "rate_limited": len(self.rate_limited), "posts": self.posted,
+                                 "lookups": len(self.lookups())})
         return super()._perform(method, args, author)
 
 

@@ -29,6 +29,7 @@ disable_created_metrics()
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unauthorized", "invalid", "invalid_json",
                     "too_large", "disconnected", "not_configured", "unavailable")
 DELIVERY_OUTCOMES = ("delivered", "skipped", "retry", "failed")
+RECONCILED = {True: "yes", False: "no", None: "unknown"}
 # From a webhook's acceptance to its delivery: most take well under a second, retries minutes,
 # an outage hours (the worker gives up after [delivery] max_age, 24 h by default).
 # The queue is read from the store at most this often: a flood of scrapes must not load the
@@ -67,6 +68,10 @@ class Metrics:
             "sitegpt_bridge_waiting_deliveries",
             "Deliveries still to be made, by destination (retries included).",
             ["destination"], registry=self.registry)
+        self.reconciled_total = Counter(
+            "sitegpt_bridge_reconciled",
+            "Lookups of what a cut-off attempt sent, before sending it again, by what was found.",
+            ["destination", "found"], registry=self.registry)
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
@@ -93,6 +98,8 @@ class Metrics:
             self.waiting.labels(destination)
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(destination, outcome)
+            for found in RECONCILED.values():
+                self.reconciled_total.labels(destination, found)
 
     def webhook(self, endpoint: str, outcome: str) -> None:
         self.webhooks.labels(endpoint, outcome).inc()
@@ -110,6 +117,10 @@ class Metrics:
         if owner not in self._owned:
             self._owned[owner] = make(self.registry)
         return cast(T, self._owned[owner])
+
+    def reconciled(self, destination: str, found: bool | None) -> None:
+        """A cut-off delivery was looked for: found (yes), not (no), or the lookup failed."""
+        self.reconciled_total.labels(destination, RECONCILED[found]).inc()
 
     def destination_error(self, destination: str, error: BaseException) -> None:
         """Count by the error's `code` when the destination gave one, else by its class."""

@@ -243,6 +243,12 @@ class Worker:
             return None
 
     async def _deliver(self, job: ClaimedDelivery) -> None:
+        try:
+            await self._attempt(job)
+        except StoreError as exc:
+            self._unrecorded(job, exc)
+
+    async def _attempt(self, job: ClaimedDelivery) -> None:
         destination = self.destinations.get(job.destination)
         if destination is None:
             await self._fail(job, f"destination {job.destination!r} is not configured")
@@ -262,8 +268,8 @@ class Worker:
         except PermanentError as exc:
             self.metrics.destination_error(job.destination, exc)
             await self._fail(job, str(exc), exc.follow_ups)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, StoreError):
+            raise  # a store error may come after the call: what was sent is not known
         except Exception as exc:  # a bug must not lose the event: retry, bounded by max_attempts
             self.metrics.destination_error(job.destination, exc)
             log.exception("unexpected error delivering %d to %s", job.id, job.destination)
@@ -275,7 +281,28 @@ class Worker:
             coalesced = outcome.coalesced if isinstance(outcome, Delivered) else ()
         finally:
             if delivery is not None:  # also when cancelled: what went along or not, nothing stays
+                self._count_lookup(delivery)
                 await self._release_unused(delivery, coalesced)
+
+    def _count_lookup(self, delivery: Delivery) -> None:
+        if delivery.looked:
+            self.metrics.reconciled(delivery.destination, delivery.found)
+
+    def _unrecorded(self, job: ClaimedDelivery, exc: StoreError) -> None:
+        """The store failed around the call: whether it reached the destination is not known.
+
+        Nothing more is written (the store is failing): the delivery stays leased until its
+        lease runs out, then the next claim records this attempt as abandoned and hands the
+        delivery out as uncertain, so the destination looks for it before sending it again.
+        """
+        log.error(
+            "delivery %d (event %d) to %s: the store failed (%s); the outcome is not recorded."
+            " The delivery is taken again once its lease runs out, and %s is first checked for"
+            " what this attempt may have sent", job.id, job.event_id, job.destination, exc,
+            job.destination,
+            extra={"delivery_id": job.id, "event_id": job.event_id, "destination": job.destination,
+                   "conversation": job.ordering_key, "outcome": "unrecorded",
+                   "attempt": job.attempts})
 
     async def _release_unused(self, delivery: Delivery, coalesced: Sequence[int]) -> None:
         """Deliveries taken to go along that did not: back to the queue, next in line."""
@@ -319,7 +346,13 @@ class Worker:
         """
         if not self.recovery.answers_again(job, self.clock.now()):
             return
-        count = await self.store.bring_forward(job.destination, "unavailable", self.clock.now())
+        try:
+            count = await self.store.bring_forward(job.destination, "unavailable",
+                                                   self.clock.now())
+        except StoreError as exc:  # they keep their backoff: nothing is lost
+            log.warning("%s answers again, but waiting deliveries could not be brought"
+                        " forward: %s", job.destination, exc)
+            return
         if count:
             log.info("%s answers again: %d waiting deliveries brought forward", job.destination,
                      count, extra={"destination": job.destination})

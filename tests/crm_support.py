@@ -37,6 +37,12 @@ class Deliveries:
         [claimed] = await self.store.claim("test", self.clock.now(), 1, 60.0)
         return Delivery(claimed, event, self.store, self.clock)
 
+    async def taken_over(self, cut_off: Delivery) -> Delivery:
+        """The same delivery, claimed again once the lease of its cut-off attempt ran out."""
+        [claimed] = await self.store.claim("next", self.clock.now() + 60.0, 1, 60.0)
+        assert claimed.id == cut_off.claimed.id and claimed.uncertain
+        return Delivery(claimed, cut_off.event, self.store, self.clock)
+
 
 @asynccontextmanager
 async def open_deliveries(folder: Path, clock: Clock) -> AsyncIterator[Deliveries]:

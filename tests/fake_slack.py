@@ -51,7 +51,8 @@ MAX_ELEMENTS = 10
 
 
 class FakeSlack:
-    """Enough of chat.*, reactions.add, auth.test and users.info for the bridge.
+    """Enough of chat.*, conversations.history and .replies, reactions.add, auth.test and
+    users.info for the bridge.
 
     A bot token (xoxb-...) posts as the bridge; a user token `xoxp-<user id>` posts as that
     person, so a test can write in a thread the way a person would and get the Events API
@@ -59,7 +60,7 @@ class FakeSlack:
     """
 
     def __init__(self, channel_rate: float | None = None, channel_burst: int = 3,
-                 post_delay: float = 0.0) -> None:
+                 post_delay: float = 0.0, answer_delay: float = 0.0) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.posts: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
@@ -69,14 +70,17 @@ class FakeSlack:
         self.refused: list[tuple[str, dict[str, Any]]] = []  # (Slack's error, the arguments)
         self.script: deque[Scripted] = deque()
         self.outage_status: int | None = None
-        self.post_delay = post_delay
+        self.post_delay = post_delay  # before the post is made
+        self.answer_delay = answer_delay  # after it is made, before Slack answers
         self.late_posts: deque[float] = deque()
+        self.late_lookups: deque[float] = deque()
         self.page_size = 200
         self.channel_rate = channel_rate
         self.channel_burst = channel_burst
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._serial = 0
+        self._unanswered = 0  # posts made whose answer is still on its way
         app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST", "GET"])])
         self.server = LoopbackServer(app)
 
@@ -99,6 +103,7 @@ class FakeSlack:
                 record.clear()
             self.script.clear()
             self.late_posts.clear()
+            self.late_lookups.clear()
             self._buckets.clear()
             self.users = {key: dict(user) for key, user in USERS.items()}
         self.outage_status = None
@@ -107,9 +112,19 @@ class FakeSlack:
         for _ in range(times):
             self.script.append(Scripted(method, **answer))
 
-    def answer_late(self, seconds: float) -> None:
-        """The next chat.postMessage is posted, but its answer comes `seconds` late."""
-        self.late_posts.append(seconds)
+    def answer_late(self, seconds: float, method: str = "chat.postMessage") -> None:
+        """The next chat.postMessage is posted, but its answer comes `seconds` late; or the next
+        lookup (conversations.replies or .history) answers that late."""
+        (self.late_posts if method == "chat.postMessage" else self.late_lookups).append(seconds)
+
+    def unanswered(self) -> int:
+        """Posts Slack made whose answer is still on its way (see answer_delay)."""
+        with self._lock:
+            return self._unanswered
+
+    def lookups(self) -> list[dict[str, Any]]:
+        """The arguments of every conversations.replies call, in order."""
+        return [args for method, args, _ in list(self.calls) if method == "conversations.replies"]
 
     def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         return [post for post in self.posts
@@ -145,9 +160,24 @@ class FakeSlack:
         if method == "chat.postMessage" and self.post_delay:
             await asyncio.sleep(self.post_delay)
         answer = self._perform(method, args, author)
-        if method == "chat.postMessage" and self.late_posts:
-            await asyncio.sleep(self.late_posts.popleft())
+        landed = method == "chat.postMessage" and b'"ok":true' in answer.body
+        self._landing(+landed)
+        try:
+            await asyncio.sleep(self._answer_delay(method))
+        finally:
+            self._landing(-landed)
         return answer
+
+    def _landing(self, change: int) -> None:
+        with self._lock:
+            self._unanswered += change
+
+    def _answer_delay(self, method: str) -> float:
+        if method == "chat.postMessage":
+            return self.late_posts.popleft() if self.late_posts else self.answer_delay
+        if method in ("conversations.replies", "conversations.history") and self.late_lookups:
+            return self.late_lookups.popleft()
+        return 0.0
 
     def _scripted(self, method: str) -> Scripted | None:
         if self.script and self.script[0].method in (method, "*"):
@@ -172,6 +202,8 @@ class FakeSlack:
             return self._react(args)
         if method == "conversations.history":
             return self._history(args)
+        if method == "conversations.replies":
+            return self._replies(args)
         if method == "users.info":
             user = self.users.get(str(args.get("user")))
             if user is None:
@@ -183,16 +215,38 @@ class FakeSlack:
         """A channel's top-level messages after `oldest`, newest first, a page at a time."""
         if str(args.get("channel")) in ("C_MISSING", "C0MISSING"):
             return JSONResponse({"ok": False, "error": "channel_not_found"})
-        with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
         oldest = float(args.get("oldest") or 0)
         with self._lock:
             found = [post for post in reversed(self.posts)
                      if post.get("channel") == args.get("channel") and not post.get("thread_ts")
                      and float(post["ts"]) > oldest]
+        return self._page(found, args)
+
+    def _replies(self, args: dict[str, Any]) -> Response:
+        """A thread's parent, then its replies after `oldest`, oldest first, a page at a time.
+
+        As Slack does: the parent comes first whatever `oldest` says, and metadata only with
+        include_all_metadata.
+        """
+        channel, ts = args.get("channel"), str(args.get("ts") or "")
+        oldest = float(args.get("oldest") or 0)
+        with self._lock:
+            parent = [post for post in self.posts
+                      if post.get("channel") == channel and post["ts"] == ts]
+            replies = [post for post in self.posts
+                       if post.get("channel") == channel and post.get("thread_ts") == ts
+                       and float(post["ts"]) > oldest]
+        if not parent:
+            return JSONResponse({"ok": False, "error": "thread_not_found"})
+        return self._page(parent + replies, args)
+
+    def _page(self, found: list[dict[str, Any]], args: dict[str, Any]) -> Response:
+        with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
         start = int(args.get("cursor") or 0)
         page = found[start:start + self.page_size]
         more = start + self.page_size < len(found)
         messages = [{"type": "message", "ts": post["ts"], "text": post.get("text", ""),
+                     **{key: post[key] for key in ("thread_ts", "bot_id", "user") if key in post},
                      **({"metadata": post["metadata"]} if with_metadata and "metadata" in post
                         else {})} for post in page]
         return JSONResponse({"ok": True, "messages": messages, "has_more": more,
@@ -215,8 +269,10 @@ class FakeSlack:
             if not self._allow(channel):
                 self.rate_limited.append(channel)
                 return _answer(429, "ratelimited", {"Retry-After": "1"})
-            self._serial += 1
-            ts = f"{1_700_000_000 + self._serial}.{self._serial:06d}"
+            # Slack's ts is the time of the post, unique in its channel: a lookup by `oldest`
+            # in real time (a process's own clock) must find it.
+            self._serial = max(self._serial + 1, int(time.time() * 1_000_000))
+            ts = f"{self._serial // 1_000_000}.{self._serial % 1_000_000:06d}"
             self.posts.append({**args, **author, "ts": ts})
         return JSONResponse({"ok": True, "channel": channel, "ts": ts})
 

@@ -87,6 +87,23 @@ async def test_default_template_sends_every_lead_field(hook, deliveries, clock):
     assert "webhook-signature" not in request.headers
 
 
+async def test_a_lead_sent_again_after_a_cut_off_attempt_has_the_same_webhook_id(
+        hook, deliveries, clock):
+    hook.respond(200)
+    destination = CrmWebhook(webhook_settings(signing_secret=SecretStr(SECRET)), Templates())
+    cut_off = await deliveries.of(lead_body())
+    await destination.deliver(cut_off)  # its worker dies before recording the outcome
+    clock.advance(60)
+
+    await deliver(destination, await deliveries.taken_over(cut_off))
+
+    first, again = (call.request for call in hook.calls)
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == "lead_789"
+    assert first.content == again.content  # a receiver keeping webhook-ids drops the copy
+    assert first.headers["webhook-timestamp"] != again.headers["webhook-timestamp"]
+    assert first.headers["webhook-signature"] != again.headers["webhook-signature"]  # fresh
+
+
 @pytest.mark.parametrize("lead_id", ["lead_é_ü", "lead\r\nX-Injected: 1", "lead 7", "x" * 500])
 async def test_a_lead_id_unfit_for_a_header_goes_out_hashed_and_whole_in_the_body(
         hook, deliveries, lead_id):

@@ -219,6 +219,20 @@ async def test_the_same_lead_delivered_twice_is_one_contact(router, hubspot, del
     assert again == Delivered(note="hubspot contact 501 updated")
 
 
+@pytest.mark.parametrize("sample", ["lead", "lead-custom-fields"])  # by email, by phone
+async def test_a_lead_sent_again_after_a_cut_off_attempt_updates_the_same_contact(
+        router, hubspot, deliveries, sample):
+    fake = FakeHubSpot(router)
+    cut_off = await deliveries.of(lead_body(sample))
+    await hubspot.deliver(cut_off)  # its worker dies before recording the outcome
+    fake.unindexed.clear()
+
+    again = await hubspot.deliver(await deliveries.taken_over(cut_off))
+
+    assert len(fake.contacts) == 1  # upserted by its email, or found by its phone
+    assert again == Delivered(note="hubspot contact 501 updated")
+
+
 async def test_a_lost_create_answer_is_retried_only_once_search_can_see_the_contact(
         router, hubspot, deliveries):
     fake = FakeHubSpot(router)

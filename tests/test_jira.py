@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
+from failing_store import FullDisk
 from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth, java_length
 
 from bridge.cli import main
@@ -726,3 +727,48 @@ async def test_a_delivery_fails_with_the_message_the_preview_raises(open_bridge,
 
     assert (row.status, row.attempts) == ("failed", 1)
     assert row.last_error == f"jira: {caught.value}"
+
+
+# A delivery cut off after its call (its worker killed, its outcome not recorded)
+
+
+def reconciled(bridge: Bridge, found: str) -> float:
+    return bridge.worker.metrics.registry.get_sample_value(
+        "sitegpt_bridge_reconciled_total", {"destination": "jira", "found": found}) or 0.0
+
+
+async def test_a_ticket_made_by_an_attempt_whose_outcome_was_lost_is_found_not_made_again(
+        open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    full = FullDisk(bridge.store)
+    bridge.worker.store = full
+    full.full = True
+    first = await bridge.escalate()  # the ticket is made; recording it fails
+    full.full = False
+    assert first.status == "pending" and len(cloud.issues) == 1
+
+    bridge.clock.advance(bridge.worker.lease)
+    await bridge.worker.drain()
+
+    again = await bridge.row(bridge.escalations[-1])
+    assert (again.status, again.note) == ("delivered", "SUP-1")
+    assert len(cloud.issues) == 1 and cloud.comments("SUP-1") == []
+    assert reconciled(bridge, "yes") == 1
+
+
+async def test_a_comment_added_by_an_attempt_whose_outcome_was_lost_is_not_added_again(
+        open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    await bridge.escalate()
+    await bridge.say("anyone there?")
+    full = FullDisk(bridge.store)
+    bridge.worker.store = full
+    full.full = True
+    await bridge.escalate()  # the comment is added; recording it fails
+    full.full = False
+    bridge.clock.advance(bridge.worker.lease)
+    await bridge.worker.drain()
+
+    assert (await bridge.row(bridge.escalations[-1])).status == "delivered"
+    assert len(cloud.comments("SUP-1")) == 1
+    assert reconciled(bridge, "yes") == 1

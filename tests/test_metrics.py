@@ -284,3 +284,15 @@ def test_the_scrape_is_prometheus_text(client):
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     assert "# TYPE sitegpt_bridge_webhooks_total counter" in answer.text
+
+
+def test_lookups_after_a_cut_off_attempt_start_at_zero_for_every_destination():
+    metrics = Metrics(destinations=["slack", "jira"])
+    metrics.reconciled("slack", None)
+    counts = {labels: value for (name, labels), value in
+              samples(generate_latest(metrics.registry).decode()).items()
+              if name == "sitegpt_bridge_reconciled_total"}
+    assert counts == {
+        frozenset({("destination", destination), ("found", found)}): float(
+            (destination, found) == ("slack", "unknown"))
+        for destination in ("slack", "jira") for found in ("yes", "no", "unknown")}

@@ -118,3 +118,63 @@ def test_replicas_started_at_once_migrate_the_new_database_once(make_settings, t
             replica.kill()
     assert sum("migrated the PostgreSQL schema" in log for log in logs) == 1
     assert query(postgres_url, "SELECT COUNT(*) FROM schema_migrations") == [(SCHEMA_VERSION,)]
+
+
+CONVERSATIONS = 24
+
+
+def post_to(url: str, thread: str, text: str) -> httpx.Response:
+    body = {"event": "ADD_MESSAGE", "data": {"chatbotId": "bot", "threadId": thread,
+                                              "question": text, "messageType": "USER_MESSAGE"}}
+    return httpx.post(f"{url}/webhooks/messages", json=body, timeout=10,
+                      headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+
+
+def leases_by_worker(url: str) -> dict[str, int]:
+    rows = query(url, "SELECT lease_owner, COUNT(*) FROM deliveries WHERE status = 'pending'"
+                      " AND lease_owner IS NOT NULL GROUP BY lease_owner")
+    return {str(owner): int(count) for owner, count in rows}  # type: ignore[call-overload]
+
+
+def test_kill_9_of_a_replica_with_posts_in_flight_posts_none_of_them_twice(
+        make_settings, tmp_path, postgres_url):
+    """Slack answers each post a second late; one replica dies holding many of them.
+
+    The survivor takes its deliveries over, finds in Slack the posts that had landed (the
+    threads' parents and replies) and posts only what had not.
+    """
+    with FakeSlack(answer_delay=1.0) as fake:
+        make_settings({
+            "store": {"url": postgres_url, "pool_size": 4},
+            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                      "burst": 1000, "per_second": 1000.0},
+            "delivery": {"poll_interval": "0.2s", "lease": "3s"},
+            "log": {"format": "json"},
+        })
+        config = tmp_path / "settings.toml"
+        with BridgeProcess(config, cwd=tmp_path) as first, \
+                BridgeProcess(config, cwd=tmp_path) as second:
+            for n in range(2):
+                for c in range(CONVERSATIONS):
+                    replica = (first, second)[c % 2]
+                    assert post_to(replica.url, f"t{c:02d}", f"m{n}").status_code == 200
+            wait_for(lambda: fake.unanswered() >= 8 and len(leases_by_worker(postgres_url)) == 2,
+                     30, "both replicas to have posts in flight")
+            killed, survivor = (first, second) if worker_of(first) == max(
+                (held := leases_by_worker(postgres_url)), key=held.__getitem__) else (second, first)
+            killed.kill()
+            in_flight = fake.unanswered()
+            wait_for(lambda: pending(postgres_url) == 0, 60,
+                     "the surviving replica to deliver the rest")
+            assert survivor.process is not None and survivor.process.poll() is None
+
+    parents = {post["metadata"]["event_payload"]["conversation"]: post
+               for post in fake.parents()}
+    shown = {key: [line for post in fake.thread("C1", parent["ts"])
+                   for line in post["text"].split("\n")] for key, parent in parents.items()}
+    doubled = sum(len(lines) - len(set(lines)) for lines in shown.values())
+    print(f"killed holding {held[worker_of(killed)]} leases, {in_flight} posts in flight:"
+          f" {doubled} messages and {len(fake.parents()) - len(parents)} parents shown twice,"
+          f" {len(fake.lookups())} lookups")
+    assert len(fake.parents()) == CONVERSATIONS == len(parents)
+    assert all(lines == ["Visitor: m0", "Visitor: m1"] for lines in shown.values()), shown

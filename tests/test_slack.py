@@ -14,16 +14,18 @@ from typing import Any
 
 import pytest
 
+from bridge.destinations.base import Delivered, Delivery
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import PermanentError
 from bridge.event_rows import new_event
 from bridge.events import MESSAGE, TICKET_LINKED, canonical_json, parse_event
 from bridge.samples import load_sample
-from bridge.store import open_store
+from bridge.store import ClaimedDelivery, open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.templating import CUT_MARKER, Templates
 from bridge.worker import Worker
 from tests.conftest import FakeClock
+from tests.failing_store import FullDisk
 from tests.fake_slack import FakeSlack
 
 
@@ -663,3 +665,192 @@ async def test_no_backlog_however_adversarial_goes_beyond_slacks_limits(harness,
     assert list(dict.fromkeys(markers)) == [f"m{n:03d}" for n in range(len(backlog))]
     assert len(replies) < len(backlog)
     assert [s for s, _ in await h.statuses()] == ["delivered"] * (len(backlog) + 1)
+
+
+# A delivery cut off mid-call (its worker killed, hung, or unable to record the outcome) is
+# looked for in Slack before it is posted again.
+
+async def post_and_die(h: Harness, post: bool = True) -> ClaimedDelivery:
+    """A worker takes the next delivery, posts it (unless not `post`), and dies unrecorded."""
+    [job] = await h.store.claim("dead-worker", h.clock.now(), 1, 15)
+    if post:
+        delivery = Delivery(job, parse_event(job.kind, job.payload), h.store, h.clock)
+        assert isinstance(await h.slack.deliver(delivery), Delivered)
+    h.clock.advance(15)  # its lease runs out: the next claim takes it over, uncertain
+    return job
+
+
+def reconciled(h: Harness, found: str) -> float:
+    value = h.worker.metrics.registry.get_sample_value(
+        "sitegpt_bridge_reconciled_total", {"destination": "slack", "found": found})
+    return value or 0.0
+
+
+async def test_every_post_names_the_deliveries_and_events_it_carries(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    ids = [await h.accept(message("thread_A", f"m{n}")) for n in range(2)]
+    await h.worker.drain()
+    first, batch = h.fake.thread("C_CONV", parent)
+    assert first["metadata"] == {"event_type": "sitegpt_bridge_delivery",
+                                 "event_payload": {"event_id": "1", "delivery_id": "1"}}
+    assert batch["metadata"]["event_payload"] == {"event_id": ",".join(map(str, ids)),
+                                                  "delivery_id": "2,3"}
+    assert h.fake.lookups() == []  # nothing was cut off: nothing is looked for
+
+
+async def test_a_reply_posted_by_a_worker_that_died_is_found_not_posted_again(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept(message("thread_A", "m0"))
+    job = await post_and_die(h)
+    await h.worker.drain()
+
+    [_first, reply] = h.fake.thread("C_CONV", parent)
+    assert reply["text"] == "Visitor: m0"
+    [row] = await h.store.deliveries(ids=[job.id])
+    assert (row.status, row.note) == ("delivered", f"C_CONV/{reply['ts']}")
+    [lookup] = h.fake.lookups()
+    assert (lookup["channel"], lookup["ts"]) == ("C_CONV", parent)
+    assert str(lookup["include_all_metadata"]).lower() in ("1", "true")
+    assert reconciled(h, "yes") == 1
+
+
+async def test_a_batch_posted_by_a_worker_that_died_is_found_with_all_it_carried(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    await h.accept(message("thread_A", "later"))  # came after the dead worker's post
+    await post_and_die(h)  # m0, with m1 and m2 taken along in one reply
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == [
+        "Visitor: m0\nVisitor: m1\nVisitor: m2\nVisitor: later"]
+    await h.worker.drain()
+
+    assert len(h.fake.thread("C_CONV", parent)) == 2  # nothing posted again
+    rows = await h.store.deliveries(limit=10)
+    assert {row.status for row in rows} == {"delivered"}
+    assert len({row.note for row in rows[:4]}) == 1
+
+
+async def test_a_worker_that_died_before_posting_leaves_it_to_be_posted_once(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h, post=False)
+    await h.worker.drain()
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0"]
+    assert len(h.fake.lookups()) == 1 and reconciled(h, "no") == 1
+
+
+@pytest.mark.parametrize("failure", [
+    {"status": 503}, {"status": 429, "error": "ratelimited", "headers": {"Retry-After": "1"}},
+    {"error": "missing_scope"}, "timeout"])
+async def test_a_lookup_that_fails_posts_again_adding_at_most_one_copy(harness, failure,
+                                                                       caplog):
+    h = await harness(timeout_seconds=1)
+    parent = await open_thread(h)
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h)
+    if failure == "timeout":
+        h.fake.answer_late(3.0, "conversations.replies")
+    else:
+        h.fake.fail_next("conversations.replies", **failure)
+    with caplog.at_level(logging.WARNING, logger="bridge.slack"):
+        await h.worker.drain()
+
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0", "Visitor: m0"]
+    assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
+    assert "could not look for what delivery 2 posted before it was cut off" in caplog.text
+    assert reconciled(h, "unknown") == 1
+
+
+async def test_a_lead_posted_by_a_worker_that_died_is_found_in_the_channel(harness, sample):
+    h = await harness()
+    await h.accept(sample("lead-custom-fields"))
+    await post_and_die(h)
+    await h.worker.drain()
+    [post] = h.fake.posts
+    [(status, note)] = await h.statuses()
+    assert (status, note) == ("delivered", f"C_LEADS/{post['ts']}")
+    [search] = [args for method, args, _ in h.fake.calls if method == "conversations.history"]
+    assert search["channel"] == "C_LEADS"
+
+
+async def test_a_thread_notice_cut_off_is_found_in_the_thread(harness, sample):
+    h = await harness()
+    await h.accept(sample("message-visitor"))
+    await h.worker.drain()
+    [parent] = h.fake.parents()
+    await h.accept(sample("escalation"))
+    await post_and_die(h)
+    await h.worker.drain()
+    [_first, escalation] = h.fake.thread("C_CONV", parent["ts"])
+    assert escalation["reply_broadcast"] is True and reconciled(h, "yes") == 1
+    assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
+
+
+async def test_retries_of_deliveries_never_cut_off_look_for_nothing(harness):
+    h = await harness()
+    await open_thread(h)
+    h.fake.fail_next("chat.postMessage", times=2, status=503)
+    for n in range(3):
+        await h.accept(message("thread_A", f"m{n}"))
+    for _ in range(3):
+        await h.worker.drain()
+        h.clock.advance(300)
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 4
+    assert h.fake.lookups() == []
+
+
+async def test_a_post_whose_outcome_the_full_store_refused_is_found_not_posted_again(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    full = FullDisk(h.store)
+    h.worker.store = full
+    for n in range(2):
+        await h.accept(message("thread_A", f"m{n}"))
+    full.full = True
+    await h.worker.drain()  # posted; recording it fails, and so does giving back the rest
+    assert full.refused and set(full.refused) <= {"finish", "release"}
+    full.full = False
+    for _ in range(3):
+        h.clock.advance(15)
+        await h.worker.drain()
+
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0\nVisitor: m1"]
+    assert [s for s, _ in await h.statuses()] == ["delivered"] * 3
+    assert reconciled(h, "yes") == 1
+
+
+async def test_a_lookup_waits_for_the_channels_pace_like_a_post(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h)
+    h.slack.pacer.hold("C_CONV", 10.0)  # a 429 told the channel to wait
+    await h.worker.drain()
+    assert h.fake.lookups() == [] and len(h.fake.posts) == 3  # neither looked nor posted
+    assert [s for s, _ in await h.statuses()] == ["delivered", "pending"]
+
+    h.clock.advance(15)
+    await h.worker.drain()
+    assert len(h.fake.lookups()) == 1  # still uncertain: it looks once the channel may go
+    assert texts(h.fake.thread("C_CONV", parent))[1:] == ["Visitor: m0"]
+
+
+async def test_a_lookup_reads_the_thread_page_by_page_until_it_finds_the_post(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    for n in range(4):  # replies of their own: an escalation's broadcast would do the same
+        await h.accept(message("thread_A", f"agent {n}", kind="AGENT_MESSAGE"))
+        await h.worker.drain()
+    await h.accept(message("thread_A", "m0"))
+    await post_and_die(h)
+    h.fake.page_size = 2
+    await h.worker.drain()
+
+    assert texts(h.fake.thread("C_CONV", parent)).count("Visitor: m0") == 1
+    pages = h.fake.lookups()
+    assert [page.get("cursor") or "" for page in pages] == ["", "2", "4", "6"]
+    assert reconciled(h, "yes") == 1

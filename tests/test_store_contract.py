@@ -233,6 +233,23 @@ async def test_a_stopped_processs_leases_are_taken_at_once_a_live_ones_are_not(
     assert await another_process.finish(taken[1].lease, "delivered", NOW)
 
 
+async def test_a_delivery_with_an_attempt_cut_off_is_claimed_uncertain(store):
+    await seed(store)
+    first = await claim(store, limit=1)
+    [stale] = first.values()
+    assert not stale.uncertain  # a first attempt: nothing was sent before it
+    claimed = await claim(store, NOW + LEASE, owner="w2")
+    taken = claimed.pop(stale.id)
+    assert taken.uncertain  # w1 stopped renewing mid-attempt: it may have been sent
+    assert [job.uncertain for job in claimed.values()] == [False, False]  # first attempts
+    assert await store.release([taken.lease]) == 1  # w2 shuts down before trying
+    again = (await claim(store, NOW + LEASE, owner="w3"))[stale.id]
+    assert again.uncertain  # still: w1's attempt is the last one that ran
+    assert await store.reschedule(again.lease, NOW + LEASE, "HTTP 429", NOW + LEASE)
+    retried = (await claim(store, NOW + LEASE, owner="w4"))[stale.id]
+    assert retried.uncertain  # w3 was refused: whether w1's attempt landed is still unknown
+
+
 async def test_release_undoes_a_claim_but_not_a_finish(store):
     await seed(store)
     jobs = await store.claim("w1", NOW, 10, LEASE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections import deque
 from datetime import timedelta
@@ -12,11 +13,12 @@ from typing import Any, ClassVar
 import pytest
 
 from bridge.destinations.base import Delivered, Delivery, Outcome
-from bridge.errors import PermanentError, RetryableError
+from bridge.errors import PermanentError, RetryableError, StoreError
 from bridge.event_rows import new_event
 from bridge.events import TICKET_LINKED, canonical_json, parse_event
 from bridge.store import FollowUp
 from bridge.worker import Backoff, Worker
+from tests.failing_store import FullDisk
 
 
 class RecordingDestination:
@@ -29,6 +31,7 @@ class RecordingDestination:
         self.failures: deque[Exception] = deque()
         self.stuck: set[str] = set()  # messages that fail with HTTP 500 every time
         self.block: asyncio.Event | None = None
+        self.uncertain: list[str] = []  # messages handed out after an attempt was cut off
 
     def accepts(self, kind: str) -> bool:
         return True
@@ -42,6 +45,8 @@ class RecordingDestination:
         if question in self.stuck:
             raise RetryableError("HTTP 500")
         self.received.append(question)
+        if delivery.uncertain:
+            self.uncertain.append(question)
         return Delivered(note="ok")
 
     async def verify(self) -> str:
@@ -446,3 +451,50 @@ async def test_a_follow_up_goes_to_the_destinations_that_take_its_kind(make_sett
         rows = await store.deliveries()
     linked = [row.destination for row in rows if row.kind == TICKET_LINKED]
     assert linked == (["recording"] if kept else [])  # a retry tells nothing yet
+
+
+# The store fails around the call: what was sent is not known, so it is not sent blindly again
+
+
+@pytest.mark.parametrize("outcome", ["delivered", "retry"])
+async def test_a_store_error_after_the_call_leaves_the_delivery_uncertain_not_resent(
+        setup, clock, caplog, outcome):
+    store, destination, worker, accept = setup
+    full = FullDisk(store)
+    worker.store = full
+    if outcome == "retry":
+        destination.failures.append(RetryableError("HTTP 503"))
+    await accept("t1", "hello")
+    full.full = True
+    await worker._claim_and_start()
+    with caplog.at_level(logging.WARNING, logger="bridge.worker"):
+        await asyncio.gather(*worker._in_flight.values())  # raises if the task crashed
+    assert full.refused == ["finish" if outcome == "delivered" else "reschedule"]
+    [line] = [r.getMessage() for r in caplog.records if "the store failed" in r.getMessage()]
+    assert "delivery 1 (event 1) to recording" in line and "disk is full" in line
+
+    full.full = False
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "pending"  # still leased: not resent before the lease runs out
+    clock.advance(worker.lease)
+    await worker.drain()
+    [row] = await store.deliveries()
+    assert row.status == "delivered"
+    assert destination.uncertain == ["hello"]  # the destination was told to look first
+    assert [a.outcome for a in await store.attempts(row.id, 10)] == ["delivered", "abandoned"]
+
+
+async def test_a_store_error_inside_the_call_is_not_taken_for_a_failure_to_retry(
+        setup, clock, caplog):
+    store, destination, worker, accept = setup
+    destination.failures.append(StoreError("sqlite: database or disk is full"))
+    await accept("t1", "hello")
+    with caplog.at_level(logging.WARNING, logger="bridge.worker"):
+        await worker.drain()
+    [row] = await store.deliveries()
+    assert (row.status, row.last_error) == ("pending", None)  # no retry: it may have been sent
+    assert "the outcome is not recorded" in caplog.text
+    clock.advance(worker.lease)
+    await worker.drain()
+    assert destination.uncertain == ["hello"]

@@ -37,6 +37,16 @@ def wait_for(condition, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def worker_settings(make_settings, fake: FakeSlack):
+    """Settings for a worker posting to `fake` at full speed, with a lease no takeover waits out."""
+    return make_settings({
+        "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
+                  "burst": 1000, "per_second": 1000.0},
+        "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
+        "log": {"format": "json"},
+    })
+
+
 async def pending_count(url: str) -> int:
     store = open_store(url)
     try:
@@ -65,12 +75,7 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     Every message is shown, in order; what repeats is at most the one reply in flight.
     """
     with FakeSlack(post_delay=0.1) as fake:
-        settings = make_settings({
-            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
-                      "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
-            "log": {"format": "json"},
-        })
+        settings = worker_settings(make_settings, fake)
         config = tmp_path / "settings.toml"
         first = start_worker(config, tmp_path)
         try:
@@ -137,12 +142,7 @@ def test_a_second_worker_on_the_store_waits_and_says_who_delivers(make_settings,
 def test_kill_9_mid_delivery_a_second_worker_takes_over_within_the_bound(make_settings,
                                                                          tmp_path):
     with FakeSlack(post_delay=0.3) as fake:
-        settings = make_settings({
-            "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C1",
-                      "burst": 1000, "per_second": 1000.0},
-            "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
-            "log": {"format": "json"},
-        })
+        settings = worker_settings(make_settings, fake)
         asyncio.run(accept_messages(settings.store.url, range(1)))
         config = tmp_path / "settings.toml"
         first = start_worker(config, tmp_path)
@@ -193,3 +193,46 @@ async def abandoned(url: str) -> list[str]:
                 if attempt.outcome == "abandoned"]
     finally:
         await store.close()
+
+
+KILLS = 3
+
+
+def test_kill_9_again_and_again_while_posts_land_posts_nothing_twice(make_settings, tmp_path):
+    """Each kill comes while a post has landed in Slack and its answer is still on the way.
+
+    The next worker finds the killed one's post in the thread and records it: every message
+    is shown exactly once.
+    """
+    with FakeSlack(answer_delay=0.4) as fake:
+        settings = worker_settings(make_settings, fake)
+        config = tmp_path / "settings.toml"
+        arriving = threading.Thread(target=lambda: asyncio.run(
+            accept_messages(settings.store.url, range(MESSAGES), gap=0.15)))
+        arriving.start()
+        for _ in range(KILLS):
+            worker = start_worker(config, tmp_path)
+            try:
+                before = len(fake.posts)
+                wait_for(lambda: len(fake.posts) > before and fake.unanswered() > 0)  # noqa: B023
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+            finally:
+                worker.kill()
+        arriving.join()
+        last = start_worker(config, tmp_path)
+        try:
+            wait_for(lambda: asyncio.run(pending_count(settings.store.url)) == 0, timeout=60)
+        finally:
+            last.send_signal(signal.SIGTERM)
+            last.wait(10)
+        history = asyncio.run(abandoned(settings.store.url))
+
+    parent = fake.parents()[0]
+    shown = [line for post in fake.thread("C1", parent["ts"]) for line in post["text"].split("\n")]
+    print(f"{KILLS} kills: {len(shown) - len(set(shown))} messages shown twice,"
+          f" {len(fake.parents()) - 1} parents twice, {len(fake.lookups())} lookups")
+    assert len(fake.parents()) == 1
+    assert shown == [f"Visitor: m{n:02d}" for n in range(MESSAGES)]  # each once, in order
+    assert len(set(history)) >= KILLS  # each killed worker left an attempt cut off
+    assert len(fake.lookups()) >= KILLS  # and each was looked for before posting again

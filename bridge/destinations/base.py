@@ -80,10 +80,22 @@ class Delivery:
     store: DeliveryStore
     clock: Clock
     behind: list[ClaimedDelivery] = field(default_factory=list, repr=False)
+    looked: bool = field(default=False, repr=False)
+    found: bool | None = field(default=None, repr=False)
 
     @property
     def attempt(self) -> int:
         return self.claimed.attempts
+
+    @property
+    def uncertain(self) -> bool:
+        """An earlier attempt was cut off mid-call: look for what it sent before sending again."""
+        return self.claimed.uncertain
+
+    def reconciled(self, found: bool | None) -> None:
+        """The destination looked for what an earlier attempt sent: found, not, or None when
+        the lookup itself failed (and the delivery is sent again)."""
+        self.looked, self.found = True, found
 
     @property
     def destination(self) -> str:

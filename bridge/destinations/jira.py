@@ -278,14 +278,14 @@ class JiraDestination:
         return Delivered(note=key)
 
     async def _made_by_this_delivery(self, delivery: Delivery, key: str, marker: str) -> bool:
-        return delivery.attempt > 1 and await self._call(
-            "read the ticket", self.tickets.has_in_description, key, marker)
+        return delivery.attempt > 1 and _looked(delivery, await self._call(
+            "read the ticket", self.tickets.has_in_description, key, marker))
 
     async def _comment_once(self, delivery: Delivery, key: str, context: dict[str, Any]) -> None:
         """Comment, unless an earlier attempt did and then timed out before hearing back."""
         marker = _marker(delivery)
-        if delivery.attempt > 1 and await self._call(
-                "read the comments", self.tickets.has_comment, key, marker):
+        if delivery.attempt > 1 and _looked(delivery, await self._call(
+                "read the comments", self.tickets.has_comment, key, marker)):
             return
         await self._call("add a comment", self.tickets.comment, key,
                          self._comment_body(context, marker))
@@ -368,6 +368,17 @@ class JiraDestination:
 async def _remember(delivery: Delivery, key: str, transcript_upto: int) -> None:
     """Jira's state: the conversation's ticket (its ref) and the last message it holds."""
     await delivery.save_state({"key": key, "transcript_upto": transcript_upto}, ref=key)
+
+
+def _looked(delivery: Delivery, found: bool) -> bool:
+    """What a retry found of its own ticket or comment, counted when an attempt was cut off.
+
+    Every retry looks (a timeout, too, may hide a ticket made); a Jira that cannot be read
+    retries later rather than risk a second ticket.
+    """
+    if delivery.uncertain:
+        delivery.reconciled(found)
+    return found
 
 
 def _marker(delivery: Delivery) -> str:

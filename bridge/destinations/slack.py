@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -63,8 +63,8 @@ Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
 IN_THREAD = "chat.postMessage (in the thread)"
 PARENT_UPDATE = "chat.update (the thread's parent)"
 PARENT_EVENT_TYPE = "sitegpt_bridge_thread"  # the metadata on every thread's parent
+DELIVERY_EVENT_TYPE = "sitegpt_bridge_delivery"  # the metadata on every other post
 PARENT_LOOKBACK_SECONDS = 300.0  # history read from this long before the event came in
-HISTORY_PAGES = 5  # of 200 messages: how far back a retry looks for its parent
 CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")  # what Slack's channel ids look like
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 BATCH_PREVIEW = "waiting messages in one reply"
@@ -121,7 +121,7 @@ class SlackDestination:
             if isinstance(event, TicketLinkedEvent):
                 return await self._link_ticket(delivery, event)
             if isinstance(event, LeadEvent):
-                return await self._post_lead(event)
+                return await self._post_lead(delivery, event)
             if isinstance(event, TicketStatusEvent):
                 return await self._ticket_moved(delivery, event)
             if isinstance(event, TicketCommentEvent):
@@ -258,11 +258,48 @@ class SlackDestination:
         if self.dry_run:
             return self._dry_run(self.renderer.message(event))
         thread = await self._thread(delivery)
+        if found := await self._posted_before(delivery, thread.channel, thread.ts):
+            return await self._found_reply(delivery, thread.channel, found)
         waiting = [delivery, *await self._queued_messages(delivery)]
         message, count = self._batch(event, waiting)
-        ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts)
+        ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
+                                       metadata=delivery_metadata(waiting[:count]))
         return Delivered(note=f"{thread.channel}/{ts}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
+
+    async def _found_reply(self, delivery: Delivery, channel: str,
+                           found: Mapping[str, Any]) -> Delivered:
+        """The reply a cut-off attempt posted: delivered, with the messages it carried along."""
+        carried = set(delivered_in(found))
+        went_along: list[int] = []
+        if len(carried) > 1:  # they still wait right behind this one, in the same order
+            queued = await delivery.queued_behind(MERGED_KINDS, MAX_BLOCKS - 1)
+            went_along = [item.claimed.id for item in queued if item.claimed.id in carried]
+        return Delivered(note=f"{channel}/{found['ts']}", coalesced=went_along)
+
+    async def _posted_before(self, delivery: Delivery, channel: str,
+                             thread_ts: str | None) -> dict[str, Any] | None:
+        """The post an earlier attempt of this delivery made before it was cut off, if any.
+
+        Only an uncertain delivery looks, by the metadata every post carries, and at the
+        channel's pace, as a post would. A lookup that fails posts again: a message shown twice
+        is better than one lost.
+        """
+        if not delivery.uncertain:
+            return None
+        since = delivery.claimed.created_at - PARENT_LOOKBACK_SECONDS
+        wanted = delivery.claimed.id
+        try:
+            await self.pacer.acquire(channel)
+            found = await self.workspace.find(channel, thread_ts, since,
+                                              lambda message: wanted in delivered_in(message))
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not look for what delivery %d posted before it was cut off,"
+                        " posting it again: %s", wanted, exc)
+            delivery.reconciled(None)
+            return None
+        delivery.reconciled(found is not None)
+        return found
 
     def _batch(self, event: MessageEvent, waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
         """The reply for what waits, or the message alone if the batch template fails here."""
@@ -293,8 +330,11 @@ class SlackDestination:
         if self.dry_run:
             return self._dry_run(message)
         thread = await self._thread(delivery)
+        if found := await self._posted_before(delivery, thread.channel, thread.ts):
+            return Delivered(note=f"{thread.channel}/{found['ts']}")
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
-                                       reply_broadcast=broadcast)
+                                       reply_broadcast=broadcast,
+                                       metadata=delivery_metadata([delivery]))
         return Delivered(note=f"{thread.channel}/{ts}")
 
     async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
@@ -320,12 +360,14 @@ class SlackDestination:
         await self._refresh_parent(delivery)
         return outcome
 
-    async def _post_lead(self, event: LeadEvent) -> Outcome:
+    async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
         message = self.renderer.lead(event)
         if self.dry_run:
             return self._dry_run(message)
         channel = self._lead_channel()
-        ts = await self.workspace.post(channel, message)
+        if found := await self._posted_before(delivery, channel, None):
+            return Delivered(note=f"{channel}/{found['ts']}")
+        ts = await self.workspace.post(channel, message, metadata=delivery_metadata([delivery]))
         return Delivered(note=f"{channel}/{ts}")
 
     async def _thread(self, delivery: Delivery) -> Thread:
@@ -361,12 +403,13 @@ class SlackDestination:
             return None
         since = delivery.claimed.created_at - PARENT_LOOKBACK_SECONDS
         try:
-            return await self.workspace.call("conversations.history", lambda: _find_parent(
-                self.client, channel, since, conversation.key))
+            found = await self.workspace.find(channel, None, since,
+                                              partial(_is_parent, conversation.key))
         except PermanentError as exc:
             log.warning("could not look for an earlier parent of %s, posting one: %s",
                         conversation.key, exc)
             return None
+        return str(found["ts"]) if found else None
 
     async def _refresh_parent(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the parent; a failure here only costs the cosmetics."""
@@ -494,21 +537,31 @@ def parent_metadata(conversation: Conversation) -> dict[str, Any]:
     return {"event_type": PARENT_EVENT_TYPE, "event_payload": {"conversation": conversation.key}}
 
 
-def _find_parent(client: WebClient, channel: str, since: float, key: str) -> str | None:
-    """The ts of the bridge's parent for conversation `key` posted after `since`, if any."""
-    cursor = None
-    for _ in range(HISTORY_PAGES):
-        reply = client.conversations_history(channel=channel, oldest=f"{since:.6f}",
-                                             include_all_metadata=True, limit=200, cursor=cursor)
-        for message in reply.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            if (metadata.get("event_type") == PARENT_EVENT_TYPE
-                    and (metadata.get("event_payload") or {}).get("conversation") == key):
-                return str(message["ts"])
-        cursor = (reply.get("response_metadata") or {}).get("next_cursor")
-        if not reply.get("has_more") or not cursor:
-            return None
-    return None
+def _is_parent(key: str, message: Mapping[str, Any]) -> bool:
+    """Whether `message` is the bridge's parent of conversation `key`."""
+    metadata = message.get("metadata") or {}
+    return (metadata.get("event_type") == PARENT_EVENT_TYPE
+            and (metadata.get("event_payload") or {}).get("conversation") == key)
+
+
+def delivery_metadata(deliveries: Sequence[Delivery]) -> dict[str, Any]:
+    """Slack message metadata naming every delivery (and its event) a post carries.
+
+    A retry of a delivery cut off mid-call looks for it to learn whether the post landed.
+    Ids are joined in strings: Slack's payload values are strings, numbers or booleans.
+    """
+    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {
+        "event_id": ",".join(str(item.claimed.event_id) for item in deliveries),
+        "delivery_id": ",".join(str(item.claimed.id) for item in deliveries)}}
+
+
+def delivered_in(message: Mapping[str, Any]) -> list[int]:
+    """The deliveries a post by the bridge carries, from its metadata; [] for any other."""
+    metadata = message.get("metadata") or {}
+    if metadata.get("event_type") != DELIVERY_EVENT_TYPE:
+        return []
+    ids = str((metadata.get("event_payload") or {}).get("delivery_id") or "")
+    return [int(part) for part in ids.split(",") if part.strip().isdigit()]
 
 
 def slack_workspace(shared: Shared) -> SlackWorkspace:

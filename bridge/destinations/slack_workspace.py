@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from slack_sdk import WebClient
@@ -33,6 +34,8 @@ RETRYABLE_ERRORS = frozenset({
     "request_timeout", "team_added_to_org",
 })
 MAX_PACING_WAIT = 3.0
+PAGE_SIZE = 200  # messages per page of conversations.history and .replies
+LOOKUP_PAGES = 5  # how far back a lookup reads: a thousand messages
 PACING_HEADROOM = 0.9
 USER_CACHE_SECONDS = 3600.0  # a renamed agent shows under the new name within the hour
 _QUIET_SDK_LOG = logging.getLogger("bridge.slack.sdk")  # failures are logged by the worker
@@ -204,6 +207,24 @@ class SlackWorkspace:
             raise
         return str(reply["ts"])
 
+    async def find(self, channel: str, thread_ts: str | None, since: float,
+                   match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The first message since `since` that `match`es: in the thread (conversations.replies)
+        or, without one, among the channel's top-level messages (conversations.history)."""
+        method = "conversations.replies" if thread_ts else "conversations.history"
+        return await self.call(method, lambda: find_message(
+            partial(self._page, channel, thread_ts, f"{since:.6f}"), match), channel=channel)
+
+    def _page(self, channel: str, thread_ts: str | None, oldest: str,
+              cursor: str | None) -> Any:
+        if thread_ts:
+            return self.client.conversations_replies(
+                channel=channel, ts=thread_ts, oldest=oldest, include_all_metadata=True,
+                limit=PAGE_SIZE, cursor=cursor)
+        return self.client.conversations_history(
+            channel=channel, oldest=oldest, include_all_metadata=True, limit=PAGE_SIZE,
+            cursor=cursor)
+
     async def update(self, channel: str, ts: str, message: dict[str, Any]) -> None:
         """chat.update of a message the bridge posted (a thread's parent)."""
         arguments = update_arguments(channel, message, ts=ts)
@@ -258,6 +279,21 @@ class SlackWorkspace:
         if status >= 500 or error in RETRYABLE_ERRORS:
             return RetryableError(reason)
         return PermanentError(reason)
+
+
+def find_message(page: Callable[[str | None], Any],
+                 match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The first message of up to LOOKUP_PAGES pages that `match`es, if any."""
+    cursor = None
+    for _ in range(LOOKUP_PAGES):
+        reply = page(cursor)
+        for message in reply.get("messages") or []:
+            if match(message):
+                return dict(message)
+        cursor = (reply.get("response_metadata") or {}).get("next_cursor")
+        if not reply.get("has_more") or not cursor:
+            return None
+    return None
 
 
 def post_arguments(channel: str, message: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -71,7 +71,12 @@ class Lease:
 
 @dataclass(frozen=True)
 class ClaimedDelivery:
-    """A delivery leased to one worker, with the event it carries."""
+    """A delivery leased to one worker, with the event it carries.
+
+    `uncertain`: its last attempt was cut off (abandoned: the worker was killed, hung, lost
+    its lease or could not record the outcome) after it may have reached the destination;
+    the destination checks whether it did before sending it again.
+    """
 
     id: int
     event_id: int
@@ -83,6 +88,7 @@ class ClaimedDelivery:
     body: str
     owner: str = ""
     token: str = ""
+    uncertain: bool = False
 
     @property
     def payload(self) -> Any:

@@ -24,6 +24,12 @@ Connection = psycopg.AsyncConnection[Any]
 # The error of an attempt whose lease ran out, as an expression over the delivery's row.
 ABANDONED = "'the lease of ' || lease_owner || ' ran out: it stopped renewing it'"
 
+# Whether an attempt of the delivery was cut off, so it may have reached the destination:
+# its lease ran out now (the abandoned row this claim writes is not visible to it), or an
+# abandoned row from before. It stays so: a later failed attempt leaves that one unknown.
+WAS_ABANDONED = """EXISTS (SELECT 1 FROM delivery_attempts a
+    WHERE a.delivery_id = d.id AND a.outcome = 'abandoned')"""
+
 # A delivery may go only when no older one to the same destination and conversation is
 # pending. SKIP LOCKED: replicas claiming at the same moment take different rows instead of
 # queueing behind each other; a row another claim has just leased is re-checked and skipped.
@@ -51,7 +57,8 @@ SET lease_owner = %(owner)s, lease_until = %(lease_until)s, attempts = d.attempt
 FROM next, events e
 WHERE d.id = next.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at, e.kind,
-          e.body, d.lease_owner AS owner, d.lease_token AS token
+          e.body, d.lease_owner AS owner, d.lease_token AS token,
+          next.lease_owner IS NOT NULL OR {WAS_ABANDONED} AS uncertain
 """
 NEXT_DUE = ("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
             " AND next_attempt_at > %s")

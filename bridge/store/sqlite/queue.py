@@ -36,6 +36,11 @@ WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND {FIRST_IN_LINE}
 ORDER BY d.id LIMIT :limit
 """
+# Whether an attempt of the delivery was cut off (it may have reached the destination): the
+# abandoned row a takeover writes. It stays so: a later attempt that failed (a 429 while
+# looking) leaves that one still unknown.
+WAS_ABANDONED = """EXISTS (SELECT 1 FROM delivery_attempts a
+    WHERE a.delivery_id = d.id AND a.outcome = 'abandoned')"""
 # Every change to a claimed delivery holds only while the lease is still the caller's.
 HELD = "id = :id AND lease_owner = :owner AND lease_token = :token AND status = 'pending'"
 
@@ -54,10 +59,11 @@ def claim(conn: sqlite3.Connection, owner: str, now: float, limit: int,
     marks = ",".join("?" * len(tokens))
     rows = conn.execute(
         "SELECT d.id, d.event_id, d.destination, d.ordering_key, d.attempts, d.created_at,"
-        " e.kind, e.body, d.lease_owner AS owner, d.lease_token AS token FROM deliveries d"
+        " e.kind, e.body, d.lease_owner AS owner, d.lease_token AS token,"
+        f" {WAS_ABANDONED} AS uncertain FROM deliveries d"
         f" JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) ORDER BY d.id",
         list(tokens))
-    return [ClaimedDelivery(**row) for row in rows]
+    return [ClaimedDelivery(**{**row, "uncertain": bool(row["uncertain"])}) for row in rows]
 
 
 def take_over(conn: sqlite3.Connection, now: float) -> int:
