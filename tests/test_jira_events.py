@@ -248,6 +248,9 @@ async def test_a_ticket_opened_before_the_upgrade_is_followed(desk, tmp_path):
     ("sha1=" + "0" * 40, "another algorithm"),
     ("", "empty"),
     ("sha256=\u00e9".encode("latin-1"), "not ASCII"),
+    (b"sha256=" + bytes(range(0x80, 0x100)), "every non-ASCII byte"),
+    ("SHA256=\u00c9\u0130".encode(), "UTF-8 capitals"),
+    ("sha256=" + "0" * 6000, "6,000 characters"),
 ])
 async def test_requests_without_a_valid_signature_are_refused(desk, signature, why):
     d = await desk({"webhook_token": None})
@@ -282,6 +285,10 @@ async def test_a_wrong_signature_is_refused_even_with_the_right_token(desk):
     ("?token=", 401),
     ("?tokens=" + TOKEN, 401),
     ("", 401),
+    (f"?token={TOKEN}%C3%A9", 401),
+    ("?token=%E9%FF", 401),
+    ("?token=%ED%A0%80%00", 401),
+    ("?token=" + "%C3%A9" * 1000, 401),
 ])
 async def test_data_center_is_let_in_by_the_token_in_its_url(desk, caplog, query, status):
     d = await desk({"webhook_secret": None})

@@ -148,8 +148,12 @@ async def test_url_verification_answers_the_challenge(site):
     ({"X-Slack-Request-Timestamp": "9" * 5000}, "5,000 digits"),
     ({"X-Slack-Request-Timestamp": "1700000000 "}, "a trailing space"),
     ({"X-Slack-Signature": ""}, "empty"),
+    ({"X-Slack-Signature": "v0=\u00e9".encode("latin-1")}, "a latin-1 byte"),
+    ({"X-Slack-Signature": ("v0=" + "\u00e9" * 64).encode()}, "UTF-8 letters"),
+    ({"X-Slack-Signature": b"v0=" + bytes(range(0x80, 0x100))}, "every non-ASCII byte"),
+    ({"X-Slack-Signature": "v0=" + "f" * 6000}, "6,000 characters"),
 ])
-async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
+async def test_unsigned_or_stale_requests_are_refused(site, caplog, headers, why):
     s = await site()
     thread_ts = await s.conversation()
     body = json.dumps(envelope(s.write(thread_ts, "hi"))).encode()
@@ -162,6 +166,7 @@ async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
         answer = await s.client.post(path, content=body, headers=sent)
         assert answer.status_code == 401, why
     assert await s.sitegpt_rows() == []
+    assert not [record for record in caplog.records if record.exc_info], "no traceback"
 
 
 async def test_a_signature_over_other_bytes_is_refused(site):

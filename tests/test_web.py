@@ -93,7 +93,11 @@ def nothing_stored(db: Path) -> bool:
     {"X-WEBHOOK-TOKEN": TOKENS["messages"][:-1]},
     {"X-WEBHOOK-TOKEN": TOKENS["messages"] + "x"},
     {"Authorization": f"Bearer {TOKENS['messages']}"},
-], ids=["missing", "empty", "wrong", "other-endpoint", "prefix", "longer", "other-header"])
+    {"X-WEBHOOK-TOKEN": TOKENS["messages"].encode() + b"\xe9"},
+    {"X-WEBHOOK-TOKEN": bytes(range(0x80, 0x100))},
+    {"X-WEBHOOK-TOKEN": TOKENS["messages"] * 500},
+], ids=["missing", "empty", "wrong", "other-endpoint", "prefix", "longer", "other-header",
+        "latin-1", "every-non-ascii-byte", "very-long"])
 def test_missing_or_wrong_token_is_401_and_stores_nothing(webhooks, sample, headers):
     response = webhooks.post("messages", sample("message-visitor"), headers=headers)
     assert response.status_code == 401
