@@ -26,6 +26,8 @@ _JIRA_BLOCK_START = re.compile(r"^([ \t]*)(h(?=[1-6]\.)|b(?=q\.))")
 # A link target Slack cannot misread: http(s), nothing that ends the link or starts its label.
 _LINK_SAFE = re.compile(r"https?://[^\x00-\x20\x7f|<>]+", re.IGNORECASE)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_DATE_TEXT = re.compile(r"[^0-9A-Za-z:.+-]+")
+DATE_TEXT_LIMIT = 64  # of a date the filter cannot read; more is no longer a date
 
 
 def builtin_dir() -> Path:
@@ -71,17 +73,33 @@ def cut(value: Any, limit: int, marker: str = CUT_MARKER) -> str:
 
 
 def format_date(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
-    """An epoch number or ISO-8601 string as a readable UTC date."""
+    """An epoch number or ISO-8601 string as a readable UTC date; anything else as inert text."""
     if value is None or value == "":
         return ""
-    if isinstance(value, int | float):
-        moment = datetime.fromtimestamp(value, UTC)
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return str(value)
-    return moment.astimezone(UTC).strftime(fmt)
+    moment = _utc_moment(value)
+    return _inert_date(value) if moment is None else moment.strftime(fmt)
+
+
+def _utc_moment(value: Any) -> datetime | None:
+    """The UTC time `value` names, or None when it names none datetime can hold."""
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str):
+            # A naive time is read as the host's local time, as it always was.
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError, OSError):  # not a date, or out of datetime's range
+        return None
+    return None
+
+
+def _inert_date(value: Any) -> str:
+    """A date the filter cannot read, shown without what is markup in Slack or Jira.
+
+    The filter's output goes into both without further escaping, so it keeps only what an
+    ISO date is written with: a mention, a link or a macro cannot survive that.
+    """
+    return " ".join(_NOT_DATE_TEXT.sub(" ", str(value)[:DATE_TEXT_LIMIT]).split())
 
 
 def _tojson(value: Any) -> str:

@@ -186,3 +186,18 @@ def test_cut_keeps_short_text_and_marks_what_it_cuts():
 ])
 def test_date_reads_iso_and_epoch(value, expected):
     assert format_date(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("<!channel> <https://evil.example|Click>", "channel https: evil.example Click"),
+    ("[Click|https://evil.example] {code}", "Click https: evil.example code"),
+    ("9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59-23:59"),
+    ("0001-01-01T00:00:00+23:59", "0001-01-01T00:00:00+23:59"),
+    (1e300, "1e+300"),
+    (-(10**30), "-1000000000000000000000000000000"),
+    (float("nan"), "nan"),
+    (["*bold*", {"_it_": "<@U1>"}], "bold it : U1"),
+    ("x" * 10_000, "x" * 64),
+])
+def test_a_date_the_filter_cannot_read_shows_as_inert_text(value, expected):
+    assert format_date(value) == expected
