@@ -16,7 +16,6 @@ from bridge.errors import TemplateError
 from bridge.events import dashboard_url
 
 CUT_MARKER = "… [cut]"
-_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 # Markup characters get a backslash. A backslash itself becomes an entity (two backslashes are
 # a line break) and a newline becomes that line break, so no visitor line starts a block.
 _JIRA_ESCAPES = str.maketrans(
@@ -38,7 +37,10 @@ def builtin_dir() -> Path:
 
 def slack_escape(value: Any) -> str:
     """Escape SiteGPT text for Slack mrkdwn so it can neither mention anyone nor plant a link."""
-    return "" if value is None else str(value).translate(_SLACK_ESCAPES)
+    if value is None:
+        return ""
+    # Three replaces run many times faster than translate() on long text full of "<".
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def link_safe(url: Any) -> bool:

@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -663,3 +664,36 @@ async def test_no_backlog_however_adversarial_goes_beyond_slacks_limits(harness,
     assert list(dict.fromkeys(markers)) == [f"m{n:03d}" for n in range(len(backlog))]
     assert len(replies) < len(backlog)
     assert [s for s, _ in await h.statuses()] == ["delivered"] * (len(backlog) + 1)
+
+
+class ThreadNotingTemplates(Templates):
+    """Notes the thread each template is rendered on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, threading.Thread] = {}
+
+    def render(self, name: str, context: Any) -> str:
+        self.threads[name] = threading.current_thread()
+        return super().render(name, context)
+
+
+async def test_a_jira_comment_is_converted_off_the_event_loop(make_settings, fake, clock):
+    # A long comment takes a while to convert; meanwhile the webhooks must still be answered.
+    settings = make_settings({"slack": {"bot_token": "xoxb-test", "api_url": fake.api_url,
+                                        "channel": "C_CONV", "burst": 1000, "per_second": 1000.0}})
+    store = open_store(settings.store.url)
+    templates = ThreadNotingTemplates()
+    destination = SlackDestination(settings, templates, clock)
+    h = Harness(store, destination, Worker(store, {"slack": destination}, settings.delivery,
+                                           clock, random.Random(7)), clock, fake)
+    try:
+        await h.accept(message("thread_456", "help"))
+        await h.accept(load_sample("jira-ticket-comment"))
+        await h.worker.drain()
+        assert [status for status, _ in await h.statuses()] == ["delivered", "delivered"]
+        assert "*Fixed*" in str(fake.posts[-1]["blocks"])
+        assert templates.threads["slack/ticket_comment.json.j2"] is not threading.main_thread()
+    finally:
+        await destination.aclose()
+        await store.close()
