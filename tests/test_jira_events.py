@@ -24,6 +24,7 @@ from bridge.store import Acceptance, NewEvent
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.postgres import database_for_this_run
 from tests.test_metrics import value
 from tests.test_store_upgrade import first_release_store
 
@@ -129,7 +130,8 @@ def jira() -> Iterator[FakeJira]:
 async def desk(make_settings, fake, jira, clock):
     opened: list[Desk] = []
 
-    async def build(jira_settings: dict[str, Any] | None = None) -> Desk:
+    async def build(jira_settings: dict[str, Any] | None = None,
+                    store: dict[str, Any] | None = None) -> Desk:
         """The bridge with the back-channel on; None in `jira_settings` leaves a key unset."""
         merged = deep_merge({"url": jira.url, "email": EMAIL, "api_token": API_TOKEN,
                              "project": "SUP", "webhook_secret": SECRET, "webhook_token": TOKEN,
@@ -137,7 +139,8 @@ async def desk(make_settings, fake, jira, clock):
         data = {
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
                       "burst": 1000, "per_second": 1000.0},
-            "jira": {name: value for name, value in merged.items() if value is not None}}
+            "jira": {name: value for name, value in merged.items() if value is not None},
+            "store": store or {}}
         bridge = open_bridge(make_settings(data), clock)
         app = create_app(bridge, run_worker=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
@@ -258,6 +261,16 @@ async def test_requests_without_a_valid_signature_are_refused(desk, signature, w
     before = await d.stored_events()
     answer = await d.send(webhook("issue-updated-status", key), "wh-1", signature=signature)
     assert answer.status_code == 401, why
+    assert await d.stored_events() == before
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_nul_in_the_ticket_key_is_no_ticket_of_ours_on_every_store(desk, backend):
+    d = await desk(store={"url": database_for_this_run()} if backend == "postgresql" else None)
+    key = await d.escalated()
+    before = await d.stored_events()
+    answer = await d.send(webhook("issue-updated-status", key + "\u0000"), "wh-1")
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
     assert await d.stored_events() == before
 
 
