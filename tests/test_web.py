@@ -203,7 +203,9 @@ def test_a_body_that_is_not_json_is_400(webhooks, content):
     assert nothing_stored(webhooks.db)
 
 
-@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999",
+                                    b"9" * 400, b"-" + b"1" * 1000, b"9223372036854775808",
+                                    b"-9223372036854775809"])
 def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number):
     lead = json.dumps(load_sample("lead")).encode()
     content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
@@ -212,6 +214,15 @@ def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number
     assert response.status_code == 422
     assert response.json()["field"] == "body"
     assert nothing_stored(webhooks.db)
+
+
+@pytest.mark.parametrize("number", [b"9223372036854775807", b"-9223372036854775808", b"-0"])
+def test_integers_a_64_bit_integer_holds_are_stored(webhooks, number):
+    lead = json.dumps(load_sample("lead")).encode()
+    content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
+    assert webhooks.post("leads", content=content).status_code == 200
+    [body] = webhooks.stored_bodies()
+    assert body["data"]["leadDetails"]["Score"] == int(number)
 
 
 def nested_message(depth: int) -> bytes:
