@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.templating import CUT_MARKER, slack_escape
+from bridge.templating import CUT_MARKER, all_visible, slack_escape
 
 SAFE_SCHEMES = ("http://", "https://", "mailto:")
 MAX_DEPTH = 40  # a deeper ADF tree is cut short rather than exhausting the stack
@@ -238,7 +238,8 @@ def _wiki_link(match: re.Match[str]) -> str:
 
 def _link(url: str, label: str) -> str:
     """A Slack link when the target is a web or mail address, else only its label."""
-    if not url.lower().startswith(SAFE_SCHEMES) or "|" in url or " " in url:
+    if (not url.lower().startswith(SAFE_SCHEMES) or "|" in url or " " in url
+            or not all_visible(url)):
         return label or url
     shown = label.replace("|", "/")
     return f"<{url}|{shown}>" if shown and shown != url else f"<{url}>"

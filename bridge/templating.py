@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +45,16 @@ def slack_escape(value: Any) -> str:
 
 
 def link_safe(url: Any) -> bool:
-    """Whether `url` is http(s) with no "|", "<", ">", space or control character in it."""
-    return isinstance(url, str) and _LINK_SAFE.fullmatch(url) is not None
+    """Whether `url` is http(s) with no "|", "<", ">", space, control or invisible character."""
+    return isinstance(url, str) and _LINK_SAFE.fullmatch(url) is not None and all_visible(url)
+
+
+def all_visible(text: str) -> bool:
+    """Whether every character of `text` shows as itself: no bidi control (U+202E turns
+    "gpj.exe" into "exe.jpg" on screen), zero-width or other format character, no line or
+    paragraph separator, no space but ASCII's, no control, private or unassigned character."""
+    return text.isascii() or not any(unicodedata.category(char)[0] in "CZ"
+                                     for char in text if not char.isascii())
 
 
 def slack_link(url: Any, label: str | None = None) -> str:

@@ -178,3 +178,11 @@ def test_a_wiki_comment_longer_than_jira_allows_is_cut_with_a_marker():
 ])
 def test_what_does_not_close_stays_as_typed(wiki, mrkdwn):
     assert wiki_mrkdwn(wiki) == mrkdwn
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u00ad"])
+def test_a_link_with_a_bidi_control_or_invisible_character_is_only_its_label(hidden):
+    url = f"https://evil.example/{hidden}gpj.exe"
+    assert wiki_mrkdwn(f"[guide|{url}]") == "guide"
+    linked = doc(paragraph(text("guide", {"type": "link", "attrs": {"href": url}})))
+    assert adf_mrkdwn(linked) == "guide"
