@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
@@ -17,6 +18,7 @@ from bridge.errors import TemplateError
 from bridge.events import dashboard_url
 
 CUT_MARKER = "… [cut]"
+SITEGPT_HOST = "sitegpt.ai"
 # Markup characters get a backslash. A backslash itself becomes an entity (two backslashes are
 # a line break) and a newline becomes that line break, so no visitor line starts a block.
 _JIRA_ESCAPES = str.maketrans(
@@ -64,6 +66,30 @@ def slack_link(url: Any, label: str | None = None) -> str:
         return f"{slack_escape(label)}: {text}" if label and text else text
     target = slack_escape(url)
     return f"<{target}|{slack_escape(label)}>" if label else f"<{target}>"
+
+
+def sitegpt_link(url: Any, label: str) -> str:
+    """slack_link for a link into SiteGPT: one whose host is not SiteGPT's (sitegpt.ai or a
+    subdomain) is labelled with its host, so it cannot pose as SiteGPT."""
+    host = link_host(url)
+    if host is not None and not is_sitegpt_host(host):
+        label = f"Open in {host}"
+    return slack_link(url, label)
+
+
+def link_host(url: Any) -> str | None:
+    """The host a safe link leads to, or None for a value that is no link."""
+    if not link_safe(url):
+        return None
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # a malformed port or IPv6 address: no host it can be trusted with
+        return ""
+
+
+def is_sitegpt_host(host: str) -> bool:
+    host = host.rstrip(".")
+    return host == SITEGPT_HOST or host.endswith("." + SITEGPT_HOST)
 
 
 def jira_escape(value: Any) -> str:
@@ -143,7 +169,8 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            mrkdwn=slack_escape, slack_link=slack_link, jira=jira_escape, cut=cut,
+            mrkdwn=slack_escape, slack_link=slack_link, sitegpt_link=sitegpt_link,
+            jira=jira_escape, cut=cut,
             date=format_date, tojson=_tojson)
         self.env.globals.update(dashboard_url=dashboard_url)
         # Lorem ipsum has no place in a message, and a large n only burns CPU.

@@ -247,6 +247,30 @@ async def test_fields_sitegpt_fills_in_cannot_mention_or_relabel_links(harness):
     assert "!channel" in posted and "Reset your password here" in posted  # shown, as text
 
 
+@pytest.mark.parametrize(("url", "label"), [
+    ("https://evil.example/chat", "Open in evil.example"),
+    ("https://sitegpt.ai.evil.example/chat", "Open in sitegpt.ai.evil.example"),
+    ("https://sitegpt.ai@evil.example/chat", "Open in evil.example"),
+    ("https://notsitegpt.ai/chat", "Open in notsitegpt.ai"),
+    ("https://app.sitegpt.ai/chat", None),
+    ("https://SiteGPT.ai:443/chat", None),
+])
+async def test_a_dashboard_link_elsewhere_than_sitegpt_is_labelled_with_its_host(harness, url,
+                                                                                label):
+    h = await harness()
+    await h.accept(message("thread_A", "help"))
+    await h.accept({"event": "CONVERSATION_ESCALATED", "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A", "dashboardUrl": url}})
+    lead = copy.deepcopy(load_sample("lead"))
+    lead["data"]["dashboardUrl"] = url
+    await h.accept(lead)
+    await h.worker.drain()
+    found = [link for post in h.fake.posts for link in links(post) if url in link]
+    expected = ([f"<{url}|{label}>"] * 2 if label else
+                [f"<{url}|Open the conversation in SiteGPT>", f"<{url}|Open the lead in SiteGPT>"])
+    assert sorted(found) == sorted(expected)
+
+
 async def test_long_text_is_cut_with_a_marker_never_rejected(harness):
     h = await harness()
     await h.accept(message("thread_A", "x" * 50_000 + " &amp; end", kind="NORMAL_MESSAGE"))
