@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -199,32 +200,36 @@ def _paired(text: str, marks: _Marks, convert: Callable[[str], str]) -> str:
         closes.setdefault(found[1], []).append(found.start())
     if not closes:
         return text
-    ends = [found.start() for found in _LINE_ENDS.finditer(text)]
-    ends.append(len(text))
     next_close = dict.fromkeys(closes, 0)
-    next_end = 0
+    line_end = -1
     pieces: list[str] = []
     position = 0
-    for found in marks.opens.finditer(text):
+    for found in marks.opens.finditer(text, position):
         start = found.start()
         closing = marks.closing[found[1]]
-        positions = closes.get(closing)
-        if start < position or positions is None:
+        if start < position or closing not in closes:
             continue
-        first = start + marks.length + 1  # at least one character between the marks
-        index = next_close[closing]
-        while index < len(positions) and positions[index] < first:
-            index += 1
+        positions = closes[closing]
+        # At least one character between the marks; earlier openings moved the search on.
+        index = bisect_left(positions, start + marks.length + 1, next_close[closing])
         next_close[closing] = index
-        while ends[next_end] < start:
-            next_end += 1
-        if index == len(positions) or positions[index] > ends[next_end]:
+        if index == len(positions):
             continue
+        if start > line_end:
+            line_end = _line_end(text, start)
         close = positions[index]
+        if close > line_end:
+            continue
         pieces += [text[position:start], convert(text[start + marks.length:close])]
         position = close + marks.length
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+def _line_end(text: str, start: int) -> int:
+    """Where the line (or the part of it up to a typed line break) holding `start` ends."""
+    found = _LINE_ENDS.search(text, start)
+    return found.start() if found else len(text)
 
 
 def _wiki_link(match: re.Match[str]) -> str:
