@@ -1,4 +1,5 @@
-"""`python -m bench`: ingest speed, memory, start-up, delivery latency and outage catch-up."""
+"""`python -m bench`: ingest speed, memory, start-up, delivery latency, outage catch-up and
+Jira comment conversion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from bench.backlog import Backlog, BacklogOptions, run_backlog
 from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
 from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
 from bench.load import LoadResult, choose_generator
+from bench.markup import print_markup, run_markup
 from tests.postgres import SERVER, unreachable_because
 
 
@@ -35,8 +37,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a PostgreSQL server to make a fresh database on for the "
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
                              "else 127.0.0.1:5432 as postgres)")
-    parser.add_argument("--only", choices=("ingest", "delivery", "backlog"),
-                        help="run only the ingest, delivery or outage catch-up benchmark")
+    parser.add_argument("--only", choices=("ingest", "delivery", "backlog", "markup"),
+                        help="run only the ingest, delivery, outage catch-up or Jira comment "
+                             "conversion benchmark")
     parser.add_argument("--burst", type=int, default=200,
                         help="messages in the one-conversation burst (default 200)")
     parser.add_argument("--burst-rate", type=float, default=20.0,
@@ -144,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_delivery(run_delivery(DeliveryOptions(burst_messages=args.burst,
                                                     burst_rate=args.burst_rate,
                                                     postgres=postgres)))
+    if args.only in (None, "markup"):
+        print_markup(run_markup())
     return 0
 
 

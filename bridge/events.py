@@ -300,15 +300,18 @@ def without_unstorable(body: Any) -> Any:
     return body
 
 
+INT_DIGITS = 19  # of 2**63 - 1, the largest integer the bodies may hold
 _UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 
 
 def read_json(raw: bytes) -> Any:
     """A webhook body as JSON holds it: ValueError if it is not JSON, InvalidEvent for a number
-    JSON has not (NaN, Infinity, 1e400); a lone surrogate (half an emoji) or NUL becomes U+FFFD."""
+    JSON has not (NaN, Infinity, 1e400) or an integer beyond 64 bits; a lone surrogate (half an
+    emoji) or NUL becomes U+FFFD."""
     # Decoded strictly: json.loads(bytes) would let surrogates encoded as bytes through.
     text = raw.decode(json.detect_encoding(raw))
-    body = json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
+    body = json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float,
+                      parse_int=_bounded_int)
     if _UNSTORABLE_ESCAPE.search(text):  # half an emoji cut by the sender, or NUL: keep the rest
         body = without_unstorable(body)
     return body
@@ -324,6 +327,16 @@ def _finite_float(text: str) -> float:
     if number in (math.inf, -math.inf):  # 1e400: valid JSON, but no receiver can hold it
         raise InvalidEvent("body", f"{text[:20]} is too large a number")
     return number
+
+
+def _bounded_int(text: str) -> int:
+    """An integer a signed 64-bit integer holds: what databases, CRMs and most JSON readers can
+    keep. Longer digit strings are refused before int() spends time on them."""
+    if len(text.lstrip("-")) <= INT_DIGITS:
+        number = int(text)
+        if -(2**63) <= number < 2**63:
+            return number
+    raise InvalidEvent("body", f"{text[:20]} is too large an integer")
 
 
 def canonical_json(body: Any) -> str:

@@ -166,6 +166,8 @@ async def conversation_by_ref(store: ConversationLinks, destination: str,
                               ref: str) -> Conversation | None:
     """The conversation whose `destination` link has this ref; Refused 503 while the store
     cannot answer, so the sender retries instead of seeing a 500."""
+    if "\x00" in ref:  # no ref holds one, and PostgreSQL's text cannot even be asked about it
+        return None
     try:
         found = await store.conversation_by_ref(destination, ref)
     except StoreError as exc:

@@ -170,10 +170,12 @@ class SlackReceiver:
 
     def _signed(self, raw: bytes, request: Request) -> bool:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
-        if not _TIMESTAMP.fullmatch(timestamp):
+        signature = request.headers.get("x-slack-signature", "")
+        # compare_digest refuses non-ASCII text with a TypeError: such a signature is just wrong.
+        if not _TIMESTAMP.fullmatch(timestamp) or not signature.isascii():
             return False
         try:
-            return self.verifier.is_valid(raw, timestamp, request.headers.get("x-slack-signature"))
+            return self.verifier.is_valid(raw, timestamp, signature)
         except UnicodeDecodeError:
             return False
 

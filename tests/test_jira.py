@@ -252,6 +252,28 @@ async def test_dashboard_link_that_could_break_the_link_markup_is_rebuilt(open_b
     assert "evil.example" not in fields["description"]
 
 
+@pytest.mark.parametrize("url", ["https://evil.example/chat", "https://sitegpt.ai.evil.example/c",
+                                 "https://sitegpt.ai@evil.example/c"])
+async def test_a_dashboard_link_elsewhere_than_sitegpt_is_rebuilt(open_bridge, cloud, url):
+    # The ticket labels the link "Open the conversation in SiteGPT": it must lead there.
+    bridge = await open_bridge(cloud)
+    body = load_sample("escalation")
+    body["data"]["dashboardUrl"] = url
+    await bridge.escalate(body)
+    [fields] = cloud.created()
+    assert "|https://sitegpt.ai/chatbot_123/chat-history/thread_456]" in fields["description"]
+    assert "evil.example" not in fields["description"]
+
+
+async def test_a_dashboard_link_into_sitegpt_is_kept(open_bridge, cloud):
+    bridge = await open_bridge(cloud)
+    body = load_sample("escalation")
+    body["data"]["dashboardUrl"] = "https://app.sitegpt.ai/c/thread_456"
+    await bridge.escalate(body)
+    [fields] = cloud.created()
+    assert "|https://app.sitegpt.ai/c/thread_456]" in fields["description"]
+
+
 # One ticket per conversation
 
 

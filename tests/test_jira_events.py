@@ -25,6 +25,7 @@ from bridge.store import Acceptance, NewEvent
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.postgres import database_for_this_run
 from tests.test_metrics import webhook_counts
 from tests.test_store_upgrade import first_release_store
 
@@ -130,7 +131,8 @@ def jira() -> Iterator[FakeJira]:
 async def desk(make_settings, fake, jira, clock):
     opened: list[Desk] = []
 
-    async def build(jira_settings: dict[str, Any] | None = None) -> Desk:
+    async def build(jira_settings: dict[str, Any] | None = None,
+                    store: dict[str, Any] | None = None) -> Desk:
         """The bridge with the back-channel on; None in `jira_settings` leaves a key unset."""
         merged = deep_merge({"url": jira.url, "email": EMAIL, "api_token": API_TOKEN,
                              "project": "SUP", "webhook_secret": SECRET, "webhook_token": TOKEN,
@@ -138,7 +140,8 @@ async def desk(make_settings, fake, jira, clock):
         data = {
             "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
                       "burst": 1000, "per_second": 1000.0},
-            "jira": {name: value for name, value in merged.items() if value is not None}}
+            "jira": {name: value for name, value in merged.items() if value is not None},
+            "store": store or {}}
         bridge = open_bridge(make_settings(data), clock)
         app = create_app(bridge, run_worker=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
@@ -249,6 +252,9 @@ async def test_a_ticket_opened_before_the_upgrade_is_followed(desk, tmp_path):
     ("sha1=" + "0" * 40, "another algorithm"),
     ("", "empty"),
     ("sha256=\u00e9".encode("latin-1"), "not ASCII"),
+    (b"sha256=" + bytes(range(0x80, 0x100)), "every non-ASCII byte"),
+    ("SHA256=\u00c9\u0130".encode(), "UTF-8 capitals"),
+    ("sha256=" + "0" * 6000, "6,000 characters"),
 ])
 async def test_requests_without_a_valid_signature_are_refused(desk, signature, why):
     d = await desk({"webhook_token": None})
@@ -256,6 +262,16 @@ async def test_requests_without_a_valid_signature_are_refused(desk, signature, w
     before = await d.stored_events()
     answer = await d.send(webhook("issue-updated-status", key), "wh-1", signature=signature)
     assert answer.status_code == 401, why
+    assert await d.stored_events() == before
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_nul_in_the_ticket_key_is_no_ticket_of_ours_on_every_store(desk, backend):
+    d = await desk(store={"url": database_for_this_run()} if backend == "postgresql" else None)
+    key = await d.escalated()
+    before = await d.stored_events()
+    answer = await d.send(webhook("issue-updated-status", key + "\u0000"), "wh-1")
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
     assert await d.stored_events() == before
 
 
@@ -283,6 +299,10 @@ async def test_a_wrong_signature_is_refused_even_with_the_right_token(desk):
     ("?token=", 401),
     ("?tokens=" + TOKEN, 401),
     ("", 401),
+    (f"?token={TOKEN}%C3%A9", 401),
+    ("?token=%E9%FF", 401),
+    ("?token=%ED%A0%80%00", 401),
+    ("?token=" + "%C3%A9" * 1000, 401),
 ])
 async def test_data_center_is_let_in_by_the_token_in_its_url(desk, caplog, query, status):
     d = await desk({"webhook_secret": None})
@@ -325,7 +345,7 @@ async def test_malformed_bodies_get_400_or_422_never_500(desk, raw, status, erro
     assert error in answer.json()["error"]
 
 
-@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"9" * 400])
 async def test_numbers_json_has_not_are_refused_and_nothing_is_stored(desk, number):
     d = await desk()
     key = await d.escalated()

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from bridge.jira_markup import adf_mrkdwn, comment_mrkdwn, comment_text, wiki_mrkdwn
+from bridge.jira_markup import (
+    MAX_WIKI_CHARS,
+    adf_mrkdwn,
+    comment_mrkdwn,
+    comment_text,
+    wiki_mrkdwn,
+)
+from bridge.templating import CUT_MARKER
 
 
 @pytest.mark.parametrize(("wiki", "mrkdwn"), [
@@ -152,3 +159,30 @@ def test_any_shape_of_adf_converts_without_an_error_and_stays_inert():
     for _ in range(3000):
         text = comment_mrkdwn({"type": "doc", "content": [odd_node(rng, 0)]})
         assert "<!" not in text and "<@" not in text
+
+
+def test_a_wiki_comment_longer_than_jira_allows_is_cut_with_a_marker():
+    shown = comment_mrkdwn("+a " * 100_000)
+    assert len(shown) <= MAX_WIKI_CHARS + len(CUT_MARKER) + 1 and shown.endswith(CUT_MARKER)
+
+
+@pytest.mark.parametrize(("wiki", "mrkdwn"), [
+    ("[~ana[x|https://x.test/]", "[~ana<https://x.test/|x>"),
+    ("{color:{x}red}warm", "{color:{x}red}warm"),
+    ("{code:{x}}a{code}", "{code:{x}}a{code}"),
+    ("+a " * 3 + "+b+", "a +a +a +b"),
+    ("+a " * 3 + "b+ +c", "a +a +a b +c"),
+    ("{{a {{b}} c}}", "`a {{b` c}}"),
+    ("-a-b c-\nx-", "~a-b c~\nx-"),
+    ("{code:x}a{code:y}b", "{code:x}a{code:y}b"),
+])
+def test_what_does_not_close_stays_as_typed(wiki, mrkdwn):
+    assert wiki_mrkdwn(wiki) == mrkdwn
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u00ad"])
+def test_a_link_with_a_bidi_control_or_invisible_character_is_only_its_label(hidden):
+    url = f"https://evil.example/{hidden}gpj.exe"
+    assert wiki_mrkdwn(f"[guide|{url}]") == "guide"
+    linked = doc(paragraph(text("guide", {"type": "link", "attrs": {"href": url}})))
+    assert adf_mrkdwn(linked) == "guide"

@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -246,6 +247,30 @@ async def test_fields_sitegpt_fills_in_cannot_mention_or_relabel_links(harness):
     assert f"<{dashboard}|Open in SiteGPT>" in found  # the parent
     posted = json.dumps(h.fake.posts, ensure_ascii=False)
     assert "!channel" in posted and "Reset your password here" in posted  # shown, as text
+
+
+@pytest.mark.parametrize(("url", "label"), [
+    ("https://evil.example/chat", "Open in evil.example"),
+    ("https://sitegpt.ai.evil.example/chat", "Open in sitegpt.ai.evil.example"),
+    ("https://sitegpt.ai@evil.example/chat", "Open in evil.example"),
+    ("https://notsitegpt.ai/chat", "Open in notsitegpt.ai"),
+    ("https://app.sitegpt.ai/chat", None),
+    ("https://SiteGPT.ai:443/chat", None),
+])
+async def test_a_dashboard_link_elsewhere_than_sitegpt_is_labelled_with_its_host(harness, url,
+                                                                                label):
+    h = await harness()
+    await h.accept(message("thread_A", "help"))
+    await h.accept({"event": "CONVERSATION_ESCALATED", "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A", "dashboardUrl": url}})
+    lead = copy.deepcopy(load_sample("lead"))
+    lead["data"]["dashboardUrl"] = url
+    await h.accept(lead)
+    await h.worker.drain()
+    found = [link for post in h.fake.posts for link in links(post) if url in link]
+    expected = ([f"<{url}|{label}>"] * 2 if label else
+                [f"<{url}|Open the conversation in SiteGPT>", f"<{url}|Open the lead in SiteGPT>"])
+    assert sorted(found) == sorted(expected)
 
 
 async def test_long_text_is_cut_with_a_marker_never_rejected(harness):
@@ -854,3 +879,36 @@ async def test_a_lookup_reads_the_thread_page_by_page_until_it_finds_the_post(ha
     pages = h.fake.lookups()
     assert [page.get("cursor") or "" for page in pages] == ["", "2", "4", "6"]
     assert reconciled(h, "yes") == 1
+
+
+class ThreadNotingTemplates(Templates):
+    """Notes the thread each template is rendered on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, threading.Thread] = {}
+
+    def render(self, name: str, context: Any) -> str:
+        self.threads[name] = threading.current_thread()
+        return super().render(name, context)
+
+
+async def test_a_jira_comment_is_converted_off_the_event_loop(make_settings, fake, clock):
+    # A long comment takes a while to convert; meanwhile the webhooks must still be answered.
+    settings = make_settings({"slack": {"bot_token": "xoxb-test", "api_url": fake.api_url,
+                                        "channel": "C_CONV", "burst": 1000, "per_second": 1000.0}})
+    store = open_store(settings.store.url)
+    templates = ThreadNotingTemplates()
+    destination = SlackDestination(settings, templates, clock)
+    h = Harness(store, destination, Worker(store, {"slack": destination}, settings.delivery,
+                                           clock, random.Random(7)), clock, fake)
+    try:
+        await h.accept(message("thread_456", "help"))
+        await h.accept(load_sample("jira-ticket-comment"))
+        await h.worker.drain()
+        assert [status for status, _ in await h.statuses()] == ["delivered", "delivered"]
+        assert "*Fixed*" in str(fake.posts[-1]["blocks"])
+        assert templates.threads["slack/ticket_comment.json.j2"] is not threading.main_thread()
+    finally:
+        await destination.aclose()
+        await store.close()

@@ -23,6 +23,7 @@ from bridge.samples import load_sample
 from bridge.slack_events import slack_routes
 from tests.conftest import TOKENS, FakeClock, deep_merge
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.postgres import database_for_this_run
 from tests.test_metrics import webhook_counts
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -150,8 +151,12 @@ async def test_url_verification_answers_the_challenge(site):
     ({"X-Slack-Request-Timestamp": "9" * 5000}, "5,000 digits"),
     ({"X-Slack-Request-Timestamp": "1700000000 "}, "a trailing space"),
     ({"X-Slack-Signature": ""}, "empty"),
+    ({"X-Slack-Signature": "v0=\u00e9".encode("latin-1")}, "a latin-1 byte"),
+    ({"X-Slack-Signature": ("v0=" + "\u00e9" * 64).encode()}, "UTF-8 letters"),
+    ({"X-Slack-Signature": b"v0=" + bytes(range(0x80, 0x100))}, "every non-ASCII byte"),
+    ({"X-Slack-Signature": "v0=" + "f" * 6000}, "6,000 characters"),
 ])
-async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
+async def test_unsigned_or_stale_requests_are_refused(site, caplog, headers, why):
     s = await site()
     thread_ts = await s.conversation()
     body = json.dumps(envelope(s.write(thread_ts, "hi"))).encode()
@@ -163,6 +168,20 @@ async def test_unsigned_or_stale_requests_are_refused(site, headers, why):
     for path in ("/slack/events", "/slack/interactions"):
         answer = await s.client.post(path, content=body, headers=sent)
         assert answer.status_code == 401, why
+    assert await s.sitegpt_rows() == []
+    assert not [record for record in caplog.records if record.exc_info], "no traceback"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_nul_in_slack_s_ids_is_no_conversation_on_every_store(site, backend):
+    # PostgreSQL's text cannot hold NUL: the lookup failed, and Slack was told 503 forever.
+    s = await site({"store": {"url": database_for_this_run()}} if backend == "postgresql" else {})
+    thread_ts = await s.conversation()
+    for changes in ({"channel": "C_CONV\u0000"}, {"thread_ts": thread_ts + "\u0000"}):
+        answer = await s.send(envelope({**s.write(thread_ts, "a reply"), **changes}))
+        assert answer.status_code == 200 and answer.json()["status"] == "ignored", changes
+    pressed = await s.press("sitegpt_take_over", thread_ts + "\u0000")
+    assert pressed.status_code == 200
     assert await s.sitegpt_rows() == []
 
 

@@ -22,7 +22,7 @@ from bridge.destinations.slack_render import BATCH
 from bridge.errors import ConfigError, TemplateError
 from bridge.event_rows import new_event
 from bridge.events import parse_event
-from bridge.samples import sample_names
+from bridge.samples import load_sample, sample_names
 from bridge.store import open_store
 from bridge.template_check import check_templates, sample_events
 from bridge.templating import Templates, builtin_dir
@@ -274,3 +274,85 @@ def test_files_that_are_not_templates_are_left_alone(make_settings, tmp_path):
         assert "README.md" not in check_templates(bridge.templates, bridge.destinations).loaded
     finally:
         asyncio.run(bridge.close())
+
+
+# What a hostile sender can put in any field SiteGPT's payloads carry: a mention and a link
+# for Slack, a link for Jira, and dates out of datetime's range.
+HOSTILE_TEXT = [
+    "<!channel> <https://evil.example|Click> <@U0HOSTILE> [Click|https://evil.example]",
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+23:59",
+]
+SITEGPT_EVENTS = ("ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE")
+# What would be live markup in each destination's output, by the name of the destination.
+PLANTED = {"slack": ("<!channel>", "<https://evil", "<@U0HOSTILE>"), "jira": ("[Click|https",)}
+NOT_MARKUP = ("metadata", "summary")
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every string in a JSON value."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in _leaves(item, (*path, key))]
+    if isinstance(value, list):
+        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, (*path, index))]
+    return [path] if isinstance(value, str) else []
+
+
+def _replaced(body: Any, path: tuple[Any, ...], text: str) -> Any:
+    copy = json.loads(json.dumps(body))
+    *parents, last = path
+    target = copy
+    for part in parents:
+        target = target[part]
+    target[last] = text
+    return copy
+
+
+def hostile_samples(text: str) -> dict[str, Any]:
+    """SiteGPT's samples with every string field that still validates replaced by `text`."""
+    events = {}
+    for name in sample_names():
+        body = load_sample(name)
+        if body["event"] not in SITEGPT_EVENTS:
+            continue
+        for path in _leaves(body["data"]):
+            changed = _replaced(body, ("data", *path), text)
+            try:
+                parse_event(changed["event"], changed)
+            except ValueError:
+                continue
+            body = changed
+        events[name] = parse_event(body["event"], body)
+    return events
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT, ids=["markup", "after-9999", "before-0001"])
+async def test_hostile_text_in_any_field_renders_inert_in_slack_and_jira(make_settings, text):
+    destinations = build_destinations(make_settings(ALL_ON), Templates())
+    try:
+        samples = hostile_samples(text)
+        rendered = {}
+        for name in ("slack", "jira", "crm"):
+            previews = sample_renderer(destinations[name])
+            assert previews is not None
+            rendered |= {f"{name} {label}": output
+                         for label, output in previews(samples).items()}
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+    assert any(label.startswith("jira") for label in rendered)
+    for label, output in rendered.items():  # the CRM is sent JSON values, not markup
+        planted = PLANTED.get(label.split()[0], ())
+        shown = _shown(output)
+        assert not [mark for mark in planted if mark in shown], (label, shown)
+
+
+def _shown(output: str) -> str:
+    """A preview less what is never read as markup: Slack's message metadata (data for the
+    bridge) and a Jira ticket's summary (plain text)."""
+    try:
+        call = json.loads(output)
+    except json.JSONDecodeError:
+        return output
+    return json.dumps({key: value for key, value in call.items() if key not in NOT_MARKUP},
+                      ensure_ascii=False) if isinstance(call, dict) else output

@@ -14,7 +14,16 @@ from bridge.destinations import make_settings
 from bridge.destinations.slack import SlackDestination
 from bridge.errors import TemplateError
 from bridge.template_check import sample_events
-from bridge.templating import CUT_MARKER, Templates, cut, format_date, jira_escape, slack_escape
+from bridge.templating import (
+    CUT_MARKER,
+    Templates,
+    cut,
+    format_date,
+    jira_escape,
+    link_safe,
+    slack_escape,
+    slack_link,
+)
 
 SECRET = "xoxb-very-secret-token"
 
@@ -186,3 +195,30 @@ def test_cut_keeps_short_text_and_marks_what_it_cuts():
 ])
 def test_date_reads_iso_and_epoch(value, expected):
     assert format_date(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("<!channel> <https://evil.example|Click>", "channel https: evil.example Click"),
+    ("[Click|https://evil.example] {code}", "Click https: evil.example code"),
+    ("9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59-23:59"),
+    ("0001-01-01T00:00:00+23:59", "0001-01-01T00:00:00+23:59"),
+    (1e300, "1e+300"),
+    (-(10**30), "-1000000000000000000000000000000"),
+    (float("nan"), "nan"),
+    (["*bold*", {"_it_": "<@U1>"}], "bold it : U1"),
+    ("x" * 10_000, "x" * 64),
+])
+def test_a_date_the_filter_cannot_read_shows_as_inert_text(value, expected):
+    assert format_date(value) == expected
+
+
+HIDDEN = ["\u202e", "\u202a", "\u2066", "\u2069", "\u200e", "\u200b", "\u200d", "\u2060",
+          "\ufeff", "\u00ad", "\u061c", "\u2028", "\u00a0", "\x85"]
+
+
+@pytest.mark.parametrize("hidden", HIDDEN, ids=[f"U+{ord(char):04X}" for char in HIDDEN])
+def test_a_url_with_a_bidi_control_or_invisible_character_is_no_link(hidden):
+    # "https://evil.example/\u202egpj.exe" reads as ".../exe.jpg" once Slack draws it.
+    url = f"https://evil.example/{hidden}gpj.exe"
+    assert not link_safe(url)
+    assert slack_link(url, "Open") == f"Open: {url}"

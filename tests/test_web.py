@@ -93,7 +93,11 @@ def nothing_stored(db: Path) -> bool:
     {"X-WEBHOOK-TOKEN": TOKENS["messages"][:-1]},
     {"X-WEBHOOK-TOKEN": TOKENS["messages"] + "x"},
     {"Authorization": f"Bearer {TOKENS['messages']}"},
-], ids=["missing", "empty", "wrong", "other-endpoint", "prefix", "longer", "other-header"])
+    {"X-WEBHOOK-TOKEN": TOKENS["messages"].encode() + b"\xe9"},
+    {"X-WEBHOOK-TOKEN": bytes(range(0x80, 0x100))},
+    {"X-WEBHOOK-TOKEN": TOKENS["messages"] * 500},
+], ids=["missing", "empty", "wrong", "other-endpoint", "prefix", "longer", "other-header",
+        "latin-1", "every-non-ascii-byte", "very-long"])
 def test_missing_or_wrong_token_is_401_and_stores_nothing(webhooks, sample, headers):
     response = webhooks.post("messages", sample("message-visitor"), headers=headers)
     assert response.status_code == 401
@@ -199,7 +203,9 @@ def test_a_body_that_is_not_json_is_400(webhooks, content):
     assert nothing_stored(webhooks.db)
 
 
-@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999",
+                                    b"9" * 400, b"-" + b"1" * 1000, b"9223372036854775808",
+                                    b"-9223372036854775809"])
 def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number):
     lead = json.dumps(load_sample("lead")).encode()
     content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
@@ -208,6 +214,15 @@ def test_nan_and_infinite_numbers_are_422_and_nothing_is_stored(webhooks, number
     assert response.status_code == 422
     assert response.json()["field"] == "body"
     assert nothing_stored(webhooks.db)
+
+
+@pytest.mark.parametrize("number", [b"9223372036854775807", b"-9223372036854775808", b"-0"])
+def test_integers_a_64_bit_integer_holds_are_stored(webhooks, number):
+    lead = json.dumps(load_sample("lead")).encode()
+    content = lead.replace(b'"leadDetails": {', b'"leadDetails": {"Score": %s, ' % number, 1)
+    assert webhooks.post("leads", content=content).status_code == 200
+    [body] = webhooks.stored_bodies()
+    assert body["data"]["leadDetails"]["Score"] == int(number)
 
 
 def nested_message(depth: int) -> bytes:

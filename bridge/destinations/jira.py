@@ -31,7 +31,14 @@ from bridge.events import (
 )
 from bridge.settings import Settings
 from bridge.store import FollowUp, StoredMessage
-from bridge.templating import CUT_MARKER, Templates, cut, jira_escape
+from bridge.templating import (
+    CUT_MARKER,
+    Templates,
+    cut,
+    is_sitegpt_host,
+    jira_escape,
+    link_host,
+)
 
 if TYPE_CHECKING:  # the factory's signature only
     from bridge.destinations.shared import Shared
@@ -419,9 +426,11 @@ def _last_id(messages: Sequence[StoredMessage], default: int) -> int:
 
 
 def _dashboard_link(data: EscalationData) -> str:
-    """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url]."""
-    if data.dashboard_url and _LINK_SAFE.fullmatch(data.dashboard_url):
-        return data.dashboard_url
+    """SiteGPT's link to the conversation, else one built from the ids: safe in [label|url],
+    and leading into SiteGPT, as the templates' label says."""
+    url = data.dashboard_url
+    if url and _LINK_SAFE.fullmatch(url) and is_sitegpt_host(link_host(url) or ""):
+        return url
     return Conversation(data.chatbot_id, data.thread_id).dashboard_url
 
 

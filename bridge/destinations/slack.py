@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -126,8 +127,9 @@ class SlackDestination:
                 return await self._ticket_moved(delivery, event)
             if isinstance(event, TicketCommentEvent):
                 url = self._issue_url(event.data.issue_key)
-                return await self._post_in_thread(delivery,
-                                                  self.renderer.ticket_comment(event, url))
+                # A long comment takes a while to convert: meanwhile the loop answers webhooks.
+                shown = await asyncio.to_thread(self.renderer.ticket_comment, event, url)
+                return await self._post_in_thread(delivery, shown)
             if isinstance(event, TicketDeletedEvent):
                 return await self._ticket_deleted(delivery, event)
             if isinstance(event, ThreadNoticeEvent):
