@@ -21,7 +21,7 @@ from bridge.intake import new_event
 from bridge.store import FollowUp, NewEvent
 from bridge.store.sqlite import SQLiteStore
 from bridge.store.sqlite.intake import MAX_VARIABLES
-from tests.conftest import TOKENS
+from tests.settings_files import TOKENS
 
 NOW = 1_700_000_000.0
 

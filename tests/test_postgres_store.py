@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from postgres import query
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
@@ -21,6 +20,7 @@ from bridge.store.postgres import migrate
 from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.store import PostgresStore
+from tests.postgres import query
 
 NOW = 1_700_000_000.0
 WAIT = 10.0

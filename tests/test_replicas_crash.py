@@ -8,12 +8,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from conftest import TOKENS
-from fake_slack import FakeSlack
-from postgres import query
-from servers import BridgeProcess
 
 from bridge.store.migrations import SCHEMA_VERSION
+from tests.fake_slack import FakeSlack
+from tests.postgres import query
+from tests.servers import BridgeProcess
+from tests.settings_files import TOKENS
 
 MESSAGES = 30
 TAKEOVER_BOUND = 30.0  # seconds from the kill to the last message in Slack

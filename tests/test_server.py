@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TOKENS
-from servers import BridgeProcess
 
 from bridge.samples import load_sample
+from tests.servers import BridgeProcess
+from tests.settings_files import TOKENS
 
 HEAD = b"POST /webhooks/messages HTTP/1.1\r\nHost: bridge\r\n"
 GIVE_UP = 30.0  # seconds a test waits for what the bridge must do within 1 s
