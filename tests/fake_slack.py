@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -77,6 +78,8 @@ class FakeSlack:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._serial = 0
+        self._closing: asyncio.Event | None = None  # made on the server's loop, by its first wait
+        self._loop: asyncio.AbstractEventLoop | None = None
         app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST", "GET"])])
         self.server = LoopbackServer(app)
 
@@ -89,6 +92,9 @@ class FakeSlack:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A late answer no client waits for any more is cut short, or stopping would wait it out.
+        if self._loop is not None and self._closing is not None:
+            self._loop.call_soon_threadsafe(self._closing.set)
         self.server.stop()
 
     def reset(self) -> None:
@@ -135,7 +141,7 @@ class FakeSlack:
             self.calls.append((method, args, dict(request.headers)))
             scripted = self._scripted(method)
         if scripted is not None:
-            await asyncio.sleep(scripted.delay)
+            await self._pause(scripted.delay)
             return _answer(scripted.status, scripted.error, scripted.headers)
         if self.outage_status is not None:
             return PlainTextResponse("upstream unavailable", self.outage_status)
@@ -143,11 +149,19 @@ class FakeSlack:
         if author is None:
             return JSONResponse({"ok": False, "error": "not_authed"})
         if method == "chat.postMessage" and self.post_delay:
-            await asyncio.sleep(self.post_delay)
+            await self._pause(self.post_delay)
         answer = self._perform(method, args, author)
         if method == "chat.postMessage" and self.late_posts:
-            await asyncio.sleep(self.late_posts.popleft())
+            await self._pause(self.late_posts.popleft())
         return answer
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before answering, unless the server is closing first."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _scripted(self, method: str) -> Scripted | None:
         if self.script and self.script[0].method in (method, "*"):
