@@ -9,7 +9,7 @@ from collections.abc import Callable
 from bridge.settings import Settings, load_settings, resolve_config_path
 
 Command = Callable[[argparse.Namespace], int]
-Arguments = Callable[[argparse.ArgumentParser], None]
+Arguments = Callable[[argparse.ArgumentParser], object]  # add_argument's Action is ignored
 COMMANDS: dict[str, tuple[str, Command, Arguments]] = {}
 
 
