@@ -56,6 +56,11 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: spread over the workers (--dist loadgroup), none ends the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     sweep_databases_of_dead_runs()
 

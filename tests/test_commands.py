@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from bridge.app import create_app, open_bridge
-from bridge.commands import local_iso, local_time, webhook_url
+from bridge.commands import UNTRUNCATED_WIDTH, local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
 from bridge.destinations.slack import SlackDestination
 from bridge.events import LEAD, parse_event
@@ -30,6 +30,12 @@ from tests.settings_files import TOKENS
 
 NOW = 1_700_000_000.0
 LONG_ERROR = "slack: chat.postMessage: channel_not_found " + "and then some " * 20
+
+
+@pytest.fixture(autouse=True)
+def no_terminal(monkeypatch):
+    """Tables fit the terminal's width: the tests see none, whatever runs them (xdist says 80)."""
+    monkeypatch.setenv("COLUMNS", str(UNTRUNCATED_WIDTH))
 
 
 @pytest.fixture

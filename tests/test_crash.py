@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from bridge.destinations import build_destinations, destinations_for
 from bridge.events import ESCALATION, canonical_json
@@ -13,6 +14,8 @@ from bridge.templating import Templates
 from tests.bridges import query
 from tests.servers import BridgeProcess
 from tests.settings_files import TOKENS
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 
 def destinations_on(settings: Settings, kind: str) -> list[str]:

@@ -14,7 +14,8 @@ PACKAGE = ROOT / "bridge"
 TESTS = ROOT / "tests"
 # Dev dependencies used without an import of ours: tools, pytest plugins, and httpx2, which
 # starlette's TestClient imports in place of httpx.
-TOOLS = {"pytest-asyncio", "pytest-timeout", "ruff", "hatchling", "httpx2"}
+TOOLS = {"pytest-asyncio", "pytest-timeout", "pytest-xdist", "ruff", "mypy", "hatchling",
+         "httpx2"}
 IMPORT_NAMES = {"pyyaml": "yaml"}
 
 

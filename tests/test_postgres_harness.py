@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.postgres import (
     HOST,
@@ -68,11 +69,13 @@ def databases() -> set[str]:
     return {name for (name,) in query(SERVER, "SELECT datname FROM pg_database")}
 
 
+@pytest.mark.slow  # three interpreters start
 def test_a_run_drops_every_database_it_made_even_when_its_tests_fail(tmp_path):
+    """Two workers, as `make test` runs: each drops what it made (alone, a run is one worker)."""
     require_server()
     (tmp_path / "test_failing.py").write_text(FAILING)
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p",
-                             "no:cacheprovider", str(tmp_path / "test_failing.py")],
+                             "no:cacheprovider", "-n", "2", str(tmp_path / "test_failing.py")],
                             cwd=ROOT, env=os.environ | {"COLUMNS": "400"}, capture_output=True,
                             text=True, timeout=120)
     assert "2 failed" in result.stdout, result.stdout

@@ -8,12 +8,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from bridge.store.migrations import SCHEMA_VERSION
 from tests.fake_slack import FakeSlack
 from tests.postgres import query
 from tests.servers import BridgeProcess
 from tests.settings_files import TOKENS
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 MESSAGES = 30
 TAKEOVER_BOUND = 30.0  # seconds from the kill to the last message in Slack

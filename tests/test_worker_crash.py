@@ -12,10 +12,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bridge.events import parse_event
 from bridge.intake import new_event
 from bridge.store import open_store
 from tests.fake_slack import FakeSlack
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 MESSAGES = 30
 
