@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.postgres import (
     HOST,
@@ -69,7 +68,6 @@ def databases() -> set[str]:
     return {name for (name,) in query(SERVER, "SELECT datname FROM pg_database")}
 
 
-@pytest.mark.slow  # three interpreters start
 def test_a_run_drops_every_database_it_made_even_when_its_tests_fail(tmp_path):
     """Two workers, as `make test` runs: each drops what it made (alone, a run is one worker)."""
     require_server()
