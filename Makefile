@@ -28,13 +28,20 @@ send-test: ARGS ?= messages
 $(OPERATOR_COMMANDS): $(BRIDGE)
 	$(BRIDGE) $@ $(CONFIG_FLAG) $(ARGS)
 
+# The tests mostly wait (sockets, child processes, leases), so more workers than cores pay.
+TEST_WORKERS ?= 4
+# Bytecode is cached in .venv even where PYTHONDONTWRITEBYTECODE is set: otherwise every worker
+# and every bridge it starts compiles the code and rewrites the tests' asserts again.
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache
+
 test: $(BRIDGE)
 	$(BIN)/ruff check bridge tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/mypy bridge
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(BRIDGE)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.fake_slack import FakeSlack
 from tests.postgres import SERVER, created_database
-from tests.test_worker_crash import accept_messages, pending_count
+from tests.queued_messages import accept_messages, pending_count
 
 TOKEN = "bench-token-0123456789abcdef"
 MESSAGES = 8

@@ -266,10 +266,10 @@ def _status_change(hook: JiraWebhook, conversation: Conversation) -> TicketData 
             current.id == change.target or current.name == change.target_name):
         category = current.category.key
     return TicketStatusData(
-        chatbotId=conversation.chatbot_id, threadId=conversation.thread_id,
-        issueKey=hook.issue.key, statusId=change.target, status=change.target_name,
-        previousStatus=change.source_name, category=category,
-        actor=hook.user.shown if hook.user else None, changedAt=hook.timestamp)
+        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id,
+        issue_key=hook.issue.key, status_id=change.target, status=change.target_name,
+        previous_status=change.source_name, category=category,
+        actor=hook.user.shown if hook.user else None, changed_at=hook.timestamp)
 
 
 def _comment(hook: JiraWebhook, conversation: Conversation) -> TicketData | str:
@@ -278,16 +278,16 @@ def _comment(hook: JiraWebhook, conversation: Conversation) -> TicketData | str:
     if not comment_text(comment.body).strip():
         return "an empty comment"
     return TicketCommentData(
-        chatbotId=conversation.chatbot_id, threadId=conversation.thread_id,
-        issueKey=hook.issue.key, commentId=comment.id,
+        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id,
+        issue_key=hook.issue.key, comment_id=comment.id,
         author=comment.author.shown if comment.author else None, body=comment.body)
 
 
 def _deleted(hook: JiraWebhook, conversation: Conversation) -> TicketData | str:
     assert hook.issue is not None
     return TicketDeletedData(
-        chatbotId=conversation.chatbot_id, threadId=conversation.thread_id,
-        issueKey=hook.issue.key, actor=hook.user.shown if hook.user else None)
+        chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id,
+        issue_key=hook.issue.key, actor=hook.user.shown if hook.user else None)
 
 
 READERS: dict[str, Callable[[JiraWebhook, Conversation], TicketData | str]] = {

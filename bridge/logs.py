@@ -31,8 +31,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry |= {key: value for key, value in vars(record).items() if key not in _STANDARD}
-        if record.exc_info or record.exc_text:  # exc_text: already formatted (and redacted)
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:  # already formatted (and redacted)
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 

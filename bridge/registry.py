@@ -10,7 +10,7 @@ from bridge.config import load_settings, resolve_config_path
 from bridge.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
-Arguments = Callable[[argparse.ArgumentParser], None]
+Arguments = Callable[[argparse.ArgumentParser], object]  # add_argument's Action is ignored
 COMMANDS: dict[str, tuple[str, Command, Arguments]] = {}
 
 

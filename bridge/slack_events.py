@@ -198,8 +198,8 @@ class SlackReceiver:
         if record is None:
             return "not in a conversation's thread"
         return _new_event(SLACK_REPLY, record, f"slack-event:{envelope.event_id}", SlackReplyData(
-            chatbotId=record.chatbot_id, threadId=record.thread_id,
-            slackEventId=envelope.event_id, channel=message.channel, threadTs=message.thread_ts,
+            chatbot_id=record.chatbot_id, thread_id=record.thread_id,
+            slack_event_id=envelope.event_id, channel=message.channel, thread_ts=message.thread_ts,
             ts=message.ts, user=message.user, text=message.text))
 
     def _not_a_reply(self, message: SlackMessage) -> str | None:
@@ -227,8 +227,8 @@ class SlackReceiver:
             return "not on a conversation's parent message"
         key = f"slack-action:{channel}:{ts}:{interaction.user.id}:{action.action_ts}"
         return _new_event(MODE_CHANGE, record, key, ModeChangeData(
-            chatbotId=record.chatbot_id, threadId=record.thread_id, channel=channel,
-            threadTs=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
+            chatbot_id=record.chatbot_id, thread_id=record.thread_id, channel=channel,
+            thread_ts=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
 
 
 def _parse(model: type[M], raw: bytes) -> M:

@@ -2,73 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from postgres import fresh_database
 
 from bridge.config import load_settings
 from bridge.samples import load_sample
 from bridge.settings import Settings
-from tests.postgres import drop_databases_of_this_run
-
-TOKENS = {"messages": "tok-messages", "escalations": "tok-escalations", "leads": "tok-leads"}
-
-
-class FakeClock:
-    """A clock that moves only when told to; sleep() advances it instantly."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.current = start
-
-    def now(self) -> float:
-        return self.current
-
-    async def sleep(self, seconds: float) -> None:
-        self.current += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.current += seconds
-
-
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    """A minimal TOML writer for test settings (tables, arrays of tables, scalars, lists)."""
-    lines: list[str] = []
-
-    def emit(prefix: str, table: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict | list)
-                   or (isinstance(v, list) and not (v and isinstance(v[0], dict)))}
-        if prefix:
-            lines.append(f"[{prefix}]")
-        for key, value in scalars.items():
-            lines.append(f"{json.dumps(key)} = {json.dumps(value)}")
-        for key, value in table.items():
-            name = f"{prefix}.{json.dumps(key)}" if prefix else json.dumps(key)
-            if isinstance(value, dict):
-                emit(name, value)
-            elif isinstance(value, list) and value and isinstance(value[0], dict):
-                for item in value:
-                    lines.append(f"[[{name}]]")
-                    lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in item.items())
-
-    emit("", data)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tomllib.loads(path.read_text())  # the file must be valid TOML
-    return path
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+from tests.clock import FakeClock
+from tests.postgres import (
+    drop_databases_of_this_run,
+    fresh_database,
+    sweep_databases_of_dead_runs,
+)
+from tests.settings_files import TOKENS, deep_merge, write_toml
 
 
 @pytest.fixture
@@ -106,6 +55,15 @@ def postgres_url() -> Iterator[str]:
     """A new PostgreSQL database for this test alone (skipped without a server, unless CI)."""
     with fresh_database() as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: spread over the workers (--dist loadgroup), none ends the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    sweep_databases_of_dead_runs()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -81,6 +82,8 @@ class FakeSlack:
         self._lock = threading.Lock()
         self._serial = 0
         self._unanswered = 0  # posts made whose answer is still on its way
+        self._closing: asyncio.Event | None = None  # made on the server's loop, by its first wait
+        self._loop: asyncio.AbstractEventLoop | None = None
         app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST", "GET"])])
         self.server = LoopbackServer(app)
 
@@ -93,6 +96,9 @@ class FakeSlack:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A late answer no client waits for any more is cut short, or stopping would wait it out.
+        if self._loop is not None and self._closing is not None:
+            self._loop.call_soon_threadsafe(self._closing.set)
         self.server.stop()
 
     def reset(self) -> None:
@@ -150,7 +156,7 @@ class FakeSlack:
             self.calls.append((method, args, dict(request.headers)))
             scripted = self._scripted(method)
         if scripted is not None:
-            await asyncio.sleep(scripted.delay)
+            await self._pause(scripted.delay)
             return _answer(scripted.status, scripted.error, scripted.headers)
         if self.outage_status is not None:
             return PlainTextResponse("upstream unavailable", self.outage_status)
@@ -158,12 +164,12 @@ class FakeSlack:
         if author is None:
             return JSONResponse({"ok": False, "error": "not_authed"})
         if method == "chat.postMessage" and self.post_delay:
-            await asyncio.sleep(self.post_delay)
+            await self._pause(self.post_delay)
         answer = self._perform(method, args, author)
         landed = method == "chat.postMessage" and b'"ok":true' in answer.body
         self._landing(+landed)
         try:
-            await asyncio.sleep(self._answer_delay(method))
+            await self._pause(self._answer_delay(method))
         finally:
             self._landing(-landed)
         return answer
@@ -178,6 +184,15 @@ class FakeSlack:
         if method in ("conversations.replies", "conversations.history") and self.late_lookups:
             return self.late_lookups.popleft()
         return 0.0
+
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before answering, unless the server is closing first."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _scripted(self, method: str) -> Scripted | None:
         if self.script and self.script[0].method in (method, "*"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.destinations.base import Delivery, parse_retry_after
-from tests.conftest import FakeClock
+from tests.clock import FakeClock
 
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 

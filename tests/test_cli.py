@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bridges import SECRET_VALUES, SECRETS, counts, readme_example
-from conftest import write_toml
-from fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from servers import BridgeProcess, clean_environ
 
 from bridge.app import announce, open_bridge
 from bridge.cli import main
 from bridge.store.migrations import SCHEMA_VERSION
+from tests.bridges import SECRET_VALUES, SECRETS, counts, readme_example
+from tests.fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.servers import BridgeProcess, clean_environ
+from tests.settings_files import write_toml
 
 EXAMPLE = Path(__file__).parent.parent / "settings.example.toml"
 BAD = {"server": {"prot": 8080}, "slack": {"chanel": "C1"}, "store": {"synchronous": "SOMETIMES"}}

@@ -13,8 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from bridge.app import create_app, open_bridge
-from bridge.cli import main
-from bridge.commands import local_iso, local_time, webhook_url
+from bridge.commands import UNTRUNCATED_WIDTH, local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
 from bridge.destinations.plugin import Plugin
 from bridge.destinations.slack import SlackDestination
@@ -27,21 +26,18 @@ from bridge.store import open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import Templates
-from tests.conftest import TOKENS
+from tests.command_line import run
 from tests.loopback import LoopbackServer
+from tests.settings_files import TOKENS
 
 NOW = 1_700_000_000.0
 LONG_ERROR = "slack: chat.postMessage: channel_not_found " + "and then some " * 20
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of one command, as a shell would see them."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse rejects bad arguments this way
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+@pytest.fixture(autouse=True)
+def no_terminal(monkeypatch):
+    """Tables fit the terminal's width: the tests see none, whatever runs them (xdist says 80)."""
+    monkeypatch.setenv("COLUMNS", str(UNTRUNCATED_WIDTH))
 
 
 @pytest.fixture

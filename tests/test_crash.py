@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from bridges import query
-from conftest import TOKENS
-from servers import BridgeProcess
+import pytest
 
 from bridge.destinations import build_destinations, destinations_for
 from bridge.events import ESCALATION, canonical_json
 from bridge.settings import Settings
 from bridge.templating import Templates
+from tests.bridges import query
+from tests.servers import BridgeProcess
+from tests.settings_files import TOKENS
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 
 def destinations_on(settings: Settings, kind: str) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import httpx
 import pytest
 import respx
-from crm_support import lead_body
 
 from bridge.app import open_bridge
 from bridge.destinations import build_destinations
@@ -26,6 +25,7 @@ from bridge.event_rows import new_event
 from bridge.events import ESCALATION, LEAD, MESSAGE, parse_event
 from bridge.samples import load_sample
 from bridge.templating import Templates
+from tests.crm_support import lead_body
 
 HOOK = "https://hooks.example.test/lead"
 

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from crm_support import lead_body, open_deliveries
 from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered
@@ -21,6 +20,7 @@ from bridge.destinations.crm_webhook import CrmWebhook, webhook_id
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.template_check import sample_events
 from bridge.templating import Templates
+from tests.crm_support import lead_body, open_deliveries
 
 # The path carries the hook's own token, as Zapier's and n8n's do: it must never be shown.
 URL = "https://hooks.example.test/catch/123/s3cr3t-path"

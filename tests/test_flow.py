@@ -8,9 +8,9 @@ from collections.abc import Callable
 from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
-from tests.conftest import TOKENS
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack
+from tests.settings_files import TOKENS
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -21,7 +21,7 @@ from bridge.events import TICKET_LINKED, parse_event
 from bridge.store import FollowUp, NewEvent
 from bridge.store.sqlite import SQLiteStore
 from bridge.store.sqlite.intake import MAX_VARIABLES
-from tests.conftest import TOKENS
+from tests.settings_files import TOKENS
 
 NOW = 1_700_000_000.0
 
@@ -228,7 +228,8 @@ async def test_nothing_is_acknowledged_while_the_store_is_locked(tmp_path):
 
 
 async def test_a_timed_out_caller_does_not_stop_the_writer(tmp_path):
-    store = SQLiteStore(tmp_path / "bridge.db", commit_timeout=0.05)
+    # Short, but long enough for the write after the gate on a busy machine (parallel workers).
+    store = SQLiteStore(tmp_path / "bridge.db", commit_timeout=0.5)
     try:
         async with Gate(store):
             with pytest.raises(StoreBusy):

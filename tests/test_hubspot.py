@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from crm_support import lead_body, open_deliveries
 from pydantic import SecretStr
 
 from bridge.destinations.base import Delivered, Skipped
@@ -21,6 +20,7 @@ from bridge.destinations.hubspot import PREVIEW_CONTACT_ID, HubSpot, contact_pro
 from bridge.errors import PermanentError, RetryableError
 from bridge.events import LEAD, parse_event
 from bridge.template_check import sample_events
+from tests.crm_support import lead_body, open_deliveries
 
 API = "https://api.hubspot.test"
 TOKEN = "pat-na1-0000-very-secret"

@@ -23,7 +23,7 @@ from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.slack_events import slack_routes
 from bridge.store import Acceptance, NewEvent
 from bridge.web import Endpoint, SiteGPTReceiver, build_app
-from tests.test_metrics import webhook_counts
+from tests.metric_samples import webhook_counts
 
 LIMIT = 1024
 SITEGPT_TOKEN = "sitegpt-token"

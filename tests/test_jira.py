@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
-from failing_store import FullDisk
-from fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth, java_length
 
 from bridge.cli import main
 from bridge.destinations import build_destinations
@@ -38,6 +35,9 @@ from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import CUT_MARKER, Templates, jira_escape
 from bridge.worker import Worker
+from tests.clock import FakeClock
+from tests.failing_store import FullDisk
+from tests.fake_jira import NOT_AUTHENTICATED, FakeJira, basic_auth, java_length
 
 CHATBOT, THREAD = "chatbot_123", "thread_456"
 EMAIL, API_TOKEN, PAT = "support@example.com", "cloud-token-s3cret", "server-pat-s3cret"

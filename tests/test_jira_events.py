@@ -22,12 +22,13 @@ from bridge.errors import ConfigError, StoreBusy, StoreError
 from bridge.jira_events import jira_routes
 from bridge.samples import load_sample
 from bridge.store import Acceptance, NewEvent
-from tests.conftest import TOKENS, FakeClock, deep_merge
+from tests.clock import FakeClock
 from tests.fake_jira import FakeJira, basic_auth
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.first_release import first_release_store
+from tests.metric_samples import webhook_counts
 from tests.postgres import database_for_this_run
-from tests.test_metrics import webhook_counts
-from tests.test_store_upgrade import first_release_store
+from tests.settings_files import TOKENS, deep_merge
 
 SECRET = "jira-cloud-webhook-secret"
 TOKEN = "dc-token-7Qm2xV9pL4"

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
@@ -20,31 +19,12 @@ from bridge.metrics import Metrics
 from bridge.store import open_store
 from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, build_app
 from bridge.worker import Worker
+from tests.metric_samples import samples, value
 
 MESSAGE = {"event": "ADD_MESSAGE",
            "data": {"chatbotId": "bot", "threadId": "t1", "question": "hi", "answer": None,
                     "messageType": "USER_MESSAGE"}}
 GOOD = {"X-WEBHOOK-TOKEN": "tok-messages"}
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of an exposition, by name and labels."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text)[(name, frozenset(labels.items()))]
-
-
-def webhook_counts(text: str, endpoint: str) -> dict[str, float]:
-    """sitegpt_bridge_webhooks_total of one endpoint, by outcome."""
-    return {labels["outcome"]: count for (name, label_set), count in samples(text).items()
-            if name == "sitegpt_bridge_webhooks_total"
-            for labels in [dict(label_set)] if labels["endpoint"] == endpoint}
 
 
 def message(thread_id: str) -> dict:

@@ -10,15 +10,15 @@ import sys
 from typing import Any
 
 import pytest
-from postgres import SERVER, created_database, query
-from servers import clean_environ
-from test_commands import run
 
 from bridge.event_rows import new_event
 from bridge.events import parse_event
 from bridge.samples import load_sample
 from bridge.store import open_store
 from bridge.store.migrations import SCHEMA_VERSION
+from tests.command_line import run
+from tests.postgres import SERVER, created_database, query
+from tests.servers import clean_environ
 
 NOW = 1_700_000_000.0
 PASSWORD = "sec-pg-password"

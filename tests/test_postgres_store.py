@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from postgres import query
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
@@ -22,6 +21,7 @@ from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
 from bridge.store.postgres.live_workers import WORKER_NAMESPACE
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.store import PostgresStore
+from tests.postgres import query
 
 NOW = 1_700_000_000.0
 WAIT = 10.0

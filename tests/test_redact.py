@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 import respx
-from bridges import SECRETS, query
-from conftest import deep_merge
 
 from bridge.app import open_bridge
 from bridge.event_rows import new_event
@@ -17,6 +15,8 @@ from bridge.events import LEAD, parse_event
 from bridge.logs import configure_logging
 from bridge.redact import MASK, RedactingFilter, Redactor
 from bridge.samples import load_sample
+from tests.bridges import SECRETS, query
+from tests.settings_files import deep_merge
 
 HOOK = "https://hooks.example.test/crm/hooks/T0K3N-5f2c9e7a1b3d4c6e"
 SECRET_SETTINGS = deep_merge(SECRETS, {"crm": {"webhook": {"url": HOOK}}})

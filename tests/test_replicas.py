@@ -14,10 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_jira import FakeJira, basic_auth
-from fake_slack import FakeSlack
-from postgres import query
-from servers import serving
 
 from bridge.app import Bridge, create_app, open_bridge
 from bridge.clock import SystemClock
@@ -28,6 +24,10 @@ from bridge.events import MESSAGE, parse_event
 from bridge.settings import Settings
 from bridge.store import ClaimedDelivery
 from bridge.store.postgres.store import PostgresStore
+from tests.fake_jira import FakeJira, basic_auth
+from tests.fake_slack import FakeSlack
+from tests.postgres import query
+from tests.servers import serving
 
 CHATBOT, THREAD = "chatbot_123", "thread_456"
 EMAIL, API_TOKEN = "support@example.com", "cloud-token"

@@ -8,12 +8,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from conftest import TOKENS
-from fake_slack import FakeSlack
-from postgres import query
-from servers import BridgeProcess
+import pytest
 
 from bridge.store.migrations import SCHEMA_VERSION
+from tests.fake_slack import FakeSlack
+from tests.postgres import query
+from tests.servers import BridgeProcess
+from tests.settings_files import TOKENS
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 MESSAGES = 30
 # A lease far longer than the bound: the survivor must not wait for it to run out, since the

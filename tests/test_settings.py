@@ -7,11 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from bridges import SECRET_VALUES, SECRETS
-from conftest import TOKENS, deep_merge, write_toml
 
 from bridge.config import load_settings, resolve_config_path
 from bridge.errors import ConfigError
+from tests.bridges import SECRET_VALUES, SECRETS
+from tests.settings_files import TOKENS, deep_merge, write_toml
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ from bridge.store.sqlite import SQLiteStore
 from bridge.template_check import sample_events
 from bridge.templating import Templates
 from bridge.worker import Worker
-from tests.conftest import FakeClock
+from tests.clock import FakeClock
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 
 API = "https://sitegpt.test/api/v0"

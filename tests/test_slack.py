@@ -25,7 +25,7 @@ from bridge.store import ClaimedDelivery, open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.templating import CUT_MARKER, Templates
 from bridge.worker import Worker
-from tests.conftest import FakeClock
+from tests.clock import FakeClock
 from tests.failing_store import FullDisk
 from tests.fake_slack import FakeSlack
 

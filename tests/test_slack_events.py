@@ -21,10 +21,11 @@ from bridge.app import Bridge, create_app, open_bridge
 from bridge.errors import StoreError
 from bridge.samples import load_sample
 from bridge.slack_events import slack_routes
-from tests.conftest import TOKENS, FakeClock, deep_merge
+from tests.clock import FakeClock
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.metric_samples import webhook_counts
 from tests.postgres import database_for_this_run
-from tests.test_metrics import webhook_counts
+from tests.settings_files import TOKENS, deep_merge
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 API = "https://sitegpt.test/api/v0"

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bridge.destinations.slack_workspace import ChannelPacer
-from tests.conftest import FakeClock
+from tests.clock import FakeClock
 
 
 class SlackBucket:

@@ -21,7 +21,7 @@ from bridge.store import (
     StoredMessage,
 )
 from bridge.store.migrations import SCHEMA_VERSION
-from tests.conftest import FakeClock
+from tests.clock import FakeClock
 from tests.store_backends import AGAIN, BACKENDS
 
 NOW = 1_700_000_000.0

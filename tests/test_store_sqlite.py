@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridges import WriteLock, counts, query
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
 from bridge.store import Acceptance, NewEvent, open_store, store_scheme
 from bridge.store.migrations import SCHEMA_VERSION, StoreTooNew
 from bridge.store.sqlite import SQLiteStore
+from tests.bridges import WriteLock, counts, query
 
 NOW = 1_700_000_000.0
 WAIT = 5.0

@@ -15,10 +15,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from bridges import WriteLock, build_bridge, counts, fake, query, readme_example
-from conftest import TOKENS
-from postgres import database_for_this_run
-from servers import serving
 from starlette.testclient import TestClient
 
 from bridge.app import Bridge, create_app
@@ -26,6 +22,10 @@ from bridge.destinations.base import Destination
 from bridge.events import ESCALATION, LEAD, MESSAGE
 from bridge.samples import load_sample, webhook_sample_names
 from bridge.web import ENDPOINT_KINDS
+from tests.bridges import WriteLock, build_bridge, counts, fake, query, readme_example
+from tests.postgres import database_for_this_run
+from tests.servers import serving
+from tests.settings_files import TOKENS
 
 LIMIT = 2048
 SAMPLE_ENDPOINTS = {"message": "messages", "escalation": "escalations", "lead": "leads"}

@@ -12,10 +12,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bridge.event_rows import new_event
-from bridge.events import parse_event
+import pytest
+
 from bridge.store import open_store
 from tests.fake_slack import FakeSlack
+from tests.queued_messages import accept_messages, pending_count
+
+pytestmark = pytest.mark.slow  # kill -9 and takeovers take seconds
 
 MESSAGES = 30
 # Far longer than any wait below: a worker that starts after a kill -9 must not wait for the
@@ -45,28 +48,6 @@ def worker_settings(make_settings, fake: FakeSlack):
         "delivery": {"lease": LEASE, "poll_interval": "0.1s"},
         "log": {"format": "json"},
     })
-
-
-async def pending_count(url: str) -> int:
-    store = open_store(url)
-    try:
-        return (await store.queue_depth())["pending"]
-    finally:
-        await store.close()
-
-
-async def accept_messages(url: str, serials: range, gap: float = 0.0) -> None:
-    store = open_store(url)
-    try:
-        for n in serials:
-            body = {"event": "ADD_MESSAGE", "data": {
-                "chatbotId": "bot", "threadId": "t1", "question": f"m{n:02d}",
-                "messageType": "USER_MESSAGE"}}
-            event = parse_event("ADD_MESSAGE", body)
-            await store.accept(new_event(event, body, ["slack"]), time.time(), 600)
-            await asyncio.sleep(gap)
-    finally:
-        await store.close()
 
 
 def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, tmp_path):

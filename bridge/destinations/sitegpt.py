@@ -155,12 +155,12 @@ class SiteGPTDestination:
             return [_shown(request), ("reactions.add (once SiteGPT took the reply)", reaction),
                     self._notice_preview(data, refused, "if SiteGPT refuses the reply")]
         assert isinstance(event, ModeChangeEvent)
-        data = event.data
-        request = mode_request(data)
-        refused = mode_failed(data, _example_reason(request))
+        change = event.data
+        request = mode_request(change)
+        refused = mode_failed(change, _example_reason(request))
         return [_shown(request),
-                self._notice_preview(data, mode_changed(data), "once SiteGPT switched"),
-                self._notice_preview(data, refused, "if SiteGPT refuses the switch")]
+                self._notice_preview(change, mode_changed(change), "once SiteGPT switched"),
+                self._notice_preview(change, refused, "if SiteGPT refuses the switch")]
 
     def _notice_preview(self, data: SlackReplyData | ModeChangeData, notice: Notice,
                         when: str) -> Call:

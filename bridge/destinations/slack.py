@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from slack_sdk import WebClient
 
@@ -308,8 +308,10 @@ class SlackDestination:
         conversation = conversation_of(event)
         assert conversation is not None
         try:
-            return self.renderer.batch(
-                conversation, [Waiting(item.event, item.claimed.created_at) for item in waiting])
+            # All messages: the first is `event`, and _queued_messages stops at any other kind.
+            return self.renderer.batch(conversation, [
+                Waiting(cast(MessageEvent, item.event), item.claimed.created_at)
+                for item in waiting])
         except TemplateError as exc:
             if len(waiting) == 1:
                 raise
