@@ -16,6 +16,7 @@ import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from bridge.clock import Clock, SystemClock
@@ -217,9 +218,9 @@ class Worker:
             task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
             self._in_flight[job.id] = task
             self._claimed[job.id] = job
-            task.add_done_callback(lambda _, key=job.id: self._finished(key))
+            task.add_done_callback(partial(self._finished, job.id))
 
-    def _finished(self, delivery_id: int) -> None:
+    def _finished(self, delivery_id: int, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
         self._claimed.pop(delivery_id, None)
         self._settling.discard(delivery_id)

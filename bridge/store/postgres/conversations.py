@@ -56,12 +56,12 @@ async def conversations(conn: Connection, where: str, parameters: tuple[Any, ...
         rows = await cursor.fetchall()
     links: dict[tuple[str, str], list[ConversationLink]] = {}
     if rows:
-        cursor = await conn.execute(
+        link_rows = await conn.execute(
             "SELECT l.chatbot_id, l.thread_id, l.destination, l.state, l.ref"
             " FROM conversation_links l JOIN unnest(%s::text[], %s::text[]) AS k(c, t)"
             " ON l.chatbot_id = k.c AND l.thread_id = k.t ORDER BY l.destination",
             ([row["chatbot_id"] for row in rows], [row["thread_id"] for row in rows]))
-        for chatbot_id, thread_id, destination, state, ref in await cursor.fetchall():
+        for chatbot_id, thread_id, destination, state, ref in await link_rows.fetchall():
             links.setdefault((chatbot_id, thread_id), []).append(
                 ConversationLink(destination, dict(state), ref))
     return [ConversationRecord(**row, links=tuple(links.get(

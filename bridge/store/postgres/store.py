@@ -14,7 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -67,9 +68,9 @@ ON CONFLICT (channel) DO UPDATE SET held_until = GREATEST(b.held_until, %(until)
 class PostgresStore(Delegations):
     """The shared backend: a connection pool, migrated on first use, and a wake-up listener."""
 
-    queue_sql = queue
-    conversation_sql = conversations
-    operations_sql = operations
+    queue_sql: ClassVar[ModuleType] = queue
+    conversation_sql: ClassVar[ModuleType] = conversations
+    operations_sql: ClassVar[ModuleType] = operations
 
     def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:

@@ -42,4 +42,4 @@ def _libpq_parameters(url: str) -> dict[str, object]:
     # on SQLite should not spend at start-up.
     from psycopg import conninfo
 
-    return conninfo.conninfo_to_dict(url)
+    return dict(conninfo.conninfo_to_dict(url))

@@ -84,7 +84,9 @@ def retry(conn: sqlite3.Connection, ids: Sequence[int], failed: bool,
 
 def queue_depth(conn: sqlite3.Connection) -> dict[str, int]:
     rows = conn.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
-    return {status: 0 for status in STATUSES} | dict(rows.fetchall())
+    depth: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    depth.update(rows.fetchall())
+    return depth
 
 
 # Finished events older than the cutoff. Ids are never reused (AUTOINCREMENT), so everything

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy
@@ -38,9 +39,9 @@ PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(16384) 
 class SQLiteStore(Delegations):
     """The embedded backend: SQLite in WAL mode, fsync on every commit by default."""
 
-    queue_sql = queue
-    conversation_sql = conversations
-    operations_sql = operations
+    queue_sql: ClassVar[ModuleType] = queue
+    conversation_sql: ClassVar[ModuleType] = conversations
+    operations_sql: ClassVar[ModuleType] = operations
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:
