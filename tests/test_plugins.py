@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import respx
-from echo import PLUGIN
 
 from bridge.app import open_bridge
 from bridge.cli import main
@@ -18,6 +17,7 @@ from bridge.event_rows import new_event
 from bridge.events import MESSAGE, parse_event
 from bridge.redact import Redactor
 from bridge.samples import load_sample
+from tests.echo import PLUGIN
 
 HOOK = "https://echo.test/hooks/in"
 TOKEN = "sec-echo-token"
