@@ -10,12 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ PROG = "sitegpt-bridge"
 TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "leads": "lead"}
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 SEND_TIMEOUT = 10.0
+TEST_VISITOR = "sitegpt-bridge test"
 BATCH_SAMPLE = "messages-batch"
 GAP = "  "
 MIN_LAST_COLUMN = 24
@@ -227,9 +229,10 @@ async def send_test(settings: Settings, args: argparse.Namespace) -> int:
     if not tokens:
         raise UsageError(f"webhooks.{endpoint} has no token to send with; set one first")
     sample = args.sample or TEST_SAMPLES[endpoint]
-    body = _test_body(endpoint, sample)
+    test_id = _test_id()
+    body = as_new_test(_test_body(endpoint, sample), test_id)
     url = args.url or webhook_url(settings.server, endpoint)
-    print(f"POST {url} (sample {sample})")
+    print(f"POST {url} (sample {sample} as {test_id})")
     try:
         async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as client:
             answer = await client.post(
@@ -257,6 +260,26 @@ def _test_body(endpoint: str, sample: str) -> Any:
         raise UsageError(f"sample {sample} is a {body.get('event')} event; the {endpoint} "
                          f"webhook takes {ENDPOINT_KINDS[endpoint]}")
     return body
+
+
+def _test_id() -> str:
+    """A name no earlier run used, so the test is a new event and not a `duplicate`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"send-test-{stamp}-{secrets.token_hex(3)}"
+
+
+def as_new_test(body: dict[str, Any], test_id: str) -> dict[str, Any]:
+    """The sample as a test of its own: its own thread (or lead), its visitor named a test."""
+    data = dict(body.get("data") or {})
+    if "threadId" in data:
+        data["threadId"] = test_id
+        if isinstance(data.get("dashboardUrl"), str):
+            data["dashboardUrl"] = data["dashboardUrl"].replace(body["data"]["threadId"], test_id)
+    if isinstance(data.get("user"), dict):
+        data["user"] = {**data["user"], "name": TEST_VISITOR}
+    if isinstance(data.get("leadDetails"), dict):
+        data["leadDetails"] = {**data["leadDetails"], "id": test_id, "name": TEST_VISITOR}
+    return {**body, "data": data}
 
 
 def webhook_url(server: ServerSettings, endpoint: str) -> str:

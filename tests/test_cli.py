@@ -35,9 +35,9 @@ def test_check_lists_every_problem_on_its_own_line_and_fails(tmp_path, capsys):
     assert out == ""
     assert err.splitlines() == [
         f"sitegpt-bridge: invalid settings in {bad}",
-        "  - server.prot: unknown key",
+        "  - server.prot: unknown key; did you mean port?",
         "  - store.synchronous: Input should be 'FULL' or 'NORMAL'",
-        "  - slack.chanel: unknown key",
+        "  - slack.chanel: unknown key; did you mean channel?",
     ]
 
 
@@ -64,7 +64,7 @@ def test_check_blames_a_bad_variable_not_the_file(capsys, monkeypatch):
         "sitegpt-bridge: invalid settings in BRIDGE_STORE__SYNCHRONOUS and BRIDGE_SLACK__BOTTOKEN",
         "  - store.synchronous: Input should be 'FULL' or 'NORMAL' "
         "(from BRIDGE_STORE__SYNCHRONOUS)",
-        "  - slack.bottoken: unknown key (from BRIDGE_SLACK__BOTTOKEN)",
+        "  - slack.bottoken: unknown key; did you mean bot_token? (from BRIDGE_SLACK__BOTTOKEN)",
     ]
 
 
@@ -75,7 +75,7 @@ def test_check_blames_the_file_and_the_variable_each_for_its_own(tmp_path, capsy
     assert main(["check", "--config", str(bad)]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"sitegpt-bridge: invalid settings in {bad} and BRIDGE_WEBHOOKS__LEADS__TOKENS",
-        "  - server.prot: unknown key",
+        "  - server.prot: unknown key; did you mean port?",
         "  - webhooks.leads.tokens.1: a token must not be empty: it would accept an empty "
         "X-WEBHOOK-TOKEN (from BRIDGE_WEBHOOKS__LEADS__TOKENS)",
     ]
@@ -92,11 +92,10 @@ def test_a_table_half_set_by_a_variable_names_the_variable_and_the_file(capsys, 
 
 
 def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypatch):
-    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "sec-plain-token")
+    monkeypatch.setenv("BRIDGE_CHATBOTS", "sec-plain-token")
     assert main(["check", "--config", str(EXAMPLE)]) == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("sitegpt-bridge: invalid BRIDGE_* variable")
-    assert "sec-plain-token" not in line
+    assert capsys.readouterr().err.splitlines() == [
+        """sitegpt-bridge: BRIDGE_CHATBOTS: not JSON: write JSON, e.g. '[{"id": "bot1"}]'"""]
 
 
 def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
@@ -205,7 +204,7 @@ def test_the_installed_command_exits_non_zero_with_the_problems_on_stderr(tmp_pa
     done = subprocess.run([str(script), "check", "--config", str(bad)], capture_output=True,
                           text=True, env=clean_environ(), timeout=60, check=False)
     assert done.returncode == 2
-    assert "  - server.prot: unknown key" in done.stderr.splitlines()
+    assert "  - server.prot: unknown key; did you mean port?" in done.stderr.splitlines()
     assert "Traceback" not in done.stderr
 
 

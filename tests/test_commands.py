@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from bridge.app import create_app, open_bridge
 from bridge.cli import main
-from bridge.commands import local_iso, local_time, webhook_url
+from bridge.commands import as_new_test, local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
 from bridge.destinations.plugin import Plugin
 from bridge.destinations.slack import SlackDestination
@@ -366,17 +367,28 @@ def test_send_test_posts_the_sample_with_the_first_token(running_bridge, capsys)
     path, port = running_bridge
     code, out, err = run(capsys, "send-test", "messages", "--config", path)
     assert (code, err) == (0, "")
-    assert out.splitlines() == [
-        f"POST http://127.0.0.1:{port}/webhooks/messages (sample message-bot-answer)",
-        'HTTP 200 OK: {"status":"accepted","id":1}']
+    heading, answer = out.splitlines()
+    assert re.fullmatch(rf"POST http://127\.0\.0\.1:{port}/webhooks/messages \(sample "
+                        r"message-bot-answer as send-test-\d{8}-\d{6}-[0-9a-f]{6}\)", heading)
+    assert answer == 'HTTP 200 OK: {"status":"accepted","id":1}'
     code, out, _ = run(capsys, "send-test", "messages", "--config", path)
     assert code == 0
-    assert out.splitlines()[1:] == [
-        'HTTP 200 OK: {"status":"duplicate","id":1}',
-        "(an identical body arrived within the dedup window: nothing new is delivered)"]
-    code, out, _ = run(capsys, "deliveries", "--json", "--config", path)
-    [row] = [json.loads(line) for line in out.splitlines()]
-    assert (row["kind"], row["destination"], row["status"]) == ("ADD_MESSAGE", "slack", "pending")
+    assert out.splitlines()[1:] == ['HTTP 200 OK: {"status":"accepted","id":2}']
+    code, out, _ = run(capsys, "conversations", "--json", "--config", path)
+    threads = [json.loads(line)["thread_id"] for line in out.splitlines()]
+    assert len(set(threads)) == 2 and all(t.startswith("send-test-") for t in threads)
+
+
+@pytest.mark.parametrize("sample", ["escalation", "lead", "message-bot-answer"])
+def test_each_send_test_is_a_new_event_named_as_a_test(sample):
+    body = load_sample(sample)
+    first, second = as_new_test(body, "send-test-a"), as_new_test(body, "send-test-b")
+    assert first != second and first["event"] == body["event"]
+    data = first["data"]
+    assert "send-test-a" in (data.get("threadId"), data.get("leadDetails", {}).get("id"))
+    names = [data.get("user", {}).get("name"), data.get("leadDetails", {}).get("name")]
+    assert sample.startswith("message") or "sitegpt-bridge test" in names
+    assert "thread_456" not in json.dumps(first)
 
 
 def test_send_test_finds_the_settings_make_run_used(running_bridge, tmp_path, monkeypatch,
