@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -98,9 +99,10 @@ def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypa
         """sitegpt-bridge: BRIDGE_CHATBOTS: not JSON: write JSON, e.g. '[{"id": "bot1"}]'"""]
 
 
-def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--verbose", "--json"])
+def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys, flag):
     config = write_toml(tmp_path / "settings.toml", SECRETS)
-    assert main(["check", "--config", str(config)]) == 1  # every secret, not a working setup
+    assert main(["check", flag, "--config", str(config)]) == 1  # every secret, not a working setup
     out, err = capsys.readouterr()
     assert '"metrics_token": "**********"' in out
     assert '"Authorization": "**********"' in out
@@ -109,11 +111,43 @@ def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys):
         assert secret not in out + err
 
 
+def test_check_puts_one_verdict_per_check_first_and_the_settings_only_when_asked(
+        make_settings, tmp_path, capsys):
+    make_settings()
+    config = tmp_path / "settings.toml"
+    assert main(["check", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "settings", "templates", "slack", "jira", "crm", "sitegpt", "jira back-channel", "store"]
+    assert lines[0] == f"settings: ok: read from {config}"
+    assert main(["check", "--verbose", "--config", str(config)]) == 0
+    verbose = capsys.readouterr().out.splitlines()
+    assert verbose[:len(lines)] == lines
+    assert verbose[len(lines):len(lines) + 2] == [
+        "", "effective settings (defaults filled in, secrets masked):"]
+    assert json.loads("\n".join(verbose[len(lines) + 2:]))["server"]["port"] == 8080
+
+
+def test_check_json_holds_each_verdict_and_the_settings(make_settings, tmp_path, capsys,
+                                                        monkeypatch):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__LEADS__TOKENS", "[]")
+    make_settings()
+    assert main(["check", "--json", "--config", str(tmp_path / "settings.toml")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    [leads] = [item for item in report["checks"] if item["name"] == "webhooks.leads"]
+    assert leads == {"name": "webhooks.leads", "ok": False,
+                     "message": "FAILED: no token, so it answers 503",
+                     "fix": "set [webhooks.leads] tokens or BRIDGE_WEBHOOKS__LEADS__TOKENS",
+                     "warning": False}
+    assert report["settings"]["webhooks"]["messages"]["tokens"] == ["**********"]
+
+
 def test_check_shows_the_store_and_its_schema_version(make_settings, tmp_path, capsys):
     settings = make_settings()
     assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"store: sqlite at {settings.store.sqlite_path}, schema version {SCHEMA_VERSION}" \
+    assert f"store: ok: sqlite at {settings.store.sqlite_path}, schema version {SCHEMA_VERSION}" \
         in lines
 
 
@@ -148,12 +182,15 @@ def test_check_fails_naming_every_webhook_without_a_token(capsys, monkeypatch):
     for name in ("MESSAGES", "LEADS"):  # as a copy of .env.example leaves them
         monkeypatch.setenv(f"BRIDGE_WEBHOOKS__{name}__TOKENS", "[]")
     assert main(["check", "--config", str(EXAMPLE)]) == 1
-    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
-    assert failed == [
-        "webhooks.messages: FAILED: no token, so it answers 503: set [webhooks.messages] tokens "
-        "or BRIDGE_WEBHOOKS__MESSAGES__TOKENS",
-        "webhooks.leads: FAILED: no token, so it answers 503: set [webhooks.leads] tokens "
-        "or BRIDGE_WEBHOOKS__LEADS__TOKENS"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "FAILED" in line] == [
+        f"settings: FAILED: 2 problems in {EXAMPLE} and the BRIDGE_* variables, below",
+        "webhooks.messages: FAILED: no token, so it answers 503",
+        "webhooks.leads: FAILED: no token, so it answers 503"]
+    fixes = lines[lines.index("to fix:") + 1:]
+    assert fixes[:2] == [
+        "  webhooks.messages: set [webhooks.messages] tokens or BRIDGE_WEBHOOKS__MESSAGES__TOKENS",
+        "  webhooks.leads: set [webhooks.leads] tokens or BRIDGE_WEBHOOKS__LEADS__TOKENS"]
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
@@ -175,7 +212,9 @@ def test_check_fails_naming_what_is_half_configured(make_settings, tmp_path, cap
     make_settings(extra)
     assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 1
     out = capsys.readouterr().out
-    assert [line for line in out.splitlines() if "FAILED" in line] == [expected]
+    assert [line for line in out.splitlines() if "FAILED" in line] == [
+        f"settings: FAILED: 1 problem in {tmp_path / 'settings.toml'} and the BRIDGE_* "
+        "variables, below", expected]
     assert "sec-" not in out
 
 
