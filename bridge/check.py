@@ -111,7 +111,7 @@ async def store_verdict(bridge: Bridge, settings: Settings) -> Verdict:
     try:
         info = await bridge.store.info()
     except StoreError as exc:
-        return failed("store", str(exc), "check [store] url (or BRIDGE_STORE__URL)")
+        return failed("store", str(exc))
     return Verdict("store", True, f"ok: {info.backend} at {info.location}, schema version "
                                   f"{info.schema_version}")
 

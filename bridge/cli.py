@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
 from bridge.rejections import sum_up_all
-from bridge.server import BridgeServer, server_config
+from bridge.server import BridgeServer, listening_socket, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
 from bridge.store.postgres.advice import pg_dump_advice
@@ -48,14 +49,19 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
                                   help="only receive; run `sitegpt-bridge worker` separately"))
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
+    with listening_socket(settings.server) as listening:  # a taken port stops it before all else
+        return _serve(settings, listening, run_worker=not args.no_worker)
+
+
+def _serve(settings: Settings, listening: socket.socket, run_worker: bool) -> int:
     bridge = open_bridge(settings)
     migrate_now = getattr(bridge.store, "migrate_now", None)
     if migrate_now is not None:  # PostgreSQL: unreachable or too new stops here, in one line
         asyncio.run(migrate_now())
-    app = create_app(bridge, run_worker=not args.no_worker)
+    app = create_app(bridge, run_worker=run_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    BridgeServer(server_config(app, server)).run()
+    BridgeServer(server_config(app, server)).run(sockets=[listening])
     sum_up_all()
     log.info("sitegpt-bridge stopped")
     flush_logs()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from bridges import SECRET_VALUES, SECRETS, counts, readme_example
 from conftest import write_toml
 from fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from servers import BridgeProcess, clean_environ
+from servers import BridgeProcess, clean_environ, free_port
 
 from bridge.app import announce, open_bridge
 from bridge.cli import main
@@ -262,3 +263,43 @@ def test_serve_with_the_example_settings_accepts_the_readme_example(tmp_path):
     for name in ("messages", "escalations", "leads"):
         assert f"UNSAFE: webhooks.{name} still uses the example token" in log
     assert token not in log
+
+
+def test_serve_on_a_port_in_use_says_which_setting_and_starts_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "serve", "--config", str(EXAMPLE)], cwd=tmp_path,
+            capture_output=True, text=True, timeout=60, check=False,
+            env=clean_environ(BRIDGE_SERVER__PORT=str(port)))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"sitegpt-bridge: port {port} on 127.0.0.1 is in use by another program: stop it, or "
+        "set [server] port (or BRIDGE_SERVER__PORT) to a free port"]
+    assert not (tmp_path / "data").exists()  # no store opened, no worker started
+
+
+def test_a_store_folder_that_cannot_be_made_is_one_line_naming_the_setting(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    folder = tmp_path / "a-file" / "data"
+    config = write_toml(tmp_path / "settings.toml",  # serve binds its port first
+                        {"store": {"url": f"sqlite:///{folder}/bridge.db"},
+                         "server": {"port": free_port()}})
+    for command in ("serve", "check", "worker"):
+        assert main([command, "--config", str(config)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"sitegpt-bridge: cannot create the store's folder {folder}: Not a directory; "
+            "check [store] url (or BRIDGE_STORE__URL)"]
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path, capsys):
+    (tmp_path / "bridge.db").mkdir()  # a folder where the file should be
+    config = write_toml(tmp_path / "settings.toml",
+                        {"store": {"url": f"sqlite:///{tmp_path}/bridge.db"}})
+    assert main(["check", "--config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"sitegpt-bridge: cannot open the store at {tmp_path}/bridge.db: unable to open "
+        "database file; check [store] url (or BRIDGE_STORE__URL)"]

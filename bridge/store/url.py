@@ -9,6 +9,7 @@ from bridge.store.postgres.url import check_postgres_url
 
 # A backend adds its scheme here and its opener in bridge.store; libpq takes both spellings.
 SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+SETTING = "[store] url (or BRIDGE_STORE__URL)"  # where a store that cannot open is set
 USAGE = "use sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.clock import Clock, SystemClock
-from bridge.errors import StoreBusy
+from bridge.errors import StoreBusy, StoreError
 from bridge.store.records import (
     Accept,
     Acceptance,
@@ -30,6 +30,7 @@ from bridge.store.records import (
 from bridge.store.sqlite import conversations, operations, queue
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.writer import Job, Write, Writer
+from bridge.store.url import SETTING
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -37,12 +38,20 @@ DEFAULT_TIMEOUT = 30.0
 PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(16384) WHERE id = 1"
 
 
+def _make_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the store's folder {path.parent}: "
+                         f"{exc.strerror or exc}; check {SETTING}") from None
+
+
 class SQLiteStore:
     """The embedded backend: SQLite in WAL mode, fsync on every commit by default."""
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         self.path = path
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()
