@@ -100,6 +100,9 @@ def _render_arguments(parser: argparse.ArgumentParser) -> None:
                              "one reply they become in a chat thread after an outage")
     parser.add_argument("--target", choices=sorted(REGISTRY),
                         help="one destination (default: every one that takes the event)")
+    parser.add_argument("--json", action="store_true",
+                        help="the bodies exactly as sent, for `| jq` (default: as people see "
+                             "them, where the destination can draw them)")
 
 
 @operator_command(
@@ -113,7 +116,8 @@ async def render(settings: Settings, args: argparse.Namespace) -> int:
     destinations = build_destinations(settings, templates_for(settings))
     try:
         targets = _targets(destinations, next(iter(samples.values())), args.target)
-        shown = [_show_preview(destination, samples, together) for destination in targets]
+        shown = [_show_preview(destination, samples, together, _drawing(destination, args.json))
+                 for destination in targets]
     finally:
         for destination in destinations.values():
             await destination.aclose()
@@ -184,8 +188,14 @@ def _targets(destinations: Mapping[str, Destination], event: Event,
     return [destination]
 
 
+def _drawing(destination: Destination, as_json: bool) -> Callable[[str], str]:
+    """How a body is printed: as sent, or drawn as people see it when the plugin can."""
+    picture = REGISTRY[destination.name].picture
+    return picture if picture is not None and not as_json else str
+
+
 def _show_preview(destination: Destination, samples: Mapping[str, Event],
-                  together: bool) -> bool:
+                  together: bool, draw: Callable[[str], str]) -> bool:
     """Bodies on stdout (so `| jq` works), a heading for each on stderr; False on failure.
 
     `together`: only what shows the samples together (a batch), not each one on its own.
@@ -205,7 +215,7 @@ def _show_preview(destination: Destination, samples: Mapping[str, Event],
     for what, text in rendered.items():
         sys.stdout.flush()
         print(f"# {destination.name}: {what}", file=sys.stderr, flush=True)
-        print(text, flush=True)
+        print(draw(text), flush=True)
     return True
 
 

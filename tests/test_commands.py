@@ -121,7 +121,8 @@ def statuses(settings: Settings) -> dict[int, tuple[str, int]]:
 
 def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_settings, capsys):
     path = config({"slack": {"channel": "C_CONV", "leads_channel": "C_LEADS"}})
-    code, out, err = run(capsys, "render", "--sample", "message-bot-answer", "--config", path)
+    code, out, err = run(capsys, "render", "--json", "--sample", "message-bot-answer",
+                         "--config", path)
     assert code == 0
     expected = SlackDestination(make_settings({"slack": {
         "channel": "C_CONV", "leads_channel": "C_LEADS"}}), Templates()).render_samples(
@@ -135,6 +136,32 @@ def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_sett
     assert message["text"].startswith("Visitor: How do I reset my password?")
 
 
+def test_render_shows_people_what_the_thread_would_show(config, capsys):
+    path = config({"slack": {"channel": "C_CONV", "bot_token": "xoxb-t"}})
+    code, out, err = run(capsys, "render", "--sample", "escalation", "--config", path)
+    assert code == 0
+    assert err.splitlines() == ["# slack: escalation: chat.postMessage (in the thread)",
+                                "# slack: escalation: chat.update (the thread's parent)"]
+    assert out.splitlines() == [
+        "to C_CONV, also sent to the channel",
+        "┃ :rotating_light: *John Doe* asked for a human on *chatbot_123*",
+        "┃ :email: user@example.com",
+        "┃ :telephone_receiver: +1234567890",
+        "┃ Open the conversation in SiteGPT "
+        "(https://sitegpt.ai/chatbot_123/chat-history/thread_456)",
+        "to C_CONV",
+        "┃ *chatbot_123* · conversation `thread_456`",
+        "┃ :rotating_light: Escalated: the visitor asked for a human",
+        "┃ Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
+
+
+def test_render_without_a_channel_says_dry_run_not_an_empty_channel(config, capsys):
+    code, out, _ = run(capsys, "render", "--sample", "lead", "--config", config())
+    assert code == 0
+    assert out.splitlines()[0] == "to (dry run)"
+    assert '"channel"' not in out
+
+
 def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, capsys, tmp_path):
     folder = tmp_path / "mine" / "slack"
     folder.mkdir(parents=True)
@@ -142,7 +169,7 @@ def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, c
         '{% extends "default:slack/message_visitor.json.j2" %}'
         "{% block fallback %}[mine] {{ super() }}{% endblock %}")
     path = config({"slack": {"channel": "C_CONV"}, "templates": {"dir": str(tmp_path / "mine")}})
-    code, out, err = run(capsys, "render", "--sample", "messages-batch", "--config", path)
+    code, out, err = run(capsys, "render", "--json", "--sample", "messages-batch", "--config", path)
     assert code == 0
     assert err.splitlines() == [
         "# slack: thread_456: chat.postMessage (in the thread), 5 waiting messages in one reply"]
@@ -193,7 +220,8 @@ def test_render_file_uses_the_users_templates(config, tmp_path, capsys):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(load_sample("lead-custom-fields")))
     path = config({"templates": {"dir": str(tmp_path / "mine")}})
-    code, out, err = run(capsys, "render", str(body), "--target", "slack", "--config", path)
+    code, out, err = run(capsys, "render", "--json", str(body), "--target", "slack",
+                         "--config", path)
     assert code == 0
     [lead] = json_stream(out)
     assert lead["text"] == "Lead lead_790"
@@ -207,7 +235,8 @@ def test_render_file_reads_the_body_as_the_webhook_does(config, tmp_path, capsys
     sample = load_sample("lead-custom-fields")
     body = tmp_path / "body.json"
     body.write_text(json.dumps(sample).replace('"Nu\\u00f1ez', '"Nu\\ud83dez'))
-    code, out, _ = run(capsys, "render", str(body), "--target", "slack", "--config", config())
+    code, out, _ = run(capsys, "render", "--json", str(body), "--target", "slack",
+                       "--config", config())
     assert code == 0
     [lead] = json_stream(out)
     assert "*Company:* Nu\ufffdez Consulting" in lead["blocks"][0]["text"]["text"]
@@ -304,7 +333,7 @@ def test_render_target_problems(config, capsys, fake_destination, on, arguments,
 def test_render_default_targets_show_every_destination_taking_the_event(config, capsys,
                                                                         fake_destination):
     fake_destination(True)
-    code, out, err = run(capsys, "render", "--sample", "lead", "--config", config())
+    code, out, err = run(capsys, "render", "--json", "--sample", "lead", "--config", config())
     assert code == 1, "a destination that cannot preview is a failure"
     assert len(json_stream(out)) == 1
     assert err.splitlines() == ["# slack: lead: chat.postMessage (lead)",
