@@ -23,6 +23,8 @@ from bridge.settings import Settings, toml_data
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
+# BRIDGE_* names that are not settings: the file to read, and the port compose publishes.
+NOT_SETTINGS = frozenset({"BRIDGE_CONFIG", "BRIDGE_PORT"})
 
 
 def resolve_config_path(named: str | None) -> tuple[Path, str | None]:
@@ -75,7 +77,7 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """BRIDGE_* names that match no section: pydantic-settings would ignore them silently."""
     sections = list(settings_model().model_fields)
     names = [name for name in environ
-             if name.upper().startswith("BRIDGE_") and name.upper() != "BRIDGE_CONFIG"]
+             if name.upper().startswith("BRIDGE_") and name.upper() not in NOT_SETTINGS]
     return [f"{name}: unknown setting (expected BRIDGE_<SECTION>__<KEY>)"
             + _did_you_mean(_section_of(name), sections, _variable_in(name))
             for name in names if _section_of(name) not in sections]

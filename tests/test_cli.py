@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -303,3 +304,23 @@ def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path, 
     assert capsys.readouterr().err.splitlines() == [
         f"sitegpt-bridge: cannot open the store at {tmp_path}/bridge.db: unable to open "
         "database file; check [store] url (or BRIDGE_STORE__URL)"]
+
+
+def test_an_older_release_refuses_a_newer_store_naming_both_versions(make_settings, tmp_path,
+                                                                     capsys):
+    """The way back from an update is the backup: an older bridge never opens a newer store."""
+    settings = make_settings({"server": {"port": free_port()}})
+    db = settings.store.sqlite_path
+    asyncio.run(open_bridge(settings).close())
+    with sqlite3.connect(db) as conn:  # as the next release's migration would leave it
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 'next release', 0)",
+                     (SCHEMA_VERSION + 1,))
+    for command in ("serve", "check", "deliveries"):
+        assert main([command, "--config", str(tmp_path / "settings.toml")]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"sitegpt-bridge: the store at {db} has schema version {SCHEMA_VERSION + 1}, but "
+            f"this sitegpt-bridge knows versions up to {SCHEMA_VERSION}: run the newer bridge "
+            "that wrote it, or restore a backup taken before that upgrade"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (
+            SCHEMA_VERSION + 1,)
