@@ -266,15 +266,19 @@ def test_serve_with_the_example_settings_accepts_the_readme_example(tmp_path):
     assert token not in log
 
 
+def run_command(command: str, config: Path, cwd: Path,
+                **environ: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge", command, "--config", str(config)],
+                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+                          env=clean_environ(**environ))
+
+
 def test_serve_on_a_port_in_use_says_which_setting_and_starts_nothing(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "bridge", "serve", "--config", str(EXAMPLE)], cwd=tmp_path,
-            capture_output=True, text=True, timeout=60, check=False,
-            env=clean_environ(BRIDGE_SERVER__PORT=str(port)))
+        done = run_command("serve", EXAMPLE, tmp_path, BRIDGE_SERVER__PORT=str(port))
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
@@ -289,11 +293,13 @@ def test_a_store_folder_that_cannot_be_made_is_one_line_naming_the_setting(tmp_p
     config = write_toml(tmp_path / "settings.toml",  # serve binds its port first
                         {"store": {"url": f"sqlite:///{folder}/bridge.db"},
                          "server": {"port": free_port()}})
-    for command in ("serve", "check", "worker"):
-        assert main([command, "--config", str(config)]) == 1
-        assert capsys.readouterr().err.splitlines() == [
-            f"sitegpt-bridge: cannot create the store's folder {folder}: Not a directory; "
-            "check [store] url (or BRIDGE_STORE__URL)"]
+    expected = [f"sitegpt-bridge: cannot create the store's folder {folder}: Not a directory; "
+                "check [store] url (or BRIDGE_STORE__URL)"]
+    assert main(["check", "--config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == expected
+    for command in ("serve", "worker"):  # each in a process: they set up logging for good
+        done = run_command(command, config, tmp_path)
+        assert (done.returncode, done.stderr.splitlines()) == (1, expected)
 
 
 def test_a_store_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path, capsys):
@@ -315,12 +321,15 @@ def test_an_older_release_refuses_a_newer_store_naming_both_versions(make_settin
     with sqlite3.connect(db) as conn:  # as the next release's migration would leave it
         conn.execute("INSERT INTO schema_migrations VALUES (?, 'next release', 0)",
                      (SCHEMA_VERSION + 1,))
-    for command in ("serve", "check", "deliveries"):
+    expected = [
+        f"sitegpt-bridge: the store at {db} has schema version {SCHEMA_VERSION + 1}, but "
+        f"this sitegpt-bridge knows versions up to {SCHEMA_VERSION}: run the newer bridge "
+        "that wrote it, or restore a backup taken before that upgrade"]
+    for command in ("check", "deliveries"):
         assert main([command, "--config", str(tmp_path / "settings.toml")]) == 1
-        assert capsys.readouterr().err.splitlines() == [
-            f"sitegpt-bridge: the store at {db} has schema version {SCHEMA_VERSION + 1}, but "
-            f"this sitegpt-bridge knows versions up to {SCHEMA_VERSION}: run the newer bridge "
-            "that wrote it, or restore a backup taken before that upgrade"]
+        assert capsys.readouterr().err.splitlines() == expected
+    done = run_command("serve", tmp_path / "settings.toml", tmp_path)
+    assert (done.returncode, done.stderr.splitlines()) == (1, expected)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (
             SCHEMA_VERSION + 1,)
