@@ -1,7 +1,8 @@
-"""BRIDGE_* values of lists and tables: JSON, words separated by commas, or either in quotes.
+"""BRIDGE_* values: lists as JSON or words with commas, tables as JSON, any of them in quotes.
 
 An env file read by podman (or a shell that quoted twice) keeps the quotes around a value:
-`"t1"` or `'["t1"]'` arrive with them. One pair of matching outer quotes is taken off.
+`"t1"` or `'["t1"]'` arrive with them. One pair of matching outer quotes is taken off every
+BRIDGE_* value, as docker's env file reader does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_settings import EnvSettingsSource
+from pydantic_settings import BaseSettings, EnvSettingsSource
 
 QUOTES = ("'", '"')
 LIST_HINT = """write JSON, e.g. '["t1", "t2"]', or words separated by commas: t1,t2"""
@@ -112,7 +113,12 @@ def _is_complex(annotation: Any) -> bool:
 
 
 class BridgeEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading list values as `decode` does."""
+    """pydantic-settings' environment source: values unquoted, lists read as `decode` does."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name: unquoted(value) if value else value
+                         for name, value in self.env_vars.items()}
 
     def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
         if not isinstance(value, str):

@@ -60,6 +60,17 @@ def test_one_token_in_a_variable_needs_no_json(make_settings, monkeypatch, writt
     assert [t.get_secret_value() for t in make_settings().webhooks.messages.tokens] == ["env-1"]
 
 
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_value_in_the_quotes_podman_keeps_is_read_without_them(make_settings, monkeypatch,
+                                                                  quote):
+    monkeypatch.setenv("BRIDGE_SLACK__BOT_TOKEN", f"{quote}xoxb-quoted{quote}")
+    monkeypatch.setenv("BRIDGE_SLACK__CHANNEL", f"{quote}C0123{quote}")
+    monkeypatch.setenv("BRIDGE_SERVER__PORT", f"{quote}9123{quote}")
+    settings = make_settings()
+    assert settings.slack.bot_token.get_secret_value() == "xoxb-quoted"
+    assert (settings.slack.channel, settings.server.port) == ("C0123", 9123)
+
+
 def test_a_list_of_addresses_in_a_variable_takes_commas(make_settings, monkeypatch):
     monkeypatch.setenv("BRIDGE_SERVER__FORWARDED_ALLOW_IPS", "10.0.0.1,10.0.0.2")
     assert make_settings().server.forwarded_allow_ips == ["10.0.0.1", "10.0.0.2"]
