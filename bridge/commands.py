@@ -116,7 +116,8 @@ async def render(settings: Settings, args: argparse.Namespace) -> int:
     destinations = build_destinations(settings, templates_for(settings))
     try:
         targets = _targets(destinations, next(iter(samples.values())), args.target)
-        shown = [_show_preview(destination, samples, together, _drawing(destination, args.json))
+        shown = [_show_preview(destination, samples, together,
+                               _drawing(destination, settings, args.json))
                  for destination in targets]
     finally:
         for destination in destinations.values():
@@ -188,10 +189,15 @@ def _targets(destinations: Mapping[str, Destination], event: Event,
     return [destination]
 
 
-def _drawing(destination: Destination, as_json: bool) -> Callable[[str], str]:
+def _drawing(destination: Destination, settings: Settings,
+             as_json: bool) -> Callable[[str], str]:
     """How a body is printed: as sent, or drawn as people see it when the plugin can."""
-    picture = REGISTRY[destination.name].picture
-    return picture if picture is not None and not as_json else str
+    plugin = REGISTRY[destination.name]
+    picture = plugin.picture
+    if picture is None or as_json:
+        return str
+    state = plugin.state(settings)
+    return lambda body: picture(body, state)
 
 
 def _show_preview(destination: Destination, samples: Mapping[str, Event],

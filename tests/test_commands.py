@@ -155,10 +155,15 @@ def test_render_shows_people_what_the_thread_would_show(config, capsys):
         "┃ Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
 
 
-def test_render_without_a_channel_says_dry_run_not_an_empty_channel(config, capsys):
-    code, out, _ = run(capsys, "render", "--sample", "lead", "--config", config())
+@pytest.mark.parametrize(("slack", "heading"), [
+    ({}, "to (dry run)"),
+    ({"channel": "C_CONV"}, "to C_CONV (dry run)"),
+    ({"channel": "C_CONV", "bot_token": "xoxb-t"}, "to C_CONV"),
+])
+def test_render_says_where_it_goes_and_when_slack_runs_dry(config, capsys, slack, heading):
+    code, out, _ = run(capsys, "render", "--sample", "lead", "--config", config({"slack": slack}))
     assert code == 0
-    assert out.splitlines()[0] == "to (dry run)"
+    assert out.splitlines()[0] == heading
     assert '"channel"' not in out
 
 

@@ -17,15 +17,20 @@ DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
 USER = re.compile(r"<@([A-Z0-9]+)(?:\|([^>]+))?>")
 
 
-def picture(body: str) -> str:
-    """The call's body (JSON, as `render --json` prints it) drawn as the thread shows it."""
+def picture(body: str, state: str = "on") -> str:
+    """The call's body (JSON, as `render --json` prints it) drawn as the thread shows it.
+
+    `state` is how Slack runs with these settings ("on", or why it runs dry).
+    """
     call = json.loads(body)
-    return "\n".join([_heading(call), *(MARGIN + line for line in _message(call))])
+    return "\n".join([_heading(call, state), *(MARGIN + line for line in _message(call))])
 
 
-def _heading(call: dict[str, Any]) -> str:
-    """Where it goes: the channel, or that Slack runs dry (no channel is known then)."""
-    where = f"to {call['channel']}" if call.get("channel") else "to (dry run)"
+def _heading(call: dict[str, Any], state: str) -> str:
+    """Where it goes: the channel, and whether Slack runs dry (then no channel may be set)."""
+    where = f"to {call['channel']}" if call.get("channel") else "to"
+    if state != "on" or not call.get("channel"):
+        where += " (dry run)"
     if call.get("reply_broadcast"):
         where += ", also sent to the channel"
     return where
