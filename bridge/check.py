@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from bridge.template_check import check_templates
 
 WARNING = "WARNING: "
 FAILED = "FAILED: "
+HALF_SET_FIX = "set what the line says is missing, or unset the rest to switch it off"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def settings_verdicts(settings: Settings, path: Path) -> list[Verdict]:
     details = [failed(f"webhooks.{name}", "no token, so it answers 503",
                       f"set [webhooks.{name}] tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS")
                for name in settings.unconfigured_endpoints()]
-    details += [from_line(line, ok=False) for line in unfinished_lines(settings)]
+    details += [replace(from_line(line, ok=False), fix=HALF_SET_FIX)
+                for line in unfinished_lines(settings)]
     details += [warning(f"webhooks.{name}", "still the example token from "
                         "settings.example.toml", f"set your own [webhooks.{name}] tokens, the "
                         "same as in SiteGPT's webhook settings")

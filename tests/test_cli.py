@@ -217,6 +217,8 @@ def test_check_fails_naming_what_is_half_configured(make_settings, tmp_path, cap
     assert [line for line in out.splitlines() if "FAILED" in line] == [
         f"settings: FAILED: 1 problem in {tmp_path / 'settings.toml'} and the BRIDGE_* "
         "variables, below", expected]
+    assert f"  {expected.split(': ')[0]}: set what the line says is missing, or unset the rest " \
+        "to switch it off" in out.splitlines()
     assert "sec-" not in out
 
 
