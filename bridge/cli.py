@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,19 +20,18 @@ from bridge.app import (
     create_app,
     open_bridge,
     open_store_now,
-    slow_lease,
 )
-from bridge.destinations import REGISTRY, status_lines, unfinished_lines
-from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
+from bridge.check import Verdict, report_lines, verdicts
+from bridge.config import resolve_config_path
+from bridge.errors import BridgeError, ConfigError, StoreError
 from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
 from bridge.rejections import sum_up_all
-from bridge.server import BridgeServer, server_config
+from bridge.server import BridgeServer, listening_socket, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
 from bridge.store.url import backup_advice
-from bridge.template_check import check_templates
 
 __all__ = ["COMMANDS", "build_parser", "main", "server_config"]
 log = logging.getLogger("bridge")
@@ -49,13 +49,18 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
                                   help="only receive; run `sitegpt-bridge worker` separately"))
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
+    with listening_socket(settings.server) as listening:  # a taken port stops it before all else
+        return _serve(settings, listening, run_worker=not args.no_worker)
+
+
+def _serve(settings: Settings, listening: socket.socket, run_worker: bool) -> int:
     bridge = open_bridge(settings)
     # PostgreSQL: unreachable or too new stops here, in one line
     asyncio.run(bridge.store.migrate_now())
-    app = create_app(bridge, run_worker=not args.no_worker)
+    app = create_app(bridge, run_worker=run_worker)
     server = settings.server
     log.info("sitegpt-bridge %s listening on http://%s:%d", __version__, server.host, server.port)
-    BridgeServer(server_config(app, server)).run()
+    BridgeServer(server_config(app, server)).run(sockets=[listening])
     sum_up_all()
     log.info("sitegpt-bridge stopped")
     flush_logs()
@@ -85,56 +90,37 @@ async def _run_worker(settings: Settings) -> None:
     flush_logs()
 
 
-@command("check", "validate settings and templates, print settings with secrets masked, "
-                  "test credentials")
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the effective settings, secrets masked")
+    parser.add_argument("--json", action="store_true",
+                        help="the verdicts and the effective settings as one JSON object")
+
+
+@command("check", "validate settings and templates, test credentials: one verdict per line",
+         _check_arguments)
 def check(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
-    return asyncio.run(_check_destinations(settings))
+    found = asyncio.run(_verdicts(settings, resolve_config_path(args.config)[0]))
+    ok = all(verdict.ok for verdict in found)
+    effective = settings.model_dump(mode="json")  # defaults filled in, secrets masked
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [verdict.as_json() for verdict in found],
+                          "settings": effective}, indent=2, ensure_ascii=False))
+        return 0 if ok else 1
+    print("\n".join(report_lines(found)))
+    if args.verbose:
+        print("\neffective settings (defaults filled in, secrets masked):")
+        print(json.dumps(effective, indent=2, ensure_ascii=False))
+    return 0 if ok else 1
 
 
-async def _check_destinations(settings: Settings) -> int:
+async def _verdicts(settings: Settings, path: Path) -> list[Verdict]:
     bridge = open_bridge(settings, check_templates=False, upgrade_store=False)
-    redact = Redactor.for_settings(settings)
-    problems = 0
     try:
-        report = check_templates(bridge.templates, bridge.destinations)
-        print("\n".join(report.lines(settings.templates.dir)))
-        problems += len(report.problems)
-        for name in REGISTRY:
-            destination = bridge.destinations.get(name)
-            if destination is None:
-                print(f"{name}: off")
-                continue
-            try:
-                print(f"{name}: {await destination.verify()}")
-            except DeliveryError as exc:
-                print(f"{name}: FAILED: {redact(str(exc))}")
-                problems += 1
-        for line in status_lines(settings):
-            print(line)
-        info = await bridge.store.info()
-        print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
-        for name in settings.example_tokens_in_use():
-            print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
-        slow = slow_lease(settings)
-        if slow is not None:
-            print(f"delivery.lease: WARNING: {slow.removeprefix('delivery.lease is ')}")
-        problems += _print_unfinished_settings(settings)
+        return await verdicts(settings, path, bridge)
     finally:
         await bridge.close()
-    return 1 if problems else 0
-
-
-def _print_unfinished_settings(settings: Settings) -> int:
-    """Webhooks without a token and half-set destinations pass validation but fail later."""
-    lines = [f"webhooks.{name}: FAILED: no token, so it answers 503: set [webhooks.{name}] "
-             f"tokens or BRIDGE_WEBHOOKS__{name.upper()}__TOKENS"
-             for name in settings.unconfigured_endpoints()]
-    lines += [line.replace(": ", ": FAILED: ", 1) for line in unfinished_lines(settings)]
-    for line in lines:
-        print(line)
-    return len(lines)
 
 
 @command("backup", "copy the store to FILE, consistently, while the bridge runs",

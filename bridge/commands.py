@@ -10,12 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ PROG = "sitegpt-bridge"
 TEST_SAMPLES = {"messages": "message-bot-answer", "escalations": "escalation", "leads": "lead"}
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 SEND_TIMEOUT = 10.0
+TEST_VISITOR = "sitegpt-bridge test"
 BATCH_SAMPLE = "messages-batch"
 GAP = "  "
 MIN_LAST_COLUMN = 24
@@ -98,6 +100,9 @@ def _render_arguments(parser: argparse.ArgumentParser) -> None:
                              "one reply they become in a chat thread after an outage")
     parser.add_argument("--target", choices=sorted(REGISTRY),
                         help="one destination (default: every one that takes the event)")
+    parser.add_argument("--json", action="store_true",
+                        help="the bodies exactly as sent, for `| jq` (default: as people see "
+                             "them, where the destination can draw them)")
 
 
 @operator_command(
@@ -111,7 +116,9 @@ async def render(settings: Settings, args: argparse.Namespace) -> int:
     destinations = build_destinations(settings, templates_for(settings))
     try:
         targets = _targets(destinations, next(iter(samples.values())), args.target)
-        shown = [_show_preview(destination, samples, together) for destination in targets]
+        shown = [_show_preview(destination, samples, together,
+                               _drawing(destination, settings, args.json))
+                 for destination in targets]
     finally:
         for destination in destinations.values():
             await destination.aclose()
@@ -182,8 +189,19 @@ def _targets(destinations: Mapping[str, Destination], event: Event,
     return [destination]
 
 
+def _drawing(destination: Destination, settings: Settings,
+             as_json: bool) -> Callable[[str], str]:
+    """How a body is printed: as sent, or drawn as people see it when the plugin can."""
+    plugin = REGISTRY[destination.name]
+    picture = plugin.picture
+    if picture is None or as_json:
+        return str
+    state = plugin.state(settings)
+    return lambda body: picture(body, state)
+
+
 def _show_preview(destination: Destination, samples: Mapping[str, Event],
-                  together: bool) -> bool:
+                  together: bool, draw: Callable[[str], str]) -> bool:
     """Bodies on stdout (so `| jq` works), a heading for each on stderr; False on failure.
 
     `together`: only what shows the samples together (a batch), not each one on its own.
@@ -203,7 +221,7 @@ def _show_preview(destination: Destination, samples: Mapping[str, Event],
     for what, text in rendered.items():
         sys.stdout.flush()
         print(f"# {destination.name}: {what}", file=sys.stderr, flush=True)
-        print(text, flush=True)
+        print(draw(text), flush=True)
     return True
 
 
@@ -227,9 +245,10 @@ async def send_test(settings: Settings, args: argparse.Namespace) -> int:
     if not tokens:
         raise UsageError(f"webhooks.{endpoint} has no token to send with; set one first")
     sample = args.sample or TEST_SAMPLES[endpoint]
-    body = _test_body(endpoint, sample)
+    test_id = _test_id()
+    body = as_new_test(_test_body(endpoint, sample), test_id)
     url = args.url or webhook_url(settings.server, endpoint)
-    print(f"POST {url} (sample {sample})")
+    print(f"POST {url} (sample {sample} as {test_id})")
     try:
         async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as client:
             answer = await client.post(
@@ -257,6 +276,26 @@ def _test_body(endpoint: str, sample: str) -> Any:
         raise UsageError(f"sample {sample} is a {body.get('event')} event; the {endpoint} "
                          f"webhook takes {ENDPOINT_KINDS[endpoint]}")
     return body
+
+
+def _test_id() -> str:
+    """A name no earlier run used, so the test is a new event and not a `duplicate`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"send-test-{stamp}-{secrets.token_hex(3)}"
+
+
+def as_new_test(body: dict[str, Any], test_id: str) -> dict[str, Any]:
+    """The sample as a test of its own: its own thread (or lead), its visitor named a test."""
+    data = dict(body.get("data") or {})
+    if "threadId" in data:
+        data["threadId"] = test_id
+        if isinstance(data.get("dashboardUrl"), str):
+            data["dashboardUrl"] = data["dashboardUrl"].replace(body["data"]["threadId"], test_id)
+    if isinstance(data.get("user"), dict):
+        data["user"] = {**data["user"], "name": TEST_VISITOR}
+    if isinstance(data.get("leadDetails"), dict):
+        data["leadDetails"] = {**data["leadDetails"], "id": test_id, "name": TEST_VISITOR}
+    return {**body, "data": data}
 
 
 def webhook_url(server: ServerSettings, endpoint: str) -> str:

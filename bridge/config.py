@@ -5,22 +5,26 @@ A problem becomes one ConfigError naming the key and where it came from (the fil
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 import bridge.plugins  # noqa: F401  (registers the destinations: their sections are settings)
 from bridge.destinations import settings_model
+from bridge.environment import field_at, table_model, undecodable
 from bridge.errors import ConfigError
 from bridge.settings import Settings, toml_data
 
 DEFAULT_CONFIG = Path("settings.toml")
 EXAMPLE_CONFIG = Path("settings.example.toml")
+# BRIDGE_* names that are not settings: the file to read, and the port compose publishes.
+NOT_SETTINGS = frozenset({"BRIDGE_CONFIG", "BRIDGE_PORT"})
 
 
 def resolve_config_path(named: str | None) -> tuple[Path, str | None]:
@@ -46,9 +50,11 @@ def load_settings(named: str | None = None) -> Settings:
     """Read, merge and validate the settings, or raise ConfigError with one line per problem."""
     path, _ = resolve_config_path(named)
     if unknown := _unknown_variables(os.environ):
-        raise ConfigError("unknown BRIDGE_ environment variables", unknown)
+        raise _one_or_many("unknown BRIDGE_ environment variables", unknown)
     data = _read_toml(path)
     model = settings_model()
+    if unreadable := undecodable(model, os.environ):
+        raise _one_or_many("invalid BRIDGE_* variables", unreadable)
     token = toml_data.set(data)
     try:
         return model()
@@ -56,19 +62,52 @@ def load_settings(named: str | None = None) -> Settings:
         raise _invalid(exc, path, os.environ) from exc
     except SettingsError as exc:  # a BRIDGE_* value that does not parse; its text may be secret
         raise ConfigError(
-            f"invalid BRIDGE_* variable: {exc}; lists and tables must be JSON, "
+            f"invalid BRIDGE_* variable: {exc}; tables must be JSON, lists JSON or t1,t2, "
             """e.g. BRIDGE_WEBHOOKS__MESSAGES__TOKENS='["t1", "t2"]'""") from exc
     finally:
         toml_data.reset(token)
 
 
+def _one_or_many(heading: str, problems: list[str]) -> ConfigError:
+    """One problem is one line on its own; several come under a heading."""
+    return ConfigError(problems[0]) if len(problems) == 1 else ConfigError(heading, problems)
+
+
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """BRIDGE_* names that match no section: pydantic-settings would ignore them silently."""
-    sections = set(settings_model().model_fields)
+    sections = list(settings_model().model_fields)
     names = [name for name in environ
-             if name.upper().startswith("BRIDGE_") and name.upper() != "BRIDGE_CONFIG"]
-    return [f"{name}: unknown setting (expected BRIDGE_<SECTION>__<KEY>)" for name in names
-            if name.upper().removeprefix("BRIDGE_").split("__")[0].lower() not in sections]
+             if name.upper().startswith("BRIDGE_") and name.upper() not in NOT_SETTINGS]
+    return [f"{name}: unknown setting (expected BRIDGE_<SECTION>__<KEY>)"
+            + _did_you_mean(_section_of(name), sections, _variable_in(name))
+            for name in names if _section_of(name) not in sections]
+
+
+def _section_of(variable: str) -> str:
+    return variable.upper().removeprefix("BRIDGE_").split("__")[0].lower()
+
+
+def _variable_in(variable: str) -> Callable[[str], str]:
+    """The variable as it would be named in another section."""
+    keys = variable.upper().removeprefix("BRIDGE_").split("__")[1:]
+    return lambda section: "__".join([f"BRIDGE_{section.upper()}", *keys])
+
+
+def _did_you_mean(word: str, known: list[str],
+                  named: Callable[[str], str] = str) -> str:
+    """"; did you mean …?" for the closest known name, or nothing when none is close."""
+    close = difflib.get_close_matches(word.lower(), known, n=1)
+    return f"; did you mean {named(close[0])}?" if close else ""
+
+
+def _keys_beside(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    """The keys the table holding `location` allows (list items are skipped over)."""
+    path = [str(part) for part in location[:-1] if not isinstance(part, int)]
+    if not path:
+        return list(model.model_fields)
+    field = field_at(model, path)
+    table = table_model(field.annotation) if field is not None else None
+    return list(table.model_fields) if table is not None else []
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -120,7 +159,8 @@ def _source_variable(location: tuple[int | str, ...], environ: Mapping[str, str]
 def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"{location}: unknown key"
+        return f"{location}: unknown key" + _did_you_mean(
+            str(error["loc"][-1]), _keys_beside(settings_model(), error["loc"]))
     message = str(error["msg"]).removeprefix("Value error, ")
     if not location or message.startswith(f"{location}."):  # it names its key already
         return message

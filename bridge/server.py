@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -16,6 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bridge.clock import SystemClock
+from bridge.errors import ConfigError
 from bridge.rejections import RejectionLog
 from bridge.sections import ServerSettings
 
@@ -176,3 +179,24 @@ def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
         http=bounded_protocol(server), ws="none",
     )
+
+
+def listening_socket(server: ServerSettings) -> socket.socket:
+    """The socket `serve` listens on, bound before anything starts, so a taken port stops it."""
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    listening = socket.socket(family)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((server.host, server.port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(_cannot_listen(server, exc)) from None
+    return listening
+
+
+def _cannot_listen(server: ServerSettings, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {server.port} on {server.host or '*'} is in use by another program: "
+                "stop it, or set [server] port (or BRIDGE_SERVER__PORT) to a free port")
+    return (f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}; check "
+            "[server] host and port (or BRIDGE_SERVER__HOST, BRIDGE_SERVER__PORT)")

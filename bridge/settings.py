@@ -12,6 +12,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.environment import BridgeEnvSource
 from bridge.sections import (
     ChatbotSettings,
     DeliverySettings,
@@ -57,7 +58,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = InitSettingsSource(settings_cls, init_kwargs=toml_data.get() or {})
-        return init_settings, env_settings, toml
+        # Lists in variables may also be written t1,t2 or keep podman's quotes (environment.py).
+        return init_settings, BridgeEnvSource(settings_cls), toml
 
     def chatbot(self, chatbot_id: str) -> ChatbotSettings | None:
         return next((bot for bot in self.chatbots if bot.id == chatbot_id), None)

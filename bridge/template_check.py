@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ from bridge.samples import load_sample, sample_names
 from bridge.templating import Templates
 
 TEMPLATE_SUFFIX = ".j2"
+LIKELY_TYPO = 0.8  # how alike a user's file and a built-in name must be to suggest it
+log = logging.getLogger("bridge")
 
 
 @dataclass
@@ -26,6 +30,7 @@ class TemplateReport:
     overrides: list[str] = field(default_factory=list)
     rendered: dict[str, int] = field(default_factory=dict)
     unpreviewed: list[str] = field(default_factory=list)
+    misnamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -44,7 +49,12 @@ class TemplateReport:
             lines.append(f"templates: {folder} holds no .j2 file; the built-ins are used")
         lines += [f"templates: {name} cannot preview; its templates were only loaded"
                   for name in self.unpreviewed]
-        return lines
+        return lines + self.misnamed_lines(folder)
+
+    def misnamed_lines(self, folder: Path | None) -> list[str]:
+        """User files that replace no built-in, named like one: a typo leaves the default on."""
+        return [f"templates: WARNING: {name} in {folder} replaces no template; did you mean "
+                f"{meant}?" for name, meant in self.misnamed.items()]
 
 
 def sample_events() -> dict[str, Event]:
@@ -71,6 +81,7 @@ def check_templates(templates: Templates,
         report.problems.append(f"templates.dir: {folder} is not a folder")
     elif folder is not None:
         report.overrides = _templates_in(folder)
+        report.misnamed = _misnamed(report.overrides, templates.builtin_names())
     problems = _Problems()
     for name in templates.names():
         if name.endswith(TEMPLATE_SUFFIX):
@@ -85,6 +96,8 @@ def check_templates(templates: Templates,
 def require_templates(templates: Templates, destinations: Mapping[str, Destination]) -> None:
     """Raise ConfigError, one line per problem, unless every template passes the check."""
     report = check_templates(templates, destinations)
+    for line in report.misnamed_lines(templates.user_dir):
+        log.warning(line)
     if not report.ok:
         raise ConfigError("templates failed their check; the bridge will not start",
                           report.problems)
@@ -93,6 +106,17 @@ def require_templates(templates: Templates, destinations: Mapping[str, Destinati
 def _templates_in(folder: Path) -> list[str]:
     names = jinja2.FileSystemLoader(str(folder)).list_templates()
     return sorted(name for name in names if name.endswith(TEMPLATE_SUFFIX))
+
+
+def _misnamed(overrides: list[str], builtins: list[str]) -> dict[str, str]:
+    """Each user file that matches no built-in but is close to one, with the one it is like."""
+    found = {}
+    for name in overrides:
+        if name in builtins:
+            continue
+        if close := difflib.get_close_matches(name, builtins, n=1, cutoff=LIKELY_TYPO):
+            found[name] = close[0]
+    return found
 
 
 class _Problems:

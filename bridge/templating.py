@@ -185,6 +185,11 @@ class Templates:
         """Every template: the built-in set a user may override, and the user's own."""
         return sorted(self.env.list_templates(filter_func=lambda name: ":" not in name))
 
+    def builtin_names(self) -> list[str]:
+        """The templates the bridge brings, which a user's file of the same name replaces."""
+        names = self.env.list_templates(filter_func=lambda name: name.startswith("default:"))
+        return sorted(name.removeprefix("default:") for name in names if name.endswith(".j2"))
+
     def load(self, name: str) -> jinja2.Template:
         """The compiled template `name` (the user's if they have one), or TemplateError."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from bridge.app import create_app, open_bridge
-from bridge.commands import UNTRUNCATED_WIDTH, local_iso, local_time, webhook_url
+from bridge.commands import UNTRUNCATED_WIDTH, as_new_test, local_iso, local_time, webhook_url
 from bridge.destinations import REGISTRY
 from bridge.destinations.plugin import Plugin
 from bridge.destinations.slack import SlackDestination
@@ -116,7 +117,8 @@ def statuses(settings: Settings) -> dict[int, tuple[str, int]]:
 
 def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_settings, capsys):
     path = config({"slack": {"channel": "C_CONV", "leads_channel": "C_LEADS"}})
-    code, out, err = run(capsys, "render", "--sample", "message-bot-answer", "--config", path)
+    code, out, err = run(capsys, "render", "--json", "--sample", "message-bot-answer",
+                         "--config", path)
     assert code == 0
     expected = SlackDestination(make_settings({"slack": {
         "channel": "C_CONV", "leads_channel": "C_LEADS"}}), Templates()).render_samples(
@@ -130,6 +132,37 @@ def test_render_sample_prints_exactly_what_slack_would_be_sent(config, make_sett
     assert message["text"].startswith("Visitor: How do I reset my password?")
 
 
+def test_render_shows_people_what_the_thread_would_show(config, capsys):
+    path = config({"slack": {"channel": "C_CONV", "bot_token": "xoxb-t"}})
+    code, out, err = run(capsys, "render", "--sample", "escalation", "--config", path)
+    assert code == 0
+    assert err.splitlines() == ["# slack: escalation: chat.postMessage (in the thread)",
+                                "# slack: escalation: chat.update (the thread's parent)"]
+    assert out.splitlines() == [
+        "to C_CONV, also sent to the channel",
+        "┃ :rotating_light: *John Doe* asked for a human on *chatbot_123*",
+        "┃ :email: user@example.com",
+        "┃ :telephone_receiver: +1234567890",
+        "┃ Open the conversation in SiteGPT "
+        "(https://sitegpt.ai/chatbot_123/chat-history/thread_456)",
+        "to C_CONV",
+        "┃ *chatbot_123* · conversation `thread_456`",
+        "┃ :rotating_light: Escalated: the visitor asked for a human",
+        "┃ Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
+
+
+@pytest.mark.parametrize(("slack", "heading"), [
+    ({}, "to (dry run)"),
+    ({"channel": "C_CONV"}, "to C_CONV (dry run)"),
+    ({"channel": "C_CONV", "bot_token": "xoxb-t"}, "to C_CONV"),
+])
+def test_render_says_where_it_goes_and_when_slack_runs_dry(config, capsys, slack, heading):
+    code, out, _ = run(capsys, "render", "--sample", "lead", "--config", config({"slack": slack}))
+    assert code == 0
+    assert out.splitlines()[0] == heading
+    assert '"channel"' not in out
+
+
 def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, capsys, tmp_path):
     folder = tmp_path / "mine" / "slack"
     folder.mkdir(parents=True)
@@ -137,7 +170,7 @@ def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, c
         '{% extends "default:slack/message_visitor.json.j2" %}'
         "{% block fallback %}[mine] {{ super() }}{% endblock %}")
     path = config({"slack": {"channel": "C_CONV"}, "templates": {"dir": str(tmp_path / "mine")}})
-    code, out, err = run(capsys, "render", "--sample", "messages-batch", "--config", path)
+    code, out, err = run(capsys, "render", "--json", "--sample", "messages-batch", "--config", path)
     assert code == 0
     assert err.splitlines() == [
         "# slack: thread_456: chat.postMessage (in the thread), 5 waiting messages in one reply"]
@@ -188,7 +221,8 @@ def test_render_file_uses_the_users_templates(config, tmp_path, capsys):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(load_sample("lead-custom-fields")))
     path = config({"templates": {"dir": str(tmp_path / "mine")}})
-    code, out, err = run(capsys, "render", str(body), "--target", "slack", "--config", path)
+    code, out, err = run(capsys, "render", "--json", str(body), "--target", "slack",
+                         "--config", path)
     assert code == 0
     [lead] = json_stream(out)
     assert lead["text"] == "Lead lead_790"
@@ -202,7 +236,8 @@ def test_render_file_reads_the_body_as_the_webhook_does(config, tmp_path, capsys
     sample = load_sample("lead-custom-fields")
     body = tmp_path / "body.json"
     body.write_text(json.dumps(sample).replace('"Nu\\u00f1ez', '"Nu\\ud83dez'))
-    code, out, _ = run(capsys, "render", str(body), "--target", "slack", "--config", config())
+    code, out, _ = run(capsys, "render", "--json", str(body), "--target", "slack",
+                       "--config", config())
     assert code == 0
     [lead] = json_stream(out)
     assert "*Company:* Nu\ufffdez Consulting" in lead["blocks"][0]["text"]["text"]
@@ -299,7 +334,7 @@ def test_render_target_problems(config, capsys, fake_destination, on, arguments,
 def test_render_default_targets_show_every_destination_taking_the_event(config, capsys,
                                                                         fake_destination):
     fake_destination(True)
-    code, out, err = run(capsys, "render", "--sample", "lead", "--config", config())
+    code, out, err = run(capsys, "render", "--json", "--sample", "lead", "--config", config())
     assert code == 1, "a destination that cannot preview is a failure"
     assert len(json_stream(out)) == 1
     assert err.splitlines() == ["# slack: lead: chat.postMessage (lead)",
@@ -362,17 +397,28 @@ def test_send_test_posts_the_sample_with_the_first_token(running_bridge, capsys)
     path, port = running_bridge
     code, out, err = run(capsys, "send-test", "messages", "--config", path)
     assert (code, err) == (0, "")
-    assert out.splitlines() == [
-        f"POST http://127.0.0.1:{port}/webhooks/messages (sample message-bot-answer)",
-        'HTTP 200 OK: {"status":"accepted","id":1}']
+    heading, answer = out.splitlines()
+    assert re.fullmatch(rf"POST http://127\.0\.0\.1:{port}/webhooks/messages \(sample "
+                        r"message-bot-answer as send-test-\d{8}-\d{6}-[0-9a-f]{6}\)", heading)
+    assert answer == 'HTTP 200 OK: {"status":"accepted","id":1}'
     code, out, _ = run(capsys, "send-test", "messages", "--config", path)
     assert code == 0
-    assert out.splitlines()[1:] == [
-        'HTTP 200 OK: {"status":"duplicate","id":1}',
-        "(an identical body arrived within the dedup window: nothing new is delivered)"]
-    code, out, _ = run(capsys, "deliveries", "--json", "--config", path)
-    [row] = [json.loads(line) for line in out.splitlines()]
-    assert (row["kind"], row["destination"], row["status"]) == ("ADD_MESSAGE", "slack", "pending")
+    assert out.splitlines()[1:] == ['HTTP 200 OK: {"status":"accepted","id":2}']
+    code, out, _ = run(capsys, "conversations", "--json", "--config", path)
+    threads = [json.loads(line)["thread_id"] for line in out.splitlines()]
+    assert len(set(threads)) == 2 and all(t.startswith("send-test-") for t in threads)
+
+
+@pytest.mark.parametrize("sample", ["escalation", "lead", "message-bot-answer"])
+def test_each_send_test_is_a_new_event_named_as_a_test(sample):
+    body = load_sample(sample)
+    first, second = as_new_test(body, "send-test-a"), as_new_test(body, "send-test-b")
+    assert first != second and first["event"] == body["event"]
+    data = first["data"]
+    assert "send-test-a" in (data.get("threadId"), data.get("leadDetails", {}).get("id"))
+    names = [data.get("user", {}).get("name"), data.get("leadDetails", {}).get("name")]
+    assert sample.startswith("message") or "sitegpt-bridge test" in names
+    assert "thread_456" not in json.dumps(first)
 
 
 def test_send_test_finds_the_settings_make_run_used(running_bridge, tmp_path, monkeypatch,

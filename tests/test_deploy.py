@@ -251,11 +251,51 @@ def test_caddy_alone_refuses_to_start_without_a_domain():
     assert (started.returncode, started.stdout.split()[:2]) == (0, ["caddy", "run"])
 
 
-def test_compose_publishes_the_bridge_port_on_this_machine_only():
+def interpolated(text: str, environ: dict[str, str]) -> str:
+    """Compose's ${NAME:-default}, as it reads .env and the shell's variables."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda match: environ.get(match[1]) or match[2], text)
+
+
+@pytest.mark.parametrize(("environ", "port"), [({}, 8080), ({"BRIDGE_PORT": "9090"}, 9090)])
+def test_compose_publishes_the_bridge_port_on_this_machine_only(environ, port):
     (published,) = bridge_service()["ports"]
-    host, host_port, container_port = published.split(":")
+    host, host_port, container_port = interpolated(published, environ).split(":")
     assert host == "127.0.0.1"
-    assert int(container_port) == default_port() == int(host_port)
+    assert int(container_port) == default_port()
+    assert int(host_port) == port
+
+
+def test_bridge_port_in_env_is_for_compose_and_no_unknown_setting(monkeypatch):
+    assert env_example()["BRIDGE_PORT"] == str(default_port())
+    monkeypatch.setenv("BRIDGE_PORT", "9090")  # .env reaches the container as well
+    assert load_settings(str(ROOT / "settings.example.toml")).server.port == default_port()
+
+
+def test_compose_states_the_compose_version_its_file_needs():
+    header = (ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    for needed in ("Docker Compose 2.24", "podman-compose 1.2"):
+        assert needed in header and needed in deploy
+    assert bridge_service()["env_file"][0]["required"] is False  # the form 2.24 brought
+
+
+def test_every_container_log_is_rotated():
+    for name, service in compose()["services"].items():
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert logging["options"] == {"max-size": "10m", "max-file": "3"}, name
+
+
+def test_the_bridge_believes_caddys_forwarded_for_from_the_compose_network(monkeypatch):
+    [variable] = bridge_service()["environment"].items()
+    monkeypatch.setenv(*variable)
+    trusted = load_settings(str(ROOT / "settings.example.toml")).server.forwarded_allow_ips
+    assert trusted == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    probe = Starlette(routes=[Route("/", client_host)])
+    with serving(probe, ServerSettings(forwarded_allow_ips=trusted)) as port:
+        answer = httpx.Client(trust_env=False).get(
+            f"http://127.0.0.1:{port}/", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert answer.text == "127.0.0.1"  # this machine is no proxy: its header is not believed
 
 
 def test_compose_puts_caddy_in_front_under_the_https_profile():
@@ -351,7 +391,8 @@ def test_a_misspelt_bridge_variable_is_an_error_not_ignored(monkeypatch):
     with pytest.raises(ConfigError) as error:
         load_settings(str(ROOT / "settings.example.toml"))
     assert error.value.problems == [
-        "BRIDGE_SLAK__BOT_TOKEN: unknown setting (expected BRIDGE_<SECTION>__<KEY>)"]
+        "BRIDGE_SLAK__BOT_TOKEN: unknown setting (expected BRIDGE_<SECTION>__<KEY>); "
+        "did you mean BRIDGE_SLACK__BOT_TOKEN?"]
 
 
 def dockerignore() -> list[str]:

@@ -637,7 +637,7 @@ JIRA_ON = {"url": "https://acme.atlassian.net", "email": EMAIL, "api_token": API
 
 def test_render_sample_shows_the_status_notice_and_the_parent(make_settings, tmp_path, capsys):
     make_settings({"slack": {"channel": "C_CONV"}, "jira": JIRA_ON})
-    code, out, err = run(capsys, "render", "--sample", "jira-ticket-resolved",
+    code, out, err = run(capsys, "render", "--json", "--sample", "jira-ticket-resolved",
                          "--config", str(tmp_path / "settings.toml"))
     assert code == 0
     assert err.splitlines() == [
@@ -654,7 +654,7 @@ def test_render_sample_shows_the_status_notice_and_the_parent(make_settings, tmp
 @pytest.mark.parametrize("sample", ["jira-ticket-comment", "jira-ticket-comment-adf"])
 def test_render_sample_shows_a_comment_converted(make_settings, tmp_path, capsys, sample):
     make_settings({"slack": {"channel": "C_CONV"}, "jira": JIRA_ON})
-    code, out, _ = run(capsys, "render", "--sample", sample,
+    code, out, _ = run(capsys, "render", "--json", "--sample", sample,
                        "--config", str(tmp_path / "settings.toml"))
     posted = json.loads(out)
     assert code == 0 and posted["text"] == "Dana Agent commented on SUP-42"

@@ -178,7 +178,7 @@ def test_no_secret_reaches_a_log_line_an_answer_or_check(make_settings, refusing
         for authorization in (f"Bearer {SECRETS['metrics'][:-1]}", "Bearer " + SECRETS["metrics"]):
             answers.append(client.get("/metrics", headers={"Authorization": authorization}).text)
         client.portal.call(bridge.worker.drain, 5.0)
-    check_code = main(["check", "--config", str(tmp_path / "settings.toml")])
+    check_code = main(["check", "--verbose", "--config", str(tmp_path / "settings.toml")])
     captured = capsys.readouterr()
     everything = "\n".join([captured.out, captured.err, *answers])
 

@@ -57,7 +57,7 @@ async def test_its_section_is_read_its_events_stored_for_it_and_delivered(echo, 
 def test_its_settings_are_checked_as_every_section_is(echo, make_settings, monkeypatch):
     with pytest.raises(ConfigError) as caught:
         make_settings({"echo": {"url": HOOK, "tokn": TOKEN}})
-    assert caught.value.problems == ["echo.tokn: unknown key"]
+    assert caught.value.problems == ["echo.tokn: unknown key; did you mean token?"]
     monkeypatch.setenv("BRIDGE_ECHO__TOKEN", TOKEN)
     assert make_settings({"echo": {"url": HOOK}}).echo.token.get_secret_value() == TOKEN
 

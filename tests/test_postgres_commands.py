@@ -53,14 +53,15 @@ async def seed(url: str) -> list[int]:
 
 
 def test_check_names_the_backend_server_and_schema_and_masks_the_password(config, url, capsys):
-    code, out, err = run(capsys, "check", "--config", config)
+    code, out, err = run(capsys, "check", "--json", "--config", config)
     assert code == 0, err
     assert PASSWORD not in out + err
-    [line] = [line for line in out.splitlines() if line.startswith("store: ")]
+    report = json.loads(out)
+    [line] = [check["message"] for check in report["checks"] if check["name"] == "store"]
     database = url.rsplit("/", 1)[1]
-    assert line.startswith("store: PostgreSQL 1")
+    assert line.startswith("ok: PostgreSQL 1")
     assert line.endswith(f"at 127.0.0.1:5432/{database}, schema version {SCHEMA_VERSION}")
-    assert json.loads(out[:out.index("\n}\n") + 2])["store"]["url"] == (
+    assert report["settings"]["store"]["url"] == (
         f"postgresql://postgres:**********@127.0.0.1:5432/{database}")
 
 

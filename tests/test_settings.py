@@ -43,20 +43,76 @@ def test_a_token_list_in_the_environment_is_json_and_replaces_the_files_list(
     assert [t.get_secret_value() for t in settings.webhooks.leads.tokens] == [TOKENS["leads"]]
 
 
-def test_a_list_variable_that_is_not_json_is_a_clear_error_without_its_value(
+@pytest.mark.parametrize("written", [
+    "env-1,env-2", " env-1 , env-2 ", '["env-1", "env-2"]', """'["env-1", "env-2"]'""",
+    '"env-1,env-2"', "'env-1,env-2'"])
+def test_a_token_list_variable_is_json_or_words_with_commas_even_in_kept_quotes(
+        make_settings, monkeypatch, written):
+    # podman reads an env file's quotes as part of the value: `"t1"` arrives with them.
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", written)
+    settings = make_settings()
+    assert [t.get_secret_value() for t in settings.webhooks.messages.tokens] == ["env-1", "env-2"]
+
+
+@pytest.mark.parametrize("written", ["env-1", '"env-1"', """'["env-1"]'"""])
+def test_one_token_in_a_variable_needs_no_json(make_settings, monkeypatch, written):
+    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", written)
+    assert [t.get_secret_value() for t in make_settings().webhooks.messages.tokens] == ["env-1"]
+
+
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_value_in_the_quotes_podman_keeps_is_read_without_them(make_settings, monkeypatch,
+                                                                  quote):
+    monkeypatch.setenv("BRIDGE_SLACK__BOT_TOKEN", f"{quote}xoxb-quoted{quote}")
+    monkeypatch.setenv("BRIDGE_SLACK__CHANNEL", f"{quote}C0123{quote}")
+    monkeypatch.setenv("BRIDGE_SERVER__PORT", f"{quote}9123{quote}")
+    settings = make_settings()
+    assert settings.slack.bot_token.get_secret_value() == "xoxb-quoted"
+    assert (settings.slack.channel, settings.server.port) == ("C0123", 9123)
+
+
+def test_a_list_of_addresses_in_a_variable_takes_commas(make_settings, monkeypatch):
+    monkeypatch.setenv("BRIDGE_SERVER__FORWARDED_ALLOW_IPS", "10.0.0.1,10.0.0.2")
+    assert make_settings().server.forwarded_allow_ips == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_a_table_variable_that_is_not_json_is_one_line_naming_it_without_its_value(
         make_settings, monkeypatch):
-    monkeypatch.setenv("BRIDGE_WEBHOOKS__MESSAGES__TOKENS", "sec-plain-token")
+    monkeypatch.setenv("BRIDGE_CHATBOTS", "sec-plain-bot")
     with pytest.raises(ConfigError) as refused:
         make_settings()
-    message = " ".join([str(refused.value), *refused.value.problems])
-    assert "webhooks" in message and "JSON" in message
-    assert "sec-plain-token" not in message
+    assert refused.value.problems == [str(refused.value)] == [
+        """BRIDGE_CHATBOTS: not JSON: write JSON, e.g. '[{"id": "bot1"}]'"""]
+
+
+@pytest.mark.parametrize(("variable", "expected"), [
+    ("BRIDGE_SLAK__BOT_TOKEN", "BRIDGE_SLAK__BOT_TOKEN: unknown setting (expected "
+     "BRIDGE_<SECTION>__<KEY>); did you mean BRIDGE_SLACK__BOT_TOKEN?"),
+    ("BRIDGE_ZZZZZZ", "BRIDGE_ZZZZZZ: unknown setting (expected BRIDGE_<SECTION>__<KEY>)"),
+])
+def test_an_unknown_section_variable_suggests_the_one_meant(make_settings, monkeypatch,
+                                                             variable, expected):
+    monkeypatch.setenv(variable, "x")
+    with pytest.raises(ConfigError) as refused:
+        make_settings()
+    assert str(refused.value) == expected
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"slak": {"channel": "C1"}}, "slak: unknown key; did you mean slack?"),
+    ({"slack": {"bot_tokne": "x"}}, "slack.bot_tokne: unknown key; did you mean bot_token?"),
+    ({"chatbots": [{"id": "b", "slack_chanel": "C1"}]},
+     "chatbots.0.slack_chanel: unknown key; did you mean slack_channel?"),
+    ({"server": {"zzzzzz": 1}}, "server.zzzzzz: unknown key"),
+])
+def test_an_unknown_key_suggests_the_one_meant(make_settings, extra, expected):
+    assert problems_of(make_settings, extra) == [expected]
 
 
 def test_an_unknown_environment_key_inside_a_table_is_an_error(make_settings, monkeypatch):
     monkeypatch.setenv("BRIDGE_SERVER__PROT", "9000")
     assert problems_of(make_settings, None) == [
-        "server.prot: unknown key (from BRIDGE_SERVER__PROT)"]
+        "server.prot: unknown key; did you mean port? (from BRIDGE_SERVER__PROT)"]
 
 
 # Problems named one per line

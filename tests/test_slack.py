@@ -9,7 +9,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,6 +359,44 @@ async def test_dry_run_logs_the_message_and_records_skipped(make_settings, clock
     assert "hello from a newcomer" in caplog.text
     await destination.aclose()
     await store.close()
+
+
+LIVE_AND_DRY = ("message-visitor", "message-bot-answer", "escalation", "ticket-linked", "lead")
+
+
+async def run_one_by_one(h: Harness, sample: Callable[[str], Any]) -> None:
+    for name in LIVE_AND_DRY:  # one at a time: a live run would merge waiting messages
+        await h.accept(sample(name))
+        await h.worker.drain()
+
+
+async def test_a_dry_run_logs_every_call_a_live_run_makes(harness, sample, caplog, make_settings,
+                                                         tmp_path, clock):
+    live = await harness()
+    await run_one_by_one(live, sample)
+    calls = len(live.fake.posts) + len(live.fake.updates)
+    settings = make_settings({"store": {"url": f"sqlite:///{tmp_path}/dry.db"},
+                              "slack": {"channel": "C_CONV", "leads_channel": "C_LEADS"}})
+    store = open_store(settings.store.url)
+    slack = SlackDestination(settings, Templates(), clock)
+    dry = Harness(store, slack, Worker(store, {"slack": slack}, settings.delivery, clock),
+                  clock, live.fake)
+    with caplog.at_level(logging.INFO, "bridge"):
+        await run_one_by_one(dry, sample)
+    await slack.aclose()
+    await store.close()
+    logged = [record.getMessage().split(": {")[0] for record in caplog.records
+              if record.getMessage().startswith("slack dry run")]
+    assert logged == [
+        "slack dry run (no bot_token), would start the thread in C_CONV with the parent",
+        "slack dry run (no bot_token), would reply in the thread in C_CONV",
+        "slack dry run (no bot_token), would reply in the thread in C_CONV",
+        "slack dry run (no bot_token), would reply in the thread in C_CONV",
+        "slack dry run (no bot_token), would update the thread's parent in C_CONV",
+        "slack dry run (no bot_token), would reply in the thread in C_CONV",
+        "slack dry run (no bot_token), would update the thread's parent in C_CONV",
+        "slack dry run (no bot_token), would post in C_LEADS"]
+    assert len(logged) == calls
 
 
 async def test_verify_names_workspace_and_bot(harness):

@@ -159,13 +159,31 @@ def test_a_syntax_error_is_reported_with_file_and_line_by_check(make_settings, t
     assert "templates: from " in out and "slack/ticket.json.j2" in out
 
 
+def test_an_override_named_like_no_template_is_warned_of_with_the_one_meant(
+        make_settings, tmp_path, capsys, caplog):
+    folder = write_templates(tmp_path / "mine", {
+        "slack/leed.json.j2": "{}", "crm/own-format.j2": "{}"})  # a typo; a file of its own
+    settings = make_settings({"templates": {"dir": str(folder)}})
+    warning = (f"templates: WARNING: slack/leed.json.j2 in {folder} replaces no template; "
+               "did you mean slack/lead.json.j2?")
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "WARNING" in line] == [warning]
+    assert f"  templates: rename the file in {folder} to the template it should replace" in lines
+    caplog.set_level("WARNING", "bridge")
+    bridge = open_bridge(settings)
+    asyncio.run(bridge.close())
+    assert [record.getMessage() for record in caplog.records] == [warning]
+
+
 def test_check_names_each_sample_a_broken_override_fails_on(make_settings, tmp_path, capsys):
     folder = write_templates(tmp_path / "mine", {"slack/lead.json.j2": (
         '{% extends "default:slack/lead.json.j2" %}\n'
         "{% block body %}{{ lead.company }}{% endblock %}")})
     make_settings({"templates": {"dir": str(folder)}})
     assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 1
-    [line] = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    [line] = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("templates: FAILED")]
     assert f"{folder / 'slack' / 'lead.json.j2'}:2: 'dict object' has no attribute" in line
     assert "(rendering sample: slack lead, slack lead-custom-fields)" in line
 

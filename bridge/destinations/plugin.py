@@ -70,6 +70,8 @@ class Plugin:
     secrets: SettingsLines = no_lines  # forms of its secrets an upstream may echo back
     off_hints: Mapping[str, str] = field(default_factory=dict)  # kind -> why none takes it
     docs: str | None = None  # its page of the manual, docs/<docs>.md
+    # One rendered body as `render` shows it to people, given how it runs (`state`'s line).
+    picture: Callable[[str, str], str] | None = None
     metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
     # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
     chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)

@@ -70,6 +70,7 @@ CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")  # what Slack's channel ids look l
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
+DRY_RUN_THREAD = "dry_run_thread"  # the channel a dry run logged a parent for: logged once
 __all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
 
 
@@ -247,7 +248,8 @@ class SlackDestination:
         notice = event.data
         message = self.renderer.notice(notice.notice, notice.context)
         if self.dry_run:
-            return self._dry_run(message)
+            return self._dry_run(f"reply in the thread {notice.channel}/{notice.thread_ts}",
+                                 message)
         ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
         return Delivered(note=f"{notice.channel}/{ts}")
 
@@ -258,7 +260,7 @@ class SlackDestination:
         always does, and what does not fit Slack's limits stays queued for the next reply.
         """
         if self.dry_run:
-            return self._dry_run(self.renderer.message(event))
+            return await self._dry_run_in_thread(delivery, self.renderer.message(event))
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread.channel, thread.ts):
             return await self._found_reply(delivery, thread.channel, found)
@@ -332,7 +334,7 @@ class SlackDestination:
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
-            return self._dry_run(message)
+            return await self._dry_run_in_thread(delivery, message)
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread.channel, thread.ts):
             return Delivered(note=f"{thread.channel}/{found['ts']}")
@@ -366,9 +368,9 @@ class SlackDestination:
 
     async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
         message = self.renderer.lead(event)
-        if self.dry_run:
-            return self._dry_run(message)
         channel = self._lead_channel()
+        if self.dry_run:
+            return self._dry_run(f"post in {channel}", message)
         if found := await self._posted_before(delivery, channel, None):
             return Delivered(note=f"{channel}/{found['ts']}")
         ts = await self.workspace.post(channel, message, metadata=delivery_metadata([delivery]))
@@ -424,10 +426,13 @@ class SlackDestination:
                               ticket: TicketShown | None, required: bool = False) -> None:
         """Update the parent to show `ticket`; unless `required`, a failure is only logged."""
         thread = _thread_of(state)
-        if self.dry_run or thread is None:
-            return
         conversation = conversation_of(delivery.event)
         assert conversation is not None
+        if self.dry_run and state.get(DRY_RUN_THREAD):
+            self._dry_run(f"update the thread's parent in {state[DRY_RUN_THREAD]}",
+                          self._parent(conversation, state, ticket))
+        if self.dry_run or thread is None:
+            return
         parent = self._parent(conversation, state, ticket)
         try:
             await self.workspace.update(thread.channel, thread.ts, parent)
@@ -450,7 +455,7 @@ class SlackDestination:
                 return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
-        if isinstance(outcome, Delivered):
+        if isinstance(outcome, Delivered) or self.dry_run:  # a dry run shows the update too
             state = {**await delivery.state(), "ticket": moved.state()}
             await _save(delivery, state)
             await self._show_on_parent(delivery, state, moved)
@@ -463,9 +468,9 @@ class SlackDestination:
         shown = self._shown(state)
         if shown is None or shown.key != key:
             return Skipped(f"the parent does not show {key}")
+        await self._show_on_parent(delivery, state, None, required=True)
         if self.dry_run:
             return Skipped("dry run: slack.bot_token is not set")
-        await self._show_on_parent(delivery, state, None, required=True)
         # Kept, marked: a late retry of an earlier change must not bring it back.
         await _save(delivery, {**state, "ticket": {**state["ticket"], "deleted": True}})
         return Delivered(note=f"{key} deleted: the parent no longer shows it")
@@ -494,8 +499,22 @@ class SlackDestination:
         # A ticket linked before Slack kept its url is shown at [jira] url, as it was then.
         return TicketShown.from_state(ticket, ticket.get("url") or self._issue_url(ticket["key"]))
 
-    def _dry_run(self, message: dict[str, Any]) -> Outcome:
-        log.info("slack dry run (no bot_token), would post: %s",
+    async def _dry_run_in_thread(self, delivery: Delivery, message: dict[str, Any]) -> Outcome:
+        """What a live run sends to the thread: its parent the first time, then the reply."""
+        state = await delivery.state()
+        channel = state.get(DRY_RUN_THREAD)
+        if channel is None:
+            conversation = conversation_of(delivery.event)
+            assert conversation is not None
+            channel = self._channel_for(conversation.chatbot_id)
+            self._dry_run(f"start the thread in {channel} with the parent",
+                          self._parent(conversation, state, self._shown(state)))
+            await _save(delivery, {**state, DRY_RUN_THREAD: channel})
+        return self._dry_run(f"reply in the thread in {channel}", message)
+
+    def _dry_run(self, call: str, message: dict[str, Any]) -> Outcome:
+        """Log one call a live run would make, in place of making it."""
+        log.info("slack dry run (no bot_token), would %s: %s", call,
                  json.dumps(fit_message(message), ensure_ascii=False))
         return Skipped("dry run: slack.bot_token is not set")
 

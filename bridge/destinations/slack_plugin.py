@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute
 from bridge.destinations.plugin import Inbound, Plugin
 from bridge.destinations.slack import SlackDestination, slack_destination
 from bridge.destinations.slack_metrics import PacingMetrics
+from bridge.destinations.slack_picture import picture
 from bridge.destinations.slack_settings import SlackSettings
 from bridge.sections import half_set
 from bridge.settings import Settings
@@ -38,4 +39,4 @@ PLUGIN = Plugin(
     name="slack", section=SlackSettings, build=slack_destination, kinds=SlackDestination.KINDS,
     templates=builtin_dir() / "slack", samples=Path(__file__).parent / "slack_samples",
     routes=_routes, state=_state, unfinished=_unfinished, docs="slack",
-    metrics=PacingMetrics, chatbot_keys={"slack_channel": (str | None, None)})
+    metrics=PacingMetrics, picture=picture, chatbot_keys={"slack_channel": (str | None, None)})

@@ -15,6 +15,7 @@ __all__ = ["MASK", "backend_named", "backup_advice", "masked_store_url", "scrub"
            "sqlite_path", "store_scheme", "store_url_secrets"]
 # A backend adds its scheme here and its opener in bridge.store; libpq takes both spellings.
 SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+SETTING = "[store] url (or BRIDGE_STORE__URL)"  # where a store that cannot open is set
 USAGE = "use sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB"
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
 from bridge.clock import Clock, SystemClock
-from bridge.errors import StoreBusy
+from bridge.errors import StoreBusy, StoreError
 from bridge.store.delegations import Delegations
 from bridge.store.protocols import ChannelBudgets
 from bridge.store.records import (
@@ -28,12 +28,21 @@ from bridge.store.sqlite import conversations, operations, queue
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.worker_lock import WorkerLock
 from bridge.store.sqlite.writer import Job, Write, Writer
+from bridge.store.url import SETTING
 
 T = TypeVar("T")
 log = logging.getLogger("bridge.store")
 DEFAULT_TIMEOUT = 30.0
 # Readiness writes about as many pages as an accept, so it fails when an accept would.
 PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(16384) WHERE id = 1"
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the store's folder {path.parent}: "
+                         f"{exc.strerror or exc}; check {SETTING}") from None
 
 
 class SQLiteStore(Delegations):
@@ -45,7 +54,7 @@ class SQLiteStore(Delegations):
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         self.path = path
         self.commit_timeout = commit_timeout
         self.clock = clock or SystemClock()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from bridge.errors import StoreBusy, StoreError
 from bridge.store.records import Accept
 from bridge.store.sqlite.intake import accept_all
+from bridge.store.url import SETTING
 
 T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
@@ -71,7 +72,8 @@ class Writer(threading.Thread):
         if isinstance(self._error, StoreError):
             raise self._error
         if self._error is not None:
-            raise StoreError(f"cannot open the store at {self._where}: {self._error}")
+            raise StoreError(f"cannot open the store at {self._where}: {self._error}; "
+                             f"check {SETTING}")
 
     def enqueue(self, job: Job) -> None:
         """Queue a job from its own event loop.
