@@ -151,14 +151,15 @@ def announce(bridge: Bridge) -> None:
 
 
 def slow_lease(settings: Settings) -> str | None:
-    """Why a long `[delivery] lease` delays recovery; for the start-up log and check."""
+    """Why a long `[delivery] lease` delays recovery from a hung worker; for logs and check."""
     lease = settings.delivery.lease.total_seconds()
     if lease <= SLOW_TAKEOVER:
         return None
     # The first release's example file set 120s, when a lease had to outlast the slowest call.
-    return (f"delivery.lease is {lease:g}s: after a crash, a conversation waits that long before"
-            " another worker takes over. Live workers renew their leases, so the default 15s is"
-            " safe however slow a destination is: remove `lease` from [delivery] to use it")
+    return (f"delivery.lease is {lease:g}s: a worker that hangs (its process alive but stuck)"
+            " holds its conversations that long before another takes over; a crashed one is"
+            " taken over at once. Live workers renew their leases, so the default 15s is safe"
+            " however slow a destination is: remove `lease` from [delivery] to use it")
 
 
 def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:

@@ -164,11 +164,11 @@ def test_check_warns_about_the_example_tokens(capsys):
 @pytest.mark.parametrize(("lease", "warned"), [("120s", True), ("30s", False), (None, False)])
 def test_check_warns_that_the_first_release_lease_slows_recovery(
         lease, warned, make_settings, tmp_path, capsys, caplog):
-    """The first release's example set lease = "120s"; kept, a crash costs two minutes."""
+    """The first release's example set lease = "120s"; kept, a hung worker costs two minutes."""
     settings = make_settings({"delivery": {"lease": lease}} if lease else None)
     assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
     out = capsys.readouterr().out
-    assert ("delivery.lease: WARNING: 120s: after a crash, a conversation waits that long"
+    assert ("delivery.lease: WARNING: 120s: a worker that hangs (its process alive but stuck)"
             in out) is warned
     assert ("remove `lease` from [delivery]" in out) is warned
     caplog.set_level("WARNING", "bridge")
