@@ -311,3 +311,21 @@ async def test_an_event_that_cannot_be_stored_fails_alone_not_its_group(replicas
     assert isinstance(outcomes[1], StoreError) and "null value" in str(outcomes[1])
     assert [outcomes[0].status, outcomes[2].status] == ["accepted", "accepted"]  # type: ignore[union-attr]
     assert query(postgres_url, "SELECT COUNT(*) FROM events") == [(2,)]
+
+
+async def test_a_store_of_the_previous_version_upgrades_in_place(postgres_url):
+    """A version-7 store (no record of settings in use) keeps its events and gains the table."""
+    older = PostgresStore(postgres_url)
+    await older.accept(new_event("k1"), NOW, 600)
+    await older.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE settings_in_use")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+    store = PostgresStore(postgres_url)
+    try:
+        await store.open()
+        assert (await store.info()).schema_version == 8
+        assert await store.settings_in_use() == []
+        assert [row.status for row in await store.deliveries()] == ["pending"]
+    finally:
+        await store.close()

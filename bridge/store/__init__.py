@@ -18,6 +18,7 @@ from bridge.store.protocols import (
     QueuedBehind,
     QueueStats,
     ReplyIntake,
+    SettingsRecords,
     Store,
     Transcripts,
 )
@@ -40,6 +41,7 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
+from bridge.store.settings_in_use import SettingsInUse
 from bridge.store.url import sqlite_path, store_scheme
 
 __all__ = [
@@ -47,7 +49,7 @@ __all__ = [
     "ConversationLinks", "ConversationRecord", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
     "DeliveryStore", "Echo", "Echoes", "EventIntake", "FollowUp", "Housekeeping", "Lease",
     "NewEvent", "Operations", "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake",
-    "RetryKind", "Store", "StoreInfo",
+    "RetryKind", "SettingsInUse", "SettingsRecords", "Store", "StoreInfo",
     "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",
 ]
 

@@ -7,6 +7,7 @@
     Transcripts        a conversation's messages, oldest first
     Echoes             replies sent from Slack, recognised when SiteGPT sends them back
     Operations         the operator commands: list, retry, stats, prune, backup, info
+    SettingsRecords    which settings each running process uses, for the commands to compare
 
 Every change to a claimed delivery names its Lease and is refused (False) once the lease
 has passed to someone else: a worker that lost its lease can never overwrite another's result.
@@ -35,6 +36,7 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
+from bridge.store.settings_in_use import SettingsInUse
 
 
 class EventIntake(Protocol):
@@ -154,7 +156,21 @@ class Operations(QueueStats, Housekeeping, Protocol):
     async def info(self) -> StoreInfo: ...
 
 
-class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Protocol):
+class SettingsRecords(Protocol):
+    async def record_settings(self, in_use: SettingsInUse) -> None:
+        """Replace what this process (in_use.process) recorded of its settings."""
+        ...
+
+    async def settings_in_use(self) -> list[SettingsInUse]:
+        """What every running process recorded, oldest load first."""
+        ...
+
+    async def forget_settings(self, process: str) -> None:
+        """The process stops: its record goes."""
+        ...
+
+
+class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, SettingsRecords, Protocol):
     """A whole backend, as open_store() returns it."""
 
     async def close(self) -> None: ...

@@ -20,7 +20,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy, StoreError
-from bridge.store.postgres import conversations, intake, migrate, operations, queue
+from bridge.store.postgres import (
+    conversations,
+    intake,
+    migrate,
+    operations,
+    queue,
+    settings_in_use,
+)
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.store.postgres.groups import AcceptGroups
 from bridge.store.postgres.schema import MIGRATIONS
@@ -44,6 +51,7 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
+from bridge.store.settings_in_use import SettingsInUse
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[Any]
@@ -301,6 +309,17 @@ class PostgresStore:
 
     async def backup(self, target: Path) -> Backup:
         raise StoreError(pg_dump_advice(self.url, target))
+
+    # SettingsRecords
+
+    async def record_settings(self, in_use: SettingsInUse) -> None:
+        await self._run(lambda conn: settings_in_use.record(conn, in_use))
+
+    async def settings_in_use(self) -> list[SettingsInUse]:
+        return await self._run(settings_in_use.read_all)
+
+    async def forget_settings(self, process: str) -> None:
+        await self._run(lambda conn: settings_in_use.forget(conn, process))
 
     # Slack's shared pace
 

@@ -27,7 +27,8 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
-from bridge.store.sqlite import conversations, operations, queue
+from bridge.store.settings_in_use import SettingsInUse
+from bridge.store.sqlite import conversations, operations, queue, settings_in_use
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.writer import Job, Write, Writer
 
@@ -190,6 +191,17 @@ class SQLiteStore:
     async def info(self) -> StoreInfo:
         version = await self._run(schema_version)
         return StoreInfo("sqlite", str(self.path), version)
+
+    # SettingsRecords
+
+    async def record_settings(self, in_use: SettingsInUse) -> None:
+        await self._run(lambda conn: settings_in_use.record(conn, in_use))
+
+    async def settings_in_use(self) -> list[SettingsInUse]:
+        return await self._run(settings_in_use.read_all)
+
+    async def forget_settings(self, process: str) -> None:
+        await self._run(lambda conn: settings_in_use.forget(conn, process))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
