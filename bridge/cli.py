@@ -21,12 +21,15 @@ from bridge.app import (
     open_store_now,
     slow_lease,
 )
+from bridge.config import resolve_config_path
 from bridge.destinations import REGISTRY, status_lines, unfinished_lines
+from bridge.drift import settings_drift
 from bridge.errors import BridgeError, ConfigError, DeliveryError, StoreError
 from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
 from bridge.rejections import sum_up_all
+from bridge.reload import reloading
 from bridge.server import BridgeServer, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
@@ -50,6 +53,7 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
     bridge = open_bridge(settings)
+    bridge.settings_path = resolve_config_path(args.config)[0]
     migrate_now = getattr(bridge.store, "migrate_now", None)
     if migrate_now is not None:  # PostgreSQL: unreachable or too new stops here, in one line
         asyncio.run(migrate_now())
@@ -66,12 +70,13 @@ def serve(args: argparse.Namespace) -> int:
 @command("worker", "deliver pending events, without serving webhooks")
 def worker(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
-    asyncio.run(_run_worker(settings))
+    asyncio.run(_run_worker(settings, resolve_config_path(args.config)[0]))
     return 0
 
 
-async def _run_worker(settings: Settings) -> None:
+async def _run_worker(settings: Settings, settings_path: Path | None = None) -> None:
     bridge = open_bridge(settings)
+    bridge.settings_path = settings_path
     await open_store_now(bridge)
     announce(bridge)
     stop = asyncio.Event()
@@ -79,7 +84,8 @@ async def _run_worker(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bridge.start_worker()
-    await stop.wait()
+    async with reloading(bridge, "worker"):
+        await stop.wait()
     log.info("worker stopping")
     await bridge.close()
     log.info("worker stopped")
@@ -91,10 +97,10 @@ async def _run_worker(settings: Settings) -> None:
 def check(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     print(json.dumps(settings.model_dump(mode="json"), indent=2, ensure_ascii=False))
-    return asyncio.run(_check_destinations(settings))
+    return asyncio.run(_check_destinations(settings, args.config))
 
 
-async def _check_destinations(settings: Settings) -> int:
+async def _check_destinations(settings: Settings, config: str | None = None) -> int:
     bridge = open_bridge(settings, check_templates=False, upgrade_store=False)
     redact = Redactor.for_settings(settings)
     problems = 0
@@ -116,6 +122,8 @@ async def _check_destinations(settings: Settings) -> int:
             print(line)
         info = await bridge.store.info()
         print(f"store: {info.backend} at {info.location}, schema version {info.schema_version}")
+        for line in await settings_drift(settings, bridge.store, config):
+            print(line)
         for name in settings.example_tokens_in_use():
             print(f"webhooks.{name}: WARNING: still the example token from settings.example.toml")
         slow = slow_lease(settings)

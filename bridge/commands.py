@@ -23,6 +23,7 @@ import httpx
 
 from bridge.destinations import REGISTRY, build_destinations, off_hint, templates_for
 from bridge.destinations.base import Destination, sample_renderer
+from bridge.drift import say_drift
 from bridge.errors import BridgeError, TemplateError
 from bridge.events import (
     MODELS,
@@ -229,6 +230,7 @@ async def send_test(settings: Settings, args: argparse.Namespace) -> int:
     sample = args.sample or TEST_SAMPLES[endpoint]
     body = _test_body(endpoint, sample)
     url = args.url or webhook_url(settings.server, endpoint)
+    await say_drift(settings, args.config)
     print(f"POST {url} (sample {sample})")
     try:
         async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as client:
@@ -375,6 +377,7 @@ async def retry(settings: Settings, args: argparse.Namespace) -> int:
     if args.destination and not args.failed:
         raise UsageError("--destination goes with --failed")
     async with _store(settings) as store:
+        await say_drift(settings, args.config, store)
         if args.ids:
             count = await _retry_ids(store, args.ids)
         else:
