@@ -210,14 +210,17 @@ class Reloader:
                 log.exception("reloading the settings failed; the bridge keeps those it has")
 
     async def _watch_settings(self) -> None:
-        # The folder, not the file: editors and Kubernetes replace a file rather than write it.
-        async for _ in awatch(self.path.parent, watch_filter=self._is_settings_file,
-                              recursive=False, debounce=self.watch.debounce_ms,
-                              step=self.watch.step_ms, stop_event=self._stopping):
+        # Folders, not the file: editors and Kubernetes replace a file rather than write it,
+        # and a symlinked file changes where it points to.
+        folders = {self.path.parent.resolve(), self.path.resolve().parent}
+        async for _ in awatch(*folders, watch_filter=self._is_settings_file, recursive=False,
+                              debounce=self.watch.debounce_ms, step=self.watch.step_ms,
+                              stop_event=self._stopping):
             self.request()
 
     def _is_settings_file(self, change: Change, path: str) -> bool:
-        return Path(path).name == self.path.name or self.path.is_symlink()
+        names = {self.path.name, self.path.resolve().name}
+        return Path(path).name in names or self.path.is_symlink()
 
     async def _watch_templates(self) -> None:
         while not self._stopping.is_set():

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 from bridges import query
 from conftest import TOKENS
 from fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from servers import BridgeProcess
+from servers import BridgeProcess, clean_environ
 
 from bridge.cli import main
+from bridge.fingerprint import differing, section_hashes
+from bridge.reload import keep_restart_only
 from bridge.samples import load_sample
 
 T = TypeVar("T")
@@ -172,3 +177,75 @@ def test_a_new_host_waits_for_a_restart_while_the_rest_applies(
     assert f"the running bridge (serve, pid {bridge.process.pid}, loaded at " in err  # type: ignore[union-attr]
     assert f"uses other settings than {config} on disk: server" in err
 
+
+
+def test_a_call_in_flight_finishes_on_the_settings_it_started_with(make_settings, tmp_path, fake):
+    make_settings(slack(fake, "C_OLD"))
+    with BridgeProcess(tmp_path / "settings.toml", cwd=tmp_path) as bridge:
+        fake.answer_late(2.0)  # the thread's parent is posted, its answer kept back meanwhile
+        post_message(bridge, "t1", "slow")
+        eventually(lambda: channels(fake) == ["C_OLD"], "the call in flight")
+
+        make_settings(slack(fake, "C_NEW"))
+        eventually(lambda: "settings reloaded" in bridge.log, "the reload")
+        assert texts(fake) == []  # the reload did not wait for the call, nor cut it short
+        eventually(lambda: texts(fake) == ["Visitor: slow"], "the rest of the delivery")
+        assert channels(fake) == ["C_OLD"]
+        assert '"outcome": "retry"' not in bridge.log
+
+
+def test_a_separate_worker_reloads_its_own_settings(make_settings, tmp_path, fake):
+    config = tmp_path / "settings.toml"
+    make_settings(slack(fake, "C_OLD"))
+    with BridgeProcess(config, cwd=tmp_path, args=["--no-worker"]) as web, \
+            WorkerProcess(config, tmp_path) as worker:
+        post_message(web, "t1")
+        eventually(lambda: channels(fake) == ["C_OLD"], "the first message in C_OLD")
+        make_settings(slack(fake, "C_NEW"))
+        eventually(lambda: "settings reloaded" in worker.log, "the worker's reload")
+        post_message(web, "t2")
+        eventually(lambda: channels(fake) == ["C_OLD", "C_NEW"], "the next message in C_NEW")
+        assert "settings reloaded" in web.log  # each process reloads on its own
+
+
+class WorkerProcess:
+    """`python -m bridge worker` as a child process, its log kept in a file."""
+
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.log_path = cwd / "worker.log"
+        self.command = [sys.executable, "-m", "bridge", "worker", "--config", str(config)]
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=clean_environ(),
+                                            stdout=log, stderr=subprocess.STDOUT)
+        eventually(lambda: "worker started" in self.log, "the worker to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(DEADLINE)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.mark.parametrize(("change", "pending"), [
+    ({"server": {"port": 9999}}, ["server.port"]),
+    ({"server": {"host": "0.0.0.0", "max_body_bytes": 4096}}, ["server.host"]),
+    ({"store": {"pool_size": 3, "retention_days": 7}}, ["store.pool_size"]),
+    ({"log": {"format": "text", "level": "DEBUG"}}, ["log.format"]),
+    ({"delivery": {"concurrency": 2}}, []),
+])
+def test_what_cannot_change_live_is_kept_and_named(make_settings, change, pending):
+    running = make_settings()
+    wanted = make_settings(change)
+    kept, named = keep_restart_only(running, wanted)
+    assert named == pending
+    assert differing(section_hashes(kept), section_hashes(running)) == [
+        section for section in change
+        if any(f"{section}.{key}" not in pending for key in change[section])]
