@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ class Bridge(Protocol):
 class Watch:
     """How quickly a change is noticed: watchfiles' debounce and step, in milliseconds."""
 
-    debounce_ms: int = 300  # an editor's save is several writes: read the file once after
+    # A save is often several writes (truncate, write, rename): a batch of changes ends after
+    # `step_ms` without a new one, or at `debounce_ms`, and the file is read once after it.
+    debounce_ms: int = 300
     step_ms: int = 50
 
 
@@ -157,6 +160,7 @@ class Reloader:
         hashes = section_hashes(settings)
         changed = differing(self.hashes, hashes)
         if changed:
+            started = time.perf_counter()
             try:
                 parts = await self.bridge.prepare(settings)
             except ConfigError as exc:
@@ -166,7 +170,8 @@ class Reloader:
             redact = Redactor(self._secrets)
             self.bridge.apply(parts, redact)
             _log_with(settings, redact)
-            log.info("settings reloaded from %s: %s changed", self.path, ", ".join(changed))
+            log.info("settings reloaded from %s: %s changed (checked and applied in %.2f s)",
+                     self.path, ", ".join(changed), time.perf_counter() - started)
             self._moved(self.hashes, hashes)
             self.hashes, self.loaded_at = hashes, self.bridge.clock.now()
         if changed or self.rejected:
