@@ -15,11 +15,12 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from watchfiles import Change, awatch
@@ -94,11 +95,13 @@ def one_line(exc: ConfigError) -> str:
     return "; ".join([str(exc), *problems])
 
 
-def keep_restart_only(running: Settings, wanted: Settings) -> tuple[Settings, list[str]]:
+def keep_restart_only(running: Settings, wanted: Settings,
+                      restart_only: dict[str, tuple[str, ...]] = RESTART_ONLY,
+                      ) -> tuple[Settings, list[str]]:
     """`wanted` with the settings that cannot change live kept as running; those, named."""
     kept: dict[str, BaseModel] = {}
     pending: list[str] = []
-    for section, keys in RESTART_ONLY.items():
+    for section, keys in restart_only.items():
         old, new = getattr(running, section), getattr(wanted, section)
         changed = [key for key in keys if getattr(old, key) != getattr(new, key)]
         if changed:
@@ -126,12 +129,14 @@ class Reloader:
     async def start(self) -> None:
         await self._record()
         self._tasks = [asyncio.create_task(self._reload_when_asked(), name="reload"),
-                       asyncio.create_task(self._watch_settings(), name="watch-settings"),
-                       asyncio.create_task(self._watch_templates(), name="watch-templates")]
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
+                       asyncio.create_task(_watching(self._watch_settings()), name="watch"),
+                       asyncio.create_task(_watching(self._watch_templates()), name="watch")]
+        if _main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
 
     async def stop(self) -> None:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if _main_thread():
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self._stopping.set()
         self._templates_moved.set()
         for task in self._tasks:
@@ -155,32 +160,43 @@ class Reloader:
         except ConfigError as exc:
             await self._refuse(exc)
             return False
-        settings, pending = keep_restart_only(self.bridge.settings, wanted)
+        settings, pending = keep_restart_only(self.bridge.settings, wanted, self._restart_only())
         self._say_restart(pending)
         hashes = section_hashes(settings)
-        changed = differing(self.hashes, hashes)
-        if changed:
-            started = time.perf_counter()
+        if changed := differing(self.hashes, hashes):
             try:
-                parts = await self.bridge.prepare(settings)
+                await self._apply(settings, hashes, changed)
             except ConfigError as exc:
                 await self._refuse(exc)
                 return False
-            self._secrets |= set(secrets_of(settings))
-            redact = Redactor(self._secrets)
-            self.bridge.apply(parts, redact)
-            _log_with(settings, redact)
-            log.info("settings reloaded from %s: %s changed (checked and applied in %.2f s)",
-                     self.path, ", ".join(changed), time.perf_counter() - started)
-            self._moved(self.hashes, hashes)
-            self.hashes, self.loaded_at = hashes, self.bridge.clock.now()
         if changed or self.rejected:
             self.rejected = self.rejected_at = None
             await self._record()
         return True
 
+    async def _apply(self, settings: Settings, hashes: dict[str, str], changed: list[str]) -> None:
+        started = time.perf_counter()
+        parts = await self.bridge.prepare(settings)
+        self._secrets |= set(secrets_of(settings))
+        self.bridge.apply(parts, self._redact())
+        _log_with(settings, self._redact())
+        log.info("settings reloaded from %s: %s changed (checked and applied in %.2f s)",
+                 self.path, ", ".join(changed), time.perf_counter() - started)
+        if self.hashes.get("templates") != hashes.get("templates"):  # a new [templates] dir
+            self._templates_moved.set()
+        self.hashes, self.loaded_at = hashes, self.bridge.clock.now()
+
+    def _restart_only(self) -> dict[str, tuple[str, ...]]:
+        """A worker binds no port: its [server] keys change freely."""
+        return {section: keys for section, keys in RESTART_ONLY.items()
+                if section != "server" or self.role != "worker"}
+
+    def _redact(self) -> Redactor:
+        """Masks every secret this process has known: a replaced token stays secret."""
+        return Redactor(self._secrets)
+
     async def _refuse(self, exc: ConfigError) -> None:
-        reason = one_line(exc)
+        reason = self._redact()(one_line(exc))  # it is kept in the store too
         if reason != self.rejected:  # one error per bad edit, however often it is read
             log.error("settings not applied, the bridge keeps running on those it has: %s",
                       reason, extra={"outcome": "rejected"})
@@ -192,10 +208,6 @@ class Reloader:
             log.warning("restart to apply: %s (kept as the bridge started with; the rest of %s"
                         " applies now)", ", ".join(pending), self.path)
         self._restart_pending = pending
-
-    def _moved(self, old: dict[str, str], new: dict[str, str]) -> None:
-        if old.get("templates") != new.get("templates"):  # [templates] dir: watch the new one
-            self._templates_moved.set()
 
     async def _record(self) -> None:
         in_use = SettingsInUse(process_id(), self.role, fingerprint(self.hashes), self.loaded_at,
@@ -237,6 +249,19 @@ class Reloader:
             async for _ in awatch(folder, debounce=self.watch.debounce_ms,
                                   step=self.watch.step_ms, stop_event=self._templates_moved):
                 self.request()
+
+
+async def _watching(watch: Coroutine[Any, Any, None]) -> None:
+    try:
+        await watch
+    except (OSError, RuntimeError) as exc:  # a folder gone or unreadable: SIGHUP still works
+        log.warning("cannot watch the settings for changes any more: %s; send SIGHUP after an"
+                    " edit, or restart", exc)
+
+
+def _main_thread() -> bool:
+    """Signal handlers can be set from the main thread only (a test may serve in another)."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def _log_with(settings: Settings, redact: Redactor) -> None:
