@@ -31,6 +31,7 @@ from bridge.destinations.base import Destination
 from bridge.destinations.shared import Shared
 from bridge.errors import ConfigError, StoreError
 from bridge.fingerprint import differing, fingerprint, section_hashes
+from bridge.metrics import Metrics
 from bridge.redact import RedactingFilter, Redactor, secrets_of
 from bridge.settings import Settings
 from bridge.store import SettingsInUse, SettingsRecords
@@ -61,6 +62,7 @@ class Bridge(Protocol):
     settings: Settings
     settings_path: Path | None
     clock: Clock
+    metrics: Metrics
 
     @property
     def store(self) -> SettingsRecords: ...
@@ -210,6 +212,7 @@ class Reloader:
         self._restart_pending = pending
 
     async def _record(self) -> None:
+        self.bridge.metrics.settings(self.rejected is None, self.loaded_at)
         in_use = SettingsInUse(process_id(), self.role, fingerprint(self.hashes), self.loaded_at,
                                self.hashes, self.rejected, self.rejected_at)
         try:

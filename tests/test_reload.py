@@ -26,6 +26,7 @@ T = TypeVar("T")
 DEADLINE = 20.0
 VISITOR = "default:slack/message_visitor.json.j2"
 REFUSED_AT = "SELECT rejected_at FROM settings_in_use"
+REFUSED_METRIC = "sitegpt_bridge_settings_last_reload_successful"
 
 
 def slack(fake: FakeSlack, channel: str) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def test_a_new_channel_takes_the_next_message_without_a_restart(make_settings, t
         eventually(lambda: channels(fake) == ["C_OLD", "C_NEW"], "the next message in C_NEW")
         assert bridge.process is not None and bridge.process.poll() is None
         assert f"settings reloaded from {tmp_path / 'settings.toml'}: slack changed" in bridge.log
+        assert f"{REFUSED_METRIC} 1.0" in httpx.get(f"{bridge.url}/metrics").text
 
 
 def test_an_edited_template_shapes_the_next_message(make_settings, tmp_path, fake):
@@ -106,6 +108,7 @@ def test_an_invalid_edit_keeps_the_old_settings_and_logs_one_error(make_settings
         post_message(bridge, "t1")
         eventually(lambda: channels(fake) == ["C_OLD"], "the message in the old channel")
         assert httpx.get(f"{bridge.url}/readyz").json() == {"status": "ready"}
+        assert f"{REFUSED_METRIC} 0.0" in httpx.get(f"{bridge.url}/metrics").text
         [(first,)] = query(db, REFUSED_AT)
         config.write_text(config.read_text() + "\n")  # read again, still as wrong
         eventually(lambda: query(db, REFUSED_AT)[0][0] > first, "the second refusal")
