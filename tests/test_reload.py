@@ -176,7 +176,10 @@ def test_a_new_host_waits_for_a_restart_while_the_rest_applies(
         assert "restart to apply: server.host" in bridge.log
 
         assert main(["retry", "--failed", "--config", str(config)]) == 0
+        assert main(["send-test", "messages", "--url", f"{bridge.url}/webhooks/messages",
+                     "--config", str(config)]) == 0
     err = capsys.readouterr().err
+    assert err.count("uses other settings") == 2  # retry's line, then send-test's
     assert f"the running bridge (serve, pid {bridge.process.pid}, loaded at " in err  # type: ignore[union-attr]
     assert f"uses other settings than {config} on disk: server" in err
 
