@@ -60,7 +60,10 @@ async def _close_after(in_flight: list[asyncio.Task[None]],
     """Close destinations replaced by a reload once the calls that use them have ended."""
     if in_flight:
         await asyncio.wait(in_flight)
-    await close_destinations(destinations)
+    try:
+        await close_destinations(destinations)
+    except Exception:  # the new ones serve already: a client that closes badly is only noted
+        log.exception("closing the destinations replaced by a settings change failed")
 
 
 @dataclass
@@ -78,8 +81,8 @@ class Bridge:
     clock: Clock
     worker: Worker
     metrics: Metrics = field(default_factory=Metrics)
-    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     settings_path: Path | None = None  # the file serve and worker watch, if any
+    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _on_change: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _retiring: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
@@ -105,6 +108,7 @@ class Bridge:
         self.destinations = parts.destinations
         self.metrics.expect_destinations(list(parts.destinations))
         in_flight = self.worker.use(parts.destinations, parts.settings.delivery, redact)
+        self._retiring = [task for task in self._retiring if not task.done()]
         self._retiring.append(asyncio.create_task(
             _close_after(in_flight, retired.values()), name="close-old-destinations"))
         for changed in self._on_change:
