@@ -99,6 +99,20 @@ def test_an_edited_template_shapes_the_next_message(make_settings, tmp_path, fak
         eventually(lambda: texts(fake) == ["First: one", "Second: two"], "the edited text")
 
 
+def test_a_templates_folder_set_while_running_is_used_and_watched(make_settings, tmp_path, fake):
+    folder = tmp_path / "my-templates"
+    visitor_template(folder, "First: ")
+    make_settings(slack(fake, "C1"))
+    with BridgeProcess(tmp_path / "settings.toml", cwd=tmp_path) as bridge:
+        make_settings({**slack(fake, "C1"), "templates": {"dir": str(folder)}})
+        eventually(lambda: "templates, template files changed" in bridge.log, "the reload")
+        visitor_template(folder, "Second: ")
+        eventually(lambda: bridge.log.count("template files changed") == 2,
+                   "the reload from the newly watched folder")
+        post_message(bridge, "t1", "one")
+        eventually(lambda: texts(fake) == ["Second: one"], "the edited text")
+
+
 def test_an_invalid_edit_keeps_the_old_settings_and_logs_one_error(make_settings, tmp_path, fake):
     config = tmp_path / "settings.toml"
     db = make_settings(slack(fake, "C_OLD")).store.sqlite_path
