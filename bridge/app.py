@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 import bridge.plugins  # noqa: F401  (registers the destinations)
 from bridge.clock import Clock, SystemClock
@@ -25,23 +27,52 @@ from bridge.destinations import (
 from bridge.destinations.base import Destination
 from bridge.destinations.plugin import Inbound
 from bridge.destinations.shared import Shared
+from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.redact import Redactor
+from bridge.reload import Parts, reloading
 from bridge.retention import keep_pruning
 from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.template_check import require_templates
 from bridge.templating import Templates
-from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, build_app
+from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, app_routes
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge")
 SLOW_TAKEOVER = 30.0
 
 
+def build_parts(settings: Settings, clock: Clock, metrics: Metrics) -> Parts:
+    """The templates and destinations of these settings, each with its own clients."""
+    templates = templates_for(settings)
+    shared = Shared(settings, clock, metrics)
+    return Parts(settings, templates, build_destinations(settings, templates, shared), shared)
+
+
+async def close_destinations(destinations: Iterable[Destination]) -> None:
+    for destination in destinations:
+        await destination.aclose()
+
+
+async def _close_after(in_flight: list[asyncio.Task[None]],
+                       destinations: Iterable[Destination]) -> None:
+    """Close destinations replaced by a reload once the calls that use them have ended."""
+    if in_flight:
+        await asyncio.wait(in_flight)
+    try:
+        await close_destinations(destinations)
+    except Exception:  # the new ones serve already: a client that closes badly is only noted
+        log.exception("closing the destinations replaced by a settings change failed")
+
+
 @dataclass
 class Bridge:
-    """A running bridge's parts, opened together and closed together."""
+    """A running bridge's parts, opened together and closed together.
+
+    `settings`, `templates` and `destinations` change together when the settings file does
+    (bridge.reload): whatever reads them reads them per call.
+    """
 
     settings: Settings
     store: Store
@@ -50,8 +81,49 @@ class Bridge:
     clock: Clock
     worker: Worker
     metrics: Metrics = field(default_factory=Metrics)
+    settings_path: Path | None = None  # the file serve and worker watch, if any
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _on_change: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _retiring: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+
+    async def prepare(self, settings: Settings) -> Parts:
+        """Build and check what these settings need, as at start-up; ConfigError if they fail."""
+        parts = build_parts(settings, self.clock, self.metrics)
+        try:
+            require_templates(parts.templates, parts.destinations)
+        except ConfigError:
+            await close_destinations(parts.destinations.values())
+            raise
+        share_store(self.store, parts.shared)
+        return parts
+
+    def apply(self, parts: Parts, redact: Redactor) -> None:
+        """Swap the new parts in at once, for the next call of the worker and the receivers.
+
+        The old destinations are closed once the calls in flight on them have ended.
+        """
+        old, retired = self.settings, self.destinations
+        self.settings, self.templates = parts.settings, parts.templates
+        self.destinations = parts.destinations
+        self.metrics.expect_destinations(list(parts.destinations))
+        in_flight = self.worker.use(parts.destinations, parts.settings.delivery, redact)
+        self._retiring = [task for task in self._retiring if not task.done()]
+        self._retiring.append(asyncio.create_task(
+            _close_after(in_flight, retired.values()), name="close-old-destinations"))
+        for changed in self._on_change:
+            changed()
+        if old.store.retention_days != parts.settings.store.retention_days:
+            self._restart_retention()
+
+    def _restart_retention(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            self.start_retention()
+
+    def on_change(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after each swap (the app rebuilds its routes)."""
+        self._on_change.append(changed)
 
     def endpoints(self) -> list[Endpoint]:
         hooks = self.settings.webhooks
@@ -85,8 +157,8 @@ class Bridge:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker_task
-        for destination in self.destinations.values():
-            await destination.aclose()
+        await asyncio.gather(*self._retiring)
+        await close_destinations(self.destinations.values())
         await self.store.close()
 
 
@@ -99,17 +171,16 @@ def open_bridge(settings: Settings, clock: Clock | None = None,
     `check` passes upgrade_store=False: an older store is refused, not migrated by it.
     """
     clock = clock or SystemClock()
-    templates = templates_for(settings)
     metrics = with_plugin_metrics(Metrics(list(ENDPOINT_KINDS)))
-    shared = Shared(settings, clock, metrics)
-    destinations = build_destinations(settings, templates, shared)
+    parts = build_parts(settings, clock, metrics)
+    templates, destinations = parts.templates, parts.destinations
     metrics.expect_destinations(list(destinations))
     if check_templates:
         require_templates(templates, destinations)
     store = open_store(settings.store.url, settings.store.synchronous,
                        settings.store.commit_timeout_seconds, clock,
                        pool_size=settings.store.pool_size, upgrade=upgrade_store)
-    share_store(store, shared)
+    share_store(store, parts.shared)
     worker = Worker(store, destinations, settings.delivery, clock, metrics=metrics,
                     redact=Redactor.for_settings(settings))
     return Bridge(settings, store, templates, destinations, clock, worker, metrics)
@@ -163,7 +234,11 @@ def slow_lease(settings: Settings) -> str | None:
 
 
 def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
-    """The ASGI app; its lifespan runs the worker (unless told not to) and closes the bridge."""
+    """The ASGI app; its lifespan runs the worker (unless told not to) and closes the bridge.
+
+    With a settings file to watch, it also applies changes to it while running: the routes
+    are rebuilt from the new settings, and a request under way finishes on the old ones.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -173,22 +248,30 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
             bridge.start_worker()
         bridge.start_retention()
         try:
-            yield
+            async with reloading(bridge, "serve" if run_worker else "serve --no-worker"):
+                yield
         finally:
             await bridge.close()
 
+    app = Starlette(routes=_routes(bridge), lifespan=lifespan)
+    bridge.on_change(lambda: setattr(app.router, "routes", _routes(bridge)))
+    app.state.bridge = bridge
+    return app
+
+
+def _routes(bridge: Bridge) -> list[BaseRoute]:
+    """SiteGPT's webhooks, the plugins' inbound routes, the probes, of the current settings."""
+    settings = bridge.settings
     receiver = SiteGPTReceiver(
         store=bridge.store,
         clock=bridge.clock,
-        max_body_bytes=bridge.settings.server.max_body_bytes,
-        dedup_window=float(bridge.settings.store.dedup_window_seconds),
+        max_body_bytes=settings.server.max_body_bytes,
+        dedup_window=float(settings.store.dedup_window_seconds),
         on_accept=bridge.worker.wake,
         metrics=bridge.metrics,
     )
-    token = bridge.settings.server.metrics_token
+    token = settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    inbound = inbound_routes(Inbound(bridge.settings, bridge.store, bridge.clock,
+    inbound = inbound_routes(Inbound(settings, bridge.store, bridge.clock,
                                      bridge.worker.wake, bridge.metrics))
-    app = build_app(receiver, bridge.endpoints(), lifespan, inbound, metrics_token)
-    app.state.bridge = bridge
-    return app
+    return app_routes(receiver, bridge.endpoints(), inbound, metrics_token)

@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.app import Bridge, slow_lease
 from bridge.destinations import REGISTRY, status_lines, unfinished_lines
+from bridge.drift import settings_drift
 from bridge.errors import DeliveryError, StoreError
 from bridge.redact import Redactor
 from bridge.settings import Settings
@@ -58,7 +59,16 @@ async def verdicts(settings: Settings, path: Path, bridge: Bridge) -> list[Verdi
     found += template_verdicts(bridge, settings)
     found += await destination_verdicts(bridge, settings)
     found += [await store_verdict(bridge, settings)]
+    found += await drift_verdicts(bridge, settings, path)
     return found
+
+
+async def drift_verdicts(bridge: Bridge, settings: Settings, path: Path) -> list[Verdict]:
+    """Each running bridge that does not use these settings: it was not told, or refused them."""
+    fix = ("fix the file (the bridge reloads it by itself), or restart the bridge for keys "
+           "that need it")
+    return [warning("running", line, fix)
+            for line in await settings_drift(settings, bridge.store, str(path))]
 
 
 def settings_verdicts(settings: Settings, path: Path) -> list[Verdict]:

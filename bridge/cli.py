@@ -28,6 +28,7 @@ from bridge.logs import configure_logging, flush_logs
 from bridge.redact import RedactingFilter, Redactor
 from bridge.registry import COMMANDS, command, command_settings
 from bridge.rejections import sum_up_all
+from bridge.reload import reloading
 from bridge.server import BridgeServer, listening_socket, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
@@ -50,11 +51,14 @@ def _settings(args: argparse.Namespace, background: bool = False) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
     with listening_socket(settings.server) as listening:  # a taken port stops it before all else
-        return _serve(settings, listening, run_worker=not args.no_worker)
+        return _serve(settings, listening, resolve_config_path(args.config)[0],
+                      run_worker=not args.no_worker)
 
 
-def _serve(settings: Settings, listening: socket.socket, run_worker: bool) -> int:
+def _serve(settings: Settings, listening: socket.socket, settings_path: Path,
+           run_worker: bool) -> int:
     bridge = open_bridge(settings)
+    bridge.settings_path = settings_path
     # PostgreSQL: unreachable or too new stops here, in one line
     asyncio.run(bridge.store.migrate_now())
     app = create_app(bridge, run_worker=run_worker)
@@ -70,12 +74,13 @@ def _serve(settings: Settings, listening: socket.socket, run_worker: bool) -> in
 @command("worker", "deliver pending events, without serving webhooks")
 def worker(args: argparse.Namespace) -> int:
     settings = _settings(args, background=True)
-    asyncio.run(_run_worker(settings))
+    asyncio.run(_run_worker(settings, resolve_config_path(args.config)[0]))
     return 0
 
 
-async def _run_worker(settings: Settings) -> None:
+async def _run_worker(settings: Settings, settings_path: Path | None = None) -> None:
     bridge = open_bridge(settings)
+    bridge.settings_path = settings_path
     await open_store_now(bridge)
     announce(bridge)
     stop = asyncio.Event()
@@ -83,7 +88,8 @@ async def _run_worker(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bridge.start_worker()
-    await stop.wait()
+    async with reloading(bridge, "worker"):
+        await stop.wait()
     log.info("worker stopping")
     await bridge.close()
     log.info("worker stopped")

@@ -24,6 +24,7 @@ import httpx
 
 from bridge.destinations import REGISTRY, build_destinations, off_hint, templates_for
 from bridge.destinations.base import Destination, sample_renderer
+from bridge.drift import say_drift
 from bridge.errors import BridgeError, TemplateError
 from bridge.events import (
     MODELS,
@@ -248,6 +249,7 @@ async def send_test(settings: Settings, args: argparse.Namespace) -> int:
     test_id = _test_id()
     body = as_new_test(_test_body(endpoint, sample), test_id)
     url = args.url or webhook_url(settings.server, endpoint)
+    await say_drift(settings, args.config)
     print(f"POST {url} (sample {sample} as {test_id})")
     try:
         async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as client:
@@ -414,6 +416,7 @@ async def retry(settings: Settings, args: argparse.Namespace) -> int:
     if args.destination and not args.failed:
         raise UsageError("--destination goes with --failed")
     async with _store(settings) as store:
+        await say_drift(settings, args.config, store)
         if args.ids:
             count = await _retry_ids(store, args.ids)
         else:

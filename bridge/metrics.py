@@ -75,6 +75,14 @@ class Metrics:
         self.oldest_pending = Gauge(
             "sitegpt_bridge_oldest_pending_age_seconds",
             "Age of the oldest delivery still pending (0 when none is).", registry=self.registry)
+        self.settings_applied = Gauge(
+            "sitegpt_bridge_settings_last_reload_successful",
+            "1 when the settings file was applied at its last change, 0 when it was refused.",
+            registry=self.registry)
+        self.settings_applied.set(1)
+        self.settings_loaded = Gauge(
+            "sitegpt_bridge_settings_loaded_timestamp_seconds",
+            "When the settings in use were loaded (Unix time).", registry=self.registry)
         self._seen_waiting: set[str] = set()
         self._owned: dict[str, Any] = {}
         self._queue_read_at: float | None = None
@@ -100,6 +108,11 @@ class Metrics:
                 self.deliveries.labels(destination, outcome)
             for found in RECONCILED.values():
                 self.reconciled_total.labels(destination, found)
+
+    def settings(self, applied: bool, loaded_at: float) -> None:
+        """The settings file was applied (at `loaded_at`) or refused, the old ones kept."""
+        self.settings_applied.set(1 if applied else 0)
+        self.settings_loaded.set(loaded_at)
 
     def webhook(self, endpoint: str, outcome: str) -> None:
         self.webhooks.labels(endpoint, outcome).inc()

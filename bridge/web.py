@@ -131,6 +131,14 @@ def build_app(receiver: SiteGPTReceiver, endpoints: Sequence[Endpoint], lifespan
               extra_routes: Sequence[BaseRoute] = (),
               metrics_token: bytes | None = None) -> Starlette:
     """The ASGI app: three webhook routes, the two health probes, the metrics, `extra_routes`."""
+    return Starlette(routes=app_routes(receiver, endpoints, extra_routes, metrics_token),
+                     lifespan=lifespan)
+
+
+def app_routes(receiver: SiteGPTReceiver, endpoints: Sequence[Endpoint],
+               extra_routes: Sequence[BaseRoute] = (),
+               metrics_token: bytes | None = None) -> list[BaseRoute]:
+    """The app's routes, built anew when the settings are reloaded."""
     routes: list[BaseRoute] = [_webhook_route(receiver, endpoint) for endpoint in endpoints]
     routes += extra_routes
 
@@ -149,9 +157,8 @@ def build_app(receiver: SiteGPTReceiver, endpoints: Sequence[Endpoint], lifespan
                                 503)
         return JSONResponse({"status": "ready"})
 
-    routes += [Route("/healthz", healthz), Route("/readyz", readyz),
-               _metrics_route(receiver, metrics_token)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return [*routes, Route("/healthz", healthz), Route("/readyz", readyz),
+            _metrics_route(receiver, metrics_token)]
 
 
 def _metrics_route(receiver: SiteGPTReceiver, token: bytes | None) -> Route:

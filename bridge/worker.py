@@ -63,6 +63,10 @@ class Backoff:
         ceiling = min(self.cap, self.initial * 2 ** max(attempt - 1, 0))
         return rng.uniform(ceiling / 2, ceiling)
 
+    @classmethod
+    def of(cls, settings: DeliverySettings) -> Backoff:
+        return cls(settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds())
+
 
 @dataclass
 class Recovery:
@@ -111,9 +115,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.redact = redact  # upstreams echo what they were sent: no secret reaches the store
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
-        self.backoff = Backoff(
-            settings.backoff_initial.total_seconds(), settings.backoff_cap.total_seconds()
-        )
+        self.backoff = Backoff.of(settings)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
@@ -121,6 +123,19 @@ class Worker:
         self._settling: set[int] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.recovery = Recovery(cooldown=settings.backoff_cap.total_seconds())
+
+    def use(self, destinations: Mapping[str, Destination], settings: DeliverySettings,
+            redact: Callable[[str], str]) -> list[asyncio.Task[None]]:
+        """Deliver with these from the next claim on (settings reloaded while running).
+
+        Returns the calls in flight: they finish with the destinations they started with,
+        which must stay open until then.
+        """
+        self.destinations, self.settings, self.redact = destinations, settings, redact
+        self.backoff = Backoff.of(settings)
+        self.recovery.cooldown = settings.backoff_cap.total_seconds()
+        self.wake()
+        return list(self._in_flight.values())
 
     @property
     def lease(self) -> float:

@@ -17,6 +17,7 @@ from bridge.store import (
     FollowUp,
     Lease,
     NewEvent,
+    SettingsInUse,
     Store,
     StoredMessage,
 )
@@ -575,3 +576,32 @@ async def test_shared_pacing_is_the_stores_budget_where_replicas_share_one(store
     await budgets.hold_channel("C1", NOW, NOW + 30)
     assert (await budgets.take_token("C1", NOW, 2.0, 1.0))[1] == NOW + 30
 
+
+
+# Settings in use
+
+
+async def test_each_process_records_the_settings_it_runs_with_and_forgets_them_on_stop(store):
+    serve = SettingsInUse("host-a:10", "serve", "f1", NOW, {"slack": "s1", "templates": "t1"})
+    worker = SettingsInUse("host-b:20", "worker", "f1", NOW + 1, {"slack": "s1"})
+    await store.record_settings(serve)
+    await store.record_settings(worker)
+    assert await store.settings_in_use() == [serve, worker]
+
+    reloaded = replace(serve, fingerprint="f2", loaded_at=NOW + 5, sections={"slack": "s2"})
+    await store.record_settings(reloaded)
+    assert await store.settings_in_use() == [worker, reloaded]
+
+    await store.forget_settings("host-b:20")
+    assert await store.settings_in_use() == [reloaded]
+
+
+async def test_a_refused_settings_file_is_recorded_beside_the_settings_kept(store):
+    kept = SettingsInUse("host-a:10", "serve", "f1", NOW, {"slack": "s1"})
+    refused = replace(kept, rejected="settings.toml: slack.channel: unknown key",
+                      rejected_at=NOW + 3)
+    await store.record_settings(refused)
+    [found] = await store.settings_in_use()
+    assert (found.fingerprint, found.rejected, found.rejected_at) == (
+        "f1", "settings.toml: slack.channel: unknown key", NOW + 3)
+    assert (found.host, found.pid) == ("host-a", 10)

@@ -184,13 +184,30 @@ async def test_a_store_from_before_retry_kinds_upgrades_and_its_waiting_keep_the
     assert await store.reschedule(job.lease, NOW + 100, "slack: HTTP 503", NOW)
     await store.close()
     with sqlite3.connect(db) as conn:  # as schema version 6 left it
+        conn.execute("DROP TABLE settings_in_use")
         conn.execute("ALTER TABLE deliveries DROP COLUMN retry_kind")
-        conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 7")
     upgraded = SQLiteStore(db)
     try:
         assert (await upgraded.info()).schema_version == SCHEMA_VERSION
         assert await upgraded.bring_forward("slack", "unavailable", NOW + 5) == 0
         assert await upgraded.next_due(NOW + 5) == NOW + 100
+    finally:
+        await upgraded.close()
+
+
+async def test_a_store_from_before_settings_in_use_upgrades_in_place(db):
+    store = SQLiteStore(db)
+    await store.accept(new_event("k1"), NOW, 60)
+    await store.close()
+    with sqlite3.connect(db) as conn:  # as schema version 7 left it
+        conn.execute("DROP TABLE settings_in_use")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+    upgraded = SQLiteStore(db)
+    try:
+        assert (await upgraded.info()).schema_version == SCHEMA_VERSION
+        assert await upgraded.settings_in_use() == []
+        assert [row.status for row in await upgraded.deliveries()] == ["pending"]
     finally:
         await upgraded.close()
 

@@ -46,6 +46,7 @@ async def test_a_first_release_store_upgrades_and_keeps_threads_tickets_queue_an
         try:
             assert f"from schema version 1 to {SCHEMA_VERSION}" in caplog.text
             assert (await store.info()).schema_version == SCHEMA_VERSION
+            assert await store.settings_in_use() == []  # no process has recorded any yet
 
             # Each destination's link, moved out of the first release's columns.
             assert await store.link_state(BOT, "thread_A", "slack") == {

@@ -22,6 +22,7 @@ from bridge.store.protocols import (
     QueueStats,
     ReplyIntake,
     Serialised,
+    SettingsRecords,
     SharedPacing,
     Store,
     Transcripts,
@@ -45,6 +46,7 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
+from bridge.store.settings_in_use import SettingsInUse
 from bridge.store.url import sqlite_path, store_scheme
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
     "DeliveryRow", "DeliveryStatus", "DeliveryStore", "Echo", "Echoes", "EventIntake",
     "FollowUp", "Housekeeping", "Lease", "Lifecycle", "NewEvent", "NewWork", "Operations",
     "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake", "RetryKind", "Serialised",
-    "SharedPacing", "Store", "StoreInfo",
+    "SettingsInUse", "SettingsRecords", "SharedPacing", "Store", "StoreInfo",
     "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",
 ]
 

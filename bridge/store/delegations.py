@@ -20,13 +20,15 @@ from bridge.store.records import (
     RetryKind,
     StoredMessage,
 )
+from bridge.store.settings_in_use import SettingsInUse
 
 
 class Delegations:
     """The part of a backend that is one call into its SQL modules, on one of its connections.
 
     A backend names the modules whose SQL these run (`queue_sql`, `conversation_sql`,
-    `operations_sql`: bridge.store.sqlite.queue, bridge.store.postgres.queue, ...) and gives
+    `operations_sql`, `settings_sql`: bridge.store.sqlite.queue, bridge.store.postgres.queue,
+    ...) and gives
     `_run`, which calls a function with one of its connections: a SQLite connection on the
     writer thread, or a pooled PostgreSQL one whose result it awaits.
     """
@@ -34,6 +36,7 @@ class Delegations:
     queue_sql: ClassVar[ModuleType]
     conversation_sql: ClassVar[ModuleType]
     operations_sql: ClassVar[ModuleType]
+    settings_sql: ClassVar[ModuleType]
     clock: Clock
     _run: Callable[..., Awaitable[Any]]
 
@@ -123,3 +126,14 @@ class Delegations:
         """Remove up to `limit` finished events older than `cutoff`, and expired dedup rows."""
         return await self._run(
             lambda conn: self.operations_sql.prune(conn, cutoff, now, limit))
+
+    # SettingsRecords
+
+    async def record_settings(self, in_use: SettingsInUse) -> None:
+        await self._run(lambda conn: self.settings_sql.record(conn, in_use))
+
+    async def settings_in_use(self) -> list[SettingsInUse]:
+        return await self._run(self.settings_sql.read_all)
+
+    async def forget_settings(self, process: str) -> None:
+        await self._run(lambda conn: self.settings_sql.forget(conn, process))

@@ -7,6 +7,7 @@
     Transcripts        a conversation's messages, oldest first
     Echoes             replies sent from Slack, recognised when SiteGPT sends them back
     Operations         the operator commands: list, retry, stats, prune, backup, info
+    SettingsRecords    which settings each running process uses, for the commands to compare
 
 and the capabilities a backend declares whether or not it needs them, as a no-op where not:
 
@@ -43,6 +44,7 @@ from bridge.store.records import (
     StoredMessage,
     StoreInfo,
 )
+from bridge.store.settings_in_use import SettingsInUse
 
 
 class EventIntake(Protocol):
@@ -180,6 +182,21 @@ class Operations(QueueStats, Housekeeping, Protocol):
     async def info(self) -> StoreInfo: ...
 
 
+class SettingsRecords(Protocol):
+    async def record_settings(self, in_use: SettingsInUse) -> None:
+        """Replace what this process (in_use.process) recorded of its settings."""
+        ...
+
+    async def settings_in_use(self) -> list[SettingsInUse]:
+        """What every running process recorded, oldest load first."""
+        ...
+
+    async def forget_settings(self, process: str) -> None:
+        """The process stops: its record goes."""
+        ...
+
+
+
 class Lifecycle(Protocol):
     async def open(self) -> None:
         """Connect and migrate in the running event loop, if not yet; safe to call again."""
@@ -216,5 +233,5 @@ class SharedPacing(Protocol):
 
 
 class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Lifecycle, NewWork,
-            Serialised, SharedPacing, Protocol):
+            Serialised, SharedPacing, SettingsRecords, Protocol):
     """A whole backend, as open_store() returns it."""

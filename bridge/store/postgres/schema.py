@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge.store.migrations import Migration
+from bridge.store.postgres import settings_in_use
 
 Script = list[str]  # the statements a migration adds to the migrating transaction
 
@@ -143,4 +144,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(5, _sql(LEASE_TOKENS)),
     Migration(6, _sql(READINESS_PROBE)),
     Migration(7, _sql(RETRY_KINDS)),
+    Migration(8, _sql(settings_in_use.TABLE)),  # which settings each process runs with
 ]

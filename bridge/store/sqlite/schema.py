@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.clock import Clock, SystemClock
 from bridge.store.migrations import SCHEMA_VERSION, VERSIONS, Migration, steps_from
+from bridge.store.sqlite import settings_in_use
 
 log = logging.getLogger("bridge.store")
 STATEMENT_CACHE = 1024
@@ -247,6 +248,11 @@ def _retry_kinds(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE deliveries ADD COLUMN retry_kind TEXT")
 
 
+def _settings_in_use(conn: sqlite3.Connection) -> None:
+    """Which settings each running process uses, so the commands can tell a stale file."""
+    settings_in_use.create_table(conn)
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -255,6 +261,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(5, _lease_tokens),
     Migration(6, _readiness_probe),
     Migration(7, _retry_kinds),
+    Migration(8, _settings_in_use),
 ]
 
 
