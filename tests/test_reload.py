@@ -12,15 +12,15 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from bridges import query
-from conftest import TOKENS
-from fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
-from servers import BridgeProcess, clean_environ
 
 from bridge.cli import main
 from bridge.fingerprint import differing, section_hashes
 from bridge.reload import keep_restart_only
 from bridge.samples import load_sample
+from tests.bridges import query
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+from tests.servers import BridgeProcess, clean_environ
+from tests.settings_files import TOKENS
 
 T = TypeVar("T")
 DEADLINE = 20.0
