@@ -20,7 +20,7 @@ from bridge.store.migrations import SCHEMA_VERSION
 from tests.bridges import SECRET_VALUES, SECRETS, counts, readme_example
 from tests.fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 from tests.servers import BridgeProcess, clean_environ, free_port
-from tests.settings_files import write_toml
+from tests.settings_files import deep_merge, write_toml
 
 EXAMPLE = Path(__file__).parent.parent / "settings.example.toml"
 BAD = {"server": {"prot": 8080}, "slack": {"chanel": "C1"}, "store": {"synchronous": "SOMETIMES"}}
@@ -103,7 +103,8 @@ def test_check_explains_a_variable_that_is_not_json_in_one_line(capsys, monkeypa
 
 @pytest.mark.parametrize("flag", ["--verbose", "--json"])
 def test_check_prints_the_settings_with_every_secret_masked(tmp_path, capsys, flag):
-    config = write_toml(tmp_path / "settings.toml", SECRETS)
+    store = {"store": {"url": f"sqlite:///{tmp_path}/data/bridge.db"}}  # not the checkout's
+    config = write_toml(tmp_path / "settings.toml", deep_merge(SECRETS, store))
     assert main(["check", flag, "--config", str(config)]) == 1  # every secret, not a working setup
     out, err = capsys.readouterr()
     assert '"metrics_token": "**********"' in out
@@ -153,7 +154,8 @@ def test_check_shows_the_store_and_its_schema_version(make_settings, tmp_path, c
         in lines
 
 
-def test_check_warns_about_the_example_tokens(capsys):
+def test_check_warns_about_the_example_tokens(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the example's store is data/bridge.db: not the checkout's
     assert main(["check", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     for name in ("messages", "escalations", "leads"):
@@ -180,7 +182,8 @@ def test_check_warns_that_the_first_release_lease_slows_recovery(
     assert ("delivery.lease is 120s" in caplog.text) is warned
 
 
-def test_check_fails_naming_every_webhook_without_a_token(capsys, monkeypatch):
+def test_check_fails_naming_every_webhook_without_a_token(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the example's store is data/bridge.db: not the checkout's
     for name in ("MESSAGES", "LEADS"):  # as a copy of .env.example leaves them
         monkeypatch.setenv(f"BRIDGE_WEBHOOKS__{name}__TOKENS", "[]")
     assert main(["check", "--config", str(EXAMPLE)]) == 1
