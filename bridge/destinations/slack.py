@@ -18,10 +18,16 @@ from bridge.destinations.shared import Shared
 from bridge.destinations.slack_metrics import PacingMetrics
 from bridge.destinations.slack_render import (
     MAX_BLOCKS,
+    REQUEST_LIMIT,
+    EscalationView,
+    ParentView,
     SlackRenderer,
     TicketShown,
     Waiting,
+    escalation_view,
     fit_message,
+    plain,
+    visitor_of,
 )
 from bridge.destinations.slack_settings import SlackSettings
 from bridge.destinations.slack_workspace import (
@@ -56,7 +62,7 @@ from bridge.events import (
 )
 from bridge.settings import Settings
 from bridge.store import Echo
-from bridge.templating import Templates
+from bridge.templating import Templates, cut
 
 log = logging.getLogger("bridge.slack")
 Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
@@ -69,6 +75,9 @@ CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")  # what Slack's channel ids look l
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
+VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
+QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
+REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
 __all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
 
 
@@ -176,7 +185,7 @@ class SlackDestination:
         One entry per call, in the order deliver() makes them; a thread's ts is known only once
         Slack answers, so previews leave it out.
         """
-        rendered = json_previews(samples, self.accepts, self._preview)
+        rendered = json_previews(samples, self.accepts, partial(self._preview, samples))
         return rendered | self._batch_previews(samples)
 
     def _batch_previews(self, samples: Mapping[str, Event]) -> dict[str, str]:
@@ -195,7 +204,7 @@ class SlackDestination:
                 previews[label] = json.dumps(arguments, indent=2, ensure_ascii=False)
         return previews
 
-    def _preview(self, event: Event) -> list[Call]:
+    def _preview(self, samples: Mapping[str, Event], event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
             return [("chat.postMessage (lead)",
                      post_arguments(self._lead_channel(), self.renderer.lead(event)))]
@@ -203,7 +212,7 @@ class SlackDestination:
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self.renderer.parent(conversation, False, None)
+            parent = self.renderer.parent(conversation, ParentView(question=event.data.question))
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
@@ -217,7 +226,9 @@ class SlackDestination:
             return [(IN_THREAD, post_arguments(notice.channel, self.renderer.notice(
                 notice.notice, notice.context), thread_ts=notice.thread_ts))]
         if isinstance(event, EscalationEvent):
-            posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
+            view = escalation_view(event.data, _sample_request(samples, conversation), None)
+            posted = post_arguments(channel, self.renderer.escalation(conversation, view),
+                                    reply_broadcast=True)
             ticket = None
         elif isinstance(event, TicketStatusEvent):
             ticket = _moved_to(event, self._issue_url(event.data.issue_key))
@@ -230,7 +241,7 @@ class SlackDestination:
 
     def _parent_preview(self, channel: str, conversation: Conversation,
                         ticket: TicketShown | None) -> Call:
-        parent = self.renderer.parent(conversation, True, ticket)
+        parent = self.renderer.parent(conversation, ParentView(escalated=True, ticket=ticket))
         return (PARENT_UPDATE, update_arguments(channel, parent))
 
     async def user(self, user_id: str) -> SlackUser:
@@ -257,10 +268,13 @@ class SlackDestination:
         """
         if self.dry_run:
             return self._dry_run(self.renderer.message(event))
+        await self._learn(delivery, [event])  # before the thread: a new parent starts with it
         thread = await self._thread(delivery)
         waiting = [delivery, *await self._queued_messages(delivery)]
         message, count = self._batch(event, waiting)
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts)
+        await self._learn(delivery, [item.event for item in waiting[1:count]
+                                     if isinstance(item.event, MessageEvent)])
         return Delivered(note=f"{thread.channel}/{ts}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
 
@@ -288,14 +302,29 @@ class SlackDestination:
             run.append(item)
         return run
 
+    async def _learn(self, delivery: Delivery, events: list[MessageEvent]) -> None:
+        """What messages tell the parent: the first question, an agent answering, the visitor
+        back after it was resolved. The parent is updated only when something changed."""
+        state = await delivery.state()
+        learnt = _learnt(state, events)
+        if learnt != state:
+            await _save(delivery, learnt)
+            await self._show_on_parent(delivery, learnt, self._shown(learnt))
+
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
             return self._dry_run(message)
+        thread, ts = await self._reply(delivery, message, broadcast)
+        return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _reply(self, delivery: Delivery, message: dict[str, Any],
+                     broadcast: bool = False) -> tuple[Thread, str]:
+        """Post in the conversation's thread (starting it if need be): the thread and the ts."""
         thread = await self._thread(delivery)
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
                                        reply_broadcast=broadcast)
-        return Delivered(note=f"{thread.channel}/{ts}")
+        return thread, ts
 
     async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
         """An agent message the bridge itself sent from this thread comes back: drop it once."""
@@ -306,11 +335,33 @@ class SlackDestination:
         return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
+        """Broadcast what the visitor asked; the post is kept so the ticket can join it later."""
+        data = event.data
+        conversation = Conversation(data.chatbot_id, data.thread_id)
         state = await delivery.state()
-        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
-        outcome = await self._post_in_thread(delivery, self.renderer.escalation(event), True)
+        view = escalation_view(data, await self._request(delivery), self._shown(state))
+        named = visitor_of(data.user.name, data.user.email) if data.user else None
+        state = {**state, "escalated_at": delivery.clock.now(), "escalation": view.state(),
+                 **({"visitor": named} if named else {})}
+        await _save(delivery, state)
+        message = self.renderer.escalation(conversation, view)
+        if self.dry_run:
+            return self._dry_run(message)
+        thread, ts = await self._reply(delivery, message, broadcast=True)
+        state = await delivery.state()
+        await _save(delivery, {**state, "escalation": {**view.state(), "ts": ts}})
         await self._refresh_parent(delivery)
-        return outcome
+        return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _request(self, delivery: Delivery) -> list[str]:
+        """The visitor's last messages before the escalation came in, each cut."""
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        messages = await delivery.store.transcript(conversation.chatbot_id, conversation.thread_id)
+        asked = [message.question for message in messages
+                 if message.question and message.message_type in VISITOR_TYPES
+                 and message.received_at <= delivery.claimed.created_at]
+        return [cut(question, REQUEST_LIMIT) for question in asked[-REQUEST_MESSAGES:]]
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         # The parent shows the ticket: Slack keeps what it was told, in its own state.
@@ -318,7 +369,20 @@ class SlackDestination:
         await _save(delivery, {**state, "ticket": _linked(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
+        await self._show_ticket_on_escalation(delivery)
         return outcome
+
+    async def _show_ticket_on_escalation(self, delivery: Delivery) -> None:
+        """The escalation's post, shown again with the ticket's link; only cosmetics if it fails."""
+        state = await delivery.state()
+        kept, thread = state.get("escalation") or {}, _thread_of(state)
+        if self.dry_run or thread is None or not kept.get("ts"):
+            return
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        view = EscalationView.from_state(kept, self._shown(state))
+        await self._update(conversation, thread.channel, kept["ts"],
+                           self.renderer.escalation(conversation, view))
 
     async def _post_lead(self, event: LeadEvent) -> Outcome:
         message = self.renderer.lead(event)
@@ -382,12 +446,17 @@ class SlackDestination:
         conversation = conversation_of(delivery.event)
         assert conversation is not None
         parent = self._parent(conversation, state, ticket)
+        await self._update(conversation, thread.channel, thread.ts, parent, required)
+
+    async def _update(self, conversation: Conversation, channel: str, ts: str,
+                      message: dict[str, Any], required: bool = False) -> None:
+        """Show `message` in place of the post at `ts`; unless `required`, a failure is logged."""
         try:
-            await self.workspace.update(thread.channel, thread.ts, parent)
+            await self.workspace.update(channel, ts, message)
         except (RetryableError, PermanentError) as exc:
             if required:
                 raise
-            log.warning("could not update the parent message of %s: %s", conversation.key, exc)
+            log.warning("could not update a message of %s's thread: %s", conversation.key, exc)
 
     async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
         """A notice per status change, however often (or late) Jira reports the same change."""
@@ -404,7 +473,8 @@ class SlackDestination:
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
         if isinstance(outcome, Delivered):
-            state = {**await delivery.state(), "ticket": moved.state()}
+            # A status change says more than "the visitor wrote again after it was resolved".
+            state = {**await delivery.state(), "ticket": moved.state(), "reopened": False}
             await _save(delivery, state)
             await self._show_on_parent(delivery, state, moved)
         return outcome
@@ -436,8 +506,13 @@ class SlackDestination:
 
     def _parent(self, conversation: Conversation, state: Mapping[str, Any],
                 ticket: TicketShown | None) -> dict[str, Any]:
-        """The thread's parent showing `ticket`, escalated or not as Slack's state has it."""
-        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
+        """The thread's parent showing `ticket`, and the rest as Slack's state has it."""
+        resolved = state.get("resolved") or {}
+        return self.renderer.parent(conversation, ParentView(
+            visitor=state.get("visitor"), question=state.get("question"),
+            escalated=bool(state.get("escalated_at")), ticket=ticket,
+            handler=state.get("handler"), resolved_by=resolved.get("by"),
+            reopened=bool(state.get("reopened"))))
 
     def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
         """The ticket the parent shows: none before one is linked, or once it is deleted."""
@@ -457,6 +532,37 @@ def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
     data = event.data
     return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
                        data.changed_at)
+
+
+def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, Any]:
+    """Slack's state with what these messages tell the parent (see _learn)."""
+    learnt = dict(state)
+    for event in events:
+        data = event.data
+        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
+            if not (learnt.get("handler") or {}).get("user"):  # a claim in Slack says more
+                learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
+        elif data.message_type in VISITOR_TYPES and data.question:
+            learnt.setdefault("question", cut(data.question, QUESTION_KEPT))
+            if _resolved(learnt) and not learnt.get("reopened"):
+                learnt.pop("resolved", None)
+                learnt["reopened"] = True
+    return learnt
+
+
+def _resolved(state: Mapping[str, Any]) -> bool:
+    """Whether the conversation shows as resolved: in Slack, or by its ticket's status."""
+    ticket = state.get("ticket") or {}
+    return bool(state.get("resolved")) or (
+        ticket.get("category") == "done" and not ticket.get("deleted"))
+
+
+def _sample_request(samples: Mapping[str, Event], conversation: Conversation) -> list[str]:
+    """What a preview's escalation quotes: the visitor's words in the conversation's samples."""
+    asked = [event.data.question for event in samples.values()
+             if isinstance(event, MessageEvent) and conversation_of(event) == conversation
+             and event.data.question and event.data.message_type in VISITOR_TYPES]
+    return [cut(question, REQUEST_LIMIT) for question in asked[-REQUEST_MESSAGES:]]
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:

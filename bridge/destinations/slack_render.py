@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bridge.destinations.sitegpt_settings import replies_enabled, sitegpt_api_key
 from bridge.errors import TemplateError
 from bridge.events import (
     Conversation,
-    EscalationEvent,
+    EscalationData,
     LeadEvent,
     MessageEvent,
     TicketCommentEvent,
@@ -34,6 +35,10 @@ SECTION_LIMIT = 3_000
 FIELD_LIMIT = 2_000
 HEADER_LIMIT = 150
 MAX_BLOCKS = 50
+REQUEST_LIMIT = 500  # of each visitor message an escalation quotes
+# Text direction overrides and isolates: a name holding one could turn the rest of its line
+# around, so that what a person reads is not what the visitor sent.
+_BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,61 @@ class TicketShown:
         return context
 
 
+def plain(value: Any) -> str | None:
+    """A field SiteGPT filled in, without text direction controls; None stays None.
+
+    Templates still escape it (`| mrkdwn`): this only keeps a line reading as it was sent.
+    """
+    return None if value is None else _BIDI_CONTROLS.sub("", str(value))
+
+
+def visitor_of(name: Any, email: Any) -> dict[str, str | None] | None:
+    """The visitor as the thread shows them, or None when SiteGPT named no one."""
+    if not name and not email:
+        return None
+    return {"name": plain(name) or None, "email": plain(email) or None}
+
+
+@dataclass(frozen=True)
+class ParentView:
+    """What a thread's parent shows, as the Slack destination's state knows it."""
+
+    visitor: Mapping[str, str | None] | None = None  # name and email, once SiteGPT gave one
+    question: str | None = None  # the visitor's first question
+    escalated: bool = False
+    ticket: TicketShown | None = None
+    handler: Mapping[str, str | None] | None = None  # user (a Slack id) or name (an agent)
+    resolved_by: str | None = None  # the Slack user who pressed Resolve
+    reopened: bool = False  # the visitor wrote again after it was resolved
+
+    def context(self) -> dict[str, Any]:
+        return {"visitor": dict(self.visitor) if self.visitor else None,
+                "question": plain(self.question), "escalated": self.escalated,
+                "ticket": self.ticket.context() if self.ticket else None,
+                "handler": dict(self.handler) if self.handler else None,
+                "resolved_by": self.resolved_by, "reopened": self.reopened}
+
+
+@dataclass(frozen=True)
+class EscalationView:
+    """What an escalation's post shows: who asked, what they asked, and the ticket once known."""
+
+    visitor: Mapping[str, Any] | None = None  # name, email, phone as SiteGPT sent them
+    request: Sequence[str] = field(default_factory=tuple)  # the visitor's last messages
+    dashboard_url: str | None = None
+    ticket: TicketShown | None = None
+
+    def state(self) -> dict[str, Any]:
+        """What Slack keeps to show the post again once the ticket exists (without it)."""
+        return {"visitor": dict(self.visitor) if self.visitor else None,
+                "request": list(self.request), "dashboard_url": self.dashboard_url}
+
+    @classmethod
+    def from_state(cls, kept: Mapping[str, Any], ticket: TicketShown | None) -> EscalationView:
+        return cls(kept.get("visitor"), tuple(kept.get("request") or ()),
+                   kept.get("dashboard_url"), ticket)
+
+
 class SlackRenderer:
     """Builds each template's context from an event; templates never see settings or secrets."""
 
@@ -131,15 +191,16 @@ class SlackRenderer:
         return {"message": _message_context(waiting.event), "received_at": waiting.received_at,
                 "text": text, "blocks": blocks}
 
-    def escalation(self, event: EscalationEvent) -> dict[str, Any]:
-        data = event.data
-        conversation = Conversation(data.chatbot_id, data.thread_id)
-        visitor = data.user.model_dump() if data.user else None
+    def escalation(self, conversation: Conversation, view: EscalationView) -> dict[str, Any]:
+        visitor = view.visitor
         return self._render("slack/escalation.json.j2", {
             **self._conversation(conversation),
-            "visitor": visitor,
-            "dashboard_url": data.dashboard_url if link_safe(data.dashboard_url)
+            "visitor": {key: plain(value) if isinstance(value, str) else value
+                        for key, value in visitor.items()} if visitor else None,
+            "request": [plain(line) for line in view.request],
+            "dashboard_url": view.dashboard_url if link_safe(view.dashboard_url)
             else conversation.dashboard_url,
+            "ticket": view.ticket.context() if view.ticket else None,
             "mention": self.settings.slack.escalation_mention,
         })
 
@@ -177,12 +238,11 @@ class SlackRenderer:
             "comment": {"author": data.author, "text": comment_mrkdwn(data.body)},
         })
 
-    def parent(self, conversation: Conversation, escalated: bool,
-               ticket: TicketShown | None) -> dict[str, Any]:
+    def parent(self, conversation: Conversation, view: ParentView) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
-            "escalated": escalated,
-            "ticket": ticket.context() if ticket else None,
+            **view.context(),
+            "claim_buttons": False,
             "mode_buttons": replies_enabled(self.settings)
             and sitegpt_api_key(self.settings, conversation.chatbot_id) is not None,
         })
@@ -209,6 +269,13 @@ class SlackRenderer:
         if not isinstance(message.get("blocks", []), list):
             raise TemplateError(f"{name}: \"blocks\" must be a list")
         return message
+
+
+def escalation_view(data: EscalationData, request: Sequence[str],
+                    ticket: TicketShown | None) -> EscalationView:
+    """The escalation's post for SiteGPT's event, quoting `request` (the visitor's messages)."""
+    visitor = data.user.model_dump() if data.user else None
+    return EscalationView(visitor, tuple(request), data.dashboard_url, ticket)
 
 
 def _message_context(event: MessageEvent) -> dict[str, Any]:
