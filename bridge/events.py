@@ -7,10 +7,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 MESSAGE = "ADD_MESSAGE"
 ESCALATION = "CONVERSATION_ESCALATED"
@@ -31,11 +31,27 @@ class SiteGPTModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
 
+class Source(SiteGPTModel):
+    """A page an answer drew on, when SiteGPT sends it with its title rather than a bare URL."""
+
+    url: str
+    title: str | None = None
+
+
+def _source(value: Any) -> str | Source:
+    """A source: its URL, or SiteGPT's object with the URL and the page's title."""
+    if isinstance(value, str | Source):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("url"), str):
+        return Source.model_validate(value)
+    raise ValueError("a source must be a string (its URL) or an object with a url string")
+
+
 class MessageData(SiteGPTModel):
     chatbot_id: str = Field(alias="chatbotId")
     thread_id: str = Field(alias="threadId")
     gpt_model: str | None = Field(None, alias="gptModel")
-    sources: list[str] | None = None
+    sources: list[Annotated[str | Source, PlainValidator(_source)]] | None = None
     question: str | None = None
     answer: str | None = None
     message_type: str | None = Field(None, alias="messageType")

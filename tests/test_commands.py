@@ -144,14 +144,14 @@ def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, c
     code, out, err = run(capsys, "render", "--sample", "messages-batch", "--config", path)
     assert code == 0
     assert err.splitlines() == [
-        "# slack: thread_456: chat.postMessage (in the thread), 5 waiting messages in one reply"]
+        "# slack: thread_456: chat.postMessage (in the thread), 6 waiting messages in one reply"]
     [batch] = json_stream(out)
     lines = batch["text"].splitlines()
     assert lines[0].startswith("Dana: ")  # in the samples' order, each with its own look
     assert lines[-1] == "[mine] Visitor: I still can't log in, can I talk to a person?"
     stamps = [block for block in batch["blocks"] if block["type"] == "context"
               and block["elements"][-1]["text"].startswith("<!date^")]
-    assert len(stamps) == 5  # each message shows its time
+    assert len(stamps) == 6  # each message shows its time
 
 
 REPLIES_ON = {"slack": {"bot_token": "xoxb-t", "channel": "C_CONV", "signing_secret": "s"},

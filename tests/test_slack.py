@@ -238,7 +238,7 @@ async def test_fields_sitegpt_fills_in_cannot_mention_or_relabel_links(harness):
     found = [link for post in h.fake.posts for link in links(post)]
     assert "<!channel>" not in found and "<!subteam^S0123>" in found
     assert not [link for link in found if "evil.example" in link or "javascript" in link]
-    assert "<https://docs.example/a?x=1&amp;y=2>" in found
+    assert "<https://docs.example/a?x=1&amp;y=2|/a>" in found  # labelled with its path
     dashboard = "https://sitegpt.ai/chatbot_123/chat-history/t1%7CPwned%3E"
     assert f"<{dashboard}|Open the conversation in SiteGPT>" in found  # escalation: rebuilt
     assert f"<{dashboard}|Open in SiteGPT>" in found  # the parent
@@ -464,7 +464,7 @@ async def test_a_backlog_becomes_one_reply_each_message_with_its_look_and_time(h
         "section", "context", "section", "section", "context"]
     assert reply["blocks"][1]["elements"][-1]["text"].startswith(f"<!date^{first}^{{time}}|")
     sources, stamp = reply["blocks"][4]["elements"]  # the time joins the sources' line
-    assert sources["text"] == "Sources: <https://example.com/a>"
+    assert sources["text"] == "Sources: <https://example.com/a|/a>"
     assert stamp["text"].startswith(f"<!date^{second}^{{time}}|")
     notes = {row.note for row in await h.store.deliveries(limit=10)}
     assert notes == {h.fake.posts[1]["channel"] + "/" + h.fake.posts[1]["ts"],

@@ -12,7 +12,7 @@ import pytest
 from slack_sdk.models.blocks import Block
 
 from bridge.event_rows import new_event
-from bridge.events import TICKET_LINKED, TICKET_STATUS, parse_event
+from bridge.events import TICKET_LINKED, TICKET_STATUS, InvalidEvent, parse_event
 from bridge.templating import CUT_MARKER
 from tests.test_slack import Harness, fake, harness, message  # noqa: F401 (fixtures)
 
@@ -164,3 +164,56 @@ async def test_hostile_values_in_the_parent_and_escalation_stay_inert(harness, f
     assert "\u202e" not in shown and "txt.exe" in shown
     assert "&lt;!channel&gt;" in json.dumps(h.fake.updates, ensure_ascii=False)
     valid_block_kit(sent)
+
+
+@pytest.mark.parametrize(("answer", "line"), [
+    ("Yes", "👍 The visitor found the answer helpful"),
+    ("no", "👎 The visitor did not find the answer helpful"),
+    (HOSTILE, ":speech_balloon: Visitor feedback: &lt;!channel&gt; &lt;https://evil.example|x&gt;"),
+])
+async def test_feedback_is_one_short_line_with_a_thumb(harness, answer, line):
+    h = await harness()
+    await h.accept(message("thread_A", answer, kind="FEEDBACK_MESSAGE",
+                           question="Was this answer helpful?"))
+    await h.worker.drain()
+    reply = h.fake.posts[-1]
+    assert reply["blocks"][0]["elements"][0]["text"].startswith(line)
+    assert "FEEDBACK_MESSAGE" not in json.dumps(reply)
+    valid_block_kit([reply])
+
+
+async def test_a_leads_capture_time_shows_in_each_readers_time_zone(harness, sample):
+    h = await harness()
+    await h.accept(sample("lead"))
+    lead = sample("lead")
+    lead["data"]["leadDetails"] |= {"id": "lead_2", "capturedAt": "<!channel>"}
+    await h.accept(lead)
+    await h.worker.drain()
+    first, second = (post["blocks"][0]["text"]["text"] for post in h.fake.posts)
+    assert "Captured <!date^1705314600^{date_short_pretty} {time}|2024-01-15 10:30 UTC>" in first
+    assert "Captured &lt;!channel&gt;" in second and "<!date" not in second
+
+
+async def test_sources_are_links_titled_by_sitegpt_or_by_the_page_path(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "answer", kind="NORMAL_MESSAGE", sources=[
+        {"url": "https://example.com/docs/reset", "title": "Resetting a password"},
+        "https://example.com/docs/billing/",
+        {"url": "https://example.com/x", "title": HOSTILE},
+        {"url": "https://evil.example|Click", "title": "Safe"}]))
+    await h.worker.drain()
+    line = h.fake.posts[-1]["blocks"][-1]["elements"][0]["text"]
+    assert line.startswith("Sources: <https://example.com/docs/reset|Resetting a password> · "
+                           "<https://example.com/docs/billing/|/docs/billing> · "
+                           "<https://example.com/x|&lt;!channel&gt; &lt;https://evil.example|x&gt;")
+    assert "\u202e" not in line
+    found = live_links([h.fake.posts[-1]])
+    assert not [link for link in found if "evil.example" in link.split("|")[0]]
+    assert "<!channel>" not in found
+    valid_block_kit(h.fake.posts)
+
+
+def test_a_source_that_is_neither_a_url_nor_an_object_with_one_is_refused():
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event("ADD_MESSAGE", message("thread_A", "x", sources=[{"title": "no url"}]))
+    assert refused.value.field == "data.sources.0"

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bridge.destinations.sitegpt_settings import replies_enabled, sitegpt_api_key
 from bridge.errors import TemplateError
@@ -14,20 +15,28 @@ from bridge.events import (
     EscalationData,
     LeadEvent,
     MessageEvent,
+    Source,
     TicketCommentEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
 )
 from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
-from bridge.templating import CUT_MARKER, Templates, link_safe
+from bridge.templating import CUT_MARKER, Templates, cut, link_safe
 
 MESSAGE_TEMPLATES = {
     "NORMAL_MESSAGE": "slack/message_normal.json.j2",
     "USER_MESSAGE": "slack/message_visitor.json.j2",
     "AGENT_MESSAGE": "slack/message_agent.json.j2",
     "SYSTEM_MESSAGE": "slack/message_system.json.j2",
+    "FEEDBACK_MESSAGE": "slack/message_feedback.json.j2",
 }
+# How SiteGPT's feedback answers read: a thumbs up or down; anything else is shown as it is.
+FEEDBACK = {"yes": "up", "true": "up", "helpful": "up", "positive": "up", "like": "up",
+            "up": "up", "\N{THUMBS UP SIGN}": "up", "no": "down", "false": "down",
+            "unhelpful": "down", "not helpful": "down", "negative": "down", "dislike": "down",
+            "down": "down", "\N{THUMBS DOWN SIGN}": "down"}
+SOURCE_TITLE_LIMIT = 80
 OTHER_MESSAGE = "slack/message_other.json.j2"
 BATCH = "slack/messages_batch.json.j2"
 TEXT_LIMIT = 39_000
@@ -284,13 +293,46 @@ def _message_context(event: MessageEvent) -> dict[str, Any]:
         "type": data.message_type or "UNKNOWN",
         "question": data.question,
         "answer": data.answer,
-        "sources": data.sources or [],
+        "sources": [_source_url(source) for source in data.sources or []],
+        "links": [_titled(source) for source in data.sources or []],
+        "feedback": _feedback(data.message_type, data.answer),
         "agent_name": data.agent_name,
         "agent_id": data.agent_id,
         "icon_url": data.icon_url,
         "system_message_type": data.system_message_type,
         "gpt_model": data.gpt_model,
     }
+
+
+def _source_url(source: str | Source) -> str:
+    return source if isinstance(source, str) else source.url
+
+
+def _titled(source: str | Source) -> dict[str, str | None]:
+    """A source as a link's target and label: SiteGPT's title, else the page's path.
+
+    A URL that cannot be a link gets no label: it is shown once, as text.
+    """
+    url = _source_url(source)
+    if not link_safe(url):
+        return {"url": url, "title": None}
+    title = source.title if isinstance(source, Source) else None
+    label = " ".join((plain(title) or "").split()) or _page_path(url)
+    return {"url": url, "title": cut(label, SOURCE_TITLE_LIMIT)}
+
+
+def _page_path(url: str) -> str:
+    """What names a page briefly: its path, else its host, else the URL itself."""
+    parts = urlsplit(url)
+    path = unquote(parts.path).rstrip("/")
+    return plain(path or parts.hostname or url) or url
+
+
+def _feedback(message_type: str | None, answer: str | None) -> str | None:
+    """"up" or "down" for a feedback message whose answer says which; None otherwise."""
+    if message_type != "FEEDBACK_MESSAGE" or answer is None:
+        return None
+    return FEEDBACK.get(answer.strip().lower())
 
 
 def fits(message: dict[str, Any]) -> bool:
