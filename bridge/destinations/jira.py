@@ -302,8 +302,7 @@ class JiraDestination:
                     now: float, marker: str) -> dict[str, Any]:
         context = self._context(data, messages, now)
         summary = " ".join(self.templates.render("jira/summary.j2", context).split())
-        chatbot = self.settings.chatbot(data.chatbot_id)
-        project = chatbot.jira_project if chatbot and chatbot.jira_project else self.jira.project
+        project = self.settings.routed(data.chatbot_id, "jira_project") or self.jira.project
         return {
             "project": {"key": project},
             "issuetype": {"name": self.jira.issue_type},
@@ -348,7 +347,7 @@ class JiraDestination:
         return [FollowUp(TICKET_LINKED, body, conversation.key, ())]  # the worker addresses it
 
     def _projects(self) -> list[str]:
-        named = [self.jira.project, *(bot.jira_project for bot in self.settings.chatbots)]
+        named = [self.jira.project, *self.settings.routed_values("jira_project")]
         return list(dict.fromkeys(key for key in named if key))
 
     async def _call(self, action: str, operation: Callable[..., T], *args: Any) -> T:

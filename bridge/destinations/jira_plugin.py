@@ -61,4 +61,5 @@ PLUGIN = Plugin(
     name="jira", section=JiraSettings, build=build_jira, kinds=frozenset({ESCALATION}),
     templates=builtin_dir() / "jira", samples=Path(__file__).parent / "jira_samples",
     routes=_routes, status=_status, unfinished=_unfinished, secrets=_secrets, docs="jira",
-    chatbot_keys={"jira_project": (str | None, None)})
+    chatbot_keys={"jira_project": (str | None, None)},
+    route_keys={"jira_project": (str | None, None)})

@@ -156,7 +156,8 @@ class SlackDestination:
     def _channels(self) -> list[str]:
         """Every channel posts may go to, each once: threads, leads, chatbots' own."""
         named = [self.slack.channel, self.slack.leads_channel,
-                 *(chatbot.slack_channel for chatbot in self.settings.chatbots)]
+                 *self.settings.routed_values("slack_channel"),
+                 *self.settings.routed_values("leads_channel")]
         return list(dict.fromkeys(channel for channel in named if channel))
 
     async def _check_channel(self, channel: str) -> str:
@@ -206,8 +207,8 @@ class SlackDestination:
 
     def _preview(self, samples: Mapping[str, Event], event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
-            return [("chat.postMessage (lead)",
-                     post_arguments(self._lead_channel(), self.renderer.lead(event)))]
+            return [("chat.postMessage (lead)", post_arguments(
+                self._lead_channel(event.data.chatbot_id), self.renderer.lead(event)))]
         conversation = conversation_of(event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
@@ -388,7 +389,7 @@ class SlackDestination:
         message = self.renderer.lead(event)
         if self.dry_run:
             return self._dry_run(message)
-        channel = self._lead_channel()
+        channel = self._lead_channel(event.data.chatbot_id)
         ts = await self.workspace.post(channel, message)
         return Delivered(note=f"{channel}/{ts}")
 
@@ -494,12 +495,16 @@ class SlackDestination:
         return Delivered(note=f"{key} deleted: the parent no longer shows it")
 
     def _channel_for(self, chatbot_id: str) -> str:
-        chatbot = self.settings.chatbot(chatbot_id)
-        return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
-            self.slack.channel or "")
+        """Where a new thread of the chatbot starts: its own channel, its route's, or [slack]'s.
 
-    def _lead_channel(self) -> str:
-        return self.slack.leads_channel or self.slack.channel or ""
+        A conversation keeps the thread it has, wherever the settings send new ones.
+        """
+        return self.settings.routed(chatbot_id, "slack_channel") or self.slack.channel or ""
+
+    def _lead_channel(self, chatbot_id: str) -> str:
+        """Leads: the route's leads channel, else [slack]'s, else where its threads go."""
+        return (self.settings.routed(chatbot_id, "leads_channel") or self.slack.leads_channel
+                or self._channel_for(chatbot_id))
 
     def _issue_url(self, key: str) -> str | None:
         return self.settings.jira.browse_url(key)  # type: ignore[no-any-return]

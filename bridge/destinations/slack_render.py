@@ -210,8 +210,13 @@ class SlackRenderer:
             "dashboard_url": view.dashboard_url if link_safe(view.dashboard_url)
             else conversation.dashboard_url,
             "ticket": view.ticket.context() if view.ticket else None,
-            "mention": self.settings.slack.escalation_mention,
+            "mention": self.mention(conversation.chatbot_id),
         })
+
+    def mention(self, chatbot_id: str) -> str:
+        """Who an escalation pings: the chatbot's route's mention, else [slack]'s."""
+        routed = self.settings.routed(chatbot_id, "escalation_mention")
+        return str(routed if routed is not None else self.settings.slack.escalation_mention)
 
     def ticket(self, event: TicketLinkedEvent) -> dict[str, Any]:
         data = event.data
