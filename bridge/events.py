@@ -22,6 +22,8 @@ TICKET_STATUS = "JIRA_TICKET_STATUS"
 TICKET_COMMENT = "JIRA_TICKET_COMMENT"
 TICKET_DELETED = "JIRA_TICKET_DELETED"
 THREAD_NOTICE = "BRIDGE_THREAD_NOTICE"
+HANDLING = "SLACK_HANDLING"
+RESOLVED = "BRIDGE_CONVERSATION_RESOLVED"
 DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
 
 
@@ -120,15 +122,35 @@ class SlackReplyData(SiteGPTModel):
     text: str
 
 
-class ModeChangeData(SiteGPTModel):
-    """Made by the bridge itself: someone pressed Take over or Hand back to AI in Slack."""
+class ButtonData(SiteGPTModel):
+    """Made by the bridge itself: someone pressed a button on a conversation's Slack parent."""
 
     chatbot_id: str = Field(alias="chatbotId")
     thread_id: str = Field(alias="threadId")
     channel: str
     thread_ts: str = Field(alias="threadTs")
     user: str
+
+
+class ModeChangeData(ButtonData):
+    """Take over or Hand back to AI."""
+
     mode: Literal["AGENT", "AI"]
+
+
+class HandlingData(ButtonData):
+    """I'll take it (claim) or Resolve."""
+
+    action: Literal["claim", "resolve"]
+
+
+class ResolvedData(SiteGPTModel):
+    """Made by the bridge itself: a person resolved the conversation (Resolve in Slack)."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    user: str
+    resolved_at: float = Field(alias="resolvedAt")  # so that resolving again is a new event
 
 
 class TicketStatusData(SiteGPTModel):
@@ -212,6 +234,16 @@ class ModeChangeEvent(SiteGPTModel):
     data: ModeChangeData
 
 
+class HandlingEvent(SiteGPTModel):
+    event: Literal["SLACK_HANDLING"]
+    data: HandlingData
+
+
+class ResolvedEvent(SiteGPTModel):
+    event: Literal["BRIDGE_CONVERSATION_RESOLVED"]
+    data: ResolvedData
+
+
 class TicketStatusEvent(SiteGPTModel):
     event: Literal["JIRA_TICKET_STATUS"]
     data: TicketStatusData
@@ -234,7 +266,7 @@ class ThreadNoticeEvent(SiteGPTModel):
 
 Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
          | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent
-         | ThreadNoticeEvent)
+         | ThreadNoticeEvent | HandlingEvent | ResolvedEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
@@ -246,13 +278,16 @@ MODELS: dict[str, type[SiteGPTModel]] = {
     TICKET_COMMENT: TicketCommentEvent,
     TICKET_DELETED: TicketDeletedEvent,
     THREAD_NOTICE: ThreadNoticeEvent,
+    HANDLING: HandlingEvent,
+    RESOLVED: ResolvedEvent,
 }
 
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
                TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
                MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
                TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted",
-               THREAD_NOTICE: "thread notice"}  # how listings name each kind
+               THREAD_NOTICE: "thread notice", HANDLING: "claim/resolve",
+               RESOLVED: "resolved"}  # how listings name each kind
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,10 @@ from bridge.destinations.slack_workspace import (
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
+    HANDLING,
     LEAD,
     MESSAGE,
+    RESOLVED,
     THREAD_NOTICE,
     TICKET_COMMENT,
     TICKET_DELETED,
@@ -51,6 +53,8 @@ from bridge.events import (
     Conversation,
     EscalationEvent,
     Event,
+    HandlingData,
+    HandlingEvent,
     LeadEvent,
     MessageEvent,
     ThreadNoticeEvent,
@@ -58,10 +62,11 @@ from bridge.events import (
     TicketDeletedEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
+    canonical_json,
     conversation_of,
 )
 from bridge.settings import Settings
-from bridge.store import Echo
+from bridge.store import Echo, FollowUp
 from bridge.templating import Templates, cut
 
 log = logging.getLogger("bridge.slack")
@@ -78,6 +83,7 @@ SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say 
 VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
 QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
 REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
+MODE_CHANGED = "mode_changed"  # the notice (slack/mode_changed.json.j2) once SiteGPT switched
 __all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
 
 
@@ -93,7 +99,7 @@ class SlackDestination:
     name: ClassVar[str] = "slack"
     KINDS: ClassVar[frozenset[str]] = frozenset({
         MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED,
-        THREAD_NOTICE})
+        THREAD_NOTICE, HANDLING})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
                  workspace: SlackWorkspace | None = None) -> None:
@@ -140,7 +146,9 @@ class SlackDestination:
             if isinstance(event, TicketDeletedEvent):
                 return await self._ticket_deleted(delivery, event)
             if isinstance(event, ThreadNoticeEvent):
-                return await self._post_notice(event)
+                return await self._post_notice(delivery, event)
+            if isinstance(event, HandlingEvent):
+                return await self._handled(delivery, event.data)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -226,6 +234,14 @@ class SlackDestination:
             notice = event.data
             return [(IN_THREAD, post_arguments(notice.channel, self.renderer.notice(
                 notice.notice, notice.context), thread_ts=notice.thread_ts))]
+        if isinstance(event, HandlingEvent):
+            data = event.data
+            changed = _handling({}, data)
+            assert changed is not None
+            line = self.renderer.handling(conversation, data.action, data.user, None)
+            parent = self._parent(conversation, changed, None)
+            return [(IN_THREAD, post_arguments(data.channel, line, thread_ts=data.thread_ts)),
+                    (PARENT_UPDATE, update_arguments(data.channel, parent))]
         if isinstance(event, EscalationEvent):
             view = escalation_view(event.data, _sample_request(samples, conversation), None)
             posted = post_arguments(channel, self.renderer.escalation(conversation, view),
@@ -252,14 +268,47 @@ class SlackDestination:
     async def react(self, channel: str, ts: str, name: str) -> None:
         await self.workspace.react(channel, ts, name)
 
-    async def _post_notice(self, event: ThreadNoticeEvent) -> Outcome:
-        """A notice the bridge was asked to post in a thread, e.g. that a reply failed."""
+    async def _post_notice(self, delivery: Delivery, event: ThreadNoticeEvent) -> Outcome:
+        """A notice the bridge was asked to post in a thread, e.g. that a reply failed.
+
+        Once SiteGPT switched the mode, the parent shows who took over (or no one, handed back).
+        """
         notice = event.data
         message = self.renderer.notice(notice.notice, notice.context)
         if self.dry_run:
             return self._dry_run(message)
         ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
+        if notice.notice == MODE_CHANGED:
+            state = await delivery.state()
+            taken = notice.context.get("mode") == "AGENT"
+            handler = {"user": str(notice.context.get("user_id")), "name": None} if taken else None
+            await _save(delivery, {**state, "handler": handler})
+            await self._refresh_parent(delivery)
         return Delivered(note=f"{notice.channel}/{ts}")
+
+    async def _handled(self, delivery: Delivery, data: HandlingData) -> Outcome:
+        """Claim or Resolve pressed on the parent: the thread gets a line, the parent says who.
+
+        Pressing again what the parent shows already does nothing. A resolve tells the other
+        destinations (Jira moves the ticket) with a follow-up event.
+        """
+        state = await delivery.state()
+        changed = _handling(state, data)
+        if changed is None:
+            return Skipped(f"the parent shows {data.user}'s {data.action} already")
+        previous = (state.get("handler") or {}).get("user")
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        line = self.renderer.handling(conversation, data.action, data.user,
+                                      previous if previous != data.user else None)
+        outcome = await self._post_in_thread(delivery, line)
+        if not isinstance(outcome, Delivered):
+            return outcome
+        await _save(delivery, {**await delivery.state(), **changed})
+        await self._refresh_parent(delivery)
+        if data.action != "resolve":
+            return outcome
+        return Delivered(note=outcome.note,
+                         follow_ups=[_resolved(conversation, data.user, delivery.clock.now())])
 
     async def _post_messages(self, delivery: Delivery, event: MessageEvent) -> Outcome:
         """The message, with those waiting right behind it in the same thread, in one reply.
@@ -549,13 +598,33 @@ def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, A
                 learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
         elif data.message_type in VISITOR_TYPES and data.question:
             learnt.setdefault("question", cut(data.question, QUESTION_KEPT))
-            if _resolved(learnt) and not learnt.get("reopened"):
+            if _shows_resolved(learnt) and not learnt.get("reopened"):
                 learnt.pop("resolved", None)
                 learnt["reopened"] = True
     return learnt
 
 
-def _resolved(state: Mapping[str, Any]) -> bool:
+def _handling(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
+    """What a claim or a resolve changes in Slack's state, or None if it shows so already."""
+    if data.action == "resolve":
+        if state.get("resolved") and not state.get("reopened"):
+            return None
+        return {"resolved": {"by": data.user}, "reopened": False}
+    handler = state.get("handler") or {}
+    if handler.get("user") == data.user and not _shows_resolved(state):
+        return None
+    return {"handler": {"user": data.user, "name": None}, "resolved": None, "reopened": False}
+
+
+def _resolved(conversation: Conversation, user: str, now: float) -> FollowUp:
+    """Tell the destinations that take it (Jira, to move the ticket) that it was resolved."""
+    body = canonical_json({"event": RESOLVED, "data": {
+        "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
+        "user": user, "resolvedAt": now}})
+    return FollowUp(RESOLVED, body, conversation.key, ())  # the worker addresses it
+
+
+def _shows_resolved(state: Mapping[str, Any]) -> bool:
     """Whether the conversation shows as resolved: in Slack, or by its ticket's status."""
     ticket = state.get("ticket") or {}
     return bool(state.get("resolved")) or (

@@ -256,10 +256,17 @@ class SlackRenderer:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
             **view.context(),
-            "claim_buttons": False,
+            "claim_buttons": self.settings.slack.signing_secret is not None,
             "mode_buttons": replies_enabled(self.settings)
             and sitegpt_api_key(self.settings, conversation.chatbot_id) is not None,
         })
+
+    def handling(self, conversation: Conversation, action: str, user_id: str,
+                 previous: str | None) -> dict[str, Any]:
+        """The thread's line when someone claims or resolves the conversation."""
+        return self._render("slack/handling.json.j2", {
+            **self._conversation(conversation), "action": action, "user_id": user_id,
+            "previous": previous})
 
     def notice(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
         """A notice the bridge posts about a reply from Slack (sent, not delivered, mode)."""
