@@ -98,6 +98,12 @@ class LeadData(SiteGPTModel):
     dashboard_url: str | None = Field(None, alias="dashboardUrl")
     lead_details: LeadDetails = Field(alias="leadDetails")
 
+    @property
+    def thread_id(self) -> str | None:
+        """The conversation the lead was captured in, when SiteGPT names it (`threadId`)."""
+        named = (self.model_extra or {}).get("threadId")
+        return named if isinstance(named, str) and named else None
+
 
 class TicketLinkedData(SiteGPTModel):
     """Made by the bridge itself: a Jira ticket now exists for a conversation."""
@@ -401,4 +407,6 @@ def ordering_key(event: Event) -> str:
         return conversation.key
     lead = event.data
     assert isinstance(lead, LeadData)
+    if lead.thread_id is not None:  # in line with its conversation, which it may name
+        return Conversation(lead.chatbot_id, lead.thread_id).key
     return f"lead:{lead.chatbot_id}/{lead.lead_details.id}"

@@ -217,3 +217,21 @@ def test_a_source_that_is_neither_a_url_nor_an_object_with_one_is_refused():
     with pytest.raises(InvalidEvent) as refused:
         parse_event("ADD_MESSAGE", message("thread_A", "x", sources=[{"title": "no url"}]))
     assert refused.value.field == "data.sources.0"
+
+
+async def test_a_lead_captured_in_the_conversation_names_the_visitor(harness, sample):
+    h = await harness()
+    await h.accept(message("thread_A", "do you ship to Spain?"))
+    await h.worker.drain()
+    lead = sample("lead")
+    lead["data"]["threadId"] = "thread_A"
+    lead["data"]["leadDetails"]["name"] = "<!here> Ana \u202e"
+    await h.accept(lead)
+    await h.worker.drain()
+    assert headline(h.fake.updates[-1]).startswith(
+        ":bust_in_silhouette: *&lt;!here&gt; Ana*: do you ship to Spain?")
+    assert [post["channel"] for post in h.fake.parents()] == ["C_CONV", "C_LEADS"]
+    await h.accept({**lead, "data": {**lead["data"], "leadDetails": {
+        **lead["data"]["leadDetails"], "id": "lead_again"}}})
+    await h.worker.drain()
+    assert len(h.fake.updates) == 1  # the same name again: the parent is left as it is

@@ -55,6 +55,7 @@ from bridge.events import (
     Event,
     HandlingData,
     HandlingEvent,
+    LeadData,
     LeadEvent,
     MessageEvent,
     ThreadNoticeEvent,
@@ -136,7 +137,7 @@ class SlackDestination:
             if isinstance(event, TicketLinkedEvent):
                 return await self._link_ticket(delivery, event)
             if isinstance(event, LeadEvent):
-                return await self._post_lead(event)
+                return await self._post_lead(delivery, event)
             if isinstance(event, TicketStatusEvent):
                 return await self._ticket_moved(delivery, event)
             if isinstance(event, TicketCommentEvent):
@@ -434,13 +435,37 @@ class SlackDestination:
         await self._update(conversation, thread.channel, kept["ts"],
                            self.renderer.escalation(conversation, view))
 
-    async def _post_lead(self, event: LeadEvent) -> Outcome:
+    async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
         message = self.renderer.lead(event)
         if self.dry_run:
             return self._dry_run(message)
         channel = self._lead_channel(event.data.chatbot_id)
         ts = await self.workspace.post(channel, message)
+        await self._name_from_lead(delivery, event.data)
         return Delivered(note=f"{channel}/{ts}")
+
+    async def _name_from_lead(self, delivery: Delivery, data: LeadData) -> None:
+        """A lead captured in a conversation names its visitor on that thread's parent.
+
+        Such a lead is delivered in line with its conversation (see ordering_key), so Slack's
+        state for it is not written by two deliveries at once.
+        """
+        lead = data.lead_details
+        named = visitor_of(lead.name, lead.email)
+        if data.thread_id is None or named is None:
+            return
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        store = delivery.store
+        state = await store.link_state(data.chatbot_id, data.thread_id, self.name) or {}
+        if state.get("visitor") == named:
+            return
+        state = {**state, "visitor": named}
+        thread = _thread_of(state)
+        await store.save_link(data.chatbot_id, data.thread_id, self.name, state,
+                              f"{thread.channel}/{thread.ts}" if thread else None)
+        if thread is not None:
+            await self._update(conversation, thread.channel, thread.ts,
+                               self._parent(conversation, state, self._shown(state)))
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""

@@ -111,9 +111,15 @@ def plain(value: Any) -> str | None:
 
 def visitor_of(name: Any, email: Any) -> dict[str, str | None] | None:
     """The visitor as the thread shows them, or None when SiteGPT named no one."""
+    name, email = _one_line(name), _one_line(email)
     if not name and not email:
         return None
-    return {"name": plain(name) or None, "email": plain(email) or None}
+    return {"name": name, "email": email}
+
+
+def _one_line(value: Any) -> str | None:
+    """Text as one line without direction controls or spaces at its ends; None when empty."""
+    return " ".join((plain(value) or "").split()) or None
 
 
 @dataclass(frozen=True)
@@ -329,7 +335,7 @@ def _titled(source: str | Source) -> dict[str, str | None]:
     if not link_safe(url):
         return {"url": url, "title": None}
     title = source.title if isinstance(source, Source) else None
-    label = " ".join((plain(title) or "").split()) or _page_path(url)
+    label = _one_line(title) or _page_path(url)
     return {"url": url, "title": cut(label, SOURCE_TITLE_LIMIT)}
 
 
