@@ -100,6 +100,9 @@ async def test_resolve_moves_the_ticket_once_and_the_parent_shows_it(site, jira)
     assert resolved == [":white_check_mark: <@U_BEN> resolved this conversation."]
     rows = await s.bridge.store.deliveries(limit=100)
     assert {row.status for row in rows} <= {"delivered", "skipped"}
+    for sent in [*s.fake.posts, *s.fake.updates]:
+        for block in sent.get("blocks") or []:
+            Block.parse(block).validate_json()  # type: ignore[union-attr]
 
 
 async def test_without_a_resolve_transition_the_ticket_is_left_alone(site, jira):

@@ -13,7 +13,7 @@ from slack_sdk.models.blocks import Block
 
 from bridge.event_rows import new_event
 from bridge.events import TICKET_LINKED, TICKET_STATUS, InvalidEvent, parse_event
-from bridge.templating import CUT_MARKER
+from bridge.templating import CUT_MARKER, slack_date
 from tests.test_slack import Harness, fake, harness, message  # noqa: F401 (fixtures)
 
 JIRA = {"url": "https://acme.atlassian.net", "email": "a@b.c", "api_token": "t",
@@ -235,3 +235,16 @@ async def test_a_lead_captured_in_the_conversation_names_the_visitor(harness, sa
         **lead["data"]["leadDetails"], "id": "lead_again"}}})
     await h.worker.drain()
     assert len(h.fake.updates) == 1  # the same name again: the parent is left as it is
+
+
+@pytest.mark.parametrize(("value", "token", "shown"), [
+    (1705314600, "{time}", "<!date^1705314600^{time}|2024-01-15 10:30 UTC>"),
+    ("2024-01-15T11:30:00+01:00", "{date}", "<!date^1705314600^{date}|2024-01-15 10:30 UTC>"),
+    ("2024-01-15T10:30:00", "{date}", "<!date^1705314600^{date}|2024-01-15 10:30 UTC>"),
+    ("<!channel>", "{date}", "&lt;!channel&gt;"),
+    (True, "{date}", "True"),
+    (1705314600, "{time}|x>^https://evil.example", "<!date^1705314600^{time}xhttps://evil.example"
+                                                    "|2024-01-15 10:30 UTC>"),
+])
+def test_slack_date_is_a_date_or_inert_text(value, token, shown):
+    assert slack_date(value, token) == shown

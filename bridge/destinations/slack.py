@@ -485,7 +485,9 @@ class SlackDestination:
             parent = self._parent(conversation, state, self._shown(state))
             ts = await self.workspace.post(channel, parent,
                                            metadata=parent_metadata(conversation))
-        await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
+        # "question" is kept even while unknown: it marks a thread that shows the first one.
+        await _save(delivery, {**state, "channel": channel, "thread_ts": ts,
+                               "question": state.get("question")})
         return Thread(channel, ts)
 
     async def _earlier_parent(self, delivery: Delivery, channel: str,
@@ -622,11 +624,18 @@ def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, A
             if not (learnt.get("handler") or {}).get("user"):  # a claim in Slack says more
                 learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
         elif data.message_type in VISITOR_TYPES and data.question:
-            learnt.setdefault("question", cut(data.question, QUESTION_KEPT))
+            if _shows_first_question(learnt) and not learnt.get("question"):
+                learnt["question"] = cut(data.question, QUESTION_KEPT)
             if _shows_resolved(learnt) and not learnt.get("reopened"):
                 learnt.pop("resolved", None)
                 learnt["reopened"] = True
     return learnt
+
+
+def _shows_first_question(state: Mapping[str, Any]) -> bool:
+    """Whether the parent shows the first question: a thread started before it did never will,
+    as the next question there would not be the first."""
+    return _thread_of(state) is None or "question" in state
 
 
 def _handling(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
