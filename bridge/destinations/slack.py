@@ -163,7 +163,7 @@ class SlackDestination:
                 f"bot @{reply.get('user')} ({reply.get('user_id')}), {', '.join(channels)}")
 
     def _channels(self) -> list[str]:
-        """Every channel posts may go to, each once: threads, leads, chatbots' own."""
+        """Every channel posts may go to, each once: threads, leads, chatbots' and routes' own."""
         named = [self.slack.channel, self.slack.leads_channel,
                  *self.settings.routed_values("slack_channel"),
                  *self.settings.routed_values("leads_channel")]
