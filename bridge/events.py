@@ -7,10 +7,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 MESSAGE = "ADD_MESSAGE"
 ESCALATION = "CONVERSATION_ESCALATED"
@@ -22,6 +22,8 @@ TICKET_STATUS = "JIRA_TICKET_STATUS"
 TICKET_COMMENT = "JIRA_TICKET_COMMENT"
 TICKET_DELETED = "JIRA_TICKET_DELETED"
 THREAD_NOTICE = "BRIDGE_THREAD_NOTICE"
+HANDLING = "SLACK_HANDLING"
+RESOLVED = "BRIDGE_CONVERSATION_RESOLVED"
 DASHBOARD = "https://sitegpt.ai/{chatbot_id}/chat-history/{thread_id}"
 
 
@@ -31,11 +33,27 @@ class SiteGPTModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
 
+class Source(SiteGPTModel):
+    """A page an answer drew on, when SiteGPT sends it with its title rather than a bare URL."""
+
+    url: str
+    title: str | None = None
+
+
+def _source(value: Any) -> str | Source:
+    """A source: its URL, or SiteGPT's object with the URL and the page's title."""
+    if isinstance(value, str | Source):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("url"), str):
+        return Source.model_validate(value)
+    raise ValueError("a source must be a string (its URL) or an object with a url string")
+
+
 class MessageData(SiteGPTModel):
     chatbot_id: str = Field(alias="chatbotId")
     thread_id: str = Field(alias="threadId")
     gpt_model: str | None = Field(None, alias="gptModel")
-    sources: list[str] | None = None
+    sources: list[Annotated[str | Source, PlainValidator(_source)]] | None = None
     question: str | None = None
     answer: str | None = None
     message_type: str | None = Field(None, alias="messageType")
@@ -80,6 +98,12 @@ class LeadData(SiteGPTModel):
     dashboard_url: str | None = Field(None, alias="dashboardUrl")
     lead_details: LeadDetails = Field(alias="leadDetails")
 
+    @property
+    def thread_id(self) -> str | None:
+        """The conversation the lead was captured in, when SiteGPT names it (`threadId`)."""
+        named = (self.model_extra or {}).get("threadId")
+        return named if isinstance(named, str) and named else None
+
 
 class TicketLinkedData(SiteGPTModel):
     """Made by the bridge itself: a Jira ticket now exists for a conversation."""
@@ -104,15 +128,35 @@ class SlackReplyData(SiteGPTModel):
     text: str
 
 
-class ModeChangeData(SiteGPTModel):
-    """Made by the bridge itself: someone pressed Take over or Hand back to AI in Slack."""
+class ButtonData(SiteGPTModel):
+    """Made by the bridge itself: someone pressed a button on a conversation's Slack parent."""
 
     chatbot_id: str = Field(alias="chatbotId")
     thread_id: str = Field(alias="threadId")
     channel: str
     thread_ts: str = Field(alias="threadTs")
     user: str
+
+
+class ModeChangeData(ButtonData):
+    """Take over or Hand back to AI."""
+
     mode: Literal["AGENT", "AI"]
+
+
+class HandlingData(ButtonData):
+    """I'll take it (claim) or Resolve."""
+
+    action: Literal["claim", "resolve"]
+
+
+class ResolvedData(SiteGPTModel):
+    """Made by the bridge itself: a person resolved the conversation (Resolve in Slack)."""
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    user: str
+    resolved_at: float = Field(alias="resolvedAt")  # so that resolving again is a new event
 
 
 class TicketStatusData(SiteGPTModel):
@@ -196,6 +240,16 @@ class ModeChangeEvent(SiteGPTModel):
     data: ModeChangeData
 
 
+class HandlingEvent(SiteGPTModel):
+    event: Literal["SLACK_HANDLING"]
+    data: HandlingData
+
+
+class ResolvedEvent(SiteGPTModel):
+    event: Literal["BRIDGE_CONVERSATION_RESOLVED"]
+    data: ResolvedData
+
+
 class TicketStatusEvent(SiteGPTModel):
     event: Literal["JIRA_TICKET_STATUS"]
     data: TicketStatusData
@@ -218,7 +272,7 @@ class ThreadNoticeEvent(SiteGPTModel):
 
 Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
          | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent
-         | ThreadNoticeEvent)
+         | ThreadNoticeEvent | HandlingEvent | ResolvedEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
@@ -230,13 +284,16 @@ MODELS: dict[str, type[SiteGPTModel]] = {
     TICKET_COMMENT: TicketCommentEvent,
     TICKET_DELETED: TicketDeletedEvent,
     THREAD_NOTICE: ThreadNoticeEvent,
+    HANDLING: HandlingEvent,
+    RESOLVED: ResolvedEvent,
 }
 
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
                TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
                MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
                TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted",
-               THREAD_NOTICE: "thread notice"}  # how listings name each kind
+               THREAD_NOTICE: "thread notice", HANDLING: "claim/resolve",
+               RESOLVED: "resolved"}  # how listings name each kind
 
 
 @dataclass(frozen=True)
@@ -363,4 +420,6 @@ def ordering_key(event: Event) -> str:
         return conversation.key
     lead = event.data
     assert isinstance(lead, LeadData)
+    if lead.thread_id is not None:  # in line with its conversation, which it may name
+        return Conversation(lead.chatbot_id, lead.thread_id).key
     return f"lead:{lead.chatbot_id}/{lead.lead_details.id}"

@@ -151,6 +151,16 @@ class ChatbotSettings(Section):
         def __getattr__(self, key: str) -> Any: ...
 
 
+class RouteSettings(Section):
+    """A `[[routes]]` table: where some chatbots' conversations go. Each destination adds its own
+    keys (`route_keys`); a key left out comes from the destination's own section."""
+
+    chatbots: list[str] = Field(min_length=1)
+
+    if TYPE_CHECKING:  # a destination's key, e.g. slack_channel, is declared by its plugin
+        def __getattr__(self, key: str) -> Any: ...
+
+
 class DeliverySettings(Section):
     max_age: Duration = duration("24h")
     max_attempts: int = Field(60, ge=1)

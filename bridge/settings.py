@@ -17,6 +17,7 @@ from bridge.sections import (
     ChatbotSettings,
     DeliverySettings,
     LogSettings,
+    RouteSettings,
     ServerSettings,
     StoreSettings,
     TemplatesSettings,
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
     chatbots: list[ChatbotSettings] = []
+    routes: list[RouteSettings] = []
     delivery: DeliverySettings = DeliverySettings()
     templates: TemplatesSettings = TemplatesSettings()
     log: LogSettings = LogSettings()
@@ -63,6 +65,28 @@ class Settings(BaseSettings):
 
     def chatbot(self, chatbot_id: str) -> ChatbotSettings | None:
         return next((bot for bot in self.chatbots if bot.id == chatbot_id), None)
+
+    def route(self, chatbot_id: str) -> RouteSettings | None:
+        """The first `[[routes]]` table naming the chatbot, if any."""
+        return next((route for route in self.routes if chatbot_id in route.chatbots), None)
+
+    def routed(self, chatbot_id: str, key: str) -> Any:
+        """A destination's `key` for the chatbot: its `[[chatbots]]` table's, else its route's.
+
+        None when neither sets it: the destination's own section decides then. A route may set
+        a key to an empty value on purpose (no mention); a chatbot's empty key counts as unset.
+        """
+        chatbot = self.chatbot(chatbot_id)
+        if chatbot is not None and getattr(chatbot, key, None):
+            return getattr(chatbot, key)
+        route = self.route(chatbot_id)
+        return getattr(route, key, None) if route is not None else None
+
+    def routed_values(self, key: str) -> list[Any]:
+        """Every value of `key` set in a `[[chatbots]]` or `[[routes]]` table, each once."""
+        tables = [*self.chatbots, *self.routes]
+        named = [getattr(table, key, None) for table in tables]
+        return list(dict.fromkeys(value for value in named if value))
 
     def unconfigured_endpoints(self) -> list[str]:
         """Webhooks without a token: each answers 503 until one is set."""

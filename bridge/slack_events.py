@@ -1,4 +1,4 @@
-"""Slack's Events API and interactivity: thread replies and mode buttons, stored for delivery."""
+"""Slack's Events API and interactivity: thread replies and the parent's buttons, stored."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from bridge.clock import Clock
 from bridge.destinations import Takers
 from bridge.destinations.sitegpt_settings import replies_enabled
 from bridge.events import (
+    HANDLING,
     MODE_CHANGE,
     SLACK_REPLY,
     Conversation,
+    HandlingData,
     ModeChangeData,
     SlackReplyData,
     canonical_json,
@@ -46,7 +48,9 @@ log = logging.getLogger("bridge.slack_events")
 DEDUP_WINDOW = 7 * 86400.0  # Slack retries within the hour; a week costs a few rows
 PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
+HANDLING_ACTIONS = {"sitegpt_claim": "claim", "sitegpt_resolve": "resolve"}
 DESTINATIONS = Takers(SLACK_REPLY, MODE_CHANGE)  # who declares them
+HANDLERS = Takers(HANDLING)
 SLACK = "slack"  # whose conversation links hold the threads
 ENDPOINT = "slack"  # both routes' label in sitegpt_bridge_webhooks_total
 # Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
@@ -119,6 +123,7 @@ class SlackReceiver:
     verifier: SignatureVerifier
     max_body_bytes: int
     private_note_prefix: str
+    modes: bool = True  # Take over / Hand back reach SiteGPT (replies from Slack are on)
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
     refusals: Refusals = field(init=False)
@@ -151,7 +156,7 @@ class SlackReceiver:
             payload = form.get("payload")
             if not payload:
                 raise Refused(INVALID, "not a Slack Interaction: payload: required")
-            event = await self._mode_event(_parse(Interaction, payload[0].encode()))
+            event = await self._button_event(_parse(Interaction, payload[0].encode()))
             if isinstance(event, str):
                 return self.storing.ignored("slack interaction", event).response()
             await self.storing.accept("slack interaction", event)
@@ -217,18 +222,25 @@ class SlackReceiver:
             return "a private note"
         return None
 
-    async def _mode_event(self, interaction: Interaction) -> NewEvent | str:
-        action = next((a for a in interaction.actions if a.action_id in MODE_ACTIONS), None)
+    async def _button_event(self, interaction: Interaction) -> NewEvent | str:
+        """The event a button on a parent stands for, or why the interaction is none."""
+        known = {*HANDLING_ACTIONS, *(MODE_ACTIONS if self.modes else ())}
+        action = next((a for a in interaction.actions if a.action_id in known), None)
         channel, ts = interaction.container.channel_id, interaction.container.message_ts
         if interaction.type != "block_actions" or action is None or not channel or not ts:
-            return "not a mode button"
+            return "not one of the bridge's buttons"
         record = await conversation_by_ref(self.store, SLACK, f"{channel}/{ts}")
         if record is None:
             return "not on a conversation's parent message"
+        # Slack sends a retry with the same action_ts: the store keeps the first only.
         key = f"slack-action:{channel}:{ts}:{interaction.user.id}:{action.action_ts}"
+        ids = {"chatbot_id": record.chatbot_id, "thread_id": record.thread_id, "channel": channel,
+               "thread_ts": ts, "user": interaction.user.id}
+        if action.action_id in HANDLING_ACTIONS:
+            return _new_event(HANDLING, record, key, HandlingData(
+                **ids, action=HANDLING_ACTIONS[action.action_id]), HANDLERS)
         return _new_event(MODE_CHANGE, record, key, ModeChangeData(
-            chatbot_id=record.chatbot_id, thread_id=record.thread_id, channel=channel,
-            thread_ts=ts, user=interaction.user.id, mode=MODE_ACTIONS[action.action_id]))
+            **ids, mode=MODE_ACTIONS[action.action_id]))
 
 
 def _parse(model: type[M], raw: bytes) -> M:
@@ -242,25 +254,31 @@ def _parse(model: type[M], raw: bytes) -> M:
 
 
 def _new_event(kind: str, conversation: Conversation, dedup_key: str,
-               data: SlackReplyData | ModeChangeData) -> NewEvent:
+               data: SlackReplyData | ModeChangeData | HandlingData,
+               destinations: Takers = DESTINATIONS) -> NewEvent:
     body = {"event": kind, "data": data.model_dump(by_alias=True)}
     return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
-                    ordering_key=conversation.key, destinations=DESTINATIONS,
+                    ordering_key=conversation.key, destinations=destinations,
                     conversation=(conversation.chatbot_id, conversation.thread_id))
 
 
 def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
                  on_accept: Callable[[], None],
                  metrics: Metrics | None = None) -> list[BaseRoute]:
-    """POST /slack/events and /slack/interactions, or nothing when replies are off."""
+    """POST /slack/interactions (Claim and Resolve) once Slack's signing secret is set, and
+    /slack/events (replies) with the mode buttons when replies from Slack are on too."""
     secret = settings.slack.signing_secret
-    if not replies_enabled(settings) or secret is None:
+    if secret is None:
         return []
+    replies = replies_enabled(settings)
     receiver = SlackReceiver(
         store=store, clock=clock,
         verifier=SignatureVerifier(secret.get_secret_value(), _VerifierClock(clock)),
         max_body_bytes=settings.server.max_body_bytes,
-        private_note_prefix=settings.slack.private_note_prefix, on_accept=on_accept,
-        metrics=metrics or Metrics())
-    return [Route("/slack/events", receiver.events, methods=["POST"]),
-            Route("/slack/interactions", receiver.interactions, methods=["POST"])]
+        private_note_prefix=settings.slack.private_note_prefix, modes=replies,
+        on_accept=on_accept, metrics=metrics or Metrics())
+    routes: list[BaseRoute] = [
+        Route("/slack/interactions", receiver.interactions, methods=["POST"])]
+    if replies:
+        routes.append(Route("/slack/events", receiver.events, methods=["POST"]))
+    return routes

@@ -139,6 +139,35 @@ def _inert_date(value: Any) -> str:
     return " ".join(_NOT_DATE_TEXT.sub(" ", str(value)[:DATE_TEXT_LIMIT]).split())
 
 
+def slack_date(value: Any, token: str = "{date_short_pretty} {time}",
+               fallback: str = "%Y-%m-%d %H:%M UTC") -> str:
+    """An epoch number or ISO-8601 string as Slack's `<!date^...>`: each reader sees it in their
+    own time zone (`token` is Slack's format), and clients that cannot see the UTC `fallback`.
+    Anything that is not a time is shown as escaped text, never as a date."""
+    moment = _moment(value)
+    if moment is None:
+        return slack_escape(value)
+    seconds = int(moment.timestamp())
+    return (f"<!date^{seconds}^{_TOKEN_UNSAFE.sub('', token)}|"
+            f"{slack_escape(format_date(seconds, fallback))}>")
+
+
+_TOKEN_UNSAFE = re.compile(r"[|<>^\x00-\x1f]")
+
+
+def _moment(value: Any) -> datetime | None:
+    """The time an epoch number or an ISO-8601 string names (UTC when it names no zone)."""
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str) and value:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
 def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=_undefined_fails)
 
@@ -177,6 +206,7 @@ class Templates:
             mrkdwn=slack_escape, slack_link=slack_link, sitegpt_link=sitegpt_link,
             jira=jira_escape, cut=cut,
             date=format_date, tojson=_tojson)
+        self.env.filters["slack_date"] = slack_date
         self.env.globals.update(dashboard_url=dashboard_url)
         # Lorem ipsum has no place in a message, and a large n only burns CPU.
         del self.env.globals["lipsum"]

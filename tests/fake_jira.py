@@ -154,6 +154,8 @@ class FakeJira:
             ("GET", f"{api}/issue/([^/]+)", self._issue),
             ("GET", f"{api}/issue/([^/]+)/comment", self._comments),
             ("POST", f"{api}/issue/([^/]+)/comment", self._add_comment),
+            ("GET", f"{api}/issue/([^/]+)/transitions", self._transitions),
+            ("POST", f"{api}/issue/([^/]+)/transitions", self._transition),
             ("GET", f"{api}/search", self._server_search),
             ("POST", f"{api}/search", self._server_search),
             ("GET", r"/rest/api/[23]/search/jql", self._cloud_search),
@@ -231,6 +233,23 @@ class FakeJira:
         comments.append(comment)
         return 201, comment, {}
 
+    def _transitions(self, call: Recorded, key: str) -> Answer:
+        """Every ticket may go to each status category, each transition named after its status."""
+        if key not in self.issues:
+            return _error(404, "Issue does not exist or you do not have permission to see it.")
+        return 200, {"transitions": [
+            {"id": str(number), "name": status["name"], "to": status}
+            for number, status in TRANSITIONS.items()]}, {}
+
+    def _transition(self, call: Recorded, key: str) -> Answer:
+        wanted = str((call.body or {}).get("transition", {}).get("id"))
+        if key not in self.issues:
+            return _error(404, "Issue does not exist or you do not have permission to see it.")
+        if wanted not in {str(number) for number in TRANSITIONS}:
+            return _error(400, f"Transition id '{wanted}' is not valid for this issue.")
+        self.issues[key]["fields"]["status"] = TRANSITIONS[int(wanted)]
+        return 204, None, {}
+
     def _server_search(self, call: Recorded) -> Answer:
         if self.deployment == "Cloud":
             return _error(410, SEARCH_GONE)
@@ -256,6 +275,9 @@ class FakeJira:
 def _status(category: str) -> dict[str, Any]:
     name = {"new": "To Do", "indeterminate": "In Progress", "done": "Done"}[category]
     return {"name": name, "statusCategory": {"key": category, "name": name}}
+
+
+TRANSITIONS = {11: _status("new"), 21: _status("indeterminate"), 31: _status("done")}
 
 
 def _public(issue: dict[str, Any]) -> dict[str, Any]:

@@ -146,9 +146,10 @@ def test_render_shows_people_what_the_thread_would_show(config, capsys):
         "┃ Open the conversation in SiteGPT "
         "(https://sitegpt.ai/chatbot_123/chat-history/thread_456)",
         "to C_CONV",
-        "┃ *chatbot_123* · conversation `thread_456`",
-        "┃ :rotating_light: Escalated: the visitor asked for a human",
-        "┃ Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
+        "┃ :bust_in_silhouette: *Visitor*",
+        "┃ :rotating_light: Escalated: waiting for a human",
+        "┃ *chatbot_123* · conversation `thread_456` · "
+        "Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
 
 
 @pytest.mark.parametrize(("slack", "heading"), [
@@ -173,14 +174,14 @@ def test_render_the_batch_sample_shows_the_one_reply_a_backlog_becomes(config, c
     code, out, err = run(capsys, "render", "--json", "--sample", "messages-batch", "--config", path)
     assert code == 0
     assert err.splitlines() == [
-        "# slack: thread_456: chat.postMessage (in the thread), 5 waiting messages in one reply"]
+        "# slack: thread_456: chat.postMessage (in the thread), 6 waiting messages in one reply"]
     [batch] = json_stream(out)
     lines = batch["text"].splitlines()
     assert lines[0].startswith("Dana: ")  # in the samples' order, each with its own look
     assert lines[-1] == "[mine] Visitor: I still can't log in, can I talk to a person?"
     stamps = [block for block in batch["blocks"] if block["type"] == "context"
               and block["elements"][-1]["text"].startswith("<!date^")]
-    assert len(stamps) == 5  # each message shows its time
+    assert len(stamps) == 6  # each message shows its time
 
 
 REPLIES_ON = {"slack": {"bot_token": "xoxb-t", "channel": "C_CONV", "signing_secret": "s"},

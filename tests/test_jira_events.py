@@ -581,7 +581,7 @@ async def test_a_deleted_ticket_is_no_longer_shown_on_the_parent(desk):
     thread_before = await d.thread()
     await d.delivered(webhook("issue-deleted", key), "wh-del")
     parent = await d.parent_now()
-    assert key not in parent and "Escalated: the visitor asked for a human" in parent
+    assert key not in parent and "Escalated: waiting for a human" in parent
     assert await d.thread() == thread_before
     rows = await d.bridge.store.deliveries(limit=5)
     assert rows[0].status == "delivered" and "deleted" in str(rows[0].note)

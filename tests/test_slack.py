@@ -9,8 +9,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,64 +21,15 @@ from bridge.event_rows import new_event
 from bridge.events import MESSAGE, TICKET_LINKED, canonical_json, parse_event
 from bridge.samples import load_sample
 from bridge.store import ClaimedDelivery, open_store
-from bridge.store.sqlite import SQLiteStore
 from bridge.templating import CUT_MARKER, Templates
 from bridge.worker import Worker
-from tests.clock import FakeClock
 from tests.failing_store import FullDisk
-from tests.fake_slack import FakeSlack
-
-
-@dataclass
-class Harness:
-    store: SQLiteStore
-    slack: SlackDestination
-    worker: Worker
-    clock: FakeClock
-    fake: FakeSlack
-
-    async def accept(self, body: dict[str, Any]) -> int:
-        event = parse_event(body["event"], body)
-        accepted = await self.store.accept(new_event(event, body, ["slack"]), self.clock.now(), 600)
-        return accepted.event_id
-
-    async def statuses(self) -> list[tuple[str, str | None]]:
-        rows = await self.store.deliveries(limit=1000)
-        return [(row.status, row.last_error or row.note) for row in reversed(rows)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-async def harness(make_settings, fake, clock):
-    built: list[Harness] = []
-
-    async def build(extra: dict[str, Any] | None = None, **slack: Any) -> Harness:
-        settings = make_settings({"slack": {
-            "bot_token": "xoxb-test", "api_url": fake.api_url, "channel": "C_CONV",
-            "leads_channel": "C_LEADS", "burst": 1000, "per_second": 1000.0,
-            "escalation_mention": "<!subteam^S0123>", **slack}, **(extra or {})})
-        store = open_store(settings.store.url)
-        destination = SlackDestination(settings, Templates(), clock)
-        worker = Worker(store, {"slack": destination}, settings.delivery, clock, random.Random(7))
-        built.append(Harness(store, destination, worker, clock, fake))
-        return built[-1]
-
-    yield build
-    for item in built:
-        await item.slack.aclose()
-        await item.store.close()
-
-
-def message(thread: str, text: str, kind: str = "USER_MESSAGE", **data: Any) -> dict[str, Any]:
-    fields = {"chatbotId": "chatbot_123", "threadId": thread, "messageType": kind,
-              "question": text if kind != "AGENT_MESSAGE" else None,
-              "answer": text if kind != "USER_MESSAGE" else None, **data}
-    return {"event": "ADD_MESSAGE", "data": fields}
+from tests.slack_harness import (  # noqa: F401 (fixtures)
+    Harness,
+    fresh_fake_fixture,
+    harness_fixture,
+    message,
+)
 
 
 def texts(posts: list[dict[str, Any]]) -> list[str]:
@@ -241,7 +191,7 @@ async def test_fields_sitegpt_fills_in_cannot_mention_or_relabel_links(harness):
     found = [link for post in h.fake.posts for link in links(post)]
     assert "<!channel>" not in found and "<!subteam^S0123>" in found
     assert not [link for link in found if "evil.example" in link or "javascript" in link]
-    assert "<https://docs.example/a?x=1&amp;y=2>" in found
+    assert "<https://docs.example/a?x=1&amp;y=2|/a>" in found  # labelled with its path
     dashboard = "https://sitegpt.ai/chatbot_123/chat-history/t1%7CPwned%3E"
     assert f"<{dashboard}|Open the conversation in SiteGPT>" in found  # escalation: rebuilt
     assert f"<{dashboard}|Open in SiteGPT>" in found  # the parent
@@ -395,6 +345,7 @@ async def test_a_dry_run_logs_every_call_a_live_run_makes(harness, sample, caplo
         "slack dry run (no bot_token), would update the thread's parent in C_CONV",
         "slack dry run (no bot_token), would reply in the thread in C_CONV",
         "slack dry run (no bot_token), would update the thread's parent in C_CONV",
+        "slack dry run (no bot_token), would update the escalation's post in C_CONV",
         "slack dry run (no bot_token), would post in C_LEADS"]
     assert len(logged) == calls
 
@@ -529,7 +480,7 @@ async def test_a_backlog_becomes_one_reply_each_message_with_its_look_and_time(h
         "section", "context", "section", "section", "context"]
     assert reply["blocks"][1]["elements"][-1]["text"].startswith(f"<!date^{first}^{{time}}|")
     sources, stamp = reply["blocks"][4]["elements"]  # the time joins the sources' line
-    assert sources["text"] == "Sources: <https://example.com/a>"
+    assert sources["text"] == "Sources: <https://example.com/a|/a>"
     assert stamp["text"].startswith(f"<!date^{second}^{{time}}|")
     notes = {row.note for row in await h.store.deliveries(limit=10)}
     assert notes == {h.fake.posts[1]["channel"] + "/" + h.fake.posts[1]["ts"],

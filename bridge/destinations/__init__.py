@@ -17,7 +17,7 @@ from bridge.destinations.base import Destination
 from bridge.destinations.plugin import Inbound, Plugin
 from bridge.destinations.shared import Shared
 from bridge.metrics import Metrics
-from bridge.sections import ChatbotSettings
+from bridge.sections import ChatbotSettings, RouteSettings
 from bridge.settings import Settings
 from bridge.templating import Templates
 
@@ -33,17 +33,22 @@ def register(plugin: Plugin) -> None:
 def settings_model() -> type[Settings]:
     """The Settings model: the general sections, then one section per registered destination.
 
-    Each destination's per-chatbot keys join the `[[chatbots]]` tables.
+    Each destination's per-chatbot keys join the `[[chatbots]]` tables, its route keys the
+    `[[routes]]` tables.
     """
     plugins = tuple(REGISTRY.values())
     if plugins not in _models:
         chatbot_keys: dict[str, Any] = {key: field for plugin in plugins
                                         for key, field in plugin.chatbot_keys.items()}
+        route_keys: dict[str, Any] = {key: field for plugin in plugins
+                                      for key, field in plugin.route_keys.items()}
         chatbot = create_model("ChatbotSettings", __base__=ChatbotSettings, **chatbot_keys)
+        route = create_model("RouteSettings", __base__=RouteSettings, **route_keys)
         fields: dict[str, Any] = {plugin.name: (plugin.section, plugin.section())
                                   for plugin in plugins}
         _models[plugins] = create_model("Settings", __base__=Settings,
                                         chatbots=(list[chatbot], []),  # type: ignore[valid-type]
+                                        routes=(list[route], []),  # type: ignore[valid-type]
                                         **fields)
     return _models[plugins]
 

@@ -15,17 +15,20 @@ import requests
 from jira import JIRA, JIRAError
 
 from bridge.clock import Clock, SystemClock
-from bridge.destinations.base import Delivered, Delivery, Outcome, parse_retry_after
+from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped, parse_retry_after
 from bridge.destinations.jira_settings import JiraSettings
 from bridge.errors import DeliveryError, PermanentError, RetryableError, TemplateError
 from bridge.event_rows import transcript_line
 from bridge.events import (
     ESCALATION,
+    RESOLVED,
     TICKET_LINKED,
+    TICKET_STATUS,
     Conversation,
     EscalationData,
     Event,
     MessageData,
+    ResolvedData,
     canonical_json,
     conversation_of,
 )
@@ -143,6 +146,24 @@ class JiraTickets:
             raise
         return None if _is_done(issue.raw) else str(issue.key)
 
+    def transition(self, key: str, name: str) -> dict[str, Any]:
+        """Move the ticket through the transition `name` (or to the status of that name);
+        the ticket's status after it."""
+        offered = self.client.transitions(key)
+        wanted = name.casefold()
+        chosen = next((option for option in offered
+                       if wanted in (str(option.get("name", "")).casefold(),
+                                     str((option.get("to") or {}).get("name", "")).casefold())),
+                      None)
+        if chosen is None:
+            names = ", ".join(str(option.get("name")) for option in offered) or "none"
+            raise PermanentError(
+                f"jira: {key} offers no transition {name!r} (it offers {names}): "
+                "see [jira] resolve_transition")
+        self.client.transition_issue(key, str(chosen["id"]))
+        issue = self.client.issue(key, fields="status")
+        return dict(issue.raw["fields"]["status"])
+
     def create(self, fields: dict[str, Any]) -> str:
         return str(self.client.create_issue(fields=fields, prefetch=False).key)
 
@@ -181,11 +202,14 @@ class JiraDestination:
         self.clock = clock or SystemClock()  # for previews; deliver() uses the delivery's
 
     def accepts(self, kind: str) -> bool:
-        return kind == ESCALATION
+        return kind == ESCALATION or (kind == RESOLVED and bool(self.jira.resolve_transition))
 
     async def deliver(self, delivery: Delivery) -> Outcome:
-        """Comment on the conversation's open ticket if it has one, else find or create it."""
+        """Comment on the conversation's open ticket if it has one, else find or create it;
+        move it through `resolve_transition` when the conversation is resolved in Slack."""
         data = delivery.event.data
+        if isinstance(data, ResolvedData):
+            return await self._resolve(delivery, data)
         if not isinstance(data, EscalationData):
             raise PermanentError(f"jira: cannot deliver a {delivery.event.event} event")
         try:
@@ -276,6 +300,37 @@ class JiraDestination:
         await _remember(delivery, key, _last_id(messages, 0))
         return Delivered(note=key, follow_ups=self._follow_ups(conversation, key, created))
 
+    async def _resolve(self, delivery: Delivery, data: ResolvedData) -> Outcome:
+        """Move the conversation's open ticket through the resolve transition, once.
+
+        A ticket done already (a retry after the move, or someone in Jira) is left alone.
+        """
+        transition = self.jira.resolve_transition
+        key = (await delivery.state()).get("key")
+        if not key or not transition:
+            return Skipped("the conversation has no ticket")
+        current = await self._call("read the ticket", self.tickets.still_open, key)
+        if current is None:
+            return Skipped(f"{key} is done already")
+        status = await self._call(f"move {current} through {transition!r}",
+                                  self.tickets.transition, current, transition)
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        return Delivered(note=f"{current} moved through {transition}",
+                         follow_ups=self._status_follow_ups(conversation, current, status,
+                                                            delivery.clock.now()))
+
+    def _status_follow_ups(self, conversation: Conversation, key: str,
+                           status: Mapping[str, Any], now: float) -> list[FollowUp]:
+        """Tell the destinations that take ticket statuses where the ticket is now."""
+        if not self.notify:
+            return []
+        body = canonical_json({"event": TICKET_STATUS, "data": {
+            "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
+            "issueKey": key, "statusId": status.get("id"), "status": status.get("name") or "?",
+            "category": (status.get("statusCategory") or {}).get("key"),
+            "changedAt": int(now * 1000)}})
+        return [FollowUp(TICKET_STATUS, body, conversation.key, ())]
+
     async def _comment(self, delivery: Delivery, data: EscalationData, key: str,
                        upto: int) -> Delivered:
         """Add the messages since the last escalation to the open ticket."""
@@ -309,8 +364,7 @@ class JiraDestination:
                     now: float, marker: str) -> dict[str, Any]:
         context = self._context(data, messages, now)
         summary = " ".join(self.templates.render("jira/summary.j2", context).split())
-        chatbot = self.settings.chatbot(data.chatbot_id)
-        project = chatbot.jira_project if chatbot and chatbot.jira_project else self.jira.project
+        project = self.settings.routed(data.chatbot_id, "jira_project") or self.jira.project
         return {
             "project": {"key": project},
             "issuetype": {"name": self.jira.issue_type},
@@ -355,7 +409,7 @@ class JiraDestination:
         return [FollowUp(TICKET_LINKED, body, conversation.key, ())]  # the worker addresses it
 
     def _projects(self) -> list[str]:
-        named = [self.jira.project, *(bot.jira_project for bot in self.settings.chatbots)]
+        named = [self.jira.project, *self.settings.routed_values("jira_project")]
         return list(dict.fromkeys(key for key in named if key))
 
     async def _call(self, action: str, operation: Callable[..., T], *args: Any) -> T:

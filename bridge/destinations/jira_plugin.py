@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute
 from bridge.destinations.jira import build_jira
 from bridge.destinations.jira_settings import JiraSettings
 from bridge.destinations.plugin import Inbound, Plugin
-from bridge.events import ESCALATION
+from bridge.events import ESCALATION, RESOLVED
 from bridge.jira_events import jira_routes
 from bridge.sections import half_set
 from bridge.settings import Settings
@@ -58,7 +58,8 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 PLUGIN = Plugin(
-    name="jira", section=JiraSettings, build=build_jira, kinds=frozenset({ESCALATION}),
+    name="jira", section=JiraSettings, build=build_jira, kinds=frozenset({ESCALATION, RESOLVED}),
     templates=builtin_dir() / "jira", samples=Path(__file__).parent / "jira_samples",
     routes=_routes, status=_status, unfinished=_unfinished, secrets=_secrets, docs="jira",
-    chatbot_keys={"jira_project": (str | None, None)})
+    chatbot_keys={"jira_project": (str | None, None)},
+    route_keys={"jira_project": (str | None, None)})

@@ -19,6 +19,9 @@ class JiraSettings(Section):
     webhook_secret: SecretStr | None = None
     webhook_token: SecretStr | None = None
     comments_to_slack: bool = False
+    # Resolve in Slack moves the conversation's ticket through this transition (its name, or
+    # the name of the status it leads to); unset, Resolve leaves the ticket alone.
+    resolve_transition: str | None = None
     # Jira sends the whole issue with every event: a long ticket outgrows SiteGPT's bodies.
     webhook_max_body_bytes: int = Field(1_048_576, ge=1024)
 

@@ -75,3 +75,5 @@ class Plugin:
     metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
     # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
     chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    # Its keys in each [[routes]] table, the same way; one left out means its own section's.
+    route_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from bridge.destinations.sitegpt_settings import (
     replies_enabled,
     sitegpt_api_key,
 )
-from bridge.destinations.slack import Call, json_previews, slack_workspace
+from bridge.destinations.slack import MODE_CHANGED, Call, json_previews, slack_workspace
 from bridge.destinations.slack_render import SlackRenderer
 from bridge.destinations.slack_workspace import SlackUser, SlackWorkspace, post_arguments
 from bridge.errors import DeliveryError, PermanentError, RetryableError
@@ -58,7 +58,6 @@ _MENTION = re.compile(r"<@([^|<>\s]+)(?:\|[^<>]*)?>")
 _UNESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
 # The notices for the thread, as follow-up events: slack/<name>.json.j2 is what Slack posts.
 REPLY_FAILED = "reply_failed"
-MODE_CHANGED = "mode_changed"
 MODE_FAILED = "mode_failed"
 NOTICES = (REPLY_FAILED, MODE_CHANGED, MODE_FAILED)
 EXAMPLE_REFUSAL = "HTTP 404: Thread not found"  # what a preview shows as SiteGPT's answer

@@ -19,10 +19,16 @@ from bridge.destinations.shared import Shared
 from bridge.destinations.slack_metrics import PacingMetrics
 from bridge.destinations.slack_render import (
     MAX_BLOCKS,
+    REQUEST_LIMIT,
+    EscalationView,
+    ParentView,
     SlackRenderer,
     TicketShown,
     Waiting,
+    escalation_view,
     fit_message,
+    plain,
+    visitor_of,
 )
 from bridge.destinations.slack_settings import SlackSettings
 from bridge.destinations.slack_workspace import (
@@ -36,8 +42,10 @@ from bridge.destinations.slack_workspace import (
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
+    HANDLING,
     LEAD,
     MESSAGE,
+    RESOLVED,
     THREAD_NOTICE,
     TICKET_COMMENT,
     TICKET_DELETED,
@@ -46,6 +54,9 @@ from bridge.events import (
     Conversation,
     EscalationEvent,
     Event,
+    HandlingData,
+    HandlingEvent,
+    LeadData,
     LeadEvent,
     MessageEvent,
     ThreadNoticeEvent,
@@ -53,11 +64,12 @@ from bridge.events import (
     TicketDeletedEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
+    canonical_json,
     conversation_of,
 )
 from bridge.settings import Settings
-from bridge.store import Echo
-from bridge.templating import Templates
+from bridge.store import Echo, FollowUp
+from bridge.templating import Templates, cut
 
 log = logging.getLogger("bridge.slack")
 Call = tuple[str, dict[str, Any]]  # what a call is for, and its arguments
@@ -71,6 +83,10 @@ MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never 
 BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
 DRY_RUN_THREAD = "dry_run_thread"  # the channel a dry run logged a parent for: logged once
+VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
+QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
+REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
+MODE_CHANGED = "mode_changed"  # the notice (slack/mode_changed.json.j2) once SiteGPT switched
 __all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
 
 
@@ -86,7 +102,7 @@ class SlackDestination:
     name: ClassVar[str] = "slack"
     KINDS: ClassVar[frozenset[str]] = frozenset({
         MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, TICKET_COMMENT, TICKET_DELETED,
-        THREAD_NOTICE})
+        THREAD_NOTICE, HANDLING})
 
     def __init__(self, settings: Settings, templates: Templates, clock: Clock | None = None,
                  workspace: SlackWorkspace | None = None) -> None:
@@ -134,7 +150,9 @@ class SlackDestination:
             if isinstance(event, TicketDeletedEvent):
                 return await self._ticket_deleted(delivery, event)
             if isinstance(event, ThreadNoticeEvent):
-                return await self._post_notice(event)
+                return await self._post_notice(delivery, event)
+            if isinstance(event, HandlingEvent):
+                return await self._handled(delivery, event.data)
         except TemplateError as exc:
             raise PermanentError(f"slack: template error: {exc}") from exc
         raise PermanentError(f"slack: cannot deliver {event.event} events")
@@ -148,9 +166,10 @@ class SlackDestination:
                 f"bot @{reply.get('user')} ({reply.get('user_id')}), {', '.join(channels)}")
 
     def _channels(self) -> list[str]:
-        """Every channel posts may go to, each once: threads, leads, chatbots' own."""
+        """Every channel posts may go to, each once: threads, leads, chatbots' and routes' own."""
         named = [self.slack.channel, self.slack.leads_channel,
-                 *(chatbot.slack_channel for chatbot in self.settings.chatbots)]
+                 *self.settings.routed_values("slack_channel"),
+                 *self.settings.routed_values("leads_channel")]
         return list(dict.fromkeys(channel for channel in named if channel))
 
     async def _check_channel(self, channel: str) -> str:
@@ -179,7 +198,7 @@ class SlackDestination:
         One entry per call, in the order deliver() makes them; a thread's ts is known only once
         Slack answers, so previews leave it out.
         """
-        rendered = json_previews(samples, self.accepts, self._preview)
+        rendered = json_previews(samples, self.accepts, partial(self._preview, samples))
         return rendered | self._batch_previews(samples)
 
     def _batch_previews(self, samples: Mapping[str, Event]) -> dict[str, str]:
@@ -198,15 +217,15 @@ class SlackDestination:
                 previews[label] = json.dumps(arguments, indent=2, ensure_ascii=False)
         return previews
 
-    def _preview(self, event: Event) -> list[Call]:
+    def _preview(self, samples: Mapping[str, Event], event: Event) -> list[Call]:
         if isinstance(event, LeadEvent):
-            return [("chat.postMessage (lead)",
-                     post_arguments(self._lead_channel(), self.renderer.lead(event)))]
+            return [("chat.postMessage (lead)", post_arguments(
+                self._lead_channel(event.data.chatbot_id), self.renderer.lead(event)))]
         conversation = conversation_of(event)
         assert conversation is not None
         channel = self._channel_for(conversation.chatbot_id)
         if isinstance(event, MessageEvent):
-            parent = self.renderer.parent(conversation, False, None)
+            parent = self.renderer.parent(conversation, ParentView(question=event.data.question))
             return [("chat.postMessage (parent of a new thread)",
                      post_arguments(channel, parent, metadata=parent_metadata(conversation))),
                     (IN_THREAD, post_arguments(channel, self.renderer.message(event)))]
@@ -219,8 +238,18 @@ class SlackDestination:
             notice = event.data
             return [(IN_THREAD, post_arguments(notice.channel, self.renderer.notice(
                 notice.notice, notice.context), thread_ts=notice.thread_ts))]
+        if isinstance(event, HandlingEvent):
+            data = event.data
+            changed = _handling({}, data)
+            assert changed is not None
+            line = self.renderer.handling(conversation, data.action, data.user, None)
+            parent = self._parent(conversation, changed, None)
+            return [(IN_THREAD, post_arguments(data.channel, line, thread_ts=data.thread_ts)),
+                    (PARENT_UPDATE, update_arguments(data.channel, parent))]
         if isinstance(event, EscalationEvent):
-            posted = post_arguments(channel, self.renderer.escalation(event), reply_broadcast=True)
+            view = escalation_view(event.data, _sample_request(samples, conversation), None)
+            posted = post_arguments(channel, self.renderer.escalation(conversation, view),
+                                    reply_broadcast=True)
             ticket = None
         elif isinstance(event, TicketStatusEvent):
             ticket = _moved_to(event, self._issue_url(event.data.issue_key))
@@ -233,7 +262,7 @@ class SlackDestination:
 
     def _parent_preview(self, channel: str, conversation: Conversation,
                         ticket: TicketShown | None) -> Call:
-        parent = self.renderer.parent(conversation, True, ticket)
+        parent = self.renderer.parent(conversation, ParentView(escalated=True, ticket=ticket))
         return (PARENT_UPDATE, update_arguments(channel, parent))
 
     async def user(self, user_id: str) -> SlackUser:
@@ -243,15 +272,48 @@ class SlackDestination:
     async def react(self, channel: str, ts: str, name: str) -> None:
         await self.workspace.react(channel, ts, name)
 
-    async def _post_notice(self, event: ThreadNoticeEvent) -> Outcome:
-        """A notice the bridge was asked to post in a thread, e.g. that a reply failed."""
+    async def _post_notice(self, delivery: Delivery, event: ThreadNoticeEvent) -> Outcome:
+        """A notice the bridge was asked to post in a thread, e.g. that a reply failed.
+
+        Once SiteGPT switched the mode, the parent shows who took over (or no one, handed back).
+        """
         notice = event.data
         message = self.renderer.notice(notice.notice, notice.context)
         if self.dry_run:
             return self._dry_run(f"reply in the thread {notice.channel}/{notice.thread_ts}",
                                  message)
         ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
+        if notice.notice == MODE_CHANGED:
+            state = await delivery.state()
+            taken = notice.context.get("mode") == "AGENT"
+            handler = {"user": str(notice.context.get("user_id")), "name": None} if taken else None
+            await _save(delivery, {**state, "handler": handler})
+            await self._refresh_parent(delivery)
         return Delivered(note=f"{notice.channel}/{ts}")
+
+    async def _handled(self, delivery: Delivery, data: HandlingData) -> Outcome:
+        """Claim or Resolve pressed on the parent: the thread gets a line, the parent says who.
+
+        Pressing again what the parent shows already does nothing. A resolve tells the other
+        destinations (Jira moves the ticket) with a follow-up event.
+        """
+        state = await delivery.state()
+        changed = _handling(state, data)
+        if changed is None:
+            return Skipped(f"the parent shows {data.user}'s {data.action} already")
+        previous = (state.get("handler") or {}).get("user")
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        line = self.renderer.handling(conversation, data.action, data.user,
+                                      previous if previous != data.user else None)
+        outcome = await self._post_in_thread(delivery, line)
+        if not isinstance(outcome, Delivered):
+            return outcome
+        await _save(delivery, {**await delivery.state(), **changed})
+        await self._refresh_parent(delivery)
+        if data.action != "resolve":
+            return outcome
+        return Delivered(note=outcome.note,
+                         follow_ups=[_resolved(conversation, data.user, delivery.clock.now())])
 
     async def _post_messages(self, delivery: Delivery, event: MessageEvent) -> Outcome:
         """The message, with those waiting right behind it in the same thread, in one reply.
@@ -261,6 +323,7 @@ class SlackDestination:
         """
         if self.dry_run:
             return await self._dry_run_in_thread(delivery, self.renderer.message(event))
+        await self._learn(delivery, [event])  # before the thread: a new parent starts with it
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread.channel, thread.ts):
             return await self._found_reply(delivery, thread.channel, found)
@@ -268,6 +331,8 @@ class SlackDestination:
         message, count = self._batch(event, waiting)
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
                                        metadata=delivery_metadata(waiting[:count]))
+        await self._learn(delivery, [item.event for item in waiting[1:count]
+                                     if isinstance(item.event, MessageEvent)])
         return Delivered(note=f"{thread.channel}/{ts}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
 
@@ -331,17 +396,32 @@ class SlackDestination:
             run.append(item)
         return run
 
+    async def _learn(self, delivery: Delivery, events: list[MessageEvent]) -> None:
+        """What messages tell the parent: the first question, an agent answering, the visitor
+        back after it was resolved. The parent is updated only when something changed."""
+        state = await delivery.state()
+        learnt = _learnt(state, events)
+        if learnt != state:
+            await _save(delivery, learnt)
+            await self._show_on_parent(delivery, learnt, self._shown(learnt))
+
     async def _post_in_thread(self, delivery: Delivery, message: dict[str, Any],
                               broadcast: bool = False) -> Outcome:
         if self.dry_run:
             return await self._dry_run_in_thread(delivery, message)
+        thread, ts = await self._reply(delivery, message, broadcast)
+        return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _reply(self, delivery: Delivery, message: dict[str, Any],
+                     broadcast: bool = False) -> tuple[Thread, str]:
+        """Post in the conversation's thread (starting it if need be): the thread and the ts."""
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread.channel, thread.ts):
-            return Delivered(note=f"{thread.channel}/{found['ts']}")
+            return thread, found["ts"]
         ts = await self.workspace.post(thread.channel, message, thread_ts=thread.ts,
                                        reply_broadcast=broadcast,
                                        metadata=delivery_metadata([delivery]))
-        return Delivered(note=f"{thread.channel}/{ts}")
+        return thread, ts
 
     async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
         """An agent message the bridge itself sent from this thread comes back: drop it once."""
@@ -352,11 +432,35 @@ class SlackDestination:
         return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
+        """Broadcast what the visitor asked; the post is kept so the ticket can join it later."""
+        data = event.data
+        conversation = Conversation(data.chatbot_id, data.thread_id)
         state = await delivery.state()
-        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
-        outcome = await self._post_in_thread(delivery, self.renderer.escalation(event), True)
+        view = escalation_view(data, await self._request(delivery), self._shown(state))
+        named = visitor_of(data.user.name, data.user.email) if data.user else None
+        state = {**state, "escalated_at": delivery.clock.now(), "escalation": view.state(),
+                 **({"visitor": named} if named else {})}
+        await _save(delivery, state)
+        message = self.renderer.escalation(conversation, view)
+        if self.dry_run:
+            outcome = await self._dry_run_in_thread(delivery, message)
+            await self._refresh_parent(delivery)  # logs the parent's update, as a live run makes
+            return outcome
+        thread, ts = await self._reply(delivery, message, broadcast=True)
+        state = await delivery.state()
+        await _save(delivery, {**state, "escalation": {**view.state(), "ts": ts}})
         await self._refresh_parent(delivery)
-        return outcome
+        return Delivered(note=f"{thread.channel}/{ts}")
+
+    async def _request(self, delivery: Delivery) -> list[str]:
+        """The visitor's last messages before the escalation came in, each cut."""
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        messages = await delivery.store.transcript(conversation.chatbot_id, conversation.thread_id)
+        asked = [message.question for message in messages
+                 if message.question and message.message_type in VISITOR_TYPES
+                 and message.received_at <= delivery.claimed.created_at]
+        return [cut(question, REQUEST_LIMIT) for question in asked[-REQUEST_MESSAGES:]]
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         # The parent shows the ticket: Slack keeps what it was told, in its own state.
@@ -364,17 +468,60 @@ class SlackDestination:
         await _save(delivery, {**state, "ticket": _linked(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
+        await self._show_ticket_on_escalation(delivery)
         return outcome
+
+    async def _show_ticket_on_escalation(self, delivery: Delivery) -> None:
+        """The escalation's post, shown again with the ticket's link; only cosmetics if it fails."""
+        state = await delivery.state()
+        kept, thread = state.get("escalation") or {}, _thread_of(state)
+        conversation = conversation_of(delivery.event)
+        assert conversation is not None
+        if self.dry_run and kept and state.get(DRY_RUN_THREAD):
+            view = EscalationView.from_state(kept, self._shown(state))
+            self._dry_run(f"update the escalation's post in {state[DRY_RUN_THREAD]}",
+                          self.renderer.escalation(conversation, view))
+        if self.dry_run or thread is None or not kept.get("ts"):
+            return
+        view = EscalationView.from_state(kept, self._shown(state))
+        await self._update(conversation, thread.channel, kept["ts"],
+                           self.renderer.escalation(conversation, view))
 
     async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
         message = self.renderer.lead(event)
-        channel = self._lead_channel()
+        channel = self._lead_channel(event.data.chatbot_id)
         if self.dry_run:
             return self._dry_run(f"post in {channel}", message)
         if found := await self._posted_before(delivery, channel, None):
-            return Delivered(note=f"{channel}/{found['ts']}")
-        ts = await self.workspace.post(channel, message, metadata=delivery_metadata([delivery]))
+            ts = found["ts"]
+        else:
+            ts = await self.workspace.post(channel, message,
+                                           metadata=delivery_metadata([delivery]))
+        await self._name_from_lead(delivery, event.data)
         return Delivered(note=f"{channel}/{ts}")
+
+    async def _name_from_lead(self, delivery: Delivery, data: LeadData) -> None:
+        """A lead captured in a conversation names its visitor on that thread's parent.
+
+        Such a lead is delivered in line with its conversation (see ordering_key), so Slack's
+        state for it is not written by two deliveries at once.
+        """
+        lead = data.lead_details
+        named = visitor_of(lead.name, lead.email)
+        if data.thread_id is None or named is None:
+            return
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        store = delivery.store
+        state = await store.link_state(data.chatbot_id, data.thread_id, self.name) or {}
+        if state.get("visitor") == named:
+            return
+        state = {**state, "visitor": named}
+        thread = _thread_of(state)
+        await store.save_link(data.chatbot_id, data.thread_id, self.name, state,
+                              f"{thread.channel}/{thread.ts}" if thread else None)
+        if thread is not None:
+            await self._update(conversation, thread.channel, thread.ts,
+                               self._parent(conversation, state, self._shown(state)))
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""
@@ -394,7 +541,9 @@ class SlackDestination:
             parent = self._parent(conversation, state, self._shown(state))
             ts = await self.workspace.post(channel, parent,
                                            metadata=parent_metadata(conversation))
-        await _save(delivery, {**state, "channel": channel, "thread_ts": ts})
+        # "question" is kept even while unknown: it marks a thread that shows the first one.
+        await _save(delivery, {**state, "channel": channel, "thread_ts": ts,
+                               "question": state.get("question")})
         return Thread(channel, ts)
 
     async def _earlier_parent(self, delivery: Delivery, channel: str,
@@ -434,12 +583,17 @@ class SlackDestination:
         if self.dry_run or thread is None:
             return
         parent = self._parent(conversation, state, ticket)
+        await self._update(conversation, thread.channel, thread.ts, parent, required)
+
+    async def _update(self, conversation: Conversation, channel: str, ts: str,
+                      message: dict[str, Any], required: bool = False) -> None:
+        """Show `message` in place of the post at `ts`; unless `required`, a failure is logged."""
         try:
-            await self.workspace.update(thread.channel, thread.ts, parent)
+            await self.workspace.update(channel, ts, message)
         except (RetryableError, PermanentError) as exc:
             if required:
                 raise
-            log.warning("could not update the parent message of %s: %s", conversation.key, exc)
+            log.warning("could not update a message of %s's thread: %s", conversation.key, exc)
 
     async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
         """A notice per status change, however often (or late) Jira reports the same change."""
@@ -456,7 +610,8 @@ class SlackDestination:
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
         if isinstance(outcome, Delivered) or self.dry_run:  # a dry run shows the update too
-            state = {**await delivery.state(), "ticket": moved.state()}
+            # A status change says more than "the visitor wrote again after it was resolved".
+            state = {**await delivery.state(), "ticket": moved.state(), "reopened": False}
             await _save(delivery, state)
             await self._show_on_parent(delivery, state, moved)
         return outcome
@@ -476,20 +631,29 @@ class SlackDestination:
         return Delivered(note=f"{key} deleted: the parent no longer shows it")
 
     def _channel_for(self, chatbot_id: str) -> str:
-        chatbot = self.settings.chatbot(chatbot_id)
-        return (chatbot.slack_channel if chatbot and chatbot.slack_channel else None) or (
-            self.slack.channel or "")
+        """Where a new thread of the chatbot starts: its own channel, its route's, or [slack]'s.
 
-    def _lead_channel(self) -> str:
-        return self.slack.leads_channel or self.slack.channel or ""
+        A conversation keeps the thread it has, wherever the settings send new ones.
+        """
+        return self.settings.routed(chatbot_id, "slack_channel") or self.slack.channel or ""
+
+    def _lead_channel(self, chatbot_id: str) -> str:
+        """Leads: the route's leads channel, else [slack]'s, else where its threads go."""
+        return (self.settings.routed(chatbot_id, "leads_channel") or self.slack.leads_channel
+                or self._channel_for(chatbot_id))
 
     def _issue_url(self, key: str) -> str | None:
         return self.settings.jira.browse_url(key)  # type: ignore[no-any-return]
 
     def _parent(self, conversation: Conversation, state: Mapping[str, Any],
                 ticket: TicketShown | None) -> dict[str, Any]:
-        """The thread's parent showing `ticket`, escalated or not as Slack's state has it."""
-        return self.renderer.parent(conversation, bool(state.get("escalated_at")), ticket)
+        """The thread's parent showing `ticket`, and the rest as Slack's state has it."""
+        resolved = state.get("resolved") or {}
+        return self.renderer.parent(conversation, ParentView(
+            visitor=state.get("visitor"), question=state.get("question"),
+            escalated=bool(state.get("escalated_at")), ticket=ticket,
+            handler=state.get("handler"), resolved_by=resolved.get("by"),
+            reopened=bool(state.get("reopened"))))
 
     def _shown(self, state: Mapping[str, Any]) -> TicketShown | None:
         """The ticket the parent shows: none before one is linked, or once it is deleted."""
@@ -523,6 +687,64 @@ def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
     data = event.data
     return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
                        data.changed_at)
+
+
+def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, Any]:
+    """Slack's state with what these messages tell the parent (see _learn)."""
+    learnt = dict(state)
+    for event in events:
+        data = event.data
+        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
+            if not (learnt.get("handler") or {}).get("user"):  # a claim in Slack says more
+                learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
+        elif data.message_type in VISITOR_TYPES and data.question:
+            if _shows_first_question(learnt) and not learnt.get("question"):
+                learnt["question"] = cut(data.question, QUESTION_KEPT)
+            if _shows_resolved(learnt) and not learnt.get("reopened"):
+                learnt.pop("resolved", None)
+                learnt["reopened"] = True
+    return learnt
+
+
+def _shows_first_question(state: Mapping[str, Any]) -> bool:
+    """Whether the parent shows the first question: a thread started before it did never will,
+    as the next question there would not be the first."""
+    return _thread_of(state) is None or "question" in state
+
+
+def _handling(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
+    """What a claim or a resolve changes in Slack's state, or None if it shows so already."""
+    if data.action == "resolve":
+        if state.get("resolved") and not state.get("reopened"):
+            return None
+        return {"resolved": {"by": data.user}, "reopened": False}
+    handler = state.get("handler") or {}
+    if handler.get("user") == data.user and not _shows_resolved(state):
+        return None
+    return {"handler": {"user": data.user, "name": None}, "resolved": None, "reopened": False}
+
+
+def _resolved(conversation: Conversation, user: str, now: float) -> FollowUp:
+    """Tell the destinations that take it (Jira, to move the ticket) that it was resolved."""
+    body = canonical_json({"event": RESOLVED, "data": {
+        "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
+        "user": user, "resolvedAt": now}})
+    return FollowUp(RESOLVED, body, conversation.key, ())  # the worker addresses it
+
+
+def _shows_resolved(state: Mapping[str, Any]) -> bool:
+    """Whether the conversation shows as resolved: in Slack, or by its ticket's status."""
+    ticket = state.get("ticket") or {}
+    return bool(state.get("resolved")) or (
+        ticket.get("category") == "done" and not ticket.get("deleted"))
+
+
+def _sample_request(samples: Mapping[str, Event], conversation: Conversation) -> list[str]:
+    """What a preview's escalation quotes: the visitor's words in the conversation's samples."""
+    asked = [event.data.question for event in samples.values()
+             if isinstance(event, MessageEvent) and conversation_of(event) == conversation
+             and event.data.question and event.data.message_type in VISITOR_TYPES]
+    return [cut(question, REQUEST_LIMIT) for question in asked[-REQUEST_MESSAGES:]]
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:

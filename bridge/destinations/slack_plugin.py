@@ -39,4 +39,6 @@ PLUGIN = Plugin(
     name="slack", section=SlackSettings, build=slack_destination, kinds=SlackDestination.KINDS,
     templates=builtin_dir() / "slack", samples=Path(__file__).parent / "slack_samples",
     routes=_routes, state=_state, unfinished=_unfinished, docs="slack",
-    metrics=PacingMetrics, picture=picture, chatbot_keys={"slack_channel": (str | None, None)})
+    metrics=PacingMetrics, picture=picture, chatbot_keys={"slack_channel": (str | None, None)},
+    route_keys={"slack_channel": (str | None, None), "leads_channel": (str | None, None),
+                "escalation_mention": (str | None, None)})

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bridge.destinations.sitegpt_settings import replies_enabled, sitegpt_api_key
 from bridge.errors import TemplateError
 from bridge.events import (
     Conversation,
-    EscalationEvent,
+    EscalationData,
     LeadEvent,
     MessageEvent,
+    Source,
     TicketCommentEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
 )
 from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
-from bridge.templating import CUT_MARKER, Templates, link_safe
+from bridge.templating import CUT_MARKER, Templates, cut, link_safe
 
 MESSAGE_TEMPLATES = {
     "NORMAL_MESSAGE": "slack/message_normal.json.j2",
     "USER_MESSAGE": "slack/message_visitor.json.j2",
     "AGENT_MESSAGE": "slack/message_agent.json.j2",
     "SYSTEM_MESSAGE": "slack/message_system.json.j2",
+    "FEEDBACK_MESSAGE": "slack/message_feedback.json.j2",
 }
+# How SiteGPT's feedback answers read: a thumbs up or down; anything else is shown as it is.
+FEEDBACK = {"yes": "up", "true": "up", "helpful": "up", "positive": "up", "like": "up",
+            "up": "up", "\N{THUMBS UP SIGN}": "up", "no": "down", "false": "down",
+            "unhelpful": "down", "not helpful": "down", "negative": "down", "dislike": "down",
+            "down": "down", "\N{THUMBS DOWN SIGN}": "down"}
+SOURCE_TITLE_LIMIT = 80
 OTHER_MESSAGE = "slack/message_other.json.j2"
 BATCH = "slack/messages_batch.json.j2"
 TEXT_LIMIT = 39_000
@@ -34,6 +44,10 @@ SECTION_LIMIT = 3_000
 FIELD_LIMIT = 2_000
 HEADER_LIMIT = 150
 MAX_BLOCKS = 50
+REQUEST_LIMIT = 500  # of each visitor message an escalation quotes
+# Text direction overrides and isolates: a name holding one could turn the rest of its line
+# around, so that what a person reads is not what the visitor sent.
+_BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,67 @@ class TicketShown:
         return context
 
 
+def plain(value: Any) -> str | None:
+    """A field SiteGPT filled in, without text direction controls; None stays None.
+
+    Templates still escape it (`| mrkdwn`): this only keeps a line reading as it was sent.
+    """
+    return None if value is None else _BIDI_CONTROLS.sub("", str(value))
+
+
+def visitor_of(name: Any, email: Any) -> dict[str, str | None] | None:
+    """The visitor as the thread shows them, or None when SiteGPT named no one."""
+    name, email = _one_line(name), _one_line(email)
+    if not name and not email:
+        return None
+    return {"name": name, "email": email}
+
+
+def _one_line(value: Any) -> str | None:
+    """Text as one line without direction controls or spaces at its ends; None when empty."""
+    return " ".join((plain(value) or "").split()) or None
+
+
+@dataclass(frozen=True)
+class ParentView:
+    """What a thread's parent shows, as the Slack destination's state knows it."""
+
+    visitor: Mapping[str, str | None] | None = None  # name and email, once SiteGPT gave one
+    question: str | None = None  # the visitor's first question
+    escalated: bool = False
+    ticket: TicketShown | None = None
+    handler: Mapping[str, str | None] | None = None  # user (a Slack id) or name (an agent)
+    resolved_by: str | None = None  # the Slack user who pressed Resolve
+    reopened: bool = False  # the visitor wrote again after it was resolved
+
+    def context(self) -> dict[str, Any]:
+        return {"visitor": dict(self.visitor) if self.visitor else None,
+                "question": plain(self.question), "escalated": self.escalated,
+                "ticket": self.ticket.context() if self.ticket else None,
+                "handler": dict(self.handler) if self.handler else None,
+                "resolved_by": self.resolved_by, "reopened": self.reopened}
+
+
+@dataclass(frozen=True)
+class EscalationView:
+    """What an escalation's post shows: who asked, what they asked, and the ticket once known."""
+
+    visitor: Mapping[str, Any] | None = None  # name, email, phone as SiteGPT sent them
+    request: Sequence[str] = field(default_factory=tuple)  # the visitor's last messages
+    dashboard_url: str | None = None
+    ticket: TicketShown | None = None
+
+    def state(self) -> dict[str, Any]:
+        """What Slack keeps to show the post again once the ticket exists (without it)."""
+        return {"visitor": dict(self.visitor) if self.visitor else None,
+                "request": list(self.request), "dashboard_url": self.dashboard_url}
+
+    @classmethod
+    def from_state(cls, kept: Mapping[str, Any], ticket: TicketShown | None) -> EscalationView:
+        return cls(kept.get("visitor"), tuple(kept.get("request") or ()),
+                   kept.get("dashboard_url"), ticket)
+
+
 class SlackRenderer:
     """Builds each template's context from an event; templates never see settings or secrets."""
 
@@ -131,17 +206,23 @@ class SlackRenderer:
         return {"message": _message_context(waiting.event), "received_at": waiting.received_at,
                 "text": text, "blocks": blocks}
 
-    def escalation(self, event: EscalationEvent) -> dict[str, Any]:
-        data = event.data
-        conversation = Conversation(data.chatbot_id, data.thread_id)
-        visitor = data.user.model_dump() if data.user else None
+    def escalation(self, conversation: Conversation, view: EscalationView) -> dict[str, Any]:
+        visitor = view.visitor
         return self._render("slack/escalation.json.j2", {
             **self._conversation(conversation),
-            "visitor": visitor,
-            "dashboard_url": data.dashboard_url if link_safe(data.dashboard_url)
+            "visitor": {key: plain(value) if isinstance(value, str) else value
+                        for key, value in visitor.items()} if visitor else None,
+            "request": [plain(line) for line in view.request],
+            "dashboard_url": view.dashboard_url if link_safe(view.dashboard_url)
             else conversation.dashboard_url,
-            "mention": self.settings.slack.escalation_mention,
+            "ticket": view.ticket.context() if view.ticket else None,
+            "mention": self.mention(conversation.chatbot_id),
         })
+
+    def mention(self, chatbot_id: str) -> str:
+        """Who an escalation pings: the chatbot's route's mention, else [slack]'s."""
+        routed = self.settings.routed(chatbot_id, "escalation_mention")
+        return str(routed if routed is not None else self.settings.slack.escalation_mention)
 
     def ticket(self, event: TicketLinkedEvent) -> dict[str, Any]:
         data = event.data
@@ -177,15 +258,21 @@ class SlackRenderer:
             "comment": {"author": data.author, "text": comment_mrkdwn(data.body)},
         })
 
-    def parent(self, conversation: Conversation, escalated: bool,
-               ticket: TicketShown | None) -> dict[str, Any]:
+    def parent(self, conversation: Conversation, view: ParentView) -> dict[str, Any]:
         return self._render("slack/parent.json.j2", {
             **self._conversation(conversation),
-            "escalated": escalated,
-            "ticket": ticket.context() if ticket else None,
+            **view.context(),
+            "claim_buttons": self.settings.slack.signing_secret is not None,
             "mode_buttons": replies_enabled(self.settings)
             and sitegpt_api_key(self.settings, conversation.chatbot_id) is not None,
         })
+
+    def handling(self, conversation: Conversation, action: str, user_id: str,
+                 previous: str | None) -> dict[str, Any]:
+        """The thread's line when someone claims or resolves the conversation."""
+        return self._render("slack/handling.json.j2", {
+            **self._conversation(conversation), "action": action, "user_id": user_id,
+            "previous": previous})
 
     def notice(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
         """A notice the bridge posts about a reply from Slack (sent, not delivered, mode)."""
@@ -211,19 +298,59 @@ class SlackRenderer:
         return message
 
 
+def escalation_view(data: EscalationData, request: Sequence[str],
+                    ticket: TicketShown | None) -> EscalationView:
+    """The escalation's post for SiteGPT's event, quoting `request` (the visitor's messages)."""
+    visitor = data.user.model_dump() if data.user else None
+    return EscalationView(visitor, tuple(request), data.dashboard_url, ticket)
+
+
 def _message_context(event: MessageEvent) -> dict[str, Any]:
     data = event.data
     return {
         "type": data.message_type or "UNKNOWN",
         "question": data.question,
         "answer": data.answer,
-        "sources": data.sources or [],
+        "sources": [_source_url(source) for source in data.sources or []],
+        "links": [_titled(source) for source in data.sources or []],
+        "feedback": _feedback(data.message_type, data.answer),
         "agent_name": data.agent_name,
         "agent_id": data.agent_id,
         "icon_url": data.icon_url,
         "system_message_type": data.system_message_type,
         "gpt_model": data.gpt_model,
     }
+
+
+def _source_url(source: str | Source) -> str:
+    return source if isinstance(source, str) else source.url
+
+
+def _titled(source: str | Source) -> dict[str, str | None]:
+    """A source as a link's target and label: SiteGPT's title, else the page's path.
+
+    A URL that cannot be a link gets no label: it is shown once, as text.
+    """
+    url = _source_url(source)
+    if not link_safe(url):
+        return {"url": url, "title": None}
+    title = source.title if isinstance(source, Source) else None
+    label = _one_line(title) or _page_path(url)
+    return {"url": url, "title": cut(label, SOURCE_TITLE_LIMIT)}
+
+
+def _page_path(url: str) -> str:
+    """What names a page briefly: its path, else its host, else the URL itself."""
+    parts = urlsplit(url)
+    path = unquote(parts.path).rstrip("/")
+    return plain(path or parts.hostname or url) or url
+
+
+def _feedback(message_type: str | None, answer: str | None) -> str | None:
+    """"up" or "down" for a feedback message whose answer says which; None otherwise."""
+    if message_type != "FEEDBACK_MESSAGE" or answer is None:
+        return None
+    return FEEDBACK.get(answer.strip().lower())
 
 
 def fits(message: dict[str, Any]) -> bool:
