@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from bridge.jira_markup import adf_mrkdwn, wiki_mrkdwn
+from bridge.jira_markup import adf_mrkdwn, comment_mrkdwn, wiki_mrkdwn
 
 MIB = 1 << 20
 GOAL_MS = 100.0
@@ -54,11 +54,12 @@ WIKI: dict[str, Callable[[int], str]] = {
 class MarkupTiming:
     shape: str
     size: int
-    milliseconds: float
+    milliseconds: float  # the converter alone, over the whole input
+    received_ms: float  # a comment of that size as the bridge converts it: cut at Jira's limit
 
     @property
     def within_goal(self) -> bool:
-        return self.milliseconds < GOAL_MS * self.size / MIB
+        return self.received_ms < GOAL_MS * self.size / MIB
 
 
 def _timed(convert: Callable[[], str]) -> float:
@@ -73,17 +74,21 @@ def _timed(convert: Callable[[], str]) -> float:
 
 def run_markup(size: int = MIB) -> list[MarkupTiming]:
     """Each hostile shape at `size` bytes (characters), wiki markup and ADF."""
-    timings = [MarkupTiming(shape, size, _timed(partial(wiki_mrkdwn, make(size))))
+    timings = [MarkupTiming(shape, size, _timed(partial(wiki_mrkdwn, make(size))),
+                            _timed(partial(comment_mrkdwn, make(size))))
                for shape, make in WIKI.items()]
-    timings.append(MarkupTiming("long ADF table", size,
-                                _timed(partial(adf_mrkdwn, _table_doc(size)))))
+    table = _table_doc(size)
+    timings.append(MarkupTiming("long ADF table", size, _timed(partial(adf_mrkdwn, table)),
+                                _timed(partial(comment_mrkdwn, table))))
     return timings
 
 
 def print_markup(timings: list[MarkupTiming]) -> None:
     size = timings[0].size if timings else MIB
     print(f"\nJira comment to Slack mrkdwn, {size:,} characters of each shape "
-          f"(goal < {GOAL_MS * size / MIB:.0f} ms)")
+          f"(goal < {GOAL_MS * size / MIB:.0f} ms as received)")
+    print(f"{'shape':<22}{'converter':>13}{'as received':>15}")
     for timing in timings:
         verdict = "ok" if timing.within_goal else "SLOW"
-        print(f"{timing.shape:<22}{timing.milliseconds:>10.1f} ms  {verdict}")
+        print(f"{timing.shape:<22}{timing.milliseconds:>10.1f} ms"
+              f"{timing.received_ms:>12.1f} ms  {verdict}")
