@@ -337,6 +337,9 @@ async def test_a_dry_run_logs_every_call_a_live_run_makes(harness, sample, caplo
     await store.close()
     logged = [record.getMessage().split(": {")[0] for record in caplog.records
               if record.getMessage().startswith("slack dry run")]
+    parent = next(record.getMessage() for record in caplog.records
+                  if "would start the thread" in record.getMessage())
+    assert "I still can" in parent  # the parent leads with the question, as a live one does
     assert logged == [
         "slack dry run (no bot_token), would start the thread in C_CONV with the parent",
         "slack dry run (no bot_token), would reply in the thread in C_CONV",

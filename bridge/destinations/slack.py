@@ -83,6 +83,7 @@ MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never 
 BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
 DRY_RUN_THREAD = "dry_run_thread"  # the channel a dry run logged a parent for: logged once
+NO_CHANNEL = "(no channel set)"  # what a dry run without [slack] channel names as the channel
 VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
 QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
 REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
@@ -321,9 +322,9 @@ class SlackDestination:
         Nothing waits to collect: what is queued now goes along, a single message goes as it
         always does, and what does not fit Slack's limits stays queued for the next reply.
         """
+        await self._learn(delivery, [event])  # before the thread: a new parent starts with it
         if self.dry_run:
             return await self._dry_run_in_thread(delivery, self.renderer.message(event))
-        await self._learn(delivery, [event])  # before the thread: a new parent starts with it
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread.channel, thread.ts):
             return await self._found_reply(delivery, thread.channel, found)
@@ -491,7 +492,7 @@ class SlackDestination:
         message = self.renderer.lead(event)
         channel = self._lead_channel(event.data.chatbot_id)
         if self.dry_run:
-            return self._dry_run(f"post in {channel}", message)
+            return self._dry_run(f"post in {channel or NO_CHANNEL}", message)
         if found := await self._posted_before(delivery, channel, None):
             ts = found["ts"]
         else:
@@ -670,7 +671,7 @@ class SlackDestination:
         if channel is None:
             conversation = conversation_of(delivery.event)
             assert conversation is not None
-            channel = self._channel_for(conversation.chatbot_id)
+            channel = self._channel_for(conversation.chatbot_id) or NO_CHANNEL
             self._dry_run(f"start the thread in {channel} with the parent",
                           self._parent(conversation, state, self._shown(state)))
             await _save(delivery, {**state, DRY_RUN_THREAD: channel})
