@@ -1,0 +1,314 @@
+"""Mattermost: one thread per conversation (a root post and its replies), leads apart."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.mattermost_server import MattermostServer, fit_post
+from bridge.destinations.mattermost_settings import MattermostSettings
+from bridge.destinations.shared import Shared
+from bridge.destinations.slack_render import TicketShown
+from bridge.errors import PermanentError, RetryableError, TemplateError
+from bridge.events import (
+    ESCALATION,
+    LEAD,
+    MESSAGE,
+    TICKET_LINKED,
+    TICKET_STATUS,
+    Conversation,
+    EscalationEvent,
+    Event,
+    LeadEvent,
+    MessageEvent,
+    TicketLinkedEvent,
+    TicketStatusEvent,
+    conversation_of,
+)
+from bridge.settings import Settings
+from bridge.templating import Templates, cut, link_safe
+
+log = logging.getLogger("bridge.mattermost")
+REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an escalation
+ROOT = "POST /api/v4/posts (the thread's root)"
+REPLY = "POST /api/v4/posts (in the thread)"
+ROOT_PATCH = "PUT /api/v4/posts/{root}/patch"
+
+
+@dataclass(frozen=True)
+class Thread:
+    channel: str
+    root_id: str
+
+
+class MattermostDestination:
+    """Posts each conversation as a Mattermost thread and keeps its root post current."""
+
+    name: ClassVar[str] = "mattermost"
+    KINDS: ClassVar[frozenset[str]] = frozenset({
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS})
+
+    def __init__(self, settings: Settings, templates: Templates, server: MattermostServer
+                 ) -> None:
+        self.settings = settings
+        self.mattermost: MattermostSettings = settings.mattermost
+        self.templates = templates
+        self.server = server
+
+    def accepts(self, kind: str) -> bool:
+        return kind in self.KINDS
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        event = delivery.event
+        try:
+            if isinstance(event, MessageEvent):
+                return await self._post_message(delivery, event)
+            if isinstance(event, EscalationEvent):
+                return await self._escalate(delivery, event)
+            if isinstance(event, LeadEvent):
+                return await self._post_lead(event)
+            if isinstance(event, TicketLinkedEvent):
+                return await self._link_ticket(delivery, event)
+            if isinstance(event, TicketStatusEvent):
+                return await self._ticket_moved(delivery, event)
+        except TemplateError as exc:
+            raise PermanentError(f"mattermost: template error: {exc}") from exc
+        raise PermanentError(f"mattermost: cannot deliver {event.event} events")
+
+    async def verify(self) -> str:
+        me = await self.server.me()
+        channels = [await self._check_channel(channel, setting)
+                    for channel, setting in self._channels().items()]
+        return (f"ok: {self.mattermost.url}, bot @{me.get('username')} ({me.get('id')}), "
+                f"{', '.join(channels)}")
+
+    def _channels(self) -> dict[str, str]:
+        """Every channel posts go to, each once, with the setting that names it."""
+        named = {self.mattermost.leads_channel: "mattermost.leads_channel",
+                 self.mattermost.channel: "mattermost.channel"}
+        return {channel: setting for channel, setting in named.items() if channel}
+
+    async def _check_channel(self, channel: str, setting: str) -> str:
+        found = await self.server.channel(channel, setting)
+        return f"channel {found.get('name') or channel} ({channel}) ok"
+
+    async def aclose(self) -> None:
+        await self.server.aclose()
+
+    def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
+        """What Mattermost would be sent for each event it takes, as JSON, in deliver()'s order.
+
+        Post ids are known only once Mattermost answers: previews leave the root's out.
+        """
+        rendered: dict[str, str] = {}
+        for label, event in samples.items():
+            if self.accepts(event.event):
+                for call, body in self._preview(event):
+                    rendered[f"{label}: {call}"] = json.dumps(fit_post(body), indent=2,
+                                                              ensure_ascii=False)
+        return rendered
+
+    def _preview(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
+        if isinstance(event, LeadEvent):
+            return [("POST /api/v4/posts (lead)", self._lead(event))]
+        conversation = conversation_of(event)
+        assert conversation is not None
+        if isinstance(event, MessageEvent):
+            return [(ROOT, self._root(conversation, {})), (REPLY, self._message(event))]
+        if isinstance(event, EscalationEvent):
+            state: dict[str, Any] = {"escalated_at": 0}
+            return [(REPLY, self._escalation(event, None)),
+                    (ROOT_PATCH, self._root(conversation, state))]
+        if isinstance(event, TicketLinkedEvent):
+            state = {"ticket": _linked({}, event)}
+            return [(REPLY, self._ticket(event)), (ROOT_PATCH, self._root(conversation, state))]
+        assert isinstance(event, TicketStatusEvent)
+        moved = self._moved_to(event)
+        return [(REPLY, self._ticket_status(event, moved)),
+                (ROOT_PATCH, self._root(conversation, {"ticket": moved.state()}))]
+
+    async def _post_message(self, delivery: Delivery, event: MessageEvent) -> Outcome:
+        thread = await self._thread(delivery)
+        post_id = await self.server.post(thread.channel, self._message(event), thread.root_id)
+        if event.data.question:  # an escalation shows what the visitor asked last
+            state = await delivery.state()
+            await _save(delivery, {**state, "request": cut(event.data.question, REQUEST_LIMIT)})
+        return Delivered(note=f"{thread.channel}/{post_id}")
+
+    async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
+        thread = await self._thread(delivery)
+        state = await delivery.state()
+        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
+        body = self._escalation(event, state.get("request"))
+        post_id = await self.server.post(thread.channel, body, thread.root_id)
+        await self._patch_root(delivery)
+        return Delivered(note=f"{thread.channel}/{post_id}")
+
+    async def _post_lead(self, event: LeadEvent) -> Outcome:
+        channel = self.mattermost.leads_channel or self.mattermost.channel or ""
+        setting = "mattermost.leads_channel" if self.mattermost.leads_channel else None
+        post_id = await self.server.post(channel, self._lead(event),
+                                         setting=setting or "mattermost.channel")
+        return Delivered(note=f"{channel}/{post_id}")
+
+    async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
+        thread = await self._thread(delivery)
+        state = await delivery.state()
+        await _save(delivery, {**state, "ticket": _linked(state, event)})
+        post_id = await self.server.post(thread.channel, self._ticket(event), thread.root_id)
+        await self._patch_root(delivery)
+        return Delivered(note=f"{thread.channel}/{post_id}")
+
+    async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
+        """A notice per status change; a repeat or a late retry of an older one is skipped."""
+        data = event.data
+        known = (await delivery.state()).get("ticket") or {}
+        if known.get("key") == data.issue_key:
+            shown = TicketShown.from_state(known)
+            if shown.shows(data.status_id, data.status):
+                return Skipped(f"{data.issue_key} already shows {data.status}")
+            if shown.later_than(data.changed_at):
+                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
+        thread = await self._thread(delivery)
+        moved = self._moved_to(event, known.get("url") if known.get("key") == data.issue_key
+                               else None)
+        post_id = await self.server.post(thread.channel, self._ticket_status(event, moved),
+                                         thread.root_id)
+        await _save(delivery, {**await delivery.state(), "ticket": moved.state()})
+        await self._patch_root(delivery)
+        return Delivered(note=f"{thread.channel}/{post_id}")
+
+    async def _thread(self, delivery: Delivery) -> Thread:
+        """The conversation's thread, starting it with its root post the first time."""
+        if thread := _thread_of(await delivery.state()):
+            return thread
+        async with delivery.one_at_a_time("mattermost-thread"):
+            state = await delivery.state()  # another replica may have started it meanwhile
+            if thread := _thread_of(state):
+                return thread
+            conversation = conversation_of(delivery.event)
+            assert conversation is not None
+            channel = self.mattermost.channel or ""
+            root_id = await self.server.post(channel, self._root(conversation, state))
+            await _save(delivery, {**state, "channel": channel, "root_id": root_id})
+            return Thread(channel, root_id)
+
+    async def _patch_root(self, delivery: Delivery) -> None:
+        """Show escalation and ticket on the root post. A failure costs only the cosmetics,
+        and retrying would post the notice twice: it is left for the next patch to mend."""
+        state = await delivery.state()
+        thread = _thread_of(state)
+        conversation = conversation_of(delivery.event)
+        if thread is None or conversation is None:
+            return
+        try:
+            await self.server.patch(thread.root_id, self._root(conversation, state))
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not update the root post of %s: %s", conversation.key, exc)
+
+    def _moved_to(self, event: TicketStatusEvent, url: str | None = None) -> TicketShown:
+        """The ticket at its new status, linked where Jira's settings or its link said."""
+        data = event.data
+        return TicketShown(data.issue_key, self.settings.jira.browse_url(data.issue_key) or url,
+                           data.status, data.status_id, data.category, data.changed_at)
+
+    def _root(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
+        ticket = state.get("ticket")
+        shown = TicketShown.from_state(ticket) if ticket else None
+        return self._render("mattermost/root.json.j2", {
+            **self._conversation(conversation), "escalated": bool(state.get("escalated_at")),
+            "ticket": shown.context() if shown else None})
+
+    def _message(self, event: MessageEvent) -> dict[str, Any]:
+        data = event.data
+        return self._render("mattermost/message.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "message": {"type": data.message_type or "UNKNOWN", "question": data.question,
+                        "answer": data.answer, "sources": data.sources or [],
+                        "agent_name": data.agent_name, "agent_id": data.agent_id,
+                        "system_message_type": data.system_message_type}})
+
+    def _escalation(self, event: EscalationEvent, request: str | None) -> dict[str, Any]:
+        data = event.data
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        return self._render("mattermost/escalation.json.j2", {
+            **self._conversation(conversation),
+            "visitor": data.user.model_dump() if data.user else None,
+            "request": request,
+            "dashboard_url": data.dashboard_url if link_safe(data.dashboard_url)
+            else conversation.dashboard_url,
+            "mention": self.mattermost.escalation_mention})
+
+    def _lead(self, event: LeadEvent) -> dict[str, Any]:
+        data = event.data
+        lead = data.lead_details
+        return self._render("mattermost/lead.json.j2", {
+            "chatbot": {"id": data.chatbot_id,
+                        "name": data.chatbot_name or self._name(data.chatbot_id)},
+            "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
+                     "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
+            "dashboard_url": data.dashboard_url})
+
+    def _ticket(self, event: TicketLinkedEvent) -> dict[str, Any]:
+        data = event.data
+        return self._render("mattermost/ticket.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {"key": data.issue_key, "url": data.issue_url, "created": data.created}})
+
+    def _ticket_status(self, event: TicketStatusEvent, ticket: TicketShown) -> dict[str, Any]:
+        data = event.data
+        return self._render("mattermost/ticket_status.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "ticket": {**ticket.context(), "previous_status": data.previous_status},
+            "actor": data.actor})
+
+    def _conversation(self, conversation: Conversation) -> dict[str, Any]:
+        return {"chatbot": {"id": conversation.chatbot_id,
+                            "name": self._name(conversation.chatbot_id)},
+                "conversation": {"thread_id": conversation.thread_id,
+                                 "dashboard_url": conversation.dashboard_url}}
+
+    def _name(self, chatbot_id: str) -> str:
+        chatbot = self.settings.chatbot(chatbot_id)
+        return chatbot.name if chatbot and chatbot.name else chatbot_id
+
+    def _render(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
+        body = self.templates.render_json(name, context)
+        if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+            raise TemplateError(f"{name}: must render a JSON object with a \"message\" string")
+        if not isinstance(body.get("props", {}), dict):
+            raise TemplateError(f"{name}: \"props\" must be an object")
+        return body
+
+
+def _thread_of(state: Mapping[str, Any]) -> Thread | None:
+    """The conversation's thread, once Mattermost's state has one."""
+    channel, root_id = state.get("channel"), state.get("root_id")
+    return Thread(channel, root_id) if channel and root_id else None
+
+
+async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
+    """Mattermost's state for the conversation, found again by its thread ("channel/root")."""
+    thread = _thread_of(state)
+    await delivery.save_state(state, ref=f"{thread.channel}/{thread.root_id}" if thread else None)
+
+
+def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
+    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
+    known = state.get("ticket") or {}
+    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
+    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
+
+
+def mattermost_destination(settings: Settings, templates: Templates,
+                           shared: Shared) -> MattermostDestination | None:
+    """On only with `[mattermost] url` and `bot_token`; one server client per bridge."""
+    mattermost: MattermostSettings = settings.mattermost
+    if not mattermost.on:
+        return None
+    server = shared.one("mattermost", lambda: MattermostServer(mattermost, shared.clock))
+    return MattermostDestination(settings, templates, server)
