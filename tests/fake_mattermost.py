@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,11 +39,15 @@ class FakeMattermost:
         self.posts: list[dict[str, Any]] = []
         self.patches: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []
+        self.lookups: list[str] = []
+        self.late: deque[float] = deque()  # delays of answers due after the work is done
         self.script: deque[Scripted] = deque()
         self._ids = itertools.count(1)
         self.server = LoopbackServer(Starlette(routes=[
             Route("/api/v4/posts", self._post, methods=["POST"]),
             Route("/api/v4/posts/{post_id}/patch", self._patch, methods=["PUT"]),
+            Route("/api/v4/posts/{post_id}/thread", self._thread, methods=["GET"]),
+            Route("/api/v4/channels/{channel_id}/posts", self._channel_posts, methods=["GET"]),
             Route("/api/v4/users/me", self._me, methods=["GET"]),
             Route("/api/v4/channels/{channel_id}", self._channel, methods=["GET"]),
         ]))
@@ -60,7 +65,8 @@ class FakeMattermost:
 
     def fail_next(self, route: str, status: int, times: int = 1, delay: float = 0.0,
                   **headers: str) -> None:
-        """Answer the next `times` requests to `route` ("posts", "patch", "me", "channel")."""
+        """Answer the next `times` requests to `route` ("posts", "patch", "me", "channel",
+        "lookup"): with `status`; for 200, a post is made at once and answered `delay` late."""
         self.script.extend(Scripted(route, status, headers, delay) for _ in range(times))
 
     def roots(self) -> list[dict[str, Any]]:
@@ -75,9 +81,10 @@ class FakeMattermost:
     async def _scripted(self, route: str) -> Response | None:
         if self.script and self.script[0].route in (route, "*"):
             answer = self.script.popleft()
+            if answer.status == 200:  # done at once, answered late
+                self.late.append(answer.delay)
+                return None
             await asyncio.sleep(answer.delay)
-            if answer.status == 200:
-                return None  # only late
             return JSONResponse({"id": "api.scripted", "message": "scripted failure",
                                  "status_code": answer.status}, answer.status, answer.headers)
         return None
@@ -101,9 +108,14 @@ class FakeMattermost:
         if root_id and not any(post["id"] == root_id for post in self.posts):
             return _error(400, "api.post.create_post.root_id.app_error", "Invalid RootId")
         post = {"id": f"post{next(self._ids):022d}", "user_id": BOT["id"], **body,
-                "root_id": root_id}
+                "root_id": root_id, "create_at": int(time.time() * 1000)}
         self.posts.append(post)
+        await self._answer_late()
         return JSONResponse(post, 201)
+
+    async def _answer_late(self) -> None:
+        if self.late:
+            await asyncio.sleep(self.late.popleft())
 
     async def _patch(self, request: Request) -> Response:
         if refused := self._unauthorized(request) or await self._scripted("patch"):
@@ -116,6 +128,23 @@ class FakeMattermost:
         self.patches.append({"id": post_id, **change})
         post.update({key: value for key, value in change.items() if key in ("message", "props")})
         return JSONResponse(post)
+
+    async def _thread(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("lookup"):
+            return refused
+        self.lookups.append(request.url.path)
+        root_id = request.path_params["post_id"]
+        return _post_list([post for post in self.posts
+                           if root_id in (post["id"], post["root_id"])])
+
+    async def _channel_posts(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("lookup"):
+            return refused
+        self.lookups.append(request.url.path)
+        channel = request.path_params["channel_id"]
+        since = int(request.query_params.get("since") or 0)
+        return _post_list([post for post in self.posts if post["channel_id"] == channel
+                           and post["create_at"] >= since])
 
     async def _me(self, request: Request) -> Response:
         if refused := self._unauthorized(request) or await self._scripted("me"):
@@ -133,3 +162,9 @@ class FakeMattermost:
 
 def _error(status: int, error_id: str, message: str) -> Response:
     return JSONResponse({"id": error_id, "message": message, "status_code": status}, status)
+
+
+def _post_list(posts: list[dict[str, Any]]) -> Response:
+    """Mattermost's PostList: the ids newest first, and the posts by id."""
+    return JSONResponse({"order": [post["id"] for post in reversed(posts)],
+                         "posts": {post["id"]: post for post in posts}})

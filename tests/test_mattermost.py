@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bridge.destinations import build_destinations
+from bridge.destinations.base import Delivered, Delivery
 from bridge.destinations.mattermost import MattermostDestination
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT
 from bridge.destinations.shared import Shared
@@ -112,6 +113,11 @@ def messages(posts: list[dict[str, Any]]) -> list[str]:
     return [post["message"] for post in posts]
 
 
+def shown(posts: list[dict[str, Any]]) -> list[str]:
+    """Every message the posts show, in order: a reply carrying a backlog shows each."""
+    return [part for post in posts for part in post["message"].split("\n\n")]
+
+
 async def test_each_conversation_is_one_root_post_and_its_replies_in_order(harness):
     h = await harness()
     for n in range(6):
@@ -124,9 +130,9 @@ async def test_each_conversation_is_one_root_post_and_its_replies_in_order(harne
     assert len(roots) == 2 and all(root["channel_id"] == "mm_conv" for root in roots)
     by_thread = {("thread_A" if "thread\\_A" in root["message"] else "thread_B"): root["id"]
                  for root in roots}
-    assert messages(h.fake.thread(by_thread["thread_A"])) == [
+    assert shown(h.fake.thread(by_thread["thread_A"])) == [
         f":bust_in_silhouette: **Visitor:** A{n}" for n in range(6)]
-    assert len(h.fake.thread(by_thread["thread_B"])) == 3
+    assert len(shown(h.fake.thread(by_thread["thread_B"]))) == 3
     state = await h.store.link_state("chatbot_123", "thread_A", "mattermost")
     assert state and state["root_id"] == by_thread["thread_A"]
     assert "In progress" in h.fake.root(by_thread["thread_A"])["message"]
@@ -204,7 +210,7 @@ async def test_a_ticket_link_from_jira_follows_to_every_chat_tool(make_settings,
             await store.close()
     assert slack_state and mm_state and slack_state["thread_ts"] != mm_state["root_id"]
     assert len(slack.parents()) == 1 and len(fake.roots()) == 1
-    assert len(fake.thread(fake.roots()[0]["id"])) == 4
+    assert len(shown(fake.thread(fake.roots()[0]["id"]))) == 4
     assert "Visitor: m2" in str(slack.thread("C_CONV", slack.parents()[0]["ts"]))
 
 
@@ -228,7 +234,7 @@ async def test_429_waits_for_the_reset_then_delivers_once(harness):
 async def test_server_errors_and_timeouts_are_retried_until_delivered(harness):
     h = await harness(timeout_seconds=0.3)
     h.fake.fail_next("posts", 503)
-    h.fake.fail_next("posts", 200, delay=1.0)  # answers too late: the client times out
+    h.fake.fail_next("posts", 200, delay=1.0)  # posted, answered too late: a timeout
     await h.accept(message("thread_A", "hello"))
     await h.worker.drain()
     [(status, reason)] = await h.statuses()
@@ -316,3 +322,87 @@ def test_mattermost_text_leaves_nothing_live(text, planted):
 ])
 def test_mattermost_link_links_only_a_clean_http_url(url, expected):
     assert mattermost_link(url, "SUP-7") == expected
+
+
+async def test_a_backlog_after_an_outage_goes_in_few_replies_in_order(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "first"))
+    await h.worker.drain()
+    h.fake.fail_next("posts", 503)
+    for n in range(30):
+        await h.accept(message("thread_A", f"m{n:02d} " + "." * 400, kind="NORMAL_MESSAGE"))
+    await h.worker.drain()
+    h.clock.advance(5)
+    await h.worker.drain()
+
+    [root] = h.fake.roots()
+    replies = h.fake.thread(root["id"])
+    assert all(len(reply["message"]) <= MESSAGE_LIMIT for reply in replies)
+    answers = [part for part in shown(replies) if "**chatbot\\_123:**" in part]
+    assert [part.split("** ", 1)[1][:3] for part in answers] == [f"m{n:02d}" for n in range(30)]
+    assert 2 < len(replies) < 31  # a backlog of 30 goes in a few replies, none cut
+    assert CUT_MARKER not in str(replies)
+    assert [status for status, _ in await h.statuses()] == ["delivered"] * 31
+
+
+async def test_a_root_posted_without_an_answer_is_found_not_posted_again(harness):
+    h = await harness(timeout_seconds=0.2)
+    h.fake.fail_next("posts", 200, delay=0.4)  # the root is made, the answer comes too late
+    await h.accept(message("thread_A", "hello"))
+    await h.worker.drain()
+    [(status, reason)] = await h.statuses()
+    assert status == "pending" and "timed out" in (reason or "")
+    assert len(h.fake.posts) == 1  # made, though the bridge did not hear back
+    h.clock.advance(5)
+    await h.worker.drain()
+    [root] = h.fake.roots()
+    assert shown(h.fake.thread(root["id"])) == [":bust_in_silhouette: **Visitor:** hello"]
+
+
+async def die_after(h: Harness, post: bool) -> None:
+    """A worker takes the next delivery, delivers it (unless not `post`), and dies unrecorded."""
+    [job] = await h.store.claim("dead-worker", h.clock.now(), 1, 15)
+    if post:
+        delivery = Delivery(job, parse_event(job.kind, job.payload), h.store, h.clock)
+        assert isinstance(await h.mattermost.deliver(delivery), Delivered)
+    h.clock.advance(15)  # its lease runs out: the next claim takes it over, uncertain
+
+
+@pytest.mark.parametrize("posted", [True, False], ids=["posted", "not-posted"])
+@pytest.mark.parametrize("body", [message("thread_A", "again?"), LEAD,
+                                  escalation("thread_A", name="Ann")],
+                         ids=["message", "lead", "escalation"])
+async def test_a_delivery_cut_off_mid_call_is_looked_for_before_it_goes_again(
+        harness, posted, body):
+    h = await harness()
+    await h.accept(message("thread_A", "first"))
+    await h.worker.drain()
+    await h.accept(body)
+    await die_after(h, posted)
+    await h.worker.drain()
+    assert [status for status, _ in await h.statuses()] == ["delivered", "delivered"]
+    assert len(h.fake.lookups) == 1
+    carrying = [post for post in h.fake.posts
+                if post["props"].get("sitegpt_bridge", {}).get("deliveries") == "2"]
+    assert len(carrying) == 1
+
+
+async def test_a_lookup_that_fails_posts_again_rather_than_lose_the_message(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "first"))
+    await h.worker.drain()
+    await h.accept(message("thread_A", "second"))
+    await die_after(h, post=False)
+    h.fake.fail_next("lookup", 500)
+    await h.worker.drain()
+    assert [status for status, _ in await h.statuses()] == ["delivered", "delivered"]
+    assert len(shown(h.fake.thread(h.fake.roots()[0]["id"]))) == 2
+
+
+def test_jiras_notices_go_to_mattermost_only_while_it_is_on(make_settings, fake):
+    from bridge.jira_events import DESTINATIONS
+
+    assert "mattermost" not in DESTINATIONS.built_with(make_settings())
+    on = make_settings({"mattermost": mattermost_settings(fake)})
+    assert "mattermost" in DESTINATIONS.built_with(on)
+    assert "slack" in DESTINATIONS.built_with(on)

@@ -378,11 +378,13 @@ async def test_hostile_text_in_any_field_renders_inert_in_every_destination(make
 
 
 def _shown(output: str) -> str:
-    """A preview less what is never read as markup: Slack's message metadata (data for the
-    bridge) and a Jira ticket's summary (plain text)."""
+    """A preview less what is never read as markup: Slack's message metadata and Mattermost's
+    bridge props (data for the bridge) and a Jira ticket's summary (plain text)."""
     try:
         call = json.loads(output)
     except json.JSONDecodeError:
         return output
+    if isinstance(call, dict) and isinstance(call.get("props"), dict):  # Mattermost's
+        call["props"].pop("sitegpt_bridge", None)  # what the post carries, for the bridge
     return json.dumps({key: value for key, value in call.items() if key not in NOT_MARKUP},
                       ensure_ascii=False) if isinstance(call, dict) else output

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
-from bridge.destinations.mattermost_server import MattermostServer, fit_post
+from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_render import TicketShown
@@ -33,6 +33,11 @@ from bridge.settings import Settings
 from bridge.templating import Templates, cut, link_safe
 
 log = logging.getLogger("bridge.mattermost")
+MARK = "sitegpt_bridge"  # the props key that names what a post carries, for a retry to find
+LOOKBACK_SECONDS = 300.0  # posts read from this long before the event came in
+MAX_BATCH = 50  # messages of a backlog that go in one reply
+BATCH_SEPARATOR = "\n\n"
+MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an escalation
 ROOT = "POST /api/v4/posts (the thread's root)"
 REPLY = "POST /api/v4/posts (in the thread)"
@@ -70,7 +75,7 @@ class MattermostDestination:
             if isinstance(event, EscalationEvent):
                 return await self._escalate(delivery, event)
             if isinstance(event, LeadEvent):
-                return await self._post_lead(event)
+                return await self._post_lead(delivery, event)
             if isinstance(event, TicketLinkedEvent):
                 return await self._link_ticket(delivery, event)
             if isinstance(event, TicketStatusEvent):
@@ -132,26 +137,100 @@ class MattermostDestination:
                 (ROOT_PATCH, self._root(conversation, {"ticket": moved.state()}))]
 
     async def _post_message(self, delivery: Delivery, event: MessageEvent) -> Outcome:
+        """The message, with those queued right behind it (a backlog), in one reply."""
         thread = await self._thread(delivery)
-        post_id = await self.server.post(thread.channel, self._message(event), thread.root_id)
-        if event.data.question:  # an escalation shows what the visitor asked last
+        if found := await self._posted_before(delivery, thread):
+            return await self._found_reply(delivery, thread, found)
+        waiting = [delivery, *await delivery.queued_behind(MERGED_KINDS, MAX_BATCH - 1)]
+        body, count = self._batch([item for item in waiting
+                                   if isinstance(item.event, MessageEvent)])
+        post_id = await self.server.post(thread.channel, _marked(body, waiting[:count]),
+                                         thread.root_id)
+        questions = [item.event.data.question for item in waiting[:count]
+                     if isinstance(item.event, MessageEvent) and item.event.data.question]
+        if questions:  # an escalation shows what the visitor asked last
             state = await delivery.state()
-            await _save(delivery, {**state, "request": cut(event.data.question, REQUEST_LIMIT)})
-        return Delivered(note=f"{thread.channel}/{post_id}")
+            await _save(delivery, {**state, "request": cut(questions[-1], REQUEST_LIMIT)})
+        return Delivered(note=f"{thread.channel}/{post_id}",
+                         coalesced=[item.claimed.id for item in waiting[1:count]])
+
+    def _batch(self, waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
+        """The first messages of `waiting` as one post within Mattermost's limit, and how many.
+
+        One message alone is its own reply, cut if it must be; several are never cut, and
+        what does not fit waits for the next reply.
+        """
+        bodies = [self._message(item.event) for item in waiting
+                  if isinstance(item.event, MessageEvent)]
+        count, length = 1, len(bodies[0]["message"])
+        while count < len(bodies) and not bodies[count].get("props"):
+            length += len(BATCH_SEPARATOR) + len(bodies[count]["message"])
+            if length > MESSAGE_LIMIT:
+                break
+            count += 1
+        if count == 1:
+            return bodies[0], 1
+        joined = BATCH_SEPARATOR.join(body["message"] for body in bodies[:count])
+        return {"message": joined}, count
+
+    async def _found_reply(self, delivery: Delivery, thread: Thread,
+                           found: Mapping[str, Any]) -> Delivered:
+        """The reply a cut-off attempt made: delivered, with the messages it carried along."""
+        carried = set(delivered_in(found))
+        went_along: list[int] = []
+        if len(carried) > 1:  # they still wait right behind this one, in the same order
+            queued = await delivery.queued_behind(MERGED_KINDS, MAX_BATCH - 1)
+            went_along = [item.claimed.id for item in queued if item.claimed.id in carried]
+        return Delivered(note=f"{thread.channel}/{found['id']}", coalesced=went_along)
+
+    async def _posted_before(self, delivery: Delivery, thread: Thread | None,
+                             channel: str | None = None) -> dict[str, Any] | None:
+        """The post an earlier attempt of this delivery made before it was cut off, if any.
+
+        Only an uncertain delivery looks: in its thread, or among the channel's recent posts.
+        A lookup that fails posts again: a message shown twice is better than one lost.
+        """
+        if not delivery.uncertain:
+            return None
+        wanted = delivery.claimed.id
+        try:
+            if thread is not None:
+                posts = await self.server.thread_posts(thread.root_id)
+            else:
+                since = delivery.claimed.created_at - LOOKBACK_SECONDS
+                posts = await self.server.channel_posts(channel or "", since)
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not look for what delivery %d posted before it was cut off,"
+                        " posting it again: %s", wanted, exc)
+            delivery.reconciled(None)
+            return None
+        found = next((post for post in posts if wanted in delivered_in(post)), None)
+        delivery.reconciled(found is not None)
+        return found
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
         thread = await self._thread(delivery)
         state = await delivery.state()
         await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
         body = self._escalation(event, state.get("request"))
-        post_id = await self.server.post(thread.channel, body, thread.root_id)
+        outcome = await self._post_in_thread(delivery, thread, body)
         await self._patch_root(delivery)
+        return outcome
+
+    async def _post_in_thread(self, delivery: Delivery, thread: Thread,
+                              body: dict[str, Any]) -> Delivered:
+        if found := await self._posted_before(delivery, thread):
+            return Delivered(note=f"{thread.channel}/{found['id']}")
+        post_id = await self.server.post(thread.channel, _marked(body, [delivery]),
+                                         thread.root_id)
         return Delivered(note=f"{thread.channel}/{post_id}")
 
-    async def _post_lead(self, event: LeadEvent) -> Outcome:
+    async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
         channel = self.mattermost.leads_channel or self.mattermost.channel or ""
+        if found := await self._posted_before(delivery, None, channel):
+            return Delivered(note=f"{channel}/{found['id']}")
         setting = "mattermost.leads_channel" if self.mattermost.leads_channel else None
-        post_id = await self.server.post(channel, self._lead(event),
+        post_id = await self.server.post(channel, _marked(self._lead(event), [delivery]),
                                          setting=setting or "mattermost.channel")
         return Delivered(note=f"{channel}/{post_id}")
 
@@ -159,9 +238,9 @@ class MattermostDestination:
         thread = await self._thread(delivery)
         state = await delivery.state()
         await _save(delivery, {**state, "ticket": _linked(state, event)})
-        post_id = await self.server.post(thread.channel, self._ticket(event), thread.root_id)
+        outcome = await self._post_in_thread(delivery, thread, self._ticket(event))
         await self._patch_root(delivery)
-        return Delivered(note=f"{thread.channel}/{post_id}")
+        return outcome
 
     async def _ticket_moved(self, delivery: Delivery, event: TicketStatusEvent) -> Outcome:
         """A notice per status change; a repeat or a late retry of an older one is skipped."""
@@ -176,11 +255,10 @@ class MattermostDestination:
         thread = await self._thread(delivery)
         moved = self._moved_to(event, known.get("url") if known.get("key") == data.issue_key
                                else None)
-        post_id = await self.server.post(thread.channel, self._ticket_status(event, moved),
-                                         thread.root_id)
+        outcome = await self._post_in_thread(delivery, thread, self._ticket_status(event, moved))
         await _save(delivery, {**await delivery.state(), "ticket": moved.state()})
         await self._patch_root(delivery)
-        return Delivered(note=f"{thread.channel}/{post_id}")
+        return outcome
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with its root post the first time."""
@@ -193,9 +271,27 @@ class MattermostDestination:
             conversation = conversation_of(delivery.event)
             assert conversation is not None
             channel = self.mattermost.channel or ""
-            root_id = await self.server.post(channel, self._root(conversation, state))
+            root_id = await self._earlier_root(delivery, channel, conversation)
+            if root_id is None:
+                root_id = await self.server.post(channel, self._root(conversation, state))
             await _save(delivery, {**state, "channel": channel, "root_id": root_id})
             return Thread(channel, root_id)
+
+    async def _earlier_root(self, delivery: Delivery, channel: str,
+                            conversation: Conversation) -> str | None:
+        """The root an earlier attempt posted without hearing back (a timeout, a crash)."""
+        if delivery.attempt <= 1:
+            return None
+        since = delivery.claimed.created_at - LOOKBACK_SECONDS
+        try:
+            posts = await self.server.channel_posts(channel, since)
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not look for an earlier root post of %s, posting one: %s",
+                        conversation.key, exc)
+            return None
+        found = next((post for post in posts if not post.get("root_id")
+                      and _mark(post).get("conversation") == conversation.key), None)
+        return str(found["id"]) if found else None
 
     async def _patch_root(self, delivery: Delivery) -> None:
         """Show escalation and ticket on the root post. A failure costs only the cosmetics,
@@ -219,9 +315,11 @@ class MattermostDestination:
     def _root(self, conversation: Conversation, state: Mapping[str, Any]) -> dict[str, Any]:
         ticket = state.get("ticket")
         shown = TicketShown.from_state(ticket) if ticket else None
-        return self._render("mattermost/root.json.j2", {
+        root = self._render("mattermost/root.json.j2", {
             **self._conversation(conversation), "escalated": bool(state.get("escalated_at")),
             "ticket": shown.context() if shown else None})
+        return {**root, "props": {**root.get("props", {}),
+                                  MARK: {"conversation": conversation.key}}}
 
     def _message(self, event: MessageEvent) -> dict[str, Any]:
         data = event.data
@@ -283,6 +381,26 @@ class MattermostDestination:
         if not isinstance(body.get("props", {}), dict):
             raise TemplateError(f"{name}: \"props\" must be an object")
         return body
+
+
+def _marked(body: Mapping[str, Any], deliveries: Sequence[Delivery]) -> dict[str, Any]:
+    """The post naming every delivery it carries, so a retry cut off mid-call can find it.
+
+    Ids are joined in a string: Mattermost keeps props as they are sent.
+    """
+    ids = ",".join(str(item.claimed.id) for item in deliveries)
+    return {**body, "props": {**body.get("props", {}), MARK: {"deliveries": ids}}}
+
+
+def _mark(post: Mapping[str, Any]) -> dict[str, Any]:
+    mark = (post.get("props") or {}).get(MARK)
+    return mark if isinstance(mark, dict) else {}
+
+
+def delivered_in(post: Mapping[str, Any]) -> list[int]:
+    """The deliveries a post by the bridge carries, from its props; [] for any other."""
+    ids = str(_mark(post).get("deliveries") or "")
+    return [int(part) for part in ids.split(",") if part.strip().isdigit()]
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:

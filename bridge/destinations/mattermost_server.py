@@ -55,6 +55,15 @@ class MattermostServer:
         """Change a post the bot made (a thread's root): its message and props."""
         await self.call("PUT", f"posts/{post_id}/patch", fit_post(body))
 
+    async def thread_posts(self, root_id: str) -> list[dict[str, Any]]:
+        """The root post and every reply of a thread."""
+        return _posts(await self.call("GET", f"posts/{root_id}/thread"))
+
+    async def channel_posts(self, channel: str, since: float) -> list[dict[str, Any]]:
+        """The channel's posts made or changed since `since` (epoch seconds)."""
+        return _posts(await self.call("GET", f"channels/{channel}/posts?since={int(since * 1000)}",
+                                      channel=channel))
+
     async def me(self) -> dict[str, Any]:
         return await self.call("GET", "users/me")  # type: ignore[no-any-return]
 
@@ -114,6 +123,12 @@ def _detail(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         return ""
     return f" {str(message)[:200]}" if message else ""
+
+
+def _posts(reply: Any) -> list[dict[str, Any]]:
+    """The posts of a post list (`order` of ids, `posts` by id), in its order."""
+    posts = reply.get("posts") or {}
+    return [posts[post_id] for post_id in reply.get("order") or [] if post_id in posts]
 
 
 def fit_post(body: Mapping[str, Any]) -> dict[str, Any]:
