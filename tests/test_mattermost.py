@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bridge.cli import main
 from bridge.destinations import build_destinations
 from bridge.destinations.base import Delivered, Delivery
 from bridge.destinations.mattermost import MattermostDestination
@@ -406,3 +407,17 @@ def test_jiras_notices_go_to_mattermost_only_while_it_is_on(make_settings, fake)
     on = make_settings({"mattermost": mattermost_settings(fake)})
     assert "mattermost" in DESTINATIONS.built_with(on)
     assert "slack" in DESTINATIONS.built_with(on)
+
+
+@pytest.mark.parametrize(("token", "code", "expected"), [
+    (TOKEN, 0, "mattermost: ok: http://127.0.0.1"),
+    ("wrong", 1, "mattermost: FAILED: mattermost: GET /api/v4/users/me: HTTP 401"),
+])
+def test_check_asks_mattermost_for_the_bot_and_its_channels(make_settings, tmp_path, capsys,
+                                                           fake, token, code, expected):
+    make_settings({"mattermost": mattermost_settings(fake, bot_token=token)})
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == code
+    [line] = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("mattermost: ") and ("ok" in line or "FAILED" in line)]
+    assert line.startswith(expected)
+    assert "wrong" not in line

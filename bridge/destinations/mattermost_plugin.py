@@ -21,16 +21,14 @@ def _unfinished(settings: Settings) -> list[str]:
     return [line for line in lines if line]
 
 
-def _status(settings: Settings) -> list[str]:
+def _state(settings: Settings) -> str:
     mattermost: MattermostSettings = settings.mattermost
-    if not mattermost.on:
-        return []
-    return [f"mattermost: threads in channel {mattermost.channel}, leads in "
-            f"{mattermost.leads_channel or mattermost.channel}"]
+    return (f"on: threads in channel {mattermost.channel}, leads in "
+            f"{mattermost.leads_channel or mattermost.channel}")
 
 
 PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
-    built_with=lambda settings: settings.mattermost.on, status=_status,
+    built_with=lambda settings: settings.mattermost.on, state=_state,
     unfinished=_unfinished, docs="mattermost")
