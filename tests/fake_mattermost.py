@@ -43,14 +43,15 @@ class FakeMattermost:
         self.late: deque[float] = deque()  # delays of answers due after the work is done
         self.script: deque[Scripted] = deque()
         self._ids = itertools.count(1)
-        self.server = LoopbackServer(Starlette(routes=[
+        self.app = Starlette(routes=[
             Route("/api/v4/posts", self._post, methods=["POST"]),
             Route("/api/v4/posts/{post_id}/patch", self._patch, methods=["PUT"]),
             Route("/api/v4/posts/{post_id}/thread", self._thread, methods=["GET"]),
             Route("/api/v4/channels/{channel_id}/posts", self._channel_posts, methods=["GET"]),
             Route("/api/v4/users/me", self._me, methods=["GET"]),
             Route("/api/v4/channels/{channel_id}", self._channel, methods=["GET"]),
-        ]))
+        ])
+        self.server = LoopbackServer(self.app)
 
     @property
     def url(self) -> str:
