@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -421,3 +422,18 @@ def test_check_asks_mattermost_for_the_bot_and_its_channels(make_settings, tmp_p
               if line.startswith("mattermost: ") and ("ok" in line or "FAILED" in line)]
     assert line.startswith(expected)
     assert "wrong" not in line
+
+
+async def test_the_preview_of_an_escalation_shows_the_root_escalated(make_settings, fake):
+    from bridge.samples import load_sample, sample_names
+
+    settings = make_settings({"mattermost": mattermost_settings(fake)})
+    destination = build_destinations(settings, Templates())["mattermost"]
+    samples = {name: parse_event(load_sample(name)["event"], load_sample(name))
+               for name in sample_names() if name == "escalation"}
+    rendered = destination.render_samples(samples)
+    await destination.aclose()
+    assert list(rendered) == ["escalation: POST /api/v4/posts (in the thread)",
+                              "escalation: PUT /api/v4/posts/{root}/patch"]
+    assert "Escalated" in json.loads(rendered["escalation: PUT /api/v4/posts/{root}/patch"])[
+        "message"]

@@ -38,6 +38,7 @@ LOOKBACK_SECONDS = 300.0  # posts read from this long before the event came in
 MAX_BATCH = 50  # messages of a backlog that go in one reply
 BATCH_SEPARATOR = "\n\n"
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
+SAMPLE_ESCALATED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when a preview was escalated
 REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an escalation
 ROOT = "POST /api/v4/posts (the thread's root)"
 REPLY = "POST /api/v4/posts (in the thread)"
@@ -125,7 +126,7 @@ class MattermostDestination:
         if isinstance(event, MessageEvent):
             return [(ROOT, self._root(conversation, {})), (REPLY, self._message(event))]
         if isinstance(event, EscalationEvent):
-            state: dict[str, Any] = {"escalated_at": 0}
+            state: dict[str, Any] = {"escalated_at": SAMPLE_ESCALATED_AT}
             return [(REPLY, self._escalation(event, None)),
                     (ROOT_PATCH, self._root(conversation, state))]
         if isinstance(event, TicketLinkedEvent):
