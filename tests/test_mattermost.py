@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from bridge.destinations.base import Delivered, Delivery
 from bridge.destinations.mattermost import MattermostDestination
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT
 from bridge.destinations.shared import Shared
-from bridge.errors import ConfigError, PermanentError
+from bridge.errors import ConfigError, PermanentError, RetryableError
 from bridge.event_rows import new_event
 from bridge.events import parse_event
 from bridge.store import open_store
@@ -437,3 +437,38 @@ async def test_the_preview_of_an_escalation_shows_the_root_escalated(make_settin
                               "escalation: PUT /api/v4/posts/{root}/patch"]
     assert "Escalated" in json.loads(rendered["escalation: PUT /api/v4/posts/{root}/patch"])[
         "message"]
+
+
+@dataclass
+class RecordingBudgets:
+    """The store's shared channel budgets, as replicas on PostgreSQL use them: always a token."""
+
+    taken: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+    async def take_token(self, channel: str, now: float, capacity: float,
+                         rate: float) -> tuple[float, float]:
+        self.taken.append(channel)
+        return capacity, 0.0
+
+    async def hold_channel(self, channel: str, now: float, until: float) -> None:
+        self.held.append(channel)
+
+
+async def test_replicas_pace_mattermosts_channels_together_apart_from_slacks(make_settings, fake,
+                                                                            clock):
+    settings = make_settings({"mattermost": mattermost_settings(fake)})
+    shared = Shared(settings, clock)
+    destination = build_destinations(settings, Templates(), shared)["mattermost"]
+    budgets = RecordingBudgets()
+    shared.store_is_shared(budgets)  # type: ignore[arg-type]
+    server = destination.server  # type: ignore[attr-defined]
+    try:
+        await server.post("mm_conv", {"message": "paced"})
+        fake.fail_next("posts", 429, **{"Retry-After": "30"})
+        with pytest.raises(RetryableError):
+            await server.post("mm_conv", {"message": "held"})
+    finally:
+        await destination.aclose()
+    assert budgets.taken == ["mattermost:mm_conv", "mattermost:mm_conv"]
+    assert budgets.held == ["mattermost:mm_conv"]

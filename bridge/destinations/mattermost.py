@@ -30,6 +30,7 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings
+from bridge.store.protocols import ChannelBudgets
 from bridge.templating import Templates, cut, link_safe
 
 log = logging.getLogger("bridge.mattermost")
@@ -429,5 +430,30 @@ def mattermost_destination(settings: Settings, templates: Templates,
     mattermost: MattermostSettings = settings.mattermost
     if not mattermost.on:
         return None
-    server = shared.one("mattermost", lambda: MattermostServer(mattermost, shared.clock))
+    server = shared.one("mattermost", lambda: _server(shared, mattermost))
     return MattermostDestination(settings, templates, server)
+
+
+def _server(shared: Shared, mattermost: MattermostSettings) -> MattermostServer:
+    server = MattermostServer(mattermost, shared.clock)
+
+    def pace_with_replicas(budgets: ChannelBudgets) -> None:
+        """Replicas sharing the store (PostgreSQL) keep each channel's pace there, for all."""
+        server.pacer.shared = MattermostBudgets(budgets)
+
+    shared.when_store_is_shared(pace_with_replicas)
+    return server
+
+
+@dataclass(frozen=True)
+class MattermostBudgets:
+    """The store's channel budgets, with Mattermost's channels apart from Slack's."""
+
+    budgets: ChannelBudgets
+
+    async def take_token(self, channel: str, now: float, capacity: float,
+                         rate: float) -> tuple[float, float]:
+        return await self.budgets.take_token(f"mattermost:{channel}", now, capacity, rate)
+
+    async def hold_channel(self, channel: str, now: float, until: float) -> None:
+        await self.budgets.hold_channel(f"mattermost:{channel}", now, until)

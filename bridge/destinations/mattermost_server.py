@@ -48,7 +48,11 @@ class MattermostServer:
                                  retry_after=exc.retry_after) from exc
         payload = {**fit_post(body), "channel_id": channel,
                    **({"root_id": root_id} if root_id else {})}
-        reply = await self.call("POST", "posts", payload, channel=channel, setting=setting)
+        try:
+            reply = await self.call("POST", "posts", payload, channel=channel, setting=setting)
+        except RetryableError:
+            await self.pacer.share_hold(channel)  # a 429 holds it for every replica
+            raise
         return str(reply["id"])
 
     async def patch(self, post_id: str, body: Mapping[str, Any]) -> None:
