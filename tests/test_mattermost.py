@@ -69,7 +69,8 @@ async def harness(make_settings, fake, clock):
         settings = make_settings({"mattermost": mattermost_settings(fake, **mattermost),
                                   **(extra or {})})
         store = open_store(settings.store.url)
-        destination = build_destinations(settings, Templates(), Shared(settings, clock))
+        destination = build_destinations(settings, Templates(settings.templates.dir),
+                                         Shared(settings, clock))
         chosen = {"mattermost": destination["mattermost"]}
         worker = Worker(store, chosen, settings.delivery, clock, random.Random(7))
         built.append(Harness(store, destination["mattermost"], worker, clock, fake))
@@ -472,3 +473,24 @@ async def test_replicas_pace_mattermosts_channels_together_apart_from_slacks(mak
         await destination.aclose()
     assert budgets.taken == ["mattermost:mm_conv", "mattermost:mm_conv"]
     assert budgets.held == ["mattermost:mm_conv"]
+
+
+async def test_a_queued_message_whose_template_fails_leaves_the_others_to_go(harness, tmp_path):
+    mine = tmp_path / "mine" / "mattermost"
+    mine.mkdir(parents=True)
+    (mine / "message.json.j2").write_text(
+        '{% if message.question == "boom" %}{{ no_such_value }}{% endif %}'
+        '{% extends "default:mattermost/message.json.j2" %}')
+    h = await harness({"templates": {"dir": str(tmp_path / "mine")}})
+    await h.accept(message("thread_A", "first"))
+    await h.worker.drain()
+    h.fake.fail_next("posts", 503)
+    for text in ("m1", "m2", "boom", "m3"):
+        await h.accept(message("thread_A", text))
+    await h.worker.drain()
+    h.clock.advance(5)
+    await h.worker.drain()
+    assert shown(h.fake.thread(h.fake.roots()[0]["id"])) == [
+        f":bust_in_silhouette: **Visitor:** {text}" for text in ("first", "m1", "m2", "m3")]
+    statuses = [status for status, _ in await h.statuses()]
+    assert statuses == ["delivered", "delivered", "delivered", "failed", "delivered"]

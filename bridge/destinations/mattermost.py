@@ -144,8 +144,7 @@ class MattermostDestination:
         if found := await self._posted_before(delivery, thread):
             return await self._found_reply(delivery, thread, found)
         waiting = [delivery, *await delivery.queued_behind(MERGED_KINDS, MAX_BATCH - 1)]
-        body, count = self._batch([item for item in waiting
-                                   if isinstance(item.event, MessageEvent)])
+        body, count = self._batch(event, waiting)
         post_id = await self.server.post(thread.channel, _marked(body, waiting[:count]),
                                          thread.root_id)
         questions = [item.event.data.question for item in waiting[:count]
@@ -156,24 +155,39 @@ class MattermostDestination:
         return Delivered(note=f"{thread.channel}/{post_id}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
 
-    def _batch(self, waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
-        """The first messages of `waiting` as one post within Mattermost's limit, and how many.
+    def _batch(self, event: MessageEvent,
+               waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
+        """`event` and the first messages queued behind it (`waiting[1:]`) as one post within
+        Mattermost's limit, and how many.
 
         One message alone is its own reply, cut if it must be; several are never cut, and
         what does not fit waits for the next reply.
         """
-        bodies = [self._message(item.event) for item in waiting
-                  if isinstance(item.event, MessageEvent)]
-        count, length = 1, len(bodies[0]["message"])
-        while count < len(bodies) and not bodies[count].get("props"):
-            length += len(BATCH_SEPARATOR) + len(bodies[count]["message"])
+        bodies = [self._message(event)]
+        length = len(bodies[0]["message"])
+        for item in waiting[1:]:
+            body = self._queued_body(item)
+            if body is None or body.get("props"):  # a card goes in a reply of its own
+                break
+            length += len(BATCH_SEPARATOR) + len(body["message"])
             if length > MESSAGE_LIMIT:
                 break
-            count += 1
+            bodies.append(body)
+        count = len(bodies)
         if count == 1:
             return bodies[0], 1
         joined = BATCH_SEPARATOR.join(body["message"] for body in bodies[:count])
         return {"message": joined}, count
+
+    def _queued_body(self, item: Delivery) -> dict[str, Any] | None:
+        """A queued message's reply, or None: one that fails to render fails on its own turn."""
+        if not isinstance(item.event, MessageEvent):
+            return None
+        try:
+            return self._message(item.event)
+        except TemplateError as exc:
+            log.warning("%s; it goes in a reply of its own", exc)
+            return None
 
     async def _found_reply(self, delivery: Delivery, thread: Thread,
                            found: Mapping[str, Any]) -> Delivered:
