@@ -13,6 +13,7 @@ from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
 from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
 from bench.load import LoadResult, choose_generator
 from bench.markup import print_markup, run_markup
+from bench.mattermost import ChatLatency, run_mattermost
 from tests.postgres import SERVER, unreachable_because
 
 
@@ -37,7 +38,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a PostgreSQL server to make a fresh database on for the "
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
                              "else 127.0.0.1:5432 as postgres)")
-    parser.add_argument("--only", choices=("ingest", "delivery", "backlog", "markup"),
+    parser.add_argument("--only", choices=("ingest", "delivery", "backlog", "markup",
+                                           "mattermost"),
                         help="run only the ingest, delivery, outage catch-up or Jira comment "
                              "conversion benchmark")
     parser.add_argument("--burst", type=int, default=200,
@@ -131,6 +133,14 @@ def print_backlog(report: Backlog) -> None:
           f"{report.lookups} lookups for a cut-off attempt's post (goal: 0)")
 
 
+def print_mattermost(report: ChatLatency) -> None:
+    print("\nMattermost beside Slack: one bridge posting each message to both fakes on 127.0.0.1")
+    for tool, latency in (("Slack", report.slack), ("Mattermost", report.mattermost)):
+        print(f"webhook 200 -> {tool} post, {latency.messages} messages one at a time: "
+              f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, "
+              f"max {latency.max_ms:.1f} ms")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     postgres = reachable(args.postgres)
@@ -149,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                     postgres=postgres)))
     if args.only in (None, "markup"):
         print_markup(run_markup())
+    if args.only in (None, "mattermost"):
+        print_mattermost(run_mattermost())
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -168,6 +168,7 @@ class JiraReceiver:
     max_body_bytes: int
     comments_to_slack: bool
     on_accept: Callable[[], None] = lambda: None
+    destinations: Sequence[str] = DESTINATIONS  # those switched on take what Jira tells
     metrics: Metrics = field(default_factory=Metrics)
     refusals: Refusals = field(init=False)
 
@@ -220,7 +221,7 @@ class JiraReceiver:
         data = read(hook, conversation)
         if isinstance(data, str):
             return data
-        return _new_event(data, _dedup_key(headers, raw))
+        return _new_event(data, _dedup_key(headers, raw), self.destinations)
 
     def _not_followed(self, hook: JiraWebhook) -> str | None:
         """Why a comment is not shown in Slack, or None when it is (or is no comment)."""
@@ -304,12 +305,12 @@ def _dedup_key(headers: Headers, raw: bytes) -> str:
     return f"jira-body:{hashlib.sha256(raw).hexdigest()}"
 
 
-def _new_event(data: TicketData, dedup_key: str) -> NewEvent:
+def _new_event(data: TicketData, dedup_key: str, destinations: Sequence[str]) -> NewEvent:
     conversation = Conversation(data.chatbot_id, data.thread_id)
     kind = KINDS[type(data)]
     body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
     return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
-                    ordering_key=conversation.key, destinations=DESTINATIONS,
+                    ordering_key=conversation.key, destinations=destinations,
                     conversation=(conversation.chatbot_id, conversation.thread_id))
 
 
@@ -326,5 +327,6 @@ def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,
     receiver = JiraReceiver(store=store, clock=clock, credentials=credentials,
                             max_body_bytes=jira.webhook_max_body_bytes,
                             comments_to_slack=jira.comments_to_slack, on_accept=on_accept,
-                            metrics=metrics or Metrics())
+                            metrics=metrics or Metrics(),
+                            destinations=DESTINATIONS.built_with(settings))
     return [Route(PATH, receiver.webhook, methods=["POST"])]

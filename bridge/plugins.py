@@ -5,10 +5,11 @@ from __future__ import annotations
 from bridge.destinations import register
 from bridge.destinations.crm_factory import PLUGIN as CRM
 from bridge.destinations.jira_plugin import PLUGIN as JIRA
+from bridge.destinations.mattermost_plugin import PLUGIN as MATTERMOST
 from bridge.destinations.sitegpt import PLUGIN as SITEGPT
 from bridge.destinations.slack_plugin import PLUGIN as SLACK
 
-BUILTIN = (SLACK, JIRA, CRM, SITEGPT)
+BUILTIN = (SLACK, MATTERMOST, JIRA, CRM, SITEGPT)
 
 for plugin in BUILTIN:
     register(plugin)

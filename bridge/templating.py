@@ -30,6 +30,13 @@ _LINK_SAFE = re.compile(r"https?://[^\x00-\x20\x7f|<>]+", re.IGNORECASE)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NOT_DATE_TEXT = re.compile(r"[^0-9A-Za-z:.+-]+")
 DATE_TEXT_LIMIT = 64  # of a date the filter cannot read; more is no longer a date
+# Mattermost's markdown: every ASCII punctuation mark that can start markup gets a backslash.
+_MATTERMOST_ESCAPES = str.maketrans({char: f"\\{char}" for char in "\\`*_{}[]()#+-.!|<>=$:"})
+# A word joiner shows as nothing but ends a word: after "@" or "~" no mention or channel link
+# can follow, and inside "http" or "www" no bare address is turned into a link.
+WORD_JOINER = "\u2060"
+_MATTERMOST_BREAKS = re.compile(r"([@~])|(?<=h)(ttps?)(?=\\?:)|(?<=w)(ww)(?=\\?\.)", re.IGNORECASE)
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def builtin_dir() -> Path:
@@ -66,6 +73,41 @@ def slack_link(url: Any, label: str | None = None) -> str:
         return f"{slack_escape(label)}: {text}" if label and text else text
     target = slack_escape(url)
     return f"<{target}|{slack_escape(label)}>" if label else f"<{target}>"
+
+
+def mattermost_text(value: Any) -> str:
+    """Escape SiteGPT or Jira text for Mattermost's markdown: no mention (@all, @user), no
+    channel link (~town-square), no link, image or autolinked address, no heading, table or
+    code fence, no bidi control; what the sender wrote still reads the same."""
+    if value is None:
+        return ""
+    text = _BIDI_CONTROLS.sub("", str(value)).translate(_MATTERMOST_ESCAPES)
+    return _MATTERMOST_BREAKS.sub(_joined, text)
+
+
+def _joined(match: re.Match[str]) -> str:
+    if match[1]:
+        return match[1] + WORD_JOINER
+    return WORD_JOINER + (match[2] or match[3])
+
+
+def mattermost_link(url: Any, label: str | None = None) -> str:
+    """`[label](url)` for a safe http(s) URL; any other value as inert text, never a link."""
+    if not link_safe(url):
+        text = mattermost_text(url)
+        return f"{mattermost_text(label)}: {text}" if label and text else text
+    # Brackets in the target would end it early: percent-encoded, they lead to the same place.
+    target = url.replace("(", "%28").replace(")", "%29")
+    return f"[{mattermost_text(label or url)}]({target})"
+
+
+def mattermost_sitegpt_link(url: Any, label: str) -> str:
+    """mattermost_link for a link into SiteGPT, labelled with its host when that is not
+    SiteGPT's, so it cannot pose as SiteGPT."""
+    host = link_host(url)
+    if host is not None and not is_sitegpt_host(host):
+        label = f"Open in {host}"
+    return mattermost_link(url, label)
 
 
 def sitegpt_link(url: Any, label: str) -> str:
@@ -204,7 +246,8 @@ class Templates:
         )
         self.env.filters.update(
             mrkdwn=slack_escape, slack_link=slack_link, sitegpt_link=sitegpt_link,
-            jira=jira_escape, cut=cut,
+            jira=jira_escape, cut=cut, mattermost_text=mattermost_text,
+            mattermost_link=mattermost_link, mattermost_sitegpt_link=mattermost_sitegpt_link,
             date=format_date, tojson=_tojson)
         self.env.filters["slack_date"] = slack_date
         self.env.globals.update(dashboard_url=dashboard_url)

@@ -121,7 +121,8 @@ def test_check_puts_one_verdict_per_check_first_and_the_settings_only_when_asked
     assert main(["check", "--config", str(config)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "settings", "templates", "slack", "jira", "crm", "sitegpt", "jira back-channel", "store"]
+        "settings", "templates", "slack", "mattermost", "jira", "crm", "sitegpt",
+        "jira back-channel", "store"]
     assert lines[0] == f"settings: ok: read from {config}"
     assert main(["check", "--verbose", "--config", str(config)]) == 0
     verbose = capsys.readouterr().out.splitlines()

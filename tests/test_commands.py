@@ -358,7 +358,8 @@ def test_check_lists_every_registered_destination_off_or_verified(config, capsys
     names = tuple(f"{name}: " for name in REGISTRY)
     assert [line for line in out.splitlines() if line.startswith(names)] == [
         "slack: dry run (no slack.bot_token): messages are logged, not posted",
-        "jira: off", "crm: off", "sitegpt: off", "fake: ok" if on else "fake: off"]
+        "mattermost: off", "jira: off", "crm: off", "sitegpt: off",
+        "fake: ok" if on else "fake: off"]
 
 
 def test_an_unknown_target_is_refused_by_the_arguments(config, capsys):

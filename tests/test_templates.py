@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ ALL_ON = {
     "jira": {"url": "https://jira.example", "email": "bot@example.com", "api_token": "t",
              "project": "SUP"},
     "crm": {"kind": "webhook", "webhook": {"url": "https://crm.example/hook"}},
+    "mattermost": {"url": "http://127.0.0.1:9", "bot_token": "mm-test", "channel": "mm_conv",
+                   "escalation_mention": "@support-team"},
     "chatbots": [{"id": "chatbot_123", "name": "Support <Bot> & Co"}],
 }
 SLACK_TEMPLATES = sorted(path.relative_to(builtin_dir()).as_posix()
@@ -298,13 +301,18 @@ def test_files_that_are_not_templates_are_left_alone(make_settings, tmp_path):
 # for Slack, a link for Jira, and dates out of datetime's range.
 HOSTILE_TEXT = [
     "<!channel> <https://evil.example|Click> <@U0HOSTILE> [Click|https://evil.example]",
+    "@all @channel @here ~town-square [Click](https://evil.example) ![x](http://evil.example/"
+    "i.png) www.evil.example\n# Heading\n| a | b |\n```",
     "9999-12-31T23:59:59-23:59",
     "0001-01-01T00:00:00+23:59",
 ]
 SITEGPT_EVENTS = ("ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE")
 # What would be live markup in each destination's output, by the name of the destination.
-PLANTED = {"slack": ("<!channel>", "<https://evil", "<@U0HOSTILE>"), "jira": ("[Click|https",)}
+PLANTED = {"slack": ("<!channel>", "<https://evil", "<@U0HOSTILE>"), "jira": ("[Click|https",),
+           "mattermost": ("@U0HOSTILE", "@all", "@channel", "@here", "~town", "https://evil",
+                          "http://evil", "[Click](", "![x](", "www.evil", "\\n#", "\\n|", "```")}
 NOT_MARKUP = ("metadata", "summary")
+SITEGPT_TARGET = re.compile(r"\]\(https://sitegpt\.ai/[^)\s]*\)")
 
 
 def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -344,13 +352,14 @@ def hostile_samples(text: str) -> dict[str, Any]:
     return events
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXT, ids=["markup", "after-9999", "before-0001"])
-async def test_hostile_text_in_any_field_renders_inert_in_slack_and_jira(make_settings, text):
+@pytest.mark.parametrize("text", HOSTILE_TEXT,
+                         ids=["markup", "markdown", "after-9999", "before-0001"])
+async def test_hostile_text_in_any_field_renders_inert_in_every_destination(make_settings, text):
     destinations = build_destinations(make_settings(ALL_ON), Templates())
     try:
         samples = hostile_samples(text)
         rendered = {}
-        for name in ("slack", "jira", "crm"):
+        for name in ("slack", "mattermost", "jira", "crm"):
             previews = sample_renderer(destinations[name])
             assert previews is not None
             rendered |= {f"{name} {label}": output
@@ -359,18 +368,23 @@ async def test_hostile_text_in_any_field_renders_inert_in_slack_and_jira(make_se
         for destination in destinations.values():
             await destination.aclose()
     assert any(label.startswith("jira") for label in rendered)
+    assert any(label.startswith("mattermost") for label in rendered)
     for label, output in rendered.items():  # the CRM is sent JSON values, not markup
         planted = PLANTED.get(label.split()[0], ())
         shown = _shown(output)
+        if label.startswith("mattermost"):  # the visitor's words inside a link into SiteGPT
+            shown = SITEGPT_TARGET.sub("](sitegpt)", shown)
         assert not [mark for mark in planted if mark in shown], (label, shown)
 
 
 def _shown(output: str) -> str:
-    """A preview less what is never read as markup: Slack's message metadata (data for the
-    bridge) and a Jira ticket's summary (plain text)."""
+    """A preview less what is never read as markup: Slack's message metadata and Mattermost's
+    bridge props (data for the bridge) and a Jira ticket's summary (plain text)."""
     try:
         call = json.loads(output)
     except json.JSONDecodeError:
         return output
+    if isinstance(call, dict) and isinstance(call.get("props"), dict):  # Mattermost's
+        call["props"].pop("sitegpt_bridge", None)  # what the post carries, for the bridge
     return json.dumps({key: value for key, value in call.items() if key not in NOT_MARKUP},
                       ensure_ascii=False) if isinstance(call, dict) else output

@@ -97,6 +97,10 @@ class Takers(Sequence[str]):
     def __repr__(self) -> str:
         return f"Takers({sorted(self.kinds)}: {self._names()})"
 
+    def built_with(self, settings: Settings) -> list[str]:
+        """Those of them that these settings switch on."""
+        return [name for name in self._names() if REGISTRY[name].built_with(settings)]
+
 
 
 def off_hint(kind: str) -> str:

@@ -48,6 +48,10 @@ def plainly_on(settings: Settings) -> str:
     return "on"
 
 
+def always_built(settings: Settings) -> bool:
+    return True
+
+
 @dataclass(frozen=True, eq=False)  # one record per destination: equal only to itself
 class Plugin:
     """A destination and everything it brings: the core knows it only through this record.
@@ -65,6 +69,9 @@ class Plugin:
     samples: Path | None = None  # sample payloads (*.json) for render and the template check
     routes: Routes | None = None  # what it receives (Slack's Events API, Jira's webhook)
     state: Callable[[Settings], str] = plainly_on  # how it runs when built: "on", "dry run..."
+    # Whether its settings build it: events addressed by kind before any destination is built
+    # (Jira's webhooks) leave out one that is off, where no worker would ever take them.
+    built_with: Callable[[Settings], bool] = always_built
     status: SettingsLines = no_lines  # more lines for the start-up log and `check`
     unfinished: SettingsLines = no_lines  # settings set by halves: `check` fails naming each
     secrets: SettingsLines = no_lines  # forms of its secrets an upstream may echo back

@@ -1,0 +1,34 @@
+"""Mattermost as a plugin: its settings section, templates and samples."""
+
+from __future__ import annotations
+
+from bridge.destinations.mattermost import MattermostDestination, mattermost_destination
+from bridge.destinations.mattermost_settings import MattermostSettings
+from bridge.destinations.plugin import Plugin
+from bridge.sections import half_set
+from bridge.settings import Settings
+from bridge.templating import builtin_dir
+
+
+def _unfinished(settings: Settings) -> list[str]:
+    mattermost: MattermostSettings = settings.mattermost
+    effect = "nothing is posted to Mattermost"
+    lines = [half_set("mattermost", "bot_token", effect, mattermost.bot_token,
+                      url=mattermost.url, channel=mattermost.channel,
+                      leads_channel=mattermost.leads_channel),
+             half_set("mattermost", "url", effect, mattermost.url,
+                      bot_token=mattermost.bot_token)]
+    return [line for line in lines if line]
+
+
+def _state(settings: Settings) -> str:
+    mattermost: MattermostSettings = settings.mattermost
+    return (f"on: threads in channel {mattermost.channel}, leads in "
+            f"{mattermost.leads_channel or mattermost.channel}")
+
+
+PLUGIN = Plugin(
+    name="mattermost", section=MattermostSettings, build=mattermost_destination,
+    kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
+    built_with=lambda settings: settings.mattermost.on, state=_state,
+    unfinished=_unfinished, docs="mattermost")

@@ -1,0 +1,31 @@
+"""Mattermost's settings section, `[mattermost]`: the server, the bot, its channels and pace."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+
+from bridge.sections import Section
+
+
+class MattermostSettings(Section):
+    """Off unless both `url` and `bot_token` are set; then `channel` is required."""
+
+    url: str | None = None
+    bot_token: SecretStr | None = None
+    channel: str | None = None
+    leads_channel: str | None = None
+    escalation_mention: str = ""
+    burst: int = Field(3, ge=1)
+    per_second: float = Field(1.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @property
+    def on(self) -> bool:
+        return bool(self.url and self.bot_token)
+
+    @model_validator(mode="after")
+    def _channel_when_on(self) -> MattermostSettings:
+        if self.on and not self.channel:
+            raise ValueError("mattermost.channel is required when mattermost.url and "
+                             "mattermost.bot_token are set")
+        return self

@@ -1,0 +1,171 @@
+"""A fake Mattermost REST API v4 on 127.0.0.1: posts, patches, users/me, channels; fails on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.loopback import LoopbackServer
+
+TOKEN = "mm-bot-token"
+BOT = {"id": "bot_user_id", "username": "sitegpt"}
+MESSAGE_LIMIT = 16_383  # Mattermost refuses a longer message (400)
+
+
+@dataclass
+class Scripted:
+    """A canned answer for the next request to a route ("*" for any)."""
+
+    route: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class FakeMattermost:
+    """Enough of Mattermost for the bridge: the bot token, its channels and the posts made."""
+
+    def __init__(self, channels: tuple[str, ...] = ("mm_conv", "mm_leads")) -> None:
+        self.channels = set(channels)
+        self.posts: list[dict[str, Any]] = []
+        self.patches: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []
+        self.lookups: list[str] = []
+        self.late: deque[float] = deque()  # delays of answers due after the work is done
+        self.script: deque[Scripted] = deque()
+        self._ids = itertools.count(1)
+        self.app = Starlette(routes=[
+            Route("/api/v4/posts", self._post, methods=["POST"]),
+            Route("/api/v4/posts/{post_id}/patch", self._patch, methods=["PUT"]),
+            Route("/api/v4/posts/{post_id}/thread", self._thread, methods=["GET"]),
+            Route("/api/v4/channels/{channel_id}/posts", self._channel_posts, methods=["GET"]),
+            Route("/api/v4/users/me", self._me, methods=["GET"]),
+            Route("/api/v4/channels/{channel_id}", self._channel, methods=["GET"]),
+        ])
+        self.server = LoopbackServer(self.app)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def __enter__(self) -> FakeMattermost:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def fail_next(self, route: str, status: int, times: int = 1, delay: float = 0.0,
+                  **headers: str) -> None:
+        """Answer the next `times` requests to `route` ("posts", "patch", "me", "channel",
+        "lookup"): with `status`; for 200, a post is made at once and answered `delay` late."""
+        self.script.extend(Scripted(route, status, headers, delay) for _ in range(times))
+
+    def roots(self) -> list[dict[str, Any]]:
+        return [post for post in self.posts if not post.get("root_id")]
+
+    def thread(self, root_id: str) -> list[dict[str, Any]]:
+        return [post for post in self.posts if post.get("root_id") == root_id]
+
+    def root(self, root_id: str) -> dict[str, Any]:
+        return next(post for post in self.posts if post["id"] == root_id)
+
+    async def _scripted(self, route: str) -> Response | None:
+        if self.script and self.script[0].route in (route, "*"):
+            answer = self.script.popleft()
+            if answer.status == 200:  # done at once, answered late
+                self.late.append(answer.delay)
+                return None
+            await asyncio.sleep(answer.delay)
+            return JSONResponse({"id": "api.scripted", "message": "scripted failure",
+                                 "status_code": answer.status}, answer.status, answer.headers)
+        return None
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return _error(401, "api.context.session_expired.app_error",
+                          "Invalid or expired session")
+        return None
+
+    async def _post(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("posts"):
+            return refused
+        body = await request.json()
+        if body.get("channel_id") not in self.channels:
+            return _error(403, "api.context.permissions.app_error", "You do not have permission")
+        if len(body.get("message", "")) > MESSAGE_LIMIT:
+            self.refused.append(body)
+            return _error(400, "model.post.is_valid.msg.app_error", "Invalid Message")
+        root_id = body.get("root_id") or ""
+        if root_id and not any(post["id"] == root_id for post in self.posts):
+            return _error(400, "api.post.create_post.root_id.app_error", "Invalid RootId")
+        post = {"id": f"post{next(self._ids):022d}", "user_id": BOT["id"], **body,
+                "root_id": root_id, "create_at": int(time.time() * 1000)}
+        self.posts.append(post)
+        await self._answer_late()
+        return JSONResponse(post, 201)
+
+    async def _answer_late(self) -> None:
+        if self.late:
+            await asyncio.sleep(self.late.popleft())
+
+    async def _patch(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("patch"):
+            return refused
+        post_id = request.path_params["post_id"]
+        post = next((post for post in self.posts if post["id"] == post_id), None)
+        if post is None:
+            return _error(404, "app.post.get.app_error", "Unable to get the post")
+        change = await request.json()
+        self.patches.append({"id": post_id, **change})
+        post.update({key: value for key, value in change.items() if key in ("message", "props")})
+        return JSONResponse(post)
+
+    async def _thread(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("lookup"):
+            return refused
+        self.lookups.append(request.url.path)
+        root_id = request.path_params["post_id"]
+        return _post_list([post for post in self.posts
+                           if root_id in (post["id"], post["root_id"])])
+
+    async def _channel_posts(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("lookup"):
+            return refused
+        self.lookups.append(request.url.path)
+        channel = request.path_params["channel_id"]
+        since = int(request.query_params.get("since") or 0)
+        return _post_list([post for post in self.posts if post["channel_id"] == channel
+                           and post["create_at"] >= since])
+
+    async def _me(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("me"):
+            return refused
+        return JSONResponse(BOT)
+
+    async def _channel(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("channel"):
+            return refused
+        channel = request.path_params["channel_id"]
+        if channel not in self.channels:
+            return _error(403, "api.context.permissions.app_error", "You do not have permission")
+        return JSONResponse({"id": channel, "name": f"name-of-{channel}", "team_id": "team"})
+
+
+def _error(status: int, error_id: str, message: str) -> Response:
+    return JSONResponse({"id": error_id, "message": message, "status_code": status}, status)
+
+
+def _post_list(posts: list[dict[str, Any]]) -> Response:
+    """Mattermost's PostList: the ids newest first, and the posts by id."""
+    return JSONResponse({"order": [post["id"] for post in reversed(posts)],
+                         "posts": {post["id"]: post for post in posts}})
