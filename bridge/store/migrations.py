@@ -23,6 +23,7 @@ VERSIONS: dict[int, str] = {
     5: "lease tokens",
     6: "readiness probe",
     7: "why a delivery waits",
+    8: "the operator console's signing key and paused destinations",
 }
 SCHEMA_VERSION = max(VERSIONS)
 

@@ -130,6 +130,20 @@ INSERT INTO readiness_probe (id, checked_at) VALUES (1, 0);
 
 RETRY_KINDS = "ALTER TABLE deliveries ADD COLUMN retry_kind TEXT"
 
+# The console's signing key, kept so that sessions outlive a restart and hold on every
+# replica; and the destinations an operator paused, whose deliveries wait until resumed.
+CONSOLE_KEYS_AND_PAUSES = """
+CREATE TABLE console_keys (
+    name TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE paused_destinations (
+    destination TEXT PRIMARY KEY,
+    paused_at DOUBLE PRECISION NOT NULL
+);
+"""
+
 
 def _sql(statements: str) -> Callable[[Script], None]:
     return lambda script: script.append(statements)
@@ -143,4 +157,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(5, _sql(LEASE_TOKENS)),
     Migration(6, _sql(READINESS_PROBE)),
     Migration(7, _sql(RETRY_KINDS)),
+    Migration(8, _sql(CONSOLE_KEYS_AND_PAUSES)),
 ]

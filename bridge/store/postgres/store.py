@@ -24,7 +24,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.errors import StoreBusy, StoreError
 from bridge.store.delegations import Delegations
 from bridge.store.masking import masked_store_url, scrub
-from bridge.store.postgres import conversations, intake, migrate, operations, queue
+from bridge.store.postgres import console, conversations, intake, migrate, operations, queue
 from bridge.store.postgres.advice import pg_dump_advice
 from bridge.store.postgres.groups import AcceptGroups
 from bridge.store.postgres.live_workers import LiveWorkers
@@ -71,6 +71,7 @@ class PostgresStore(Delegations):
     queue_sql: ClassVar[ModuleType] = queue
     conversation_sql: ClassVar[ModuleType] = conversations
     operations_sql: ClassVar[ModuleType] = operations
+    console_sql: ClassVar[ModuleType] = console
 
     def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:

@@ -247,6 +247,22 @@ def _retry_kinds(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE deliveries ADD COLUMN retry_kind TEXT")
 
 
+def _console_keys_and_pauses(conn: sqlite3.Connection) -> None:
+    """The console's signing key, kept so that sessions outlive a restart; and the
+    destinations an operator paused, whose deliveries wait until resumed."""
+    _script(conn, """
+    CREATE TABLE console_keys (
+        name TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE paused_destinations (
+        destination TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL
+    );
+    """)
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -255,6 +271,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(5, _lease_tokens),
     Migration(6, _readiness_probe),
     Migration(7, _retry_kinds),
+    Migration(8, _console_keys_and_pauses),
 ]
 
 

@@ -24,7 +24,7 @@ from bridge.store.records import (
     NewEvent,
     StoreInfo,
 )
-from bridge.store.sqlite import conversations, operations, queue
+from bridge.store.sqlite import console, conversations, operations, queue
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.worker_lock import WorkerLock
 from bridge.store.sqlite.writer import Job, Write, Writer
@@ -51,6 +51,7 @@ class SQLiteStore(Delegations):
     queue_sql: ClassVar[ModuleType] = queue
     conversation_sql: ClassVar[ModuleType] = conversations
     operations_sql: ClassVar[ModuleType] = operations
+    console_sql: ClassVar[ModuleType] = console
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:

@@ -1,0 +1,82 @@
+"""What the operator console asks of PostgreSQL: its key, pauses, and the delivery list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from bridge.store import console_sql as sql
+from bridge.store.filters import DeliveryFilter
+from bridge.store.postgres.wakeup import NOTIFY
+from bridge.store.records import DeliveryRow, DestinationSummary
+
+Connection = psycopg.AsyncConnection[Any]
+M = "%s"
+
+
+async def console_key(conn: Connection, name: str, candidate: str, now: float) -> str:
+    async with conn.transaction():
+        await conn.execute(sql.KEEP_KEY.format(m=M), (name, candidate, now))
+        cursor = await conn.execute(sql.KEPT_KEY.format(m=M), (name,))
+        return str((await cursor.fetchone() or [""])[0])
+
+
+async def pause(conn: Connection, destination: str, now: float) -> bool:
+    cursor = await conn.execute(sql.PAUSE.format(m=M), (destination, now))
+    return cursor.rowcount == 1
+
+
+async def resume(conn: Connection, destination: str) -> bool:
+    """Every replica's worker is woken: what waited goes out now."""
+    async with conn.transaction():
+        cursor = await conn.execute(sql.RESUME.format(m=M), (destination,))
+        await conn.execute(NOTIFY)
+        return cursor.rowcount == 1
+
+
+async def paused(conn: Connection) -> dict[str, float]:
+    cursor = await conn.execute(sql.PAUSED)
+    return {destination: at for destination, at in await cursor.fetchall()}
+
+
+async def summary(conn: Connection, now: float) -> list[DestinationSummary]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(sql.SUMMARY.format(m=M), (now,))
+        rows = await cursor.fetchall()
+    found = []
+    for row in rows:
+        last = await conn.execute(sql.LAST_ERROR.format(m=M), (row["destination"],))
+        error = await last.fetchone()
+        counts = {key: int(row[key]) for key in ("waiting", "due", "retrying", "failed")}
+        found.append(DestinationSummary(**{**row, **counts},
+                                        last_error=error[0] if error else None))
+    return found
+
+
+async def delivery_page(conn: Connection, matching: DeliveryFilter, before: int | None,
+                        limit: int) -> list[DeliveryRow]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(*sql.page(matching, before, limit, M))
+        return [DeliveryRow(**row) for row in await cursor.fetchall()]
+
+
+async def count(conn: Connection, matching: DeliveryFilter) -> int:
+    cursor = await conn.execute(*sql.count(matching, M))
+    return int((await cursor.fetchone() or [0])[0])
+
+
+async def retry_matching(conn: Connection, matching: DeliveryFilter, ids: list[int],
+                         now: float) -> int:
+    async with conn.transaction():
+        cursor = await conn.execute(*sql.retry(matching, ids, now, M))
+        if cursor.rowcount:
+            await conn.execute(NOTIFY)
+        return cursor.rowcount
+
+
+async def cancel_matching(conn: Connection, matching: DeliveryFilter, ids: list[int],
+                          now: float) -> int:
+    cursor = await conn.execute(*sql.cancel(matching, ids, now, M))
+    return cursor.rowcount
