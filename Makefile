@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 BRIDGE := $(BIN)/sitegpt-bridge
 CONFIG ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
-OPERATOR_COMMANDS := check render send-test deliveries retry conversations backup
+OPERATOR_COMMANDS := check render send-test deliveries retry conversations backup pause resume
 
 .PHONY: run test lint bench clean $(OPERATOR_COMMANDS)
 

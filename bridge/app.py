@@ -13,6 +13,8 @@ from starlette.applications import Starlette
 
 import bridge.plugins  # noqa: F401  (registers the destinations)
 from bridge.clock import Clock, SystemClock
+from bridge.console.app import console_routes
+from bridge.console.app import install as install_console
 from bridge.destinations import (
     REGISTRY,
     build_destinations,
@@ -189,6 +191,8 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     metrics_token = token.get_secret_value().encode() if token is not None else None
     inbound = inbound_routes(Inbound(bridge.settings, bridge.store, bridge.clock,
                                      bridge.worker.wake, bridge.metrics))
-    app = build_app(receiver, bridge.endpoints(), lifespan, inbound, metrics_token)
+    app = build_app(receiver, bridge.endpoints(), lifespan,
+                    [*inbound, *console_routes(bridge)], metrics_token)
     app.state.bridge = bridge
+    install_console(app, bridge)
     return app

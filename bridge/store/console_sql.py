@@ -86,3 +86,4 @@ RESUME = "DELETE FROM paused_destinations WHERE destination = {m}"
 PAUSED = "SELECT destination, paused_at FROM paused_destinations ORDER BY destination"
 # What the claims of both backends add: a paused destination's deliveries wait.
 NOT_PAUSED = "d.destination NOT IN (SELECT destination FROM paused_destinations)"
+EVENT_BODY = "SELECT body FROM events WHERE id = {m}"

@@ -163,3 +163,6 @@ class Delegations:
                               now: float = 0.0) -> int:
         return await self._run(lambda conn: self.console_sql.cancel_matching(
             conn, matching, list(ids), now))
+
+    async def event_body(self, event_id: int) -> str | None:
+        return await self._run(lambda conn: self.console_sql.event_body(conn, event_id))

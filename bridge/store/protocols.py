@@ -210,6 +210,10 @@ class ConsoleQueries(Pauses, Protocol):
 
     async def count_matching(self, matching: DeliveryFilter) -> int: ...
 
+    async def event_body(self, event_id: int) -> str | None:
+        """The event as received (its canonical body), if it is still kept."""
+        ...
+
     async def retry_matching(self, matching: DeliveryFilter, ids: Sequence[int] = (),
                              now: float = 0.0) -> int:
         """Requeue the finished deliveries matching (among `ids` if given); how many."""

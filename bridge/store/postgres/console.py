@@ -80,3 +80,9 @@ async def cancel_matching(conn: Connection, matching: DeliveryFilter, ids: list[
                           now: float) -> int:
     cursor = await conn.execute(*sql.cancel(matching, ids, now, M))
     return cursor.rowcount
+
+
+async def event_body(conn: Connection, event_id: int) -> str | None:
+    cursor = await conn.execute(sql.EVENT_BODY.format(m=M), (event_id,))
+    row = await cursor.fetchone()
+    return row[0] if row else None

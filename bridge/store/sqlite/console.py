@@ -58,3 +58,8 @@ def retry_matching(conn: sqlite3.Connection, matching: DeliveryFilter, ids: list
 def cancel_matching(conn: sqlite3.Connection, matching: DeliveryFilter, ids: list[int],
                     now: float) -> int:
     return conn.execute(*sql.cancel(matching, ids, now, M)).rowcount
+
+
+def event_body(conn: sqlite3.Connection, event_id: int) -> str | None:
+    row = conn.execute(sql.EVENT_BODY.format(m=M), (event_id,)).fetchone()
+    return row[0] if row else None
