@@ -312,3 +312,18 @@ async def test_pause_and_resume_from_the_command_line(make_settings, tmp_path, c
     with pytest.raises(SystemExit) as refused:
         main(["pause", "nowhere", "--config", config])
     assert refused.value.code == 2
+
+
+def test_the_webhook_chart_counts_each_outcome_since_the_start():
+    from bridge.console.chart import WebhookHistory
+    from bridge.metrics import Metrics
+
+    metrics, history = Metrics(["messages"]), WebhookHistory()
+    history.start(0.0)
+    for outcome in ("accepted", "accepted", "duplicate", "unauthorized"):
+        metrics.webhook("messages", outcome)
+    history.sample(metrics, 30.0)  # within the first minute: not kept apart
+    assert len(history.samples) == 1
+    drawn = history.chart(metrics, 90.0)
+    assert "accepted 2" in drawn and "duplicate 1" in drawn and "refused 1" in drawn
+    assert drawn.count("<rect") == 3

@@ -230,7 +230,8 @@ async def overview(console: Console, request: Request, session: Session) -> Resp
     lines += [line for name, line in summary.items() if name not in console.bridge.destinations]
     return console.page("overview.html", request, session, title="Overview", ready=ready,
                         readiness=readiness, destinations=lines, paused=await store.paused(),
-                        chart=console.history.chart(console.now()))
+                        chart=console.history.chart(console.bridge.metrics,
+                                                                console.now()))
 
 
 def _empty_summary(name: str) -> DestinationSummary:
@@ -514,4 +515,6 @@ def console_routes(bridge: Bridge) -> list[BaseRoute]:
 
 def install(app: Any, bridge: Bridge) -> None:
     """Give the console's pages the bridge they show."""
-    app.state.console = Console(bridge)
+    console = Console(bridge)
+    console.history.start(bridge.clock.now())
+    app.state.console = console

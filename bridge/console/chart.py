@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from markupsafe import Markup, escape
@@ -22,35 +23,46 @@ def _outcome(label: str) -> str:
     return label if label in ("accepted", "duplicate") else "refused"
 
 
+def totals(metrics: Metrics) -> dict[str, float]:
+    """Webhooks so far by outcome, from the Prometheus counter."""
+    found = dict.fromkeys(COLOURS, 0.0)
+    for family in metrics.webhooks.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                found[_outcome(sample.labels.get("outcome", ""))] += sample.value
+    return found
+
+
 @dataclass
 class WebhookHistory:
     """Webhook totals by outcome, one sample a minute at most, for the last hour.
 
-    Sampled whenever a console page is served: a minute with no page served shows as a gap
-    in the samples, and its webhooks count in the next minute that has one.
+    Sampled whenever a console page is served, from zero when the app was made (the counters
+    start there too): a minute with no page served shows as a gap in the samples, and its
+    webhooks count in the next minute that has one. The bar of now is drawn live.
     """
 
     samples: deque[tuple[float, dict[str, float]]] = field(
         default_factory=lambda: deque(maxlen=HOUR_OF_MINUTES + 1))
 
+    def start(self, now: float) -> None:
+        self.samples.append((now, dict.fromkeys(COLOURS, 0.0)))
+
     def sample(self, metrics: Metrics, now: float) -> None:
         if self.samples and now - self.samples[-1][0] < MINUTE:
             return
-        totals = dict.fromkeys(COLOURS, 0.0)
-        for family in metrics.webhooks.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    totals[_outcome(sample.labels.get("outcome", ""))] += sample.value
-        self.samples.append((now, totals))
+        self.samples.append((now, totals(metrics)))
 
-    def per_minute(self, now: float) -> list[tuple[float, dict[str, float]]]:
+    def per_minute(self, now: float,
+                   live: dict[str, float]) -> list[tuple[float, dict[str, float]]]:
         """(minute's end, webhooks by outcome since the sample before), within the hour."""
-        pairs = zip(list(self.samples), list(self.samples)[1:], strict=False)
+        points = [*self.samples, (now, live)]
+        pairs = pairwise(points)
         return [(later[0], {key: later[1][key] - earlier[1][key] for key in COLOURS})
                 for earlier, later in pairs if later[0] > now - HOUR_OF_MINUTES * MINUTE]
 
-    def chart(self, now: float) -> Markup:
-        minutes = self.per_minute(now)
+    def chart(self, metrics: Metrics, now: float) -> Markup:
+        minutes = self.per_minute(now, totals(metrics))
         total = {key: sum(counts[key] for _, counts in minutes) for key in COLOURS}
         tallest = max([sum(counts.values()) for _, counts in minutes] + [1.0])
         bars = [self._bar(now, at, counts, tallest) for at, counts in minutes]
