@@ -14,6 +14,7 @@ from bridge.store import (
     Acceptance,
     ClaimedDelivery,
     DeliveryFilter,
+    DestinationSummary,
     Echo,
     FollowUp,
     Lease,
@@ -615,7 +616,9 @@ async def test_the_summary_counts_each_destinations_queue(store):
     await store.finish(jobs[2].lease, "failed", NOW + 1, "channel_not_found")
     await store.finish(jobs[4].lease, "delivered", NOW + 2)
     await store.reschedule(jobs[1].lease, NOW + 60, "HTTP 503", NOW + 1)
-    summary = {line.destination: line for line in await store.destination_summary(NOW + 5)}
+    summary = {line.destination: line
+               for line in await store.destination_summary(["jira", "slack", "crm"], NOW + 5)}
+    assert summary["crm"] == DestinationSummary("crm")
     assert summary["jira"].failed == 1 and summary["jira"].last_error == "channel_not_found"
     assert summary["jira"].last_failure == NOW + 1
     slack = summary["slack"]

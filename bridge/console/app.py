@@ -27,7 +27,7 @@ from bridge.destinations import status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
 from bridge.errors import BridgeError, StoreError
 from bridge.events import InvalidEvent, parse_event
-from bridge.store import STATUSES, DeliveryFilter, DestinationSummary
+from bridge.store import STATUSES, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
 
 if TYPE_CHECKING:
@@ -225,17 +225,11 @@ async def overview(console: Console, request: Request, session: Session) -> Resp
         readiness, ready = "ready", True
     except StoreError as exc:
         readiness, ready = f"unavailable: {exc}", False
-    summary = {line.destination: line for line in await store.destination_summary(console.now())}
-    lines = [summary.get(name) or _empty_summary(name) for name in console.bridge.destinations]
-    lines += [line for name, line in summary.items() if name not in console.bridge.destinations]
+    lines = await store.destination_summary(list(console.bridge.destinations), console.now())
     return console.page("overview.html", request, session, title="Overview", ready=ready,
                         readiness=readiness, destinations=lines, paused=await store.paused(),
                         chart=console.history.chart(console.bridge.metrics,
                                                                 console.now()))
-
-
-def _empty_summary(name: str) -> DestinationSummary:
-    return DestinationSummary(name)
 
 
 def _pausing(pause: bool) -> Handler:

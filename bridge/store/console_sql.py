@@ -7,16 +7,22 @@ from typing import Any
 from bridge.store.filters import DeliveryFilter
 
 CANCELLED = "cancelled in the console"
-# Every destination's queue in one pass; `{m}` is the placeholder for now.
-SUMMARY = """
+# The waiting deliveries of every destination, from the pending ones alone (a small index).
+PENDING = """
 SELECT destination,
-  SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS waiting,
-  SUM(CASE WHEN status = 'pending' AND next_attempt_at <= {m} THEN 1 ELSE 0 END) AS due,
-  SUM(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 ELSE 0 END) AS retrying,
-  SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
-  MAX(CASE WHEN status = 'delivered' THEN finished_at END) AS last_success,
-  MAX(CASE WHEN status = 'failed' THEN finished_at END) AS last_failure
-FROM deliveries GROUP BY destination ORDER BY destination
+  COUNT(*) AS waiting,
+  SUM(CASE WHEN next_attempt_at <= {m} THEN 1 ELSE 0 END) AS due,
+  SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS retrying
+FROM deliveries d WHERE status = 'pending' GROUP BY destination
+"""
+# One destination's finished deliveries: seeks on deliveries_finished, however many there are.
+FINISHED = """
+SELECT
+  (SELECT COUNT(*) FROM deliveries WHERE destination = {m} AND status = 'failed') AS failed,
+  (SELECT MAX(finished_at) FROM deliveries
+     WHERE destination = {m} AND status = 'delivered') AS last_success,
+  (SELECT MAX(finished_at) FROM deliveries
+     WHERE destination = {m} AND status = 'failed') AS last_failure
 """
 LAST_ERROR = ("SELECT last_error FROM deliveries WHERE destination = {m} AND status = 'failed'"
               " ORDER BY finished_at DESC LIMIT 1")

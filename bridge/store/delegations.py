@@ -143,8 +143,10 @@ class Delegations:
     async def paused(self) -> dict[str, float]:
         return await self._run(self.console_sql.paused)
 
-    async def destination_summary(self, now: float) -> list[DestinationSummary]:
-        return await self._run(lambda conn: self.console_sql.summary(conn, now))
+    async def destination_summary(self, destinations: Sequence[str],
+                                  now: float) -> list[DestinationSummary]:
+        return await self._run(
+            lambda conn: self.console_sql.summary(conn, list(destinations), now))
 
     async def delivery_page(self, matching: DeliveryFilter, before: int | None = None,
                             limit: int = 50) -> list[DeliveryRow]:

@@ -201,7 +201,10 @@ class Pauses(Protocol):
 
 
 class ConsoleQueries(Pauses, Protocol):
-    async def destination_summary(self, now: float) -> list[DestinationSummary]: ...
+    async def destination_summary(self, destinations: Sequence[str],
+                                  now: float) -> list[DestinationSummary]:
+        """Each of `destinations`' queue: waiting, due, retrying, failed, last outcomes."""
+        ...
 
     async def delivery_page(self, matching: DeliveryFilter, before: int | None = None,
                             limit: int = 50) -> list[DeliveryRow]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -41,17 +42,22 @@ async def paused(conn: Connection) -> dict[str, float]:
     return {destination: at for destination, at in await cursor.fetchall()}
 
 
-async def summary(conn: Connection, now: float) -> list[DestinationSummary]:
+async def summary(conn: Connection, destinations: Sequence[str],
+                  now: float) -> list[DestinationSummary]:
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(sql.SUMMARY.format(m=M), (now,))
-        rows = await cursor.fetchall()
-    found = []
-    for row in rows:
-        last = await conn.execute(sql.LAST_ERROR.format(m=M), (row["destination"],))
-        error = await last.fetchone()
-        counts = {key: int(row[key]) for key in ("waiting", "due", "retrying", "failed")}
-        found.append(DestinationSummary(**{**row, **counts},
-                                        last_error=error[0] if error else None))
+        await cursor.execute(sql.PENDING.format(m=M), (now,))
+        pending = {row["destination"]: row for row in await cursor.fetchall()}
+        found = []
+        for name in destinations:
+            await cursor.execute(sql.FINISHED.format(m=M), (name,) * 3)
+            finished = await cursor.fetchone() or {}
+            await cursor.execute(sql.LAST_ERROR.format(m=M), (name,))
+            error = await cursor.fetchone()
+            counts = {key: int(pending[name][key]) for key in ("waiting", "due", "retrying")} \
+                if name in pending else {}
+            found.append(DestinationSummary(
+                name, **counts, **finished,
+                last_error=error["last_error"] if error else None))
     return found
 
 

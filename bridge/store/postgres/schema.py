@@ -131,7 +131,8 @@ INSERT INTO readiness_probe (id, checked_at) VALUES (1, 0);
 RETRY_KINDS = "ALTER TABLE deliveries ADD COLUMN retry_kind TEXT"
 
 # The console's signing key, kept so that sessions outlive a restart and hold on every
-# replica; and the destinations an operator paused, whose deliveries wait until resumed.
+# replica; the destinations an operator paused, whose deliveries wait until resumed; and an
+# index for the console's overview (each destination's failures and last outcomes).
 CONSOLE_KEYS_AND_PAUSES = """
 CREATE TABLE console_keys (
     name TEXT PRIMARY KEY,
@@ -142,6 +143,7 @@ CREATE TABLE paused_destinations (
     destination TEXT PRIMARY KEY,
     paused_at DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at);
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from bridge.store import console_sql as sql
 from bridge.store.filters import DeliveryFilter
@@ -28,15 +29,20 @@ def paused(conn: sqlite3.Connection) -> dict[str, float]:
     return dict(conn.execute(sql.PAUSED).fetchall())
 
 
-def summary(conn: sqlite3.Connection, now: float) -> list[DestinationSummary]:
-    rows = conn.execute(sql.SUMMARY.format(m=M), (now,)).fetchall()
-    return [DestinationSummary(**row, last_error=_last_error(conn, row["destination"]))
-            for row in rows]
+def summary(conn: sqlite3.Connection, destinations: Sequence[str],
+            now: float) -> list[DestinationSummary]:
+    pending = {row["destination"]: row
+               for row in conn.execute(sql.PENDING.format(m=M), (now,))}
+    return [_summary(conn, name, pending.get(name), now) for name in destinations]
 
 
-def _last_error(conn: sqlite3.Connection, destination: str) -> str | None:
-    row = conn.execute(sql.LAST_ERROR.format(m=M), (destination,)).fetchone()
-    return row[0] if row else None
+def _summary(conn: sqlite3.Connection, destination: str, pending: sqlite3.Row | None,
+             now: float) -> DestinationSummary:
+    finished = conn.execute(sql.FINISHED.format(m=M), (destination,) * 3).fetchone()
+    error = conn.execute(sql.LAST_ERROR.format(m=M), (destination,)).fetchone()
+    counts = {key: pending[key] for key in ("waiting", "due", "retrying")} if pending else {}
+    return DestinationSummary(destination, **counts, **finished,
+                              last_error=error[0] if error else None)
 
 
 def delivery_page(conn: sqlite3.Connection, matching: DeliveryFilter, before: int | None,

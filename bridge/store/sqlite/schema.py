@@ -248,8 +248,9 @@ def _retry_kinds(conn: sqlite3.Connection) -> None:
 
 
 def _console_keys_and_pauses(conn: sqlite3.Connection) -> None:
-    """The console's signing key, kept so that sessions outlive a restart; and the
-    destinations an operator paused, whose deliveries wait until resumed."""
+    """The console's signing key, kept so that sessions outlive a restart; the destinations
+    an operator paused, whose deliveries wait until resumed; and an index for the console's
+    overview (each destination's failures and last outcomes), a seek at any size."""
     _script(conn, """
     CREATE TABLE console_keys (
         name TEXT PRIMARY KEY,
@@ -260,6 +261,7 @@ def _console_keys_and_pauses(conn: sqlite3.Connection) -> None:
         destination TEXT PRIMARY KEY,
         paused_at REAL NOT NULL
     );
+    CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at);
     """)
 
 
