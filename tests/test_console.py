@@ -163,6 +163,9 @@ def test_the_trusted_user_header_is_believed_only_from_a_trusted_proxy(make_sett
                               follow_redirects=False)
             assert page.status_code == expected
             assert ("alice" in page.text) == (expected == 200)
+            if expected == 200:  # the proxy now names someone else: they, not alice
+                page = client.get("/console/", headers={"Remote-User": "bob"})
+                assert "bob" in page.text and "alice" not in page.text
 
 
 # Every POST carries the session's CSRF token

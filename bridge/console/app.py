@@ -136,7 +136,7 @@ def signed_in(handler: Handler, post: bool = False) -> Callable[[Request], Await
     async def endpoint(request: Request) -> Response:
         console: Console = request.app.state.console
         sessions = await console.sessions()
-        session = sessions.read(request) or _trusted_session(console, request, sessions)
+        session = _session(console, request, sessions)
         if session is None:
             return _refused(401, "log in first\n") if post else _see("login")
         if post:
@@ -153,9 +153,14 @@ def signed_in(handler: Handler, post: bool = False) -> Callable[[Request], Await
     return endpoint
 
 
-def _trusted_session(console: Console, request: Request, sessions: Sessions) -> Session | None:
+def _session(console: Console, request: Request, sessions: Sessions) -> Session | None:
+    """The cookie's session; a login proxy's user, where trusted, is signed in instead of
+    another (someone else now at this browser)."""
+    found = sessions.read(request)
     user = trusted_user(request, console.settings.trusted_user_header)
-    return sessions.start(user) if user else None
+    if user and (found is None or found.user != user):
+        return sessions.start(user)
+    return found
 
 
 # Logging in and out ---------------------------------------------------------------------------
