@@ -330,3 +330,23 @@ def test_the_webhook_chart_counts_each_outcome_since_the_start():
     drawn = history.chart(metrics, 90.0)
     assert "accepted 2" in drawn and "duplicate 1" in drawn and "refused 1" in drawn
     assert drawn.count("<rect") == 3
+
+
+def test_over_https_the_session_cookie_is_secure(make_settings):
+    bridge = console_bridge(console_settings(make_settings))
+    with TestClient(create_app(bridge, run_worker=False), base_url="https://127.0.0.1") as client:
+        cookie = next(value for value in log_in(client).headers.get_list("set-cookie")
+                      if value.startswith(COOKIE))
+        assert "Secure" in cookie
+
+
+def test_a_broken_override_shows_its_file_and_line(make_settings, tmp_path):
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "broken.j2").write_text("fine\n{{ oops\n")
+    settings = make_settings({"console": {"password_hash": PASSWORD_HASH},
+                              "templates": {"dir": str(folder)}})
+    for client in serving(console_bridge(settings), run_worker=False):
+        log_in(client)
+        page = client.get("/console/templates").text
+        assert f"{folder / 'broken.j2'}:2: " in page
