@@ -279,6 +279,7 @@ def test_the_settings_page_shows_checks_and_masks_secrets(operator):
     page = operator.get("/console/settings")
     assert "store: ok: sqlite" in page.text and "templates: ok" in page.text
     assert "tok-messages" not in page.text and "**********" in page.text
+    assert PASSWORD_HASH not in page.text
 
 
 def test_the_overview_counts_each_destination(operator, sample, chat):

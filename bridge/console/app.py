@@ -466,7 +466,9 @@ async def settings_page(console: Console, request: Request, session: Session) ->
     lines += [Line(text, "FAILED" not in text) for text in report.lines(settings.templates.dir)]
     lines += [Line(text) for text in status_lines(settings)]
     lines.append(await _store_line(console))
-    shown = json.dumps(settings.model_dump(mode="json"), indent=2, default=str)
+    dumped = settings.model_dump(mode="json")
+    dumped["console"]["password_hash"] = "(set)"  # a hash, yet no help to anyone reading it
+    shown = json.dumps(dumped, indent=2, default=str)
     return console.page("settings.html", request, session, title="Settings", verdicts=lines,
                         settings=shown)
 
