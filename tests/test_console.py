@@ -351,3 +351,20 @@ def test_a_broken_override_shows_its_file_and_line(make_settings, tmp_path):
         log_in(client)
         page = client.get("/console/templates").text
         assert f"{folder / 'broken.j2'}:2: " in page
+
+
+def test_a_conversation_links_to_its_jira_ticket(make_settings, sample):
+    settings = make_settings({
+        "console": {"password_hash": PASSWORD_HASH},
+        "jira": {"url": "https://jira.example.com/", "email": "ops@example.com",
+                 "api_token": "t", "project": "SUP"}})
+    bridge = console_bridge(settings)
+    for client in serving(bridge, run_worker=False):
+        log_in(client)
+        post_message(client, message(sample, "t-linked", "hello"))
+        assert client.portal is not None
+        client.portal.call(bridge.store.save_link, "chatbot_123", "t-linked", "jira",
+                           {"key": "SUP-7"}, "SUP-7")
+        for path in ("/console/conversations/chatbot_123/t-linked", "/console/deliveries/1"):
+            assert '<a href="https://jira.example.com/browse/SUP-7">SUP-7</a>' in \
+                client.get(path).text

@@ -23,11 +23,11 @@ from starlette.staticfiles import StaticFiles
 from bridge.console.auth import LoginLimiter, Session, Sessions, trusted_user
 from bridge.console.chart import WebhookHistory
 from bridge.console.password import password_matches
-from bridge.destinations import status_lines, unfinished_lines
+from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
 from bridge.errors import BridgeError, StoreError
 from bridge.events import InvalidEvent, parse_event
-from bridge.store import STATUSES, DeliveryFilter
+from bridge.store import STATUSES, ConversationLink, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ async def delivery(console: Console, request: Request, session: Session) -> Resp
     return console.page("delivery.html", request, session, title=f"Delivery {row.id}", row=row,
                         attempts=await store.attempts(row.id, limit=100), preview=preview,
                         preview_note=note, body=_pretty(body),
-                        links=record.links if record else ())
+                        links=shown_links(console, record.links if record else ()))
 
 
 async def _event_body(console: Console, event_id: int) -> str:
@@ -405,7 +405,28 @@ async def conversation(console: Console, request: Request, session: Session) -> 
                             message=f"No conversation {chatbot_id}/{thread_id}.")
     return console.page("conversation.html", request, session,
                         title=f"Conversation {chatbot_id}/{thread_id}", record=record,
+                        links=shown_links(console, record.links),
                         transcript=await store.transcript(chatbot_id, thread_id))
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A destination's link to a conversation as a page shows it: its handle, and a URL
+    where the plugin says how to open it."""
+
+    destination: str
+    text: str
+    url: str | None
+
+
+def shown_links(console: Console, links: Sequence[ConversationLink]) -> list[Shown]:
+    found = []
+    for link in links:
+        plugin = REGISTRY.get(link.destination)
+        url = plugin.link(console.bridge.settings, link.state) \
+            if plugin is not None and plugin.link is not None else None
+        found.append(Shown(link.destination, link.ref or json.dumps(link.state), url))
+    return found
 
 
 @dataclass(frozen=True)
