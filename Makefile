@@ -9,9 +9,9 @@ BIN := $(VENV)/bin
 BRIDGE := $(BIN)/sitegpt-bridge
 CONFIG ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
-OPERATOR_COMMANDS := check render send-test deliveries retry conversations backup
+OPERATOR_COMMANDS := check render send-test deliveries retry conversations backup pause resume
 
-.PHONY: run test lint bench clean $(OPERATOR_COMMANDS)
+.PHONY: run test lint bench screenshots clean $(OPERATOR_COMMANDS)
 
 $(BRIDGE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(BRIDGE)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/mypy bridge
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# The pictures of docs/console.md, taken by the console's browser tests.
+screenshots: $(BRIDGE)
+	CONSOLE_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py
 
 bench: $(BRIDGE)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.backlog import Backlog, BacklogOptions, run_backlog
+from bench.console import print_console, run_console
 from bench.delivery import DeliveryOptions, DeliveryReport, run_delivery
 from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, run_ingest
 from bench.load import LoadResult, choose_generator
@@ -39,9 +40,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
                              "else 127.0.0.1:5432 as postgres)")
     parser.add_argument("--only", choices=("ingest", "delivery", "backlog", "markup",
-                                           "mattermost"),
-                        help="run only the ingest, delivery, outage catch-up or Jira comment "
-                             "conversion benchmark")
+                                           "mattermost", "console"),
+                        help="run only the ingest, delivery, outage catch-up, Jira comment "
+                             "conversion, Mattermost or console pages benchmark")
+    parser.add_argument("--deliveries", type=int, default=100_000,
+                        help="deliveries in the store the console's pages read (default 100000)")
     parser.add_argument("--burst", type=int, default=200,
                         help="messages in the one-conversation burst (default 200)")
     parser.add_argument("--burst-rate", type=float, default=20.0,
@@ -161,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_markup(run_markup())
     if args.only in (None, "mattermost"):
         print_mattermost(run_mattermost())
+    if args.only in (None, "console"):
+        print_console(run_console(args.deliveries, postgres), args.deliveries)
     return 0
 
 

@@ -15,6 +15,8 @@ from starlette.routing import BaseRoute
 
 import bridge.plugins  # noqa: F401  (registers the destinations)
 from bridge.clock import Clock, SystemClock
+from bridge.console.app import console_routes
+from bridge.console.app import install as install_console
 from bridge.destinations import (
     REGISTRY,
     build_destinations,
@@ -256,6 +258,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
     app = Starlette(routes=_routes(bridge), lifespan=lifespan)
     bridge.on_change(lambda: setattr(app.router, "routes", _routes(bridge)))
     app.state.bridge = bridge
+    install_console(app, bridge)
     return app
 
 
@@ -274,4 +277,5 @@ def _routes(bridge: Bridge) -> list[BaseRoute]:
     metrics_token = token.get_secret_value().encode() if token is not None else None
     inbound = inbound_routes(Inbound(settings, bridge.store, bridge.clock,
                                      bridge.worker.wake, bridge.metrics))
-    return app_routes(receiver, bridge.endpoints(), inbound, metrics_token)
+    return app_routes(receiver, bridge.endpoints(), [*inbound, *console_routes(bridge)],
+                      metrics_token)

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import bridge.commands  # noqa: F401  (registers the operator commands)
+import bridge.commands
+import bridge.console.password  # noqa: F401  (registers console-password)
 from bridge import __version__
 from bridge.app import (
     announce,

@@ -1,4 +1,4 @@
-"""Operator commands: preview templates, send a test webhook, list and retry deliveries.
+"""Operator commands: preview templates, send a test webhook, list, retry and pause deliveries.
 
 Each opens its own store on the same SQLite file, so it works while `serve` runs; none starts a
 worker. Human output is an aligned table, `--json` one object per line; an error is one line.
@@ -439,6 +439,31 @@ async def _retry_ids(store: Store, ids: Sequence[int]) -> int:
     if pending:
         print(f"already pending: {', '.join(pending)}")
     return await store.retry(ids=wanted, now=time.time())
+
+
+def _destination_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("destination", choices=list(REGISTRY), metavar="DESTINATION",
+                        help=f"one of {', '.join(REGISTRY)}")
+
+
+@operator_command(
+    "pause", "hold a destination's deliveries (on every replica) until `resume`",
+    _destination_argument)
+async def pause(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        changed = await store.pause(args.destination, time.time())
+    print(f"{args.destination}: paused" + ("" if changed else " already"))
+    return 0
+
+
+@operator_command(
+    "resume", "let a paused destination's deliveries go again, in order",
+    _destination_argument)
+async def resume(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        changed = await store.resume(args.destination)
+    print(f"{args.destination}: " + ("resumed" if changed else "was not paused"))
+    return 0
 
 
 @operator_command(

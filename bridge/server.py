@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import httptools
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bridge.clock import SystemClock
@@ -25,6 +26,7 @@ from bridge.sections import ServerSettings
 log = logging.getLogger("bridge.server")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACEFUL_SHUTDOWN_SECONDS = 5
+FROM_PROXY = "bridge.from_proxy"  # in the scope: the peer is one of forwarded_allow_ips
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -171,11 +173,25 @@ class BridgeServer(uvicorn.Server):
                 signal.signal(signum, handler)
 
 
+class ProxiedPeer:
+    """Uvicorn's forwarded headers (trusted from forwarded_allow_ips only), noting in the scope
+    whether the connecting peer was such a proxy: the console believes a user header only then.
+    """
+
+    def __init__(self, app: Any, trusted: list[str]) -> None:
+        self.inner = ProxyHeadersMiddleware(app, trusted)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        client = scope.get("client")
+        scope[FROM_PROXY] = bool(client) and client[0] in self.inner.trusted_hosts
+        await self.inner(scope, receive, send)
+
+
 def server_config(app: Any, server: ServerSettings) -> uvicorn.Config:
     """How `serve` runs uvicorn: forwarded headers are trusted from forwarded_allow_ips only."""
     return uvicorn.Config(
-        app, host=server.host, port=server.port, log_config=None, access_log=False,
-        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
+        ProxiedPeer(app, server.forwarded_allow_ips), host=server.host, port=server.port,
+        log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
         http=bounded_protocol(server), ws="none",
     )

@@ -12,6 +12,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.console.settings import ConsoleSettings
 from bridge.environment import BridgeEnvSource
 from bridge.sections import (
     ChatbotSettings,
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     templates: TemplatesSettings = TemplatesSettings()
     log: LogSettings = LogSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     if TYPE_CHECKING:  # a destination's section, e.g. settings.slack, is its plugin's model
         def __getattr__(self, section: str) -> Any: ...

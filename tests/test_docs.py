@@ -20,7 +20,7 @@ CODE = re.compile(r"```[^\n]*\n(.*?)```|`([^`\n]+)`", re.S)
 HEADING = re.compile(r"^#{2,4} (.*\[.*)$")
 KEY_ROW = re.compile(r"^\| `(\w+)` \|")
 OPERATOR_COMMANDS = ("check", "render", "send-test", "deliveries", "retry", "conversations",
-                     "backup")
+                     "backup", "pause", "resume")
 
 
 def setting_keys(model: type[BaseModel] | None = None, prefix: str = "",

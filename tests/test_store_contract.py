@@ -13,6 +13,8 @@ from bridge.events import ESCALATION, MESSAGE, TICKET_LINKED
 from bridge.store import (
     Acceptance,
     ClaimedDelivery,
+    DeliveryFilter,
+    DestinationSummary,
     Echo,
     FollowUp,
     Lease,
@@ -605,3 +607,81 @@ async def test_a_refused_settings_file_is_recorded_beside_the_settings_kept(stor
     assert (found.fingerprint, found.rejected, found.rejected_at) == (
         "f1", "settings.toml: slack.channel: unknown key", NOW + 3)
     assert (found.host, found.pid) == ("host-a", 10)
+
+
+# The operator console: its signing key, paused destinations, filtered pages and bulk actions.
+
+async def test_the_console_key_is_the_first_one_kept_for_every_process(store, another_process):
+    assert await store.console_key("session", "first") == "first"
+    assert await another_process.console_key("session", "second") == "first"
+    assert await store.console_key("csrf", "other") == "other"
+
+
+async def test_a_paused_destination_waits_and_goes_out_in_order_when_resumed(store):
+    await seed(store)
+    assert await store.pause("slack", NOW)
+    assert not await store.pause("slack", NOW)
+    assert await store.paused() == {"slack": NOW}
+    [jira] = (await claim(store)).values()
+    assert jira.destination == "jira"
+    assert await store.finish(jira.lease, "delivered", NOW)
+    assert await claim(store, now=NOW + 3600) == {}  # neither attempted nor failed
+    assert await store.resume("slack")
+    assert not await store.resume("slack")
+    resumed = await claim(store, now=NOW + 3601, owner="w2")
+    assert [(job.destination, job.ordering_key) for job in resumed.values()] == [
+        ("slack", "bot/c1"), ("slack", "bot/c2")]
+    assert min(resumed) == 1  # the conversation's first delivery, before its second
+
+
+async def test_a_pause_holds_for_every_process(store, another_process):
+    await seed(store)
+    await another_process.pause("slack", NOW)
+    assert {job.destination for job in (await claim(store)).values()} == {"jira"}
+
+
+async def test_the_summary_counts_each_destinations_queue(store):
+    await seed(store)
+    jobs = await claim(store)
+    await store.finish(jobs[2].lease, "failed", NOW + 1, "channel_not_found")
+    await store.finish(jobs[4].lease, "delivered", NOW + 2)
+    await store.reschedule(jobs[1].lease, NOW + 60, "HTTP 503", NOW + 1)
+    summary = {line.destination: line
+               for line in await store.destination_summary(["jira", "slack", "crm"], NOW + 5)}
+    assert summary["crm"] == DestinationSummary("crm")
+    assert summary["jira"].failed == 1 and summary["jira"].last_error == "channel_not_found"
+    assert summary["jira"].last_failure == NOW + 1
+    slack = summary["slack"]
+    assert (slack.waiting, slack.due, slack.retrying, slack.last_success) == (2, 1, 1, NOW + 2)
+
+
+async def test_delivery_pages_filter_and_seek_below_an_id(store):
+    await seed(store)
+    jobs = await claim(store)
+    await store.finish(jobs[2].lease, "failed", NOW, "HTTP 500: 50% of _all_ down")
+    newest = await store.delivery_page(DeliveryFilter(), limit=2)
+    assert [row.id for row in newest] == [4, 3]
+    assert [row.id for row in await store.delivery_page(DeliveryFilter(), before=3)] == [2, 1]
+    assert [row.id for row in await store.delivery_page(
+        DeliveryFilter(destination="slack", conversation="c1"))] == [3, 1]
+    assert [row.id for row in await store.delivery_page(DeliveryFilter(error="50% of _ALL"))] \
+        == [2]
+    assert await store.delivery_page(DeliveryFilter(error="_x")) == []
+    assert await store.delivery_page(DeliveryFilter(since=NOW + 1)) == []
+    assert await store.count_matching(DeliveryFilter(status="pending")) == 3
+
+
+async def test_bulk_retry_and_cancel_touch_only_what_matches(store):
+    await seed(store)
+    jobs = await claim(store)
+    await store.finish(jobs[1].lease, "failed", NOW, "boom")
+    await store.finish(jobs[2].lease, "failed", NOW, "boom")
+    assert await store.retry_matching(DeliveryFilter(destination="slack"), now=NOW) == 1
+    assert await status_of(store, 1) == ("pending", 0)
+    assert await status_of(store, 2) == ("failed", 1)
+    # d4 is held by a worker: cancelling leaves it to finish as it goes.
+    assert await store.cancel_matching(DeliveryFilter(status="pending"), now=NOW) == 2
+    assert await status_of(store, 4) == ("pending", 1)
+    [row] = await store.deliveries(ids=[3])
+    assert (row.status, row.note) == ("skipped", "cancelled in the console")
+    assert await store.cancel_matching(DeliveryFilter(), ids=[2], now=NOW) == 0

@@ -186,6 +186,8 @@ async def test_a_store_from_before_retry_kinds_upgrades_and_its_waiting_keep_the
     with sqlite3.connect(db) as conn:  # as schema version 6 left it
         conn.execute("DROP TABLE settings_in_use")
         conn.execute("ALTER TABLE deliveries DROP COLUMN retry_kind")
+        conn.executescript("DROP TABLE console_keys; DROP TABLE paused_destinations;"
+                           " DROP INDEX deliveries_finished")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 7")
     upgraded = SQLiteStore(db)
     try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from starlette.routing import BaseRoute
 
@@ -29,6 +32,12 @@ def back_channel(settings: Settings) -> str:
     comments = "on" if jira.comments_to_slack else "off"
     return (f"on at POST /jira/webhook ({' and '.join(checks)}); status changes to Slack, "
             f"comments to Slack {comments}")
+
+
+def _ticket_url(settings: Settings, state: Mapping[str, Any]) -> str | None:
+    """The conversation's ticket in Jira's web pages, for the console."""
+    url, key = settings.jira.url, state.get("key")
+    return f"{url.rstrip('/')}/browse/{quote(str(key))}" if url and key else None
 
 
 def _routes(inbound: Inbound) -> list[BaseRoute]:
@@ -61,5 +70,6 @@ PLUGIN = Plugin(
     name="jira", section=JiraSettings, build=build_jira, kinds=frozenset({ESCALATION, RESOLVED}),
     templates=builtin_dir() / "jira", samples=Path(__file__).parent / "jira_samples",
     routes=_routes, status=_status, unfinished=_unfinished, secrets=_secrets, docs="jira",
+    link=_ticket_url,
     chatbot_keys={"jira_project": (str | None, None)},
     route_keys={"jira_project": (str | None, None)})

@@ -80,6 +80,8 @@ class Plugin:
     # One rendered body as `render` shows it to people, given how it runs (`state`'s line).
     picture: Callable[[str, str], str] | None = None
     metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
+    # Where a person opens what it made of a conversation (a ticket), from its saved state.
+    link: Callable[[Settings, Mapping[str, Any]], str | None] | None = None
     # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
     chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     # Its keys in each [[routes]] table, the same way; one left out means its own section's.

@@ -7,8 +7,11 @@ The records and protocols here are the whole contract; backends live in subpacka
 from __future__ import annotations
 
 from bridge.clock import Clock
+from bridge.store.filters import DeliveryFilter
 from bridge.store.protocols import (
     ChannelBudgets,
+    ConsoleKeys,
+    ConsoleQueries,
     ConversationLinks,
     DeliveryQueue,
     DeliveryStore,
@@ -18,6 +21,7 @@ from bridge.store.protocols import (
     Lifecycle,
     NewWork,
     Operations,
+    Pauses,
     QueuedBehind,
     QueueStats,
     ReplyIntake,
@@ -37,6 +41,7 @@ from bridge.store.records import (
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
+    DestinationSummary,
     Echo,
     FollowUp,
     Lease,
@@ -51,9 +56,10 @@ from bridge.store.url import sqlite_path, store_scheme
 
 __all__ = [
     "STATUSES", "Acceptance", "Attempt", "Backup", "ChannelBudgets", "ClaimedDelivery",
-    "ConversationLink", "ConversationLinks", "ConversationRecord", "DeliveryQueue",
-    "DeliveryRow", "DeliveryStatus", "DeliveryStore", "Echo", "Echoes", "EventIntake",
-    "FollowUp", "Housekeeping", "Lease", "Lifecycle", "NewEvent", "NewWork", "Operations",
+    "ConsoleKeys", "ConsoleQueries", "ConversationLink", "ConversationLinks",
+    "ConversationRecord", "DeliveryFilter", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
+    "DeliveryStore", "DestinationSummary", "Echo", "Echoes", "EventIntake", "FollowUp",
+    "Housekeeping", "Lease", "Lifecycle", "NewEvent", "NewWork", "Operations", "Pauses",
     "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake", "RetryKind", "Serialised",
     "SettingsInUse", "SettingsRecords", "SharedPacing", "Store", "StoreInfo",
     "StoredMessage", "Transcripts", "open_store", "sqlite_path", "store_scheme",

@@ -7,12 +7,14 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from bridge.clock import Clock
+from bridge.store.filters import DeliveryFilter
 from bridge.store.records import (
     Attempt,
     ClaimedDelivery,
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
+    DestinationSummary,
     Echo,
     FollowUp,
     Lease,
@@ -37,6 +39,7 @@ class Delegations:
     conversation_sql: ClassVar[ModuleType]
     operations_sql: ClassVar[ModuleType]
     settings_sql: ClassVar[ModuleType]
+    console_sql: ClassVar[ModuleType]
     clock: Clock
     _run: Callable[..., Awaitable[Any]]
 
@@ -137,3 +140,45 @@ class Delegations:
 
     async def forget_settings(self, process: str) -> None:
         await self._run(lambda conn: self.settings_sql.forget(conn, process))
+
+    # ConsoleKeys, Pauses, ConsoleQueries
+
+    async def console_key(self, name: str, candidate: str) -> str:
+        now = self.clock.now()
+        return await self._run(
+            lambda conn: self.console_sql.console_key(conn, name, candidate, now))
+
+    async def pause(self, destination: str, now: float) -> bool:
+        return await self._run(lambda conn: self.console_sql.pause(conn, destination, now))
+
+    async def resume(self, destination: str) -> bool:
+        return await self._run(lambda conn: self.console_sql.resume(conn, destination))
+
+    async def paused(self) -> dict[str, float]:
+        return await self._run(self.console_sql.paused)
+
+    async def destination_summary(self, destinations: Sequence[str],
+                                  now: float) -> list[DestinationSummary]:
+        return await self._run(
+            lambda conn: self.console_sql.summary(conn, list(destinations), now))
+
+    async def delivery_page(self, matching: DeliveryFilter, before: int | None = None,
+                            limit: int = 50) -> list[DeliveryRow]:
+        return await self._run(
+            lambda conn: self.console_sql.delivery_page(conn, matching, before, limit))
+
+    async def count_matching(self, matching: DeliveryFilter) -> int:
+        return await self._run(lambda conn: self.console_sql.count(conn, matching))
+
+    async def retry_matching(self, matching: DeliveryFilter, ids: Sequence[int] = (),
+                             now: float = 0.0) -> int:
+        return await self._run(lambda conn: self.console_sql.retry_matching(
+            conn, matching, list(ids), now))
+
+    async def cancel_matching(self, matching: DeliveryFilter, ids: Sequence[int] = (),
+                              now: float = 0.0) -> int:
+        return await self._run(lambda conn: self.console_sql.cancel_matching(
+            conn, matching, list(ids), now))
+
+    async def event_body(self, event_id: int) -> str | None:
+        return await self._run(lambda conn: self.console_sql.event_body(conn, event_id))

@@ -24,6 +24,7 @@ VERSIONS: dict[int, str] = {
     6: "readiness probe",
     7: "why a delivery waits",
     8: "settings each process runs with",
+    9: "the operator console's signing key and paused destinations",
 }
 SCHEMA_VERSION = max(VERSIONS)
 

@@ -8,6 +8,9 @@
     Echoes             replies sent from Slack, recognised when SiteGPT sends them back
     Operations         the operator commands: list, retry, stats, prune, backup, info
     SettingsRecords    which settings each running process uses, for the commands to compare
+    ConsoleQueries     the operator console: per-destination summary, filtered pages, bulk
+                       retry and cancel
+    Pauses             destinations an operator paused: the claims skip their deliveries
 
 and the capabilities a backend declares whether or not it needs them, as a no-op where not:
 
@@ -15,6 +18,7 @@ and the capabilities a backend declares whether or not it needs them, as a no-op
     NewWork            hear of work another process stored (PostgreSQL's NOTIFY)
     Serialised         one holder at a time, across every process, of a named piece of work
     SharedPacing       where Slack's per-channel pace is kept for every replica, if anywhere
+    ConsoleKeys        the console's signing key, the same for every replica and restart
 
 Every change to a claimed delivery names its Lease and is refused (False) once the lease
 has passed to someone else: a worker that lost its lease can never overwrite another's result.
@@ -27,6 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.store.filters import DeliveryFilter
 from bridge.store.records import (
     Acceptance,
     Attempt,
@@ -35,6 +40,7 @@ from bridge.store.records import (
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
+    DestinationSummary,
     Echo,
     FollowUp,
     Lease,
@@ -196,6 +202,53 @@ class SettingsRecords(Protocol):
         ...
 
 
+class Pauses(Protocol):
+    async def pause(self, destination: str, now: float) -> bool:
+        """Hold `destination`'s deliveries (neither attempted nor failed); False if it was."""
+        ...
+
+    async def resume(self, destination: str) -> bool:
+        """Let them go again, in order; False if it was not paused."""
+        ...
+
+    async def paused(self) -> dict[str, float]:
+        """The paused destinations, and since when."""
+        ...
+
+
+class ConsoleQueries(Pauses, Protocol):
+    async def destination_summary(self, destinations: Sequence[str],
+                                  now: float) -> list[DestinationSummary]:
+        """Each of `destinations`' queue: waiting, due, retrying, failed, last outcomes."""
+        ...
+
+    async def delivery_page(self, matching: DeliveryFilter, before: int | None = None,
+                            limit: int = 50) -> list[DeliveryRow]:
+        """Up to `limit` matching deliveries, newest first, with ids below `before`."""
+        ...
+
+    async def count_matching(self, matching: DeliveryFilter) -> int: ...
+
+    async def event_body(self, event_id: int) -> str | None:
+        """The event as received (its canonical body), if it is still kept."""
+        ...
+
+    async def retry_matching(self, matching: DeliveryFilter, ids: Sequence[int] = (),
+                             now: float = 0.0) -> int:
+        """Requeue the finished deliveries matching (among `ids` if given); how many."""
+        ...
+
+    async def cancel_matching(self, matching: DeliveryFilter, ids: Sequence[int] = (),
+                              now: float = 0.0) -> int:
+        """Skip the waiting deliveries matching that no worker holds now; how many."""
+        ...
+
+
+class ConsoleKeys(Protocol):
+    async def console_key(self, name: str, candidate: str) -> str:
+        """The key kept under `name`: `candidate`, if none was kept yet, from now on."""
+        ...
+
 
 class Lifecycle(Protocol):
     async def open(self) -> None:
@@ -232,6 +285,6 @@ class SharedPacing(Protocol):
         ...
 
 
-class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, Lifecycle, NewWork,
-            Serialised, SharedPacing, SettingsRecords, Protocol):
+class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, ConsoleQueries, Lifecycle,
+            NewWork, Serialised, SharedPacing, ConsoleKeys, SettingsRecords, Protocol):
     """A whole backend, as open_store() returns it."""

@@ -207,3 +207,17 @@ class StoreInfo:
     backend: str
     location: str
     schema_version: int
+
+
+@dataclass(frozen=True)
+class DestinationSummary:
+    """One destination's queue as the console's overview shows it."""
+
+    destination: str
+    waiting: int = 0
+    due: int = 0
+    retrying: int = 0
+    failed: int = 0
+    last_success: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None

@@ -9,6 +9,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 
 from bridge.store.coalescing import as_taken, newly_taken, run_behind
+from bridge.store.console_sql import NOT_PAUSED
 from bridge.store.postgres.intake import accept
 from bridge.store.postgres.live_workers import GONE, LIVE, LIVE_TOKEN
 from bridge.store.records import (
@@ -44,6 +45,7 @@ WITH {LIVE}, next AS (
         SELECT 1 FROM deliveries e
         WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
           AND e.status = 'pending' AND e.id < d.id)
+      AND {NOT_PAUSED}
     ORDER BY d.id LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED
 ), abandoned AS (

@@ -131,6 +131,22 @@ INSERT INTO readiness_probe (id, checked_at) VALUES (1, 0);
 
 RETRY_KINDS = "ALTER TABLE deliveries ADD COLUMN retry_kind TEXT"
 
+# The console's signing key, kept so that sessions outlive a restart and hold on every
+# replica; the destinations an operator paused, whose deliveries wait until resumed; and an
+# index for the console's overview (each destination's failures and last outcomes).
+CONSOLE_KEYS_AND_PAUSES = """
+CREATE TABLE console_keys (
+    name TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE paused_destinations (
+    destination TEXT PRIMARY KEY,
+    paused_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at);
+"""
+
 
 def _sql(statements: str) -> Callable[[Script], None]:
     return lambda script: script.append(statements)
@@ -145,4 +161,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(6, _sql(READINESS_PROBE)),
     Migration(7, _sql(RETRY_KINDS)),
     Migration(8, _sql(settings_in_use.TABLE)),  # which settings each process runs with
+    Migration(9, _sql(CONSOLE_KEYS_AND_PAUSES)),  # the console's key, paused destinations
 ]

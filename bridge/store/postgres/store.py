@@ -25,6 +25,7 @@ from bridge.errors import StoreBusy, StoreError
 from bridge.store.delegations import Delegations
 from bridge.store.masking import masked_store_url, scrub
 from bridge.store.postgres import (
+    console,
     conversations,
     intake,
     migrate,
@@ -79,6 +80,7 @@ class PostgresStore(Delegations):
     conversation_sql: ClassVar[ModuleType] = conversations
     operations_sql: ClassVar[ModuleType] = operations
     settings_sql: ClassVar[ModuleType] = settings_in_use
+    console_sql: ClassVar[ModuleType] = console
 
     def __init__(self, url: str, pool_size: int = 10, commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:

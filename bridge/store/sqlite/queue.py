@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.store.coalescing import as_taken, newly_taken, run_behind
+from bridge.store.console_sql import NOT_PAUSED
 from bridge.store.records import (
     ClaimedDelivery,
     DeliveryStatus,
@@ -33,7 +34,7 @@ CLAIM = f"""
 SELECT d.id, d.lease_owner FROM deliveries d INDEXED BY deliveries_pending
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_until IS NULL OR d.lease_until <= :now)
-  AND {FIRST_IN_LINE}
+  AND {FIRST_IN_LINE} AND {NOT_PAUSED}
 ORDER BY d.id LIMIT :limit
 """
 # Whether an attempt of the delivery was cut off (it may have reached the destination): the

@@ -253,6 +253,24 @@ def _settings_in_use(conn: sqlite3.Connection) -> None:
     settings_in_use.create_table(conn)
 
 
+def _console_keys_and_pauses(conn: sqlite3.Connection) -> None:
+    """The console's signing key, kept so that sessions outlive a restart; the destinations
+    an operator paused, whose deliveries wait until resumed; and an index for the console's
+    overview (each destination's failures and last outcomes), a seek at any size."""
+    _script(conn, """
+    CREATE TABLE console_keys (
+        name TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE paused_destinations (
+        destination TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL
+    );
+    CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at);
+    """)
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -262,6 +280,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(6, _readiness_probe),
     Migration(7, _retry_kinds),
     Migration(8, _settings_in_use),
+    Migration(9, _console_keys_and_pauses),
 ]
 
 

@@ -24,7 +24,7 @@ from bridge.store.records import (
     NewEvent,
     StoreInfo,
 )
-from bridge.store.sqlite import conversations, operations, queue, settings_in_use
+from bridge.store.sqlite import console, conversations, operations, queue, settings_in_use
 from bridge.store.sqlite.schema import connect, schema_version
 from bridge.store.sqlite.worker_lock import WorkerLock
 from bridge.store.sqlite.writer import Job, Write, Writer
@@ -52,6 +52,7 @@ class SQLiteStore(Delegations):
     conversation_sql: ClassVar[ModuleType] = conversations
     operations_sql: ClassVar[ModuleType] = operations
     settings_sql: ClassVar[ModuleType] = settings_in_use
+    console_sql: ClassVar[ModuleType] = console
 
     def __init__(self, path: Path, synchronous: str = "FULL", commit_timeout: float = 3.0,
                  clock: Clock | None = None, upgrade: bool = True) -> None:
