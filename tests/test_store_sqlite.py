@@ -203,8 +203,9 @@ async def test_a_store_from_before_settings_in_use_upgrades_in_place(db):
     await store.accept(new_event("k1"), NOW, 60)
     await store.close()
     with sqlite3.connect(db) as conn:  # as schema version 7 left it
-        conn.execute("DROP TABLE settings_in_use")
-        conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+        conn.executescript("DROP TABLE settings_in_use; DROP TABLE console_keys;"
+                           " DROP TABLE paused_destinations; DROP INDEX deliveries_finished")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
     upgraded = SQLiteStore(db)
     try:
         assert (await upgraded.info()).schema_version == SCHEMA_VERSION

@@ -34,7 +34,7 @@ T = TypeVar("T")
 log = logging.getLogger("bridge.store")
 DEFAULT_TIMEOUT = 30.0
 # Readiness writes about as many pages as an accept, so it fails when an accept would.
-PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(16384) WHERE id = 1"
+PROBE = "UPDATE readiness_probe SET checked_at = ?, payload = randomblob(32768) WHERE id = 1"
 
 
 def _make_folder(path: Path) -> None:
