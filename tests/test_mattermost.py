@@ -283,6 +283,41 @@ async def test_check_names_the_bot_and_each_channel(harness):
     assert "channel name-of-mm_leads (mm_leads) ok" in line
 
 
+SALES_ROUTE = {"chatbots": ["bot_sales"], "mattermost_channel": "mm_sales",
+               "mattermost_leads_channel": "mm_sales_leads"}
+SUPPORT_ROUTE = {"chatbots": ["bot_support"], "mattermost_channel": "mm_support"}
+
+
+async def test_routes_send_each_chatbots_threads_and_leads_to_its_channels(harness):
+    h = await harness({"routes": [SALES_ROUTE, SUPPORT_ROUTE]})
+    h.fake.channels |= {"mm_sales", "mm_sales_leads", "mm_support"}
+    for chatbot in ("bot_sales", "bot_support", "chatbot_123"):
+        await h.accept(message("thread_A", f"hello from {chatbot}", chatbotId=chatbot))
+        await h.accept({**LEAD, "data": {**LEAD["data"], "chatbotId": chatbot}})
+    await h.worker.drain()
+
+    roots = {root["channel_id"] for root in h.fake.roots() if "Ann" not in root["message"]}
+    assert roots == {"mm_sales", "mm_support", "mm_conv"}
+    for root in h.fake.roots():
+        if "Ann" not in root["message"]:
+            [reply] = h.fake.thread(root["id"])
+            assert reply["channel_id"] == root["channel_id"]
+    leads = [post["channel_id"] for post in h.fake.posts if "**Ann**" in post["message"]]
+    # A route without a leads channel leaves them to [mattermost]'s.
+    assert sorted(leads) == ["mm_leads", "mm_leads", "mm_sales_leads"]
+
+
+async def test_check_reads_every_routes_channels_naming_the_route_key(harness):
+    h = await harness({"routes": [SALES_ROUTE, SUPPORT_ROUTE]})
+    h.fake.channels |= {"mm_sales", "mm_sales_leads"}
+    with pytest.raises(PermanentError, match=r"routes\.mattermost_channel mm_support"):
+        await h.mattermost.verify()
+    h.fake.channels.add("mm_support")
+    line = await h.mattermost.verify()
+    assert all(f"({channel}) ok" in line for channel in
+               ("mm_conv", "mm_leads", "mm_sales", "mm_sales_leads", "mm_support"))
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     ({"bot_token": "wrong"}, "HTTP 401.*mattermost.bot_token"),
     ({"leads_channel": "mm_gone"}, "HTTP 403.*mattermost.leads_channel mm_gone"),

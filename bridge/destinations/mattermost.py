@@ -94,10 +94,31 @@ class MattermostDestination:
                 f"{', '.join(channels)}")
 
     def _channels(self) -> dict[str, str]:
-        """Every channel posts go to, each once, with the setting that names it."""
-        named = {self.mattermost.leads_channel: "mattermost.leads_channel",
-                 self.mattermost.channel: "mattermost.channel"}
+        """Every channel posts go to, each once, with the setting that names it: threads,
+        leads, and those of chatbots and routes."""
+        named = {channel: f"routes.{key}" for key in ("mattermost_leads_channel",
+                                                      "mattermost_channel")
+                 for channel in self.settings.routed_values(key)}
+        named.update({self.mattermost.leads_channel: "mattermost.leads_channel",
+                      self.mattermost.channel: "mattermost.channel"})
         return {channel: setting for channel, setting in named.items() if channel}
+
+    def _channel_for(self, chatbot_id: str) -> tuple[str, str]:
+        """Where a new thread of the chatbot starts, and the setting that says so.
+
+        A conversation keeps the thread it has, wherever the settings send new ones.
+        """
+        if routed := self.settings.routed(chatbot_id, "mattermost_channel"):
+            return routed, "routes.mattermost_channel"
+        return self.mattermost.channel or "", "mattermost.channel"
+
+    def _lead_channel(self, chatbot_id: str) -> tuple[str, str]:
+        """Leads: the route's leads channel, else [mattermost]'s, else where its threads go."""
+        if routed := self.settings.routed(chatbot_id, "mattermost_leads_channel"):
+            return routed, "routes.mattermost_leads_channel"
+        if self.mattermost.leads_channel:
+            return self.mattermost.leads_channel, "mattermost.leads_channel"
+        return self._channel_for(chatbot_id)
 
     async def _check_channel(self, channel: str, setting: str) -> str:
         found = await self.server.channel(channel, setting)
@@ -242,12 +263,11 @@ class MattermostDestination:
         return Delivered(note=f"{thread.channel}/{post_id}")
 
     async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
-        channel = self.mattermost.leads_channel or self.mattermost.channel or ""
+        channel, setting = self._lead_channel(event.data.chatbot_id)
         if found := await self._posted_before(delivery, None, channel):
             return Delivered(note=f"{channel}/{found['id']}")
-        setting = "mattermost.leads_channel" if self.mattermost.leads_channel else None
         post_id = await self.server.post(channel, _marked(self._lead(event), [delivery]),
-                                         setting=setting or "mattermost.channel")
+                                         setting=setting)
         return Delivered(note=f"{channel}/{post_id}")
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
@@ -286,10 +306,11 @@ class MattermostDestination:
                 return thread
             conversation = conversation_of(delivery.event)
             assert conversation is not None
-            channel = self.mattermost.channel or ""
+            channel, setting = self._channel_for(conversation.chatbot_id)
             root_id = await self._earlier_root(delivery, channel, conversation)
             if root_id is None:
-                root_id = await self.server.post(channel, self._root(conversation, state))
+                root_id = await self.server.post(channel, self._root(conversation, state),
+                                                 setting=setting)
             await _save(delivery, {**state, "channel": channel, "root_id": root_id})
             return Thread(channel, root_id)
 
