@@ -34,8 +34,10 @@ class Scripted:
 class FakeMattermost:
     """Enough of Mattermost for the bridge: the bot token, its channels and the posts made."""
 
-    def __init__(self, channels: tuple[str, ...] = ("mm_conv", "mm_leads")) -> None:
+    def __init__(self, channels: tuple[str, ...] = ("mm_conv", "mm_leads"),
+                 post_delay: float = 0.0) -> None:
         self.channels = set(channels)
+        self.post_delay = post_delay  # how late every post is answered, once made
         self.posts: list[dict[str, Any]] = []
         self.patches: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []
@@ -112,6 +114,7 @@ class FakeMattermost:
                 "root_id": root_id, "create_at": int(time.time() * 1000)}
         self.posts.append(post)
         await self._answer_late()
+        await asyncio.sleep(self.post_delay)
         return JSONResponse(post, 201)
 
     async def _answer_late(self) -> None:

@@ -18,7 +18,8 @@ async def pending_count(url: str) -> int:
         await store.close()
 
 
-async def accept_messages(url: str, serials: range, gap: float = 0.0) -> None:
+async def accept_messages(url: str, serials: range, gap: float = 0.0,
+                          destination: str = "slack") -> None:
     store = open_store(url)
     try:
         for n in serials:
@@ -26,7 +27,7 @@ async def accept_messages(url: str, serials: range, gap: float = 0.0) -> None:
                 "chatbotId": "bot", "threadId": "t1", "question": f"m{n:02d}",
                 "messageType": "USER_MESSAGE"}}
             event = parse_event("ADD_MESSAGE", body)
-            await store.accept(new_event(event, body, ["slack"]), time.time(), 600)
+            await store.accept(new_event(event, body, [destination]), time.time(), 600)
             await asyncio.sleep(gap)
     finally:
         await store.close()

@@ -138,7 +138,7 @@ async def test_each_conversation_is_one_root_post_and_its_replies_in_order(harne
     assert len(shown(h.fake.thread(by_thread["thread_B"]))) == 3
     state = await h.store.link_state("chatbot_123", "thread_A", "mattermost")
     assert state and state["root_id"] == by_thread["thread_A"]
-    assert "In progress" in h.fake.root(by_thread["thread_A"])["message"]
+    assert "AI answering" in h.fake.root(by_thread["thread_A"])["message"]
 
 
 async def test_an_escalation_mentions_the_group_with_the_request_and_patches_the_root(harness):
@@ -154,7 +154,49 @@ async def test_an_escalation_mentions_the_group_with_the_request_and_patches_the
     assert {"title": "Request", "value": "I want a refund", "short": False} in fields
     assert "ann@\u2060example\\.com" in [field["value"] for field in fields]
     assert h.fake.patches[-1]["id"] == root["id"]
-    assert "Escalated: the visitor asked for a human" in h.fake.root(root["id"])["message"]
+    assert "Escalated: waiting for a human" in h.fake.root(root["id"])["message"]
+
+
+async def test_the_root_leads_with_visitor_and_question_and_follows_the_status(harness):
+    h = await harness()
+    question = "Can I get a refund for order 42? " + "Please explain. " * 20
+    await h.accept(message("thread_A", question))
+    await h.worker.drain()
+    [root] = h.fake.roots()
+    lines = h.fake.root(root["id"])["message"].split("\n")
+    assert lines[0].startswith(":bust_in_silhouette: **Visitor**: Can I get a refund")
+    assert len(lines[0]) < 200 and lines[0].endswith("… \\[cut\\]")  # escaped, shown as is
+    assert lines[1] == ":robot_face: AI answering"
+    assert lines[2].startswith("**chatbot\\_123** · conversation thread\\_A · [Open in SiteGPT]")
+    patched = len(h.fake.patches)
+    await h.accept(message("thread_A", "and another thing"))  # not the first: nothing changes
+    await h.worker.drain()
+    assert len(h.fake.patches) == patched
+
+    steps = [(escalation("thread_A", name="Ann", email="ann@example.com"),
+              ":rotating_light: Escalated: waiting for a human"),
+             (message("thread_A", "On it", kind="AGENT_MESSAGE", agentName="Bob"),
+              ":technologist: **Bob (agent) is handling**"),
+             (ticket_linked("thread_A"),
+              "is handling** · [SUP\\-7](https://jira.example/browse/SUP-7)"),
+             (ticket_status("thread_A", "Done", category="done"), ":white_check_mark: Resolved")]
+    for event, status in steps:
+        await h.accept(event)
+        await h.worker.drain()
+        headline, shown_status, _ = h.fake.root(root["id"])["message"].split("\n")
+        assert headline.startswith(":bust_in_silhouette: **Ann** (ann@\u2060example\\.com): Can")
+        assert status in shown_status
+    assert h.fake.patches[-1]["id"] == root["id"]
+
+
+async def test_a_lead_in_a_conversation_names_the_visitor_on_its_root(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "hello"))
+    await h.accept({**LEAD, "data": {**LEAD["data"], "threadId": "thread_A"}})
+    await h.worker.drain()
+    [root] = [post for post in h.fake.roots() if post["channel_id"] == "mm_conv"]
+    assert h.fake.root(root["id"])["message"].startswith(
+        ":bust_in_silhouette: **Ann** (ann@\u2060example\\.com): hello")
 
 
 async def test_a_lead_goes_to_the_leads_channel_with_a_card(harness):
@@ -281,6 +323,41 @@ async def test_check_names_the_bot_and_each_channel(harness):
     assert "bot @sitegpt" in line
     assert "channel name-of-mm_conv (mm_conv) ok" in line
     assert "channel name-of-mm_leads (mm_leads) ok" in line
+
+
+SALES_ROUTE = {"chatbots": ["bot_sales"], "mattermost_channel": "mm_sales",
+               "mattermost_leads_channel": "mm_sales_leads"}
+SUPPORT_ROUTE = {"chatbots": ["bot_support"], "mattermost_channel": "mm_support"}
+
+
+async def test_routes_send_each_chatbots_threads_and_leads_to_its_channels(harness):
+    h = await harness({"routes": [SALES_ROUTE, SUPPORT_ROUTE]})
+    h.fake.channels |= {"mm_sales", "mm_sales_leads", "mm_support"}
+    for chatbot in ("bot_sales", "bot_support", "chatbot_123"):
+        await h.accept(message("thread_A", f"hello from {chatbot}", chatbotId=chatbot))
+        await h.accept({**LEAD, "data": {**LEAD["data"], "chatbotId": chatbot}})
+    await h.worker.drain()
+
+    roots = {root["channel_id"] for root in h.fake.roots() if "Ann" not in root["message"]}
+    assert roots == {"mm_sales", "mm_support", "mm_conv"}
+    for root in h.fake.roots():
+        if "Ann" not in root["message"]:
+            [reply] = h.fake.thread(root["id"])
+            assert reply["channel_id"] == root["channel_id"]
+    leads = [post["channel_id"] for post in h.fake.posts if "**Ann**" in post["message"]]
+    # A route without a leads channel leaves them to [mattermost]'s.
+    assert sorted(leads) == ["mm_leads", "mm_leads", "mm_sales_leads"]
+
+
+async def test_check_reads_every_routes_channels_naming_the_route_key(harness):
+    h = await harness({"routes": [SALES_ROUTE, SUPPORT_ROUTE]})
+    h.fake.channels |= {"mm_sales", "mm_sales_leads"}
+    with pytest.raises(PermanentError, match=r"routes\.mattermost_channel mm_support"):
+        await h.mattermost.verify()
+    h.fake.channels.add("mm_support")
+    line = await h.mattermost.verify()
+    assert all(f"({channel}) ok" in line for channel in
+               ("mm_conv", "mm_leads", "mm_sales", "mm_sales_leads", "mm_support"))
 
 
 @pytest.mark.parametrize(("change", "expected"), [

@@ -10,11 +10,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bridge.store import open_store
+from tests.fake_mattermost import TOKEN, FakeMattermost
 from tests.fake_slack import FakeSlack
 from tests.queued_messages import accept_messages, pending_count
 
@@ -50,6 +52,34 @@ def worker_settings(make_settings, fake: FakeSlack):
     })
 
 
+def kill_mid_stream_then_restart(url: str, cwd: Path, posts: Callable[[], int], gap: float,
+                                 destination: str = "slack") -> subprocess.Popen[bytes]:
+    """Messages keep coming while a worker posts them; it is killed after a few posts, and
+    a second worker delivers the rest. The second, stopped, is returned."""
+    config = cwd / "settings.toml"
+    first = start_worker(config, cwd)
+    arriving = threading.Thread(target=lambda: asyncio.run(
+        accept_messages(url, range(1, MESSAGES), gap=gap, destination=destination)))
+    try:
+        asyncio.run(accept_messages(url, range(1), destination=destination))
+        wait_for(lambda: posts() >= 2)  # the thread's first post and m00: it is up
+        arriving.start()
+        wait_for(lambda: posts() >= 5)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    arriving.join()
+    assert posts() < MESSAGES + 1  # it really died mid-stream
+    second = start_worker(config, cwd)
+    try:
+        wait_for(lambda: asyncio.run(pending_count(url)) == 0)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(10)
+    return second
+
+
 def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, tmp_path):
     """Messages keep coming while the worker posts them, several to a reply, and it is killed.
 
@@ -57,27 +87,8 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     """
     with FakeSlack(post_delay=0.1) as fake:
         settings = worker_settings(make_settings, fake)
-        config = tmp_path / "settings.toml"
-        first = start_worker(config, tmp_path)
-        try:
-            asyncio.run(accept_messages(settings.store.url, range(1)))
-            wait_for(lambda: len(fake.posts) >= 2)  # the thread's parent and m00: it is up
-            arriving = threading.Thread(target=lambda: asyncio.run(
-                accept_messages(settings.store.url, range(1, MESSAGES), gap=0.05)))
-            arriving.start()
-            wait_for(lambda: len(fake.posts) >= 5)
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-        finally:
-            first.kill()
-        arriving.join()
-        assert len(fake.posts) < MESSAGES + 1  # it really died mid-stream
-        second = start_worker(config, tmp_path)
-        try:
-            wait_for(lambda: asyncio.run(pending_count(settings.store.url)) == 0)
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(10)
+        second = kill_mid_stream_then_restart(settings.store.url, tmp_path,
+                                              lambda: len(fake.posts), gap=0.05)
 
     parents = fake.parents()
     assert len(parents) == 1
@@ -88,6 +99,25 @@ def test_kill_9_mid_stream_then_restart_delivers_everything_once(make_settings, 
     doubled = {line for line, count in Counter(shown).items() if count > 1}
     assert any(doubled <= set(reply) for reply in replies)  # all from one reply, if any
     assert second.returncode == 0  # SIGTERM is a clean exit
+
+
+def test_kill_9_mid_post_to_mattermost_then_restart_posts_nothing_twice(make_settings,
+                                                                         tmp_path):
+    """Mattermost answers every post late, so the kill lands after a post is made and before
+    the worker hears of it: the restarted worker finds that post and does not make it again."""
+    with FakeMattermost(post_delay=0.2) as fake:
+        settings = make_settings({
+            "mattermost": {"url": fake.url, "bot_token": TOKEN, "channel": "mm_conv",
+                           "burst": 1000, "per_second": 1000.0},
+            "delivery": {"lease": LEASE, "poll_interval": "0.1s"}, "log": {"format": "json"}})
+        second = kill_mid_stream_then_restart(settings.store.url, tmp_path,
+                                              lambda: len(fake.posts), gap=0.1,
+                                              destination="mattermost")
+
+    [root] = fake.roots()
+    shown = [line for post in fake.thread(root["id"]) for line in post["message"].split("\n\n")]
+    assert shown == [f":bust_in_silhouette: **Visitor:** m{n:02d}" for n in range(MESSAGES)]
+    assert second.returncode == 0
 
 
 TAKEOVER_BOUND = 30.0  # what a user may wait, after a crash, for a conversation to move again

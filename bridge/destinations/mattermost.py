@@ -12,7 +12,7 @@ from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
-from bridge.destinations.slack_render import TicketShown
+from bridge.destinations.slack_render import TicketShown, named_by_lead, plain, visitor_of
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
@@ -23,6 +23,7 @@ from bridge.events import (
     Conversation,
     EscalationEvent,
     Event,
+    LeadData,
     LeadEvent,
     MessageEvent,
     TicketLinkedEvent,
@@ -41,6 +42,8 @@ BATCH_SEPARATOR = "\n\n"
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 SAMPLE_ESCALATED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when a preview was escalated
 REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an escalation
+QUESTION_KEPT = 500  # of the first question, kept for the root post (which shows less)
+VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
 ROOT = "POST /api/v4/posts (the thread's root)"
 REPLY = "POST /api/v4/posts (in the thread)"
 ROOT_PATCH = "PUT /api/v4/posts/{root}/patch"
@@ -94,10 +97,31 @@ class MattermostDestination:
                 f"{', '.join(channels)}")
 
     def _channels(self) -> dict[str, str]:
-        """Every channel posts go to, each once, with the setting that names it."""
-        named = {self.mattermost.leads_channel: "mattermost.leads_channel",
-                 self.mattermost.channel: "mattermost.channel"}
+        """Every channel posts go to, each once, with the setting that names it: threads,
+        leads, and those of chatbots and routes."""
+        named = {channel: f"routes.{key}" for key in ("mattermost_leads_channel",
+                                                      "mattermost_channel")
+                 for channel in self.settings.routed_values(key)}
+        named.update({self.mattermost.leads_channel: "mattermost.leads_channel",
+                      self.mattermost.channel: "mattermost.channel"})
         return {channel: setting for channel, setting in named.items() if channel}
+
+    def _channel_for(self, chatbot_id: str) -> tuple[str, str]:
+        """Where a new thread of the chatbot starts, and the setting that says so.
+
+        A conversation keeps the thread it has, wherever the settings send new ones.
+        """
+        if routed := self.settings.routed(chatbot_id, "mattermost_channel"):
+            return routed, "routes.mattermost_channel"
+        return self.mattermost.channel or "", "mattermost.channel"
+
+    def _lead_channel(self, chatbot_id: str) -> tuple[str, str]:
+        """Leads: the route's leads channel, else [mattermost]'s, else where its threads go."""
+        if routed := self.settings.routed(chatbot_id, "mattermost_leads_channel"):
+            return routed, "routes.mattermost_leads_channel"
+        if self.mattermost.leads_channel:
+            return self.mattermost.leads_channel, "mattermost.leads_channel"
+        return self._channel_for(chatbot_id)
 
     async def _check_channel(self, channel: str, setting: str) -> str:
         found = await self.server.channel(channel, setting)
@@ -125,7 +149,8 @@ class MattermostDestination:
         conversation = conversation_of(event)
         assert conversation is not None
         if isinstance(event, MessageEvent):
-            return [(ROOT, self._root(conversation, {})), (REPLY, self._message(event))]
+            first = _learnt({}, [event])
+            return [(ROOT, self._root(conversation, first)), (REPLY, self._message(event))]
         if isinstance(event, EscalationEvent):
             state: dict[str, Any] = {"escalated_at": SAMPLE_ESCALATED_AT}
             return [(REPLY, self._escalation(event, None)),
@@ -140,6 +165,7 @@ class MattermostDestination:
 
     async def _post_message(self, delivery: Delivery, event: MessageEvent) -> Outcome:
         """The message, with those queued right behind it (a backlog), in one reply."""
+        await self._learn(delivery, [event])  # before the thread: a new root starts with it
         thread = await self._thread(delivery)
         if found := await self._posted_before(delivery, thread):
             return await self._found_reply(delivery, thread, found)
@@ -147,13 +173,23 @@ class MattermostDestination:
         body, count = self._batch(event, waiting)
         post_id = await self.server.post(thread.channel, _marked(body, waiting[:count]),
                                          thread.root_id)
-        questions = [item.event.data.question for item in waiting[:count]
-                     if isinstance(item.event, MessageEvent) and item.event.data.question]
+        carried = [item.event for item in waiting[:count] if isinstance(item.event, MessageEvent)]
+        questions = [event.data.question for event in carried if event.data.question]
         if questions:  # an escalation shows what the visitor asked last
             state = await delivery.state()
             await _save(delivery, {**state, "request": cut(questions[-1], REQUEST_LIMIT)})
+        await self._learn(delivery, carried[1:])
         return Delivered(note=f"{thread.channel}/{post_id}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
+
+    async def _learn(self, delivery: Delivery, events: list[MessageEvent]) -> None:
+        """What messages tell the root post: the first question, an agent answering. The root
+        is patched only when something changed."""
+        state = await delivery.state()
+        learnt = _learnt(state, events)
+        if learnt != state:
+            await _save(delivery, learnt)
+            await self._patch_root(delivery)
 
     def _batch(self, event: MessageEvent,
                waiting: list[Delivery]) -> tuple[dict[str, Any], int]:
@@ -227,7 +263,9 @@ class MattermostDestination:
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
         thread = await self._thread(delivery)
         state = await delivery.state()
-        await _save(delivery, {**state, "escalated_at": delivery.clock.now()})
+        named = visitor_of(event.data.user.name, event.data.user.email) if event.data.user else None
+        await _save(delivery, {**state, "escalated_at": delivery.clock.now(),
+                               **({"visitor": named} if named else {})})
         body = self._escalation(event, state.get("request"))
         outcome = await self._post_in_thread(delivery, thread, body)
         await self._patch_root(delivery)
@@ -242,13 +280,28 @@ class MattermostDestination:
         return Delivered(note=f"{thread.channel}/{post_id}")
 
     async def _post_lead(self, delivery: Delivery, event: LeadEvent) -> Outcome:
-        channel = self.mattermost.leads_channel or self.mattermost.channel or ""
+        channel, setting = self._lead_channel(event.data.chatbot_id)
         if found := await self._posted_before(delivery, None, channel):
             return Delivered(note=f"{channel}/{found['id']}")
-        setting = "mattermost.leads_channel" if self.mattermost.leads_channel else None
         post_id = await self.server.post(channel, _marked(self._lead(event), [delivery]),
-                                         setting=setting or "mattermost.channel")
+                                         setting=setting)
+        await self._name_from_lead(delivery, event.data)
         return Delivered(note=f"{channel}/{post_id}")
+
+    async def _name_from_lead(self, delivery: Delivery, data: LeadData) -> None:
+        """A lead captured in a conversation names its visitor on that thread's root post.
+
+        Such a lead is delivered in line with its conversation (see ordering_key), so
+        Mattermost's state for it is not written by two deliveries at once.
+        """
+        state = await named_by_lead(delivery.store, self.name, data)
+        if state is None or data.thread_id is None:
+            return
+        thread = _thread_of(state)
+        await delivery.store.save_link(data.chatbot_id, data.thread_id, self.name, state,
+                                       _ref(thread))
+        if thread is not None:
+            await self._patch(Conversation(data.chatbot_id, data.thread_id), thread, state)
 
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         thread = await self._thread(delivery)
@@ -286,11 +339,14 @@ class MattermostDestination:
                 return thread
             conversation = conversation_of(delivery.event)
             assert conversation is not None
-            channel = self.mattermost.channel or ""
+            channel, setting = self._channel_for(conversation.chatbot_id)
             root_id = await self._earlier_root(delivery, channel, conversation)
             if root_id is None:
-                root_id = await self.server.post(channel, self._root(conversation, state))
-            await _save(delivery, {**state, "channel": channel, "root_id": root_id})
+                root_id = await self.server.post(channel, self._root(conversation, state),
+                                                 setting=setting)
+            # "question" is kept even while unknown: it marks a root that shows the first one.
+            await _save(delivery, {**state, "channel": channel, "root_id": root_id,
+                                   "question": state.get("question")})
             return Thread(channel, root_id)
 
     async def _earlier_root(self, delivery: Delivery, channel: str,
@@ -310,13 +366,17 @@ class MattermostDestination:
         return str(found["id"]) if found else None
 
     async def _patch_root(self, delivery: Delivery) -> None:
-        """Show escalation and ticket on the root post. A failure costs only the cosmetics,
-        and retrying would post the notice twice: it is left for the next patch to mend."""
+        """Show on the root post what the state now knows, once the thread exists."""
         state = await delivery.state()
         thread = _thread_of(state)
         conversation = conversation_of(delivery.event)
-        if thread is None or conversation is None:
-            return
+        if thread is not None and conversation is not None:
+            await self._patch(conversation, thread, state)
+
+    async def _patch(self, conversation: Conversation, thread: Thread,
+                     state: Mapping[str, Any]) -> None:
+        """A failure costs only the cosmetics, and retrying would post the notice twice: it is
+        left for the next patch to mend."""
         try:
             await self.server.patch(thread.root_id, self._root(conversation, state))
         except (RetryableError, PermanentError) as exc:
@@ -332,8 +392,10 @@ class MattermostDestination:
         ticket = state.get("ticket")
         shown = TicketShown.from_state(ticket) if ticket else None
         root = self._render("mattermost/root.json.j2", {
-            **self._conversation(conversation), "escalated": bool(state.get("escalated_at")),
-            "ticket": shown.context() if shown else None})
+            **self._conversation(conversation), "visitor": state.get("visitor"),
+            "question": plain(state.get("question")),
+            "escalated": bool(state.get("escalated_at")),
+            "ticket": shown.context() if shown else None, "handler": state.get("handler")})
         return {**root, "props": {**root.get("props", {}),
                                   MARK: {"conversation": conversation.key}}}
 
@@ -419,6 +481,25 @@ def delivered_in(post: Mapping[str, Any]) -> list[int]:
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
 
 
+def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, Any]:
+    """Mattermost's state with what these messages tell the root post (see _learn)."""
+    learnt = dict(state)
+    for event in events:
+        data = event.data
+        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
+            learnt["handler"] = {"name": plain(data.agent_name)}
+        elif (data.message_type in VISITOR_TYPES and data.question
+              and _shows_first_question(learnt) and not learnt.get("question")):
+            learnt["question"] = cut(data.question, QUESTION_KEPT)
+    return learnt
+
+
+def _shows_first_question(state: Mapping[str, Any]) -> bool:
+    """Whether the root shows the first question: a thread started before it did never will,
+    as the next question there would not be the first."""
+    return _thread_of(state) is None or "question" in state
+
+
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:
     """The conversation's thread, once Mattermost's state has one."""
     channel, root_id = state.get("channel"), state.get("root_id")
@@ -427,8 +508,11 @@ def _thread_of(state: Mapping[str, Any]) -> Thread | None:
 
 async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
     """Mattermost's state for the conversation, found again by its thread ("channel/root")."""
-    thread = _thread_of(state)
-    await delivery.save_state(state, ref=f"{thread.channel}/{thread.root_id}" if thread else None)
+    await delivery.save_state(state, ref=_ref(_thread_of(state)))
+
+
+def _ref(thread: Thread | None) -> str | None:
+    return f"{thread.channel}/{thread.root_id}" if thread else None
 
 
 def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:

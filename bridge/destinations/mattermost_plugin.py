@@ -31,4 +31,6 @@ PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
     built_with=lambda settings: settings.mattermost.on, state=_state,
-    unfinished=_unfinished, docs="mattermost")
+    unfinished=_unfinished, docs="mattermost",
+    route_keys={"mattermost_channel": (str | None, None),
+                "mattermost_leads_channel": (str | None, None)})

@@ -27,6 +27,7 @@ from bridge.destinations.slack_render import (
     Waiting,
     escalation_view,
     fit_message,
+    named_by_lead,
     plain,
     visitor_of,
 )
@@ -507,16 +508,11 @@ class SlackDestination:
         Such a lead is delivered in line with its conversation (see ordering_key), so Slack's
         state for it is not written by two deliveries at once.
         """
-        lead = data.lead_details
-        named = visitor_of(lead.name, lead.email)
-        if data.thread_id is None or named is None:
+        store = delivery.store
+        state = await named_by_lead(store, self.name, data)
+        if state is None or data.thread_id is None:
             return
         conversation = Conversation(data.chatbot_id, data.thread_id)
-        store = delivery.store
-        state = await store.link_state(data.chatbot_id, data.thread_id, self.name) or {}
-        if state.get("visitor") == named:
-            return
-        state = {**state, "visitor": named}
         thread = _thread_of(state)
         await store.save_link(data.chatbot_id, data.thread_id, self.name, state,
                               f"{thread.channel}/{thread.ts}" if thread else None)

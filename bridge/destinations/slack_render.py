@@ -13,6 +13,7 @@ from bridge.errors import TemplateError
 from bridge.events import (
     Conversation,
     EscalationData,
+    LeadData,
     LeadEvent,
     MessageEvent,
     Source,
@@ -22,6 +23,7 @@ from bridge.events import (
 )
 from bridge.jira_markup import comment_mrkdwn
 from bridge.settings import Settings
+from bridge.store.protocols import ConversationLinks
 from bridge.templating import CUT_MARKER, Templates, cut, link_safe
 
 MESSAGE_TEMPLATES = {
@@ -115,6 +117,17 @@ def visitor_of(name: Any, email: Any) -> dict[str, str | None] | None:
     if not name and not email:
         return None
     return {"name": name, "email": email}
+
+
+async def named_by_lead(store: ConversationLinks, destination: str,
+                        data: LeadData) -> dict[str, Any] | None:
+    """`destination`'s state of the lead's conversation, now naming its visitor; None when the
+    lead was captured outside a conversation, names no one, or no one new."""
+    named = visitor_of(data.lead_details.name, data.lead_details.email)
+    if data.thread_id is None or named is None:
+        return None
+    state = await store.link_state(data.chatbot_id, data.thread_id, destination) or {}
+    return None if state.get("visitor") == named else {**state, "visitor": named}
 
 
 def _one_line(value: Any) -> str | None:
