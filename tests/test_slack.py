@@ -353,6 +353,31 @@ async def test_a_dry_run_logs_every_call_a_live_run_makes(harness, sample, caplo
     assert len(logged) == calls
 
 
+async def test_a_dry_run_logs_the_parent_a_lead_in_the_conversation_names(
+        fake, sample, caplog, make_settings, tmp_path, clock):
+    settings = make_settings({"store": {"url": f"sqlite:///{tmp_path}/dry.db"},
+                              "slack": {"channel": "C_CONV", "leads_channel": "C_LEADS"}})
+    store = open_store(settings.store.url)
+    slack = SlackDestination(settings, Templates(), clock)
+    dry = Harness(store, slack, Worker(store, {"slack": slack}, settings.delivery, clock),
+                  clock, fake)
+    lead = sample("lead")
+    lead["data"]["threadId"] = "thread_A"
+    with caplog.at_level(logging.INFO, "bridge"):
+        for body in (message("thread_A", "do you ship to Spain?"), lead):
+            await dry.accept(body)
+            await dry.worker.drain()
+    await slack.aclose()
+    await store.close()
+    logged = [record.getMessage() for record in caplog.records
+              if record.getMessage().startswith("slack dry run")]
+    assert [line.split(": {")[0] for line in logged[-2:]] == [
+        "slack dry run (no bot_token), would post in C_LEADS",
+        "slack dry run (no bot_token), would update the thread's parent in C_CONV"]
+    assert "*John Doe*: do you ship to Spain?" in logged[-1]  # as a live run names them
+    assert fake.posts == [] and fake.updates == []
+
+
 async def test_verify_names_workspace_and_bot(harness):
     h = await harness()
     assert "workspace Acme (T1), bot @bridge (U0BRIDGE)" in await h.slack.verify()

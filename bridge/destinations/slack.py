@@ -492,7 +492,9 @@ class SlackDestination:
         message = self.renderer.lead(event)
         channel = self._lead_channel(event.data.chatbot_id)
         if self.dry_run:
-            return self._dry_run(f"post in {channel or NO_CHANNEL}", message)
+            outcome = self._dry_run(f"post in {channel or NO_CHANNEL}", message)
+            await self._name_from_lead(delivery, event.data)  # logs the parent's update
+            return outcome
         if found := await self._posted_before(delivery, channel, None):
             ts = found["ts"]
         else:
@@ -520,9 +522,12 @@ class SlackDestination:
         thread = _thread_of(state)
         await store.save_link(data.chatbot_id, data.thread_id, self.name, state,
                               f"{thread.channel}/{thread.ts}" if thread else None)
-        if thread is not None:
-            await self._update(conversation, thread.channel, thread.ts,
-                               self._parent(conversation, state, self._shown(state)))
+        parent = self._parent(conversation, state, self._shown(state))
+        if self.dry_run:
+            if state.get(DRY_RUN_THREAD):
+                self._dry_run(f"update the thread's parent in {state[DRY_RUN_THREAD]}", parent)
+        elif thread is not None:
+            await self._update(conversation, thread.channel, thread.ts, parent)
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""
