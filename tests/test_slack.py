@@ -832,6 +832,21 @@ async def test_a_thread_notice_cut_off_is_found_in_the_thread(harness, sample):
     assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
 
 
+async def test_a_notice_cut_off_mid_call_is_found_not_posted_again(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept({"event": "BRIDGE_THREAD_NOTICE", "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A", "channel": "C_CONV",
+        "threadTs": parent, "notice": "reply_failed",
+        "context": {"reason": "timed out", "user_id": "U1"}}})
+    await post_and_die(h)
+    await h.worker.drain()
+    [_first, notice] = h.fake.thread("C_CONV", parent)
+    assert notice["metadata"]["event_payload"]["delivery_id"] == "2"
+    assert reconciled(h, "yes") == 1
+    assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
+
+
 async def test_retries_of_deliveries_never_cut_off_look_for_nothing(harness):
     h = await harness()
     await open_thread(h)

@@ -283,7 +283,11 @@ class SlackDestination:
         if self.dry_run:
             return self._dry_run(f"reply in the thread {notice.channel}/{notice.thread_ts}",
                                  message)
-        ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
+        if found := await self._posted_before(delivery, notice.channel, notice.thread_ts):
+            ts = found["ts"]
+        else:
+            ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts,
+                                           metadata=delivery_metadata([delivery]))
         if notice.notice == MODE_CHANGED:
             state = await delivery.state()
             taken = notice.context.get("mode") == "AGENT"
