@@ -145,8 +145,8 @@ def test_render_shows_people_what_the_thread_would_show(config, capsys):
         "┃ :telephone_receiver: +1234567890",
         "┃ Open the conversation in SiteGPT "
         "(https://sitegpt.ai/chatbot_123/chat-history/thread_456)",
-        "to C_CONV",
-        "┃ :bust_in_silhouette: *Visitor*",
+        "to C_CONV",  # the parent names the visitor, as the escalation does in a live run
+        "┃ :bust_in_silhouette: *John Doe*",
         "┃ :rotating_light: Escalated: waiting for a human",
         "┃ *chatbot_123* · conversation `thread_456` · "
         "Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]

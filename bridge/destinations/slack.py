@@ -248,10 +248,17 @@ class SlackDestination:
             return [(IN_THREAD, post_arguments(data.channel, line, thread_ts=data.thread_ts)),
                     (PARENT_UPDATE, update_arguments(data.channel, parent))]
         if isinstance(event, EscalationEvent):
-            view = escalation_view(event.data, _sample_request(samples, conversation), None)
+            request = _sample_request(samples, conversation)
+            view = escalation_view(event.data, request, None)
             posted = post_arguments(channel, self.renderer.escalation(conversation, view),
                                     reply_broadcast=True)
-            ticket = None
+            user = event.data.user
+            # The parent a live run shows then: the visitor the escalation names, and what
+            # they asked first.
+            parent = self.renderer.parent(conversation, ParentView(
+                visitor=visitor_of(user.name, user.email) if user else None,
+                question=request[0] if request else None, escalated=True))
+            return [(IN_THREAD, posted), (PARENT_UPDATE, update_arguments(channel, parent))]
         elif isinstance(event, TicketStatusEvent):
             ticket = _moved_to(event, self._issue_url(event.data.issue_key))
             posted = post_arguments(channel, self.renderer.ticket_status(event, ticket))
