@@ -757,6 +757,22 @@ def test_conversations_newest_first_with_a_limit(config, make_settings, capsys):
     assert all(row.split()[-2:] == ["-", "-"] for row in rows)
 
 
+def test_ids_and_errors_cannot_drive_the_operators_terminal(config, make_settings, capsys):
+    path = config()
+    planted = "thread_\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\x1b[2J\u202eA"
+
+    async def seed(store: SQLiteStore) -> None:
+        body = load_sample("message-visitor")
+        body["data"]["threadId"] = planted
+        await add(store, body, "slack", ("failed", f"slack: channel_not_found {planted}"))
+
+    asyncio.run(with_store(make_settings(), seed))
+    for command in ("deliveries", "conversations"):
+        code, out, _ = run(capsys, command, "--config", path)
+        assert code == 0 and "thread_" in out
+        assert not any(char in out for char in "\x1b\x07\u202e"), command
+
+
 def test_conversations_with_nothing_to_show(config, make_settings, capsys):
     path = config()
     asyncio.run(with_store(make_settings(), lambda store: store.check_writable()))
