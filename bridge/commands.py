@@ -526,13 +526,19 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: st
     if not rows:
         print(empty)
         return
-    cells = [[" ".join(cell.split()) for cell in row] for row in rows]
+    cells = [[_one_line(cell) for cell in row] for row in rows]
     widths = [max(len(header), *(len(row[i]) for row in cells))
               for i, header in enumerate(headers[:-1])]
     room = max(_terminal_width() - sum(widths) - len(GAP) * len(widths), MIN_LAST_COLUMN)
     for row in [list(headers), *cells]:
         fixed = GAP.join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
         print(f"{fixed}{GAP}{_fit(row[-1], room)}".rstrip())
+
+
+def _one_line(cell: str) -> str:
+    """The cell as one line the terminal shows as it is: ids and errors come from outside, and
+    an escape sequence or a bidi override in them must not act on the operator's terminal."""
+    return "".join(char if char.isprintable() else "\ufffd" for char in " ".join(cell.split()))
 
 
 def _terminal_width() -> int:

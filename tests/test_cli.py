@@ -245,6 +245,14 @@ def test_check_verifies_replies_from_slack_when_they_are_on(make_settings, tmp_p
                        " agent messages (the API key is checked by the first reply)")
 
 
+def test_check_passes_claim_and_resolve_without_a_sitegpt_key(make_settings, tmp_path, capsys,
+                                                              fake):
+    make_settings({"slack": {"bot_token": "xoxb-test", "api_url": fake.api_url,
+                             "channel": "C_CONV", "signing_secret": "shh"}})
+    assert main(["check", "--config", str(tmp_path / "settings.toml")]) == 0
+    assert "FAILED" not in capsys.readouterr().out  # docs/slack.md: no SiteGPT key needed
+
+
 def test_the_installed_command_exits_non_zero_with_the_problems_on_stderr(tmp_path):
     bad = write_toml(tmp_path / "bad.toml", BAD)
     script = Path(sys.executable).with_name("sitegpt-bridge")

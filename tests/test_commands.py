@@ -145,8 +145,8 @@ def test_render_shows_people_what_the_thread_would_show(config, capsys):
         "┃ :telephone_receiver: +1234567890",
         "┃ Open the conversation in SiteGPT "
         "(https://sitegpt.ai/chatbot_123/chat-history/thread_456)",
-        "to C_CONV",
-        "┃ :bust_in_silhouette: *Visitor*",
+        "to C_CONV",  # the parent names the visitor, as the escalation does in a live run
+        "┃ :bust_in_silhouette: *John Doe*",
         "┃ :rotating_light: Escalated: waiting for a human",
         "┃ *chatbot_123* · conversation `thread_456` · "
         "Open in SiteGPT (https://sitegpt.ai/chatbot_123/chat-history/thread_456)"]
@@ -755,6 +755,22 @@ def test_conversations_newest_first_with_a_limit(config, make_settings, capsys):
     _, rows = table(run(capsys, "conversations", "--config", path)[1])
     assert [row.split()[0] for row in rows] == [f"chatbot_123/thread_{n}" for n in (2, 1, 0)]
     assert all(row.split()[-2:] == ["-", "-"] for row in rows)
+
+
+def test_ids_and_errors_cannot_drive_the_operators_terminal(config, make_settings, capsys):
+    path = config()
+    planted = "thread_\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\x1b[2J\u202eA"
+
+    async def seed(store: SQLiteStore) -> None:
+        body = load_sample("message-visitor")
+        body["data"]["threadId"] = planted
+        await add(store, body, "slack", ("failed", f"slack: channel_not_found {planted}"))
+
+    asyncio.run(with_store(make_settings(), seed))
+    for command in ("deliveries", "conversations"):
+        code, out, _ = run(capsys, command, "--config", path)
+        assert code == 0 and "thread_" in out
+        assert not any(char in out for char in "\x1b\x07\u202e"), command
 
 
 def test_conversations_with_nothing_to_show(config, make_settings, capsys):

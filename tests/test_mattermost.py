@@ -141,6 +141,18 @@ async def test_each_conversation_is_one_root_post_and_its_replies_in_order(harne
     assert "AI answering" in h.fake.root(by_thread["thread_A"])["message"]
 
 
+async def test_sources_sent_with_titles_show_as_links_not_as_objects(harness):
+    h = await harness()
+    await h.accept(message("thread_A", "Plans start at $10", kind="NORMAL_MESSAGE", sources=[
+        {"url": "https://example.com/pricing", "title": "@all Pricing"},
+        "https://example.com/faq"]))
+    await h.worker.drain()
+    [root] = h.fake.roots()
+    [reply] = messages(h.fake.thread(root["id"]))
+    assert "(https://example.com/pricing)" in reply and "(https://example.com/faq)" in reply
+    assert "title=" not in reply and "@all" not in reply
+
+
 async def test_an_escalation_mentions_the_group_with_the_request_and_patches_the_root(harness):
     h = await harness()
     await h.accept(message("thread_A", "I want a refund"))

@@ -353,6 +353,31 @@ async def test_a_dry_run_logs_every_call_a_live_run_makes(harness, sample, caplo
     assert len(logged) == calls
 
 
+async def test_a_dry_run_logs_the_parent_a_lead_in_the_conversation_names(
+        fake, sample, caplog, make_settings, tmp_path, clock):
+    settings = make_settings({"store": {"url": f"sqlite:///{tmp_path}/dry.db"},
+                              "slack": {"channel": "C_CONV", "leads_channel": "C_LEADS"}})
+    store = open_store(settings.store.url)
+    slack = SlackDestination(settings, Templates(), clock)
+    dry = Harness(store, slack, Worker(store, {"slack": slack}, settings.delivery, clock),
+                  clock, fake)
+    lead = sample("lead")
+    lead["data"]["threadId"] = "thread_A"
+    with caplog.at_level(logging.INFO, "bridge"):
+        for body in (message("thread_A", "do you ship to Spain?"), lead):
+            await dry.accept(body)
+            await dry.worker.drain()
+    await slack.aclose()
+    await store.close()
+    logged = [record.getMessage() for record in caplog.records
+              if record.getMessage().startswith("slack dry run")]
+    assert [line.split(": {")[0] for line in logged[-2:]] == [
+        "slack dry run (no bot_token), would post in C_LEADS",
+        "slack dry run (no bot_token), would update the thread's parent in C_CONV"]
+    assert "*John Doe*: do you ship to Spain?" in logged[-1]  # as a live run names them
+    assert fake.posts == [] and fake.updates == []
+
+
 async def test_verify_names_workspace_and_bot(harness):
     h = await harness()
     assert "workspace Acme (T1), bot @bridge (U0BRIDGE)" in await h.slack.verify()
@@ -804,6 +829,21 @@ async def test_a_thread_notice_cut_off_is_found_in_the_thread(harness, sample):
     await h.worker.drain()
     [_first, escalation] = h.fake.thread("C_CONV", parent["ts"])
     assert escalation["reply_broadcast"] is True and reconciled(h, "yes") == 1
+    assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
+
+
+async def test_a_notice_cut_off_mid_call_is_found_not_posted_again(harness):
+    h = await harness()
+    parent = await open_thread(h)
+    await h.accept({"event": "BRIDGE_THREAD_NOTICE", "data": {
+        "chatbotId": "chatbot_123", "threadId": "thread_A", "channel": "C_CONV",
+        "threadTs": parent, "notice": "reply_failed",
+        "context": {"reason": "timed out", "user_id": "U1"}}})
+    await post_and_die(h)
+    await h.worker.drain()
+    [_first, notice] = h.fake.thread("C_CONV", parent)
+    assert notice["metadata"]["event_payload"]["delivery_id"] == "2"
+    assert reconciled(h, "yes") == 1
     assert [s for s, _ in await h.statuses()] == ["delivered", "delivered"]
 
 

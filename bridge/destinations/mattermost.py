@@ -12,7 +12,13 @@ from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
-from bridge.destinations.slack_render import TicketShown, named_by_lead, plain, visitor_of
+from bridge.destinations.slack_render import (
+    TicketShown,
+    named_by_lead,
+    plain,
+    source_url,
+    visitor_of,
+)
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
@@ -404,7 +410,8 @@ class MattermostDestination:
         return self._render("mattermost/message.json.j2", {
             **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
             "message": {"type": data.message_type or "UNKNOWN", "question": data.question,
-                        "answer": data.answer, "sources": data.sources or [],
+                        "answer": data.answer,
+                        "sources": [source_url(source) for source in data.sources or []],
                         "agent_name": data.agent_name, "agent_id": data.agent_id,
                         "system_message_type": data.system_message_type}})
 

@@ -36,10 +36,13 @@ def reply_needs(settings: Settings) -> dict[str, bool]:
 
 
 def half_set_replies(settings: Settings) -> list[str]:
-    """A signing secret or a SiteGPT key asks for replies from Slack, which need both."""
+    """A SiteGPT key asks for replies from Slack, which need Slack's signing secret and bot
+    token too; a signing secret asks for a bot token. A signing secret and a bot token alone
+    are whole: Claim and Resolve need no SiteGPT key."""
     needed = reply_needs(settings)
     missing = [name for name, value in needed.items() if not value]
-    wanted = needed["slack.signing_secret"] or needed["sitegpt.api_key"]
+    wanted = needed["sitegpt.api_key"] or (
+        needed["slack.signing_secret"] and not needed["slack.bot_token"])
     if not wanted or not missing:
         return []
     return [f"replies from Slack: {', '.join(missing)} not set: replies stay off"]

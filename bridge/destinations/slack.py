@@ -249,10 +249,17 @@ class SlackDestination:
             return [(IN_THREAD, post_arguments(data.channel, line, thread_ts=data.thread_ts)),
                     (PARENT_UPDATE, update_arguments(data.channel, parent))]
         if isinstance(event, EscalationEvent):
-            view = escalation_view(event.data, _sample_request(samples, conversation), None)
+            request = _sample_request(samples, conversation)
+            view = escalation_view(event.data, request, None)
             posted = post_arguments(channel, self.renderer.escalation(conversation, view),
                                     reply_broadcast=True)
-            ticket = None
+            user = event.data.user
+            # The parent a live run shows then: the visitor the escalation names, and what
+            # they asked first.
+            parent = self.renderer.parent(conversation, ParentView(
+                visitor=visitor_of(user.name, user.email) if user else None,
+                question=request[0] if request else None, escalated=True))
+            return [(IN_THREAD, posted), (PARENT_UPDATE, update_arguments(channel, parent))]
         elif isinstance(event, TicketStatusEvent):
             ticket = _moved_to(event, self._issue_url(event.data.issue_key))
             posted = post_arguments(channel, self.renderer.ticket_status(event, ticket))
@@ -284,7 +291,11 @@ class SlackDestination:
         if self.dry_run:
             return self._dry_run(f"reply in the thread {notice.channel}/{notice.thread_ts}",
                                  message)
-        ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts)
+        if found := await self._posted_before(delivery, notice.channel, notice.thread_ts):
+            ts = found["ts"]
+        else:
+            ts = await self.workspace.post(notice.channel, message, thread_ts=notice.thread_ts,
+                                           metadata=delivery_metadata([delivery]))
         if notice.notice == MODE_CHANGED:
             state = await delivery.state()
             taken = notice.context.get("mode") == "AGENT"
@@ -493,7 +504,9 @@ class SlackDestination:
         message = self.renderer.lead(event)
         channel = self._lead_channel(event.data.chatbot_id)
         if self.dry_run:
-            return self._dry_run(f"post in {channel or NO_CHANNEL}", message)
+            outcome = self._dry_run(f"post in {channel or NO_CHANNEL}", message)
+            await self._name_from_lead(delivery, event.data)  # logs the parent's update
+            return outcome
         if found := await self._posted_before(delivery, channel, None):
             ts = found["ts"]
         else:
@@ -516,9 +529,12 @@ class SlackDestination:
         thread = _thread_of(state)
         await store.save_link(data.chatbot_id, data.thread_id, self.name, state,
                               f"{thread.channel}/{thread.ts}" if thread else None)
-        if thread is not None:
-            await self._update(conversation, thread.channel, thread.ts,
-                               self._parent(conversation, state, self._shown(state)))
+        parent = self._parent(conversation, state, self._shown(state))
+        if self.dry_run:
+            if state.get(DRY_RUN_THREAD):
+                self._dry_run(f"update the thread's parent in {state[DRY_RUN_THREAD]}", parent)
+        elif thread is not None:
+            await self._update(conversation, thread.channel, thread.ts, parent)
 
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with a parent message the first time."""

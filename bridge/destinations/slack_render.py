@@ -324,7 +324,7 @@ def _message_context(event: MessageEvent) -> dict[str, Any]:
         "type": data.message_type or "UNKNOWN",
         "question": data.question,
         "answer": data.answer,
-        "sources": [_source_url(source) for source in data.sources or []],
+        "sources": [source_url(source) for source in data.sources or []],
         "links": [_titled(source) for source in data.sources or []],
         "feedback": _feedback(data.message_type, data.answer),
         "agent_name": data.agent_name,
@@ -335,7 +335,8 @@ def _message_context(event: MessageEvent) -> dict[str, Any]:
     }
 
 
-def _source_url(source: str | Source) -> str:
+def source_url(source: str | Source) -> str:
+    """A source's URL, whether SiteGPT sent the bare URL or an object with its title."""
     return source if isinstance(source, str) else source.url
 
 
@@ -344,7 +345,7 @@ def _titled(source: str | Source) -> dict[str, str | None]:
 
     A URL that cannot be a link gets no label: it is shown once, as text.
     """
-    url = _source_url(source)
+    url = source_url(source)
     if not link_safe(url):
         return {"url": url, "title": None}
     title = source.title if isinstance(source, Source) else None
