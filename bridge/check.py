@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.app import Bridge, slow_lease
 from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.drift import settings_drift
 from bridge.errors import DeliveryError, StoreError
 from bridge.redact import Redactor
+from bridge.sections import slow_lease
 from bridge.settings import Settings
 from bridge.template_check import check_templates
+
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+    from bridge.destinations.base import Destination
 
 WARNING = "WARNING: "
 FAILED = "FAILED: "
@@ -57,7 +62,7 @@ async def verdicts(settings: Settings, path: Path, bridge: Bridge) -> list[Verdi
     """
     found = settings_verdicts(settings, path)
     found += template_verdicts(bridge, settings)
-    found += await destination_verdicts(bridge, settings)
+    found += await destination_verdicts(bridge.destinations, settings)
     found += [await store_verdict(bridge, settings)]
     found += await drift_verdicts(bridge, settings, path)
     return found
@@ -102,12 +107,13 @@ def template_verdicts(bridge: Bridge, settings: Settings) -> list[Verdict]:
     return found
 
 
-async def destination_verdicts(bridge: Bridge, settings: Settings) -> list[Verdict]:
+async def destination_verdicts(destinations: Mapping[str, Destination],
+                               settings: Settings) -> list[Verdict]:
     """Each registered destination in turn: off, or what its credentials test says."""
     redact = Redactor.for_settings(settings)
     found = []
     for name in REGISTRY:
-        destination = bridge.destinations.get(name)
+        destination = destinations.get(name)
         if destination is None:
             found.append(Verdict(name, True, "off"))
             continue

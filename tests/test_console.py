@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import create_app
+from bridge.app import create_app, open_bridge
 from bridge.console.auth import COOKIE, LoginLimiter
 from bridge.console.password import password_matches
 from bridge.server import ProxiedPeer
@@ -26,6 +26,7 @@ from tests.console_support import (
     post_message,
     serving,
 )
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -368,3 +369,51 @@ def test_a_conversation_links_to_its_jira_ticket(make_settings, sample):
         for path in ("/console/conversations/chatbot_123/t-linked", "/console/deliveries/1"):
             assert '<a href="https://jira.example.com/browse/SUP-7">SUP-7</a>' in \
                 client.get(path).text
+
+
+# Testing credentials
+
+SLACK_TOKEN = "xoxb-console-secret"
+
+
+def slack_console(make_settings, fake: FakeSlack) -> Iterator[TestClient]:
+    settings = make_settings({"console": {"password_hash": PASSWORD_HASH},
+                              "slack": {"bot_token": SLACK_TOKEN, "api_url": fake.api_url,
+                                        "channel": "C_CONV", "signing_secret": "shh"}})
+    yield from serving(open_bridge(settings), run_worker=False)
+
+
+def test_test_credentials_shows_what_each_destination_answers(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/settings").text
+        assert 'id="credentials"' not in page
+        answer = client.post("/console/settings/credentials", data={"csrf": csrf_of(page)})
+        assert answer.status_code == 200
+        credentials = answer.text.partition('id="credentials"')[2].partition("</ul>")[0]
+        assert "slack: ok" in credentials and "Acme" in credentials
+        assert "jira: off" in credentials
+
+
+def test_a_refused_credential_is_shown_with_its_secret_masked(make_settings, fake):
+    fake.fail_next("auth.test", error=f"invalid_auth for {SLACK_TOKEN}")
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/settings").text
+        answer = client.post("/console/settings/credentials", data={"csrf": csrf_of(page)})
+        credentials = answer.text.partition('id="credentials"')[2].partition("</ul>")[0]
+        assert 'class="bad">slack: FAILED: ' in credentials and "invalid_auth" in credentials
+        assert SLACK_TOKEN not in answer.text
+
+
+def test_test_credentials_needs_the_forms_csrf_token(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        before = auth_tests(fake)
+        assert client.post("/console/settings/credentials",
+                           data={"csrf": "forged"}).status_code == 403
+        assert auth_tests(fake) == before
+
+
+def auth_tests(fake: FakeSlack) -> int:
+    return sum(method == "auth.test" for method, _, _ in list(fake.calls))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.app import create_app
+from bridge.app import create_app, open_bridge
 from bridge.config import load_settings
 from bridge.samples import load_sample
 from tests.console_support import (
@@ -25,6 +25,7 @@ from tests.console_support import (
     console_bridge,
     message,
 )
+from tests.fake_slack import FakeSlack
 from tests.servers import serving
 from tests.settings_files import TOKENS, write_toml
 
@@ -185,3 +186,27 @@ def test_hostile_visitor_text_is_shown_as_text_and_runs_nothing(page: Page,
     expect(page.get_by_text(HOSTILE, exact=False)).to_be_visible()
     assert page.title() != "pwned" and dialogs == []
     assert page.locator("main script, main img").count() == 0
+
+
+def test_test_credentials_calls_slack_and_shows_its_answer(browser: Browser,
+                                                         tmp_path: Path) -> None:
+    with FakeSlack() as fake:
+        config = write_toml(tmp_path / "settings.toml", {
+            "store": {"url": f"sqlite:///{tmp_path}/bridge.db"},
+            "webhooks": {name: {"tokens": [token]} for name, token in TOKENS.items()},
+            "slack": {"bot_token": "xoxb-browser", "api_url": fake.api_url, "channel": "C_CONV",
+                      "signing_secret": "shh"},
+            "console": {"password_hash": PASSWORD_HASH},
+        })
+        bridge = open_bridge(load_settings(str(config)))
+        with serving(create_app(bridge, run_worker=False)) as url:
+            context = browser.new_context(base_url=url, viewport={"width": 1000, "height": 700})
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            log_in(page)
+            page.get_by_role("link", name="Settings").click()
+            page.get_by_role("button", name="Test credentials").click()
+            expect(page.locator("#credentials")).to_contain_text("slack: ok")
+            assert "xoxb-browser" not in page.content()
+            shoot(page, "settings")
+            context.close()

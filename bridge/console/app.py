@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from bridge.check import destination_verdicts
 from bridge.console.auth import LoginLimiter, Session, Sessions, trusted_user
 from bridge.console.chart import WebhookHistory
 from bridge.console.password import password_matches
@@ -27,6 +28,7 @@ from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
 from bridge.errors import BridgeError, StoreError
 from bridge.events import InvalidEvent, parse_event
+from bridge.redact import Redactor
 from bridge.store import STATUSES, ConversationLink, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
 
@@ -478,7 +480,20 @@ class Line:
 
 
 async def settings_page(console: Console, request: Request, session: Session) -> Response:
+    return await _settings_view(console, request, session, None)
 
+
+async def test_credentials(console: Console, request: Request, session: Session) -> Response:
+    """Each destination's credentials test, as `check` runs it: a call to each service."""
+    settings = console.bridge.settings
+    redact = Redactor.for_settings(settings)
+    found = await destination_verdicts(console.bridge.destinations, settings)
+    lines = [Line(redact(verdict.line), verdict.ok, redact(verdict.fix)) for verdict in found]
+    return await _settings_view(console, request, session, lines)
+
+
+async def _settings_view(console: Console, request: Request, session: Session,
+                         credentials: list[Line] | None) -> Response:
     settings = console.bridge.settings
     lines = [Line(f"webhooks.{name}: FAILED: no token, so it answers 503", False)
              for name in settings.unconfigured_endpoints()]
@@ -491,7 +506,7 @@ async def settings_page(console: Console, request: Request, session: Session) ->
     dumped["console"]["password_hash"] = "(set)"  # a hash, yet no help to anyone reading it
     shown = json.dumps(dumped, indent=2, default=str)
     return console.page("settings.html", request, session, title="Settings", verdicts=lines,
-                        settings=shown)
+                        settings=shown, credentials=credentials)
 
 
 async def _store_line(console: Console) -> Line:
@@ -530,6 +545,8 @@ def console_routes(bridge: Bridge) -> list[BaseRoute]:
         Route("/conversations/{chatbot}/{thread:path}", signed_in(conversation)),
         Route("/templates", signed_in(templates)),
         Route("/settings", signed_in(settings_page)),
+        Route("/settings/credentials", signed_in(test_credentials, post=True),
+              methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="console-static"),
     ]
     return [Mount("/console", routes=routes)]
