@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import create_app, open_bridge
+from bridge.app import Bridge, create_app, open_bridge
 from bridge.console.auth import COOKIE, LoginLimiter
 from bridge.console.password import password_matches
 from bridge.server import ProxiedPeer
@@ -334,6 +334,44 @@ def test_the_webhook_chart_counts_each_outcome_since_the_start():
     assert drawn.count("<rect") == 3
 
 
+def test_refusals_are_counted_by_reason_in_the_last_hour_and_since_the_start():
+    from bridge.console.chart import WebhookHistory
+    from bridge.metrics import Metrics
+
+    metrics, history = Metrics(["messages", "leads"]), WebhookHistory()
+    history.start(0.0)
+    metrics.webhook("messages", "unauthorized")
+    metrics.webhook("leads", "unauthorized")
+    metrics.webhook("messages", "accepted")
+    history.sample(metrics, 60.0)
+    metrics.webhook("messages", "too_large")
+    found = [(refused.reason, refused.last_hour, refused.since_start)
+             for refused in history.refusals(metrics, 3700.0)]  # the first minute is gone
+    assert found == [("too_large", 1.0, 1.0), ("unauthorized", 0.0, 2.0)]
+
+
+def test_the_overview_shows_webhooks_refused_by_reason(operator):
+    assert "None refused since the bridge started" in operator.get("/console/").text
+    for _ in range(2):
+        operator.post("/webhooks/messages", json={}, headers={"X-WEBHOOK-TOKEN": "wrong"})
+    page = operator.get("/console/").text
+    refusals = page.partition('id="refusals"')[2].partition("</table>")[0]
+    assert "<td>unauthorized</td><td>2</td><td>2</td>" in refusals
+    assert 'id="pacing"' not in page  # no destination here declares a pacing gauge
+
+
+def test_the_overview_shows_how_far_behind_slack_is_paced(make_settings, fake):
+    from bridge.destinations.slack_metrics import PacingMetrics
+
+    bridge = slack_bridge(make_settings, fake)
+    bridge.metrics.own("slack", PacingMetrics).watch_pacer(lambda: 42.25)
+    for client in slack_console(make_settings, fake, bridge):
+        log_in(client)
+        pacing = client.get("/console/").text.partition('id="pacing"')[2]
+        assert "<td>slack</td><td>42.2s</td>" in pacing.partition("</table>")[0]
+        assert "sitegpt_bridge_slack_pacing_behind_seconds" in pacing
+
+
 def test_over_https_the_session_cookie_is_secure(make_settings):
     bridge = console_bridge(console_settings(make_settings))
     with TestClient(create_app(bridge, run_worker=False), base_url="https://127.0.0.1") as client:
@@ -376,11 +414,16 @@ def test_a_conversation_links_to_its_jira_ticket(make_settings, sample):
 SLACK_TOKEN = "xoxb-console-secret"
 
 
-def slack_console(make_settings, fake: FakeSlack) -> Iterator[TestClient]:
-    settings = make_settings({"console": {"password_hash": PASSWORD_HASH},
-                              "slack": {"bot_token": SLACK_TOKEN, "api_url": fake.api_url,
-                                        "channel": "C_CONV", "signing_secret": "shh"}})
-    yield from serving(open_bridge(settings), run_worker=False)
+def slack_console(make_settings, fake: FakeSlack, bridge: Bridge | None = None
+                  ) -> Iterator[TestClient]:
+    yield from serving(bridge or slack_bridge(make_settings, fake), run_worker=False)
+
+
+def slack_bridge(make_settings, fake: FakeSlack) -> Bridge:
+    return open_bridge(make_settings({
+        "console": {"password_hash": PASSWORD_HASH},
+        "slack": {"bot_token": SLACK_TOKEN, "api_url": fake.api_url, "channel": "C_CONV",
+                  "signing_secret": "shh"}}))
 
 
 def test_test_credentials_shows_what_each_destination_answers(make_settings, fake):

@@ -233,10 +233,34 @@ async def overview(console: Console, request: Request, session: Session) -> Resp
     except StoreError as exc:
         readiness, ready = f"unavailable: {exc}", False
     lines = await store.destination_summary(list(console.bridge.destinations), console.now())
+    metrics, now = console.bridge.metrics, console.now()
     return console.page("overview.html", request, session, title="Overview", ready=ready,
                         readiness=readiness, destinations=lines, paused=await store.paused(),
-                        chart=console.history.chart(console.bridge.metrics,
-                                                                console.now()))
+                        chart=console.history.chart(metrics, now),
+                        refusals=console.history.refusals(metrics, now),
+                        pacing=pacing(console))
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How far behind a destination runs, by a gauge its plugin declares."""
+
+    destination: str
+    metric: str
+    seconds: float
+
+
+def pacing(console: Console) -> list[Pacing]:
+    """Each running destination's pacing gauges, as the metrics registry reads them now."""
+    registry = console.bridge.metrics.registry
+    found = []
+    for name in console.bridge.destinations:
+        plugin = REGISTRY.get(name)
+        for metric in plugin.pacing if plugin is not None else ():
+            value = registry.get_sample_value(metric)
+            if value is not None:
+                found.append(Pacing(name, metric, value))
+    return found
 
 
 def _pausing(pause: bool) -> Handler:

@@ -80,6 +80,9 @@ class Plugin:
     # One rendered body as `render` shows it to people, given how it runs (`state`'s line).
     picture: Callable[[str, str], str] | None = None
     metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
+    # Gauges among those metrics saying, in seconds, how far behind it runs (the console shows
+    # them on its overview).
+    pacing: tuple[str, ...] = ()
     # Where a person opens what it made of a conversation (a ticket), from its saved state.
     link: Callable[[Settings, Mapping[str, Any]], str | None] | None = None
     # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).
