@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -27,6 +28,8 @@ from tests.console_support import (
     serving,
 )
 from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+
+OLDER = re.compile(r'<a href="([^"]+)">Older</a>')
 
 
 @pytest.fixture
@@ -460,3 +463,29 @@ def test_test_credentials_needs_the_forms_csrf_token(make_settings, fake):
 
 def auth_tests(fake: FakeSlack) -> int:
     return sum(method == "auth.test" for method, _, _ in list(fake.calls))
+
+
+# Conversations
+
+
+def test_conversations_are_found_by_the_visitors_email_and_paged(make_settings, monkeypatch):
+    import bridge.console.app
+
+    monkeypatch.setattr(bridge.console.app, "PAGE_SIZE", 1)
+    built = console_bridge(console_settings(make_settings))
+    for client in serving(built, run_worker=False):
+        log_in(client)
+        assert client.portal is not None
+        for thread, visitor in (("t-ana", "Ana <ana@example.com>"), ("t-bob", "Bob <bob@x.io>"),
+                                ("t-cy", f"Cy {HOSTILE}")):
+            client.portal.call(built.store.save_link, "bot", thread, "slack",
+                               {"channel": "C1", "visitor": visitor})
+        page = client.get("/console/conversations", params={"q": "ANA@EXAMPLE.COM"}).text
+        assert "bot/t-ana" in page and "bot/t-bob" not in page and "Older" not in page
+        newest = client.get("/console/conversations").text
+        assert "bot/t-cy" in newest and "bot/t-bob" not in newest
+        older = OLDER.search(newest)
+        assert older is not None
+        assert "bot/t-bob" in client.get(older[1].replace("&amp;", "&")).text
+        assert "<script>" not in client.get("/console/conversations",
+                                            params={"q": "<script>"}).text

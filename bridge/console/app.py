@@ -410,16 +410,28 @@ def _bulk(action: str) -> Handler:
 # Conversations, templates, settings -------------------------------------------------------------
 
 async def conversations(console: Console, request: Request, session: Session) -> Response:
-    q = request.query_params.get("q", "").strip()
-    store = console.bridge.store
-    records = await store.conversations(limit=200 if q else 50)
-    if q:
-        needle = q.lower()
-        records = [record for record in records if needle in record.chatbot_id.lower()
-                   or needle in record.thread_id.lower()
-                   or any(needle in (link.ref or "").lower() for link in record.links)]
+    """Newest first, a page at a time; a search matches ids, and each destination's link
+    (Slack's names the visitor: name and email)."""
+    params = request.query_params
+    q = params.get("q", "").strip()
+    found = await console.bridge.store.conversation_page(q, _conversation_key(params),
+                                                         PAGE_SIZE)
+    older = None
+    if found.older is not None:
+        seen, chatbot_id, thread_id = found.older
+        older = f"{ROOT}conversations?" + urlencode(
+            [*([("q", q)] if q else []), ("seen", repr(seen)), ("chatbot", chatbot_id),
+             ("thread", thread_id)])
     return console.page("conversations.html", request, session, title="Conversations",
-                        records=records, q=q)
+                        records=found.records, q=q, older=older)
+
+
+def _conversation_key(params: Any) -> tuple[float, str, str] | None:
+    """Where a page starts: after the conversation of the previous page's link."""
+    try:
+        return float(params["seen"]), params["chatbot"], params["thread"]
+    except (KeyError, ValueError):
+        return None
 
 
 async def conversation(console: Console, request: Request, session: Session) -> Response:
