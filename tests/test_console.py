@@ -489,3 +489,12 @@ def test_conversations_are_found_by_the_visitors_email_and_paged(make_settings, 
         assert "bot/t-bob" in client.get(older[1].replace("&amp;", "&")).text
         assert "<script>" not in client.get("/console/conversations",
                                             params={"q": "<script>"}).text
+
+
+def test_slacks_template_previews_are_drawn_beside_their_json(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/templates").text
+        assert page.count('class="sl-message"') >= 3
+        assert "<strong>" in page and 'class="sl-section"' in page
+        assert "<script" not in page and "style=" not in page

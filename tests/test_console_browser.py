@@ -188,7 +188,7 @@ def test_hostile_visitor_text_is_shown_as_text_and_runs_nothing(page: Page,
     assert page.locator("main script, main img").count() == 0
 
 
-def test_test_credentials_calls_slack_and_shows_its_answer(browser: Browser,
+def test_slack_credentials_and_a_slack_preview(browser: Browser,
                                                          tmp_path: Path) -> None:
     with FakeSlack() as fake:
         config = write_toml(tmp_path / "settings.toml", {
@@ -209,4 +209,9 @@ def test_test_credentials_calls_slack_and_shows_its_answer(browser: Browser,
             expect(page.locator("#credentials")).to_contain_text("slack: ok")
             assert "xoxb-browser" not in page.content()
             shoot(page, "settings")
+            page.get_by_role("link", name="Templates").click()
+            drawn = page.locator("details").filter(has=page.locator(".sl-message")).first
+            drawn.locator("summary").click()
+            expect(drawn.locator(".sl-message")).to_be_visible()
+            expect(drawn.locator("pre").last).to_contain_text('"channel"')
             context.close()

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -469,13 +470,15 @@ def shown_links(console: Console, links: Sequence[ConversationLink]) -> list[Sho
 
 @dataclass(frozen=True)
 class Preview:
+    """A destination's rendered samples: each body, and as HTML where its plugin draws it."""
+
     name: str
     rendered: dict[str, str]
     error: str = ""
+    pictures: dict[str, Markup] = field(default_factory=dict)
 
 
 async def templates(console: Console, request: Request, session: Session) -> Response:
-
     samples = sample_events()
     previews = []
     for name, destination in console.bridge.destinations.items():
@@ -483,11 +486,22 @@ async def templates(console: Console, request: Request, session: Session) -> Res
         if render is None:
             continue
         try:
-            previews.append(Preview(name, render(samples) or {}))
+            rendered = render(samples) or {}
         except BridgeError as exc:
             previews.append(Preview(name, {}, str(exc)))
+            continue
+        previews.append(Preview(name, rendered, pictures=_pictures(name, rendered)))
     return console.page("templates.html", request, session, title="Templates",
                         previews=previews, files=_template_files(console))
+
+
+def _pictures(name: str, rendered: dict[str, str]) -> dict[str, Markup]:
+    """Each body as its plugin's preview draws it (escaped there), where it has one."""
+    plugin = REGISTRY.get(name)
+    if plugin is None or plugin.preview is None:
+        return {}
+    drawn = {label: plugin.preview(body) for label, body in rendered.items()}
+    return {label: picture for label, picture in drawn.items() if picture is not None}
 
 
 def _template_files(console: Console) -> list[tuple[str, str]]:
