@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bridge.app import create_app, open_bridge
@@ -91,8 +92,6 @@ def log_in(page: Page) -> None:
 
 
 def send(base_url: str, body: dict[str, Any]) -> None:
-    import httpx
-
     answer = httpx.post(f"{base_url}/webhooks/messages", json=body,
                         headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
     assert answer.status_code == 200, answer.text
@@ -163,7 +162,9 @@ def test_pause_and_resume(page: Page, base_url: str, chat: Chat) -> None:
     send(base_url, message(load_sample, "browser-pause", "while paused"))
     time.sleep(0.5)  # many polls: nothing goes to a paused destination
     assert len(chat.delivered) == sent
+    httpx.post(f"{base_url}/webhooks/messages", json={}, headers={"X-WEBHOOK-TOKEN": "wrong"})
     page.reload()
+    expect(page.locator("#refusals")).to_contain_text("unauthorized")
     shoot(page, "overview")
     page.get_by_role("button", name="Resume chat").click()
     expect(page.get_by_role("status")).to_have_text("chat: resumed")
@@ -174,7 +175,6 @@ def test_a_template_preview(page: Page) -> None:
     page.get_by_role("link", name="Templates").click()
     page.get_by_text("message-visitor: chat.post").click()
     expect(page.get_by_text("I still can't log in")).to_be_visible()
-    shoot(page, "templates")
 
 
 def test_hostile_visitor_text_is_shown_as_text_and_runs_nothing(page: Page,
@@ -214,4 +214,6 @@ def test_slack_credentials_and_a_slack_preview(browser: Browser,
             drawn.locator("summary").click()
             expect(drawn.locator(".sl-message")).to_be_visible()
             expect(drawn.locator("pre").last).to_contain_text('"channel"')
+            drawn.scroll_into_view_if_needed()
+            shoot(page, "templates")
             context.close()
