@@ -34,7 +34,6 @@ from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.reload import Parts, reloading
 from bridge.retention import keep_pruning
-from bridge.sections import slow_lease
 from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.template_check import require_templates
@@ -43,6 +42,7 @@ from bridge.web import ENDPOINT_KINDS, Endpoint, SiteGPTReceiver, app_routes
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge")
+SLOW_TAKEOVER = 30.0
 
 
 def build_parts(settings: Settings, clock: Clock, metrics: Metrics) -> Parts:
@@ -221,6 +221,18 @@ def announce(bridge: Bridge) -> None:
         log.warning(
             "UNSAFE: webhooks.%s still uses the example token from settings.example.toml; "
             "set your own before exposing the bridge", name)
+
+
+def slow_lease(settings: Settings) -> str | None:
+    """Why a long `[delivery] lease` delays recovery from a hung worker; for logs and check."""
+    lease = settings.delivery.lease.total_seconds()
+    if lease <= SLOW_TAKEOVER:
+        return None
+    # The first release's example file set 120s, when a lease had to outlast the slowest call.
+    return (f"delivery.lease is {lease:g}s: a worker that hangs (its process alive but stuck)"
+            " holds its conversations that long before another takes over; a crashed one is"
+            " taken over at once. Live workers renew their leases, so the default 15s is safe"
+            " however slow a destination is: remove `lease` from [delivery] to use it")
 
 
 def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:

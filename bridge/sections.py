@@ -24,9 +24,6 @@ from pydantic import (
 from bridge.errors import StoreError
 from bridge.store.url import backend_named, masked_store_url, sqlite_path, store_scheme
 
-if TYPE_CHECKING:
-    from bridge.settings import Settings
-
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -200,18 +197,3 @@ def half_set(section: str, switch: str, effect: str, switched_on: Any,
     if switched_on or not given:
         return None
     return f"{section}: {', '.join(given)} set but not {section}.{switch}: {effect}"
-
-
-SLOW_TAKEOVER = 30.0
-
-
-def slow_lease(settings: Settings) -> str | None:
-    """Why a long `[delivery] lease` delays recovery from a hung worker; for logs and check."""
-    lease = settings.delivery.lease.total_seconds()
-    if lease <= SLOW_TAKEOVER:
-        return None
-    # The first release's example file set 120s, when a lease had to outlast the slowest call.
-    return (f"delivery.lease is {lease:g}s: a worker that hangs (its process alive but stuck)"
-            " holds its conversations that long before another takes over; a crashed one is"
-            " taken over at once. Live workers renew their leases, so the default 15s is safe"
-            " however slow a destination is: remove `lease` from [delivery] to use it")

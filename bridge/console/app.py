@@ -21,7 +21,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bridge.check import destination_verdicts
 from bridge.console.auth import LoginLimiter, Session, Sessions, trusted_user
 from bridge.console.chart import WebhookHistory
 from bridge.console.password import password_matches
@@ -32,6 +31,7 @@ from bridge.events import InvalidEvent, parse_event
 from bridge.redact import Redactor
 from bridge.store import STATUSES, ConversationLink, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
+from bridge.verdicts import destination_verdicts
 
 if TYPE_CHECKING:
     from bridge.clock import Clock
