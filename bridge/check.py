@@ -2,52 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from bridge.app import Bridge, slow_lease
-from bridge.destinations import REGISTRY, status_lines, unfinished_lines
+from bridge.destinations import unfinished_lines
 from bridge.drift import settings_drift
-from bridge.errors import DeliveryError, StoreError
-from bridge.redact import Redactor
+from bridge.errors import StoreError
 from bridge.settings import Settings
 from bridge.template_check import check_templates
+from bridge.verdicts import (
+    FAILED,
+    WARNING,
+    Verdict,
+    destination_verdicts,
+    failed,
+    from_line,
+    warning,
+)
 
-WARNING = "WARNING: "
-FAILED = "FAILED: "
 HALF_SET_FIX = "set what the line says is missing, or unset the rest to switch it off"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One line of `check`: `ok` False fails the command; `fix` goes under "to fix"."""
-
-    name: str
-    ok: bool
-    message: str
-    fix: str = ""
-
-    @property
-    def line(self) -> str:
-        return f"{self.name}: {self.message}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "warning": self.message.startswith(WARNING)}
-
-
-def failed(name: str, problem: str, fix: str = "") -> Verdict:
-    return Verdict(name, False, FAILED + problem, fix)
-
-
-def warning(name: str, problem: str, fix: str = "") -> Verdict:
-    return Verdict(name, True, WARNING + problem, fix)
-
-
-def from_line(line: str, ok: bool = True) -> Verdict:
-    """A "name: message" line (as plugins give them) as a verdict."""
-    name, _, message = line.partition(": ")
-    return Verdict(name, True, message) if ok else failed(name, message.removeprefix(FAILED))
 
 
 async def verdicts(settings: Settings, path: Path, bridge: Bridge) -> list[Verdict]:
@@ -57,7 +31,7 @@ async def verdicts(settings: Settings, path: Path, bridge: Bridge) -> list[Verdi
     """
     found = settings_verdicts(settings, path)
     found += template_verdicts(bridge, settings)
-    found += await destination_verdicts(bridge, settings)
+    found += await destination_verdicts(bridge.destinations, settings)
     found += [await store_verdict(bridge, settings)]
     found += await drift_verdicts(bridge, settings, path)
     return found
@@ -100,23 +74,6 @@ def template_verdicts(bridge: Bridge, settings: Settings) -> list[Verdict]:
                       f"rename the file in {folder} to the template it should replace")
               for line in report.misnamed_lines(folder)]
     return found
-
-
-async def destination_verdicts(bridge: Bridge, settings: Settings) -> list[Verdict]:
-    """Each registered destination in turn: off, or what its credentials test says."""
-    redact = Redactor.for_settings(settings)
-    found = []
-    for name in REGISTRY:
-        destination = bridge.destinations.get(name)
-        if destination is None:
-            found.append(Verdict(name, True, "off"))
-            continue
-        try:
-            found.append(Verdict(name, True, await destination.verify()))
-        except DeliveryError as exc:
-            found.append(failed(name, redact(str(exc)), f"check [{name}] (`sitegpt-bridge "
-                                                        "check --verbose` shows it)"))
-    return found + [from_line(line) for line in status_lines(settings)]
 
 
 async def store_verdict(bridge: Bridge, settings: Settings) -> Verdict:

@@ -22,7 +22,7 @@ from bridge.app import (
     open_bridge,
     open_store_now,
 )
-from bridge.check import Verdict, report_lines, verdicts
+from bridge.check import report_lines, verdicts
 from bridge.config import resolve_config_path
 from bridge.errors import BridgeError, ConfigError, StoreError
 from bridge.logs import configure_logging, flush_logs
@@ -34,6 +34,7 @@ from bridge.server import BridgeServer, listening_socket, server_config
 from bridge.settings import Settings
 from bridge.store import Backup, open_store
 from bridge.store.url import backup_advice
+from bridge.verdicts import Verdict
 
 __all__ = ["COMMANDS", "build_parser", "main", "server_config"]
 log = logging.getLogger("bridge")

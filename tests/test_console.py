@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from bridge.app import create_app
+from bridge.app import Bridge, create_app, open_bridge
 from bridge.console.auth import COOKIE, LoginLimiter
 from bridge.console.password import password_matches
 from bridge.server import ProxiedPeer
@@ -26,6 +27,9 @@ from tests.console_support import (
     post_message,
     serving,
 )
+from tests.fake_slack import FakeSlack, fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
+
+OLDER = re.compile(r'<a href="([^"]+)">Older</a>')
 
 
 @pytest.fixture
@@ -333,6 +337,44 @@ def test_the_webhook_chart_counts_each_outcome_since_the_start():
     assert drawn.count("<rect") == 3
 
 
+def test_refusals_are_counted_by_reason_in_the_last_hour_and_since_the_start():
+    from bridge.console.chart import WebhookHistory
+    from bridge.metrics import Metrics
+
+    metrics, history = Metrics(["messages", "leads"]), WebhookHistory()
+    history.start(0.0)
+    metrics.webhook("messages", "unauthorized")
+    metrics.webhook("leads", "unauthorized")
+    metrics.webhook("messages", "accepted")
+    history.sample(metrics, 60.0)
+    metrics.webhook("messages", "too_large")
+    found = [(refused.reason, refused.last_hour, refused.since_start)
+             for refused in history.refusals(metrics, 3700.0)]  # the first minute is gone
+    assert found == [("too_large", 1.0, 1.0), ("unauthorized", 0.0, 2.0)]
+
+
+def test_the_overview_shows_webhooks_refused_by_reason(operator):
+    assert "None refused since the bridge started" in operator.get("/console/").text
+    for _ in range(2):
+        operator.post("/webhooks/messages", json={}, headers={"X-WEBHOOK-TOKEN": "wrong"})
+    page = operator.get("/console/").text
+    refusals = page.partition('id="refusals"')[2].partition("</table>")[0]
+    assert "<td>unauthorized</td><td>2</td><td>2</td>" in refusals
+    assert 'id="pacing"' not in page  # no destination here declares a pacing gauge
+
+
+def test_the_overview_shows_how_far_behind_slack_is_paced(make_settings, fake):
+    from bridge.destinations.slack_metrics import PacingMetrics
+
+    bridge = slack_bridge(make_settings, fake)
+    bridge.metrics.own("slack", PacingMetrics).watch_pacer(lambda: 42.25)
+    for client in slack_console(make_settings, fake, bridge):
+        log_in(client)
+        pacing = client.get("/console/").text.partition('id="pacing"')[2]
+        assert "<td>slack</td><td>42.2s</td>" in pacing.partition("</table>")[0]
+        assert "sitegpt_bridge_slack_pacing_behind_seconds" in pacing
+
+
 def test_over_https_the_session_cookie_is_secure(make_settings):
     bridge = console_bridge(console_settings(make_settings))
     with TestClient(create_app(bridge, run_worker=False), base_url="https://127.0.0.1") as client:
@@ -368,3 +410,91 @@ def test_a_conversation_links_to_its_jira_ticket(make_settings, sample):
         for path in ("/console/conversations/chatbot_123/t-linked", "/console/deliveries/1"):
             assert '<a href="https://jira.example.com/browse/SUP-7">SUP-7</a>' in \
                 client.get(path).text
+
+
+# Testing credentials
+
+SLACK_TOKEN = "xoxb-console-secret"
+
+
+def slack_console(make_settings, fake: FakeSlack, bridge: Bridge | None = None
+                  ) -> Iterator[TestClient]:
+    yield from serving(bridge or slack_bridge(make_settings, fake), run_worker=False)
+
+
+def slack_bridge(make_settings, fake: FakeSlack) -> Bridge:
+    return open_bridge(make_settings({
+        "console": {"password_hash": PASSWORD_HASH},
+        "slack": {"bot_token": SLACK_TOKEN, "api_url": fake.api_url, "channel": "C_CONV",
+                  "signing_secret": "shh"}}))
+
+
+def test_test_credentials_shows_what_each_destination_answers(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/settings").text
+        assert 'id="credentials"' not in page
+        answer = client.post("/console/settings/credentials", data={"csrf": csrf_of(page)})
+        assert answer.status_code == 200
+        credentials = answer.text.partition('id="credentials"')[2].partition("</ul>")[0]
+        assert "slack: ok" in credentials and "Acme" in credentials
+        assert "jira: off" in credentials
+
+
+def test_a_refused_credential_is_shown_with_its_secret_masked(make_settings, fake):
+    fake.fail_next("auth.test", error=f"invalid_auth for {SLACK_TOKEN}")
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/settings").text
+        answer = client.post("/console/settings/credentials", data={"csrf": csrf_of(page)})
+        credentials = answer.text.partition('id="credentials"')[2].partition("</ul>")[0]
+        assert 'class="bad">slack: FAILED: ' in credentials and "invalid_auth" in credentials
+        assert SLACK_TOKEN not in answer.text
+
+
+def test_test_credentials_needs_the_forms_csrf_token(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        before = auth_tests(fake)
+        assert client.post("/console/settings/credentials",
+                           data={"csrf": "forged"}).status_code == 403
+        assert auth_tests(fake) == before
+
+
+def auth_tests(fake: FakeSlack) -> int:
+    return sum(method == "auth.test" for method, _, _ in list(fake.calls))
+
+
+# Conversations
+
+
+def test_conversations_are_found_by_the_visitors_email_and_paged(make_settings, monkeypatch):
+    import bridge.console.app
+
+    monkeypatch.setattr(bridge.console.app, "PAGE_SIZE", 1)
+    built = console_bridge(console_settings(make_settings))
+    for client in serving(built, run_worker=False):
+        log_in(client)
+        assert client.portal is not None
+        for thread, visitor in (("t-ana", "Ana <ana@example.com>"), ("t-bob", "Bob <bob@x.io>"),
+                                ("t-cy", f"Cy {HOSTILE}")):
+            client.portal.call(built.store.save_link, "bot", thread, "slack",
+                               {"channel": "C1", "visitor": visitor})
+        page = client.get("/console/conversations", params={"q": "ANA@EXAMPLE.COM"}).text
+        assert "bot/t-ana" in page and "bot/t-bob" not in page and "Older" not in page
+        newest = client.get("/console/conversations").text
+        assert "bot/t-cy" in newest and "bot/t-bob" not in newest
+        older = OLDER.search(newest)
+        assert older is not None
+        assert "bot/t-bob" in client.get(older[1].replace("&amp;", "&")).text
+        assert "<script>" not in client.get("/console/conversations",
+                                            params={"q": "<script>"}).text
+
+
+def test_slacks_template_previews_are_drawn_beside_their_json(make_settings, fake):
+    for client in slack_console(make_settings, fake):
+        log_in(client)
+        page = client.get("/console/templates").text
+        assert page.count('class="sl-message"') >= 3
+        assert "<strong>" in page and 'class="sl-section"' in page
+        assert "<script" not in page and "style=" not in page

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from bridge.app import create_app
+from bridge.app import create_app, open_bridge
 from bridge.config import load_settings
 from bridge.samples import load_sample
 from tests.console_support import (
@@ -25,6 +26,7 @@ from tests.console_support import (
     console_bridge,
     message,
 )
+from tests.fake_slack import FakeSlack
 from tests.servers import serving
 from tests.settings_files import TOKENS, write_toml
 
@@ -90,8 +92,6 @@ def log_in(page: Page) -> None:
 
 
 def send(base_url: str, body: dict[str, Any]) -> None:
-    import httpx
-
     answer = httpx.post(f"{base_url}/webhooks/messages", json=body,
                         headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
     assert answer.status_code == 200, answer.text
@@ -162,7 +162,9 @@ def test_pause_and_resume(page: Page, base_url: str, chat: Chat) -> None:
     send(base_url, message(load_sample, "browser-pause", "while paused"))
     time.sleep(0.5)  # many polls: nothing goes to a paused destination
     assert len(chat.delivered) == sent
+    httpx.post(f"{base_url}/webhooks/messages", json={}, headers={"X-WEBHOOK-TOKEN": "wrong"})
     page.reload()
+    expect(page.locator("#refusals")).to_contain_text("unauthorized")
     shoot(page, "overview")
     page.get_by_role("button", name="Resume chat").click()
     expect(page.get_by_role("status")).to_have_text("chat: resumed")
@@ -173,7 +175,6 @@ def test_a_template_preview(page: Page) -> None:
     page.get_by_role("link", name="Templates").click()
     page.get_by_text("message-visitor: chat.post").click()
     expect(page.get_by_text("I still can't log in")).to_be_visible()
-    shoot(page, "templates")
 
 
 def test_hostile_visitor_text_is_shown_as_text_and_runs_nothing(page: Page,
@@ -185,3 +186,34 @@ def test_hostile_visitor_text_is_shown_as_text_and_runs_nothing(page: Page,
     expect(page.get_by_text(HOSTILE, exact=False)).to_be_visible()
     assert page.title() != "pwned" and dialogs == []
     assert page.locator("main script, main img").count() == 0
+
+
+def test_slack_credentials_and_a_slack_preview(browser: Browser,
+                                                         tmp_path: Path) -> None:
+    with FakeSlack() as fake:
+        config = write_toml(tmp_path / "settings.toml", {
+            "store": {"url": f"sqlite:///{tmp_path}/bridge.db"},
+            "webhooks": {name: {"tokens": [token]} for name, token in TOKENS.items()},
+            "slack": {"bot_token": "xoxb-browser", "api_url": fake.api_url, "channel": "C_CONV",
+                      "signing_secret": "shh"},
+            "console": {"password_hash": PASSWORD_HASH},
+        })
+        bridge = open_bridge(load_settings(str(config)))
+        with serving(create_app(bridge, run_worker=False)) as url:
+            context = browser.new_context(base_url=url, viewport={"width": 1000, "height": 700})
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            log_in(page)
+            page.get_by_role("link", name="Settings").click()
+            page.get_by_role("button", name="Test credentials").click()
+            expect(page.locator("#credentials")).to_contain_text("slack: ok")
+            assert "xoxb-browser" not in page.content()
+            shoot(page, "settings")
+            page.get_by_role("link", name="Templates").click()
+            drawn = page.locator("details").filter(has=page.locator(".sl-message")).first
+            drawn.locator("summary").click()
+            expect(drawn.locator(".sl-message")).to_be_visible()
+            expect(drawn.locator("pre").last).to_contain_text('"channel"')
+            drawn.scroll_into_view_if_needed()
+            shoot(page, "templates")
+            context.close()

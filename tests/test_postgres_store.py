@@ -357,13 +357,15 @@ async def test_a_lease_taken_by_a_bridge_without_worker_locks_runs_out_as_before
 
 
 async def test_a_store_of_the_previous_version_upgrades_in_place(postgres_url):
-    """A version-7 store (no settings records, no console tables) keeps its events and upgrades."""
+    """A version-7 store (no settings records, no console tables or index) keeps its events and
+    upgrades."""
     older = PostgresStore(postgres_url)
     await older.accept(new_event("k1"), NOW, 600)
     await older.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for dropped in ("TABLE settings_in_use", "TABLE console_keys",
-                        "TABLE paused_destinations", "INDEX deliveries_finished"):
+                        "TABLE paused_destinations", "INDEX deliveries_finished",
+                        "INDEX conversations_recent"):
             conn.execute(f"DROP {dropped}")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
     store = PostgresStore(postgres_url)

@@ -685,3 +685,62 @@ async def test_bulk_retry_and_cancel_touch_only_what_matches(store):
     [row] = await store.deliveries(ids=[3])
     assert (row.status, row.note) == ("skipped", "cancelled in the console")
     assert await store.cancel_matching(DeliveryFilter(), ids=[2], now=NOW) == 0
+
+
+# The console's conversation list
+
+
+async def conversations_seen(store: Store, clock: FakeClock, threads: Sequence[str]) -> None:
+    """Each thread seen a second after the one before: the last is the newest."""
+    for thread in threads:
+        clock.advance(1)
+        await store.save_link("bot", thread, "slack", {"channel": "C1", "thread_ts": thread})
+
+
+async def test_conversation_pages_seek_newest_first_to_the_end(store, clock):
+    await conversations_seen(store, clock, ["c1", "c2", "c3", "c4", "c5"])
+    await store.save_link("other", "c5", "jira", {"key": "SUP-5"}, "SUP-5")  # c5's time too
+    pages, before = [], None
+    while True:
+        page = await store.conversation_page("", before, limit=2)
+        pages.append([(record.chatbot_id, record.thread_id) for record in page.records])
+        if page.older is None:
+            break
+        before = page.older
+    assert pages == [[("other", "c5"), ("bot", "c5")], [("bot", "c4"), ("bot", "c3")],
+                     [("bot", "c2"), ("bot", "c1")]]
+
+
+async def test_a_conversation_is_found_by_its_visitors_name_or_email(store, clock):
+    await conversations_seen(store, clock, ["c1", "c2", "c3"])
+    await store.save_link("bot", "c1", "slack",
+                          {"channel": "C1", "visitor": "Ana Lima <ana@example.com>"})
+    await store.save_link("bot", "c3", "slack",
+                          {"channel": "C1", "visitor": "Bob <bob_x@example.com>"})
+
+    async def found(search: str) -> list[str]:
+        return [record.thread_id
+                for record in (await store.conversation_page(search)).records]
+
+    assert await found("ANA@example") == ["c1"]
+    assert await found("ana lima") == ["c1"]
+    assert await found("bob_x") == ["c3"]
+    assert await found("bob%") == [] and await found("b_b") == []  # wildcards are text
+    assert await found("c2") == ["c2"]
+    assert await found("nobody") == []
+
+
+async def test_a_search_reads_a_bounded_window_and_the_next_page_reads_on(store, clock,
+                                                                         monkeypatch):
+    from bridge.store import console_sql
+
+    monkeypatch.setattr(console_sql, "SEARCH_WINDOW", 3)
+    await conversations_seen(store, clock, ["c1", "c2", "c3", "c4", "c5"])
+    await store.save_link("bot", "c1", "slack", {"visitor": "Ana <ana@example.com>"})
+    await conversations_seen(store, clock, ["c2", "c3", "c4", "c5"])  # c1 is now the oldest
+    first = await store.conversation_page("ana", limit=10)
+    assert first.records == [] and first.older is not None
+    assert first.older[1:] == ("bot", "c3")  # the third newest: the window's end
+    second = await store.conversation_page("ana", first.older, limit=10)
+    assert [record.thread_id for record in second.records] == ["c1"]
+    assert second.older is None

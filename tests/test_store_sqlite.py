@@ -187,7 +187,7 @@ async def test_a_store_from_before_retry_kinds_upgrades_and_its_waiting_keep_the
         conn.execute("DROP TABLE settings_in_use")
         conn.execute("ALTER TABLE deliveries DROP COLUMN retry_kind")
         conn.executescript("DROP TABLE console_keys; DROP TABLE paused_destinations;"
-                           " DROP INDEX deliveries_finished")
+                           " DROP INDEX deliveries_finished; DROP INDEX conversations_recent")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 7")
     upgraded = SQLiteStore(db)
     try:
@@ -204,11 +204,13 @@ async def test_a_store_from_before_settings_in_use_upgrades_in_place(db):
     await store.close()
     with sqlite3.connect(db) as conn:  # as schema version 7 left it
         conn.executescript("DROP TABLE settings_in_use; DROP TABLE console_keys;"
-                           " DROP TABLE paused_destinations; DROP INDEX deliveries_finished")
+                           " DROP TABLE paused_destinations; DROP INDEX deliveries_finished;"
+                           " DROP INDEX conversations_recent")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
     upgraded = SQLiteStore(db)
     try:
         assert (await upgraded.info()).schema_version == SCHEMA_VERSION
+        assert query(db, "SELECT name FROM sqlite_master WHERE name = 'conversations_recent'")
         assert await upgraded.settings_in_use() == []
         assert [row.status for row in await upgraded.deliveries()] == ["pending"]
     finally:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -27,8 +28,10 @@ from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
 from bridge.errors import BridgeError, StoreError
 from bridge.events import InvalidEvent, parse_event
+from bridge.redact import Redactor
 from bridge.store import STATUSES, ConversationLink, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
+from bridge.verdicts import destination_verdicts
 
 if TYPE_CHECKING:
     from bridge.clock import Clock
@@ -231,10 +234,34 @@ async def overview(console: Console, request: Request, session: Session) -> Resp
     except StoreError as exc:
         readiness, ready = f"unavailable: {exc}", False
     lines = await store.destination_summary(list(console.bridge.destinations), console.now())
+    metrics, now = console.bridge.metrics, console.now()
     return console.page("overview.html", request, session, title="Overview", ready=ready,
                         readiness=readiness, destinations=lines, paused=await store.paused(),
-                        chart=console.history.chart(console.bridge.metrics,
-                                                                console.now()))
+                        chart=console.history.chart(metrics, now),
+                        refusals=console.history.refusals(metrics, now),
+                        pacing=pacing(console))
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How far behind a destination runs, by a gauge its plugin declares."""
+
+    destination: str
+    metric: str
+    seconds: float
+
+
+def pacing(console: Console) -> list[Pacing]:
+    """Each running destination's pacing gauges, as the metrics registry reads them now."""
+    registry = console.bridge.metrics.registry
+    found = []
+    for name in console.bridge.destinations:
+        plugin = REGISTRY.get(name)
+        for metric in plugin.pacing if plugin is not None else ():
+            value = registry.get_sample_value(metric)
+            if value is not None:
+                found.append(Pacing(name, metric, value))
+    return found
 
 
 def _pausing(pause: bool) -> Handler:
@@ -384,16 +411,28 @@ def _bulk(action: str) -> Handler:
 # Conversations, templates, settings -------------------------------------------------------------
 
 async def conversations(console: Console, request: Request, session: Session) -> Response:
-    q = request.query_params.get("q", "").strip()
-    store = console.bridge.store
-    records = await store.conversations(limit=200 if q else 50)
-    if q:
-        needle = q.lower()
-        records = [record for record in records if needle in record.chatbot_id.lower()
-                   or needle in record.thread_id.lower()
-                   or any(needle in (link.ref or "").lower() for link in record.links)]
+    """Newest first, a page at a time; a search matches ids, and each destination's link
+    (Slack's names the visitor: name and email)."""
+    params = request.query_params
+    q = params.get("q", "").strip()
+    found = await console.bridge.store.conversation_page(q, _conversation_key(params),
+                                                         PAGE_SIZE)
+    older = None
+    if found.older is not None:
+        seen, chatbot_id, thread_id = found.older
+        older = f"{ROOT}conversations?" + urlencode(
+            [*([("q", q)] if q else []), ("seen", repr(seen)), ("chatbot", chatbot_id),
+             ("thread", thread_id)])
     return console.page("conversations.html", request, session, title="Conversations",
-                        records=records, q=q)
+                        records=found.records, q=q, older=older)
+
+
+def _conversation_key(params: Any) -> tuple[float, str, str] | None:
+    """Where a page starts: after the conversation of the previous page's link."""
+    try:
+        return float(params["seen"]), params["chatbot"], params["thread"]
+    except (KeyError, ValueError):
+        return None
 
 
 async def conversation(console: Console, request: Request, session: Session) -> Response:
@@ -431,13 +470,15 @@ def shown_links(console: Console, links: Sequence[ConversationLink]) -> list[Sho
 
 @dataclass(frozen=True)
 class Preview:
+    """A destination's rendered samples: each body, and as HTML where its plugin draws it."""
+
     name: str
     rendered: dict[str, str]
     error: str = ""
+    pictures: dict[str, Markup] = field(default_factory=dict)
 
 
 async def templates(console: Console, request: Request, session: Session) -> Response:
-
     samples = sample_events()
     previews = []
     for name, destination in console.bridge.destinations.items():
@@ -445,11 +486,22 @@ async def templates(console: Console, request: Request, session: Session) -> Res
         if render is None:
             continue
         try:
-            previews.append(Preview(name, render(samples) or {}))
+            rendered = render(samples) or {}
         except BridgeError as exc:
             previews.append(Preview(name, {}, str(exc)))
+            continue
+        previews.append(Preview(name, rendered, pictures=_pictures(name, rendered)))
     return console.page("templates.html", request, session, title="Templates",
                         previews=previews, files=_template_files(console))
+
+
+def _pictures(name: str, rendered: dict[str, str]) -> dict[str, Markup]:
+    """Each body as its plugin's preview draws it (escaped there), where it has one."""
+    plugin = REGISTRY.get(name)
+    if plugin is None or plugin.preview is None:
+        return {}
+    drawn = {label: plugin.preview(body) for label, body in rendered.items()}
+    return {label: picture for label, picture in drawn.items() if picture is not None}
 
 
 def _template_files(console: Console) -> list[tuple[str, str]]:
@@ -478,7 +530,20 @@ class Line:
 
 
 async def settings_page(console: Console, request: Request, session: Session) -> Response:
+    return await _settings_view(console, request, session, None)
 
+
+async def test_credentials(console: Console, request: Request, session: Session) -> Response:
+    """Each destination's credentials test, as `check` runs it: a call to each service."""
+    settings = console.bridge.settings
+    redact = Redactor.for_settings(settings)
+    found = await destination_verdicts(console.bridge.destinations, settings)
+    lines = [Line(redact(verdict.line), verdict.ok, redact(verdict.fix)) for verdict in found]
+    return await _settings_view(console, request, session, lines)
+
+
+async def _settings_view(console: Console, request: Request, session: Session,
+                         credentials: list[Line] | None) -> Response:
     settings = console.bridge.settings
     lines = [Line(f"webhooks.{name}: FAILED: no token, so it answers 503", False)
              for name in settings.unconfigured_endpoints()]
@@ -491,7 +556,7 @@ async def settings_page(console: Console, request: Request, session: Session) ->
     dumped["console"]["password_hash"] = "(set)"  # a hash, yet no help to anyone reading it
     shown = json.dumps(dumped, indent=2, default=str)
     return console.page("settings.html", request, session, title="Settings", verdicts=lines,
-                        settings=shown)
+                        settings=shown, credentials=credentials)
 
 
 async def _store_line(console: Console) -> Line:
@@ -530,6 +595,8 @@ def console_routes(bridge: Bridge) -> list[BaseRoute]:
         Route("/conversations/{chatbot}/{thread:path}", signed_in(conversation)),
         Route("/templates", signed_in(templates)),
         Route("/settings", signed_in(settings_page)),
+        Route("/settings/credentials", signed_in(test_credentials, post=True),
+              methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="console-static"),
     ]
     return [Mount("/console", routes=routes)]

@@ -23,14 +23,32 @@ def _outcome(label: str) -> str:
     return label if label in ("accepted", "duplicate") else "refused"
 
 
-def totals(metrics: Metrics) -> dict[str, float]:
-    """Webhooks so far by outcome, from the Prometheus counter."""
-    found = dict.fromkeys(COLOURS, 0.0)
+def outcomes(metrics: Metrics) -> dict[str, float]:
+    """Webhooks so far by their counter's outcome label (each refusal's reason), all endpoints."""
+    found: dict[str, float] = {}
     for family in metrics.webhooks.collect():
         for sample in family.samples:
             if sample.name.endswith("_total"):
-                found[_outcome(sample.labels.get("outcome", ""))] += sample.value
+                label = sample.labels.get("outcome", "")
+                found[label] = found.get(label, 0.0) + sample.value
     return found
+
+
+def grouped(counts: dict[str, float]) -> dict[str, float]:
+    """Outcome counts as the chart draws them: accepted, duplicate, refused."""
+    found = dict.fromkeys(COLOURS, 0.0)
+    for label, value in counts.items():
+        found[_outcome(label)] += value
+    return found
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Webhooks refused for one reason: in the last hour, and since the bridge started."""
+
+    reason: str
+    last_hour: float
+    since_start: float
 
 
 @dataclass
@@ -46,23 +64,37 @@ class WebhookHistory:
         default_factory=lambda: deque(maxlen=HOUR_OF_MINUTES + 1))
 
     def start(self, now: float) -> None:
-        self.samples.append((now, dict.fromkeys(COLOURS, 0.0)))
+        self.samples.append((now, {}))
 
     def sample(self, metrics: Metrics, now: float) -> None:
         if self.samples and now - self.samples[-1][0] < MINUTE:
             return
-        self.samples.append((now, totals(metrics)))
+        self.samples.append((now, outcomes(metrics)))
 
     def per_minute(self, now: float,
                    live: dict[str, float]) -> list[tuple[float, dict[str, float]]]:
-        """(minute's end, webhooks by outcome since the sample before), within the hour."""
+        """(minute's end, webhooks by outcome label since the sample before), within the hour."""
         points = [*self.samples, (now, live)]
-        pairs = pairwise(points)
-        return [(later[0], {key: later[1][key] - earlier[1][key] for key in COLOURS})
-                for earlier, later in pairs if later[0] > now - HOUR_OF_MINUTES * MINUTE]
+        return [(later[0], {key: value - earlier[1].get(key, 0.0)
+                            for key, value in later[1].items()})
+                for earlier, later in pairwise(points)
+                if later[0] > now - HOUR_OF_MINUTES * MINUTE]
+
+    def refusals(self, metrics: Metrics, now: float) -> list[Refusals]:
+        """Each reason a webhook was refused for since the start, most in the last hour first."""
+        live = outcomes(metrics)
+        hour: dict[str, float] = {}
+        for _, counts in self.per_minute(now, live):
+            for label, value in counts.items():
+                hour[label] = hour.get(label, 0.0) + value
+        found = [Refusals(label, hour.get(label, 0.0), total) for label, total in live.items()
+                 if total and _outcome(label) == "refused"]
+        return sorted(found, key=lambda refused: (-refused.last_hour, -refused.since_start,
+                                                  refused.reason))
 
     def chart(self, metrics: Metrics, now: float) -> Markup:
-        minutes = self.per_minute(now, totals(metrics))
+        minutes = [(at, grouped(counts))
+                   for at, counts in self.per_minute(now, outcomes(metrics))]
         total = {key: sum(counts[key] for _, counts in minutes) for key in COLOURS}
         tallest = max([sum(counts.values()) for _, counts in minutes] + [1.0])
         bars = [self._bar(now, at, counts, tallest) for at, counts in minutes]

@@ -17,6 +17,8 @@ from bridge.settings import Settings
 from bridge.templating import Templates
 
 if TYPE_CHECKING:  # the factory's and the routes' signatures only
+    from markupsafe import Markup
+
     from bridge.destinations.shared import Shared
     from bridge.metrics import Metrics
     from bridge.store import Store
@@ -79,7 +81,13 @@ class Plugin:
     docs: str | None = None  # its page of the manual, docs/<docs>.md
     # One rendered body as `render` shows it to people, given how it runs (`state`'s line).
     picture: Callable[[str, str], str] | None = None
+    # One rendered body as HTML, every text in it escaped, as the console's preview shows it
+    # beside the body; None for a body that is not a message.
+    preview: Callable[[str], Markup | None] | None = None
     metrics: Callable[[CollectorRegistry], object] | None = None  # its own, shown from the start
+    # Gauges among those metrics saying, in seconds, how far behind it runs (the console shows
+    # them on its overview).
+    pacing: tuple[str, ...] = ()
     # Where a person opens what it made of a conversation (a ticket), from its saved state.
     link: Callable[[Settings, Mapping[str, Any]], str | None] | None = None
     # Its keys in each [[chatbots]] table, as pydantic fields: name -> (type, default).

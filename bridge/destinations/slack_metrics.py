@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 # A post waits for its channel's next slot: nothing when the channel is quiet, about a second
 # per post ahead of it while a backlog is caught up.
 PACING_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+BEHIND = "sitegpt_bridge_slack_pacing_behind_seconds"
 
 
 class PacingMetrics:
@@ -16,7 +17,7 @@ class PacingMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.behind = Gauge(
-            "sitegpt_bridge_slack_pacing_behind_seconds",
+            BEHIND,
             "How long a Slack post asking now would wait for its slot, on the busiest channel.",
             registry=registry)
         self.wait = Histogram(

@@ -8,8 +8,9 @@ from starlette.routing import BaseRoute
 
 from bridge.destinations.plugin import Inbound, Plugin
 from bridge.destinations.slack import SlackDestination, slack_destination
-from bridge.destinations.slack_metrics import PacingMetrics
+from bridge.destinations.slack_metrics import BEHIND, PacingMetrics
 from bridge.destinations.slack_picture import picture
+from bridge.destinations.slack_preview import preview
 from bridge.destinations.slack_settings import SlackSettings
 from bridge.sections import half_set
 from bridge.settings import Settings
@@ -39,6 +40,7 @@ PLUGIN = Plugin(
     name="slack", section=SlackSettings, build=slack_destination, kinds=SlackDestination.KINDS,
     templates=builtin_dir() / "slack", samples=Path(__file__).parent / "slack_samples",
     routes=_routes, state=_state, unfinished=_unfinished, docs="slack",
-    metrics=PacingMetrics, picture=picture, chatbot_keys={"slack_channel": (str | None, None)},
+    metrics=PacingMetrics, pacing=(BEHIND,), picture=picture, preview=preview,
+    chatbot_keys={"slack_channel": (str | None, None)},
     route_keys={"slack_channel": (str | None, None), "leads_channel": (str | None, None),
                 "escalation_mention": (str | None, None)})

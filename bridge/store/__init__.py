@@ -38,6 +38,7 @@ from bridge.store.records import (
     Backup,
     ClaimedDelivery,
     ConversationLink,
+    ConversationPage,
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
@@ -57,7 +58,8 @@ from bridge.store.url import sqlite_path, store_scheme
 __all__ = [
     "STATUSES", "Acceptance", "Attempt", "Backup", "ChannelBudgets", "ClaimedDelivery",
     "ConsoleKeys", "ConsoleQueries", "ConversationLink", "ConversationLinks",
-    "ConversationRecord", "DeliveryFilter", "DeliveryQueue", "DeliveryRow", "DeliveryStatus",
+    "ConversationPage", "ConversationRecord", "DeliveryFilter", "DeliveryQueue", "DeliveryRow",
+    "DeliveryStatus",
     "DeliveryStore", "DestinationSummary", "Echo", "Echoes", "EventIntake", "FollowUp",
     "Housekeeping", "Lease", "Lifecycle", "NewEvent", "NewWork", "Operations", "Pauses",
     "Pruned", "QueueStats", "QueuedBehind", "ReplyIntake", "RetryKind", "Serialised",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bridge.store.filters import DeliveryFilter
+from bridge.store.records import ConversationPage, ConversationRecord
+
+NEWEST_FIRST = "ORDER BY last_seen DESC, chatbot_id DESC, thread_id DESC"
 
 CANCELLED = "cancelled in the console"
 # The waiting deliveries of every destination, from the pending ones alone (a small index).
@@ -77,6 +81,59 @@ def _chosen(matching: DeliveryFilter, ids: list[int], mark: str) -> tuple[list[s
         clauses.append(f"d.id IN ({','.join([mark] * len(ids))})")
         params += ids
     return clauses, params
+
+
+# A conversation's place in the list: its key for the page after it.
+ConversationKey = tuple[float, str, str]
+# A search reads this many conversations at most, from the newest: its cost does not grow
+# with the store, and the next page reads as many again, from where this one stopped.
+SEARCH_WINDOW = 2000
+KEY_COLUMNS = "(last_seen, chatbot_id, thread_id)"
+
+
+def _after(before: ConversationKey | None, mark: str) -> tuple[list[str], list[Any]]:
+    if before is None:
+        return [], []
+    return [f"{KEY_COLUMNS} < ({mark}, {mark}, {mark})"], list(before)
+
+
+def window_end(before: ConversationKey | None, mark: str) -> tuple[str, list[Any]]:
+    """The key of the last conversation a search reads, if it reads a whole window."""
+    clauses, params = _after(before, mark)
+    return (f"SELECT last_seen, chatbot_id, thread_id FROM conversations{_where(clauses)}"
+            f" {NEWEST_FIRST} LIMIT 1 OFFSET {mark}", [*params, SEARCH_WINDOW - 1])
+
+
+def conversation_search(search: str, before: ConversationKey | None,
+                        end: ConversationKey | None, mark: str,
+                        state: str) -> tuple[str, list[Any]]:
+    """The WHERE of a page of conversations after `before`, within the window up to `end`,
+    whose ids or any destination's link to it (its ref, or its state: Slack's names the
+    visitor) contain `search`, whatever the case. `state` is the link's state as text."""
+    clauses, params = _after(before, mark)
+    if end is not None:
+        clauses.append(f"{KEY_COLUMNS} >= ({mark}, {mark}, {mark})")
+        params += end
+    if search:
+        like = "%" + re.sub(r"([\\%_])", r"\\\1", search.lower()) + "%"
+        contains = f"LIKE {mark} ESCAPE '\\'"
+        clauses.append(
+            f"(LOWER(chatbot_id) {contains} OR LOWER(thread_id) {contains} OR EXISTS ("
+            "SELECT 1 FROM conversation_links l WHERE l.chatbot_id = conversations.chatbot_id"
+            f" AND l.thread_id = conversations.thread_id AND (LOWER({state}) {contains}"
+            f" OR LOWER(l.ref) {contains})))")
+        params += [like] * 4
+    return _where(clauses), params
+
+
+def conversation_page(found: list[ConversationRecord], limit: int,
+                      end: ConversationKey | None) -> ConversationPage:
+    """The first `limit` found, and where the next page starts: after the last shown if more
+    were found, else after the window read, if it was full."""
+    if len(found) > limit:
+        last = found[limit - 1]
+        return ConversationPage(found[:limit], (last.last_seen, last.chatbot_id, last.thread_id))
+    return ConversationPage(found, end)
 
 
 def _where(clauses: list[str]) -> str:

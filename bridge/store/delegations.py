@@ -11,6 +11,7 @@ from bridge.store.filters import DeliveryFilter
 from bridge.store.records import (
     Attempt,
     ClaimedDelivery,
+    ConversationPage,
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
@@ -166,6 +167,12 @@ class Delegations:
                             limit: int = 50) -> list[DeliveryRow]:
         return await self._run(
             lambda conn: self.console_sql.delivery_page(conn, matching, before, limit))
+
+    async def conversation_page(self, search: str = "",
+                                before: tuple[float, str, str] | None = None,
+                                limit: int = 50) -> ConversationPage:
+        return await self._run(
+            lambda conn: self.console_sql.conversation_page(conn, search, before, limit))
 
     async def count_matching(self, matching: DeliveryFilter) -> int:
         return await self._run(lambda conn: self.console_sql.count(conn, matching))

@@ -25,6 +25,7 @@ VERSIONS: dict[int, str] = {
     7: "why a delivery waits",
     8: "settings each process runs with",
     9: "the operator console's signing key and paused destinations",
+    10: "the console's conversation list, newest first",
 }
 SCHEMA_VERSION = max(VERSIONS)
 

@@ -37,6 +37,7 @@ from bridge.store.records import (
     Attempt,
     Backup,
     ClaimedDelivery,
+    ConversationPage,
     ConversationRecord,
     DeliveryRow,
     DeliveryStatus,
@@ -228,6 +229,13 @@ class ConsoleQueries(Pauses, Protocol):
         ...
 
     async def count_matching(self, matching: DeliveryFilter) -> int: ...
+
+    async def conversation_page(self, search: str = "",
+                                before: tuple[float, str, str] | None = None,
+                                limit: int = 50) -> ConversationPage:
+        """Up to `limit` conversations, newest first, after the key `before`, whose ids or
+        links (a visitor's name or email in Slack's) contain `search`: a bounded read."""
+        ...
 
     async def event_body(self, event_id: int) -> str | None:
         """The event as received (its canonical body), if it is still kept."""

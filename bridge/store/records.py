@@ -155,6 +155,16 @@ class ConversationRecord:
 
 
 @dataclass(frozen=True)
+class ConversationPage:
+    """A page of the console's conversation list; `older`, the key the next page starts after
+    (last_seen, chatbot_id, thread_id), or None at the end."""
+
+    records: list[ConversationRecord]
+    older: tuple[float, str, str] | None
+
+
+
+@dataclass(frozen=True)
 class Echo:
     """A reply sent to SiteGPT from Slack, which SiteGPT's messages webhook will send back."""
 

@@ -9,9 +9,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bridge.store import console_sql as sql
+from bridge.store.console_sql import ConversationKey
 from bridge.store.filters import DeliveryFilter
+from bridge.store.postgres.conversations import conversations
 from bridge.store.postgres.wakeup import NOTIFY
-from bridge.store.records import DeliveryRow, DestinationSummary
+from bridge.store.records import ConversationPage, DeliveryRow, DestinationSummary
 
 Connection = psycopg.AsyncConnection[Any]
 M = "%s"
@@ -92,3 +94,12 @@ async def event_body(conn: Connection, event_id: int) -> str | None:
     cursor = await conn.execute(sql.EVENT_BODY.format(m=M), (event_id,))
     row = await cursor.fetchone()
     return row[0] if row else None
+
+
+async def conversation_page(conn: Connection, search: str, before: ConversationKey | None,
+                            limit: int) -> ConversationPage:
+    end = await (await conn.execute(*sql.window_end(before, M))).fetchone()
+    key = (end[0], end[1], end[2]) if end else None
+    where, params = sql.conversation_search(search, before, key, M, "l.state::text")
+    found = await conversations(conn, where, tuple(params), limit + 1)
+    return sql.conversation_page(found, limit, key)

@@ -8,6 +8,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
+from bridge.store.console_sql import NEWEST_FIRST
 from bridge.store.records import ConversationLink, ConversationRecord, Echo, StoredMessage
 
 Connection = psycopg.AsyncConnection[Any]
@@ -51,7 +52,7 @@ async def conversations(conn: Connection, where: str, parameters: tuple[Any, ...
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(
             "SELECT chatbot_id, thread_id, escalated_at, first_seen, last_seen"
-            f" FROM conversations {where} ORDER BY last_seen DESC LIMIT %s",
+            f" FROM conversations {where} {NEWEST_FIRST} LIMIT %s",
             (*parameters, limit))
         rows = await cursor.fetchall()
     links: dict[tuple[str, str], list[ConversationLink]] = {}

@@ -148,6 +148,11 @@ CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at
 """
 
 
+# The console pages through conversations newest first: a seek at any size.
+RECENT_CONVERSATIONS = ("CREATE INDEX conversations_recent ON conversations"
+                        " (last_seen, chatbot_id, thread_id)")
+
+
 def _sql(statements: str) -> Callable[[Script], None]:
     return lambda script: script.append(statements)
 
@@ -162,4 +167,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(7, _sql(RETRY_KINDS)),
     Migration(8, _sql(settings_in_use.TABLE)),  # which settings each process runs with
     Migration(9, _sql(CONSOLE_KEYS_AND_PAUSES)),  # the console's key, paused destinations
+    Migration(10, _sql(RECENT_CONVERSATIONS)),  # the console's conversations, newest first
 ]

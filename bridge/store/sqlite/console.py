@@ -6,8 +6,10 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.store import console_sql as sql
+from bridge.store.console_sql import ConversationKey
 from bridge.store.filters import DeliveryFilter
-from bridge.store.records import DeliveryRow, DestinationSummary
+from bridge.store.records import ConversationPage, DeliveryRow, DestinationSummary
+from bridge.store.sqlite.conversations import conversations
 
 M = "?"
 
@@ -69,3 +71,12 @@ def cancel_matching(conn: sqlite3.Connection, matching: DeliveryFilter, ids: lis
 def event_body(conn: sqlite3.Connection, event_id: int) -> str | None:
     row = conn.execute(sql.EVENT_BODY.format(m=M), (event_id,)).fetchone()
     return row[0] if row else None
+
+
+def conversation_page(conn: sqlite3.Connection, search: str, before: ConversationKey | None,
+                      limit: int) -> ConversationPage:
+    end = conn.execute(*sql.window_end(before, M)).fetchone()
+    key = (end[0], end[1], end[2]) if end else None
+    where, params = sql.conversation_search(search, before, key, M, "l.state")
+    return sql.conversation_page(conversations(conn, where, tuple(params), limit + 1), limit,
+                                 key)

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
+from bridge.store.console_sql import NEWEST_FIRST
 from bridge.store.records import ConversationLink, ConversationRecord, Echo, StoredMessage
 
 
@@ -42,7 +43,7 @@ def conversations(conn: sqlite3.Connection, where: str, parameters: tuple[Any, .
     """Conversations, most recently seen first, each with every destination's link."""
     rows = conn.execute(
         "SELECT chatbot_id, thread_id, escalated_at, first_seen, last_seen FROM conversations"
-        f" {where} ORDER BY last_seen DESC LIMIT ?", (*parameters, limit)).fetchall()
+        f" {where} {NEWEST_FIRST} LIMIT ?", (*parameters, limit)).fetchall()
     links: dict[tuple[str, str], list[ConversationLink]] = {}
     keys = json.dumps([[row["chatbot_id"], row["thread_id"]] for row in rows])
     for link in conn.execute(

@@ -271,6 +271,12 @@ def _console_keys_and_pauses(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _recent_conversations(conn: sqlite3.Connection) -> None:
+    """The console pages through conversations newest first: a seek at any size."""
+    _script(conn, "CREATE INDEX conversations_recent ON conversations"
+                  " (last_seen, chatbot_id, thread_id)")
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -281,6 +287,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(7, _retry_kinds),
     Migration(8, _settings_in_use),
     Migration(9, _console_keys_and_pauses),
+    Migration(10, _recent_conversations),
 ]
 
 
