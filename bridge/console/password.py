@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,8 +14,16 @@ from bridge.errors import BridgeError
 from bridge.registry import command
 
 HASHER = PasswordHasher()  # argon2id with the library's current recommended cost
-# Verified when no password hash matches, so a wrong name takes as long as a wrong password.
-_DECOY = HASHER.hash("not the password")
+
+
+@cache
+def _decoy() -> str:
+    """Verified when no password hash is set, so that takes as long as a wrong password.
+
+    Made on first use, not at import: every command imports this module, and a hash costs
+    about 0.1 s of CPU.
+    """
+    return HASHER.hash("not the password")
 
 
 def hash_password(password: str) -> str:
@@ -27,7 +36,7 @@ def password_matches(password_hash: str | None, presented: str) -> bool:
     """Whether `presented` is the password; argon2 runs whatever the outcome, so it takes as
     long for a wrong password as for the right one."""
     try:
-        return HASHER.verify(password_hash or _DECOY, presented) and password_hash is not None
+        return HASHER.verify(password_hash or _decoy(), presented) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 
