@@ -12,6 +12,8 @@ from starlette.testclient import TestClient
 from bridge.app import Bridge, create_app, open_bridge
 from bridge.console.auth import COOKIE, LoginLimiter
 from bridge.console.password import password_matches
+from bridge.event_rows import new_event
+from bridge.events import parse_event
 from bridge.server import ProxiedPeer
 from tests.bridges import build_bridge
 from tests.console_support import (
@@ -279,6 +281,25 @@ def test_the_templates_page_renders_every_sample(operator):
     assert page.status_code == 200 and "message-visitor: chat.post" in page.text
 
 
+def test_the_templates_render_against_a_recent_event_picked_from_a_list(operator, sample, chat):
+    post_message(operator, message(sample, "t-real", "a real question <b>"))
+    wait_for(lambda: chat.delivered == [1])
+    listed = operator.get("/console/templates").text
+    assert '<option value="1">event 1: ADD_MESSAGE · chatbot_123/t-real</option>' in listed
+    page = operator.get("/console/templates?event=1").text
+    assert "event 1: chat.post" in page and "message-visitor: chat.post" not in page
+    assert "a real question &lt;b&gt;" in page and "a real question <b>" not in page
+    assert '<option value="1" selected>' in page
+
+
+@pytest.mark.parametrize(("picked", "problem"), [
+    ("99", "event 99 is no longer kept"), ("x", "not an event id: x")])
+def test_an_event_that_cannot_be_picked_says_why_and_shows_the_samples(operator, picked,
+                                                                       problem):
+    page = operator.get(f"/console/templates?event={picked}").text
+    assert problem in page and "message-visitor: chat.post" in page
+
+
 def test_the_settings_page_shows_checks_and_masks_secrets(operator):
     page = operator.get("/console/settings")
     assert "store: ok: sqlite" in page.text and "templates: ok" in page.text
@@ -410,6 +431,27 @@ def test_a_conversation_links_to_its_jira_ticket(make_settings, sample):
         for path in ("/console/conversations/chatbot_123/t-linked", "/console/deliveries/1"):
             assert '<a href="https://jira.example.com/browse/SUP-7">SUP-7</a>' in \
                 client.get(path).text
+
+
+def test_a_conversation_shows_its_visitor_ticket_status_and_lead(make_settings, sample):
+    bridge = console_bridge(console_settings(make_settings))
+    lead = sample("lead")
+    lead["data"] |= {"threadId": "t-lead"}
+    lead["data"]["leadDetails"] |= {"name": "Ann <b>Lee</b>"}
+    for client in serving(bridge, run_worker=False):
+        log_in(client)
+        post_message(client, message(sample, "t-lead", "hello"))
+        assert client.portal is not None
+        client.portal.call(bridge.store.accept, new_event(
+            parse_event(lead["event"], lead), lead, ["chat"]), bridge.clock.now(), 600)
+        client.portal.call(bridge.store.save_link, "chatbot_123", "t-lead", "chat", {
+            "visitor": {"name": "Ann", "email": "ann@example.com"},
+            "ticket": {"key": "SUP-9", "url": "javascript:alert(1)", "status": "In Review"}},
+            None)
+        page = client.get("/console/conversations/chatbot_123/t-lead").text
+    assert "<dt>Visitor</dt><dd>Ann · ann@example.com</dd>" in page
+    assert "<dt>Ticket</dt><dd>SUP-9 · In Review</dd>" in page  # no link to a non-web URL
+    assert "<h2>Lead</h2>" in page and "Ann &lt;b&gt;Lee&lt;/b&gt;" in page
 
 
 # Testing credentials

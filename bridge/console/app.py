@@ -27,7 +27,7 @@ from bridge.console.password import password_matches
 from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
 from bridge.errors import BridgeError, StoreError
-from bridge.events import InvalidEvent, parse_event
+from bridge.events import LEAD, InvalidEvent, parse_event
 from bridge.redact import Redactor
 from bridge.store import STATUSES, ConversationLink, DeliveryFilter
 from bridge.template_check import check_templates, sample_events
@@ -445,7 +445,33 @@ async def conversation(console: Console, request: Request, session: Session) -> 
     return console.page("conversation.html", request, session,
                         title=f"Conversation {chatbot_id}/{thread_id}", record=record,
                         links=shown_links(console, record.links),
+                        visitor=_known(record.links, "visitor"),
+                        ticket=_known(record.links, "ticket"),
+                        leads=await _leads_of(console, f"{chatbot_id}/{thread_id}"),
                         transcript=await store.transcript(chatbot_id, thread_id))
+
+
+def _known(links: Sequence[ConversationLink], key: str) -> dict[str, Any] | None:
+    """What a chat destination keeps of the conversation under `key` (its visitor, its
+    ticket and the ticket's status), from the first that keeps one."""
+    for link in links:
+        value = link.state.get(key)
+        if isinstance(value, dict) and value:
+            return value
+    return None
+
+
+async def _leads_of(console: Console, conversation: str) -> list[dict[str, Any]]:
+    """The lead details captured in this conversation (leads that name their thread)."""
+    rows = await console.bridge.store.delivery_page(DeliveryFilter(conversation=conversation),
+                                                    None, 200)
+    leads = []
+    for event_id in dict.fromkeys(row.event_id for row in rows if row.kind == LEAD):
+        body = await _event_body(console, event_id)
+        details = json.loads(body).get("data", {}).get("leadDetails") if body else None
+        if isinstance(details, dict):
+            leads.append(details)
+    return leads
 
 
 @dataclass(frozen=True)
@@ -478,9 +504,14 @@ class Preview:
     pictures: dict[str, Markup] = field(default_factory=dict)
 
 
+RECENT_EVENTS = 20  # the recent events the templates page offers to render
+
+
 async def templates(console: Console, request: Request, session: Session) -> Response:
-    samples = sample_events()
-    previews = []
+    """Every destination's templates rendered against the samples, or a recent real event."""
+    recent = await _recent_events(console)
+    picked, samples, problem = await _picked_samples(console, request.query_params.get("event"))
+    previews = [] if problem is None else [Preview("event", {}, problem)]
     for name, destination in console.bridge.destinations.items():
         render = sample_renderer(destination)
         if render is None:
@@ -492,7 +523,35 @@ async def templates(console: Console, request: Request, session: Session) -> Res
             continue
         previews.append(Preview(name, rendered, pictures=_pictures(name, rendered)))
     return console.page("templates.html", request, session, title="Templates",
-                        previews=previews, files=_template_files(console))
+                        previews=previews, files=_template_files(console), recent=recent,
+                        picked=picked)
+
+
+async def _recent_events(console: Console) -> list[tuple[int, str, str]]:
+    """(event id, kind, conversation) of the latest events, newest first, each once."""
+    rows = await console.bridge.store.delivery_page(DeliveryFilter(), None, RECENT_EVENTS * 4)
+    seen: dict[int, tuple[int, str, str]] = {}
+    for row in rows:
+        seen.setdefault(row.event_id, (row.event_id, row.kind, row.ordering_key))
+    return list(seen.values())[:RECENT_EVENTS]
+
+
+async def _picked_samples(console: Console, picked: str | None,
+                          ) -> tuple[int | None, dict[str, Any], str | None]:
+    """The event to render (its id, {label: event}), or the samples; a problem to show."""
+    if not picked:
+        return None, sample_events(), None
+    if not picked.isdigit():
+        return None, sample_events(), f"not an event id: {picked}"
+    event_id = int(picked)
+    body = await console.bridge.store.event_body(event_id)
+    if body is None:
+        return event_id, sample_events(), f"event {event_id} is no longer kept"
+    try:
+        decoded = json.loads(body)
+        return event_id, {f"event {event_id}": parse_event(decoded["event"], decoded)}, None
+    except (InvalidEvent, KeyError, TypeError, ValueError) as exc:
+        return event_id, sample_events(), f"event {event_id} cannot be rendered: {exc}"
 
 
 def _pictures(name: str, rendered: dict[str, str]) -> dict[str, Markup]:
