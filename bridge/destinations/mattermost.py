@@ -14,6 +14,7 @@ from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_render import (
     TicketShown,
+    lead_context,
     named_by_lead,
     plain,
     source_url,
@@ -428,13 +429,8 @@ class MattermostDestination:
 
     def _lead(self, event: LeadEvent) -> dict[str, Any]:
         data = event.data
-        lead = data.lead_details
-        return self._render("mattermost/lead.json.j2", {
-            "chatbot": {"id": data.chatbot_id,
-                        "name": data.chatbot_name or self._name(data.chatbot_id)},
-            "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
-                     "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
-            "dashboard_url": data.dashboard_url})
+        return self._render("mattermost/lead.json.j2", lead_context(
+            event, data.chatbot_name or self._name(data.chatbot_id)))
 
     def _ticket(self, event: TicketLinkedEvent) -> dict[str, Any]:
         data = event.data

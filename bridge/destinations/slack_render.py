@@ -246,14 +246,8 @@ class SlackRenderer:
 
     def lead(self, event: LeadEvent) -> dict[str, Any]:
         data = event.data
-        lead = data.lead_details
-        return self._render("slack/lead.json.j2", {
-            "chatbot": {"id": data.chatbot_id,
-                        "name": data.chatbot_name or self._name(data.chatbot_id)},
-            "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
-                     "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
-            "dashboard_url": data.dashboard_url,
-        })
+        return self._render("slack/lead.json.j2", lead_context(
+            event, data.chatbot_name or self._name(data.chatbot_id)))
 
     def ticket_status(self, event: TicketStatusEvent, ticket: TicketShown) -> dict[str, Any]:
         data = event.data
@@ -416,3 +410,13 @@ def _fit_text(item: Any, limit: int) -> Any:
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         return {**item, "text": cut_text(item["text"], limit)}
     return item
+
+
+def lead_context(event: LeadEvent, chatbot_name: str) -> dict[str, Any]:
+    """What a lead's template is given, the same for every chat tool."""
+    data = event.data
+    lead = data.lead_details
+    return {"chatbot": {"id": data.chatbot_id, "name": chatbot_name},
+            "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
+                     "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
+            "dashboard_url": data.dashboard_url}
