@@ -14,6 +14,8 @@ from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_render import (
     TicketShown,
+    chatbot_name,
+    conversation_context,
     lead_context,
     named_by_lead,
     plain,
@@ -446,14 +448,10 @@ class MattermostDestination:
             "actor": data.actor})
 
     def _conversation(self, conversation: Conversation) -> dict[str, Any]:
-        return {"chatbot": {"id": conversation.chatbot_id,
-                            "name": self._name(conversation.chatbot_id)},
-                "conversation": {"thread_id": conversation.thread_id,
-                                 "dashboard_url": conversation.dashboard_url}}
+        return conversation_context(self.settings, conversation)
 
     def _name(self, chatbot_id: str) -> str:
-        chatbot = self.settings.chatbot(chatbot_id)
-        return chatbot.name if chatbot and chatbot.name else chatbot_id
+        return chatbot_name(self.settings, chatbot_id)
 
     def _render(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
         body = self.templates.render_json(name, context)

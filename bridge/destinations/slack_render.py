@@ -286,15 +286,10 @@ class SlackRenderer:
         return self._render(f"slack/{name}.json.j2", context)
 
     def _conversation(self, conversation: Conversation) -> dict[str, Any]:
-        return {
-            "chatbot": {"id": conversation.chatbot_id, "name": self._name(conversation.chatbot_id)},
-            "conversation": {"thread_id": conversation.thread_id,
-                             "dashboard_url": conversation.dashboard_url},
-        }
+        return conversation_context(self.settings, conversation)
 
     def _name(self, chatbot_id: str) -> str:
-        chatbot = self.settings.chatbot(chatbot_id)
-        return chatbot.name if chatbot and chatbot.name else chatbot_id
+        return chatbot_name(self.settings, chatbot_id)
 
     def _render(self, name: str, context: dict[str, Any]) -> dict[str, Any]:
         message = self.templates.render_json(name, context)
@@ -420,3 +415,17 @@ def lead_context(event: LeadEvent, chatbot_name: str) -> dict[str, Any]:
             "lead": {"id": lead.id, "name": lead.name, "email": lead.email, "phone": lead.phone,
                      "captured_at": lead.captured_at, "custom_fields": lead.custom_fields},
             "dashboard_url": data.dashboard_url}
+
+
+def chatbot_name(settings: Settings, chatbot_id: str) -> str:
+    """The chatbot's name from [[chatbots]], else its id."""
+    chatbot = settings.chatbot(chatbot_id)
+    return chatbot.name if chatbot and chatbot.name else chatbot_id
+
+
+def conversation_context(settings: Settings, conversation: Conversation) -> dict[str, Any]:
+    """What every chat template is told of the conversation and its chatbot."""
+    return {"chatbot": {"id": conversation.chatbot_id,
+                        "name": chatbot_name(settings, conversation.chatbot_id)},
+            "conversation": {"thread_id": conversation.thread_id,
+                             "dashboard_url": conversation.dashboard_url}}
