@@ -26,6 +26,7 @@ from bridge.worker import Worker
 from tests.clock import FakeClock
 from tests.fake_mattermost import TOKEN, FakeMattermost
 from tests.fake_slack import FakeSlack
+from tests.slack_harness import message
 
 
 @dataclass
@@ -80,13 +81,6 @@ async def harness(make_settings, fake, clock):
     for item in built:
         await item.mattermost.aclose()
         await item.store.close()
-
-
-def message(thread: str, text: str, kind: str = "USER_MESSAGE", **data: Any) -> dict[str, Any]:
-    fields = {"chatbotId": "chatbot_123", "threadId": thread, "messageType": kind,
-              "question": text if kind != "AGENT_MESSAGE" else None,
-              "answer": text if kind != "USER_MESSAGE" else None, **data}
-    return {"event": "ADD_MESSAGE", "data": fields}
 
 
 def escalation(thread: str, **user: Any) -> dict[str, Any]:
