@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +19,7 @@ from bridge.console.app import console_routes
 from bridge.console.app import install as install_console
 from bridge.destinations import (
     REGISTRY,
+    background_jobs,
     build_destinations,
     destinations_for,
     inbound_routes,
@@ -88,6 +89,7 @@ class Bridge:
     _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _on_change: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _retiring: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    _listening: list[asyncio.Task[None]] | None = field(default=None, repr=False)
 
     async def prepare(self, settings: Settings) -> Parts:
         """Build and check what these settings need, as at start-up; ConfigError if they fail."""
@@ -115,6 +117,9 @@ class Bridge:
             _close_after(in_flight, retired.values()), name="close-old-destinations"))
         for changed in self._on_change:
             changed()
+        if self._listening is not None:
+            self._stop_listening()
+            self.start_listening()
         if old.store.retention_days != parts.settings.store.retention_days:
             self._restart_retention()
 
@@ -144,12 +149,25 @@ class Bridge:
         # A shared store (PostgreSQL) also tells this worker of work other replicas stored.
         self.store.on_new_work(self.worker.wake)
 
+    def start_listening(self) -> None:
+        """Run what the plugins listen to (Mattermost's WebSocket) with the current settings."""
+        inbound = Inbound(self.settings, self.store, self.clock, self.worker.wake, self.metrics)
+        self._listening = [asyncio.create_task(_listen(name, job), name=f"listen-{name}")
+                           for name, job in background_jobs(inbound).items()]
+
+    def _stop_listening(self) -> list[asyncio.Task[None]]:
+        stopping, self._listening = self._listening or [], None
+        for task in stopping:
+            task.cancel()
+        return stopping
+
     def start_retention(self) -> None:
         retention = timedelta(days=self.settings.store.retention_days)
         self._retention_task = asyncio.create_task(
             keep_pruning(self.store, retention, self.clock), name="retention")
 
     async def close(self) -> None:
+        await asyncio.gather(*self._stop_listening(), return_exceptions=True)
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,6 +180,16 @@ class Bridge:
         await asyncio.gather(*self._retiring)
         await close_destinations(self.destinations.values())
         await self.store.close()
+
+
+async def _listen(name: str, job: Awaitable[None]) -> None:
+    """A plugin's listener; one that ends by an error is logged, never taking serve down."""
+    try:
+        await job
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s: its listener stopped", name)
 
 
 def open_bridge(settings: Settings, clock: Clock | None = None,
@@ -249,6 +277,7 @@ def create_app(bridge: Bridge, run_worker: bool = True) -> Starlette:
         if run_worker:
             bridge.start_worker()
         bridge.start_retention()
+        bridge.start_listening()
         try:
             async with reloading(bridge, "serve" if run_worker else "serve --no-worker"):
                 yield

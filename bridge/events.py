@@ -17,6 +17,7 @@ ESCALATION = "CONVERSATION_ESCALATED"
 LEAD = "NEW_LEAD_CAPTURE"
 TICKET_LINKED = "BRIDGE_TICKET_LINKED"
 SLACK_REPLY = "SLACK_THREAD_REPLY"
+CHAT_REPLY = "CHAT_THREAD_REPLY"
 MODE_CHANGE = "SLACK_MODE_CHANGE"
 TICKET_STATUS = "JIRA_TICKET_STATUS"
 TICKET_COMMENT = "JIRA_TICKET_COMMENT"
@@ -128,14 +129,38 @@ class SlackReplyData(SiteGPTModel):
     text: str
 
 
+class ChatReplyData(SiteGPTModel):
+    """Made by the bridge itself: a person answered in a conversation's thread in a chat tool.
+
+    `tool` names the chat tool's destination ("mattermost"), which the answer, the mark that
+    it was sent and any notice go back to; `post` is the reply's id there, `root` the thread's.
+    Slack's replies keep their own kind (SLACK_THREAD_REPLY), as the first release stored them.
+    """
+
+    chatbot_id: str = Field(alias="chatbotId")
+    thread_id: str = Field(alias="threadId")
+    tool: str
+    channel: str
+    root: str
+    post: str
+    user: str
+    user_name: str | None = Field(None, alias="userName")  # as the tool named the author
+    text: str
+
+
 class ButtonData(SiteGPTModel):
-    """Made by the bridge itself: someone pressed a button on a conversation's Slack parent."""
+    """Made by the bridge itself: someone pressed a button on a conversation's thread parent.
+
+    `tool` is the chat tool it was pressed in; `thread_ts` is its thread there (Slack's parent
+    ts, Mattermost's root post id), `user` its member's id there.
+    """
 
     chatbot_id: str = Field(alias="chatbotId")
     thread_id: str = Field(alias="threadId")
     channel: str
     thread_ts: str = Field(alias="threadTs")
     user: str
+    tool: str = "slack"  # events stored before there was a second chat tool came from Slack
 
 
 class ModeChangeData(ButtonData):
@@ -199,7 +224,9 @@ class TicketDeletedData(SiteGPTModel):
 class ThreadNoticeData(SiteGPTModel):
     """Made by the bridge itself: a notice for a chat thread, e.g. that a reply from it failed.
 
-    `notice` names the template (`slack/<notice>.json.j2` for Slack), `context` its variables.
+    `notice` names the template (`<tool>/<notice>.json.j2`), `context` its variables;
+    `channel` and `thread_ts` are the thread in the one chat tool the notice is addressed to
+    (Slack's parent ts, Mattermost's root post id).
     """
 
     chatbot_id: str = Field(alias="chatbotId")
@@ -233,6 +260,11 @@ class TicketLinkedEvent(SiteGPTModel):
 class SlackReplyEvent(SiteGPTModel):
     event: Literal["SLACK_THREAD_REPLY"]
     data: SlackReplyData
+
+
+class ChatReplyEvent(SiteGPTModel):
+    event: Literal["CHAT_THREAD_REPLY"]
+    data: ChatReplyData
 
 
 class ModeChangeEvent(SiteGPTModel):
@@ -271,14 +303,15 @@ class ThreadNoticeEvent(SiteGPTModel):
 
 
 Event = (MessageEvent | EscalationEvent | LeadEvent | TicketLinkedEvent | SlackReplyEvent
-         | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent | TicketDeletedEvent
-         | ThreadNoticeEvent | HandlingEvent | ResolvedEvent)
+         | ChatReplyEvent | ModeChangeEvent | TicketStatusEvent | TicketCommentEvent
+         | TicketDeletedEvent | ThreadNoticeEvent | HandlingEvent | ResolvedEvent)
 MODELS: dict[str, type[SiteGPTModel]] = {
     MESSAGE: MessageEvent,
     ESCALATION: EscalationEvent,
     LEAD: LeadEvent,
     TICKET_LINKED: TicketLinkedEvent,
     SLACK_REPLY: SlackReplyEvent,
+    CHAT_REPLY: ChatReplyEvent,
     MODE_CHANGE: ModeChangeEvent,
     TICKET_STATUS: TicketStatusEvent,
     TICKET_COMMENT: TicketCommentEvent,
@@ -290,6 +323,7 @@ MODELS: dict[str, type[SiteGPTModel]] = {
 
 SHORT_KINDS = {MESSAGE: "message", ESCALATION: "escalation", LEAD: "lead",
                TICKET_LINKED: "ticket link", SLACK_REPLY: "slack reply",
+               CHAT_REPLY: "chat reply",
                MODE_CHANGE: "mode change", TICKET_STATUS: "ticket status",
                TICKET_COMMENT: "ticket comment", TICKET_DELETED: "ticket deleted",
                THREAD_NOTICE: "thread notice", HANDLING: "claim/resolve",

@@ -6,7 +6,7 @@ docs/architecture.md, "Adding a destination".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -137,6 +137,13 @@ def inbound_routes(inbound: Inbound) -> list[BaseRoute]:
     """Every route the plugins receive on (Slack's Events API, Jira's webhook)."""
     return [route for plugin in REGISTRY.values() if plugin.routes is not None
             for route in plugin.routes(inbound)]
+
+
+def background_jobs(inbound: Inbound) -> dict[str, Awaitable[None]]:
+    """What the plugins listen to while serve runs (Mattermost's WebSocket), by plugin name."""
+    jobs = {name: plugin.background(inbound) for name, plugin in REGISTRY.items()
+            if plugin.background is not None}
+    return {name: job for name, job in jobs.items() if job is not None}
 
 
 def status_lines(settings: Settings) -> list[str]:

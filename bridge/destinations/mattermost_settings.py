@@ -15,6 +15,14 @@ class MattermostSettings(Section):
     channel: str | None = None
     leads_channel: str | None = None
     escalation_mention: str = ""
+    # Replies from the thread reach the visitor (with a SiteGPT API key); a reply starting
+    # with the prefix is a note for the team and stays in Mattermost.
+    replies: bool = True
+    private_note_prefix: str = "//"
+    # The bridge's address as Mattermost reaches it (https://bridge.example.com): the root
+    # post's buttons (Take over, Hand back, Claim, Resolve) call {actions_url}/mattermost/actions.
+    # No buttons without it.
+    actions_url: str | None = None
     burst: int = Field(3, ge=1)
     per_second: float = Field(1.0, gt=0)
     timeout_seconds: float = Field(10.0, gt=0)

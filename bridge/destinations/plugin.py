@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from bridge.templating import Templates
 if TYPE_CHECKING:  # the factory's and the routes' signatures only
     from markupsafe import Markup
 
+    from bridge.destinations.replies import ReplyTool
     from bridge.destinations.shared import Shared
     from bridge.metrics import Metrics
     from bridge.store import Store
@@ -39,6 +40,10 @@ class Inbound:
 
 
 Routes = Callable[[Inbound], list[BaseRoute]]
+# What runs for as long as `serve` does with these settings (Mattermost's WebSocket): started
+# with the routes, cancelled and started again when a settings change rebuilds them.
+Background = Callable[[Inbound], Awaitable[None] | None]
+ReplyTools = Callable[[Settings, "Shared"], "ReplyTool | None"]
 
 
 def no_lines(settings: Settings) -> list[str]:
@@ -52,6 +57,10 @@ def plainly_on(settings: Settings) -> str:
 
 def always_built(settings: Settings) -> bool:
     return True
+
+
+def never(settings: Settings) -> bool:
+    return False
 
 
 @dataclass(frozen=True, eq=False)  # one record per destination: equal only to itself
@@ -70,6 +79,7 @@ class Plugin:
     templates: Path | None = None  # its built-in templates, found as "<name>/<file>"
     samples: Path | None = None  # sample payloads (*.json) for render and the template check
     routes: Routes | None = None  # what it receives (Slack's Events API, Jira's webhook)
+    background: Background | None = None  # what it listens to while serve runs
     state: Callable[[Settings], str] = plainly_on  # how it runs when built: "on", "dry run..."
     # Whether its settings build it: events addressed by kind before any destination is built
     # (Jira's webhooks) leave out one that is off, where no worker would ever take them.
@@ -94,3 +104,8 @@ class Plugin:
     chatbot_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     # Its keys in each [[routes]] table, the same way; one left out means its own section's.
     route_keys: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    # A chat tool people answer visitors from: whether its settings send replies to SiteGPT
+    # (given a SiteGPT API key), and what the SiteGPT destination asks of it for one (who
+    # wrote it, marking it sent). Its notices (a reply failed) are addressed to it by name.
+    replies: Callable[[Settings], bool] = never
+    reply_tool: ReplyTools | None = None
