@@ -161,6 +161,7 @@ class ButtonData(SiteGPTModel):
     thread_ts: str = Field(alias="threadTs")
     user: str
     tool: str = "slack"  # events stored before there was a second chat tool came from Slack
+    user_name: str | None = Field(None, alias="userName")  # as the tool named its member
 
 
 class ModeChangeData(ButtonData):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -50,8 +50,8 @@ PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MODE_ACTIONS = {"sitegpt_take_over": "AGENT", "sitegpt_hand_back": "AI"}
 HANDLING_ACTIONS = {"sitegpt_claim": "claim", "sitegpt_resolve": "resolve"}
 DESTINATIONS = Takers(SLACK_REPLY, MODE_CHANGE)  # who declares them
-HANDLERS = Takers(HANDLING)
 SLACK = "slack"  # whose conversation links hold the threads
+HANDLERS = (SLACK,)  # Claim and Resolve pressed in Slack show in Slack's thread only
 ENDPOINT = "slack"  # both routes' label in sitegpt_bridge_webhooks_total
 # Seconds since 1970 in plain ASCII digits: str.isdigit() also takes "²" and 5,000 digits,
 # which int() then refuses.
@@ -255,8 +255,8 @@ def _parse(model: type[M], raw: bytes) -> M:
 
 def _new_event(kind: str, conversation: Conversation, dedup_key: str,
                data: SlackReplyData | ModeChangeData | HandlingData,
-               destinations: Takers = DESTINATIONS) -> NewEvent:
-    body = {"event": kind, "data": data.model_dump(by_alias=True)}
+               destinations: Sequence[str] = DESTINATIONS) -> NewEvent:
+    body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
     return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
                     ordering_key=conversation.key, destinations=destinations,
                     conversation=(conversation.chatbot_id, conversation.thread_id))

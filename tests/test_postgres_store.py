@@ -14,13 +14,14 @@ import pytest
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
-from bridge.store import ClaimedDelivery, NewEvent, Pruned, open_store
+from bridge.store import ClaimedDelivery, Echo, NewEvent, Pruned, open_store
 from bridge.store.migrations import SCHEMA_VERSION, Migration, StoreNeedsUpgrade
 from bridge.store.postgres import migrate
 from bridge.store.postgres.intake import CONVERSATION_NAMESPACE, lock_key
 from bridge.store.postgres.live_workers import WORKER_NAMESPACE
 from bridge.store.postgres.schema import MIGRATIONS
 from bridge.store.postgres.store import PostgresStore
+from tests.older_schemas import BEFORE_ECHOES_PER_TOOL
 from tests.postgres import query
 
 NOW = 1_700_000_000.0
@@ -363,6 +364,8 @@ async def test_a_store_of_the_previous_version_upgrades_in_place(postgres_url):
     await older.accept(new_event("k1"), NOW, 600)
     await older.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for statement in BEFORE_ECHOES_PER_TOOL:
+            conn.execute(statement)
         for dropped in ("TABLE settings_in_use", "TABLE console_keys",
                         "TABLE paused_destinations", "INDEX deliveries_finished",
                         "INDEX conversations_recent"):
@@ -374,5 +377,25 @@ async def test_a_store_of_the_previous_version_upgrades_in_place(postgres_url):
         assert (await store.info()).schema_version == SCHEMA_VERSION
         assert await store.settings_in_use() == []
         assert [row.status for row in await store.deliveries()] == ["pending"]
+    finally:
+        await store.close()
+
+
+async def test_a_version_10_store_keeps_its_echoes_as_slacks(postgres_url):
+    older = PostgresStore(postgres_url)
+    await older.open()
+    await older.remember_echo(Echo("bot", "t1", "On it", "Ana", "Ev1"), NOW, 3600)
+    await older.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for statement in BEFORE_ECHOES_PER_TOOL:
+            conn.execute(statement)
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 11")
+    store = PostgresStore(postgres_url)
+    try:
+        await store.open()
+        assert (await store.info()).schema_version == SCHEMA_VERSION
+        mattermost = Echo("bot", "t1", "On it", "Ana", tool="mattermost")
+        assert not await store.consume_echo(mattermost, NOW + 1)
+        assert await store.consume_echo(Echo("bot", "t1", "On it", "Ana"), NOW + 1)
     finally:
         await store.close()

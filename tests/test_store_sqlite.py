@@ -17,10 +17,11 @@ import pytest
 
 from bridge.errors import StoreBusy, StoreError
 from bridge.events import MESSAGE
-from bridge.store import Acceptance, NewEvent, open_store, store_scheme
+from bridge.store import Acceptance, Echo, NewEvent, open_store, store_scheme
 from bridge.store.migrations import SCHEMA_VERSION, StoreTooNew
 from bridge.store.sqlite import SQLiteStore
 from tests.bridges import WriteLock, counts, query
+from tests.older_schemas import BEFORE_ECHOES_PER_TOOL
 
 NOW = 1_700_000_000.0
 WAIT = 5.0
@@ -184,6 +185,7 @@ async def test_a_store_from_before_retry_kinds_upgrades_and_its_waiting_keep_the
     assert await store.reschedule(job.lease, NOW + 100, "slack: HTTP 503", NOW)
     await store.close()
     with sqlite3.connect(db) as conn:  # as schema version 6 left it
+        _undo(conn, BEFORE_ECHOES_PER_TOOL)
         conn.execute("DROP TABLE settings_in_use")
         conn.execute("ALTER TABLE deliveries DROP COLUMN retry_kind")
         conn.executescript("DROP TABLE console_keys; DROP TABLE paused_destinations;"
@@ -203,6 +205,7 @@ async def test_a_store_from_before_settings_in_use_upgrades_in_place(db):
     await store.accept(new_event("k1"), NOW, 60)
     await store.close()
     with sqlite3.connect(db) as conn:  # as schema version 7 left it
+        _undo(conn, BEFORE_ECHOES_PER_TOOL)
         conn.executescript("DROP TABLE settings_in_use; DROP TABLE console_keys;"
                            " DROP TABLE paused_destinations; DROP INDEX deliveries_finished;"
                            " DROP INDEX conversations_recent")
@@ -328,3 +331,28 @@ async def test_a_store_that_never_claims_leaves_the_worker_lock_to_the_one_that_
     finally:
         await command.close()
         await worker.close()
+
+
+def _undo(conn: sqlite3.Connection, statements: tuple[str, ...]) -> None:
+    for statement in statements:
+        conn.execute(statement)
+
+
+async def test_a_version_10_store_keeps_its_echoes_as_slacks(db):
+    """Every echo stored before Mattermost came from Slack: Slack still skips it, and a
+    reply from another tool with the same words is not taken for it."""
+    store = SQLiteStore(db)
+    await store.remember_echo(Echo("bot", "t1", "On it", "Ana", "Ev1"), NOW, 3600)
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        _undo(conn, BEFORE_ECHOES_PER_TOOL)
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 11")
+    upgraded = SQLiteStore(db)
+    try:
+        assert (await upgraded.info()).schema_version == SCHEMA_VERSION
+        mattermost = Echo("bot", "t1", "On it", "Ana", tool="mattermost")
+        assert not await upgraded.consume_echo(mattermost, NOW + 1)
+        assert await upgraded.consume_echo(Echo("bot", "t1", "On it", "Ana"), NOW + 1)
+        assert await upgraded.listener_cursor("mattermost") is None
+    finally:
+        await upgraded.close()

@@ -93,7 +93,7 @@ async def test_a_first_release_store_upgrades_and_keeps_threads_tickets_queue_an
     db = settings.store.sqlite_path
     assert query(db, "SELECT status FROM deliveries WHERE id IN (2, 3)") == [
         ("delivered",), ("delivered",)]
-    assert query(db, "SELECT COUNT(*) FROM slack_echoes") == [(1,)]
+    assert query(db, "SELECT source, tool FROM reply_echoes") == [("Ev1", "slack")]
 
 
 async def test_an_upgrade_that_fails_leaves_the_first_release_store_as_it_was(tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, model_validator
 
+from bridge.destinations.sitegpt_settings import sitegpt_key_set
 from bridge.sections import Section
+from bridge.settings import Settings
 
 
 class MattermostSettings(Section):
@@ -37,3 +39,9 @@ class MattermostSettings(Section):
             raise ValueError("mattermost.channel is required when mattermost.url and "
                              "mattermost.bot_token are set")
         return self
+
+
+def mattermost_replies_on(settings: Settings) -> bool:
+    """Replies from Mattermost reach the visitor: Mattermost on, `replies`, a SiteGPT API key."""
+    mattermost: MattermostSettings = settings.mattermost
+    return mattermost.on and mattermost.replies and sitegpt_key_set(settings)

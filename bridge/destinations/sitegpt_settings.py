@@ -22,6 +22,11 @@ def sitegpt_api_key(settings: Settings, chatbot_id: str) -> SecretStr | None:
     return settings.sitegpt.api_key or None
 
 
+def sitegpt_key_set(settings: Settings) -> bool:
+    """Whether any chatbot has a SiteGPT API key: the shared one, or its own."""
+    return bool(settings.sitegpt.api_key) or any(bot.sitegpt_api_key for bot in settings.chatbots)
+
+
 def replies_enabled(settings: Settings) -> bool:
     """Answering from Slack needs Slack's signing secret, a bot token and a SiteGPT key."""
     return all(reply_needs(settings).values())
@@ -31,8 +36,7 @@ def reply_needs(settings: Settings) -> dict[str, bool]:
     """Each setting replies from Slack need, by name, and whether it is set."""
     return {"slack.signing_secret": bool(settings.slack.signing_secret),
             "slack.bot_token": bool(settings.slack.bot_token),
-            "sitegpt.api_key": bool(settings.sitegpt.api_key)
-            or any(bot.sitegpt_api_key for bot in settings.chatbots)}
+            "sitegpt.api_key": sitegpt_key_set(settings)}
 
 
 def half_set_replies(settings: Settings) -> list[str]:

@@ -100,8 +100,16 @@ class Delegations:
             lambda conn: self.conversation_sql.remember_echo(conn, echo, now, now + keep_for))
 
     async def consume_echo(self, echo: Echo, now: float) -> bool:
-        """Whether `echo` was remembered (any source, text stripped); the memory is used up."""
+        """Whether `echo` was remembered from its tool (any source, text stripped); the memory
+        is used up."""
         return await self._run(lambda conn: self.conversation_sql.consume_echo(conn, echo, now))
+
+    async def listener_cursor(self, name: str) -> float | None:
+        return await self._run(lambda conn: self.conversation_sql.listener_cursor(conn, name))
+
+    async def advance_listener_cursor(self, name: str, seen_up_to: float) -> None:
+        await self._run(lambda conn: self.conversation_sql.advance_listener_cursor(
+            conn, name, seen_up_to))
 
     # Operations
 

@@ -26,6 +26,7 @@ VERSIONS: dict[int, str] = {
     8: "settings each process runs with",
     9: "the operator console's signing key and paused destinations",
     10: "the console's conversation list, newest first",
+    11: "echoes of replies per chat tool, and listeners' cursors",
 }
 SCHEMA_VERSION = max(VERSIONS)
 

@@ -167,6 +167,24 @@ class ReplyIntake(EventIntake, ConversationLinks, Protocol):
     """Slack's inbound routes: find the conversation of a thread, store the reply."""
 
 
+class ListenerCursors(Protocol):
+    """How far a plugin's listener has read what it listens to, kept across restarts and shared
+    by replicas, so that a restart catches up from there (and nothing before the first start).
+    """
+
+    async def listener_cursor(self, name: str) -> float | None:
+        """Epoch seconds up to which `name` has read, or None before its first start."""
+        ...
+
+    async def advance_listener_cursor(self, name: str, seen_up_to: float) -> None:
+        """Record `seen_up_to` for `name`, unless a replica has recorded a later time."""
+        ...
+
+
+class ListenerIntake(ReplyIntake, ListenerCursors, Protocol):
+    """A plugin's listener (Mattermost's WebSocket): its cursor, threads' conversations, replies."""
+
+
 class QueueStats(Protocol):
     async def queue_depth(self) -> dict[str, int]: ...
     async def waiting_by_destination(self) -> dict[str, int]: ...
@@ -294,5 +312,6 @@ class SharedPacing(Protocol):
 
 
 class Store(EventIntake, DeliveryQueue, DeliveryStore, Operations, ConsoleQueries, Lifecycle,
-            NewWork, Serialised, SharedPacing, ConsoleKeys, SettingsRecords, Protocol):
+            NewWork, Serialised, SharedPacing, ConsoleKeys, SettingsRecords, ListenerCursors,
+            Protocol):
     """A whole backend, as open_store() returns it."""

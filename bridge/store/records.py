@@ -166,13 +166,15 @@ class ConversationPage:
 
 @dataclass(frozen=True)
 class Echo:
-    """A reply sent to SiteGPT from Slack, which SiteGPT's messages webhook will send back."""
+    """A reply sent to SiteGPT from a chat tool, which SiteGPT's messages webhook will send
+    back: the tool it came from skips it (it shows there already), any other shows it."""
 
     chatbot_id: str
     thread_id: str
     text: str
     agent_name: str
     source: str = ""
+    tool: str = "slack"
 
 
 @dataclass(frozen=True)

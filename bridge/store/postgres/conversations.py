@@ -81,24 +81,39 @@ async def transcript(conn: Connection, chatbot_id: str, thread_id: str,
 
 async def remember_echo(conn: Connection, echo: Echo, now: float, expires_at: float) -> None:
     async with conn.transaction():
-        await conn.execute("DELETE FROM slack_echoes WHERE expires_at <= %s", (now,))
+        await conn.execute("DELETE FROM reply_echoes WHERE expires_at <= %s", (now,))
         await conn.execute(
-            "INSERT INTO slack_echoes (source, chatbot_id, thread_id, text, agent_name,"
-            " expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE"
-            " SET chatbot_id = excluded.chatbot_id, thread_id = excluded.thread_id,"
+            "INSERT INTO reply_echoes (source, chatbot_id, thread_id, text, agent_name,"
+            " expires_at, tool) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source)"
+            " DO UPDATE SET chatbot_id = excluded.chatbot_id, thread_id = excluded.thread_id,"
             " text = excluded.text, agent_name = excluded.agent_name,"
-            " expires_at = excluded.expires_at",
+            " expires_at = excluded.expires_at, tool = excluded.tool",
             (echo.source, echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name,
-             expires_at))
+             expires_at, echo.tool))
 
 
 async def consume_echo(conn: Connection, echo: Echo, now: float) -> bool:
     """Whether `echo` was remembered; one replica uses it up, another then finds it gone."""
     async with conn.transaction():
-        await conn.execute("DELETE FROM slack_echoes WHERE expires_at <= %s", (now,))
+        await conn.execute("DELETE FROM reply_echoes WHERE expires_at <= %s", (now,))
         cursor = await conn.execute(
-            "DELETE FROM slack_echoes WHERE source = (SELECT source FROM slack_echoes"
+            "DELETE FROM reply_echoes WHERE source = (SELECT source FROM reply_echoes"
             " WHERE chatbot_id = %s AND thread_id = %s AND text = %s AND agent_name = %s"
-            " ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING source",
-            (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name))
+            " AND tool = %s ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING source",
+            (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name, echo.tool))
         return await cursor.fetchone() is not None
+
+
+async def listener_cursor(conn: Connection, name: str) -> float | None:
+    cursor = await conn.execute("SELECT seen_up_to FROM listener_cursors WHERE name = %s",
+                                (name,))
+    row = await cursor.fetchone()
+    return float(row[0]) if row else None
+
+
+async def advance_listener_cursor(conn: Connection, name: str, seen_up_to: float) -> None:
+    await conn.execute(
+        "INSERT INTO listener_cursors (name, seen_up_to) VALUES (%s, %s) ON CONFLICT (name)"
+        " DO UPDATE SET seen_up_to = GREATEST(listener_cursors.seen_up_to,"
+        " excluded.seen_up_to)", (name, seen_up_to))

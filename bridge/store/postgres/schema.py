@@ -153,6 +153,20 @@ RECENT_CONVERSATIONS = ("CREATE INDEX conversations_recent ON conversations"
                         " (last_seen, chatbot_id, thread_id)")
 
 
+# A second chat tool: each echo says which tool its reply came from (every one stored so far
+# came from Slack), and a listener (Mattermost's WebSocket) keeps how far it has read.
+ECHOES_PER_TOOL_AND_CURSORS = """
+ALTER TABLE slack_echoes RENAME TO reply_echoes;
+ALTER TABLE reply_echoes ADD COLUMN tool TEXT NOT NULL DEFAULT 'slack';
+DROP INDEX IF EXISTS slack_echoes_conversation;
+CREATE INDEX reply_echoes_conversation ON reply_echoes (chatbot_id, thread_id, tool);
+CREATE TABLE listener_cursors (
+    name TEXT PRIMARY KEY,
+    seen_up_to DOUBLE PRECISION NOT NULL
+);
+"""
+
+
 def _sql(statements: str) -> Callable[[Script], None]:
     return lambda script: script.append(statements)
 
@@ -168,4 +182,5 @@ MIGRATIONS: list[Migration[Script]] = [
     Migration(8, _sql(settings_in_use.TABLE)),  # which settings each process runs with
     Migration(9, _sql(CONSOLE_KEYS_AND_PAUSES)),  # the console's key, paused destinations
     Migration(10, _sql(RECENT_CONVERSATIONS)),  # the console's conversations, newest first
+    Migration(11, _sql(ECHOES_PER_TOOL_AND_CURSORS)),  # echoes per chat tool, listeners' cursors
 ]

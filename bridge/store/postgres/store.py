@@ -220,7 +220,7 @@ class PostgresStore(Delegations):
 
     async def forget_echo(self, source: str) -> None:
         await self._run(lambda conn: conn.execute(
-            "DELETE FROM slack_echoes WHERE source = %s", (source,)))
+            "DELETE FROM reply_echoes WHERE source = %s", (source,)))
 
     async def conversation(self, chatbot_id: str, thread_id: str) -> ConversationRecord | None:
         found = await self._run(lambda conn: conversations.conversations(

@@ -66,21 +66,34 @@ def transcript(conn: sqlite3.Connection, chatbot_id: str, thread_id: str,
 
 
 def remember_echo(conn: sqlite3.Connection, echo: Echo, now: float, expires_at: float) -> None:
-    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    conn.execute("DELETE FROM reply_echoes WHERE expires_at <= ?", (now,))
     conn.execute(
-        "INSERT OR REPLACE INTO slack_echoes (source, chatbot_id, thread_id, text, agent_name,"
-        " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO reply_echoes (source, chatbot_id, thread_id, text, agent_name,"
+        " expires_at, tool) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (echo.source, echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name,
-         expires_at))
+         expires_at, echo.tool))
 
 
 def consume_echo(conn: sqlite3.Connection, echo: Echo, now: float) -> bool:
-    conn.execute("DELETE FROM slack_echoes WHERE expires_at <= ?", (now,))
+    conn.execute("DELETE FROM reply_echoes WHERE expires_at <= ?", (now,))
     row = conn.execute(
-        "SELECT source FROM slack_echoes WHERE chatbot_id = ? AND thread_id = ? AND text = ?"
-        " AND agent_name = ? ORDER BY expires_at LIMIT 1",
-        (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name)).fetchone()
+        "SELECT source FROM reply_echoes WHERE chatbot_id = ? AND thread_id = ? AND text = ?"
+        " AND agent_name = ? AND tool = ? ORDER BY expires_at LIMIT 1",
+        (echo.chatbot_id, echo.thread_id, echo.text.strip(), echo.agent_name,
+         echo.tool)).fetchone()
     if row is None:
         return False
-    conn.execute("DELETE FROM slack_echoes WHERE source = ?", (row[0],))
+    conn.execute("DELETE FROM reply_echoes WHERE source = ?", (row[0],))
     return True
+
+
+def listener_cursor(conn: sqlite3.Connection, name: str) -> float | None:
+    row = conn.execute("SELECT seen_up_to FROM listener_cursors WHERE name = ?",
+                       (name,)).fetchone()
+    return float(row[0]) if row else None
+
+
+def advance_listener_cursor(conn: sqlite3.Connection, name: str, seen_up_to: float) -> None:
+    conn.execute(
+        "INSERT INTO listener_cursors (name, seen_up_to) VALUES (?, ?) ON CONFLICT (name)"
+        " DO UPDATE SET seen_up_to = max(seen_up_to, excluded.seen_up_to)", (name, seen_up_to))

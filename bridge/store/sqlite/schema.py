@@ -277,6 +277,24 @@ def _recent_conversations(conn: sqlite3.Connection) -> None:
                   " (last_seen, chatbot_id, thread_id)")
 
 
+def _echoes_per_tool_and_cursors(conn: sqlite3.Connection) -> None:
+    """A second chat tool: each echo says which tool its reply came from (every one stored so
+    far came from Slack), and a listener (Mattermost's WebSocket) keeps how far it has read."""
+    _script(conn, ECHOES_PER_TOOL_AND_CURSORS)
+
+
+ECHOES_PER_TOOL_AND_CURSORS = """
+ALTER TABLE slack_echoes RENAME TO reply_echoes;
+ALTER TABLE reply_echoes ADD COLUMN tool TEXT NOT NULL DEFAULT 'slack';
+DROP INDEX IF EXISTS slack_echoes_conversation;
+CREATE INDEX reply_echoes_conversation ON reply_echoes (chatbot_id, thread_id, tool);
+CREATE TABLE listener_cursors (
+    name TEXT PRIMARY KEY,
+    seen_up_to REAL NOT NULL
+)
+"""
+
+
 MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(1, _first_release),
     Migration(2, _links),
@@ -288,6 +306,7 @@ MIGRATIONS: list[Migration[sqlite3.Connection]] = [
     Migration(8, _settings_in_use),
     Migration(9, _console_keys_and_pauses),
     Migration(10, _recent_conversations),
+    Migration(11, _echoes_per_tool_and_cursors),
 ]
 
 

@@ -126,7 +126,7 @@ class SQLiteStore(Delegations):
 
     async def forget_echo(self, source: str) -> None:
         await self._run(lambda conn: conn.execute(
-            "DELETE FROM slack_echoes WHERE source = ?", (source,)))
+            "DELETE FROM reply_echoes WHERE source = ?", (source,)))
 
     # Operations: what Delegations does not
 
