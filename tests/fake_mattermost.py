@@ -1,9 +1,14 @@
-"""A fake Mattermost REST API v4 on 127.0.0.1: posts, patches, users/me, channels; fails on cue."""
+"""A fake Mattermost REST API v4 on 127.0.0.1: posts, patches, users/me, channels; fails on cue.
+
+Its WebSocket (/api/v4/websocket) sends `posted` events for the posts a test publishes as a
+person would write them, and drops or refuses connections on cue.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -12,13 +17,17 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.loopback import LoopbackServer
 
 TOKEN = "mm-bot-token"
 BOT = {"id": "bot_user_id", "username": "sitegpt"}
 MESSAGE_LIMIT = 16_383  # Mattermost refuses a longer message (400)
+HELLO = {"event": "hello", "data": {"server_version": "10.5.0", "connection_id": "conn"},
+         "broadcast": {"user_id": BOT["id"]}, "seq": 0}
+SOCKET_WAIT = 10.0  # seconds a test waits for the fake's loop to reach the sockets
 
 
 @dataclass
@@ -45,7 +54,16 @@ class FakeMattermost:
         self.late: deque[float] = deque()  # delays of answers due after the work is done
         self.script: deque[Scripted] = deque()
         self._ids = itertools.count(1)
+        self.sockets: set[WebSocket] = set()  # open now
+        self.connections = 0  # sockets ever opened
+        self.socket_refusals: deque[int] = deque()  # statuses for the next upgrades
+        self.refusing: int | None = None  # the status every upgrade gets, until accept_sockets()
+        self.socket_headers: list[dict[str, str]] = []  # of every upgrade asked for
+        self.live: dict[str, int] = {}  # published post id -> how many open sockets it reached
+        self._socket_loop: asyncio.AbstractEventLoop | None = None
+        self._seq = itertools.count(1)
         self.app = Starlette(routes=[
+            WebSocketRoute("/api/v4/websocket", self._websocket),
             Route("/api/v4/posts", self._post, methods=["POST"]),
             Route("/api/v4/posts/{post_id}/patch", self._patch, methods=["PUT"]),
             Route("/api/v4/posts/{post_id}/thread", self._thread, methods=["GET"]),
@@ -81,6 +99,85 @@ class FakeMattermost:
     def root(self, root_id: str) -> dict[str, Any]:
         return next(post for post in self.posts if post["id"] == root_id)
 
+    def publish(self, post: dict[str, Any], sender: str = "alice") -> dict[str, Any]:
+        """A post written by a person (`sender`): kept, so the channel's posts include it, and
+        sent as a `posted` event on every open socket. The post as kept, its gaps filled."""
+        made = {"id": f"post{next(self._ids):022d}", "create_at": int(time.time() * 1000),
+                "update_at": 0, "delete_at": 0, "user_id": f"{sender}_id", "root_id": "",
+                "type": "", "message": "", "props": {}, **post}
+        made["update_at"] = made["update_at"] or made["create_at"]
+        self.posts.append(made)
+        self.live[made["id"]] = self._on_socket_loop(self._send_all(_posted(made, sender)))
+        return made
+
+    def drop_sockets(self) -> None:
+        """Close every open socket, as a restarting Mattermost or a proxy does."""
+        self._on_socket_loop(self._close_all())
+
+    def refuse_sockets(self, status: int, times: int | None = None) -> None:
+        """Answer the next `times` upgrades with `status`; every one until accept_sockets()
+        when `times` is None."""
+        if times is None:
+            self.refusing = status
+        else:
+            self.socket_refusals.extend([status] * times)
+
+    def accept_sockets(self) -> None:
+        self.refusing = None
+        self.socket_refusals.clear()
+
+    def _on_socket_loop(self, work: Any) -> int:
+        """Run `work` on the server's loop, where the sockets live; 0 when none ever opened."""
+        if self._socket_loop is None:
+            work.close()
+            return 0
+        return int(asyncio.run_coroutine_threadsafe(work, self._socket_loop).result(SOCKET_WAIT))
+
+    async def _send_all(self, event: dict[str, Any]) -> int:
+        """`event` on every open socket; how many it reached (one closing now is not)."""
+        reached = 0
+        for socket in list(self.sockets):
+            try:
+                await socket.send_json({**event, "seq": next(self._seq)})
+            except (OSError, RuntimeError, WebSocketDisconnect):
+                continue
+            reached += 1
+        return reached
+
+    async def _close_all(self) -> int:
+        sockets = list(self.sockets)
+        self.sockets.clear()
+        for socket in sockets:
+            await socket.close(1001)
+        return len(sockets)
+
+    async def _websocket(self, websocket: WebSocket) -> None:
+        self._socket_loop = asyncio.get_running_loop()
+        self.socket_headers.append(dict(websocket.headers))
+        if refusal := self._socket_refusal(websocket):
+            await websocket.send_denial_response(refusal)
+            return
+        await websocket.accept()
+        self.sockets.add(websocket)
+        self.connections += 1
+        try:
+            await websocket.send_json(HELLO)
+            while True:  # until the client leaves: what it sends is not read
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.sockets.discard(websocket)
+
+    def _socket_refusal(self, websocket: WebSocket) -> Response | None:
+        if websocket.headers.get("authorization") != f"Bearer {TOKEN}":
+            return _error(401, "api.context.session_expired.app_error",
+                          "Invalid or expired session")
+        status = self.socket_refusals.popleft() if self.socket_refusals else self.refusing
+        if status is None:
+            return None
+        return _error(status, "api.web_socket.connect.upgrade.app_error", "scripted refusal")
+
     async def _scripted(self, route: str) -> Response | None:
         if self.script and self.script[0].route in (route, "*"):
             answer = self.script.popleft()
@@ -113,6 +210,7 @@ class FakeMattermost:
         post = {"id": f"post{next(self._ids):022d}", "user_id": BOT["id"], **body,
                 "root_id": root_id, "create_at": int(time.time() * 1000)}
         self.posts.append(post)
+        await self._send_all(_posted(post, BOT["username"]))  # the bot hears its own posts too
         await self._answer_late()
         await asyncio.sleep(self.post_delay)
         return JSONResponse(post, 201)
@@ -166,6 +264,13 @@ class FakeMattermost:
 
 def _error(status: int, error_id: str, message: str) -> Response:
     return JSONResponse({"id": error_id, "message": message, "status_code": status}, status)
+
+
+def _posted(post: dict[str, Any], sender: str) -> dict[str, Any]:
+    """The WebSocket event of a new post: the post itself as a JSON string, as Mattermost does."""
+    return {"event": "posted", "data": {"channel_type": "O", "post": json.dumps(post),
+                                        "sender_name": f"@{sender}", "team_id": "team"},
+            "broadcast": {"channel_id": post["channel_id"]}}
 
 
 def _post_list(posts: list[dict[str, Any]]) -> Response:
