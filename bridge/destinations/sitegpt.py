@@ -33,6 +33,7 @@ from bridge.destinations.slack_render import SlackRenderer
 from bridge.destinations.slack_workspace import SlackUser, SlackWorkspace, post_arguments
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import (
+    CHAT_REPLY,
     MODE_CHANGE,
     SLACK_REPLY,
     THREAD_NOTICE,
@@ -94,7 +95,7 @@ class SiteGPTDestination:
     """
 
     name: ClassVar[str] = "sitegpt"
-    KINDS: ClassVar[frozenset[str]] = frozenset({SLACK_REPLY, MODE_CHANGE})
+    KINDS: ClassVar[frozenset[str]] = frozenset({SLACK_REPLY, CHAT_REPLY, MODE_CHANGE})
 
     def __init__(self, settings: Settings, templates: Templates, workspace: SlackWorkspace,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
