@@ -1,8 +1,10 @@
-"""Mattermost as a plugin: its settings section, templates and samples."""
+"""Mattermost as a plugin: its settings section, templates, samples, and the WebSocket replies
+come in on."""
 
 from __future__ import annotations
 
 from bridge.destinations.mattermost import MattermostDestination, mattermost_destination
+from bridge.destinations.mattermost_listener import ListenerMetrics, replies_listener
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.plugin import Plugin
 from bridge.sections import half_set
@@ -31,6 +33,7 @@ PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
     built_with=lambda settings: settings.mattermost.on, state=_state,
-    unfinished=_unfinished, docs="mattermost",
+    unfinished=_unfinished, docs="mattermost", background=replies_listener,
+    metrics=ListenerMetrics,
     route_keys={"mattermost_channel": (str | None, None),
                 "mattermost_leads_channel": (str | None, None)})
