@@ -244,9 +244,20 @@ class FakeMattermost:
             return refused
         self.lookups.append(request.url.path)
         channel = request.path_params["channel_id"]
+        if "since" not in request.query_params:
+            return _post_list(self._page(channel, request))
         since = int(request.query_params.get("since") or 0)
         return _post_list([post for post in self.posts if post["channel_id"] == channel
                            and post["create_at"] >= since])
+
+    def _page(self, channel: str, request: Request) -> list[dict[str, Any]]:
+        """A page of the channel's posts (`page`, `per_page`, newest first), oldest first."""
+        page = int(request.query_params.get("page") or 0)
+        per_page = min(int(request.query_params.get("per_page") or 60), 200)
+        newest_first = sorted((post for post in self.posts if post["channel_id"] == channel
+                               and not post.get("delete_at")),
+                              key=lambda post: post["create_at"], reverse=True)
+        return newest_first[page * per_page:(page + 1) * per_page][::-1]
 
     async def _me(self, request: Request) -> Response:
         if refused := self._unauthorized(request) or await self._scripted("me"):

@@ -19,6 +19,7 @@ from bridge.app import create_app, open_bridge
 from bridge.destinations import with_plugin_metrics
 from bridge.destinations.mattermost_listener import (
     NAME,
+    PAGE_SIZE,
     REFUSED_WAIT,
     SKEW_MARGIN,
     Backoff,
@@ -275,6 +276,22 @@ async def test_a_reply_written_while_the_socket_is_down_is_read_back(listening):
                      "the missed replies read back")
     assert replica.count("accepted") == 2
     assert s.fake.connections == 2
+
+
+async def test_a_reply_behind_a_page_of_later_posts_is_read_back(listening):
+    s = await listening()
+    replica = await s.started()
+    s.fake.refuse_sockets(503)
+    s.fake.drop_sockets()
+    s.reply("the first of many", ago=30)
+    for n in range(PAGE_SIZE + 10):
+        s.fake.publish({"channel_id": CHANNEL, "root_id": ROOT, "message": f"answer {n}",
+                        "user_id": BOT["id"], "create_at": millis(s.clock.now() - 20)},
+                       sender=BOT["username"])
+
+    s.fake.accept_sockets()
+    await eventually(lambda: s.texts_are("the first of many"), "the reply on the second page")
+    assert replica.count("ignored") >= PAGE_SIZE + 10
 
 
 async def test_a_channel_the_bot_cannot_read_is_named_and_the_others_read_back(listening, caplog):

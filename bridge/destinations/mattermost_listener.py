@@ -9,6 +9,7 @@ start). Each post is stored once however often it is heard, by however many repl
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ FIRST_WAIT = 1.0  # before reconnecting, doubled at each failure up to LONGEST_W
 LONGEST_WAIT = 60.0
 REFUSED_WAIT = 300.0  # a token Mattermost refuses waits for a person to fix it
 CLOSE_TIMEOUT = 2.0  # seconds to wait for Mattermost to acknowledge a close
+PAGE_SIZE = 200  # posts per page read back, the most Mattermost gives
 DESTINATIONS = Takers(CHAT_REPLY)
 OUTCOMES = ("accepted", "duplicate", "ignored")
 WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
@@ -352,12 +354,10 @@ class Listener:
         await self.store.advance_listener_cursor(NAME, started)
 
     async def _posts_since(self, since: float) -> list[Heard]:
-        """The posts made since `since` in every channel threads go to, oldest first; a post
-        edited since but made before is not among them."""
+        """The posts made since `since` in every channel threads go to, oldest first."""
         posts = [post for channel, setting in self._thread_channels().items()
                  for post in await self._channel_posts(channel, setting, since)]
-        made = [post for post in posts if post.made_at >= since]
-        return [Heard(post) for post in sorted(made, key=lambda post: post.create_at)]
+        return [Heard(post) for post in sorted(posts, key=lambda post: post.create_at)]
 
     def _thread_channels(self) -> dict[str, str]:
         """Each channel conversations' threads go to, with the setting that names it."""
@@ -370,12 +370,29 @@ class Listener:
                              since: float) -> list[MattermostPost]:
         """A channel's posts since `since`; none, logged, from a channel the bot cannot read."""
         try:
-            found = await self.server.channel_posts(channel, since, setting)
+            return await self._pages_back(channel, setting, since)
         except PermanentError as exc:
             log.warning("mattermost: replies written in %s while not listening are not sent:"
                         " %s", channel, exc)
             return []
-        return [post for post in map(_readable, found) if post is not None]
+
+    async def _pages_back(self, channel: str, setting: str,
+                          since: float) -> list[MattermostPost]:
+        """A channel's posts made since `since`, read a page at a time back to then.
+
+        Pages, not Mattermost's `since` query: that one answers any 1000 of the posts changed
+        since, in no order. A post made while the pages are read pushes the others one place
+        down: it shows one twice, never skips one.
+        """
+        found: dict[str, MattermostPost] = {}
+        for page in itertools.count():
+            listed = await self.server.channel_page(channel, page, PAGE_SIZE, setting)
+            posts = [post for post in map(_readable, listed) if post is not None]
+            fresh = [post for post in posts if post.id not in found]
+            found.update((post.id, post) for post in fresh if post.made_at >= since)
+            if len(listed) < PAGE_SIZE or not fresh or min(p.made_at for p in posts) < since:
+                break
+        return list(found.values())
 
 
 def _readable(post: dict[str, Any]) -> MattermostPost | None:

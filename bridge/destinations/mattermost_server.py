@@ -63,12 +63,18 @@ class MattermostServer:
         """The root post and every reply of a thread."""
         return _posts(await self.call("GET", f"posts/{root_id}/thread"))
 
-    async def channel_posts(self, channel: str, since: float,
-                            setting: str | None = None) -> list[dict[str, Any]]:
-        """The channel's posts made or changed since `since` (epoch seconds); `setting` names
-        the channel in a refusal."""
+    async def channel_posts(self, channel: str, since: float) -> list[dict[str, Any]]:
+        """The channel's posts made or changed since `since` (epoch seconds)."""
         return _posts(await self.call("GET", f"channels/{channel}/posts?since={int(since * 1000)}",
-                                      channel=channel, setting=setting))
+                                      channel=channel))
+
+    async def channel_page(self, channel: str, page: int, per_page: int,
+                           setting: str | None = None) -> list[dict[str, Any]]:
+        """One page of the channel's posts, replies included, newest first; `setting` names
+        the channel in a refusal."""
+        return _posts(await self.call(
+            "GET", f"channels/{channel}/posts?page={page}&per_page={per_page}",
+            channel=channel, setting=setting))
 
     async def me(self) -> dict[str, Any]:
         return await self.call("GET", "users/me")  # type: ignore[no-any-return]
