@@ -261,7 +261,8 @@ async def test_two_replicas_hear_a_reply_and_the_store_keeps_one(listening):
     assert first.count("accepted") + second.count("accepted") == 1
 
 
-async def test_a_reply_written_while_the_socket_is_down_is_read_back(listening):
+async def test_a_reply_written_while_the_socket_is_down_is_read_back(listening, caplog):
+    caplog.set_level(logging.INFO, "bridge")
     s = await listening()
     s.reply("written before the bridge ever listened", ago=600)
     replica = await s.started()
@@ -276,6 +277,11 @@ async def test_a_reply_written_while_the_socket_is_down_is_read_back(listening):
                      "the missed replies read back")
     assert replica.count("accepted") == 2
     assert s.fake.connections == 2
+    socket = websocket_url(s.fake.url)
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("bridge")]
+    assert [line for line in lines if "listening for replies on" in line] == [
+        f"mattermost: listening for replies on {socket}",
+        f"mattermost: listening for replies on {socket} again"]
 
 
 async def test_a_reply_behind_a_page_of_later_posts_is_read_back(listening):

@@ -277,6 +277,7 @@ class Listener:
     replies: Replies = field(init=False)
     backoff: Backoff = field(default_factory=Backoff)
     trouble: Drop | None = None  # why the last connection failed, until one succeeds
+    listened: bool = False  # whether it has listened since it started
 
     def __post_init__(self) -> None:
         self.mattermost: MattermostSettings = self.settings.mattermost
@@ -326,9 +327,11 @@ class Listener:
                 await self.replies.take(found, bot_id)
 
     def _listening(self) -> None:
-        if self.trouble is not None:
-            log.info("mattermost: listening for replies again on %s", self.url)
-        self.trouble = None
+        """One line when it starts listening, and when it does again after trouble."""
+        if self.trouble is not None or not self.listened:
+            log.info("mattermost: listening for replies on %s%s", self.url,
+                     " again" if self.listened else "")
+        self.trouble, self.listened = None, True
         self.backoff.reset()
         self.metrics.listening.set(1)
 
