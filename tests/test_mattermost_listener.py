@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
-from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
 from bridge.destinations import with_plugin_metrics
@@ -490,37 +490,28 @@ def test_a_posted_event_names_its_author_without_the_at_sign():
     assert isinstance(unnamed, Heard) and unnamed.sender is None
 
 
-def test_through_the_app_a_thread_reply_waits_for_sitegpt(make_settings, fake):
-    settings = make_settings(replies_on(fake))
-    bridge = open_bridge(settings)
-    with TestClient(create_app(bridge), base_url="http://127.0.0.1") as client:
-        assert client.portal is not None
-        call = client.portal.call
-        call(bridge.store.pause, "sitegpt", time.time())  # its deliveries wait, as stored
-        answer = client.post("/webhooks/messages", json=message("thread_9", "Where is my order?"),
-                             headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+async def test_through_the_app_a_thread_reply_waits_for_sitegpt(make_settings, fake):
+    bridge = open_bridge(make_settings(replies_on(fake)))
+    app = create_app(bridge)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        await bridge.store.pause("sitegpt", time.time())  # its deliveries wait, as stored
+        answer = await client.post("/webhooks/messages", json=message("thread_9", "Where is it?"),
+                                   headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
         assert answer.json()["status"] == "accepted"
-        root = wait_for(lambda: fake.roots(), "the thread's root post")[0]
-        wait_for(lambda: fake.sockets, "the bridge listening")
+        root = (await eventually(fake.roots, "the thread's root post"))[0]
+        await eventually(lambda: fake.sockets, "the bridge listening")
         post = fake.publish({"channel_id": CHANNEL, "root_id": root["id"],
                              "message": "It left today."}, sender="jane")
 
-        row = wait_for(lambda: [row for row in call(bridge.store.deliveries)
-                                if row.kind == CHAT_REPLY], "the reply stored")[0]
+        async def replies() -> list[Any]:
+            return [row for row in await bridge.store.deliveries() if row.kind == CHAT_REPLY]
+
+        row = (await eventually(replies, "the reply stored"))[0]
         assert (row.destination, row.status) == ("sitegpt", "pending")
-        body = json.loads(call(bridge.store.event_body, row.event_id))
-        assert body["data"] | {"post": None} == {
+        body = json.loads(await bridge.store.event_body(row.event_id) or "{}")
+        assert body["data"] == {
             "chatbotId": CHATBOT, "threadId": "thread_9", "tool": "mattermost",
-            "channel": CHANNEL, "root": root["id"], "post": None, "user": "jane_id",
+            "channel": CHANNEL, "root": root["id"], "post": post["id"], "user": "jane_id",
             "userName": "jane", "text": "It left today."}
-        assert body["data"]["post"] == post["id"]
-    assert not fake.sockets, "the socket closed with the app"
-
-
-def wait_for(found: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := found()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-    return value
+    await eventually(lambda: not fake.sockets, "the socket closed with the app")
