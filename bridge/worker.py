@@ -399,11 +399,12 @@ class Worker:
             self._refused(job, "failed")
 
     def _addressed(self, follow_ups: Sequence[FollowUp]) -> list[FollowUp]:
-        """Each follow-up for the destinations that take its kind, unless it names its own."""
-        addressed = [follow_up if follow_up.destinations else replace(
-            follow_up, destinations=[name for name, destination in self.destinations.items()
-                                     if destination.accepts(follow_up.kind)])
-            for follow_up in follow_ups]
+        """Each follow-up for the destinations that take its kind, or for those it names (a
+        notice for the chat tool a reply came from); only those these settings switch on."""
+        addressed = [replace(follow_up, destinations=[
+            name for name, destination in self.destinations.items()
+            if (name in follow_up.destinations if follow_up.destinations
+                else destination.accepts(follow_up.kind))]) for follow_up in follow_ups]
         return [follow_up for follow_up in addressed if follow_up.destinations]
 
     def _refused(self, job: ClaimedDelivery, outcome: str) -> None:

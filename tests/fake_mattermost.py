@@ -53,6 +53,8 @@ class FakeMattermost:
         self.lookups: list[str] = []
         self.late: deque[float] = deque()  # delays of answers due after the work is done
         self.script: deque[Scripted] = deque()
+        self.users: dict[str, dict[str, Any]] = {}  # members by id, as GET /users/{id} gives
+        self.reactions: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self.sockets: set[WebSocket] = set()  # open now
         self.connections = 0  # sockets ever opened
@@ -69,6 +71,8 @@ class FakeMattermost:
             Route("/api/v4/posts/{post_id}/thread", self._thread, methods=["GET"]),
             Route("/api/v4/channels/{channel_id}/posts", self._channel_posts, methods=["GET"]),
             Route("/api/v4/users/me", self._me, methods=["GET"]),
+            Route("/api/v4/users/{user_id}", self._user, methods=["GET"]),
+            Route("/api/v4/reactions", self._react, methods=["POST"]),
             Route("/api/v4/channels/{channel_id}", self._channel, methods=["GET"]),
         ])
         self.server = LoopbackServer(self.app)
@@ -87,7 +91,8 @@ class FakeMattermost:
     def fail_next(self, route: str, status: int, times: int = 1, delay: float = 0.0,
                   **headers: str) -> None:
         """Answer the next `times` requests to `route` ("posts", "patch", "me", "channel",
-        "lookup"): with `status`; for 200, a post is made at once and answered `delay` late."""
+        "lookup", "user", "reaction"): with `status`; for 200, a post is made at once and
+        answered `delay` late."""
         self.script.extend(Scripted(route, status, headers, delay) for _ in range(times))
 
     def roots(self) -> list[dict[str, Any]]:
@@ -178,6 +183,15 @@ class FakeMattermost:
             return None
         return _error(status, "api.web_socket.connect.upgrade.app_error", "scripted refusal")
 
+    def reply_by(self, user_id: str, root_id: str, message: str) -> dict[str, Any]:
+        """A member's reply in a thread, as a person writes it in Mattermost."""
+        root = self.root(root_id)
+        post = {"id": f"post{next(self._ids):022d}", "user_id": user_id, "message": message,
+                "channel_id": root["channel_id"], "root_id": root_id, "type": "", "props": {},
+                "create_at": int(time.time() * 1000)}
+        self.posts.append(post)
+        return post
+
     async def _scripted(self, route: str) -> Response | None:
         if self.script and self.script[0].route in (route, "*"):
             answer = self.script.popleft()
@@ -263,6 +277,23 @@ class FakeMattermost:
         if refused := self._unauthorized(request) or await self._scripted("me"):
             return refused
         return JSONResponse(BOT)
+
+    async def _user(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("user"):
+            return refused
+        user = self.users.get(request.path_params["user_id"])
+        if user is None:
+            return _error(404, "app.user.missing_account.const", "Unable to find the user")
+        return JSONResponse(user)
+
+    async def _react(self, request: Request) -> Response:
+        if refused := self._unauthorized(request) or await self._scripted("reaction"):
+            return refused
+        reaction = await request.json()
+        if not any(post["id"] == reaction.get("post_id") for post in self.posts):
+            return _error(400, "api.reaction.save_reaction.invalid_post", "Invalid post")
+        self.reactions.append(reaction)
+        return JSONResponse(reaction, 201)
 
     async def _channel(self, request: Request) -> Response:
         if refused := self._unauthorized(request) or await self._scripted("channel"):

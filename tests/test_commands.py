@@ -209,8 +209,9 @@ def test_render_of_a_reply_from_slack_when_replies_are_off_says_so(config, capsy
     code, out, err = run(capsys, "render", "--sample", "slack-reply", "--config", config())
     assert (code, out) == (2, "")
     assert err == ("sitegpt-bridge: no destination takes SLACK_THREAD_REPLY events with these"
-                   " settings (replies from Slack are off: they need [slack] bot_token and"
-                   " signing_secret, and a SiteGPT API key; see docs/slack.md)\n")
+                   " settings (replies are off: they need a SiteGPT API key and a chat tool to"
+                   " answer from: [slack] bot_token and signing_secret, or [mattermost] url and"
+                   " bot_token; see docs/slack.md and docs/mattermost.md)\n")
 
 
 def test_render_file_uses_the_users_templates(config, tmp_path, capsys):

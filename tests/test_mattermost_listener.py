@@ -201,7 +201,7 @@ async def test_a_reply_in_a_conversation_s_thread_is_stored_once_as_a_chat_reply
     stored = await eventually(s.stored, "the reply stored")
     assert stored == [{"event": CHAT_REPLY, "data": {
         "chatbotId": CHATBOT, "threadId": "thread_1", "tool": "mattermost", "channel": CHANNEL,
-        "root": ROOT, "post": post["id"], "user": "jane_id", "userName": "jane",
+        "root": ROOT, "post": post["id"], "user": "jane_id", "userName": "@jane",
         "text": "We ship on Monday."}}]
     assert [row.destination for row in await s.store.deliveries()] == ["sitegpt"]
     assert replica.woken and replica.count("accepted") == 1
@@ -481,10 +481,10 @@ def test_only_posted_events_carry_posts(message, expected):
     assert heard(message) == expected
 
 
-def test_a_posted_event_names_its_author_without_the_at_sign():
+def test_a_posted_event_names_its_author_as_mattermost_does():
     found = heard(posted(json.dumps(POST)))
     assert isinstance(found, Heard)
-    assert (found.post.id, found.post.root_id, found.sender) == ("p1", "r1", "jane")
+    assert (found.post.id, found.post.root_id, found.sender) == ("p1", "r1", "@jane")
     assert not found.post.flagged("from_bot")
     unnamed = heard(posted(json.dumps(POST), sender=None))
     assert isinstance(unnamed, Heard) and unnamed.sender is None
@@ -513,5 +513,5 @@ async def test_through_the_app_a_thread_reply_waits_for_sitegpt(make_settings, f
         assert body["data"] == {
             "chatbotId": CHATBOT, "threadId": "thread_9", "tool": "mattermost",
             "channel": CHANNEL, "root": root["id"], "post": post["id"], "user": "jane_id",
-            "userName": "jane", "text": "It left today."}
+            "userName": "@jane", "text": "It left today."}
     await eventually(lambda: not fake.sockets, "the socket closed with the app")

@@ -15,8 +15,9 @@ from slack_sdk import WebClient
 
 from bridge.destinations import build_destinations
 from bridge.destinations.shared import Shared
-from bridge.destinations.sitegpt import SiteGPTDestination, plain_text, sitegpt_destination
+from bridge.destinations.sitegpt import SiteGPTDestination, sitegpt_destination
 from bridge.destinations.slack import SlackDestination, slack_destination
+from bridge.destinations.slack_replies import SlackReplies, plain_text
 from bridge.errors import TemplateError
 from bridge.event_rows import new_event
 from bridge.events import (
@@ -502,8 +503,10 @@ async def test_lookups_and_threads_share_one_slack_client_and_pacer(make_setting
     try:
         sitegpt = destinations["sitegpt"]
         assert isinstance(sitegpt, SiteGPTDestination)
-        assert sitegpt.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
-        assert sitegpt.workspace.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
+        slack = sitegpt.tool("slack")
+        assert isinstance(slack, SlackReplies)
+        assert slack.workspace is destinations["slack"].workspace  # type: ignore[attr-defined]
+        assert slack.workspace.pacer is destinations["slack"].pacer  # type: ignore[attr-defined]
     finally:
         for destination in destinations.values():
             await destination.aclose()

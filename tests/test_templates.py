@@ -17,6 +17,7 @@ from bridge.app import open_bridge
 from bridge.cli import main
 from bridge.destinations import REGISTRY, build_destinations
 from bridge.destinations.base import sample_renderer
+from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt import NOTICES, SiteGPTDestination
 from bridge.destinations.slack import BATCH_PREVIEW, SlackDestination
 from bridge.destinations.slack_render import BATCH
@@ -109,7 +110,7 @@ def slack_output(settings: Any, templates: Templates) -> dict[str, Any]:
     """Every Slack template's output: Slack's own messages and the notices about replies."""
     slack = SlackDestination(settings, templates)
     rendered = {**slack.render_samples(sample_events()),
-                **SiteGPTDestination(settings, templates, slack.workspace)
+                **SiteGPTDestination(settings, templates, Shared(settings))
                 .render_samples(sample_events())}
     return {label: json.loads(text) for label, text in rendered.items()}
 

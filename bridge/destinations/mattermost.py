@@ -40,6 +40,7 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings
+from bridge.store import Echo
 from bridge.store.protocols import ChannelBudgets
 from bridge.templating import Templates, cut, link_safe
 
@@ -85,6 +86,8 @@ class MattermostDestination:
         event = delivery.event
         try:
             if isinstance(event, MessageEvent):
+                if await self._is_echo(delivery, event):
+                    return Skipped("echo of a reply sent from Mattermost")
                 return await self._post_message(delivery, event)
             if isinstance(event, EscalationEvent):
                 return await self._escalate(delivery, event)
@@ -191,6 +194,16 @@ class MattermostDestination:
         return Delivered(note=f"{thread.channel}/{post_id}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
 
+    async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
+        """A reply the bridge sent from this thread comes back as an agent message: it shows
+        here already, so it is dropped once (a reply from another tool is shown)."""
+        data = event.data
+        if data.message_type != "AGENT_MESSAGE" or not data.answer:
+            return False
+        echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "",
+                    tool=self.name)
+        return await delivery.store.consume_echo(echo, delivery.clock.now())
+
     async def _learn(self, delivery: Delivery, events: list[MessageEvent]) -> None:
         """What messages tell the root post: the first question, an agent answering. The root
         is patched only when something changed."""
@@ -211,6 +224,8 @@ class MattermostDestination:
         bodies = [self._message(event)]
         length = len(bodies[0]["message"])
         for item in waiting[1:]:
+            if _agents(item):  # it may be an echo, skipped on its own turn
+                break
             body = self._queued_body(item)
             if body is None or body.get("props"):  # a card goes in a reply of its own
                 break
@@ -462,6 +477,12 @@ class MattermostDestination:
         return body
 
 
+def _agents(item: Delivery) -> bool:
+    """Whether a queued delivery is an agent's message."""
+    event = item.event
+    return isinstance(event, MessageEvent) and event.data.message_type == "AGENT_MESSAGE"
+
+
 def _marked(body: Mapping[str, Any], deliveries: Sequence[Delivery]) -> dict[str, Any]:
     """The post naming every delivery it carries, so a retry cut off mid-call can find it.
 
@@ -529,8 +550,13 @@ def mattermost_destination(settings: Settings, templates: Templates,
     mattermost: MattermostSettings = settings.mattermost
     if not mattermost.on:
         return None
-    server = shared.one("mattermost", lambda: _server(shared, mattermost))
-    return MattermostDestination(settings, templates, server)
+    return MattermostDestination(settings, templates, mattermost_server(shared))
+
+
+def mattermost_server(shared: Shared) -> MattermostServer:
+    """The bridge's one Mattermost client: its threads, and the replies and buttons in them,
+    share each channel's pace."""
+    return shared.one("mattermost", lambda: _server(shared, shared.settings.mattermost))
 
 
 def _server(shared: Shared, mattermost: MattermostSettings) -> MattermostServer:

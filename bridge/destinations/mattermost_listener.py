@@ -76,7 +76,7 @@ class MattermostPost(BaseModel):
 
 @dataclass(frozen=True)
 class Heard:
-    """A post the listener heard of; `sender` is its author's username, when the event said."""
+    """A post the listener heard of; `sender` names its author as the event did ("@jane")."""
 
     post: MattermostPost
     sender: str | None = None
@@ -163,13 +163,8 @@ def heard(message: str | bytes) -> Heard | str | None:
         post = MattermostPost.model_validate_json(str(data.get("post") or ""))
     except ValidationError:
         return "an unreadable post"
-    return Heard(post, _username(data.get("sender_name")))
-
-
-def _username(sender_name: Any) -> str | None:
-    """"@jane", as the event names a post's author, is "jane"."""
-    name = sender_name.removeprefix("@") if isinstance(sender_name, str) else ""
-    return name or None
+    sender = data.get("sender_name")
+    return Heard(post, sender if isinstance(sender, str) and sender else None)
 
 
 @dataclass

@@ -3,10 +3,16 @@ come in on."""
 
 from __future__ import annotations
 
-from bridge.destinations.mattermost import MattermostDestination, mattermost_destination
+from bridge.destinations.mattermost import (
+    MattermostDestination,
+    mattermost_destination,
+    mattermost_server,
+)
 from bridge.destinations.mattermost_listener import ListenerMetrics, replies_listener
-from bridge.destinations.mattermost_settings import MattermostSettings
+from bridge.destinations.mattermost_replies import MattermostReplies
+from bridge.destinations.mattermost_settings import MattermostSettings, mattermost_replies_on
 from bridge.destinations.plugin import Plugin
+from bridge.destinations.shared import Shared
 from bridge.sections import half_set
 from bridge.settings import Settings
 from bridge.templating import builtin_dir
@@ -29,6 +35,10 @@ def _state(settings: Settings) -> str:
             f"{mattermost.leads_channel or mattermost.channel}")
 
 
+def _reply_tool(settings: Settings, shared: Shared) -> MattermostReplies:
+    return MattermostReplies(mattermost_server(shared), shared.clock)
+
+
 PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
@@ -36,4 +46,5 @@ PLUGIN = Plugin(
     unfinished=_unfinished, docs="mattermost", background=replies_listener,
     metrics=ListenerMetrics,
     route_keys={"mattermost_channel": (str | None, None),
-                "mattermost_leads_channel": (str | None, None)})
+                "mattermost_leads_channel": (str | None, None)},
+    replies=mattermost_replies_on, reply_tool=_reply_tool)

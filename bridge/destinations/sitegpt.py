@@ -1,10 +1,10 @@
-"""SiteGPT's API: replies written in Slack reach the visitor as an agent; Take over/Hand back."""
+"""SiteGPT's API: replies written in a chat tool's thread (Slack, Mattermost) reach the visitor
+as an agent; Take over/Hand back."""
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from bridge.destinations import REGISTRY
 from bridge.destinations.base import (
     Delivered,
     Delivery,
@@ -21,27 +22,29 @@ from bridge.destinations.base import (
     spent,
 )
 from bridge.destinations.plugin import Plugin
+from bridge.destinations.replies import SLACK, Author, Reply, ReplyTool, reply_of
 from bridge.destinations.shared import Shared
 from bridge.destinations.sitegpt_settings import (
     SiteGPTSettings,
     half_set_replies,
-    replies_enabled,
     sitegpt_api_key,
+    sitegpt_key_set,
 )
-from bridge.destinations.slack import MODE_CHANGED, Call, json_previews, slack_workspace
+from bridge.destinations.slack import MODE_CHANGED, Call, json_previews
 from bridge.destinations.slack_render import SlackRenderer
-from bridge.destinations.slack_workspace import SlackUser, SlackWorkspace, post_arguments
+from bridge.destinations.slack_replies import SENT_REACTION, plain_text
+from bridge.destinations.slack_workspace import post_arguments
 from bridge.errors import DeliveryError, PermanentError, RetryableError
 from bridge.events import (
     CHAT_REPLY,
     MODE_CHANGE,
     SLACK_REPLY,
     THREAD_NOTICE,
+    ChatReplyEvent,
     Conversation,
     Event,
     ModeChangeData,
     ModeChangeEvent,
-    SlackReplyData,
     SlackReplyEvent,
     canonical_json,
 )
@@ -52,12 +55,8 @@ from bridge.templating import Templates
 
 log = logging.getLogger("bridge.sitegpt")
 ECHO_MEMORY_SECONDS = 3600.0  # SiteGPT sends a reply back within seconds; an hour is plenty
-SENT_REACTION = "white_check_mark"
 MAX_REASON = 300
-_ANGLED = re.compile(r"<([^<>\n]*)>")
-_MENTION = re.compile(r"<@([^|<>\s]+)(?:\|[^<>]*)?>")
-_UNESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
-# The notices for the thread, as follow-up events: slack/<name>.json.j2 is what Slack posts.
+# The notices for the thread, as follow-up events: <tool>/<name>.json.j2 is what it posts.
 REPLY_FAILED = "reply_failed"
 MODE_FAILED = "mode_failed"
 NOTICES = (REPLY_FAILED, MODE_CHANGED, MODE_FAILED)
@@ -88,43 +87,59 @@ class Notice:
 
 
 class SiteGPTDestination:
-    """Calls SiteGPT's v0 API for what people do in Slack; tells the thread how it went.
+    """Calls SiteGPT's v0 API for what people do in a chat tool; tells its thread how it went.
 
-    The thread is told by a follow-up event (a notice), delivered by whichever destination
-    takes notices; who wrote a reply is asked of the Slack workspace the bridge shares.
+    The thread is told by a follow-up event (a notice) addressed to the tool the reply or
+    button came from; who wrote a reply, and marking it sent, is asked of that tool (its
+    plugin's `reply_tool`, sharing the bridge's one client of it).
     """
 
     name: ClassVar[str] = "sitegpt"
     KINDS: ClassVar[frozenset[str]] = frozenset({SLACK_REPLY, CHAT_REPLY, MODE_CHANGE})
 
-    def __init__(self, settings: Settings, templates: Templates, workspace: SlackWorkspace,
+    def __init__(self, settings: Settings, templates: Templates, shared: Shared,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
+        self.shared = shared
         self.redact = Redactor.for_settings(settings)  # reasons are posted in the thread
-        self.workspace = workspace
-        self.renderer = SlackRenderer(templates, settings)  # previews of the notices only
+        self.renderer = SlackRenderer(templates, settings)  # previews of Slack's notices only
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._tools: dict[str, ReplyTool] = {}
 
     def accepts(self, kind: str) -> bool:
         return kind in self.KINDS
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         event = delivery.event
-        if isinstance(event, SlackReplyEvent):
-            return await self._send_reply(delivery, event.data)
+        if isinstance(event, SlackReplyEvent | ChatReplyEvent):
+            return await self._send_reply(delivery, reply_of(event.data))
         if isinstance(event, ModeChangeEvent):
             return await self._change_mode(delivery, event.data)
         raise PermanentError(f"sitegpt: cannot deliver {event.event} events")
 
     async def verify(self) -> str:
-        return (f"on: replies from Slack go to {self.settings.sitegpt.api_url} as agent messages"
-                " (the API key is checked by the first reply)")
+        tools = " and ".join(name.capitalize() for name in replying_tools(self.settings))
+        return (f"on: replies from {tools} go to {self.settings.sitegpt.api_url} as agent"
+                " messages (the API key is checked by the first reply)")
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        await self.workspace.aclose()  # the shared workspace: closing it twice is harmless
+        for tool in self._tools.values():
+            await tool.aclose()
+
+    def tool(self, name: str) -> ReplyTool:
+        """The chat tool a reply came from, made on first use from its plugin."""
+        if name not in self._tools:
+            plugin = REGISTRY.get(name)
+            made = (plugin.reply_tool(self.settings, self.shared)
+                    if plugin is not None and plugin.reply_tool is not None
+                    and plugin.replies(self.settings) else None)
+            if made is None:
+                raise PermanentError(f"sitegpt: replies from {name} are off in the settings")
+            self._tools[name] = made
+        return self._tools[name]
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -139,76 +154,82 @@ class SiteGPTDestination:
     def render_samples(self, samples: Mapping[str, Event]) -> dict[str, str]:
         """SiteGPT's API call for each event it takes, then what the thread is told, as JSON.
 
-        A preview asks Slack nothing, so the member who wrote a reply and those it mentions
-        go by their ids, and the failure notice shows an example of SiteGPT refusing.
+        A preview asks no chat tool anything, so the member who wrote a reply (and those it
+        mentions) go by their ids, and the failure notice shows an example of SiteGPT refusing.
+        Slack's notices are shown here; another tool's, with that tool's own previews.
         """
         return json_previews(samples, self.accepts, self._preview)
 
     def _preview(self, event: Event) -> list[Call]:
-        if isinstance(event, SlackReplyEvent):
-            data = event.data
-            request = reply_request(data, SlackUser(data.user, data.user, None), {})
+        if isinstance(event, SlackReplyEvent | ChatReplyEvent):
+            reply = reply_of(event.data)
+            text = plain_text(reply.text, {}) if reply.tool == SLACK else reply.text
+            request = reply_request(reply, Author(reply.user_name or reply.user), text)
             if request is None:
                 return []
-            reaction = {"channel": data.channel, "timestamp": data.ts, "name": SENT_REACTION}
-            refused = reply_failed(data, _example_reason(request))
+            if reply.tool != SLACK:
+                return [_shown(request), (f"{reply.tool}: a ✅ on the reply (once SiteGPT took"
+                                          " it)", {"channel": reply.channel, "post": reply.post})]
+            reaction = {"channel": reply.channel, "timestamp": reply.post, "name": SENT_REACTION}
+            refused = reply_failed(reply, _example_reason(request))
             return [_shown(request), ("reactions.add (once SiteGPT took the reply)", reaction),
-                    self._notice_preview(data, refused, "if SiteGPT refuses the reply")]
+                    self._notice_preview(reply.channel, reply.thread, refused,
+                                         "if SiteGPT refuses the reply")]
         assert isinstance(event, ModeChangeEvent)
         change = event.data
         request = mode_request(change)
+        if change.tool != SLACK:
+            return [_shown(request)]
         refused = mode_failed(change, _example_reason(request))
         return [_shown(request),
-                self._notice_preview(change, mode_changed(change), "once SiteGPT switched"),
-                self._notice_preview(change, refused, "if SiteGPT refuses the switch")]
+                self._notice_preview(change.channel, change.thread_ts, mode_changed(change),
+                                     "once SiteGPT switched"),
+                self._notice_preview(change.channel, change.thread_ts, refused,
+                                     "if SiteGPT refuses the switch")]
 
-    def _notice_preview(self, data: SlackReplyData | ModeChangeData, notice: Notice,
-                        when: str) -> Call:
+    def _notice_preview(self, channel: str, thread_ts: str, notice: Notice, when: str) -> Call:
         message = self.renderer.notice(notice.name, notice.context)
         return (f"chat.postMessage (in the thread, {when})",
-                post_arguments(data.channel, message, thread_ts=data.thread_ts))
+                post_arguments(channel, message, thread_ts=thread_ts))
 
-    async def _send_reply(self, delivery: Delivery, data: SlackReplyData) -> Outcome:
+    async def _send_reply(self, delivery: Delivery, reply: Reply) -> Outcome:
         try:
-            outcome = await self._post_reply(delivery, data)
+            tool = self.tool(reply.tool)
+            outcome = await self._post_reply(delivery, reply, tool)
         except DeliveryError as exc:
             if self._gives_up(delivery, exc):
-                await delivery.store.forget_echo(data.slack_event_id)
-            exc.follow_ups = [_told(data, reply_failed(data, self.redact(str(exc))))]
+                await delivery.store.forget_echo(reply.source)
+            notice = reply_failed(reply, self.redact(str(exc)))
+            exc.follow_ups = [_told(reply.tool, reply.chatbot_id, reply.thread_id, reply.channel,
+                                    reply.thread, notice)]
             raise
         if isinstance(outcome, Delivered):
-            await self._react(data.channel, data.ts)
+            await _mark_sent(tool, reply)
         return outcome
 
-    async def _post_reply(self, delivery: Delivery, data: SlackReplyData) -> Outcome:
-        author = await self.workspace.user(data.user)
-        request = reply_request(data, author, await self._names(_MENTION.findall(data.text)))
+    async def _post_reply(self, delivery: Delivery, reply: Reply, tool: ReplyTool) -> Outcome:
+        author = await tool.author(reply)
+        request = reply_request(reply, author, await tool.readable(reply))
         if request is None:
             return Skipped("the reply has no text")
         # Remembered before the call: SiteGPT may send the echo before it answers us.
-        echo = Echo(data.chatbot_id, data.thread_id, request.body["message"], author.name,
-                    data.slack_event_id)
+        echo = Echo(reply.chatbot_id, reply.thread_id, request.body["message"], author.name,
+                    reply.source, reply.tool)
         await delivery.store.remember_echo(echo, delivery.clock.now(), ECHO_MEMORY_SECONDS)
         await self._call(request)
         return Delivered(note=f"sent to the visitor as {author.name}")
 
     async def _change_mode(self, delivery: Delivery, data: ModeChangeData) -> Outcome:
+        def told(notice: Notice) -> FollowUp:
+            return _told(data.tool, data.chatbot_id, data.thread_id, data.channel,
+                         data.thread_ts, notice)
+
         try:
             await self._call(mode_request(data))
         except DeliveryError as exc:
-            exc.follow_ups = [_told(data, mode_failed(data, self.redact(str(exc))))]
+            exc.follow_ups = [told(mode_failed(data, self.redact(str(exc))))]
             raise
-        return Delivered(note=f"mode {data.mode}", follow_ups=[_told(data, mode_changed(data))])
-
-    async def _names(self, user_ids: Iterable[str]) -> dict[str, str]:
-        """Display names of mentioned members; one Slack cannot name stays as its id."""
-        names: dict[str, str] = {}
-        for user_id in set(user_ids):
-            try:
-                names[user_id] = (await self.workspace.user(user_id)).name
-            except PermanentError as exc:
-                log.info("cannot name mentioned member %s: %s", user_id, exc)
-        return names
+        return Delivered(note=f"mode {data.mode}", follow_ups=[told(mode_changed(data))])
 
     async def _call(self, request: ApiRequest) -> Any:
         key = sitegpt_api_key(self.settings, request.chatbot_id)
@@ -227,7 +248,7 @@ class SiteGPTDestination:
             raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return _json(response)
-        raise _classify(what, response, key.get_secret_value(), self.workspace.clock.now())
+        raise _classify(what, response, key.get_secret_value(), self.shared.clock.now())
 
     def _gives_up(self, delivery: Delivery, exc: DeliveryError) -> bool:
         """Whether the worker will stop after this failure (its own rule, seen from here)."""
@@ -235,25 +256,25 @@ class SiteGPTDestination:
             return True
         return spent(delivery.claimed, self.settings.delivery, delivery.clock.now()) is not None
 
-    async def _react(self, channel: str, ts: str) -> None:
-        # A failure here must not fail the delivery: a retry would send the reply twice.
-        try:
-            await self.workspace.react(channel, ts, SENT_REACTION)
-        except DeliveryError as exc:
-            log.warning("could not mark reply %s/%s as sent: %s", channel, ts, exc)
+
+async def _mark_sent(tool: ReplyTool, reply: Reply) -> None:
+    # A failure here must not fail the delivery: a retry would send the reply twice.
+    try:
+        await tool.mark_sent(reply)
+    except DeliveryError as exc:
+        log.warning("could not mark reply %s/%s as sent: %s", reply.channel, reply.post, exc)
 
 
-def reply_request(data: SlackReplyData, author: SlackUser,
-                  names: Mapping[str, str]) -> ApiRequest | None:
+def reply_request(reply: Reply, author: Author, text: str) -> ApiRequest | None:
     """The reply as an agent message from `author`, or None when no text is left to send."""
-    text = plain_text(data.text, names).strip()
+    text = text.strip()
     if not text:
         return None
-    body: dict[str, Any] = {"message": text, "from": "AGENT", "threadId": data.thread_id,
+    body: dict[str, Any] = {"message": text, "from": "AGENT", "threadId": reply.thread_id,
                             "agentName": author.name}
     if author.icon_url:
         body["iconUrl"] = author.icon_url
-    return ApiRequest(data.chatbot_id, "POST", f"/chatbots/{_part(data.chatbot_id)}/message",
+    return ApiRequest(reply.chatbot_id, "POST", f"/chatbots/{_part(reply.chatbot_id)}/message",
                       body)
 
 
@@ -262,25 +283,32 @@ def mode_request(data: ModeChangeData) -> ApiRequest:
     return ApiRequest(data.chatbot_id, "PATCH", path, {"mode": data.mode})
 
 
-def _told(data: SlackReplyData | ModeChangeData, notice: Notice) -> FollowUp:
-    """The notice as a follow-up event for the thread; the worker addresses it."""
-    conversation = Conversation(data.chatbot_id, data.thread_id)
+def _told(tool: str, chatbot_id: str, thread_id: str, channel: str, thread: str,
+          notice: Notice) -> FollowUp:
+    """The notice as a follow-up event for the thread in `tool`, and no other tool's."""
+    conversation = Conversation(chatbot_id, thread_id)
     body = canonical_json({"event": THREAD_NOTICE, "data": {
-        "chatbotId": data.chatbot_id, "threadId": data.thread_id, "channel": data.channel,
-        "threadTs": data.thread_ts, "notice": notice.name, "context": notice.context}})
-    return FollowUp(THREAD_NOTICE, body, conversation.key, ())
+        "chatbotId": chatbot_id, "threadId": thread_id, "channel": channel,
+        "threadTs": thread, "notice": notice.name, "context": notice.context}})
+    return FollowUp(THREAD_NOTICE, body, conversation.key, (tool,))
 
 
-def reply_failed(data: SlackReplyData, reason: str) -> Notice:
-    return Notice(REPLY_FAILED, {"reason": reason, "user_id": data.user})
+def _who(user: str, user_name: str | None) -> dict[str, str]:
+    """The member a notice names: their id in the tool, and the name it gave, when it did."""
+    return {"user_id": user, **({"user_name": user_name} if user_name else {})}
+
+
+def reply_failed(reply: Reply, reason: str) -> Notice:
+    return Notice(REPLY_FAILED, {"reason": reason, **_who(reply.user, reply.user_name)})
 
 
 def mode_changed(data: ModeChangeData) -> Notice:
-    return Notice(MODE_CHANGED, {"mode": data.mode, "user_id": data.user})
+    return Notice(MODE_CHANGED, {"mode": data.mode, **_who(data.user, data.user_name)})
 
 
 def mode_failed(data: ModeChangeData, reason: str) -> Notice:
-    return Notice(MODE_FAILED, {"mode": data.mode, "user_id": data.user, "reason": reason})
+    return Notice(MODE_FAILED, {"mode": data.mode, "reason": reason,
+                                **_who(data.user, data.user_name)})
 
 
 def _shown(request: ApiRequest) -> Call:
@@ -291,27 +319,6 @@ def _shown(request: ApiRequest) -> Call:
 
 def _example_reason(request: ApiRequest) -> str:
     return f"{request.what}: {EXAMPLE_REFUSAL}"
-
-
-def plain_text(mrkdwn: str, names: Mapping[str, str]) -> str:
-    """Slack's message text as a visitor should read it: links, mentions, escapes resolved."""
-    readable = _ANGLED.sub(lambda match: _readable(match[1], names), mrkdwn)
-    for escaped, char in _UNESCAPES:
-        readable = readable.replace(escaped, char)
-    return readable
-
-
-def _readable(inner: str, names: Mapping[str, str]) -> str:
-    target, _, label = inner.partition("|")
-    if target.startswith("@"):
-        return "@" + (names.get(target[1:]) or label or target[1:])
-    if target.startswith("#"):
-        return "#" + (label or target[1:])
-    if target.startswith("!"):
-        return label or "@" + target[1:].split("^", 1)[0]
-    if not label or label == target or target == f"mailto:{label}":
-        return label or target
-    return f"{label} ({target})"
 
 
 def _part(value: str) -> str:
@@ -353,20 +360,27 @@ def _message(response: httpx.Response) -> str:
     return "" if not text or text.startswith("<") else text[:MAX_REASON]
 
 
+def replying_tools(settings: Settings) -> list[str]:
+    """The chat tools whose replies these settings send to SiteGPT."""
+    return [name for name, plugin in REGISTRY.items() if plugin.replies(settings)]
+
+
 def sitegpt_destination(settings: Settings, templates: Templates,
                         shared: Shared) -> SiteGPTDestination | None:
-    """On when replies from Slack are configured: signing secret, bot token, a SiteGPT key.
+    """On when a chat tool's replies are configured (Slack: signing secret and bot token;
+    Mattermost: url and bot token) and a SiteGPT API key is set.
 
-    Its lookups and reactions go through the bridge's one Slack workspace, so they share each
+    Its lookups and marks go through the bridge's one client of each tool, so they share each
     channel's budget with the threads' own posts.
     """
-    if not replies_enabled(settings):
+    if not sitegpt_key_set(settings) or not replying_tools(settings):
         return None
-    return SiteGPTDestination(settings, templates, slack_workspace(shared))
+    return SiteGPTDestination(settings, templates, shared)
 
 
-REPLIES_OFF = (" (replies from Slack are off: they need [slack] bot_token and signing_secret,"
-               " and a SiteGPT API key; see docs/slack.md)")
+REPLIES_OFF = (" (replies are off: they need a SiteGPT API key and a chat tool to answer from:"
+               " [slack] bot_token and signing_secret, or [mattermost] url and bot_token; see"
+               " docs/slack.md and docs/mattermost.md)")
 PLUGIN = Plugin(name="sitegpt", section=SiteGPTSettings, build=sitegpt_destination,
                 kinds=SiteGPTDestination.KINDS, unfinished=half_set_replies,
                 off_hints=dict.fromkeys(SiteGPTDestination.KINDS, REPLIES_OFF), docs="slack",

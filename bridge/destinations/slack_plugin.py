@@ -7,10 +7,13 @@ from pathlib import Path
 from starlette.routing import BaseRoute
 
 from bridge.destinations.plugin import Inbound, Plugin
-from bridge.destinations.slack import SlackDestination, slack_destination
+from bridge.destinations.shared import Shared
+from bridge.destinations.sitegpt_settings import replies_enabled
+from bridge.destinations.slack import SlackDestination, slack_destination, slack_workspace
 from bridge.destinations.slack_metrics import BEHIND, PacingMetrics
 from bridge.destinations.slack_picture import picture
 from bridge.destinations.slack_preview import preview
+from bridge.destinations.slack_replies import SlackReplies
 from bridge.destinations.slack_settings import SlackSettings
 from bridge.sections import half_set
 from bridge.settings import Settings
@@ -36,6 +39,10 @@ def _unfinished(settings: Settings) -> list[str]:
     return [line] if line else []
 
 
+def _reply_tool(settings: Settings, shared: Shared) -> SlackReplies:
+    return SlackReplies(slack_workspace(shared))
+
+
 PLUGIN = Plugin(
     name="slack", section=SlackSettings, build=slack_destination, kinds=SlackDestination.KINDS,
     templates=builtin_dir() / "slack", samples=Path(__file__).parent / "slack_samples",
@@ -43,4 +50,5 @@ PLUGIN = Plugin(
     metrics=PacingMetrics, pacing=(BEHIND,), picture=picture, preview=preview,
     chatbot_keys={"slack_channel": (str | None, None)},
     route_keys={"slack_channel": (str | None, None), "leads_channel": (str | None, None),
-                "escalation_mention": (str | None, None)})
+                "escalation_mention": (str | None, None)},
+    replies=replies_enabled, reply_tool=_reply_tool)
