@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.chat_state import learnt_from
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
@@ -52,8 +53,6 @@ BATCH_SEPARATOR = "\n\n"
 MERGED_KINDS = frozenset({MESSAGE})  # escalations and leads ping people: never merged
 SAMPLE_ESCALATED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when a preview was escalated
 REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an escalation
-QUESTION_KEPT = 500  # of the first question, kept for the root post (which shows less)
-VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
 ROOT = "POST /api/v4/posts (the thread's root)"
 REPLY = "POST /api/v4/posts (in the thread)"
 ROOT_PATCH = "PUT /api/v4/posts/{root}/patch"
@@ -161,7 +160,7 @@ class MattermostDestination:
         conversation = conversation_of(event)
         assert conversation is not None
         if isinstance(event, MessageEvent):
-            first = _learnt({}, [event])
+            first = learnt_from({}, [event], thread_started=False)
             return [(ROOT, self._root(conversation, first)), (REPLY, self._message(event))]
         if isinstance(event, EscalationEvent):
             state: dict[str, Any] = {"escalated_at": SAMPLE_ESCALATED_AT}
@@ -208,7 +207,7 @@ class MattermostDestination:
         """What messages tell the root post: the first question, an agent answering. The root
         is patched only when something changed."""
         state = await delivery.state()
-        learnt = _learnt(state, events)
+        learnt = learnt_from(state, events, _thread_of(state) is not None)
         if learnt != state:
             await _save(delivery, learnt)
             await self._patch_root(delivery)
@@ -501,25 +500,6 @@ def delivered_in(post: Mapping[str, Any]) -> list[int]:
     """The deliveries a post by the bridge carries, from its props; [] for any other."""
     ids = str(_mark(post).get("deliveries") or "")
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
-
-
-def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, Any]:
-    """Mattermost's state with what these messages tell the root post (see _learn)."""
-    learnt = dict(state)
-    for event in events:
-        data = event.data
-        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
-            learnt["handler"] = {"name": plain(data.agent_name)}
-        elif (data.message_type in VISITOR_TYPES and data.question
-              and _shows_first_question(learnt) and not learnt.get("question")):
-            learnt["question"] = cut(data.question, QUESTION_KEPT)
-    return learnt
-
-
-def _shows_first_question(state: Mapping[str, Any]) -> bool:
-    """Whether the root shows the first question: a thread started before it did never will,
-    as the next question there would not be the first."""
-    return _thread_of(state) is None or "question" in state
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:

@@ -15,6 +15,13 @@ from slack_sdk import WebClient
 
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
+from bridge.destinations.chat_state import (
+    VISITOR_TYPES,
+    handling_change,
+    learnt_from,
+    previous_handler,
+    resolved_follow_up,
+)
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_metrics import PacingMetrics
 from bridge.destinations.slack_render import (
@@ -28,7 +35,6 @@ from bridge.destinations.slack_render import (
     escalation_view,
     fit_message,
     named_by_lead,
-    plain,
     visitor_of,
 )
 from bridge.destinations.slack_settings import SlackSettings
@@ -46,7 +52,6 @@ from bridge.events import (
     HANDLING,
     LEAD,
     MESSAGE,
-    RESOLVED,
     THREAD_NOTICE,
     TICKET_COMMENT,
     TICKET_DELETED,
@@ -65,11 +70,10 @@ from bridge.events import (
     TicketDeletedEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
-    canonical_json,
     conversation_of,
 )
 from bridge.settings import Settings
-from bridge.store import Echo, FollowUp
+from bridge.store import Echo
 from bridge.templating import Templates, cut
 
 log = logging.getLogger("bridge.slack")
@@ -85,8 +89,6 @@ BATCH_PREVIEW = "waiting messages in one reply"
 SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say a message came
 DRY_RUN_THREAD = "dry_run_thread"  # the channel a dry run logged a parent for: logged once
 NO_CHANNEL = "(no channel set)"  # what a dry run without [slack] channel names as the channel
-VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
-QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
 REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
 MODE_CHANGED = "mode_changed"  # the notice (slack/mode_changed.json.j2) once SiteGPT switched
 __all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
@@ -242,7 +244,7 @@ class SlackDestination:
                 notice.notice, notice.context), thread_ts=notice.thread_ts))]
         if isinstance(event, HandlingEvent):
             data = event.data
-            changed = _handling({}, data)
+            changed = handling_change({}, data)
             assert changed is not None
             line = self.renderer.handling(conversation, data.action, data.user, None)
             parent = self._parent(conversation, changed, None)
@@ -311,13 +313,13 @@ class SlackDestination:
         destinations (Jira moves the ticket) with a follow-up event.
         """
         state = await delivery.state()
-        changed = _handling(state, data)
+        changed = handling_change(state, data)
         if changed is None:
             return Skipped(f"the parent shows {data.user}'s {data.action} already")
-        previous = (state.get("handler") or {}).get("user")
+        previous = previous_handler(state, data)
         conversation = Conversation(data.chatbot_id, data.thread_id)
         line = self.renderer.handling(conversation, data.action, data.user,
-                                      previous if previous != data.user else None)
+                                      previous["user"] if previous else None)
         outcome = await self._post_in_thread(delivery, line)
         if not isinstance(outcome, Delivered):
             return outcome
@@ -326,7 +328,8 @@ class SlackDestination:
         if data.action != "resolve":
             return outcome
         return Delivered(note=outcome.note,
-                         follow_ups=[_resolved(conversation, data.user, delivery.clock.now())])
+                         follow_ups=[resolved_follow_up(conversation, data.user,
+                                                            delivery.clock.now())])
 
     async def _post_messages(self, delivery: Delivery, event: MessageEvent) -> Outcome:
         """The message, with those waiting right behind it in the same thread, in one reply.
@@ -413,7 +416,7 @@ class SlackDestination:
         """What messages tell the parent: the first question, an agent answering, the visitor
         back after it was resolved. The parent is updated only when something changed."""
         state = await delivery.state()
-        learnt = _learnt(state, events)
+        learnt = learnt_from(state, events, _thread_of(state) is not None)
         if learnt != state:
             await _save(delivery, learnt)
             await self._show_on_parent(delivery, learnt, self._shown(learnt))
@@ -700,56 +703,6 @@ def _moved_to(event: TicketStatusEvent, url: str | None) -> TicketShown:
     data = event.data
     return TicketShown(data.issue_key, url, data.status, data.status_id, data.category,
                        data.changed_at)
-
-
-def _learnt(state: Mapping[str, Any], events: list[MessageEvent]) -> dict[str, Any]:
-    """Slack's state with what these messages tell the parent (see _learn)."""
-    learnt = dict(state)
-    for event in events:
-        data = event.data
-        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
-            if not (learnt.get("handler") or {}).get("user"):  # a claim in Slack says more
-                learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
-        elif data.message_type in VISITOR_TYPES and data.question:
-            if _shows_first_question(learnt) and not learnt.get("question"):
-                learnt["question"] = cut(data.question, QUESTION_KEPT)
-            if _shows_resolved(learnt) and not learnt.get("reopened"):
-                learnt.pop("resolved", None)
-                learnt["reopened"] = True
-    return learnt
-
-
-def _shows_first_question(state: Mapping[str, Any]) -> bool:
-    """Whether the parent shows the first question: a thread started before it did never will,
-    as the next question there would not be the first."""
-    return _thread_of(state) is None or "question" in state
-
-
-def _handling(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
-    """What a claim or a resolve changes in Slack's state, or None if it shows so already."""
-    if data.action == "resolve":
-        if state.get("resolved") and not state.get("reopened"):
-            return None
-        return {"resolved": {"by": data.user}, "reopened": False}
-    handler = state.get("handler") or {}
-    if handler.get("user") == data.user and not _shows_resolved(state):
-        return None
-    return {"handler": {"user": data.user, "name": None}, "resolved": None, "reopened": False}
-
-
-def _resolved(conversation: Conversation, user: str, now: float) -> FollowUp:
-    """Tell the destinations that take it (Jira, to move the ticket) that it was resolved."""
-    body = canonical_json({"event": RESOLVED, "data": {
-        "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
-        "user": user, "resolvedAt": now}})
-    return FollowUp(RESOLVED, body, conversation.key, ())  # the worker addresses it
-
-
-def _shows_resolved(state: Mapping[str, Any]) -> bool:
-    """Whether the conversation shows as resolved: in Slack, or by its ticket's status."""
-    ticket = state.get("ticket") or {}
-    return bool(state.get("resolved")) or (
-        ticket.get("category") == "done" and not ticket.get("deleted"))
 
 
 def _sample_request(samples: Mapping[str, Event], conversation: Conversation) -> list[str]:

@@ -1,0 +1,80 @@
+"""What a chat tool's thread parent shows, kept alike by Slack and Mattermost in their state.
+
+Both keep, per conversation: the visitor's first `question`, the `handler` (`user`, the tool's
+member id, from Claim or Take over; or `name`, a SiteGPT agent who answered), `resolved`
+(`by`, the member who pressed Resolve) and `reopened` (the visitor wrote again after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.destinations.slack_render import plain
+from bridge.events import RESOLVED, Conversation, HandlingData, MessageEvent, canonical_json
+from bridge.store import FollowUp
+from bridge.templating import cut
+
+VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
+QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
+
+
+def learnt_from(state: Mapping[str, Any], events: list[MessageEvent],
+                thread_started: bool) -> dict[str, Any]:
+    """`state` with what these messages tell the parent: the first question, an agent
+    answering, the visitor back after it was resolved."""
+    learnt = dict(state)
+    for event in events:
+        data = event.data
+        if data.message_type == "AGENT_MESSAGE" and data.agent_name:
+            if not (learnt.get("handler") or {}).get("user"):  # a claim says more
+                learnt["handler"] = {"user": None, "name": plain(data.agent_name)}
+        elif data.message_type in VISITOR_TYPES and data.question:
+            if _shows_first_question(learnt, thread_started) and not learnt.get("question"):
+                learnt["question"] = cut(data.question, QUESTION_KEPT)
+            if shows_resolved(learnt) and not learnt.get("reopened"):
+                learnt.pop("resolved", None)
+                learnt["reopened"] = True
+    return learnt
+
+
+def _shows_first_question(state: Mapping[str, Any], thread_started: bool) -> bool:
+    """Whether the parent shows the first question: a thread started before it did never will,
+    as the next question there would not be the first."""
+    return not thread_started or "question" in state
+
+
+def handling_change(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
+    """What a claim or a resolve changes in the state, or None if it shows so already."""
+    if data.action == "resolve":
+        if state.get("resolved") and not state.get("reopened"):
+            return None
+        return {"resolved": {"by": data.user, "name": data.user_name}, "reopened": False}
+    handler = state.get("handler") or {}
+    if handler.get("user") == data.user and not shows_resolved(state):
+        return None
+    return {"handler": {"user": data.user, "name": data.user_name}, "resolved": None,
+            "reopened": False}
+
+
+def previous_handler(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:
+    """The member who handled the conversation until this claim took it over, if another."""
+    handler = state.get("handler") or {}
+    if data.action != "claim" or not handler.get("user") or handler["user"] == data.user:
+        return None
+    return {"user": handler["user"], "name": handler.get("name")}
+
+
+def shows_resolved(state: Mapping[str, Any]) -> bool:
+    """Whether the conversation shows as resolved: by a person, or by its ticket's status."""
+    ticket = state.get("ticket") or {}
+    return bool(state.get("resolved")) or (
+        ticket.get("category") == "done" and not ticket.get("deleted"))
+
+
+def resolved_follow_up(conversation: Conversation, user: str, now: float) -> FollowUp:
+    """Tell the destinations that take it (Jira, to move the ticket) that it was resolved."""
+    body = canonical_json({"event": RESOLVED, "data": {
+        "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
+        "user": user, "resolvedAt": now}})
+    return FollowUp(RESOLVED, body, conversation.key, ())  # the worker addresses it
