@@ -37,6 +37,9 @@ _MATTERMOST_ESCAPES = str.maketrans({char: f"\\{char}" for char in "\\`*_{}[]()#
 WORD_JOINER = "\u2060"
 _MATTERMOST_BREAKS = re.compile(r"([@~])|(?<=h)(ttps?)(?=\\?:)|(?<=w)(ww)(?=\\?\.)", re.IGNORECASE)
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+# What a Mattermost username is made of; the three that mention everyone are no member's.
+_MATTERMOST_USERNAME = re.compile(r"[a-z0-9._-]+")
+_MATTERMOST_EVERYONE = frozenset({"all", "channel", "here"})
 
 
 def builtin_dir() -> Path:
@@ -89,6 +92,15 @@ def _joined(match: re.Match[str]) -> str:
     if match[1]:
         return match[1] + WORD_JOINER
     return WORD_JOINER + (match[2] or match[3])
+
+
+def mattermost_mention(username: Any, fallback: Any = None) -> str:
+    """`@username` for what can only be one member's Mattermost username; anything else (a
+    mention of everyone, markup, a display name) as inert text, or `fallback` when empty."""
+    name = "" if username is None else str(username)
+    if _MATTERMOST_USERNAME.fullmatch(name) and name not in _MATTERMOST_EVERYONE:
+        return f"@{name}"
+    return mattermost_text(name or fallback)
 
 
 def mattermost_link(url: Any, label: str | None = None) -> str:
@@ -247,7 +259,8 @@ class Templates:
         self.env.filters.update(
             mrkdwn=slack_escape, slack_link=slack_link, sitegpt_link=sitegpt_link,
             jira=jira_escape, cut=cut, mattermost_text=mattermost_text,
-            mattermost_link=mattermost_link, mattermost_sitegpt_link=mattermost_sitegpt_link,
+            mattermost_mention=mattermost_mention, mattermost_link=mattermost_link,
+            mattermost_sitegpt_link=mattermost_sitegpt_link,
             date=format_date, tojson=_tojson)
         self.env.filters["slack_date"] = slack_date
         self.env.globals.update(dashboard_url=dashboard_url)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.chat_state import learnt_from
+from bridge.destinations.mattermost_actions import buttons
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
 from bridge.destinations.shared import Shared
@@ -418,7 +419,11 @@ class MattermostDestination:
             **self._conversation(conversation), "visitor": state.get("visitor"),
             "question": plain(state.get("question")),
             "escalated": bool(state.get("escalated_at")),
-            "ticket": shown.context() if shown else None, "handler": state.get("handler")})
+            "ticket": shown.context() if shown else None,
+            "handler": _member(state.get("handler"), "user"),
+            "resolved_by": _member(state.get("resolved"), "by"),
+            "reopened": bool(state.get("reopened")),
+            "actions": buttons(self.settings, conversation)})
         return {**root, "props": {**root.get("props", {}),
                                   MARK: {"conversation": conversation.key}}}
 
@@ -500,6 +505,14 @@ def delivered_in(post: Mapping[str, Any]) -> list[int]:
     """The deliveries a post by the bridge carries, from its props; [] for any other."""
     ids = str(_mark(post).get("deliveries") or "")
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
+
+
+def _member(kept: Mapping[str, Any] | None, id_key: str) -> dict[str, Any] | None:
+    """A handler or resolver as the root template sees it: `user` (a member's id, or none for
+    a SiteGPT agent) and `name`; none when there is none."""
+    if not kept:
+        return None
+    return {"user": kept.get(id_key), "name": kept.get("name")}
 
 
 def _thread_of(state: Mapping[str, Any]) -> Thread | None:

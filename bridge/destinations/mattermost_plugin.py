@@ -10,7 +10,11 @@ from bridge.destinations.mattermost import (
 )
 from bridge.destinations.mattermost_listener import ListenerMetrics, replies_listener
 from bridge.destinations.mattermost_replies import MattermostReplies
-from bridge.destinations.mattermost_settings import MattermostSettings, mattermost_replies_on
+from bridge.destinations.mattermost_settings import (
+    ACTIONS_PATH,
+    MattermostSettings,
+    mattermost_replies_on,
+)
 from bridge.destinations.plugin import Plugin
 from bridge.destinations.shared import Shared
 from bridge.sections import half_set
@@ -23,10 +27,32 @@ def _unfinished(settings: Settings) -> list[str]:
     effect = "nothing is posted to Mattermost"
     lines = [half_set("mattermost", "bot_token", effect, mattermost.bot_token,
                       url=mattermost.url, channel=mattermost.channel,
-                      leads_channel=mattermost.leads_channel),
+                      leads_channel=mattermost.leads_channel, actions_url=mattermost.actions_url),
              half_set("mattermost", "url", effect, mattermost.url,
-                      bot_token=mattermost.bot_token)]
+                      bot_token=mattermost.bot_token),
+             _doubled_actions_path(mattermost)]
     return [line for line in lines if line]
+
+
+def _doubled_actions_path(mattermost: MattermostSettings) -> str | None:
+    """actions_url is the bridge's address alone: the buttons add the route's path to it."""
+    given = (mattermost.actions_url or "").rstrip("/")
+    if not given.endswith(ACTIONS_PATH):
+        return None
+    return (f"mattermost: mattermost.actions_url ends with {ACTIONS_PATH}: the buttons would "
+            f"call {given}{ACTIONS_PATH}; give the bridge's address alone")
+
+
+def _status(settings: Settings) -> list[str]:
+    """Where the root post's buttons call, and which there are."""
+    endpoint = settings.mattermost.actions_endpoint
+    if endpoint is None:
+        return []
+    buttons = "Take over, Hand back, I'll take it, Resolve"
+    if not mattermost_replies_on(settings):
+        buttons = ("I'll take it, Resolve (Take over and Hand back need replies from "
+                   "Mattermost: [mattermost] replies and a SiteGPT API key)")
+    return [f"mattermost buttons: {buttons}: Mattermost calls {endpoint}"]
 
 
 def _state(settings: Settings) -> str:
@@ -43,7 +69,7 @@ PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
     built_with=lambda settings: settings.mattermost.on, state=_state,
-    unfinished=_unfinished, docs="mattermost", background=replies_listener,
+    status=_status, unfinished=_unfinished, docs="mattermost", background=replies_listener,
     metrics=ListenerMetrics,
     route_keys={"mattermost_channel": (str | None, None),
                 "mattermost_leads_channel": (str | None, None)},

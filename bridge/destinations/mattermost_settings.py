@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bridge.destinations.sitegpt_settings import sitegpt_key_set
 from bridge.sections import Section
 from bridge.settings import Settings
+
+ACTIONS_PATH = "/mattermost/actions"  # the route the root post's buttons call, on actions_url
 
 
 class MattermostSettings(Section):
@@ -32,6 +36,24 @@ class MattermostSettings(Section):
     @property
     def on(self) -> bool:
         return bool(self.url and self.bot_token)
+
+    @property
+    def actions_endpoint(self) -> str | None:
+        """Where the root post's buttons call, or None: no buttons."""
+        if not self.on or not self.actions_url:
+            return None
+        return f"{self.actions_url.rstrip('/')}{ACTIONS_PATH}"
+
+    @field_validator("actions_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        # Mattermost calls only http(s) integrations: anything else would make buttons that
+        # fail on every press.
+        if url is not None and (urlsplit(url).scheme not in ("http", "https")
+                                or not urlsplit(url).netloc):
+            raise ValueError("must be the bridge's http:// or https:// address as Mattermost "
+                             "reaches it, e.g. https://bridge.example.com")
+        return url
 
     @model_validator(mode="after")
     def _channel_when_on(self) -> MattermostSettings:
