@@ -15,6 +15,7 @@ from bridge.events import RESOLVED, Conversation, HandlingData, MessageEvent, ca
 from bridge.store import FollowUp
 from bridge.templating import cut
 
+MODE_CHANGED = "mode_changed"  # the notice (<tool>/mode_changed.json.j2) once SiteGPT switched
 VISITOR_TYPES = frozenset({"USER_MESSAGE", "NORMAL_MESSAGE"})  # what carries the visitor's words
 QUESTION_KEPT = 500  # of the first question, kept for the parent (which shows less)
 
@@ -63,6 +64,14 @@ def previous_handler(state: Mapping[str, Any], data: HandlingData) -> dict[str, 
     if data.action != "claim" or not handler.get("user") or handler["user"] == data.user:
         return None
     return {"user": handler["user"], "name": handler.get("name")}
+
+
+def mode_handler(notice_context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Who handles the conversation once SiteGPT switched its mode: the member who took it
+    over, or no one when it was handed back to the AI."""
+    if notice_context.get("mode") != "AGENT":
+        return None
+    return {"user": str(notice_context.get("user_id")), "name": notice_context.get("user_name")}
 
 
 def shows_resolved(state: Mapping[str, Any]) -> bool:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
-from bridge.destinations.chat_state import learnt_from
+from bridge.destinations.chat_state import (
+    MODE_CHANGED,
+    handling_change,
+    learnt_from,
+    mode_handler,
+    previous_handler,
+    resolved_follow_up,
+)
 from bridge.destinations.mattermost_actions import buttons
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
 from bridge.destinations.mattermost_settings import MattermostSettings
@@ -27,16 +34,22 @@ from bridge.destinations.slack_render import (
 from bridge.errors import PermanentError, RetryableError, TemplateError
 from bridge.events import (
     ESCALATION,
+    HANDLING,
     LEAD,
     MESSAGE,
+    THREAD_NOTICE,
     TICKET_LINKED,
     TICKET_STATUS,
     Conversation,
     EscalationEvent,
     Event,
+    HandlingData,
+    HandlingEvent,
     LeadData,
     LeadEvent,
     MessageEvent,
+    ThreadNoticeData,
+    ThreadNoticeEvent,
     TicketLinkedEvent,
     TicketStatusEvent,
     conversation_of,
@@ -57,6 +70,7 @@ REQUEST_LIMIT = 2000  # of the visitor's last message, kept to show with an esca
 ROOT = "POST /api/v4/posts (the thread's root)"
 REPLY = "POST /api/v4/posts (in the thread)"
 ROOT_PATCH = "PUT /api/v4/posts/{root}/patch"
+NOTICE_KEYS = ("user_id", "user_name", "reason", "mode")  # what notices' templates are told
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,9 @@ class MattermostDestination:
     """Posts each conversation as a Mattermost thread and keeps its root post current."""
 
     name: ClassVar[str] = "mattermost"
+    # Claims and notices are addressed to the one chat tool whose thread they are for.
     KINDS: ClassVar[frozenset[str]] = frozenset({
-        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS})
+        MESSAGE, ESCALATION, LEAD, TICKET_LINKED, TICKET_STATUS, HANDLING, THREAD_NOTICE})
 
     def __init__(self, settings: Settings, templates: Templates, server: MattermostServer
                  ) -> None:
@@ -97,6 +112,10 @@ class MattermostDestination:
                 return await self._link_ticket(delivery, event)
             if isinstance(event, TicketStatusEvent):
                 return await self._ticket_moved(delivery, event)
+            if isinstance(event, HandlingEvent):
+                return await self._handled(delivery, event.data)
+            if isinstance(event, ThreadNoticeEvent):
+                return await self._post_notice(delivery, event.data)
         except TemplateError as exc:
             raise PermanentError(f"mattermost: template error: {exc}") from exc
         raise PermanentError(f"mattermost: cannot deliver {event.event} events")
@@ -149,7 +168,7 @@ class MattermostDestination:
         """
         rendered: dict[str, str] = {}
         for label, event in samples.items():
-            if self.accepts(event.event):
+            if self.accepts(event.event) and not _pressed_elsewhere(event):
                 for call, body in self._preview(event):
                     rendered[f"{label}: {call}"] = json.dumps(fit_post(body), indent=2,
                                                               ensure_ascii=False)
@@ -170,6 +189,17 @@ class MattermostDestination:
         if isinstance(event, TicketLinkedEvent):
             state = {"ticket": _linked({}, event)}
             return [(REPLY, self._ticket(event)), (ROOT_PATCH, self._root(conversation, state))]
+        if isinstance(event, HandlingEvent):
+            changed = handling_change({}, event.data)
+            assert changed is not None
+            return [(REPLY, self._handling(event.data, None)),
+                    (ROOT_PATCH, self._root(conversation, changed))]
+        if isinstance(event, ThreadNoticeEvent):
+            notice = [(REPLY, self._notice(event.data))]
+            if event.data.notice != MODE_CHANGED:
+                return notice
+            handler = {"handler": mode_handler(event.data.context)}
+            return [*notice, (ROOT_PATCH, self._root(conversation, handler))]
         assert isinstance(event, TicketStatusEvent)
         moved = self._moved_to(event)
         return [(REPLY, self._ticket_status(event, moved)),
@@ -353,6 +383,47 @@ class MattermostDestination:
         await self._patch_root(delivery)
         return outcome
 
+    async def _handled(self, delivery: Delivery, data: HandlingData) -> Outcome:
+        """I'll take it or Resolve pressed on the root: a line in the thread, the root says who.
+
+        Pressing again what the root shows already does nothing. A resolve tells the other
+        destinations (Jira moves the ticket) with a follow-up event.
+        """
+        state = await delivery.state()
+        thread = _thread_of(state)
+        if data.tool != self.name or thread != Thread(data.channel, data.thread_ts):
+            return Skipped("pressed on another thread than the conversation's in Mattermost")
+        changed = handling_change(state, data)
+        if changed is None:
+            return Skipped(f"the root shows {data.user_name or data.user}'s {data.action} "
+                           "already")
+        line = self._handling(data, previous_handler(state, data))
+        outcome = await self._post_in_thread(delivery, thread, line)
+        await _save(delivery, {**await delivery.state(), **changed})
+        await self._patch_root(delivery)
+        if data.action != "resolve":
+            return outcome
+        conversation = Conversation(data.chatbot_id, data.thread_id)
+        return Delivered(note=outcome.note, follow_ups=[
+            resolved_follow_up(conversation, data.user, delivery.clock.now())])
+
+    async def _post_notice(self, delivery: Delivery, notice: ThreadNoticeData) -> Outcome:
+        """A notice the bridge was asked to post in the thread: a reply that did not reach the
+        visitor, a mode SiteGPT switched or would not switch.
+
+        Once SiteGPT switched the mode, the root shows who took over (or no one, handed back).
+        """
+        thread = Thread(notice.channel, notice.thread_ts)
+        if _thread_of(await delivery.state()) != thread:
+            return Skipped("the notice is for another thread than the conversation's in "
+                           "Mattermost")
+        outcome = await self._post_in_thread(delivery, thread, self._notice(notice))
+        if notice.notice == MODE_CHANGED:
+            state = await delivery.state()
+            await _save(delivery, {**state, "handler": mode_handler(notice.context)})
+            await self._patch_root(delivery)
+        return outcome
+
     async def _thread(self, delivery: Delivery) -> Thread:
         """The conversation's thread, starting it with its root post the first time."""
         if thread := _thread_of(await delivery.state()):
@@ -466,6 +537,20 @@ class MattermostDestination:
             "ticket": {**ticket.context(), "previous_status": data.previous_status},
             "actor": data.actor})
 
+    def _handling(self, data: HandlingData,
+                  previous: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The thread's line when someone claims or resolves the conversation."""
+        return self._render("mattermost/handling.json.j2", {
+            **self._conversation(Conversation(data.chatbot_id, data.thread_id)),
+            "action": data.action, "user_id": data.user, "user_name": data.user_name,
+            "previous": previous})
+
+    def _notice(self, notice: ThreadNoticeData) -> dict[str, Any]:
+        """A notice's post: what a notice leaves unsaid is none, so templates may test it."""
+        return self._render(f"mattermost/{notice.notice}.json.j2", {
+            **self._conversation(Conversation(notice.chatbot_id, notice.thread_id)),
+            **dict.fromkeys(NOTICE_KEYS), **notice.context})
+
     def _conversation(self, conversation: Conversation) -> dict[str, Any]:
         return conversation_context(self.settings, conversation)
 
@@ -505,6 +590,11 @@ def delivered_in(post: Mapping[str, Any]) -> list[int]:
     """The deliveries a post by the bridge carries, from its props; [] for any other."""
     ids = str(_mark(post).get("deliveries") or "")
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
+
+
+def _pressed_elsewhere(event: Event) -> bool:
+    """A claim pressed in another chat tool, which Mattermost never shows."""
+    return isinstance(event, HandlingEvent) and event.data.tool != MattermostDestination.name
 
 
 def _member(kept: Mapping[str, Any] | None, id_key: str) -> dict[str, Any] | None:

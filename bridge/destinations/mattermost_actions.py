@@ -25,8 +25,8 @@ TAKE_OVER = "takeover"
 HAND_BACK = "handback"
 CLAIM = "claim"
 RESOLVE = "resolve"
-MODES = {TAKE_OVER: "AGENT", HAND_BACK: "AI"}  # the SiteGPT mode each button asks for
-HANDLING = {CLAIM: "claim", RESOLVE: "resolve"}
+MODE_ACTIONS = {TAKE_OVER: "AGENT", HAND_BACK: "AI"}  # the SiteGPT mode each asks for
+HANDLING_ACTIONS = {CLAIM: "claim", RESOLVE: "resolve"}
 LABELS = {CLAIM: "I'll take it", RESOLVE: "Resolve", TAKE_OVER: "Take over",
           HAND_BACK: "Hand back to AI"}
 STYLES = {TAKE_OVER: "primary"}

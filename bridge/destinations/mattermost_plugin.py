@@ -1,7 +1,11 @@
-"""Mattermost as a plugin: its settings section, templates, samples, and the WebSocket replies
-come in on."""
+"""Mattermost as a plugin: its settings section, templates, samples, the WebSocket replies
+come in on and the route its buttons call."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import BaseRoute
 
 from bridge.destinations.mattermost import (
     MattermostDestination,
@@ -15,11 +19,17 @@ from bridge.destinations.mattermost_settings import (
     MattermostSettings,
     mattermost_replies_on,
 )
-from bridge.destinations.plugin import Plugin
+from bridge.destinations.plugin import Inbound, Plugin
 from bridge.destinations.shared import Shared
+from bridge.mattermost_buttons import mattermost_routes
 from bridge.sections import half_set
 from bridge.settings import Settings
 from bridge.templating import builtin_dir
+
+
+def _routes(inbound: Inbound) -> list[BaseRoute]:
+    return mattermost_routes(inbound.settings, inbound.store, inbound.clock, inbound.on_accept,
+                             inbound.metrics)
 
 
 def _unfinished(settings: Settings) -> list[str]:
@@ -68,7 +78,8 @@ def _reply_tool(settings: Settings, shared: Shared) -> MattermostReplies:
 PLUGIN = Plugin(
     name="mattermost", section=MattermostSettings, build=mattermost_destination,
     kinds=MattermostDestination.KINDS, templates=builtin_dir() / "mattermost",
-    built_with=lambda settings: settings.mattermost.on, state=_state,
+    samples=Path(__file__).parent / "mattermost_samples",
+    routes=_routes, built_with=lambda settings: settings.mattermost.on, state=_state,
     status=_status, unfinished=_unfinished, docs="mattermost", background=replies_listener,
     metrics=ListenerMetrics,
     route_keys={"mattermost_channel": (str | None, None),

@@ -16,9 +16,11 @@ from slack_sdk import WebClient
 from bridge.clock import Clock, SystemClock
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.chat_state import (
+    MODE_CHANGED,
     VISITOR_TYPES,
     handling_change,
     learnt_from,
+    mode_handler,
     previous_handler,
     resolved_follow_up,
 )
@@ -90,8 +92,8 @@ SAMPLE_RECEIVED_AT = 1_705_316_400.0  # 2024-01-15 11:00 UTC, when previews say 
 DRY_RUN_THREAD = "dry_run_thread"  # the channel a dry run logged a parent for: logged once
 NO_CHANNEL = "(no channel set)"  # what a dry run without [slack] channel names as the channel
 REQUEST_MESSAGES = 3  # the visitor's last messages an escalation quotes
-MODE_CHANGED = "mode_changed"  # the notice (slack/mode_changed.json.j2) once SiteGPT switched
-__all__ = ["Call", "SlackDestination", "SlackUser", "json_previews", "post_arguments"]
+__all__ = ["MODE_CHANGED", "Call", "SlackDestination", "SlackUser", "json_previews",
+           "post_arguments"]
 
 
 @dataclass(frozen=True)
@@ -300,9 +302,7 @@ class SlackDestination:
                                            metadata=delivery_metadata([delivery]))
         if notice.notice == MODE_CHANGED:
             state = await delivery.state()
-            taken = notice.context.get("mode") == "AGENT"
-            handler = {"user": str(notice.context.get("user_id")), "name": None} if taken else None
-            await _save(delivery, {**state, "handler": handler})
+            await _save(delivery, {**state, "handler": mode_handler(notice.context)})
             await self._refresh_parent(delivery)
         return Delivered(note=f"{notice.channel}/{ts}")
 
