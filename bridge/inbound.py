@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import Send
 
 from bridge.clock import Clock
 from bridge.errors import StoreError
-from bridge.events import Conversation
+from bridge.events import Conversation, canonical_json
 from bridge.metrics import WEBHOOK_OUTCOMES, Metrics
 from bridge.rejections import RejectionLog
 from bridge.store import ConversationLinks, EventIntake, NewEvent
@@ -155,6 +157,42 @@ class Storing:
         self.log.debug("%s ignored: %s", source, reason)
         self.count("ignored")
         return Answer(200, {"status": "ignored", "reason": reason})
+
+
+@dataclass(eq=False)
+class Receiving:
+    """One endpoint of a receiver (Slack's, Jira's, Mattermost's): its refusals answered and
+    what it stores, each counted under the endpoint, whose series start at zero."""
+
+    endpoint: str
+    log: logging.Logger
+    store: EventIntake
+    clock: Clock
+    window: float  # how long a dedup key keeps a repeat out
+    on_accept: Callable[[], None]
+    metrics: Metrics
+    refusals: Refusals = field(init=False)
+    storing: Storing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics.expect_webhooks(self.endpoint, RECEIVER_OUTCOMES)
+        self.refusals = Refusals(self.log, self.clock, self.metrics)
+        self.storing = Storing(self.store, self.clock, self.window, self.on_accept, self.log,
+                               partial(self.metrics.webhook, self.endpoint))
+
+    def refused(self, where: str, refusal: Refused) -> Answer:
+        """`where` starts the log line."""
+        return self.refusals.answer(self.endpoint, where, refusal)
+
+
+def thread_event(kind: str, conversation: Conversation, dedup_key: str, data: BaseModel,
+                 destinations: Sequence[str]) -> NewEvent:
+    """An event the bridge makes of what people did about a conversation (a reply, a button,
+    a ticket's change), delivered in line with the conversation's other events."""
+    body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
+    return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
+                    ordering_key=conversation.key, destinations=destinations,
+                    conversation=(conversation.chatbot_id, conversation.thread_id))
 
 
 def store_unavailable(exc: StoreError) -> Refused:

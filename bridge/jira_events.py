@@ -27,20 +27,19 @@ from bridge.events import (
     TicketCommentData,
     TicketDeletedData,
     TicketStatusData,
-    canonical_json,
     read_json,
 )
 from bridge.inbound import (
     INVALID,
     INVALID_JSON,
-    RECEIVER_OUTCOMES,
     UNAUTHORIZED,
     Answer,
-    Refusals,
+    Receiving,
     Refused,
     Storing,
     bounded_body,
     conversation_by_ref,
+    thread_event,
 )
 from bridge.jira_markup import comment_text
 from bridge.metrics import Metrics
@@ -170,22 +169,21 @@ class JiraReceiver:
     on_accept: Callable[[], None] = lambda: None
     destinations: Sequence[str] = DESTINATIONS  # those switched on take what Jira tells
     metrics: Metrics = field(default_factory=Metrics)
-    refusals: Refusals = field(init=False)
+    receiving: Receiving = field(init=False)
 
     def __post_init__(self) -> None:
-        self.refusals = Refusals(log, self.clock, self.metrics)
-        self.metrics.expect_webhooks(ENDPOINT, RECEIVER_OUTCOMES)
+        self.receiving = Receiving(ENDPOINT, log, self.store, self.clock, DEDUP_WINDOW,
+                                   self.on_accept, self.metrics)
 
     @property
     def storing(self) -> Storing:
-        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log,
-                       lambda outcome: self.metrics.webhook(ENDPOINT, outcome))
+        return self.receiving.storing
 
     async def webhook(self, request: Request) -> Response:
         try:
             answer = await self._answer(request)
         except Refused as refusal:
-            answer = self.refusals.answer(ENDPOINT, f"jira {PATH}", refusal)
+            answer = self.receiving.refused(f"jira {PATH}", refusal)
         return answer.response()
 
     async def _answer(self, request: Request) -> Answer:
@@ -306,12 +304,8 @@ def _dedup_key(headers: Headers, raw: bytes) -> str:
 
 
 def _new_event(data: TicketData, dedup_key: str, destinations: Sequence[str]) -> NewEvent:
-    conversation = Conversation(data.chatbot_id, data.thread_id)
-    kind = KINDS[type(data)]
-    body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
-    return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
-                    ordering_key=conversation.key, destinations=destinations,
-                    conversation=(conversation.chatbot_id, conversation.thread_id))
+    return thread_event(KINDS[type(data)], Conversation(data.chatbot_id, data.thread_id),
+                        dedup_key, data, destinations)
 
 
 def jira_routes(settings: Settings, store: ReplyIntake, clock: Clock,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,19 +29,17 @@ from bridge.events import (
     HandlingData,
     InvalidEvent,
     ModeChangeData,
-    canonical_json,
     read_json,
 )
 from bridge.inbound import (
     INVALID,
     INVALID_JSON,
-    RECEIVER_OUTCOMES,
     UNAUTHORIZED,
-    Refusals,
+    Receiving,
     Refused,
-    Storing,
     bounded_body,
     conversation_by_ref,
+    thread_event,
 )
 from bridge.metrics import Metrics
 from bridge.settings import Settings
@@ -80,26 +78,14 @@ class Signed:
     conversation: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class ButtonReceiver:
     """What POST /mattermost/actions needs, wired once at start-up."""
 
     settings: Settings
     store: ReplyIntake
-    clock: Clock
     signer: ActionSigner
-    on_accept: Callable[[], None] = lambda: None
-    metrics: Metrics = field(default_factory=Metrics)
-    refusals: Refusals = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.refusals = Refusals(log, self.clock, self.metrics)
-        self.metrics.expect_webhooks(ENDPOINT, RECEIVER_OUTCOMES)
-
-    @property
-    def storing(self) -> Storing:
-        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log,
-                       lambda outcome: self.metrics.webhook(ENDPOINT, outcome))
+    receiving: Receiving
 
     async def pressed(self, request: Request) -> Response:
         """Mattermost shows an answer's `ephemeral_text` to whoever pressed the button."""
@@ -107,12 +93,11 @@ class ButtonReceiver:
             raw = await bounded_body(request, self.settings.server.max_body_bytes)
             event = await self._event(self._signed(_press(raw)))
             if isinstance(event, str):
-                self.storing.ignored(SOURCE, event)
+                self.receiving.storing.ignored(SOURCE, event)
                 return JSONResponse({"ephemeral_text": event})
-            await self.storing.accept(SOURCE, event)
+            await self.receiving.storing.accept(SOURCE, event)
         except Refused as refusal:
-            return self.refusals.answer(ENDPOINT, f"mattermost {ACTIONS_PATH}",
-                                        refusal).response()
+            return self.receiving.refused(f"mattermost {ACTIONS_PATH}", refusal).response()
         return JSONResponse({})
 
     def _signed(self, press: ButtonPress) -> Signed:
@@ -165,17 +150,9 @@ def _button_event(conversation: Conversation, signed: Signed) -> NewEvent:
     if signed.action in HANDLING_ACTIONS:
         data: HandlingData | ModeChangeData = HandlingData(
             **ids, action=HANDLING_ACTIONS[signed.action])
-        return _new_event(HANDLING, conversation, key, data, HANDLERS)
+        return thread_event(HANDLING, conversation, key, data, HANDLERS)
     data = ModeChangeData(**ids, mode=MODE_ACTIONS[signed.action])
-    return _new_event(MODE_CHANGE, conversation, key, data, MODE_TAKERS)
-
-
-def _new_event(kind: str, conversation: Conversation, dedup_key: str,
-               data: HandlingData | ModeChangeData, destinations: Sequence[str]) -> NewEvent:
-    body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
-    return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
-                    ordering_key=conversation.key, destinations=destinations,
-                    conversation=(conversation.chatbot_id, conversation.thread_id))
+    return thread_event(MODE_CHANGE, conversation, key, data, MODE_TAKERS)
 
 
 def mattermost_routes(settings: Settings, store: ReplyIntake, clock: Clock,
@@ -184,6 +161,7 @@ def mattermost_routes(settings: Settings, store: ReplyIntake, clock: Clock,
     """POST /mattermost/actions once Mattermost is on and `actions_url` is set; else none."""
     if settings.mattermost.actions_endpoint is None:
         return []
-    receiver = ButtonReceiver(settings, store, clock, signer_for(settings.mattermost),
-                              on_accept, metrics or Metrics())
+    receiving = Receiving(ENDPOINT, log, store, clock, DEDUP_WINDOW, on_accept,
+                          metrics or Metrics())
+    receiver = ButtonReceiver(settings, store, signer_for(settings.mattermost), receiving)
     return [Route(ACTIONS_PATH, receiver.pressed, methods=["POST"])]

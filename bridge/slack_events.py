@@ -27,18 +27,17 @@ from bridge.events import (
     HandlingData,
     ModeChangeData,
     SlackReplyData,
-    canonical_json,
 )
 from bridge.inbound import (
     INVALID,
     INVALID_JSON,
-    RECEIVER_OUTCOMES,
     UNAUTHORIZED,
-    Refusals,
+    Receiving,
     Refused,
     Storing,
     bounded_body,
     conversation_by_ref,
+    thread_event,
 )
 from bridge.metrics import Metrics
 from bridge.settings import Settings
@@ -126,16 +125,15 @@ class SlackReceiver:
     modes: bool = True  # Take over / Hand back reach SiteGPT (replies from Slack are on)
     on_accept: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
-    refusals: Refusals = field(init=False)
+    receiving: Receiving = field(init=False)
 
     def __post_init__(self) -> None:
-        self.refusals = Refusals(log, self.clock, self.metrics)
-        self.metrics.expect_webhooks(ENDPOINT, RECEIVER_OUTCOMES)
+        self.receiving = Receiving(ENDPOINT, log, self.store, self.clock, DEDUP_WINDOW,
+                                   self.on_accept, self.metrics)
 
     @property
     def storing(self) -> Storing:
-        return Storing(self.store, self.clock, DEDUP_WINDOW, self.on_accept, log,
-                       lambda outcome: self.metrics.webhook(ENDPOINT, outcome))
+        return self.receiving.storing
 
     async def events(self, request: Request) -> Response:
         try:
@@ -165,7 +163,7 @@ class SlackReceiver:
         return Response(status_code=200)
 
     def _refused(self, request: Request, refusal: Refused) -> Response:
-        return self.refusals.answer(ENDPOINT, f"slack {request.url.path}", refusal).response()
+        return self.receiving.refused(f"slack {request.url.path}", refusal).response()
 
     async def _signed_body(self, request: Request) -> bytes:
         raw = await bounded_body(request, self.max_body_bytes)
@@ -256,10 +254,7 @@ def _parse(model: type[M], raw: bytes) -> M:
 def _new_event(kind: str, conversation: Conversation, dedup_key: str,
                data: SlackReplyData | ModeChangeData | HandlingData,
                destinations: Sequence[str] = DESTINATIONS) -> NewEvent:
-    body = {"event": kind, "data": data.model_dump(by_alias=True, exclude_none=True)}
-    return NewEvent(kind=kind, body=canonical_json(body), dedup_key=dedup_key,
-                    ordering_key=conversation.key, destinations=destinations,
-                    conversation=(conversation.chatbot_id, conversation.thread_id))
+    return thread_event(kind, conversation, dedup_key, data, destinations)
 
 
 def slack_routes(settings: Settings, store: ReplyIntake, clock: Clock,
