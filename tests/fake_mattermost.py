@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ MESSAGE_LIMIT = 16_383  # Mattermost refuses a longer message (400)
 HELLO = {"event": "hello", "data": {"server_version": "10.5.0", "connection_id": "conn"},
          "broadcast": {"user_id": BOT["id"]}, "seq": 0}
 SOCKET_WAIT = 10.0  # seconds a test waits for the fake's loop to reach the sockets
+TEAM = "team_id_0000000000000000000"
+# Mattermost finds a pressed button through the route /posts/{post_id}/actions/{action_id},
+# whose action id takes letters and digits only: a button with another id cannot be pressed.
+ACTION_ID = re.compile(r"[A-Za-z0-9]+")
 
 
 @dataclass
@@ -191,6 +196,28 @@ class FakeMattermost:
                 "create_at": int(time.time() * 1000)}
         self.posts.append(post)
         return post
+
+    def buttons(self, post_id: str) -> list[dict[str, Any]]:
+        """The buttons a post shows now (its attachments' actions), in order."""
+        attachments = (self.root(post_id).get("props") or {}).get("attachments") or []
+        return [action for attachment in attachments for action in attachment.get("actions", [])]
+
+    def press(self, post_id: str, action_id: str, user_id: str = "u_ben",
+              user_name: str = "ben") -> tuple[str, dict[str, Any]]:
+        """A member presses a button: where Mattermost's server then posts, and what.
+
+        As Mattermost does, the server adds the button's integration context, which no
+        client ever sees, and a new trigger id for every press.
+        """
+        if not ACTION_ID.fullmatch(action_id):
+            raise ValueError(f"Mattermost cannot route a press of action {action_id!r}")
+        post = self.root(post_id)
+        action = next(action for action in self.buttons(post_id) if action["id"] == action_id)
+        integration = action["integration"]
+        return integration["url"], {
+            "user_id": user_id, "user_name": user_name, "channel_id": post["channel_id"],
+            "team_id": TEAM, "post_id": post_id, "trigger_id": f"trigger{next(self._ids)}",
+            "type": "", "context": integration.get("context") or {}}
 
     async def _scripted(self, route: str) -> Response | None:
         if self.script and self.script[0].route in (route, "*"):
