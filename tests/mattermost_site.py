@@ -130,7 +130,8 @@ async def mm_site_fixture(make_settings, mattermost, clock):
                     **section: Any) -> MattermostSite:
         """The bridge with Mattermost, its buttons and (unless not `sitegpt_key`) a SiteGPT
         key, plus `extra` settings; `section` changes [mattermost]."""
-        sitegpt = {"api_url": "https://sitegpt.test/api/v0",
+        # A test that calls SiteGPT mocks its API; any other call stays on this machine.
+        sitegpt = {"api_url": "http://127.0.0.1:9/api/v0",
                    **({"api_key": "sk-test"} if sitegpt_key else {})}
         data = deep_merge({"mattermost": mattermost_section(mattermost, **section),
                            "sitegpt": sitegpt}, extra or {})

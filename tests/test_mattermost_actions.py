@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ from bridge.errors import ConfigError
 from bridge.events import RESOLVED, parse_event
 from bridge.samples import load_sample
 from bridge.templating import Templates, mattermost_mention
-from tests.fake_slack import fake_fixture, slack_server_fixture  # noqa: F401 (fixtures)
 from tests.mattermost_site import (  # noqa: F401 (fixtures)
     ACTIONS,
     CHATBOT,
@@ -302,22 +300,39 @@ async def test_a_claim_pressed_in_slack_is_not_shown_in_mattermost(mm_site):
     assert len(s.fake.thread(root)) == 1
 
 
-async def test_take_over_pressed_in_mattermost_switches_sitegpt_and_says_so_there(
-        mm_site, api, fake):
+@pytest.mark.parametrize(("action", "mode", "line", "status"), [
+    ("takeover", "AGENT", ":technologist: @ben took over: the AI stays quiet",
+     ":technologist: **@ben is handling**"),
+    ("handback", "AI", ":robot_face: @ben handed the conversation back to the AI.",
+     ":robot_face: AI answering"),
+])
+async def test_take_over_and_hand_back_switch_sitegpt_and_say_so_in_the_thread(
+        mm_site, api, action, mode, line, status):
     route = api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(
-        return_value=httpx.Response(200, json={"mode": "AGENT"}))
+        return_value=httpx.Response(200, json={"mode": mode}))
     api.route(host="127.0.0.1").pass_through()  # the fake Mattermost
-    s = await mm_site({"sitegpt": {"api_url": API},
-                       "slack": {"bot_token": "xoxb-test", "api_url": fake.api_url,
-                                 "channel": "C_CONV", "signing_secret": "secret"}})
+    s = await mm_site({"sitegpt": {"api_url": API}})
     root = await s.conversation()
-    assert (await s.press(root, "takeover")).status_code == 200
+    assert (await s.press(root, action)).status_code == 200
     await s.bridge.worker.drain()
-    assert [json.loads(call.request.content) for call in route.calls] == [{"mode": "AGENT"}]
-    # The member shows by username once SiteGPT's notice carries it, else by id.
-    member = r"(@ben|u\\_ben)"
-    assert re.match(rf":technologist: {member} took over: the AI stays quiet", s.thread(root)[-1])
-    assert re.fullmatch(rf":technologist: \*\*{member} is handling\*\*", s.status(root))
+    assert [json.loads(call.request.content) for call in route.calls] == [{"mode": mode}]
+    assert s.thread(root)[-1].startswith(line)
+    assert s.status(root) == status
+    assert [row.destination for row in await s.rows("BRIDGE_THREAD_NOTICE")] == ["mattermost"]
+
+
+async def test_a_mode_sitegpt_refuses_is_told_in_the_thread(mm_site, api):
+    api.patch(f"/chatbots/{CHATBOT}/threads/thread_A").mock(return_value=httpx.Response(
+        404, json={"message": "Thread not found @channel [x](https://evil.example)"}))
+    api.route(host="127.0.0.1").pass_through()
+    s = await mm_site({"sitegpt": {"api_url": API}})
+    root = await s.conversation()
+    await s.press(root, "takeover")
+    await s.bridge.worker.drain()
+    told = s.thread(root)[-1]
+    assert told.startswith(":warning: Could not take over (asked by @ben): ")
+    assert "Thread not found" in told and "@channel" not in told and "](https" not in told
+    assert s.status(root) == ":robot_face: AI answering"
 
 
 def notice(s: MattermostSite, root: str, name: str, **context: Any) -> dict[str, Any]:
