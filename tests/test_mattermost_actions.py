@@ -472,3 +472,15 @@ async def test_the_preview_shows_each_sample_as_mattermost_would_post_it(make_se
     assert "**@ana is handling**" in patched["message"]
     assert [action["id"] for action in patched["props"]["attachments"][0]["actions"]] == [
         "claim", "resolve"]
+
+
+async def test_each_chat_tool_previews_only_the_claims_pressed_in_it(make_settings, mattermost):
+    settings = make_settings({"mattermost": mattermost_section(mattermost)})
+    destinations = build_destinations(settings, Templates())
+    samples = {name: parse_event(load_sample(name)["event"], load_sample(name))
+               for name in ("mattermost-claim", "slack-claim")}
+    previewed = {name: {label.split(":")[0] for label in destinations[name].render_samples(
+        samples)} for name in ("slack", "mattermost")}
+    for destination in destinations.values():
+        await destination.aclose()
+    assert previewed == {"slack": {"slack-claim"}, "mattermost": {"mattermost-claim"}}

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.destinations.slack_render import plain
-from bridge.events import RESOLVED, Conversation, HandlingData, MessageEvent, canonical_json
+from bridge.events import (
+    RESOLVED,
+    Conversation,
+    Event,
+    HandlingData,
+    HandlingEvent,
+    MessageEvent,
+    canonical_json,
+)
 from bridge.store import FollowUp
 from bridge.templating import cut
 
@@ -43,6 +51,11 @@ def _shows_first_question(state: Mapping[str, Any], thread_started: bool) -> boo
     """Whether the parent shows the first question: a thread started before it did never will,
     as the next question there would not be the first."""
     return not thread_started or "question" in state
+
+
+def pressed_elsewhere(event: Event, tool: str) -> bool:
+    """A claim or resolve pressed in another chat tool than `tool`, whose thread it is not."""
+    return isinstance(event, HandlingEvent) and event.data.tool != tool
 
 
 def handling_change(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from bridge.destinations.chat_state import (
     handling_change,
     learnt_from,
     mode_handler,
+    pressed_elsewhere,
     previous_handler,
     resolved_follow_up,
 )
@@ -168,7 +169,7 @@ class MattermostDestination:
         """
         rendered: dict[str, str] = {}
         for label, event in samples.items():
-            if self.accepts(event.event) and not _pressed_elsewhere(event):
+            if self.accepts(event.event) and not pressed_elsewhere(event, self.name):
                 for call, body in self._preview(event):
                     rendered[f"{label}: {call}"] = json.dumps(fit_post(body), indent=2,
                                                               ensure_ascii=False)
@@ -590,11 +591,6 @@ def delivered_in(post: Mapping[str, Any]) -> list[int]:
     """The deliveries a post by the bridge carries, from its props; [] for any other."""
     ids = str(_mark(post).get("deliveries") or "")
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
-
-
-def _pressed_elsewhere(event: Event) -> bool:
-    """A claim pressed in another chat tool, which Mattermost never shows."""
-    return isinstance(event, HandlingEvent) and event.data.tool != MattermostDestination.name
 
 
 def _member(kept: Mapping[str, Any] | None, id_key: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from bridge.destinations.chat_state import (
     handling_change,
     learnt_from,
     mode_handler,
+    pressed_elsewhere,
     previous_handler,
     resolved_follow_up,
 )
@@ -204,7 +205,9 @@ class SlackDestination:
         One entry per call, in the order deliver() makes them; a thread's ts is known only once
         Slack answers, so previews leave it out.
         """
-        rendered = json_previews(samples, self.accepts, partial(self._preview, samples))
+        shown = {name: event for name, event in samples.items()
+                 if not pressed_elsewhere(event, self.name)}
+        rendered = json_previews(shown, self.accepts, partial(self._preview, samples))
         return rendered | self._batch_previews(samples)
 
     def _batch_previews(self, samples: Mapping[str, Event]) -> dict[str, str]:
