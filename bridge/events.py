@@ -236,6 +236,7 @@ class ThreadNoticeData(SiteGPTModel):
     thread_ts: str = Field(alias="threadTs")
     notice: str
     context: dict[str, Any] = {}
+    tool: str = "slack"  # notices stored before there was a second chat tool were Slack's
 
 
 class MessageEvent(SiteGPTModel):

@@ -474,13 +474,15 @@ async def test_the_preview_shows_each_sample_as_mattermost_would_post_it(make_se
         "claim", "resolve"]
 
 
-async def test_each_chat_tool_previews_only_the_claims_pressed_in_it(make_settings, mattermost):
+async def test_each_chat_tool_previews_only_the_claims_and_notices_of_its_threads(
+        make_settings, mattermost):
     settings = make_settings({"mattermost": mattermost_section(mattermost)})
     destinations = build_destinations(settings, Templates())
     samples = {name: parse_event(load_sample(name)["event"], load_sample(name))
-               for name in ("mattermost-claim", "slack-claim")}
+               for name in ("mattermost-claim", "slack-claim", "mattermost-reply-failed")}
     previewed = {name: {label.split(":")[0] for label in destinations[name].render_samples(
         samples)} for name in ("slack", "mattermost")}
     for destination in destinations.values():
         await destination.aclose()
-    assert previewed == {"slack": {"slack-claim"}, "mattermost": {"mattermost-claim"}}
+    assert previewed == {"slack": {"slack-claim"},
+                         "mattermost": {"mattermost-claim", "mattermost-reply-failed"}}

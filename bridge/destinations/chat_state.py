@@ -18,6 +18,7 @@ from bridge.events import (
     HandlingData,
     HandlingEvent,
     MessageEvent,
+    ThreadNoticeEvent,
     canonical_json,
 )
 from bridge.store import FollowUp
@@ -53,9 +54,10 @@ def _shows_first_question(state: Mapping[str, Any], thread_started: bool) -> boo
     return not thread_started or "question" in state
 
 
-def pressed_elsewhere(event: Event, tool: str) -> bool:
-    """A claim or resolve pressed in another chat tool than `tool`, whose thread it is not."""
-    return isinstance(event, HandlingEvent) and event.data.tool != tool
+def for_another_tool(event: Event, tool: str) -> bool:
+    """A claim or resolve pressed, or a notice meant, in another chat tool than `tool`: its
+    thread is not `tool`'s."""
+    return isinstance(event, HandlingEvent | ThreadNoticeEvent) and event.data.tool != tool
 
 
 def handling_change(state: Mapping[str, Any], data: HandlingData) -> dict[str, Any] | None:

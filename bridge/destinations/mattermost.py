@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.chat_state import (
     MODE_CHANGED,
+    for_another_tool,
     handling_change,
     learnt_from,
     mode_handler,
-    pressed_elsewhere,
     previous_handler,
     resolved_follow_up,
 )
@@ -169,7 +169,7 @@ class MattermostDestination:
         """
         rendered: dict[str, str] = {}
         for label, event in samples.items():
-            if self.accepts(event.event) and not pressed_elsewhere(event, self.name):
+            if self.accepts(event.event) and not for_another_tool(event, self.name):
                 for call, body in self._preview(event):
                     rendered[f"{label}: {call}"] = json.dumps(fit_post(body), indent=2,
                                                               ensure_ascii=False)

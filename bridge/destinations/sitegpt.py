@@ -289,7 +289,7 @@ def _told(tool: str, chatbot_id: str, thread_id: str, channel: str, thread: str,
     conversation = Conversation(chatbot_id, thread_id)
     body = canonical_json({"event": THREAD_NOTICE, "data": {
         "chatbotId": chatbot_id, "threadId": thread_id, "channel": channel,
-        "threadTs": thread, "notice": notice.name, "context": notice.context}})
+        "threadTs": thread, "notice": notice.name, "context": notice.context, "tool": tool}})
     return FollowUp(THREAD_NOTICE, body, conversation.key, (tool,))
 
 

@@ -18,10 +18,10 @@ from bridge.destinations.base import Delivered, Delivery, Outcome, Skipped
 from bridge.destinations.chat_state import (
     MODE_CHANGED,
     VISITOR_TYPES,
+    for_another_tool,
     handling_change,
     learnt_from,
     mode_handler,
-    pressed_elsewhere,
     previous_handler,
     resolved_follow_up,
 )
@@ -206,7 +206,7 @@ class SlackDestination:
         Slack answers, so previews leave it out.
         """
         shown = {name: event for name, event in samples.items()
-                 if not pressed_elsewhere(event, self.name)}
+                 if not for_another_tool(event, self.name)}
         rendered = json_previews(shown, self.accepts, partial(self._preview, samples))
         return rendered | self._batch_previews(samples)
 
