@@ -577,3 +577,19 @@ async def test_a_queued_message_whose_template_fails_leaves_the_others_to_go(har
         f":bust_in_silhouette: **Visitor:** {text}" for text in ("first", "m1", "m2", "m3")]
     statuses = [status for status, _ in await h.statuses()]
     assert statuses == ["delivered", "delivered", "delivered", "failed", "delivered"]
+
+
+@pytest.mark.parametrize(("data", "shown"), [
+    ({"messageType": "AGENT_MESSAGE", "answer": "On it", "agentName": "Jane"},
+     ":technologist: **Jane:** On it"),
+    ({"messageType": "SYSTEM_MESSAGE", "answer": "Closed", "systemMessageType": "CLOSE"},
+     ":information_source: **System (CLOSE):** Closed"),
+    ({"messageType": "NORMAL_MESSAGE", "answer": "Hello"}, ":robot_face: **chatbot\\_123:** Hello"),
+])
+async def test_an_answer_follows_its_bold_label_after_a_space(harness, data, shown):
+    """`**Jane:**On it` would show its asterisks: a closing ** after a colon must be followed
+    by a space or punctuation to close."""
+    h = await harness()
+    event = {"event": "ADD_MESSAGE", "data": {"chatbotId": "chatbot_123", "threadId": "t",
+                                              **data}}
+    assert h.mattermost._message(parse_event("ADD_MESSAGE", event))["message"] == shown
