@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 from prometheus_client import generate_latest
 
 from bridge.app import create_app, open_bridge
@@ -46,6 +47,7 @@ CHANNEL = "mm_conv"
 SALES = "mm_sales"  # a route's channel for its chatbots' threads
 ROOT = "root0000000000000000000001"
 SALES_ROOT = "root0000000000000000000002"
+SITEGPT = "https://sitegpt.test/api/v0"
 
 
 @pytest.fixture
@@ -515,3 +517,48 @@ async def test_through_the_app_a_thread_reply_waits_for_sitegpt(make_settings, f
             "channel": CHANNEL, "root": root["id"], "post": post["id"], "user": "jane_id",
             "userName": "@jane", "text": "It left today."}
     await eventually(lambda: not fake.sockets, "the socket closed with the app")
+
+
+async def test_through_the_app_a_thread_reply_reaches_the_visitor_and_is_not_posted_back(
+        make_settings, fake):
+    """The whole way: a webhook makes the thread, a member answers in it, the visitor gets the
+    answer from SiteGPT's API as that member, the reply gets its ✅, and the echo SiteGPT sends
+    back is not posted in the thread a second time."""
+    fake.users["jane_id"] = {"id": "jane_id", "username": "jane", "first_name": "Jane"}
+    settings = replies_on(fake)
+    settings["sitegpt"]["api_url"] = SITEGPT
+    bridge = open_bridge(make_settings(settings))
+    app = create_app(bridge)
+    with respx.mock(assert_all_called=False) as sitegpt:
+        sitegpt.route(host="127.0.0.1").pass_through()  # the fake Mattermost
+        answers = sitegpt.post(f"{SITEGPT}/chatbots/{CHATBOT}/message").mock(
+            return_value=httpx.Response(200, json={"messageType": "AGENT_MESSAGE"}))
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+            async def webhook(body: dict[str, Any]) -> None:
+                answer = await client.post("/webhooks/messages", json=body,
+                                           headers={"X-WEBHOOK-TOKEN": TOKENS["messages"]})
+                assert answer.json()["status"] == "accepted"
+
+            await webhook(message("thread_9", "Where is it?"))
+            root = (await eventually(fake.roots, "the thread's root post"))[0]
+            await eventually(lambda: fake.sockets, "the bridge listening")
+            post = fake.publish({"channel_id": CHANNEL, "root_id": root["id"],
+                                 "message": "It left today."}, sender="jane")
+            await eventually(lambda: fake.reactions, "the reply marked sent")
+            [sent] = [json.loads(call.request.content) for call in answers.calls]
+            assert sent == {"message": "It left today.", "from": "AGENT",
+                            "threadId": "thread_9", "agentName": "Jane"}
+            assert fake.reactions[0]["post_id"] == post["id"]
+            await webhook(message("thread_9", "It left today.", "AGENT_MESSAGE",
+                                  agentName="Jane"))
+            await webhook(message("thread_9", "Thanks a lot"))
+
+            def bridge_posts() -> list[str]:
+                return [item["message"] for item in fake.thread(root["id"])
+                        if item["user_id"] == BOT["id"]]
+
+            await eventually(lambda: any("Thanks a lot" in text for text in bridge_posts()),
+                             "the visitor's next message")
+            assert bridge_posts()[-1] == ":bust_in_silhouette: **Visitor:** Thanks a lot"
+            assert not any("It left today" in text for text in bridge_posts())
