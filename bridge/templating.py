@@ -97,10 +97,11 @@ def _joined(match: re.Match[str]) -> str:
 def mattermost_mention(username: Any, fallback: Any = None) -> str:
     """`@username` for what can only be one member's Mattermost username; anything else (a
     mention of everyone, markup, a display name) as inert text, or `fallback` when empty."""
-    name = "" if username is None else str(username)
+    shown = "" if username is None else str(username)
+    name = shown.removeprefix("@")  # Mattermost's events name a sender "@jane"
     if _MATTERMOST_USERNAME.fullmatch(name) and name not in _MATTERMOST_EVERYONE:
         return f"@{name}"
-    return mattermost_text(name or fallback)
+    return mattermost_text(shown or fallback)
 
 
 def mattermost_link(url: Any, label: str | None = None) -> str:

@@ -420,7 +420,8 @@ async def test_a_hostile_member_name_or_reason_stays_inert(mm_site, user_name):
 @pytest.mark.parametrize(("name", "shown"), [
     ("ben", "@ben"), ("ben.smith-2_x", "@ben.smith-2_x"), ("all", "all"), ("here", "here"),
     ("channel", "channel"), ("Ben", "Ben"), ("@all", "@\u2060all"), (None, "u\\_1"),
-    ("", "u\\_1"), ("a b", "a b"), ("[x](y)", "\\[x\\]\\(y\\)"),
+    ("", "u\\_1"), ("a b", "a b"), ("[x](y)", "\\[x\\]\\(y\\)"), ("@ben", "@ben"),
+    ("@@ben", "@\u2060@\u2060ben"),
 ])
 def test_mattermost_mention_mentions_a_username_only(name, shown):
     assert mattermost_mention(name, "u_1") == shown

@@ -268,6 +268,8 @@ async def test_a_refused_reply_is_told_in_mattermost_only(harness):
     assert notice["data"]["notice"] == "reply_failed"
     assert notice["data"]["context"]["user_name"] == "@ana"
     assert "Thread not found" in notice["data"]["context"]["reason"]
+    assert h.thread_messages(await h.root())[-1].startswith(
+        ":warning: Not delivered to the visitor (reply by @ana): sitegpt\\: POST")
 
 
 async def notice_body(h: Harness) -> dict[str, Any]:
