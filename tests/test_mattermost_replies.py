@@ -13,11 +13,12 @@ import httpx
 import pytest
 import respx
 
-from bridge.destinations import build_destinations
+from bridge.destinations import build_destinations, unfinished_lines
 from bridge.destinations.base import Destination
 from bridge.destinations.shared import Shared
 from bridge.event_rows import new_event
 from bridge.events import CHAT_REPLY, MODE_CHANGE, SLACK_REPLY, canonical_json, parse_event
+from bridge.samples import load_sample
 from bridge.store import NewEvent, open_store
 from bridge.store.sqlite import SQLiteStore
 from bridge.templating import Templates
@@ -307,3 +308,35 @@ def test_replies_from_mattermost_need_a_sitegpt_key_and_may_be_turned_off(
 def test_without_a_sitegpt_key_no_reply_goes_anywhere(make_settings, mattermost):
     settings = make_settings({"mattermost": settings_of(mattermost)["mattermost"]})
     assert "sitegpt" not in build_destinations(settings, Templates())
+
+
+def test_a_sitegpt_key_used_by_mattermost_alone_asks_nothing_of_slack(make_settings,
+                                                                      mattermost):
+    alone = make_settings(settings_of(mattermost))
+    assert unfinished_lines(alone) == []
+    half_slack = make_settings({**settings_of(mattermost), "slack": {"signing_secret": "shh"}})
+    assert [line for line in unfinished_lines(half_slack) if "Slack" in line] == [
+        "replies from Slack: slack.bot_token not set: replies stay off"]
+    off = make_settings(settings_of(mattermost, replies=False))
+    assert [line for line in unfinished_lines(off) if "Slack" in line] == [
+        "replies from Slack: slack.signing_secret, slack.bot_token not set: replies stay off"]
+
+
+async def test_the_preview_of_a_reply_from_mattermost_shows_the_call_and_the_mark(
+        make_settings, mattermost):
+    settings = make_settings(settings_of(mattermost))
+    destinations = build_destinations(settings, Templates())
+    samples = {name: parse_event(load_sample(name)["event"], load_sample(name))
+               for name in ("mattermost-reply", "slack-reply")}
+    try:
+        shown = {label: json.loads(body)
+                 for label, body in destinations["sitegpt"].render_samples(samples).items()}
+    finally:
+        for destination in destinations.values():
+            await destination.aclose()
+    assert list(shown) == [  # Slack's replies are off: none of its is shown
+        "mattermost-reply: POST /chatbots/chatbot_123/message",
+        "mattermost-reply: mattermost: a ✅ on the reply (once SiteGPT took it)"]
+    assert shown["mattermost-reply: POST /chatbots/chatbot_123/message"]["json"] == {
+        "message": "Hi John, I have reset your password: check your inbox for the link.",
+        "from": "AGENT", "threadId": "thread_456", "agentName": "ana"}

@@ -103,7 +103,7 @@ def test_every_sample_is_a_valid_event():
     assert {event.event for event in events.values()} == {
         "ADD_MESSAGE", "CONVERSATION_ESCALATED", "NEW_LEAD_CAPTURE", "BRIDGE_TICKET_LINKED",
         "SLACK_THREAD_REPLY", "SLACK_MODE_CHANGE", "JIRA_TICKET_STATUS", "JIRA_TICKET_COMMENT",
-        "JIRA_TICKET_DELETED", "SLACK_HANDLING", "BRIDGE_THREAD_NOTICE"}
+        "JIRA_TICKET_DELETED", "SLACK_HANDLING", "BRIDGE_THREAD_NOTICE", "CHAT_THREAD_REPLY"}
 
 
 def slack_output(settings: Any, templates: Templates) -> dict[str, Any]:

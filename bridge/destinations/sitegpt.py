@@ -161,10 +161,14 @@ class SiteGPTDestination:
         return json_previews(samples, self.accepts, self._preview)
 
     def _preview(self, event: Event) -> list[Call]:
+        """The calls for one event; none for one from a chat tool whose replies are off."""
+        if _tool_of(event) not in replying_tools(self.settings):
+            return []
         if isinstance(event, SlackReplyEvent | ChatReplyEvent):
             reply = reply_of(event.data)
             text = plain_text(reply.text, {}) if reply.tool == SLACK else reply.text
-            request = reply_request(reply, Author(reply.user_name or reply.user), text)
+            author = Author((reply.user_name or "").lstrip("@") or reply.user)
+            request = reply_request(reply, author, text)
             if request is None:
                 return []
             if reply.tool != SLACK:
@@ -255,6 +259,15 @@ class SiteGPTDestination:
         if not isinstance(exc, RetryableError):
             return True
         return spent(delivery.claimed, self.settings.delivery, delivery.clock.now()) is not None
+
+
+def _tool_of(event: Event) -> str:
+    """The chat tool a reply was written in, or a button pressed in."""
+    if isinstance(event, SlackReplyEvent):
+        return SLACK
+    if isinstance(event, ChatReplyEvent | ModeChangeEvent):
+        return event.data.tool
+    return ""
 
 
 async def _mark_sent(tool: ReplyTool, reply: Reply) -> None:
@@ -378,10 +391,17 @@ def sitegpt_destination(settings: Settings, templates: Templates,
     return SiteGPTDestination(settings, templates, shared)
 
 
+def _unfinished(settings: Settings) -> list[str]:
+    """Replies set by halves. A SiteGPT key that another chat tool's replies use (Mattermost's)
+    asks nothing of Slack."""
+    others = [name for name in replying_tools(settings) if name != SLACK]
+    return half_set_replies(settings, key_asks_slack=not others)
+
+
 REPLIES_OFF = (" (replies are off: they need a SiteGPT API key and a chat tool to answer from:"
                " [slack] bot_token and signing_secret, or [mattermost] url and bot_token; see"
                " docs/slack.md and docs/mattermost.md)")
 PLUGIN = Plugin(name="sitegpt", section=SiteGPTSettings, build=sitegpt_destination,
-                kinds=SiteGPTDestination.KINDS, unfinished=half_set_replies,
+                kinds=SiteGPTDestination.KINDS, unfinished=_unfinished,
                 off_hints=dict.fromkeys(SiteGPTDestination.KINDS, REPLIES_OFF), docs="slack",
                 chatbot_keys={"sitegpt_api_key": (SecretStr | None, None)})

@@ -39,13 +39,14 @@ def reply_needs(settings: Settings) -> dict[str, bool]:
             "sitegpt.api_key": sitegpt_key_set(settings)}
 
 
-def half_set_replies(settings: Settings) -> list[str]:
-    """A SiteGPT key asks for replies from Slack, which need Slack's signing secret and bot
-    token too; a signing secret asks for a bot token. A signing secret and a bot token alone
-    are whole: Claim and Resolve need no SiteGPT key."""
+def half_set_replies(settings: Settings, key_asks_slack: bool = True) -> list[str]:
+    """A SiteGPT key asks for replies from Slack (unless another chat tool's replies use it:
+    `key_asks_slack` False), which need Slack's signing secret and bot token too; a signing
+    secret asks for a bot token. A signing secret and a bot token alone are whole: Claim and
+    Resolve need no SiteGPT key."""
     needed = reply_needs(settings)
     missing = [name for name, value in needed.items() if not value]
-    wanted = needed["sitegpt.api_key"] or (
+    wanted = (needed["sitegpt.api_key"] and key_asks_slack) or (
         needed["slack.signing_secret"] and not needed["slack.bot_token"])
     if not wanted or not missing:
         return []
