@@ -33,6 +33,7 @@ from bridge.destinations.plugin import Inbound
 from bridge.errors import StoreError
 from bridge.events import CHAT_REPLY
 from bridge.metrics import Metrics
+from bridge.redact import Redactor
 from bridge.store import Store
 from tests.clock import FakeClock
 from tests.fake_mattermost import BOT, TOKEN, FakeMattermost
@@ -562,3 +563,23 @@ async def test_through_the_app_a_thread_reply_reaches_the_visitor_and_is_not_pos
                              "the visitor's next message")
             assert bridge_posts()[-1] == ":bust_in_silhouette: **Visitor:** Thanks a lot"
             assert not any("It left today" in text for text in bridge_posts())
+
+
+async def test_a_settings_change_stops_and_starts_the_listener_with_the_new_settings(
+        make_settings, fake):
+    bridge = open_bridge(make_settings(replies_on(fake)))
+    app = create_app(bridge)
+    async with app.router.lifespan_context(app):
+        await eventually(lambda: fake.sockets, "the bridge listening")
+        first = fake.connections
+
+        async def change(**mattermost_changes: Any) -> None:
+            parts = await bridge.prepare(make_settings(replies_on(fake, **mattermost_changes)))
+            bridge.apply(parts, Redactor.for_settings(parts.settings))
+
+        await change(replies=False)
+        await eventually(lambda: not fake.sockets, "the listener stopped: replies are off")
+        await change(replies=True)
+        await eventually(lambda: fake.sockets, "the bridge listening again")
+        assert fake.connections == first + 1
+    await eventually(lambda: not fake.sockets, "the socket closed with the app")
