@@ -29,8 +29,8 @@ from bridge.destinations.mattermost_server import MattermostServer
 from bridge.destinations.mattermost_settings import MattermostSettings, mattermost_replies_on
 from bridge.destinations.plugin import Inbound
 from bridge.errors import PermanentError, RetryableError, StoreError
-from bridge.events import CHAT_REPLY, ChatReplyData, Conversation, canonical_json
-from bridge.inbound import Refused, Storing, conversation_by_ref
+from bridge.events import CHAT_REPLY, ChatReplyData, Conversation
+from bridge.inbound import Refused, Storing, conversation_by_ref, thread_event
 from bridge.settings import Settings
 from bridge.store import ListenerCursors, ListenerIntake, NewEvent
 
@@ -234,11 +234,8 @@ def _reply(conversation: Conversation, post: MattermostPost, sender: str | None)
         chatbot_id=conversation.chatbot_id, thread_id=conversation.thread_id, tool=NAME,
         channel=post.channel_id, root=post.root_id, post=post.id, user=post.user_id,
         user_name=sender, text=post.message)
-    body = {"event": CHAT_REPLY, "data": data.model_dump(by_alias=True, exclude_none=True)}
-    return NewEvent(kind=CHAT_REPLY, body=canonical_json(body),
-                    dedup_key=f"mattermost-post:{post.id}", ordering_key=conversation.key,
-                    destinations=DESTINATIONS,
-                    conversation=(conversation.chatbot_id, conversation.thread_id))
+    return thread_event(CHAT_REPLY, conversation, f"mattermost-post:{post.id}", data,
+                        DESTINATIONS)
 
 
 @dataclass
