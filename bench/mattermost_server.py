@@ -6,6 +6,7 @@ benchmark's own; a reply carrying a backlog notes each message in it.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sys
@@ -35,7 +36,10 @@ class StampingMattermost(FakeMattermost):
         arrived = time.perf_counter()
         response = await super()._post(request)
         if response.status_code == 201:
-            for marker in MARKER.findall(ESCAPE.sub(r"\1", str(self.posts[-1]["message"]))):
+            # The post from the answer, not the last kept: the fake yields before it answers,
+            # and a post made meanwhile would be last.
+            post = json.loads(bytes(response.body))
+            for marker in MARKER.findall(ESCAPE.sub(r"\1", str(post["message"]))):
                 self.arrived.setdefault(marker, arrived)
         return response
 
