@@ -1,5 +1,5 @@
-"""`python -m bench`: ingest speed, memory, start-up, delivery latency, outage catch-up and
-Jira comment conversion."""
+"""`python -m bench`: ingest speed, memory, start-up, delivery latency, outage catch-up, Jira
+comment conversion, Mattermost beside Slack, replies from Mattermost and the console's pages."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench.ingest import BASELINE, BRIDGE, FLASK, IngestOptions, IngestReport, r
 from bench.load import LoadResult, choose_generator
 from bench.markup import print_markup, run_markup
 from bench.mattermost import ChatLatency, run_mattermost
+from bench.mattermost_replies import MEMBERS, ReplyLatency, run_mattermost_replies
 from tests.postgres import SERVER, unreachable_because
 
 
@@ -40,9 +41,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                              "PostgreSQL runs, or '' to skip them (default $TEST_POSTGRES_URL, "
                              "else 127.0.0.1:5432 as postgres)")
     parser.add_argument("--only", choices=("ingest", "delivery", "backlog", "markup",
-                                           "mattermost", "console"),
+                                           "mattermost", "mattermost-replies", "console"),
                         help="run only the ingest, delivery, outage catch-up, Jira comment "
-                             "conversion, Mattermost or console pages benchmark")
+                             "conversion, Mattermost, replies from Mattermost or console pages "
+                             "benchmark")
+    parser.add_argument("--replies", type=int, default=200,
+                        help="replies written in Mattermost, one at a time (default 200)")
     parser.add_argument("--deliveries", type=int, default=100_000,
                         help="deliveries in the store the console's pages read (default 100000)")
     parser.add_argument("--burst", type=int, default=200,
@@ -144,6 +148,19 @@ def print_mattermost(report: ChatLatency) -> None:
               f"max {latency.max_ms:.1f} ms")
 
 
+def print_mattermost_replies(report: ReplyLatency) -> None:
+    print("\nReplies from Mattermost: a member's reply on the fake Mattermost's WebSocket, sent by "
+          "one bridge to a fake SiteGPT API, both on 127.0.0.1")
+    first = ", ".join(f"{ms:.1f}" for ms in report.first_ms)
+    print(f"first reply of each of {len(MEMBERS)} members (not counted; the member looked up, "
+          f"then cached): {first} ms")
+    for what, latency in (("SiteGPT API call", report.sitegpt), ("the ✅ on the post",
+                                                                 report.marked)):
+        print(f"WebSocket event -> {what}, {latency.messages} replies one at a time: "
+              f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, "
+              f"max {latency.max_ms:.1f} ms")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     postgres = reachable(args.postgres)
@@ -164,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_markup(run_markup())
     if args.only in (None, "mattermost"):
         print_mattermost(run_mattermost())
+    if args.only in (None, "mattermost-replies"):
+        print_mattermost_replies(run_mattermost_replies(args.replies))
     if args.only in (None, "console"):
         print_console(run_console(args.deliveries, postgres), args.deliveries)
     return 0

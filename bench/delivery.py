@@ -21,11 +21,11 @@ import httpx
 from bench.bodies import message_body
 from bench.load import percentile, read_response, request_head
 from bench.servers import (
-    REPO,
     TOKEN,
     Server,
     bridge_env,
     bridge_settings,
+    fake_service,
     free_port,
     python_command,
     start,
@@ -65,16 +65,9 @@ class Slack:
 
 @contextlib.contextmanager
 def fake_slack(rate: float | None = None) -> Iterator[Slack]:
-    command = python_command("-m", "bench.slack_server")
-    if rate is not None:
-        command += ["--channel-rate", str(rate), "--channel-burst", "3"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert process.stdout is not None
-        yield Slack(process, process.stdout.readline().strip(), {}, [])
-    finally:
-        process.terminate()
-        process.wait(10)
+    pacing = () if rate is None else ("--channel-rate", str(rate), "--channel-burst", "3")
+    with fake_service("bench.slack_server", *pacing) as (process, api_url):
+        yield Slack(process, api_url, {}, [])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,14 @@ from bench.bodies import message_body
 from bench.delivery import UNPACED, Latency, Slack, Webhooks, delivered, fake_slack
 from bench.load import percentile
 from bench.mattermost_server import ARRIVALS
-from bench.servers import REPO, Server, bridge_env, bridge_settings, free_port, python_command
+from bench.servers import (
+    Server,
+    bridge_env,
+    bridge_settings,
+    fake_service,
+    free_port,
+    python_command,
+)
 from bench.servers import start as start_server
 from tests.fake_mattermost import TOKEN as MATTERMOST_TOKEN
 
@@ -39,41 +46,47 @@ class ChatLatency:
 
 @dataclass
 class Mattermost:
+    """The fake Mattermost's process and what it has seen so far."""
+
     process: subprocess.Popen[str]
     url: str
-    arrived: dict[str, float]
+    arrived: dict[str, float] = field(default_factory=dict)  # marker -> when posted
+    threads: dict[str, str] = field(default_factory=dict)  # marker -> its thread's root post
+    marked: dict[str, float] = field(default_factory=dict)  # post id -> when its ✅ came
+    sockets: int = 0  # open now: the bridge listening
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
-        self.arrived = (await client.get(f"{self.url}{ARRIVALS}")).json()["arrived"]
+        seen = (await client.get(f"{self.url}{ARRIVALS}")).json()
+        self.arrived, self.threads = seen["arrived"], seen["threads"]
+        self.marked, self.sockets = seen["marked"], seen["sockets"]
 
 
 @contextlib.contextmanager
 def fake_mattermost() -> Iterator[Mattermost]:
-    process = subprocess.Popen(python_command("-m", "bench.mattermost_server"),
-                               stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert process.stdout is not None
-        yield Mattermost(process, process.stdout.readline().strip(), {})
-    finally:
-        process.terminate()
-        process.wait(10)
+    with fake_service("bench.mattermost_server") as (process, url):
+        yield Mattermost(process, url)
 
 
 def run_mattermost(messages: int = 200) -> ChatLatency:
     with tempfile.TemporaryDirectory(prefix="bridge-bench-mattermost-") as folder, \
             fake_slack() as slack, fake_mattermost() as mattermost, \
-            both_chat_tools(Path(folder), slack, mattermost) as bridge:
+            bridge_with(Path(folder), slack.api_url, mattermost_section(mattermost)) as bridge:
         return asyncio.run(_latency(bridge, slack, mattermost, messages))
 
 
+def mattermost_section(mattermost: Mattermost) -> list[str]:
+    """Mattermost on, its pacing out of the way."""
+    return ["[mattermost]", f"url = {json.dumps(mattermost.url)}",
+            f"bot_token = {json.dumps(MATTERMOST_TOKEN)}", 'channel = "mm_bench"',
+            "burst = 1000", "per_second = 1000.0"]
+
+
 @contextlib.contextmanager
-def both_chat_tools(folder: Path, slack: Slack, mattermost: Mattermost) -> Iterator[Server]:
+def bridge_with(folder: Path, slack_url: str | None, sections: list[str]) -> Iterator[Server]:
+    """One bridge `serve`, Slack's pacing out of the way, with these settings lines added."""
     port = free_port()
-    settings = bridge_settings(folder, port, slack.api_url, UNPACED)
-    settings.write_text(settings.read_text() + "\n".join([
-        "[mattermost]", f"url = {json.dumps(mattermost.url)}",
-        f"bot_token = {json.dumps(MATTERMOST_TOKEN)}", 'channel = "mm_bench"',
-        "burst = 1000", "per_second = 1000.0"]) + "\n")
+    settings = bridge_settings(folder, port, slack_url, UNPACED)
+    settings.write_text(settings.read_text() + "\n".join(sections) + "\n")
     command = python_command("-m", "bridge", "serve", "--config", str(settings))
     server = start_server("sitegpt-bridge", command, port, folder / "bridge.log", "/readyz",
                           bridge_env(), 200)
@@ -96,8 +109,8 @@ async def _latency(bridge: Server, slack: Slack, mattermost: Mattermost,
             await webhooks.send(message_body(run, serial, threads[serial % len(threads)]))
             acknowledged[f"{run}-{serial}"] = time.perf_counter()
             await _both(client, slack, mattermost, [f"{run}-{serial}"])
-    return ChatLatency(_summary(slack.arrived, acknowledged),
-                       _summary(mattermost.arrived, acknowledged))
+    return ChatLatency(latency_of(slack.arrived, acknowledged),
+                       latency_of(mattermost.arrived, acknowledged))
 
 
 async def _both(client: httpx.AsyncClient, slack: Slack, mattermost: Mattermost,
@@ -111,7 +124,8 @@ async def _both(client: httpx.AsyncClient, slack: Slack, mattermost: Mattermost,
         await mattermost.refresh(client)
 
 
-def _summary(arrived: dict[str, float], acknowledged: dict[str, float]) -> Latency:
-    delays = sorted(arrived[marker] - at for marker, at in acknowledged.items())
+def latency_of(arrived: dict[str, float], started: dict[str, float]) -> Latency:
+    """From each start to its arrival, by the same key on both sides."""
+    delays = sorted(arrived[key] - at for key, at in started.items())
     return Latency(len(delays), percentile(delays, 50) * 1e3, percentile(delays, 99) * 1e3,
                    delays[-1] * 1e3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +107,20 @@ def _native_modules(pid: int) -> list[str]:
 
 def python_command(*arguments: str) -> list[str]:
     return [sys.executable, *arguments]
+
+
+@contextlib.contextmanager
+def fake_service(module: str, *arguments: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A fake remote service in a process of its own (`python -m module`), so that the
+    benchmark's load never slows its answers: the process, and the address it printed."""
+    process = subprocess.Popen(python_command("-m", module, *arguments),
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert process.stdout is not None
+        yield process, process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def bridge_settings(folder: Path, port: int, slack_url: str | None,

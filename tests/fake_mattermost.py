@@ -112,12 +112,22 @@ class FakeMattermost:
     def publish(self, post: dict[str, Any], sender: str = "alice") -> dict[str, Any]:
         """A post written by a person (`sender`): kept, so the channel's posts include it, and
         sent as a `posted` event on every open socket. The post as kept, its gaps filled."""
+        made = self._kept(post, sender)
+        self.live[made["id"]] = self._on_socket_loop(self._send_all(_posted(made, sender)))
+        return made
+
+    async def publish_here(self, post: dict[str, Any], sender: str = "alice") -> dict[str, Any]:
+        """As publish(), from a coroutine already on the fake's own loop (one of its routes)."""
+        made = self._kept(post, sender)
+        self.live[made["id"]] = await self._send_all(_posted(made, sender))
+        return made
+
+    def _kept(self, post: dict[str, Any], sender: str) -> dict[str, Any]:
         made = {"id": f"post{next(self._ids):022d}", "create_at": int(time.time() * 1000),
                 "update_at": 0, "delete_at": 0, "user_id": f"{sender}_id", "root_id": "",
                 "type": "", "message": "", "props": {}, **post}
         made["update_at"] = made["update_at"] or made["create_at"]
         self.posts.append(made)
-        self.live[made["id"]] = self._on_socket_loop(self._send_all(_posted(made, sender)))
         return made
 
     def drop_sockets(self) -> None:
