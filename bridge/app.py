@@ -89,7 +89,7 @@ class Bridge:
     _retention_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _on_change: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _retiring: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
-    _listening: list[asyncio.Task[None]] | None = field(default=None, repr=False)
+    _listening: dict[str, asyncio.Task[None]] | None = field(default=None, repr=False)
 
     async def prepare(self, settings: Settings) -> Parts:
         """Build and check what these settings need, as at start-up; ConfigError if they fail."""
@@ -152,11 +152,15 @@ class Bridge:
     def start_listening(self) -> None:
         """Run what the plugins listen to (Mattermost's WebSocket) with the current settings."""
         inbound = Inbound(self.settings, self.store, self.clock, self.worker.wake, self.metrics)
-        self._listening = [asyncio.create_task(_listen(name, job), name=f"listen-{name}")
-                           for name, job in background_jobs(inbound).items()]
+        self._listening = {name: asyncio.create_task(_listen(name, job), name=f"listen-{name}")
+                           for name, job in background_jobs(inbound).items()}
+
+    def listeners(self) -> list[str]:
+        """The plugins whose listener runs now (it may be reconnecting)."""
+        return [name for name, task in (self._listening or {}).items() if not task.done()]
 
     def _stop_listening(self) -> list[asyncio.Task[None]]:
-        stopping, self._listening = self._listening or [], None
+        stopping, self._listening = list((self._listening or {}).values()), None
         for task in stopping:
             task.cancel()
         return stopping

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 from prometheus_client import generate_latest
+from starlette.testclient import TestClient
 
 from bridge.app import create_app, open_bridge
 from bridge.destinations import with_plugin_metrics
@@ -36,6 +37,7 @@ from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.store import Store
 from tests.clock import FakeClock
+from tests.console_support import PASSWORD_HASH, log_in, serving
 from tests.fake_mattermost import BOT, TOKEN, FakeMattermost
 from tests.metric_samples import value
 from tests.settings_files import TOKENS
@@ -583,3 +585,36 @@ async def test_a_settings_change_stops_and_starts_the_listener_with_the_new_sett
         await eventually(lambda: fake.sockets, "the bridge listening again")
         assert fake.connections == first + 1
     await eventually(lambda: not fake.sockets, "the socket closed with the app")
+
+
+def test_the_console_overview_says_whether_mattermost_is_listened_to(make_settings, fake):
+    settings = make_settings({**replies_on(fake), "console": {"password_hash": PASSWORD_HASH}})
+    for client in serving(open_bridge(settings), run_worker=False):
+        log_in(client)
+
+        overview_says(client, "<td>mattermost</td><td>listening</td>")
+        fake.refuse_sockets(503)
+        fake.drop_sockets()
+        overview_says(client, "<td>mattermost</td><td>not listening")
+        assert "sitegpt_bridge_mattermost_listening" in listening_table(client)
+
+
+def test_the_console_overview_shows_no_listener_while_replies_are_off(make_settings, fake):
+    settings = make_settings({"mattermost": mattermost(fake),
+                              "console": {"password_hash": PASSWORD_HASH}})
+    for client in serving(open_bridge(settings), run_worker=False):
+        log_in(client)
+        assert 'id="listening"' not in client.get("/console/").text
+
+
+def listening_table(client: TestClient) -> str:
+    page = client.get("/console/").text.partition('id="listening"')[2]
+    return page.partition("</table>")[0]
+
+
+def overview_says(client: TestClient, state: str) -> None:
+    """Wait until the overview's listening table shows `state`."""
+    deadline = time.monotonic() + DEADLINE
+    while state not in listening_table(client):
+        assert time.monotonic() < deadline, f"the overview never said {state!r}"
+        time.sleep(0.02)

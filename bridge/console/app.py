@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from bridge.console.chart import WebhookHistory
 from bridge.console.password import password_matches
 from bridge.destinations import REGISTRY, status_lines, unfinished_lines
 from bridge.destinations.base import sample_renderer
+from bridge.destinations.plugin import Plugin
 from bridge.errors import BridgeError, StoreError
 from bridge.events import LEAD, InvalidEvent, parse_event
 from bridge.redact import Redactor
@@ -53,6 +54,9 @@ class Bridge(Protocol):
     clock: Clock
     worker: Worker
     metrics: Metrics
+
+    def listeners(self) -> list[str]: ...
+
 
 HERE = Path(__file__).parent
 ROOT = "/console/"
@@ -239,7 +243,7 @@ async def overview(console: Console, request: Request, session: Session) -> Resp
                         readiness=readiness, destinations=lines, paused=await store.paused(),
                         chart=console.history.chart(metrics, now),
                         refusals=console.history.refusals(metrics, now),
-                        pacing=pacing(console))
+                        pacing=pacing(console), listening=listening(console))
 
 
 @dataclass(frozen=True)
@@ -253,15 +257,32 @@ class Pacing:
 
 def pacing(console: Console) -> list[Pacing]:
     """Each running destination's pacing gauges, as the metrics registry reads them now."""
+    return [Pacing(name, metric, value) for name, metric, value in gauges(
+        console, console.bridge.destinations, lambda plugin: plugin.pacing) if value is not None]
+
+
+def gauges(console: Console, names: Iterable[str],
+           declared: Callable[[Plugin], Iterable[str]]) -> list[tuple[str, str, float | None]]:
+    """(plugin, gauge, its value now) for each gauge these plugins declare."""
     registry = console.bridge.metrics.registry
-    found = []
-    for name in console.bridge.destinations:
-        plugin = REGISTRY.get(name)
-        for metric in plugin.pacing if plugin is not None else ():
-            value = registry.get_sample_value(metric)
-            if value is not None:
-                found.append(Pacing(name, metric, value))
-    return found
+    return [(name, metric, registry.get_sample_value(metric)) for name in names
+            if (plugin := REGISTRY.get(name)) is not None for metric in declared(plugin)]
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Whether a plugin's listener (Mattermost's WebSocket) listens now, by its gauge."""
+
+    destination: str
+    metric: str
+    listening: bool
+
+
+def listening(console: Console) -> list[Listening]:
+    """Each running listener, as the gauge its plugin declares reads now."""
+    return [Listening(name, metric, value == 1) for name, metric, value in gauges(
+        console, console.bridge.listeners(),
+        lambda plugin: [plugin.listening] if plugin.listening else [])]
 
 
 def _pausing(pause: bool) -> Handler:

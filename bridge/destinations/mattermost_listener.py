@@ -47,6 +47,7 @@ CLOSE_TIMEOUT = 2.0  # seconds to wait for Mattermost to acknowledge a close
 PAGE_SIZE = 200  # posts per page read back, the most Mattermost gives
 DESTINATIONS = Takers(CHAT_REPLY)
 OUTCOMES = ("accepted", "duplicate", "ignored")
+LISTENING = "sitegpt_bridge_mattermost_listening"
 WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
 
 
@@ -87,7 +88,7 @@ class ListenerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.listening = Gauge(
-            "sitegpt_bridge_mattermost_listening",
+            LISTENING,
             "1 while the bridge listens on Mattermost's WebSocket for replies, caught up.",
             registry=registry)
         self.reconnects = Counter(

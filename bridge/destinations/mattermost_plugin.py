@@ -12,7 +12,11 @@ from bridge.destinations.mattermost import (
     mattermost_destination,
     mattermost_server,
 )
-from bridge.destinations.mattermost_listener import ListenerMetrics, replies_listener
+from bridge.destinations.mattermost_listener import (
+    LISTENING,
+    ListenerMetrics,
+    replies_listener,
+)
 from bridge.destinations.mattermost_replies import MattermostReplies
 from bridge.destinations.mattermost_settings import (
     ACTIONS_PATH,
@@ -81,7 +85,7 @@ PLUGIN = Plugin(
     samples=Path(__file__).parent / "mattermost_samples",
     routes=_routes, built_with=lambda settings: settings.mattermost.on, state=_state,
     status=_status, unfinished=_unfinished, docs="mattermost", background=replies_listener,
-    metrics=ListenerMetrics,
+    metrics=ListenerMetrics, listening=LISTENING,
     route_keys={"mattermost_channel": (str | None, None),
                 "mattermost_leads_channel": (str | None, None)},
     replies=mattermost_replies_on, reply_tool=_reply_tool)

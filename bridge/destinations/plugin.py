@@ -80,6 +80,9 @@ class Plugin:
     samples: Path | None = None  # sample payloads (*.json) for render and the template check
     routes: Routes | None = None  # what it receives (Slack's Events API, Jira's webhook)
     background: Background | None = None  # what it listens to while serve runs
+    # A gauge among its metrics that is 1 while that listener listens, caught up (the
+    # console's overview shows it while the listener runs).
+    listening: str | None = None
     state: Callable[[Settings], str] = plainly_on  # how it runs when built: "on", "dry run..."
     # Whether its settings build it: events addressed by kind before any destination is built
     # (Jira's webhooks) leave out one that is off, where no worker would ever take them.
