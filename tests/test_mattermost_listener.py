@@ -446,7 +446,13 @@ def test_nothing_listens_unless_replies_from_mattermost_are_on(make_settings, fa
                          if value is not None}
     inbound = Inbound(make_settings(data), None, FakeClock(), lambda: None,  # type: ignore[arg-type]
                       Metrics())
-    assert replies_listener(inbound) is None
+    job = replies_listener(inbound)
+    try:  # with Mattermost on, only the cursor is kept at the present (replies_off)
+        assert (job.__name__ if inspect.iscoroutine(job) else job) == (
+            None if "bot_token" in changes.get("mattermost", {}) else "replies_off")
+    finally:
+        if inspect.iscoroutine(job):
+            job.close()
 
 
 def test_reconnecting_waits_twice_as_long_each_time_up_to_a_minute_until_it_works():
@@ -618,3 +624,37 @@ def overview_says(client: TestClient, state: str) -> None:
     while state not in listening_table(client):
         assert time.monotonic() < deadline, f"the overview never said {state!r}"
         time.sleep(0.02)
+
+
+async def test_what_the_team_writes_while_replies_are_off_never_reaches_the_visitor(
+        make_settings, fake):
+    """Turned off, then on again by a settings change: the read-back starts from when they
+    were turned on, not from where the listener had got to before."""
+    bridge = open_bridge(make_settings(replies_on(fake)))
+    app = create_app(bridge, run_worker=False)
+    async with app.router.lifespan_context(app):
+        await eventually(lambda: fake.sockets, "the bridge listening")
+        await bridge.store.save_link(CHATBOT, "thread_9", "mattermost",
+                                     {"channel": CHANNEL, "root_id": ROOT}, f"{CHANNEL}/{ROOT}")
+        fake.posts.append({"id": ROOT, "channel_id": CHANNEL, "root_id": "", "user_id": BOT["id"],
+                           "message": "root", "create_at": int(time.time() * 1000)})
+
+        async def change(**mattermost_changes: Any) -> None:
+            parts = await bridge.prepare(make_settings(replies_on(fake, **mattermost_changes)))
+            bridge.apply(parts, Redactor.for_settings(parts.settings))
+
+        await change(replies=False)
+        await eventually(lambda: not fake.sockets, "the listener stopped: replies are off")
+        fake.publish({"channel_id": CHANNEL, "root_id": ROOT, "message": "between us"})
+        await change(replies=True)
+        await eventually(lambda: fake.sockets, "the bridge listening again")
+        fake.publish({"channel_id": CHANNEL, "root_id": ROOT, "message": "for the visitor"})
+
+        async def replies() -> list[str]:
+            rows = [row for row in await bridge.store.deliveries() if row.kind == CHAT_REPLY]
+            bodies = [json.loads(await bridge.store.event_body(row.event_id) or "{}")
+                      for row in rows]
+            return [body["data"]["text"] for body in bodies]
+
+        assert await eventually(replies, "the reply written once replies were on") == [
+            "for the visitor"]

@@ -280,9 +280,11 @@ class Listening:
 
 def listening(console: Console) -> list[Listening]:
     """Each running listener, as the gauge its plugin declares reads now."""
+    settings = console.bridge.settings
     return [Listening(name, metric, value == 1) for name, metric, value in gauges(
         console, console.bridge.listeners(),
-        lambda plugin: [plugin.listening] if plugin.listening else [])]
+        lambda plugin: [plugin.listening] if plugin.listening and plugin.replies(settings)
+        else [])]
 
 
 def _pausing(pause: bool) -> Handler:

@@ -407,6 +407,25 @@ async def listen(inbound: Inbound) -> None:
                    server).run()
 
 
+async def replies_off(inbound: Inbound) -> None:
+    """While Mattermost is on but its replies are off, the cursor follows the clock: turned on
+    again, the listener reads back from when they were turned off (or the bridge stopped), and
+    never sends a visitor what the team wrote while replies were off."""
+    def ahead() -> float:  # the read-back starts SKEW_MARGIN before the cursor: from now
+        return inbound.clock.now() + SKEW_MARGIN
+
+    try:
+        await inbound.store.advance_listener_cursor(NAME, ahead())
+        while True:
+            await inbound.clock.sleep(CURSOR_EVERY)
+            await inbound.store.advance_listener_cursor(NAME, ahead())
+    finally:  # a settings change turning replies on, or the bridge stopping
+        await inbound.store.advance_listener_cursor(NAME, ahead())
+
+
 def replies_listener(inbound: Inbound) -> Awaitable[None] | None:
-    """The plugin's background job: listening, when replies from Mattermost are on."""
-    return listen(inbound) if mattermost_replies_on(inbound.settings) else None
+    """The plugin's background job: listening when replies from Mattermost are on; holding the
+    cursor at the present while Mattermost is on and its replies are off."""
+    if mattermost_replies_on(inbound.settings):
+        return listen(inbound)
+    return replies_off(inbound) if inbound.settings.mattermost.on else None
