@@ -38,6 +38,9 @@ from bridge.store import SettingsInUse, SettingsRecords
 from bridge.templating import Templates
 
 log = logging.getLogger("bridge.reload")
+# Seconds after the templates watch moves to a new folder before the folder is read once more:
+# the watch takes a moment to be in place, and an edit made meanwhile would go unseen.
+WATCH_SETTLE = 0.5
 # Read once, when the server binds its port or the store opens: a change waits for a restart.
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "max_header_bytes", "request_timeout", "forwarded_allow_ips"),
@@ -243,15 +246,20 @@ class Reloader:
         return Path(path).name in names or self.path.is_symlink()
 
     async def _watch_templates(self) -> None:
+        moved = False
         while not self._stopping.is_set():
             self._templates_moved.clear()
             folder = self.bridge.settings.templates.dir
             if folder is None or not folder.is_dir():
                 await self._templates_moved.wait()
+                moved = True
                 continue
+            if moved:  # an edit made while the watch moved to the new folder is read once here
+                asyncio.get_running_loop().call_later(WATCH_SETTLE, self.request)
             async for _ in awatch(folder, debounce=self.watch.debounce_ms,
                                   step=self.watch.step_ms, stop_event=self._templates_moved):
                 self.request()
+            moved = True
 
 
 async def _watching(watch: Coroutine[Any, Any, None]) -> None:
