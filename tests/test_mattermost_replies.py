@@ -55,6 +55,11 @@ class Harness:
                                 self.clock.now(), 600)
         await self.worker.drain()
 
+    async def conversation_sitegpt_accepts(self) -> respx.Route:
+        """A conversation in Mattermost, and SiteGPT's API taking every reply: its route."""
+        await self.message()
+        return self.api.post(API + MESSAGE_PATH).mock(return_value=ACCEPTED)
+
     async def root(self, thread: str = "thread_A") -> str:
         state = await self.store.link_state(CHATBOT, thread, "mattermost")
         assert state and state["root_id"]
@@ -145,8 +150,7 @@ def sent(route: respx.Route) -> list[dict[str, Any]]:
 
 async def test_a_reply_reaches_the_visitor_named_as_in_mattermost_and_is_marked_sent(harness):
     h = await harness()
-    await h.message()
-    route = h.api.post(API + MESSAGE_PATH).mock(return_value=ACCEPTED)
+    route = await h.conversation_sitegpt_accepts()
     post = await h.reply("  Your parcel left today.  ")
     await h.worker.drain()
     assert sent(route) == [{"message": "Your parcel left today.", "from": "AGENT",
@@ -160,8 +164,7 @@ async def test_a_reply_reaches_the_visitor_named_as_in_mattermost_and_is_marked_
 
 async def test_a_member_mattermost_cannot_name_is_named_as_the_tool_sent_them(harness):
     h = await harness()
-    await h.message()
-    route = h.api.post(API + MESSAGE_PATH).mock(return_value=ACCEPTED)
+    route = await h.conversation_sitegpt_accepts()
     await h.reply("On it", user="u_gone")  # no such member any more: 404
     await h.worker.drain()
     assert [body["agentName"] for body in sent(route)] == ["ana"]
@@ -169,8 +172,7 @@ async def test_a_member_mattermost_cannot_name_is_named_as_the_tool_sent_them(ha
 
 async def test_a_lookup_mattermost_cannot_answer_now_is_retried_and_sent_once(harness):
     h = await harness()
-    await h.message()
-    route = h.api.post(API + MESSAGE_PATH).mock(return_value=ACCEPTED)
+    route = await h.conversation_sitegpt_accepts()
     h.mattermost.fail_next("user", 503)
     await h.reply("On it")
     await h.worker.drain()
@@ -182,8 +184,7 @@ async def test_a_lookup_mattermost_cannot_answer_now_is_retried_and_sent_once(ha
 
 async def test_a_mark_that_fails_leaves_the_reply_sent_once(harness):
     h = await harness()
-    await h.message()
-    route = h.api.post(API + MESSAGE_PATH).mock(return_value=ACCEPTED)
+    route = await h.conversation_sitegpt_accepts()
     h.mattermost.fail_next("reaction", 500)
     await h.reply("On it")
     await h.worker.drain()

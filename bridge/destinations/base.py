@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol, cast
+from urllib.parse import quote
 
 from bridge.clock import Clock
 from bridge.errors import PermanentError
@@ -38,6 +39,11 @@ class Skipped:
 
 
 Outcome = Delivered | Skipped
+
+
+def path_segment(value: str) -> str:
+    """An id as one URL path segment, whatever it contains."""
+    return quote(value, safe="")
 
 
 def parse_retry_after(value: Any, now: float) -> float | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.destinations.slack_render import plain
+from bridge.destinations.base import Delivery
+from bridge.destinations.slack_render import TicketShown, plain
 from bridge.events import (
     RESOLVED,
     Conversation,
@@ -19,9 +20,11 @@ from bridge.events import (
     HandlingEvent,
     MessageEvent,
     ThreadNoticeEvent,
+    TicketLinkedEvent,
+    TicketStatusData,
     canonical_json,
 )
-from bridge.store import FollowUp
+from bridge.store import Echo, FollowUp
 from bridge.templating import cut
 
 MODE_CHANGED = "mode_changed"  # the notice (<tool>/mode_changed.json.j2) once SiteGPT switched
@@ -102,3 +105,38 @@ def resolved_follow_up(conversation: Conversation, user: str, now: float) -> Fol
         "chatbotId": conversation.chatbot_id, "threadId": conversation.thread_id,
         "user": user, "resolvedAt": now}})
     return FollowUp(RESOLVED, body, conversation.key, ())  # the worker addresses it
+
+
+def may_be_echo(event: Event) -> bool:
+    """An agent's message: SiteGPT sends a reply written in a chat tool back as one."""
+    return isinstance(event, MessageEvent) and event.data.message_type == "AGENT_MESSAGE"
+
+
+async def is_echo(delivery: Delivery, event: MessageEvent, tool: str) -> bool:
+    """A reply the bridge sent from `tool`'s thread comes back as an agent message: it shows
+    there already, so `tool` drops it once (a reply from another tool is shown)."""
+    data = event.data
+    if not may_be_echo(event) or not data.answer:
+        return False
+    echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "", tool=tool)
+    return await delivery.store.consume_echo(echo, delivery.clock.now())
+
+
+def linked_ticket(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
+    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
+    known = state.get("ticket") or {}
+    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
+    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
+
+
+def stale_status(known: Mapping[str, Any], data: TicketStatusData) -> str | None:
+    """Why a ticket's status change shows already (a repeat, or a late retry of an older
+    one), given the ticket the state knows; None when it is news."""
+    if known.get("key") != data.issue_key:
+        return None
+    shown = TicketShown.from_state(known)
+    if shown.shows(data.status_id, data.status):
+        return f"{data.issue_key} already shows {data.status}"
+    if shown.later_than(data.changed_at):
+        return f"{data.issue_key} shows a later status ({shown.status}) already"
+    return None

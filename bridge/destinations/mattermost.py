@@ -13,10 +13,14 @@ from bridge.destinations.chat_state import (
     MODE_CHANGED,
     for_another_tool,
     handling_change,
+    is_echo,
     learnt_from,
+    linked_ticket,
+    may_be_echo,
     mode_handler,
     previous_handler,
     resolved_follow_up,
+    stale_status,
 )
 from bridge.destinations.mattermost_actions import buttons
 from bridge.destinations.mattermost_server import MESSAGE_LIMIT, MattermostServer, fit_post
@@ -56,7 +60,6 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings
-from bridge.store import Echo
 from bridge.store.protocols import ChannelBudgets
 from bridge.templating import Templates, cut, link_safe
 
@@ -102,7 +105,7 @@ class MattermostDestination:
         event = delivery.event
         try:
             if isinstance(event, MessageEvent):
-                if await self._is_echo(delivery, event):
+                if await is_echo(delivery, event, self.name):
                     return Skipped("echo of a reply sent from Mattermost")
                 return await self._post_message(delivery, event)
             if isinstance(event, EscalationEvent):
@@ -188,7 +191,7 @@ class MattermostDestination:
             return [(REPLY, self._escalation(event, None)),
                     (ROOT_PATCH, self._root(conversation, state))]
         if isinstance(event, TicketLinkedEvent):
-            state = {"ticket": _linked({}, event)}
+            state = {"ticket": linked_ticket({}, event)}
             return [(REPLY, self._ticket(event)), (ROOT_PATCH, self._root(conversation, state))]
         if isinstance(event, HandlingEvent):
             changed = handling_change({}, event.data)
@@ -225,16 +228,6 @@ class MattermostDestination:
         return Delivered(note=f"{thread.channel}/{post_id}",
                          coalesced=[item.claimed.id for item in waiting[1:count]])
 
-    async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
-        """A reply the bridge sent from this thread comes back as an agent message: it shows
-        here already, so it is dropped once (a reply from another tool is shown)."""
-        data = event.data
-        if data.message_type != "AGENT_MESSAGE" or not data.answer:
-            return False
-        echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "",
-                    tool=self.name)
-        return await delivery.store.consume_echo(echo, delivery.clock.now())
-
     async def _learn(self, delivery: Delivery, events: list[MessageEvent]) -> None:
         """What messages tell the root post: the first question, an agent answering. The root
         is patched only when something changed."""
@@ -255,7 +248,7 @@ class MattermostDestination:
         bodies = [self._message(event)]
         length = len(bodies[0]["message"])
         for item in waiting[1:]:
-            if _agents(item):  # it may be an echo, skipped on its own turn
+            if may_be_echo(item.event):  # skipped on its own turn if it is one
                 break
             body = self._queued_body(item)
             if body is None or body.get("props"):  # a card goes in a reply of its own
@@ -361,7 +354,7 @@ class MattermostDestination:
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         thread = await self._thread(delivery)
         state = await delivery.state()
-        await _save(delivery, {**state, "ticket": _linked(state, event)})
+        await _save(delivery, {**state, "ticket": linked_ticket(state, event)})
         outcome = await self._post_in_thread(delivery, thread, self._ticket(event))
         await self._patch_root(delivery)
         return outcome
@@ -370,12 +363,8 @@ class MattermostDestination:
         """A notice per status change; a repeat or a late retry of an older one is skipped."""
         data = event.data
         known = (await delivery.state()).get("ticket") or {}
-        if known.get("key") == data.issue_key:
-            shown = TicketShown.from_state(known)
-            if shown.shows(data.status_id, data.status):
-                return Skipped(f"{data.issue_key} already shows {data.status}")
-            if shown.later_than(data.changed_at):
-                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
+        if stale := stale_status(known, data):
+            return Skipped(stale)
         thread = await self._thread(delivery)
         moved = self._moved_to(event, known.get("url") if known.get("key") == data.issue_key
                                else None)
@@ -567,12 +556,6 @@ class MattermostDestination:
         return body
 
 
-def _agents(item: Delivery) -> bool:
-    """Whether a queued delivery is an agent's message."""
-    event = item.event
-    return isinstance(event, MessageEvent) and event.data.message_type == "AGENT_MESSAGE"
-
-
 def _marked(body: Mapping[str, Any], deliveries: Sequence[Delivery]) -> dict[str, Any]:
     """The post naming every delivery it carries, so a retry cut off mid-call can find it.
 
@@ -615,12 +598,6 @@ async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
 def _ref(thread: Thread | None) -> str | None:
     return f"{thread.channel}/{thread.root_id}" if thread else None
 
-
-def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
-    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
-    known = state.get("ticket") or {}
-    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
-    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
 
 
 def mattermost_destination(settings: Settings, templates: Templates,

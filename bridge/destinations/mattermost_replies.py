@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from bridge.clock import Clock
+from bridge.destinations.base import path_segment
 from bridge.destinations.mattermost_server import MattermostServer
 from bridge.destinations.replies import Author, Reply
 from bridge.errors import PermanentError
@@ -32,7 +32,7 @@ class MattermostReplies:
         if cached and cached[0] > self.clock.now():
             return cached[1]
         try:
-            member = await self.server.call("GET", f"users/{_part(reply.user)}")
+            member = await self.server.call("GET", f"users/{path_segment(reply.user)}")
         except PermanentError as exc:  # a member deleted since: the reply still goes
             log.info("cannot name the author of reply %s: %s", reply.post, exc)
             member = {}
@@ -62,7 +62,3 @@ def display_name(member: dict[str, Any]) -> str:
         if isinstance(name, str) and name.strip():
             return name.strip()
     return ""
-
-
-def _part(value: str) -> str:
-    return quote(value, safe="")

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -19,6 +18,7 @@ from bridge.destinations.base import (
     Outcome,
     Skipped,
     parse_retry_after,
+    path_segment,
     spent,
 )
 from bridge.destinations.plugin import Plugin
@@ -287,12 +287,12 @@ def reply_request(reply: Reply, author: Author, text: str) -> ApiRequest | None:
                             "agentName": author.name}
     if author.icon_url:
         body["iconUrl"] = author.icon_url
-    return ApiRequest(reply.chatbot_id, "POST", f"/chatbots/{_part(reply.chatbot_id)}/message",
-                      body)
+    path = f"/chatbots/{path_segment(reply.chatbot_id)}/message"
+    return ApiRequest(reply.chatbot_id, "POST", path, body)
 
 
 def mode_request(data: ModeChangeData) -> ApiRequest:
-    path = f"/chatbots/{_part(data.chatbot_id)}/threads/{_part(data.thread_id)}"
+    path = f"/chatbots/{path_segment(data.chatbot_id)}/threads/{path_segment(data.thread_id)}"
     return ApiRequest(data.chatbot_id, "PATCH", path, {"mode": data.mode})
 
 
@@ -332,11 +332,6 @@ def _shown(request: ApiRequest) -> Call:
 
 def _example_reason(request: ApiRequest) -> str:
     return f"{request.what}: {EXAMPLE_REFUSAL}"
-
-
-def _part(value: str) -> str:
-    """An id as one URL path segment, whatever it contains."""
-    return quote(value, safe="")
 
 
 def _json(response: httpx.Response) -> Any:

@@ -20,10 +20,14 @@ from bridge.destinations.chat_state import (
     VISITOR_TYPES,
     for_another_tool,
     handling_change,
+    is_echo,
     learnt_from,
+    linked_ticket,
+    may_be_echo,
     mode_handler,
     previous_handler,
     resolved_follow_up,
+    stale_status,
 )
 from bridge.destinations.shared import Shared
 from bridge.destinations.slack_metrics import PacingMetrics
@@ -76,7 +80,6 @@ from bridge.events import (
     conversation_of,
 )
 from bridge.settings import Settings
-from bridge.store import Echo
 from bridge.templating import Templates, cut
 
 log = logging.getLogger("bridge.slack")
@@ -138,7 +141,7 @@ class SlackDestination:
         event = delivery.event
         try:
             if isinstance(event, MessageEvent):
-                if await self._is_echo(delivery, event):
+                if await is_echo(delivery, event, self.name):
                     return Skipped("echo of a reply sent from Slack")
                 return await self._post_messages(delivery, event)
             if isinstance(event, EscalationEvent):
@@ -409,8 +412,7 @@ class SlackDestination:
         queued = await delivery.queued_behind(MERGED_KINDS, MAX_BLOCKS - 1)
         run: list[Delivery] = []
         for item in queued:
-            if not isinstance(item.event, MessageEvent) or (
-                    item.event.data.message_type == "AGENT_MESSAGE"):
+            if not isinstance(item.event, MessageEvent) or may_be_echo(item.event):
                 break
             run.append(item)
         return run
@@ -441,14 +443,6 @@ class SlackDestination:
                                        reply_broadcast=broadcast,
                                        metadata=delivery_metadata([delivery]))
         return thread, ts
-
-    async def _is_echo(self, delivery: Delivery, event: MessageEvent) -> bool:
-        """An agent message the bridge itself sent from this thread comes back: drop it once."""
-        data = event.data
-        if data.message_type != "AGENT_MESSAGE" or not data.answer:
-            return False
-        echo = Echo(data.chatbot_id, data.thread_id, data.answer, data.agent_name or "")
-        return await delivery.store.consume_echo(echo, delivery.clock.now())
 
     async def _escalate(self, delivery: Delivery, event: EscalationEvent) -> Outcome:
         """Broadcast what the visitor asked; the post is kept so the ticket can join it later."""
@@ -484,7 +478,7 @@ class SlackDestination:
     async def _link_ticket(self, delivery: Delivery, event: TicketLinkedEvent) -> Outcome:
         # The parent shows the ticket: Slack keeps what it was told, in its own state.
         state = await delivery.state()
-        await _save(delivery, {**state, "ticket": _linked(state, event)})
+        await _save(delivery, {**state, "ticket": linked_ticket(state, event)})
         outcome = await self._post_in_thread(delivery, self.renderer.ticket(event))
         await self._refresh_parent(delivery)
         await self._show_ticket_on_escalation(delivery)
@@ -618,14 +612,10 @@ class SlackDestination:
         """A notice per status change, however often (or late) Jira reports the same change."""
         data = event.data
         known = (await delivery.state()).get("ticket") or {}
-        if known.get("key") == data.issue_key:
-            if known.get("deleted"):
-                return Skipped(f"{data.issue_key} is deleted")
-            shown = TicketShown.from_state(known)
-            if shown.shows(data.status_id, data.status):
-                return Skipped(f"{data.issue_key} already shows {data.status}")
-            if shown.later_than(data.changed_at):
-                return Skipped(f"{data.issue_key} shows a later status ({shown.status}) already")
+        if known.get("key") == data.issue_key and known.get("deleted"):
+            return Skipped(f"{data.issue_key} is deleted")
+        if stale := stale_status(known, data):
+            return Skipped(stale)
         moved = _moved_to(event, self._issue_url(data.issue_key))
         outcome = await self._post_in_thread(delivery, self.renderer.ticket_status(event, moved))
         if isinstance(outcome, Delivered) or self.dry_run:  # a dry run shows the update too
@@ -727,12 +717,6 @@ async def _save(delivery: Delivery, state: dict[str, Any]) -> None:
     thread = _thread_of(state)
     await delivery.save_state(state, ref=f"{thread.channel}/{thread.ts}" if thread else None)
 
-
-def _linked(state: Mapping[str, Any], event: TicketLinkedEvent) -> dict[str, Any]:
-    """The linked ticket; what Jira already said of the same ticket (its status) is kept."""
-    known = state.get("ticket") or {}
-    ticket = {"key": event.data.issue_key, "url": event.data.issue_url}
-    return {**known, **ticket} if known.get("key") == ticket["key"] else ticket
 
 
 def json_previews(samples: Mapping[str, Event], accepts: Callable[[str], bool],
