@@ -151,9 +151,14 @@ class Bridge:
 
     def start_listening(self) -> None:
         """Run what the plugins listen to (Mattermost's WebSocket) with the current settings."""
-        inbound = Inbound(self.settings, self.store, self.clock, self.worker.wake, self.metrics)
+        inbound = self.inbound()
         self._listening = {name: asyncio.create_task(_listen(name, job), name=f"listen-{name}")
                            for name, job in background_jobs(inbound).items()}
+
+    def inbound(self) -> Inbound:
+        """What the plugins' routes and listeners are built from, with the current settings:
+        what they store wakes this bridge's worker."""
+        return Inbound(self.settings, self.store, self.clock, self.worker.wake, self.metrics)
 
     def listeners(self) -> list[str]:
         """The plugins whose listener runs now (it may be reconnecting)."""
@@ -308,7 +313,6 @@ def _routes(bridge: Bridge) -> list[BaseRoute]:
     )
     token = settings.server.metrics_token
     metrics_token = token.get_secret_value().encode() if token is not None else None
-    inbound = inbound_routes(Inbound(settings, bridge.store, bridge.clock,
-                                     bridge.worker.wake, bridge.metrics))
+    inbound = inbound_routes(bridge.inbound())
     return app_routes(receiver, bridge.endpoints(), [*inbound, *console_routes(bridge)],
                       metrics_token)

@@ -49,8 +49,8 @@ class MattermostSettings(Section):
     def _http_url(cls, url: str | None) -> str | None:
         # Mattermost calls only http(s) integrations: anything else would make buttons that
         # fail on every press.
-        if url is not None and (urlsplit(url).scheme not in ("http", "https")
-                                or not urlsplit(url).netloc):
+        parts = urlsplit(url) if url is not None else None
+        if parts is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
             raise ValueError("must be the bridge's http:// or https:// address as Mattermost "
                              "reaches it, e.g. https://bridge.example.com")
         return url
