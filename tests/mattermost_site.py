@@ -135,7 +135,8 @@ async def mm_site_fixture(make_settings, mattermost, clock):
                    **({"api_key": "sk-test"} if sitegpt_key else {})}
         data = deep_merge({"mattermost": mattermost_section(mattermost, **section),
                            "sitegpt": sitegpt}, extra or {})
-        bridge = open_bridge(make_settings(data), clock)
+        # The start-up template check is test_templates' (0.3 s a bridge here).
+        bridge = open_bridge(make_settings(data), clock, check_templates=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(
             bridge, run_worker=False)), base_url="http://b")
         opened.append(MattermostSite(bridge, client, mattermost, clock))

@@ -116,7 +116,8 @@ async def site_fixture(make_settings, fake, api, clock):
             section, name = key.split(".")
             del data[section][name]
         settings = make_settings(data)
-        bridge = open_bridge(settings, clock)
+        # The start-up template check is test_templates' (0.3 s a bridge here).
+        bridge = open_bridge(settings, clock, check_templates=False)
         app = create_app(bridge, run_worker=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
         opened.append(Site(bridge, client, fake, clock, api))
